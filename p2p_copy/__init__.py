@@ -1,0 +1,56 @@
+"""p2p-copy: copy files and folders between two machines through a relay, paired by a code.
+
+    result = await p2p_copy.send("wss://relay.example.org", "7-purple-sausages", ["data/"])
+    result = await p2p_copy.receive("wss://relay.example.org", "7-purple-sausages", "incoming/")
+
+Both are coroutines for the caller's running loop (a Jupyter kernel's, or asyncio.run).
+"""
+
+from ._version import __version__
+from .api import receive, send
+from .errors import (
+    CancelledError,
+    CodeInUseError,
+    ConnectionLostError,
+    DestinationExistsError,
+    DiskFullError,
+    IncompatiblePeerError,
+    IntegrityError,
+    LocalProtocolError,
+    P2PCopyError,
+    PeerGoneError,
+    ProtocolError,
+    RelayUnreachableError,
+    RemoteProtocolError,
+    TransferTimeoutError,
+    UnsafePathError,
+    UsageError,
+)
+from .relay import Relay, RelayConfig
+from .results import FileResult, TransferResult
+
+__all__ = [
+    "__version__",
+    "send",
+    "receive",
+    "Relay",
+    "RelayConfig",
+    "TransferResult",
+    "FileResult",
+    "P2PCopyError",
+    "UsageError",
+    "RelayUnreachableError",
+    "TransferTimeoutError",
+    "CodeInUseError",
+    "PeerGoneError",
+    "ConnectionLostError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "LocalProtocolError",
+    "IntegrityError",
+    "UnsafePathError",
+    "DestinationExistsError",
+    "DiskFullError",
+    "IncompatiblePeerError",
+    "CancelledError",
+]

@@ -1,0 +1,3 @@
+from p2p_copy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,330 @@
+"""``await send(...)`` and ``await receive(...)``: the state machines driven over asyncio.
+
+This layer only moves things between the protocol objects (transfer.py), the relay
+connection (client.py), the disk (sources.py, destination.py, always in worker threads so
+the event loop, e.g. a Jupyter kernel's, never blocks) and the progress display.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from .client import closed_error, open_link
+from .codes import code_hash_hex
+from .destination import Destination
+from .errors import (
+    CancelledError,
+    ConnectionLostError,
+    P2PCopyError,
+    PeerGoneError,
+    TransferTimeoutError,
+    UsageError,
+)
+from .messages import FileEntry, Role
+from .progress import Progress, ProgressKind, make_progress
+from .results import FileResult, TransferResult
+from .sources import StreamReader, collect_sources
+from .transfer import (
+    FileCompleted,
+    FileData,
+    ManifestReceived,
+    Receiver,
+    Sender,
+    TransferFinished,
+)
+
+__all__ = ["send", "receive", "DEFAULT_CHUNK_SIZE"]
+
+#: Bytes of file data per message. 64-256 KiB beat 1 MiB and more on loopback here.
+DEFAULT_CHUNK_SIZE = 256 * 1024
+MAX_CHUNK_SIZE = 2**20
+#: How long the sender waits, after eof, for the receiver to confirm.
+DONE_TIMEOUT = 300.0
+
+
+class _Link:
+    """The relay connection, raising p2p-copy errors instead of websockets' ones."""
+
+    def __init__(self, ws: ClientConnection, role: Role) -> None:
+        self.ws = ws
+        self.role = role
+
+    async def send(self, message: str | bytes | memoryview) -> None:
+        try:
+            await self.ws.send(message)
+        except ConnectionClosed as exc:
+            raise closed_error(exc, self.role) from None
+
+    async def recv(self, timeout: float | None = None, waiting_for: str = "") -> str | bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.ws.recv()
+        except ConnectionClosed as exc:
+            raise closed_error(exc, self.role) from None
+        except TimeoutError:
+            raise TransferTimeoutError(
+                f"Gave up after {timeout:g} s waiting for {waiting_for}."
+            ) from None
+
+    async def tell_peer(self, message: str) -> None:
+        """Best effort: tell the peer why we stop, without waiting long for a broken link."""
+        with contextlib.suppress(ConnectionClosed, TimeoutError, OSError):
+            async with asyncio.timeout(2):
+                await self.ws.send(message)
+
+
+async def _fail_politely(
+    link: _Link, proto: Sender | Receiver, exc: BaseException
+) -> P2PCopyError | None:
+    """Tell the peer about a local failure; return the error a cancellation becomes."""
+    if isinstance(exc, asyncio.CancelledError):
+        error: P2PCopyError = CancelledError(f"The {link.role} cancelled the transfer.")
+        await link.tell_peer(proto.error(error))
+        return error
+    if isinstance(exc, P2PCopyError) and not isinstance(exc, (PeerGoneError, ConnectionLostError)):
+        await link.tell_peer(proto.error(exc))
+    return None
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if not 1024 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise UsageError(f"chunk_size must be from 1 KiB to {MAX_CHUNK_SIZE} bytes.")
+
+
+async def send(
+    server: str,
+    code: str,
+    paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    *,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> TransferResult:
+    """Send files and folders to the receiver that uses the same ``code`` on ``server``.
+
+    Returns once the receiver has verified every file and given it its final name.
+    ``wait_timeout`` bounds the wait for the receiver to join (default: the relay's).
+    """
+    _check_chunk_size(chunk_size)
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    display = make_progress(progress, "send")
+    try:
+        result = await _send(server, code, paths, cafile, display, wait_timeout, chunk_size)
+    except BaseException as exc:
+        display.failed(exc)
+        raise
+    display.finished(result)
+    return result
+
+
+async def _send(
+    server: str,
+    code: str,
+    paths: Sequence[str | os.PathLike[str]],
+    cafile: str | None,
+    display: Progress,
+    wait_timeout: float | None,
+    chunk_size: int,
+) -> TransferResult:
+    sources = await asyncio.to_thread(collect_sources, paths)
+    proto = Sender(code_hash_hex(code), sources.entries)
+    async with open_link(server, cafile=cafile) as ws:
+        link = _Link(ws, "sender")
+        started = time.monotonic()
+        try:
+            await link.send(proto.hello())
+            display.waiting()
+            proto.receive(await link.recv(wait_timeout, "a receiver to join"))
+            started = time.monotonic()
+            for part in proto.manifest():
+                await link.send(part)
+            proto.receive(await link.recv(DONE_TIMEOUT, "the receiver to accept"))
+            files = [e for e in sources.entries if isinstance(e, FileEntry)]
+            display.started(sources.total_bytes, len(files))
+            digests = await _stream_with_watch(link, proto, sources.files, files, display,
+                                               chunk_size)
+        except BaseException as exc:
+            cancelled = await _fail_politely(link, proto, exc)
+            if cancelled is not None:
+                raise cancelled from None
+            raise
+    results = tuple(FileResult(f.path, f.size, d) for f, d in zip(files, digests, strict=True))
+    for result in results:
+        display.file_done(result)
+    return TransferResult("sender", results, sources.total_bytes, time.monotonic() - started)
+
+
+async def _stream_with_watch(
+    link: _Link,
+    proto: Sender,
+    paths: Sequence[Path],
+    files: Sequence[FileEntry],
+    display: Progress,
+    chunk_size: int,
+) -> list[str]:
+    """Stream all data and eof while listening for the receiver; return the SHA-256s."""
+    incoming = asyncio.ensure_future(link.recv())
+    pump = asyncio.ensure_future(_stream(link, proto, paths, files, display, chunk_size))
+    try:
+        await asyncio.wait({incoming, pump}, return_when=asyncio.FIRST_COMPLETED)
+        if pump.done() and pump.exception() is None:
+            async with asyncio.timeout(DONE_TIMEOUT):
+                proto.receive(await incoming)
+            return pump.result()
+        if not incoming.done() and isinstance(pump.exception(), (PeerGoneError,
+                                                                 ConnectionLostError)):
+            # The receiver may have said why before it left: prefer its own words.
+            await asyncio.wait({incoming}, timeout=2)
+        if incoming.done():
+            proto.receive(incoming.result())  # raises: the receiver spoke out of turn
+        return pump.result()  # raises the pump's error
+    except TimeoutError:
+        raise TransferTimeoutError(
+            f"The receiver did not confirm within {DONE_TIMEOUT:g} s after the last byte."
+        ) from None
+    finally:
+        for task in (incoming, pump):
+            task.cancel()
+        await asyncio.gather(incoming, pump, return_exceptions=True)
+
+
+async def _stream(
+    link: _Link,
+    proto: Sender,
+    paths: Sequence[Path],
+    files: Sequence[FileEntry],
+    display: Progress,
+    chunk_size: int,
+) -> list[str]:
+    reader = StreamReader(paths, [f.size for f in files])
+    # Two buffers: a worker thread fills one while the other is on its way out.
+    buffers = [bytearray(1 + chunk_size), bytearray(1 + chunk_size)]
+    digests: list[str] = []
+    try:
+        filling = asyncio.ensure_future(asyncio.to_thread(reader.read_into, buffers[0]))
+        turn = 0
+        while True:
+            length, finished = await filling
+            buffer = buffers[turn]
+            turn ^= 1
+            more = not reader.exhausted
+            if more:
+                filling = asyncio.ensure_future(asyncio.to_thread(reader.read_into, buffers[turn]))
+            if length:
+                await link.send(proto.frame_data(buffer, length))
+                display.advance(length)
+            if finished:
+                digests.extend(finished)
+                await link.send(proto.checksums(finished))
+            if not more:
+                break
+        await link.send(proto.eof())
+    finally:
+        if not filling.done():
+            filling.cancel()
+        with contextlib.suppress(BaseException):
+            await filling
+        reader.close()
+    return digests
+
+
+async def receive(
+    server: str,
+    code: str,
+    dest: str | os.PathLike[str] = ".",
+    *,
+    overwrite: bool = False,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+) -> TransferResult:
+    """Receive what the sender with the same ``code`` sends, into the folder ``dest``.
+
+    Files appear under their final names only once verified; on any error nothing
+    partial is left behind. Existing files are kept unless ``overwrite`` is true.
+    """
+    display = make_progress(progress, "receive")
+    try:
+        result = await _receive(server, code, Path(dest), overwrite, cafile, display, wait_timeout)
+    except BaseException as exc:
+        display.failed(exc)
+        raise
+    display.finished(result)
+    return result
+
+
+async def _receive(
+    server: str,
+    code: str,
+    root: Path,
+    overwrite: bool,
+    cafile: str | None,
+    display: Progress,
+    wait_timeout: float | None,
+) -> TransferResult:
+    proto = Receiver(code_hash_hex(code))
+    destination: Destination | None = None
+    async with open_link(server, cafile=cafile) as ws:
+        link = _Link(ws, "receiver")
+        started = time.monotonic()
+        try:
+            await link.send(proto.hello())
+            display.waiting()
+            timeout = wait_timeout
+            while True:
+                message = await link.recv(timeout, "a sender to join")
+                timeout = None
+                events = proto.receive(message)
+                if not events:
+                    continue
+                first = events[0]
+                if isinstance(first, ManifestReceived):
+                    started = time.monotonic()
+                    destination = Destination(root, first.entries, overwrite=overwrite)
+                    await asyncio.to_thread(destination.prepare)
+                    await link.send(proto.accept())
+                    display.started(first.total_bytes, len(first.files))
+                elif isinstance(first, TransferFinished):
+                    assert destination is not None
+                    await asyncio.to_thread(destination.finish)
+                    await link.send(proto.done())
+                    break
+                else:
+                    assert destination is not None
+                    await _write(destination, events, display)
+        except BaseException as exc:
+            if destination is not None:
+                destination.abort()
+            cancelled = await _fail_politely(link, proto, exc)
+            if cancelled is not None:
+                raise cancelled from None
+            raise
+    assert destination is not None
+    return TransferResult(
+        "receiver",
+        tuple(destination.results),
+        sum(r.size for r in destination.results),
+        time.monotonic() - started,
+        destination=root,
+    )
+
+
+async def _write(
+    destination: Destination, events: Sequence[object], display: Progress
+) -> None:
+    batch = [e for e in events if isinstance(e, (FileData, FileCompleted))]
+    completed = await asyncio.to_thread(destination.apply, batch)
+    display.advance(sum(len(e.data) for e in batch if isinstance(e, FileData)))
+    for result in completed:
+        display.file_done(result)
+

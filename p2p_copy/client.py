@@ -1,0 +1,123 @@
+"""A peer's connection to the relay, with network failures turned into p2p-copy errors.
+
+Everything a peer learns from the relay itself arrives as a close code; this is the one
+place that reads those codes (and connection failures) and says what they mean.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from .errors import (
+    CodeInUseError,
+    ConnectionLostError,
+    P2PCopyError,
+    PeerGoneError,
+    RelayUnreachableError,
+    RemoteProtocolError,
+    TransferTimeoutError,
+    UsageError,
+)
+from .messages import CloseCode, Role
+
+__all__ = ["MAX_MESSAGE_SIZE", "open_link", "closed_error", "client_ssl_context"]
+
+#: Largest message a peer accepts; peers themselves send at most 1 MiB.
+MAX_MESSAGE_SIZE = 2**21 + 2**16
+
+
+def client_ssl_context(cafile: str | None) -> ssl.SSLContext:
+    """Verify the relay against the system's trust store, or against ``cafile`` if given."""
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"Cannot read the CA file {cafile!r}: {exc}") from None
+
+
+def _check_url(server: str) -> str:
+    parts = urlsplit(server)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise UsageError(
+            f"The relay address {server!r} must look like wss://relay.example.org "
+            "or ws://localhost:8765."
+        )
+    return parts.scheme
+
+
+@asynccontextmanager
+async def open_link(
+    server: str, *, cafile: str | None = None, open_timeout: float = 20.0
+) -> AsyncIterator[ClientConnection]:
+    """Connect to the relay at ``server``; RelayUnreachableError says why if we cannot."""
+    scheme = _check_url(server)
+    context = client_ssl_context(cafile) if scheme == "wss" else None
+    try:
+        ws = await connect(
+            server,
+            ssl=context,
+            open_timeout=open_timeout,
+            compression=None,
+            max_size=MAX_MESSAGE_SIZE,
+        )
+    except ssl.SSLCertVerificationError as exc:
+        raise RelayUnreachableError(
+            f"The relay's TLS certificate is not trusted ({exc.verify_message}). If the relay "
+            "uses a private certificate authority, pass its certificate with --cafile."
+        ) from None
+    except InvalidURI as exc:
+        raise UsageError(f"The relay address {server!r} is not valid: {exc}") from None
+    except InvalidHandshake as exc:
+        raise RelayUnreachableError(
+            f"{server} answered, but not as a p2p-copy relay ({exc}). Check the address."
+        ) from None
+    except (OSError, TimeoutError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise RelayUnreachableError(
+            f"Cannot reach the relay at {server} ({reason}). "
+            "Check the address and that the relay is running."
+        ) from None
+    try:
+        yield ws
+    finally:
+        await ws.close()
+
+
+def closed_error(exc: ConnectionClosed, role: Role) -> P2PCopyError:
+    """What it means for ``role`` that the relay closed the connection before the end."""
+    frame = exc.rcvd
+    if frame is None:
+        return ConnectionLostError(
+            "The connection to the relay was lost. Check the network and try again."
+        )
+    code, reason = frame.code, frame.reason
+    other = "receiver" if role == "sender" else "sender"
+    if code in (CloseCode.CODE_IN_USE, CloseCode.TRY_AGAIN_LATER):
+        return CodeInUseError(
+            f"Another {role} is already waiting with this code on the relay. "
+            "Use a different code, or wait until that transfer has finished."
+        )
+    if code == CloseCode.PEER_TIMEOUT:
+        return TransferTimeoutError(
+            f"No {other} joined with this code in time. Check that both sides typed the "
+            "same code and the same relay address, then try again."
+        )
+    if code == CloseCode.PEER_GONE:
+        return PeerGoneError(
+            f"The {other} disconnected before the transfer finished. Run both sides again."
+        )
+    if code == CloseCode.NORMAL:
+        return PeerGoneError(
+            f"The {other} closed the connection before the transfer finished. "
+            "Run both sides again."
+        )
+    if code == CloseCode.GOING_AWAY:
+        return ConnectionLostError("The relay is shutting down. Try again in a moment.")
+    if code in (CloseCode.BAD_HELLO, CloseCode.HELLO_TIMEOUT, CloseCode.MESSAGE_TOO_BIG):
+        return RemoteProtocolError(f"The relay refused our messages: {reason or code}.")
+    return ConnectionLostError(f"The relay closed the connection (code {code}: {reason}).")

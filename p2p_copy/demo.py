@@ -1,0 +1,67 @@
+"""``p2p-copy demo``: the whole product in one command, on loopback only.
+
+Starts a relay on a free 127.0.0.1 port, makes a sample folder (a large random file,
+small files, an empty file and folder, a Unicode name), sends it to a second folder
+through the relay, and checks that every byte arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import filecmp
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .api import receive, send
+from .relay import Relay
+
+__all__ = ["run_demo", "make_sample"]
+
+
+def make_sample(root: Path, size_mib: int) -> Path:
+    """A folder with one file of ``size_mib`` MiB and a few small and odd ones."""
+    sample = root / "sample"
+    (sample / "notes" / "empty folder").mkdir(parents=True)
+    with open(sample / "big.bin", "wb") as f:
+        for _ in range(size_mib):
+            f.write(os.urandom(2**20))
+    for i in range(20):
+        (sample / "notes" / f"note-{i:02}.txt").write_text(f"note {i}\n" * (i + 1))
+    (sample / "notes" / "empty.txt").write_bytes(b"")
+    (sample / "notes" / "grüße-σ.txt").write_text("Unicode names arrive intact.\n")
+    return sample
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    if mismatch or errors:
+        return False
+    return all(_same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+async def run_demo(size_mib: int = 64) -> int:
+    with tempfile.TemporaryDirectory(prefix="p2p-copy-demo-") as tmp:
+        root = Path(tmp)
+        sample = await asyncio.to_thread(make_sample, root, size_mib)
+        out = root / "received"
+        async with Relay("127.0.0.1", 0) as relay:
+            print(f"Relay running at {relay.url}", file=sys.stderr)
+            print("Sending a sample folder to a receiver through it...", file=sys.stderr)
+            code = "demo-code"
+            sent, got = await asyncio.gather(
+                send(relay.url, code, [sample], progress="none"),
+                receive(relay.url, code, out),
+            )
+        ok = await asyncio.to_thread(_same_tree, sample, out / "sample")
+        rate = got.bytes / max(got.duration, 1e-9) / 2**20
+        print(
+            f"{'OK' if ok else 'MISMATCH'}: {len(got.files)} files, {got.bytes:,} bytes, "
+            f"{rate:.0f} MiB/s, every SHA-256 verified.",
+            file=sys.stderr,
+        )
+        return 0 if ok and sent.bytes == got.bytes else 9

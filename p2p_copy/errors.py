@@ -1,0 +1,183 @@
+"""Every error p2p-copy raises on purpose, and the exit code the CLI gives it.
+
+    P2PCopyError                      exit 1   root; catch this to catch them all
+    ├── UsageError                    exit 2   bad arguments, a source that cannot be read
+    ├── RelayUnreachableError         exit 3   no connection to the relay (DNS, refused, TLS)
+    ├── TransferTimeoutError          exit 4   no peer joined, or an answer never came
+    ├── CodeInUseError                exit 5   the relay already has a peer with our role and code
+    ├── PeerGoneError                 exit 6   the other side left or cancelled before the end
+    ├── ConnectionLostError           exit 7   our own connection to the relay dropped
+    ├── ProtocolError                 exit 8   a message arrived that the protocol forbids
+    │   ├── RemoteProtocolError                ... the peer or relay sent it
+    │   └── LocalProtocolError                 ... we tried to send it (a bug in p2p-copy)
+    ├── IntegrityError                exit 9   a file's SHA-256 differs from the sender's
+    ├── UnsafePathError               exit 10  a name would escape or damage the destination
+    ├── DestinationExistsError        exit 11  a file exists and overwriting was not asked for
+    ├── DiskFullError                 exit 12  not enough free space for what is coming
+    ├── IncompatiblePeerError         exit 13  the peer speaks another protocol version
+    └── CancelledError                exit 130 the user interrupted the transfer
+
+Each class carries its ``exit_code`` and a ``wire_code``: the name a peer puts in an
+``error`` message so that the other side raises the same class (see docs/protocol.md).
+Messages are written for the person at the keyboard: what happened, what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "P2PCopyError",
+    "UsageError",
+    "RelayUnreachableError",
+    "TransferTimeoutError",
+    "CodeInUseError",
+    "PeerGoneError",
+    "ConnectionLostError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "LocalProtocolError",
+    "IntegrityError",
+    "UnsafePathError",
+    "DestinationExistsError",
+    "DiskFullError",
+    "IncompatiblePeerError",
+    "CancelledError",
+    "error_for_wire_code",
+]
+
+
+class P2PCopyError(Exception):
+    """Root of every error p2p-copy raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+    wire_code: ClassVar[str] = "internal"
+
+
+class UsageError(P2PCopyError):
+    """The arguments cannot work: a missing file, a bad URL, a bad option."""
+
+    exit_code = 2
+    wire_code = "usage"
+
+
+class RelayUnreachableError(P2PCopyError):
+    """No WebSocket connection to the relay could be opened."""
+
+    exit_code = 3
+    wire_code = "relay_unreachable"
+
+
+class TransferTimeoutError(P2PCopyError):
+    """Waited too long: for the peer to join, or for an answer that never came."""
+
+    exit_code = 4
+    wire_code = "timeout"
+
+
+class CodeInUseError(P2PCopyError):
+    """Another peer with the same role is already waiting with this code."""
+
+    exit_code = 5
+    wire_code = "code_in_use"
+
+
+class PeerGoneError(P2PCopyError):
+    """The other side disconnected or cancelled before the transfer finished."""
+
+    exit_code = 6
+    wire_code = "peer_gone"
+
+
+class ConnectionLostError(P2PCopyError):
+    """Our own connection to the relay broke part-way."""
+
+    exit_code = 7
+    wire_code = "connection_lost"
+
+
+class ProtocolError(P2PCopyError):
+    """A message broke the protocol: malformed, or in the wrong order."""
+
+    exit_code = 8
+    wire_code = "protocol"
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer (or the relay) sent something the protocol forbids."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to send something the protocol forbids: a bug in p2p-copy."""
+
+
+class IntegrityError(P2PCopyError):
+    """Received bytes do not match the sender's SHA-256; nothing was kept."""
+
+    exit_code = 9
+    wire_code = "integrity"
+
+
+class UnsafePathError(P2PCopyError):
+    """A name in the manifest could escape or damage the destination folder."""
+
+    exit_code = 10
+    wire_code = "unsafe_path"
+
+
+class DestinationExistsError(P2PCopyError):
+    """A file to be received already exists and overwriting was not asked for."""
+
+    exit_code = 11
+    wire_code = "exists"
+
+
+class DiskFullError(P2PCopyError):
+    """The destination has not enough free space, or ran out of it while writing."""
+
+    exit_code = 12
+    wire_code = "disk_full"
+
+
+class IncompatiblePeerError(P2PCopyError):
+    """The peer speaks a protocol version (or mode) that we do not."""
+
+    exit_code = 13
+    wire_code = "incompatible"
+
+
+class CancelledError(P2PCopyError):
+    """The transfer was cancelled on this side (Ctrl-C, a Cancel button, task cancellation)."""
+
+    exit_code = 130
+    wire_code = "cancelled"
+
+
+_BY_WIRE_CODE: dict[str, type[P2PCopyError]] = {
+    cls.wire_code: cls
+    for cls in (
+        P2PCopyError,
+        UsageError,
+        TransferTimeoutError,
+        PeerGoneError,
+        ProtocolError,
+        IntegrityError,
+        UnsafePathError,
+        DestinationExistsError,
+        DiskFullError,
+        IncompatiblePeerError,
+    )
+}
+
+
+def error_for_wire_code(wire_code: str, message: str) -> P2PCopyError:
+    """The exception to raise when the peer reports ``wire_code`` in an ``error`` message.
+
+    A peer that cancelled means, for us, that the peer is gone; a code we do not
+    know still becomes a P2PCopyError rather than being ignored.
+    """
+    if wire_code == CancelledError.wire_code:
+        return PeerGoneError(message)
+    if wire_code == ProtocolError.wire_code:
+        return RemoteProtocolError(message)
+    return _BY_WIRE_CODE.get(wire_code, P2PCopyError)(message)

@@ -1,0 +1,321 @@
+"""The wire format: every message p2p-copy sends, parsed strictly and encoded compactly.
+
+Control messages are WebSocket text messages holding one JSON object with a ``type``;
+file bytes travel in binary messages whose first byte says how the rest is encoded.
+Nothing here does I/O: parsing turns untrusted input into frozen dataclasses or raises
+``RemoteProtocolError``. docs/protocol.md is the normative description of this module.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from .errors import IncompatiblePeerError, RemoteProtocolError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "CloseCode",
+    "DATA_RAW",
+    "Role",
+    "Hello",
+    "Ready",
+    "FileEntry",
+    "DirEntry",
+    "Entry",
+    "Manifest",
+    "Accept",
+    "Checksums",
+    "Eof",
+    "Done",
+    "ErrorMessage",
+    "Message",
+    "parse_hello",
+    "parse_message",
+    "encode",
+]
+
+#: Version of the peer-to-peer protocol spoken after pairing; carried in the manifest.
+PROTOCOL_VERSION: Final = 1
+
+#: First byte of a binary message: the rest is raw bytes of the file stream.
+DATA_RAW: Final = 0x00
+
+Role = Literal["sender", "receiver"]
+ROLES: Final = ("sender", "receiver")
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MAX_MODE: Final = 0o7777
+# Far beyond any real file, small enough that arithmetic on sums stays exact in JSON doubles.
+MAX_FILE_SIZE: Final = 2**53
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A peer's first message to the relay: which room it wants and which side it is."""
+
+    code_hash_hex: str
+    role: Role
+    type: Literal["hello"] = "hello"
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Relay to sender: a receiver has joined, the line is open."""
+
+    type: Literal["ready"] = "ready"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A regular file in the manifest; its bytes follow in the data stream."""
+
+    path: str
+    size: int
+    mode: int = 0o644
+    mtime: float | None = None
+    kind: Literal["file"] = "file"
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """A folder in the manifest, so that empty folders and folder modes arrive too."""
+
+    path: str
+    mode: int = 0o755
+    mtime: float | None = None
+    kind: Literal["dir"] = "dir"
+
+
+Entry = FileEntry | DirEntry
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Sender to receiver: what is coming. Long manifests are split into parts (``more``)."""
+
+    entries: tuple[Entry, ...]
+    more: bool = False
+    version: int = PROTOCOL_VERSION
+    type: Literal["manifest"] = "manifest"
+
+
+@dataclass(frozen=True)
+class Accept:
+    """Receiver to sender: the manifest is acceptable, start the data."""
+
+    type: Literal["accept"] = "accept"
+
+
+@dataclass(frozen=True)
+class Checksums:
+    """Sender to receiver: SHA-256 of files ``first``, ``first+1``, ... whose bytes were all sent."""
+
+    first: int
+    sha256: tuple[str, ...]
+    type: Literal["checksums"] = "checksums"
+
+
+@dataclass(frozen=True)
+class Eof:
+    """Sender to receiver: no more data or checksums follow."""
+
+    type: Literal["eof"] = "eof"
+
+
+@dataclass(frozen=True)
+class Done:
+    """Receiver to sender: every file was verified and now has its final name."""
+
+    type: Literal["done"] = "done"
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    """Either peer: the transfer failed for ``code`` (an errors.py wire code); close follows."""
+
+    code: str
+    message: str
+    type: Literal["error"] = "error"
+
+
+Message = Hello | Ready | Manifest | Accept | Checksums | Eof | Done | ErrorMessage
+
+
+def encode(message: Message) -> str:
+    """The JSON text of a control message, compact, with fields left at None omitted."""
+    obj: dict[str, Any]
+    if isinstance(message, Manifest):
+        obj = {
+            "type": "manifest",
+            "version": message.version,
+            "entries": [_entry_to_json(e) for e in message.entries],
+        }
+        if message.more:
+            obj["more"] = True
+    elif isinstance(message, Checksums):
+        obj = {"type": "checksums", "first": message.first, "sha256": list(message.sha256)}
+    else:
+        obj = {k: v for k, v in message.__dict__.items() if v is not None}
+        obj = {"type": obj.pop("type"), **obj}
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _entry_to_json(entry: Entry) -> dict[str, Any]:
+    obj: dict[str, Any] = {"path": entry.path}
+    if isinstance(entry, FileEntry):
+        obj["size"] = entry.size
+    else:
+        obj["kind"] = "dir"
+    obj["mode"] = entry.mode
+    if entry.mtime is not None:
+        obj["mtime"] = entry.mtime
+    return obj
+
+
+# --- parsing untrusted input ---------------------------------------------------------
+
+
+def _load_object(text: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(f"a control message is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("a control message is not a JSON object")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise RemoteProtocolError("a control message has no string 'type'")
+    return obj
+
+
+def _int(obj: dict[str, Any], key: str, lo: int, hi: int, default: int | None = None) -> int:
+    value = obj.get(key, default)
+    # bool is an int subclass in Python; on the wire true is not 1.
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise RemoteProtocolError(f"field {key!r} must be an integer from {lo} to {hi}")
+    return value
+
+
+def _mtime(obj: dict[str, Any]) -> float | None:
+    value = obj.get("mtime")
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise RemoteProtocolError("field 'mtime' must be a finite number of seconds")
+    return float(value)
+
+
+def _str(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise RemoteProtocolError(f"field {key!r} must be a string")
+    return value
+
+
+def parse_hello(text: str | bytes) -> Hello:
+    """The relay's parser for a peer's first message; unknown extra fields are ignored."""
+    if not isinstance(text, str):
+        raise RemoteProtocolError("the first message must be a text 'hello', not binary data")
+    obj = _load_object(text)
+    if obj["type"] != "hello":
+        raise RemoteProtocolError(f"the first message must be 'hello', not {obj['type']!r}")
+    code_hash = obj.get("code_hash_hex")
+    if not isinstance(code_hash, str) or not _HEX64.fullmatch(code_hash):
+        raise RemoteProtocolError("'code_hash_hex' must be 64 lowercase hex digits")
+    role = obj.get("role")
+    if role not in ROLES:
+        raise RemoteProtocolError("'role' must be 'sender' or 'receiver'")
+    return Hello(code_hash_hex=code_hash, role=role)
+
+
+def _parse_entry(obj: Any) -> Entry:
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("a manifest entry is not a JSON object")
+    path = _str(obj, "path")
+    kind = obj.get("kind", "file")
+    if kind == "file":
+        return FileEntry(
+            path=path,
+            size=_int(obj, "size", 0, MAX_FILE_SIZE),
+            mode=_int(obj, "mode", 0, _MAX_MODE, 0o644),
+            mtime=_mtime(obj),
+        )
+    if kind == "dir":
+        return DirEntry(path=path, mode=_int(obj, "mode", 0, _MAX_MODE, 0o755), mtime=_mtime(obj))
+    raise RemoteProtocolError(f"unknown manifest entry kind {kind!r}")
+
+
+def _parse_manifest(obj: dict[str, Any]) -> Manifest:
+    if "version" not in obj:
+        # p2p-copy 0.1.x sends a manifest without a version and a message per file.
+        raise IncompatiblePeerError(
+            "The sender runs an old p2p-copy (0.1.x) that this version cannot receive from. "
+            "Ask them to upgrade: pip install -U p2p-copy"
+        )
+    version = obj["version"]
+    if version != PROTOCOL_VERSION:
+        raise IncompatiblePeerError(
+            f"The sender speaks protocol version {version!r}, this p2p-copy speaks "
+            f"{PROTOCOL_VERSION}. Install the same p2p-copy version on both sides."
+        )
+    entries = obj.get("entries")
+    if not isinstance(entries, list):
+        raise RemoteProtocolError("the manifest's 'entries' must be a list")
+    more = obj.get("more", False)
+    if not isinstance(more, bool):
+        raise RemoteProtocolError("the manifest's 'more' must be true or false")
+    return Manifest(entries=tuple(_parse_entry(e) for e in entries), more=more)
+
+
+def _parse_checksums(obj: dict[str, Any]) -> Checksums:
+    first = _int(obj, "first", 0, MAX_FILE_SIZE)
+    digests = obj.get("sha256")
+    if not isinstance(digests, list) or not digests:
+        raise RemoteProtocolError("'sha256' must be a non-empty list")
+    for digest in digests:
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            raise RemoteProtocolError("each SHA-256 must be 64 lowercase hex digits")
+    return Checksums(first=first, sha256=tuple(digests))
+
+
+def parse_message(text: str) -> Message:
+    """Parse a peer's control message (text); unknown fields are ignored, unknown types are not."""
+    obj = _load_object(text)
+    kind = obj["type"]
+    if kind == "manifest":
+        return _parse_manifest(obj)
+    if kind == "checksums":
+        return _parse_checksums(obj)
+    if kind == "error":
+        return ErrorMessage(code=_str(obj, "code"), message=_str(obj, "message"))
+    simple: dict[str, Message] = {
+        "ready": Ready(),
+        "accept": Accept(),
+        "eof": Eof(),
+        "done": Done(),
+    }
+    if kind in simple:
+        return simple[kind]
+    if kind == "hello":
+        return parse_hello(text)
+    raise RemoteProtocolError(f"unknown message type {kind!r}")
+
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the relay uses to tell a peer why its connection ends."""
+
+    NORMAL = 1000  # the partner finished and closed cleanly
+    GOING_AWAY = 1001  # the relay is shutting down
+    MESSAGE_TOO_BIG = 1009  # a message exceeded the relay's size limit
+    TRY_AGAIN_LATER = 1013  # p2p-copy 0.1.x relays: role already taken for this code
+    BAD_HELLO = 4000  # the first message was not a valid hello
+    HELLO_TIMEOUT = 4001  # no hello arrived in time
+    CODE_IN_USE = 4002  # a peer with the same role already waits for this code
+    PEER_TIMEOUT = 4003  # no partner joined in time
+    PEER_GONE = 4004  # the partner disconnected without a clean close

@@ -1,0 +1,175 @@
+"""The one place that decides how a transfer shows its progress, and shows it.
+
+``make_progress`` picks a display: an explicit choice, else $P2P_COPY_PROGRESS, else a
+tqdm bar when stderr is a terminal and nothing otherwise. ``json`` writes one event per
+line to stdout for scripts. Displays only watch: an error in one never stops a transfer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import IO, Any, Literal, Protocol
+
+from .errors import P2PCopyError, UsageError
+from .paths import display_name
+from .results import FileResult, TransferResult
+
+__all__ = ["Progress", "ProgressKind", "NoProgress", "TqdmProgress", "JsonProgress", "make_progress"]
+
+ProgressKind = Literal["auto", "tqdm", "json", "none"]
+PROGRESS_ENV = "P2P_COPY_PROGRESS"
+
+
+class Progress(Protocol):
+    """What a transfer tells its display, in this order."""
+
+    def waiting(self) -> None:
+        """Connected to the relay; waiting for the other side."""
+
+    def started(self, total_bytes: int, total_files: int) -> None:
+        """The manifest is agreed; bytes start to flow."""
+
+    def advance(self, nbytes: int) -> None:
+        """``nbytes`` more bytes were sent or written."""
+
+    def file_done(self, result: FileResult) -> None:
+        """A file is complete (receiver: verified and under its final name)."""
+
+    def finished(self, result: TransferResult) -> None:
+        """Everything arrived and was verified."""
+
+    def failed(self, error: BaseException) -> None:
+        """The transfer failed with ``error``."""
+
+
+class NoProgress:
+    """Shows nothing: for pipes, logs and library use."""
+
+    def waiting(self) -> None: ...
+    def started(self, total_bytes: int, total_files: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def file_done(self, result: FileResult) -> None: ...
+    def finished(self, result: TransferResult) -> None: ...
+    def failed(self, error: BaseException) -> None: ...
+
+
+class TqdmProgress(NoProgress):
+    """A tqdm bar on stderr: bytes, rate, ETA."""
+
+    def __init__(self, label: str, stream: IO[str] | None = None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.bar: Any = None
+
+    def waiting(self) -> None:
+        print(f"{self.label}: waiting for the other side...", file=self.stream, flush=True)
+
+    def started(self, total_bytes: int, total_files: int) -> None:
+        from tqdm import tqdm  # deferred: importing tqdm costs start-up time for every CLI run
+
+        noun = "file" if total_files == 1 else "files"
+        self.bar = tqdm(
+            total=total_bytes,
+            desc=f"{self.label} {total_files} {noun}",
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=self.stream,
+            dynamic_ncols=True,
+            leave=True,
+        )
+
+    def advance(self, nbytes: int) -> None:
+        if self.bar is not None:
+            self.bar.update(nbytes)
+
+    def finished(self, result: TransferResult) -> None:
+        self._close()
+
+    def failed(self, error: BaseException) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class JsonProgress(NoProgress):
+    """One JSON object per line: progress (at most every ``interval`` s), file, finished, error."""
+
+    def __init__(self, stream: IO[str] | None = None, interval: float = 0.5) -> None:
+        self.stream = stream or sys.stdout
+        self.interval = interval
+        self.total = 0
+        self.done = 0
+        self._last = 0.0
+        self._start = time.monotonic()
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, **fields}, ensure_ascii=False)
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def waiting(self) -> None:
+        self._emit("waiting")
+
+    def started(self, total_bytes: int, total_files: int) -> None:
+        self.total = total_bytes
+        self._start = time.monotonic()
+        self._emit("started", bytes_total=total_bytes, files_total=total_files)
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._progress(now)
+
+    def _progress(self, now: float) -> None:
+        elapsed = max(now - self._start, 1e-9)
+        self._emit("progress", bytes_done=self.done, bytes_total=self.total,
+                   rate=round(self.done / elapsed))
+
+    def file_done(self, result: FileResult) -> None:
+        self._emit("file", path=display_name(result.path), size=result.size, sha256=result.sha256)
+
+    def finished(self, result: TransferResult) -> None:
+        self._progress(time.monotonic())
+        self._emit(
+            "finished",
+            files=len(result.files),
+            bytes=result.bytes,
+            seconds=round(result.duration, 3),
+            exit_code=0,
+        )
+
+    def failed(self, error: BaseException) -> None:
+        code = error.exit_code if isinstance(error, P2PCopyError) else 1
+        self._emit("error", error=type(error).__name__, message=str(error), exit_code=code)
+
+
+def make_progress(kind: ProgressKind | Progress | None, label: str) -> Progress:
+    """The display to use: an object is used as it is; a name, the env or auto decide otherwise."""
+    if kind is not None and not isinstance(kind, str):
+        return kind
+    chosen = kind or os.environ.get(PROGRESS_ENV) or "auto"
+    if chosen == "auto":
+        chosen = "tqdm" if _is_terminal(sys.stderr) else "none"
+    if chosen == "tqdm":
+        return TqdmProgress(label)
+    if chosen == "json":
+        return JsonProgress()
+    if chosen == "none":
+        return NoProgress()
+    raise UsageError(f"Unknown progress display {chosen!r}: use auto, tqdm, json or none.")
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

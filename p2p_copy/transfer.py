@@ -1,0 +1,392 @@
+"""The sender's and the receiver's side of a transfer as state machines without I/O.
+
+Rules, in the order a transfer follows them (docs/protocol.md has the full text):
+
+    sender                          relay                    receiver
+    hello ---------------------->          <---------------------- hello
+          <--------------------- ready
+    manifest (one or more parts) ------------------------------->
+          <------------------------------------------------------- accept
+    data, data, checksums, data ... ---------------------------->
+    eof -------------------------------------------------------->
+          <------------------------------------------------------- done
+
+The data stream is every file's bytes concatenated in manifest order, cut into binary
+messages of any size, so that one message can carry many small files. A ``checksums``
+message gives the SHA-256 of files whose last byte has been sent. Either side may send
+``error`` at any time and then close.
+
+Each machine is fed what arrived (``receive``) and asked for what to send (``hello``,
+``manifest``, ...). A call in the wrong state raises LocalProtocolError; a message in the
+wrong state raises RemoteProtocolError. The asyncio layer in api.py does the I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import (
+    LocalProtocolError,
+    P2PCopyError,
+    RemoteProtocolError,
+    error_for_wire_code,
+)
+from .messages import (
+    DATA_RAW,
+    Accept,
+    Checksums,
+    Done,
+    Entry,
+    Eof,
+    ErrorMessage,
+    FileEntry,
+    Hello,
+    Manifest,
+    Ready,
+    Role,
+    encode,
+    parse_message,
+)
+from .paths import check_entries
+
+__all__ = [
+    "SenderState",
+    "ReceiverState",
+    "Sender",
+    "Receiver",
+    "ManifestReceived",
+    "FileData",
+    "FileCompleted",
+    "TransferFinished",
+    "ReceiverEvent",
+    "MANIFEST_PART_BYTES",
+]
+
+#: Manifest parts stay well below the 1 MiB default message limit of WebSocket stacks.
+MANIFEST_PART_BYTES = 256 * 1024
+#: A receiver refuses manifests with more entries than this unless told otherwise.
+DEFAULT_MAX_ENTRIES = 1_000_000
+
+
+class SenderState(enum.IntEnum):
+    START = 0
+    WAIT_READY = 1
+    SEND_MANIFEST = 2
+    WAIT_ACCEPT = 3
+    STREAMING = 4
+    WAIT_DONE = 5
+    DONE = 6
+    FAILED = 7
+
+
+class ReceiverState(enum.IntEnum):
+    START = 0
+    WAIT_MANIFEST = 1
+    DECIDING = 2
+    STREAMING = 3
+    FINISHING = 4
+    DONE = 5
+    FAILED = 6
+
+
+@dataclass(frozen=True)
+class ManifestReceived:
+    """The whole manifest arrived and its paths are safe; call accept() or error()."""
+
+    entries: tuple[Entry, ...]
+
+    @property
+    def files(self) -> tuple[FileEntry, ...]:
+        return tuple(e for e in self.entries if isinstance(e, FileEntry))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class FileData:
+    """Bytes of file number ``file`` (index among file entries) starting at ``offset``."""
+
+    file: int
+    offset: int
+    data: memoryview
+
+
+@dataclass(frozen=True)
+class FileCompleted:
+    """All bytes of file number ``file`` arrived; the sender says their SHA-256 is ``sha256``."""
+
+    file: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TransferFinished:
+    """The sender sent eof after every byte and checksum; verify, then call done()."""
+
+
+ReceiverEvent = ManifestReceived | FileData | FileCompleted | TransferFinished
+
+
+class _Stream:
+    """Where file boundaries fall in the concatenated data stream."""
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        self.sizes = tuple(sizes)
+        # ends[i] is the stream offset just after file i's last byte.
+        self.ends = tuple(itertools.accumulate(self.sizes))
+        self.total = self.ends[-1] if self.ends else 0
+        self.position = 0
+        self.checksummed = 0
+
+    def files_complete(self) -> int:
+        """How many files have all their bytes before ``position``."""
+        return bisect.bisect_right(self.ends, self.position)
+
+    def check_checksums(self, first: int, count: int) -> str | None:
+        """Why a checksums message for files first..first+count-1 is out of place, or None."""
+        if first != self.checksummed:
+            return f"checksums for file {first} arrived, file {self.checksummed} was next"
+        if first + count > self.files_complete():
+            return "checksums arrived for a file whose bytes were not all sent"
+        return None
+
+
+def _peer_error(message: ErrorMessage, peer: Role) -> P2PCopyError:
+    return error_for_wire_code(message.code, f"The {peer} reported: {message.message}")
+
+
+class Sender:
+    """The sending peer: announces the entries, streams their bytes, waits for ``done``."""
+
+    def __init__(
+        self,
+        code_hash_hex: str,
+        entries: Sequence[Entry],
+        *,
+        manifest_part_bytes: int = MANIFEST_PART_BYTES,
+    ) -> None:
+        self.state = SenderState.START
+        self.code_hash_hex = code_hash_hex
+        self.entries = tuple(entries)
+        self._part_bytes = manifest_part_bytes
+        self._stream = _Stream([e.size for e in self.entries if isinstance(e, FileEntry)])
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._stream.position
+
+    def _expect(self, *states: SenderState) -> None:
+        if self.state not in states:
+            raise LocalProtocolError(f"sender cannot do that in state {self.state.name}")
+
+    def hello(self) -> str:
+        self._expect(SenderState.START)
+        self.state = SenderState.WAIT_READY
+        return encode(Hello(code_hash_hex=self.code_hash_hex, role="sender"))
+
+    def manifest(self) -> list[str]:
+        """The manifest as one or more text messages, each under the part size."""
+        self._expect(SenderState.SEND_MANIFEST)
+        parts: list[str] = []
+        batch: list[Entry] = []
+        size = 0
+        for entry in self.entries:
+            # A one-entry manifest's length over-estimates the entry's share of a part.
+            cost = len(encode(Manifest(entries=(entry,))).encode())
+            if batch and size + cost > self._part_bytes:
+                parts.append(encode(Manifest(entries=tuple(batch), more=True)))
+                batch, size = [], 0
+            batch.append(entry)
+            size += cost
+        parts.append(encode(Manifest(entries=tuple(batch))))
+        self.state = SenderState.WAIT_ACCEPT
+        return parts
+
+    def receive(self, message: str | bytes) -> Ready | Accept | Done:
+        """Feed a message from the relay or the receiver; return what it was."""
+        if isinstance(message, bytes):
+            raise self._fail(RemoteProtocolError("the receiver sent binary data to the sender"))
+        try:
+            parsed = parse_message(message)
+        except P2PCopyError as exc:
+            raise self._fail(exc) from None
+        if isinstance(parsed, ErrorMessage):
+            raise self._fail(_peer_error(parsed, "receiver"))
+        expected: dict[SenderState, type[Ready | Accept | Done]] = {
+            SenderState.WAIT_READY: Ready,
+            SenderState.WAIT_ACCEPT: Accept,
+            SenderState.WAIT_DONE: Done,
+        }
+        wanted = expected.get(self.state)
+        if wanted is None or not isinstance(parsed, wanted):
+            raise self._fail(
+                RemoteProtocolError(
+                    f"'{parsed.type}' arrived while the sender was in state {self.state.name}"
+                )
+            )
+        self.state = {
+            Ready: SenderState.SEND_MANIFEST,
+            Accept: SenderState.STREAMING,
+            Done: SenderState.DONE,
+        }[wanted]
+        return parsed
+
+    def frame_data(self, buffer: bytearray, length: int) -> memoryview:
+        """Turn ``buffer[1:1+length]`` (filled by the caller) into a data message, in place.
+
+        Writing the header into the caller's buffer keeps file bytes from being copied.
+        """
+        self._expect(SenderState.STREAMING)
+        if length <= 0:
+            raise LocalProtocolError("a data message must carry at least one byte")
+        if self._stream.position + length > self._stream.total:
+            raise LocalProtocolError("more data than the manifest announced")
+        buffer[0] = DATA_RAW
+        self._stream.position += length
+        return memoryview(buffer)[: 1 + length]
+
+    def checksums(self, sha256: Sequence[str]) -> str:
+        """The checksums message for the next files whose bytes have all been framed."""
+        self._expect(SenderState.STREAMING)
+        problem = self._stream.check_checksums(self._stream.checksummed, len(sha256))
+        if problem or not sha256:
+            raise LocalProtocolError(problem or "no checksums given")
+        first = self._stream.checksummed
+        self._stream.checksummed += len(sha256)
+        return encode(Checksums(first=first, sha256=tuple(sha256)))
+
+    def eof(self) -> str:
+        self._expect(SenderState.STREAMING)
+        stream = self._stream
+        if stream.position != stream.total or stream.checksummed != len(stream.sizes):
+            raise LocalProtocolError("eof before every byte and checksum was sent")
+        self.state = SenderState.WAIT_DONE
+        return encode(Eof())
+
+    def error(self, exc: P2PCopyError) -> str:
+        """The error message that tells the receiver why we stop."""
+        self.state = SenderState.FAILED
+        return encode(ErrorMessage(code=exc.wire_code, message=str(exc)))
+
+    def _fail(self, exc: P2PCopyError) -> P2PCopyError:
+        self.state = SenderState.FAILED
+        return exc
+
+
+class Receiver:
+    """The receiving peer: checks the manifest, splits the stream into files, confirms."""
+
+    def __init__(self, code_hash_hex: str, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        self.state = ReceiverState.START
+        self.code_hash_hex = code_hash_hex
+        self.max_entries = max_entries
+        self.entries: tuple[Entry, ...] = ()
+        self._parts: list[Entry] = []
+        self._stream = _Stream(())
+
+    @property
+    def bytes_received(self) -> int:
+        return self._stream.position
+
+    def hello(self) -> str:
+        if self.state is not ReceiverState.START:
+            raise LocalProtocolError("hello is sent once, first")
+        self.state = ReceiverState.WAIT_MANIFEST
+        return encode(Hello(code_hash_hex=self.code_hash_hex, role="receiver"))
+
+    def receive(self, message: str | bytes) -> list[ReceiverEvent]:
+        """Feed a message from the sender; return what it means, in order."""
+        try:
+            if isinstance(message, (bytes, bytearray, memoryview)):
+                return self._receive_data(memoryview(message))
+            return self._receive_control(parse_message(message))
+        except P2PCopyError as exc:
+            self.state = ReceiverState.FAILED
+            raise exc from None
+
+    def _receive_control(self, msg: object) -> list[ReceiverEvent]:
+        if isinstance(msg, ErrorMessage):
+            raise _peer_error(msg, "sender")
+        if self.state is ReceiverState.WAIT_MANIFEST and isinstance(msg, Manifest):
+            return self._receive_manifest(msg)
+        if self.state is ReceiverState.STREAMING and isinstance(msg, Checksums):
+            problem = self._stream.check_checksums(msg.first, len(msg.sha256))
+            if problem:
+                raise RemoteProtocolError(f"The sender broke the protocol: {problem}.")
+            self._stream.checksummed += len(msg.sha256)
+            return [FileCompleted(msg.first + i, d) for i, d in enumerate(msg.sha256)]
+        if self.state is ReceiverState.STREAMING and isinstance(msg, Eof):
+            stream = self._stream
+            if stream.position != stream.total or stream.checksummed != len(stream.sizes):
+                raise RemoteProtocolError(
+                    f"The sender ended the transfer early: {stream.position} of "
+                    f"{stream.total} bytes and {stream.checksummed} of "
+                    f"{len(stream.sizes)} checksums arrived."
+                )
+            self.state = ReceiverState.FINISHING
+            return [TransferFinished()]
+        kind = getattr(msg, "type", "?")
+        raise RemoteProtocolError(
+            f"The sender broke the protocol: '{kind}' arrived in state {self.state.name}."
+        )
+
+    def _receive_manifest(self, part: Manifest) -> list[ReceiverEvent]:
+        self._parts.extend(part.entries)
+        if len(self._parts) > self.max_entries:
+            raise RemoteProtocolError(
+                f"The manifest lists more than {self.max_entries} entries; refusing it."
+            )
+        if part.more:
+            return []
+        self.entries = tuple(self._parts)
+        self._parts = []
+        check_entries(self.entries)
+        self._stream = _Stream([e.size for e in self.entries if isinstance(e, FileEntry)])
+        self.state = ReceiverState.DECIDING
+        return [ManifestReceived(self.entries)]
+
+    def _receive_data(self, data: memoryview) -> list[ReceiverEvent]:
+        if self.state is not ReceiverState.STREAMING:
+            raise RemoteProtocolError(
+                f"The sender broke the protocol: data arrived in state {self.state.name}."
+            )
+        if len(data) < 2 or data[0] != DATA_RAW:
+            raise RemoteProtocolError("The sender sent a data message of unknown format.")
+        stream = self._stream
+        payload = data[1:]
+        if stream.position + len(payload) > stream.total:
+            raise RemoteProtocolError("The sender sent more bytes than its manifest announced.")
+        events: list[ReceiverEvent] = []
+        file = stream.files_complete()
+        while payload:
+            start = stream.ends[file] - stream.sizes[file]
+            offset = stream.position - start
+            take = min(len(payload), stream.sizes[file] - offset)
+            if take:
+                events.append(FileData(file, offset, payload[:take]))
+                payload = payload[take:]
+                stream.position += take
+            file += 1
+        return events
+
+    def accept(self) -> str:
+        if self.state is not ReceiverState.DECIDING:
+            raise LocalProtocolError("accept answers a manifest")
+        self.state = ReceiverState.STREAMING
+        return encode(Accept())
+
+    def done(self) -> str:
+        if self.state is not ReceiverState.FINISHING:
+            raise LocalProtocolError("done answers eof")
+        self.state = ReceiverState.DONE
+        return encode(Done())
+
+    def error(self, exc: P2PCopyError) -> str:
+        self.state = ReceiverState.FAILED
+        return encode(ErrorMessage(code=exc.wire_code, message=str(exc)))
