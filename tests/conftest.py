@@ -1,0 +1,102 @@
+"""Fixtures shared by the tests: a real relay on loopback, the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from p2p_copy.relay import Relay
+from p2p_copy.testing import running_relay
+
+# The CLI must never reach anything but loopback, even if the machine has a proxy set.
+for _var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+    os.environ.pop(_var, None)
+os.environ["NO_PROXY"] = "*"
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[Relay]:
+    """An in-process relay on 127.0.0.1 with a free port (see p2p_copy.testing)."""
+    async with running_relay() as r:
+        yield r
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("P2P_COPY_PROGRESS", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
+            cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m p2p_copy ARGS`` to completion and return what it did."""
+    return subprocess.run(
+        [sys.executable, "-m", "p2p_copy", *args],
+        capture_output=True, text=True, timeout=timeout, env=env or cli_env(), cwd=cwd,
+        input=input,
+    )
+
+
+class Processes:
+    """Background CLI processes that are killed when the test ends, whatever happens."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, *args: str, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "p2p_copy", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env or cli_env(), cwd=cwd,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start_relay(self, port: int | None = None, *extra: str) -> tuple[subprocess.Popen[str], str]:
+        """A relay process on 127.0.0.1 without TLS; returns it and its ws:// URL once it listens."""
+        port = port or free_port()
+        proc = self.start("run-relay-server", "127.0.0.1", str(port), "--no-tls", *extra)
+        wait_for_port(port, proc)
+        return proc, f"ws://127.0.0.1:{port}"
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[str] | None = None, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited early: {proc.communicate()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    try:
+        yield procs
+    finally:
+        procs.cleanup()
