@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     receive = sub.add_parser("receive", help="receive files and folders", epilog=EXAMPLES,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     _client_args(receive)
-    receive.add_argument("--out", default=".", metavar="DIR", help="destination folder (default: .)")
+    receive.add_argument("--out", default=".", metavar="DIR",
+                         help="destination folder (default: .)")
     receive.add_argument("--overwrite", action="store_true", help="replace files that exist")
     _common_options(receive)
 
@@ -177,7 +178,8 @@ def _run_relay(args: argparse.Namespace) -> int:
             context = server_ssl_context(args.certfile, args.keyfile)
         except (OSError, ValueError) as exc:
             raise UsageError(f"Cannot load the TLS certificate or key: {exc}") from None
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("p2p_copy.relay.websockets").setLevel(logging.WARNING)
     config = RelayConfig(hello_timeout=args.hello_timeout, peer_timeout=args.peer_timeout,
                          max_message_size=args.max_message_size)

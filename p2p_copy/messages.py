@@ -113,7 +113,7 @@ class Accept:
 
 @dataclass(frozen=True)
 class Checksums:
-    """Sender to receiver: SHA-256 of files ``first``, ``first+1``, ... whose bytes were all sent."""
+    """Sender to receiver: SHA-256 of files ``first``, ``first+1``, ... whose bytes are all sent."""
 
     first: int
     sha256: tuple[str, ...]

@@ -17,7 +17,14 @@ from .errors import P2PCopyError, UsageError
 from .paths import display_name
 from .results import FileResult, TransferResult
 
-__all__ = ["Progress", "ProgressKind", "NoProgress", "TqdmProgress", "JsonProgress", "make_progress"]
+__all__ = [
+    "Progress",
+    "ProgressKind",
+    "NoProgress",
+    "TqdmProgress",
+    "JsonProgress",
+    "make_progress",
+]
 
 ProgressKind = Literal["auto", "tqdm", "json", "none"]
 PROGRESS_ENV = "P2P_COPY_PROGRESS"

@@ -17,6 +17,7 @@ import ssl
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -208,9 +209,10 @@ class Relay:
     async def _wait_for_partner(self, peer: _Peer) -> _Peer | Outcome:
         self.stats.waiting += 1
         closed = asyncio.ensure_future(peer.ws.wait_closed())
+        either: set[asyncio.Future[Any]] = {peer.partner, closed}
         try:
             await asyncio.wait(
-                {peer.partner, closed},
+                either,
                 timeout=self.config.peer_timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )

@@ -54,7 +54,9 @@ def collect_sources(paths: Sequence[str | os.PathLike[str]]) -> Sources:
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
-            raise UsageError(f"Cannot send {display_name(str(path))!r}: its name is not UTF-8.")
+            raise UsageError(
+                f"Cannot send {display_name(str(path))!r}: its name is not UTF-8."
+            ) from None
         entry = _entry(path, name, st)
         entries.append(entry)
         if isinstance(entry, FileEntry):
