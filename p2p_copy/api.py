@@ -323,7 +323,15 @@ async def _write(
     destination: Destination, events: Sequence[object], display: Progress
 ) -> None:
     batch = [e for e in events if isinstance(e, (FileData, FileCompleted))]
-    completed = await asyncio.to_thread(destination.apply, batch)
+    work = asyncio.ensure_future(asyncio.to_thread(destination.apply, batch))
+    try:
+        completed = await asyncio.shield(work)
+    finally:
+        if not work.done():
+            # Cancelling does not stop the worker thread: let it finish before abort()
+            # runs, or files it opens afterwards would be left behind.
+            await asyncio.wait({work})
+            work.exception()  # the cancellation is what gets reported
     display.advance(sum(len(e.data) for e in batch if isinstance(e, FileData)))
     for result in completed:
         display.file_done(result)

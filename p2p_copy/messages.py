@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -205,7 +205,10 @@ def _mtime(obj: dict[str, Any]) -> float | None:
     value = obj.get("mtime")
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    # abs(...) <= max is False for NaN and inf, and compares huge ints without overflow.
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+        abs(value) <= sys.float_info.max
+    ):
         raise RemoteProtocolError("field 'mtime' must be a finite number of seconds")
     return float(value)
 
@@ -258,7 +261,7 @@ def _parse_manifest(obj: dict[str, Any]) -> Manifest:
             "Ask them to upgrade: pip install -U p2p-copy"
         )
     version = obj["version"]
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # true == 1 in Python
         raise IncompatiblePeerError(
             f"The sender speaks protocol version {version!r}, this p2p-copy speaks "
             f"{PROTOCOL_VERSION}. Install the same p2p-copy version on both sides."

@@ -237,7 +237,10 @@ class Relay:
             async for message in peer.ws:
                 await partner.ws.send(message)
                 stats.messages_forwarded += 1
-                stats.bytes_forwarded += len(message)
+                # Text arrives decoded: count its UTF-8 bytes, not its characters.
+                stats.bytes_forwarded += (
+                    len(message) if isinstance(message, bytes) else len(message.encode())
+                )
         except ConnectionClosed:
             pass  # either side closed; the close codes below say which
         finally:

@@ -51,7 +51,7 @@ from .messages import (
     encode,
     parse_message,
 )
-from .paths import check_entries
+from .paths import check_entries, display_name
 
 __all__ = [
     "SenderState",
@@ -158,7 +158,9 @@ class _Stream:
 
 
 def _peer_error(message: ErrorMessage, peer: Role) -> P2PCopyError:
-    return error_for_wire_code(message.code, f"The {peer} reported: {message.message}")
+    # Escaped: the peer's text must not reach our terminal as control characters.
+    text = display_name(message.message)
+    return error_for_wire_code(message.code, f"The {peer} reported: {text}")
 
 
 class Sender:
