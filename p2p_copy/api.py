@@ -48,6 +48,9 @@ DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 2**20
 #: How long the sender waits, after eof, for the receiver to confirm.
 DONE_TIMEOUT = 300.0
+#: How long the sender waits for the receiver to answer the manifest. A receiver only
+#: checks names and free space before answering; p2p-copy 0.1.x receivers never answer.
+ACCEPT_TIMEOUT = 60.0
 
 
 class _Link:
@@ -148,7 +151,11 @@ async def _send(
             started = time.monotonic()
             for part in proto.manifest():
                 await link.send(part)
-            proto.receive(await link.recv(DONE_TIMEOUT, "the receiver to accept"))
+            proto.receive(await link.recv(
+                ACCEPT_TIMEOUT,
+                "the receiver to answer the list of files (a receiver running p2p-copy 0.1.x "
+                "never answers: ask them to upgrade with pip install -U p2p-copy)",
+            ))
             files = [e for e in sources.entries if isinstance(e, FileEntry)]
             display.started(sources.total_bytes, len(files))
             digests = await _stream_with_watch(link, proto, sources.files, files, display,

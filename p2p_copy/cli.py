@@ -28,7 +28,7 @@ examples:
   {CODE_ENV}=purple-sausages p2p-copy receive wss://relay.example.org -
   p2p-copy demo
 
-exit codes: 0 ok, 2 usage, 3 relay unreachable, 4 timeout, 5 code in use,
+exit codes: 0 ok, 1 other error, 2 usage, 3 relay unreachable, 4 timeout, 5 code in use,
   6 peer gone, 7 connection lost, 8 protocol error, 9 integrity, 10 unsafe path,
   11 destination exists, 12 disk full, 13 incompatible peer, 130 cancelled
 """

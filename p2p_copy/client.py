@@ -66,9 +66,15 @@ async def open_link(
             max_size=MAX_MESSAGE_SIZE,
         )
     except ssl.SSLCertVerificationError as exc:
+        advice = (
+            "Check that the relay's certificate is issued for this host name and signed by "
+            "the CA in --cafile."
+            if cafile
+            else "If the relay uses a private certificate authority, pass its certificate "
+            "with --cafile."
+        )
         raise RelayUnreachableError(
-            f"The relay's TLS certificate is not trusted ({exc.verify_message}). If the relay "
-            "uses a private certificate authority, pass its certificate with --cafile."
+            f"The relay's TLS certificate is not trusted ({exc.verify_message}). {advice}"
         ) from None
     except InvalidURI as exc:
         raise UsageError(f"The relay address {server!r} is not valid: {exc}") from None

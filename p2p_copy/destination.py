@@ -25,6 +25,7 @@ from .errors import (
     DiskFullError,
     IntegrityError,
     P2PCopyError,
+    RemoteProtocolError,
     UnsafePathError,
 )
 from .messages import DirEntry, Entry, FileEntry
@@ -37,6 +38,15 @@ __all__ = ["Destination", "TEMP_SUFFIX"]
 TEMP_SUFFIX = ".p2p-copy-part"
 #: Free space kept beyond the announced bytes, for metadata and the file system's own needs.
 SPACE_MARGIN = 16 * 2**20
+
+
+def _set_mtime(path: Path, mtime: float) -> None:
+    try:
+        os.utime(path, (mtime, mtime))
+    except OverflowError:  # finite, but beyond this platform's time_t
+        raise RemoteProtocolError(
+            f"The sender sent a modification time this system cannot store ({mtime:g} s)."
+        ) from None
 
 
 def _os_error(exc: OSError, path: Path) -> P2PCopyError:
@@ -189,7 +199,7 @@ class Destination:
             os.close(current.fd)
             current.fd = -1
             if entry.mtime is not None:
-                os.utime(current.temp, (entry.mtime, entry.mtime))
+                _set_mtime(current.temp, entry.mtime)
             if not self.overwrite and os.path.lexists(current.final):
                 raise DestinationExistsError(
                     f"{display_name(str(current.final))!r} appeared while receiving; "
@@ -217,7 +227,7 @@ class Destination:
                 # The owner keeps full rights so that a later transfer can add to it.
                 os.chmod(path, (stat.S_IMODE(entry.mode) & 0o777) | 0o700)
                 if entry.mtime is not None:
-                    os.utime(path, (entry.mtime, entry.mtime))
+                    _set_mtime(path, entry.mtime)
             except OSError as exc:
                 raise _os_error(exc, path) from None
         self._made_dirs.clear()
