@@ -92,7 +92,10 @@ async def _fail_politely(
         error: P2PCopyError = CancelledError(f"The {link.role} cancelled the transfer.")
         await link.tell_peer(proto.error(error))
         return error
-    if isinstance(exc, P2PCopyError) and not isinstance(exc, (PeerGoneError, ConnectionLostError)):
+    # Errors the peer reported, or a dead link, need no answer.
+    if isinstance(exc, P2PCopyError) and not exc.from_peer and not isinstance(
+        exc, (PeerGoneError, ConnectionLostError)
+    ):
         await link.tell_peer(proto.error(exc))
     return None
 
@@ -232,7 +235,8 @@ async def _stream(
                 display.advance(length)
             if finished:
                 digests.extend(finished)
-                await link.send(proto.checksums(finished))
+                for message in proto.checksums(finished):
+                    await link.send(message)
             if not more:
                 break
         await link.send(proto.eof())

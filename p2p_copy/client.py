@@ -28,7 +28,7 @@ from .messages import CloseCode, Role
 
 __all__ = ["MAX_MESSAGE_SIZE", "open_link", "closed_error", "client_ssl_context"]
 
-#: Largest message a peer accepts; peers themselves send at most 1 MiB.
+#: Largest message a peer accepts; ours send data messages of at most 1 MiB + 1 byte.
 MAX_MESSAGE_SIZE = 2**21 + 2**16
 
 
@@ -96,6 +96,12 @@ async def open_link(
 
 def closed_error(exc: ConnectionClosed, role: Role) -> P2PCopyError:
     """What it means for ``role`` that the relay closed the connection before the end."""
+    sent = exc.sent
+    if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG and not exc.rcvd_then_sent:
+        # We hung up first: a message from the relay was larger than MAX_MESSAGE_SIZE.
+        return RemoteProtocolError(
+            f"The peer sent a message larger than {MAX_MESSAGE_SIZE:,} bytes; refused it."
+        )
     frame = exc.rcvd
     if frame is None:
         return ConnectionLostError(

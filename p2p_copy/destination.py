@@ -154,8 +154,19 @@ class Destination:
                 written = os.write(current.fd, data)
                 current.hash.update(data[:written])
                 data = data[written:]
+            if event.offset + len(event.data) == current.entry.size:
+                # Its checksum may come a few thousand files later: free the descriptor now.
+                self._seal(current)
         except OSError as exc:
             raise _os_error(exc, current.final) from None
+
+    @staticmethod
+    def _seal(current: _Open) -> None:
+        """Give the complete temporary file its mode and close it."""
+        if current.fd >= 0:
+            os.fchmod(current.fd, stat.S_IMODE(current.entry.mode) & 0o777)
+            os.close(current.fd)
+            current.fd = -1
 
     def _start(self, file: int) -> _Open:
         entry = self.files[file]
@@ -195,9 +206,7 @@ class Destination:
                     f"{display_name(entry.path)!r} arrived damaged (SHA-256 mismatch); it was "
                     "discarded. Send it again."
                 )
-            os.fchmod(current.fd, stat.S_IMODE(entry.mode) & 0o777)
-            os.close(current.fd)
-            current.fd = -1
+            self._seal(current)
             if entry.mtime is not None:
                 _set_mtime(current.temp, entry.mtime)
             if not self.overwrite and os.path.lexists(current.final):

@@ -52,6 +52,8 @@ class P2PCopyError(Exception):
 
     exit_code: ClassVar[int] = 1
     wire_code: ClassVar[str] = "internal"
+    #: True when the peer reported this error in an ``error`` message (so we do not echo it).
+    from_peer: bool = False
 
 
 class UsageError(P2PCopyError):
@@ -158,8 +160,11 @@ _BY_WIRE_CODE: dict[str, type[P2PCopyError]] = {
     for cls in (
         P2PCopyError,
         UsageError,
+        RelayUnreachableError,
         TransferTimeoutError,
+        CodeInUseError,
         PeerGoneError,
+        ConnectionLostError,
         ProtocolError,
         IntegrityError,
         UnsafePathError,
@@ -176,8 +181,12 @@ def error_for_wire_code(wire_code: str, message: str) -> P2PCopyError:
     A peer that cancelled means, for us, that the peer is gone; a code we do not
     know still becomes a P2PCopyError rather than being ignored.
     """
+    error: P2PCopyError
     if wire_code == CancelledError.wire_code:
-        return PeerGoneError(message)
-    if wire_code == ProtocolError.wire_code:
-        return RemoteProtocolError(message)
-    return _BY_WIRE_CODE.get(wire_code, P2PCopyError)(message)
+        error = PeerGoneError(message)
+    elif wire_code == ProtocolError.wire_code:
+        error = RemoteProtocolError(message)
+    else:
+        error = _BY_WIRE_CODE.get(wire_code, P2PCopyError)(message)
+    error.from_peer = True
+    return error

@@ -23,6 +23,8 @@ MAX_PATH_CHARS: Final = 4096
 MAX_COMPONENT_BYTES: Final = 255
 # C0 controls, DEL and C1 controls: a name holding one could rewrite the user's terminal.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Lone surrogates are not characters: they cannot be encoded as UTF-8 file names.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _DRIVE = re.compile(r"[A-Za-z]:")
 
 
@@ -40,6 +42,8 @@ def split_safe_path(path: str) -> tuple[str, ...]:
         raise UnsafePathError(f"The sender sent a path longer than {MAX_PATH_CHARS} characters.")
     if _CONTROL.search(path):
         raise UnsafePathError(f"The sender sent a name with control characters: {shown!r}")
+    if _SURROGATE.search(path):
+        raise UnsafePathError(f"The sender sent a name that is not valid Unicode: {shown!r}")
     if "\\" in path:
         raise UnsafePathError(f"The sender sent a name with a backslash: {shown!r}")
     if path.startswith("/"):

@@ -154,7 +154,7 @@ class Relay:
     # --- HTTP and WebSocket handling ------------------------------------------------
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path == "/healthz":
+        if request.path.partition("?")[0] == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         return None
 
@@ -251,9 +251,10 @@ class Relay:
             # The partner went first; its handler closes this side with the right code.
             await peer.ws.wait_closed()
             return Outcome.HAPPY if partner.ws.close_code == CloseCode.NORMAL else Outcome.ERRORY
-        # Tell the partner how this side ended: a clean close stays clean, anything
-        # else (a crash, a dropped network) becomes PEER_GONE.
-        if peer.ws.close_code == CloseCode.NORMAL:
+        # Tell the partner how this side ended: a clean close that the peer started stays
+        # clean; anything else (a crash, a dropped network, a close the relay had to
+        # start, e.g. for an oversized message) becomes PEER_GONE.
+        if peer.ws.close_code == CloseCode.NORMAL and peer.ws.protocol.close_rcvd_then_sent:
             await partner.ws.close(CloseCode.NORMAL, "the peer closed the connection")
             return Outcome.HAPPY
         await partner.ws.close(CloseCode.PEER_GONE, "the peer disconnected")

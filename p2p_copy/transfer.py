@@ -68,6 +68,8 @@ __all__ = [
 
 #: Manifest parts stay well below the 1 MiB default message limit of WebSocket stacks.
 MANIFEST_PART_BYTES = 256 * 1024
+#: Digests per checksums message: about 280 KiB of JSON, well under any message limit.
+MAX_CHECKSUMS_PER_MESSAGE = 4096
 #: A receiver refuses manifests with more entries than this unless told otherwise.
 DEFAULT_MAX_ENTRIES = 1_000_000
 
@@ -253,15 +255,18 @@ class Sender:
         self._stream.position += length
         return memoryview(buffer)[: 1 + length]
 
-    def checksums(self, sha256: Sequence[str]) -> str:
-        """The checksums message for the next files whose bytes have all been framed."""
+    def checksums(self, sha256: Sequence[str]) -> list[str]:
+        """Checksums messages for the next files whose bytes have all been framed."""
         self._expect(SenderState.STREAMING)
         problem = self._stream.check_checksums(self._stream.checksummed, len(sha256))
         if problem or not sha256:
             raise LocalProtocolError(problem or "no checksums given")
-        first = self._stream.checksummed
-        self._stream.checksummed += len(sha256)
-        return encode(Checksums(first=first, sha256=tuple(sha256)))
+        messages = []
+        for i in range(0, len(sha256), MAX_CHECKSUMS_PER_MESSAGE):
+            batch = tuple(sha256[i : i + MAX_CHECKSUMS_PER_MESSAGE])
+            messages.append(encode(Checksums(first=self._stream.checksummed, sha256=batch)))
+            self._stream.checksummed += len(batch)
+        return messages
 
     def eof(self) -> str:
         self._expect(SenderState.STREAMING)
