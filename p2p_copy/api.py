@@ -48,6 +48,8 @@ DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 2**20
 #: How long the sender waits, after eof, for the receiver to confirm.
 DONE_TIMEOUT = 300.0
+#: How long the receiver waits for the next message once the sender has spoken.
+IDLE_TIMEOUT = 300.0
 #: How long the sender waits for the receiver to answer the manifest. A receiver only
 #: checks names and free space before answering; p2p-copy 0.1.x receivers never answer.
 ACCEPT_TIMEOUT = 60.0
@@ -241,10 +243,11 @@ async def _stream(
                 break
         await link.send(proto.eof())
     finally:
-        if not filling.done():
-            filling.cancel()
-        with contextlib.suppress(BaseException):
-            await filling
+        # Cancelling does not stop a worker thread: let the read finish before the reader
+        # closes its file under it.
+        await asyncio.wait({filling})
+        if not filling.cancelled():
+            filling.exception()  # retrieved; the error that brought us here is reported
         reader.close()
     return digests
 
@@ -291,10 +294,11 @@ async def _receive(
         try:
             await link.send(proto.hello())
             display.waiting()
-            timeout = wait_timeout
+            timeout, waiting_for = wait_timeout, "a sender to join"
             while True:
-                message = await link.recv(timeout, "a sender to join")
-                timeout = None
+                message = await link.recv(timeout, waiting_for)
+                # Once paired, a sender that stays connected but sends nothing is stuck.
+                timeout, waiting_for = IDLE_TIMEOUT, "the sender to send more"
                 events = proto.receive(message)
                 if not events:
                     continue

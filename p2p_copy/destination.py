@@ -36,8 +36,9 @@ from .transfer import FileCompleted, FileData
 __all__ = ["Destination", "TEMP_SUFFIX"]
 
 TEMP_SUFFIX = ".p2p-copy-part"
-#: Free space kept beyond the announced bytes, for metadata and the file system's own needs.
-SPACE_MARGIN = 16 * 2**20
+#: Free space wanted beyond the announced bytes, for folders and metadata: per entry, and once.
+SPACE_PER_ENTRY = 4096
+SPACE_MARGIN = 2**20
 
 
 def _set_mtime(path: Path, mtime: float) -> None:
@@ -95,7 +96,7 @@ class Destination:
             self._check_target(entry)
         needed = sum(f.size for f in self.files)
         free = shutil.disk_usage(self.root).free
-        if needed + SPACE_MARGIN > free:
+        if needed + SPACE_MARGIN + SPACE_PER_ENTRY * len(self.entries) > free:
             raise DiskFullError(
                 f"Not enough free space in {display_name(str(self.root))!r}: the transfer "
                 f"needs {needed:,} bytes, {free:,} are free. Free some space or pick "

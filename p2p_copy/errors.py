@@ -182,7 +182,9 @@ def error_for_wire_code(wire_code: str, message: str) -> P2PCopyError:
     know still becomes a P2PCopyError rather than being ignored.
     """
     error: P2PCopyError
-    if wire_code == CancelledError.wire_code:
+    if wire_code in (CancelledError.wire_code, UsageError.wire_code):
+        # The peer stopped for its own reasons (Ctrl-C, a source file that changed):
+        # for us the peer is gone, not our arguments wrong.
         error = PeerGoneError(message)
     elif wire_code == ProtocolError.wire_code:
         error = RemoteProtocolError(message)

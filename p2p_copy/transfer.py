@@ -68,6 +68,8 @@ __all__ = [
 
 #: Manifest parts stay well below the 1 MiB default message limit of WebSocket stacks.
 MANIFEST_PART_BYTES = 256 * 1024
+#: Characters of a peer's error text that we show.
+MAX_ERROR_TEXT = 1000
 #: Digests per checksums message: about 280 KiB of JSON, well under any message limit.
 MAX_CHECKSUMS_PER_MESSAGE = 4096
 #: A receiver refuses manifests with more entries than this unless told otherwise.
@@ -160,8 +162,9 @@ class _Stream:
 
 
 def _peer_error(message: ErrorMessage, peer: Role) -> P2PCopyError:
-    # Escaped: the peer's text must not reach our terminal as control characters.
-    text = display_name(message.message)
+    # Escaped, so that the peer's text cannot reach our terminal as control characters,
+    # and cut, so that it stays one readable line.
+    text = display_name(message.message[:MAX_ERROR_TEXT])
     return error_for_wire_code(message.code, f"The {peer} reported: {text}")
 
 
