@@ -8,16 +8,12 @@ the event loop, e.g. a Jupyter kernel's, never blocks) and the progress display.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
-
-from .client import closed_error, open_link
+from .client import RelayLink, open_link
 from .codes import code_hash_hex
 from .destination import Destination
 from .errors import (
@@ -28,7 +24,7 @@ from .errors import (
     TransferTimeoutError,
     UsageError,
 )
-from .messages import FileEntry, Role
+from .messages import FileEntry
 from .progress import Progress, ProgressKind, make_progress
 from .results import FileResult, TransferResult
 from .sources import StreamReader, collect_sources
@@ -55,39 +51,8 @@ IDLE_TIMEOUT = 300.0
 ACCEPT_TIMEOUT = 60.0
 
 
-class _Link:
-    """The relay connection, raising p2p-copy errors instead of websockets' ones."""
-
-    def __init__(self, ws: ClientConnection, role: Role) -> None:
-        self.ws = ws
-        self.role = role
-
-    async def send(self, message: str | bytes | memoryview) -> None:
-        try:
-            await self.ws.send(message)
-        except ConnectionClosed as exc:
-            raise closed_error(exc, self.role) from None
-
-    async def recv(self, timeout: float | None = None, waiting_for: str = "") -> str | bytes:
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.ws.recv()
-        except ConnectionClosed as exc:
-            raise closed_error(exc, self.role) from None
-        except TimeoutError:
-            raise TransferTimeoutError(
-                f"Gave up after {timeout:g} s waiting for {waiting_for}."
-            ) from None
-
-    async def tell_peer(self, message: str) -> None:
-        """Best effort: tell the peer why we stop, without waiting long for a broken link."""
-        with contextlib.suppress(ConnectionClosed, TimeoutError, OSError):
-            async with asyncio.timeout(2):
-                await self.ws.send(message)
-
-
 async def _fail_politely(
-    link: _Link, proto: Sender | Receiver, exc: BaseException
+    link: RelayLink, proto: Sender | Receiver, exc: BaseException
 ) -> P2PCopyError | None:
     """Tell the peer about a local failure; return the error a cancellation becomes."""
     if isinstance(exc, asyncio.CancelledError):
@@ -147,7 +112,7 @@ async def _send(
     sources = await asyncio.to_thread(collect_sources, paths)
     proto = Sender(code_hash_hex(code), sources.entries)
     async with open_link(server, cafile=cafile) as ws:
-        link = _Link(ws, "sender")
+        link = RelayLink(ws, "sender")
         started = time.monotonic()
         try:
             await link.send(proto.hello())
@@ -177,7 +142,7 @@ async def _send(
 
 
 async def _stream_with_watch(
-    link: _Link,
+    link: RelayLink,
     proto: Sender,
     paths: Sequence[Path],
     files: Sequence[FileEntry],
@@ -211,7 +176,7 @@ async def _stream_with_watch(
 
 
 async def _stream(
-    link: _Link,
+    link: RelayLink,
     proto: Sender,
     paths: Sequence[Path],
     files: Sequence[FileEntry],
@@ -289,7 +254,7 @@ async def _receive(
     proto = Receiver(code_hash_hex(code))
     destination: Destination | None = None
     async with open_link(server, cafile=cafile) as ws:
-        link = _Link(ws, "receiver")
+        link = RelayLink(ws, "receiver")
         started = time.monotonic()
         try:
             await link.send(proto.hello())

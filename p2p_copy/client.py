@@ -6,6 +6,8 @@ place that reads those codes (and connection failures) and says what they mean.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +28,7 @@ from .errors import (
 )
 from .messages import CloseCode, Role
 
-__all__ = ["MAX_MESSAGE_SIZE", "open_link", "closed_error", "client_ssl_context"]
+__all__ = ["MAX_MESSAGE_SIZE", "open_link", "closed_error", "client_ssl_context", "RelayLink"]
 
 #: Largest message a peer accepts; ours send data messages of at most 1 MiB + 1 byte.
 MAX_MESSAGE_SIZE = 2**21 + 2**16
@@ -133,3 +135,34 @@ def closed_error(exc: ConnectionClosed, role: Role) -> P2PCopyError:
     if code in (CloseCode.BAD_HELLO, CloseCode.HELLO_TIMEOUT, CloseCode.MESSAGE_TOO_BIG):
         return RemoteProtocolError(f"The relay refused our messages: {reason or code}.")
     return ConnectionLostError(f"The relay closed the connection (code {code}: {reason}).")
+
+
+class RelayLink:
+    """The relay connection, raising p2p-copy errors instead of websockets' ones."""
+
+    def __init__(self, ws: ClientConnection, role: Role) -> None:
+        self.ws = ws
+        self.role = role
+
+    async def send(self, message: str | bytes | memoryview) -> None:
+        try:
+            await self.ws.send(message)
+        except ConnectionClosed as exc:
+            raise closed_error(exc, self.role) from None
+
+    async def recv(self, timeout: float | None = None, waiting_for: str = "") -> str | bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.ws.recv()
+        except ConnectionClosed as exc:
+            raise closed_error(exc, self.role) from None
+        except TimeoutError:
+            raise TransferTimeoutError(
+                f"Gave up after {timeout:g} s waiting for {waiting_for}."
+            ) from None
+
+    async def tell_peer(self, message: str) -> None:
+        """Best effort: tell the peer why we stop, without waiting long for a broken link."""
+        with contextlib.suppress(ConnectionClosed, TimeoutError, OSError):
+            async with asyncio.timeout(2):
+                await self.ws.send(message)
