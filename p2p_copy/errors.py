@@ -160,11 +160,8 @@ _BY_WIRE_CODE: dict[str, type[P2PCopyError]] = {
     for cls in (
         P2PCopyError,
         UsageError,
-        RelayUnreachableError,
         TransferTimeoutError,
-        CodeInUseError,
         PeerGoneError,
-        ConnectionLostError,
         ProtocolError,
         IntegrityError,
         UnsafePathError,

@@ -25,12 +25,18 @@ MAX_COMPONENT_BYTES: Final = 255
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # Lone surrogates are not characters: they cannot be encoded as UTF-8 file names.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _DRIVE = re.compile(r"[A-Za-z]:")
 
 
 def display_name(name: str) -> str:
-    """``name`` with control characters escaped, safe to print on a terminal or in a log."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", name)
+    """``name`` with control characters (and lone surrogates) escaped, safe to print or log."""
+    return _UNPRINTABLE.sub(_escape, name)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def split_safe_path(path: str) -> tuple[str, ...]:
@@ -64,7 +70,9 @@ def split_safe_path(path: str) -> tuple[str, ...]:
 def _fold(path: str) -> str:
     # Two names that a case-insensitive or normalising file system (macOS, Windows)
     # would store as one must not both arrive: one would overwrite the other.
-    return unicodedata.normalize("NFC", path).casefold()
+    # Decompose first: casefold() of some composed letters (Greek with two accents) differs
+    # from casefold() of their decomposed form, and NFC alone would miss the collision.
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", path).casefold())
 
 
 def check_entries(entries: Iterable[Entry]) -> None:

@@ -217,7 +217,7 @@ class Sender:
 
     def receive(self, message: str | bytes) -> Ready | Accept | Done:
         """Feed a message from the relay or the receiver; return what it was."""
-        if isinstance(message, bytes):
+        if isinstance(message, (bytes, bytearray, memoryview)):
             raise self._fail(RemoteProtocolError("the receiver sent binary data to the sender"))
         try:
             parsed = parse_message(message)
@@ -252,6 +252,8 @@ class Sender:
         self._expect(SenderState.STREAMING)
         if length <= 0:
             raise LocalProtocolError("a data message must carry at least one byte")
+        if len(buffer) < 1 + length:
+            raise LocalProtocolError("the buffer is shorter than the data it should carry")
         if self._stream.position + length > self._stream.total:
             raise LocalProtocolError("more data than the manifest announced")
         buffer[0] = DATA_RAW

@@ -1,0 +1,165 @@
+"""The relay's pairing table, without a relay: who waits, who pairs, who is refused."""
+
+from __future__ import annotations
+
+from p2p_copy.messages import CloseCode, Hello, Role
+from p2p_copy.pairing import Paired, Refused, Rooms, Wait
+from tests.protocol_pair import sha256_hex
+
+ROOM = sha256_hex(b"room one")
+OTHER_ROOM = sha256_hex(b"room two")
+
+
+class Conn:
+    """A stand-in connection: only its identity matters to Rooms."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Conn({self.name!r})"
+
+
+def hello(role: Role, room: str = ROOM) -> Hello:
+    return Hello(code_hash_hex=room, role=role)
+
+
+def test_first_peer_waits() -> None:
+    """The first peer in an empty room waits there."""
+    rooms: Rooms[Conn] = Rooms()
+    assert rooms.join(hello("sender"), Conn("s")) == Wait()
+    assert len(rooms) == 1
+
+
+def test_other_role_pairs_and_frees_the_room() -> None:
+    """A peer of the other role meets the waiting one, and the room is empty again."""
+    rooms: Rooms[Conn] = Rooms()
+    receiver, sender = Conn("r"), Conn("s")
+    rooms.join(hello("receiver"), receiver)
+    result = rooms.join(hello("sender"), sender)
+    assert isinstance(result, Paired)
+    assert result.partner is receiver and result.partner_role == "receiver"
+    assert len(rooms) == 0
+
+
+def test_pairing_works_in_either_order() -> None:
+    """Whoever comes second is told the first one's connection and role."""
+    rooms: Rooms[Conn] = Rooms()
+    sender, receiver = Conn("s"), Conn("r")
+    rooms.join(hello("sender"), sender)
+    result = rooms.join(hello("receiver"), receiver)
+    assert result == Paired(sender, "sender")
+
+
+def test_third_peer_starts_a_new_transfer() -> None:
+    """After a pair formed, a third peer with the same code waits as a fresh transfer."""
+    rooms: Rooms[Conn] = Rooms()
+    rooms.join(hello("sender"), Conn("s1"))
+    rooms.join(hello("receiver"), Conn("r1"))
+    assert rooms.join(hello("sender"), Conn("s2")) == Wait()
+    assert len(rooms) == 1
+
+
+def test_same_role_refused_and_waiting_peer_stays() -> None:
+    """A second peer of the same role is refused with CODE_IN_USE; the first keeps waiting."""
+    rooms: Rooms[Conn] = Rooms()
+    first, intruder, receiver = Conn("s1"), Conn("s2"), Conn("r")
+    rooms.join(hello("sender"), first)
+    refused = rooms.join(hello("sender"), intruder)
+    assert isinstance(refused, Refused)
+    assert refused.code is CloseCode.CODE_IN_USE and int(refused.code) == 4002
+    assert "sender" in refused.reason
+    # Close reasons must fit a WebSocket close frame.
+    assert len(refused.reason.encode()) <= 123
+    assert rooms.join(hello("receiver"), receiver) == Paired(first, "sender")
+
+
+def test_same_role_refused_for_receivers_too() -> None:
+    """The rule holds for a waiting receiver as well, named in the reason."""
+    rooms: Rooms[Conn] = Rooms()
+    rooms.join(hello("receiver"), Conn("r1"))
+    refused = rooms.join(hello("receiver"), Conn("r2"))
+    assert isinstance(refused, Refused) and refused.code is CloseCode.CODE_IN_USE
+    assert "receiver" in refused.reason
+
+
+def test_refused_peer_leaving_does_not_evict_the_waiting_one() -> None:
+    """The refused newcomer's leave() is a no-op; the waiting peer still pairs."""
+    rooms: Rooms[Conn] = Rooms()
+    first, intruder = Conn("s1"), Conn("s2")
+    rooms.join(hello("sender"), first)
+    rooms.join(hello("sender"), intruder)
+    assert rooms.leave(hello("sender"), intruder) is False
+    assert len(rooms) == 1
+    assert rooms.join(hello("receiver"), Conn("r")) == Paired(first, "sender")
+
+
+def test_leave_frees_a_waiting_peers_room() -> None:
+    """A waiting peer that leaves frees its room; the next peer waits instead of pairing."""
+    rooms: Rooms[Conn] = Rooms()
+    sender = Conn("s")
+    rooms.join(hello("sender"), sender)
+    assert rooms.leave(hello("sender"), sender) is True
+    assert len(rooms) == 0
+    assert rooms.join(hello("receiver"), Conn("r")) == Wait()
+
+
+def test_leave_after_pairing_returns_false() -> None:
+    """Once paired, leave() reports False and does not touch a new waiting peer."""
+    rooms: Rooms[Conn] = Rooms()
+    sender, receiver, newcomer = Conn("s"), Conn("r"), Conn("s2")
+    rooms.join(hello("sender"), sender)
+    rooms.join(hello("receiver"), receiver)
+    rooms.join(hello("sender"), newcomer)
+    assert rooms.leave(hello("sender"), sender) is False
+    assert rooms.leave(hello("receiver"), receiver) is False
+    assert len(rooms) == 1
+    assert rooms.join(hello("receiver"), Conn("r2")) == Paired(newcomer, "sender")
+
+
+def test_leave_twice_returns_false() -> None:
+    """A second leave() of the same peer finds nothing to free."""
+    rooms: Rooms[Conn] = Rooms()
+    sender = Conn("s")
+    rooms.join(hello("sender"), sender)
+    assert rooms.leave(hello("sender"), sender) is True
+    assert rooms.leave(hello("sender"), sender) is False
+
+
+def test_leave_matches_the_connection_not_an_equal_one() -> None:
+    """Only the very connection that waits can free the room, not an equal-looking one."""
+
+    class EqualConn(Conn):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        __hash__ = Conn.__hash__
+
+    rooms: Rooms[EqualConn] = Rooms()
+    waiting = EqualConn("a")
+    rooms.join(hello("sender"), waiting)
+    assert rooms.leave(hello("sender"), EqualConn("b")) is False
+    assert len(rooms) == 1
+
+
+def test_rooms_are_independent() -> None:
+    """Peers with different code hashes neither pair nor refuse each other."""
+    rooms: Rooms[Conn] = Rooms()
+    s1, s2, r2 = Conn("s1"), Conn("s2"), Conn("r2")
+    assert rooms.join(hello("sender", ROOM), s1) == Wait()
+    assert rooms.join(hello("sender", OTHER_ROOM), s2) == Wait()
+    assert len(rooms) == 2
+    assert rooms.join(hello("receiver", OTHER_ROOM), r2) == Paired(s2, "sender")
+    assert len(rooms) == 1
+    assert rooms.leave(hello("sender", OTHER_ROOM), s2) is False
+    assert rooms.leave(hello("sender", ROOM), s1) is True
+    assert len(rooms) == 0
+
+
+def test_rooms_differ_by_any_hex_digit() -> None:
+    """Code hashes that differ in their last digit are different rooms."""
+    rooms: Rooms[Conn] = Rooms()
+    near = ROOM[:-1] + ("0" if ROOM[-1] != "0" else "1")
+    rooms.join(hello("sender", ROOM), Conn("s"))
+    assert rooms.join(hello("receiver", near), Conn("r")) == Wait()
+    assert len(rooms) == 2
