@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 from .client import RelayLink, open_link
@@ -91,8 +91,15 @@ async def send(
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     display = make_progress(progress, "send")
+    return await _shown(
+        display, _send(server, code, paths, cafile, display, wait_timeout, chunk_size)
+    )
+
+
+async def _shown(display: Progress, work: Awaitable[TransferResult]) -> TransferResult:
+    """Await ``work``, telling ``display`` how it ended."""
     try:
-        result = await _send(server, code, paths, cafile, display, wait_timeout, chunk_size)
+        result = await work
     except BaseException as exc:
         display.failed(exc)
         raise
@@ -233,13 +240,9 @@ async def receive(
     partial is left behind. Existing files are kept unless ``overwrite`` is true.
     """
     display = make_progress(progress, "receive")
-    try:
-        result = await _receive(server, code, Path(dest), overwrite, cafile, display, wait_timeout)
-    except BaseException as exc:
-        display.failed(exc)
-        raise
-    display.finished(result)
-    return result
+    return await _shown(
+        display, _receive(server, code, Path(dest), overwrite, cafile, display, wait_timeout)
+    )
 
 
 async def _receive(
