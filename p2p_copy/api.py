@@ -236,7 +236,7 @@ async def receive(
 ) -> TransferResult:
     """Receive what the sender with the same ``code`` sends, into the folder ``dest``.
 
-    Files appear under their final names only once verified; on any error nothing
+    ``dest`` is created if it does not exist. Files appear under their final names only once verified; on any error nothing
     partial is left behind. Existing files are kept unless ``overwrite`` is true.
     """
     display = make_progress(progress, "receive")
