@@ -8,6 +8,7 @@ the event loop, e.g. a Jupyter kernel's, never blocks) and the progress display.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Awaitable, Sequence
@@ -97,12 +98,35 @@ async def send(
 
 
 async def _shown(display: Progress, work: Awaitable[TransferResult]) -> TransferResult:
-    """Await ``work``, telling ``display`` how it ended."""
+    """Await ``work``, which ``display`` may cancel, telling ``display`` how it ended."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    running = cancelled = False
+
+    def cancel() -> None:
+        nonlocal cancelled
+        # A late click must not cancel whatever the task goes on to do after the transfer.
+        if running and task is not None:
+            cancelled = True
+            task.cancel()
+
+    def cancel_from_any_thread() -> None:
+        # A widget's button may call this from another thread, or after the loop closed.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(cancel)
+
+    display.bind_cancel(cancel_from_any_thread)
+    running = True
     try:
         result = await work
     except BaseException as exc:
+        if cancelled and task is not None and not isinstance(exc, asyncio.CancelledError):
+            # Our request became this error: the caller's task is no longer being cancelled.
+            task.uncancel()
         display.failed(exc)
         raise
+    finally:
+        running = False
     display.finished(result)
     return result
 
@@ -123,6 +147,7 @@ async def _send(
         started = time.monotonic()
         try:
             await link.send(proto.hello())
+            display.showing_code(server, code)
             display.waiting()
             proto.receive(await link.recv(wait_timeout, "a receiver to join"))
             started = time.monotonic()
@@ -214,6 +239,7 @@ async def _stream(
             if not more:
                 break
         await link.send(proto.eof())
+        display.verifying()
     finally:
         # Cancelling does not stop a worker thread: let the read finish before the reader
         # closes its file under it.
@@ -236,8 +262,9 @@ async def receive(
 ) -> TransferResult:
     """Receive what the sender with the same ``code`` sends, into the folder ``dest``.
 
-    ``dest`` is created if it does not exist. Files appear under their final names only once verified; on any error nothing
-    partial is left behind. Existing files are kept unless ``overwrite`` is true.
+    ``dest`` is created if it does not exist. Files appear under their final names only
+    once verified; on any error nothing partial is left behind. Existing files are kept
+    unless ``overwrite`` is true.
     """
     display = make_progress(progress, "receive")
     return await _shown(
@@ -279,6 +306,7 @@ async def _receive(
                     display.started(first.total_bytes, len(first.files))
                 elif isinstance(first, TransferFinished):
                     assert destination is not None
+                    display.verifying()
                     await asyncio.to_thread(destination.finish)
                     await link.send(proto.done())
                     break

@@ -1,8 +1,9 @@
 """The one place that decides how a transfer shows its progress, and shows it.
 
 ``make_progress`` picks a display: an explicit choice, else $P2P_COPY_PROGRESS, else a
-tqdm bar when stderr is a terminal and nothing otherwise. ``json`` writes one event per
-line to stdout for scripts. Displays only watch: an error in one never stops a transfer.
+widget inside a Jupyter kernel, a tqdm bar when stderr is a terminal and nothing
+otherwise. ``json`` writes one event per line to stdout for scripts; the widget lives in
+notebook.py. Displays only watch: an error in one never stops a transfer.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any, Literal, Protocol
 
 from .errors import P2PCopyError, UsageError
@@ -24,14 +26,24 @@ __all__ = [
     "TqdmProgress",
     "JsonProgress",
     "make_progress",
+    "in_jupyter_kernel",
 ]
 
-ProgressKind = Literal["auto", "tqdm", "json", "none"]
+ProgressKind = Literal["auto", "widget", "tqdm", "json", "none"]
 PROGRESS_ENV = "P2P_COPY_PROGRESS"
 
 
 class Progress(Protocol):
-    """What a transfer tells its display, in this order."""
+    """What a transfer tells its display, in this order.
+
+    ``bind_cancel`` comes first; a sender may call ``showing_code`` before ``waiting``.
+    """
+
+    def bind_cancel(self, cancel: Callable[[], object]) -> None:
+        """``cancel()`` stops the transfer, from any thread: for a Cancel control."""
+
+    def showing_code(self, server: str, code: str) -> None:
+        """Sender: the relay and code the receiver needs, for the display to show."""
 
     def waiting(self) -> None:
         """Connected to the relay; waiting for the other side."""
@@ -45,6 +57,12 @@ class Progress(Protocol):
     def file_done(self, result: FileResult) -> None:
         """A file is complete (receiver: verified and under its final name)."""
 
+    def verifying(self) -> None:
+        """Every byte has moved; waiting for the final checks and the peer's confirmation.
+
+        A sender reports its ``file_done`` after this, once the receiver has confirmed.
+        """
+
     def finished(self, result: TransferResult) -> None:
         """Everything arrived and was verified."""
 
@@ -55,10 +73,13 @@ class Progress(Protocol):
 class NoProgress:
     """Shows nothing: for pipes, logs and library use."""
 
+    def bind_cancel(self, cancel: Callable[[], object]) -> None: ...
+    def showing_code(self, server: str, code: str) -> None: ...
     def waiting(self) -> None: ...
     def started(self, total_bytes: int, total_files: int) -> None: ...
     def advance(self, nbytes: int) -> None: ...
     def file_done(self, result: FileResult) -> None: ...
+    def verifying(self) -> None: ...
     def finished(self, result: TransferResult) -> None: ...
     def failed(self, error: BaseException) -> None: ...
 
@@ -106,7 +127,9 @@ class TqdmProgress(NoProgress):
 
 
 class JsonProgress(NoProgress):
-    """One JSON object per line: progress (at most every ``interval`` s), file, finished, error."""
+    """One JSON object per line: waiting, started, progress (at most every ``interval`` s),
+    file, verifying, finished, error.
+    """
 
     def __init__(self, stream: IO[str] | None = None, interval: float = 0.5) -> None:
         self.stream = stream or sys.stdout
@@ -144,6 +167,9 @@ class JsonProgress(NoProgress):
     def file_done(self, result: FileResult) -> None:
         self._emit("file", path=display_name(result.path), size=result.size, sha256=result.sha256)
 
+    def verifying(self) -> None:
+        self._emit("verifying", bytes_done=self.done, bytes_total=self.total)
+
     def finished(self, result: TransferResult) -> None:
         self._progress(time.monotonic())
         self._emit(
@@ -165,14 +191,40 @@ def make_progress(kind: ProgressKind | Progress | None, label: str) -> Progress:
         return kind
     chosen = kind or os.environ.get(PROGRESS_ENV) or "auto"
     if chosen == "auto":
-        chosen = "tqdm" if _is_terminal(sys.stderr) else "none"
+        if in_jupyter_kernel():
+            chosen = "widget"
+        else:
+            chosen = "tqdm" if _is_terminal(sys.stderr) else "none"
+    if chosen == "widget":
+        from .notebook import WidgetProgress  # deferred: ipywidgets takes ~0.3 s to import
+
+        return WidgetProgress(label)
     if chosen == "tqdm":
         return TqdmProgress(label)
     if chosen == "json":
         return JsonProgress()
     if chosen == "none":
         return NoProgress()
-    raise UsageError(f"Unknown progress display {chosen!r}: use auto, tqdm, json or none.")
+    raise UsageError(
+        f"Unknown progress display {chosen!r}: use auto, widget, tqdm, json or none."
+    )
+
+
+def in_jupyter_kernel() -> bool:
+    """True inside a Jupyter kernel (not plain IPython in a terminal).
+
+    Looks only at an IPython that is already imported: importing it to find out would
+    cost every CLI run a third of a second.
+    """
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    if get_ipython is None:
+        return False
+    try:
+        shell = get_ipython()
+    except Exception:  # a half-initialised or foreign IPython: not a kernel we can use
+        return False
+    return getattr(shell, "kernel", None) is not None
 
 
 def _is_terminal(stream: IO[str]) -> bool:
