@@ -33,6 +33,10 @@ log = logging.getLogger("p2p_copy.relay")
 
 _READY = encode(Ready())
 
+#: Seconds stop() lets peers complete their close before dropping them; a peer that no
+#: longer reads would otherwise never take its close frame, and stop() would never return.
+_STOP_GRACE = 3.0
+
 
 @dataclass(frozen=True)
 class RelayConfig:
@@ -100,6 +104,7 @@ class Relay:
         self.stats = RelayStats()
         self._rooms: Rooms[_Peer] = Rooms()
         self._server: Server | None = None
+        self._connections: set[ServerConnection] = set()
 
     @property
     def url(self) -> str:
@@ -130,7 +135,13 @@ class Relay:
         """Close every connection (code 1001) and wait for the handlers to end."""
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+            try:
+                async with asyncio.timeout(_STOP_GRACE):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                for ws in self._connections:
+                    ws.transport.abort()
+                await self._server.wait_closed()
             self._server = None
 
     async def serve_forever(self) -> None:
@@ -161,10 +172,12 @@ class Relay:
     async def _handle(self, ws: ServerConnection) -> None:
         self.stats.connections += 1
         self.stats.open_connections += 1
+        self._connections.add(ws)
         outcome = Outcome.ERRORY
         try:
             outcome = await self._serve_peer(ws)
         finally:
+            self._connections.discard(ws)
             self.stats.open_connections -= 1
             self.stats.outcomes[outcome.value] += 1
             log.debug("connection from %s ended: %s", _address(ws), outcome.value)
@@ -257,6 +270,10 @@ class Relay:
         if peer.ws.close_code == CloseCode.NORMAL and peer.ws.protocol.close_rcvd_then_sent:
             await partner.ws.close(CloseCode.NORMAL, "the peer closed the connection")
             return Outcome.HAPPY
+        if peer.ws.protocol.close_rcvd_then_sent is False:
+            # The relay closed this side first (the partner's handler or stop() did): it
+            # ended as its partner did, and the partner needs no word from here.
+            return Outcome.HAPPY if partner.ws.close_code == CloseCode.NORMAL else Outcome.ERRORY
         await partner.ws.close(CloseCode.PEER_GONE, "the peer disconnected")
         return Outcome.ERRORY
 
