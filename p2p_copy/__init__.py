@@ -8,6 +8,7 @@ Both are coroutines for the caller's running loop (a Jupyter kernel's, or asynci
 
 from ._version import __version__
 from .api import receive, send
+from .blocking import receive_blocking, send_blocking
 from .errors import (
     CancelledError,
     CodeInUseError,
@@ -26,6 +27,7 @@ from .errors import (
     UnsafePathError,
     UsageError,
 )
+from .handles import Transfer, start_receive, start_send
 from .relay import Relay, RelayConfig
 from .results import FileResult, TransferResult
 
@@ -33,6 +35,11 @@ __all__ = [
     "__version__",
     "send",
     "receive",
+    "start_send",
+    "start_receive",
+    "Transfer",
+    "send_blocking",
+    "receive_blocking",
     "Relay",
     "RelayConfig",
     "TransferResult",

@@ -54,18 +54,17 @@ ACCEPT_TIMEOUT = 60.0
 
 async def _fail_politely(
     link: RelayLink, proto: Sender | Receiver, exc: BaseException
-) -> P2PCopyError | None:
-    """Tell the peer about a local failure; return the error a cancellation becomes."""
+) -> None:
+    """Tell the peer why we stop, unless it already knows (it reported it, or the link died)."""
     if isinstance(exc, asyncio.CancelledError):
-        error: P2PCopyError = CancelledError(f"The {link.role} cancelled the transfer.")
+        # The cancellation itself propagates unchanged, so that asyncio.timeout(),
+        # TaskGroup and the caller's own cancel() keep working around send/receive.
+        error = CancelledError(f"The {link.role} cancelled the transfer.")
         await link.tell_peer(proto.error(error))
-        return error
-    # Errors the peer reported, or a dead link, need no answer.
-    if isinstance(exc, P2PCopyError) and not exc.from_peer and not isinstance(
+    elif isinstance(exc, P2PCopyError) and not exc.from_peer and not isinstance(
         exc, (PeerGoneError, ConnectionLostError)
     ):
         await link.tell_peer(proto.error(exc))
-    return None
 
 
 def _check_chunk_size(chunk_size: int) -> None:
@@ -119,10 +118,16 @@ async def _shown(display: Progress, work: Awaitable[TransferResult]) -> Transfer
     running = True
     try:
         result = await work
+    except asyncio.CancelledError as exc:
+        if not cancelled or task is None:
+            display.failed(exc)
+            raise
+        # The display's Cancel asked for this: it ends the transfer, not the caller's task.
+        task.uncancel()
+        error = CancelledError("The transfer was cancelled.")
+        display.failed(error)
+        raise error from None
     except BaseException as exc:
-        if cancelled and task is not None and not isinstance(exc, asyncio.CancelledError):
-            # Our request became this error: the caller's task is no longer being cancelled.
-            task.uncancel()
         display.failed(exc)
         raise
     finally:
@@ -163,9 +168,7 @@ async def _send(
             digests = await _stream_with_watch(link, proto, sources.files, files, display,
                                                chunk_size)
         except BaseException as exc:
-            cancelled = await _fail_politely(link, proto, exc)
-            if cancelled is not None:
-                raise cancelled from None
+            await _fail_politely(link, proto, exc)
             raise
     results = tuple(FileResult(f.path, f.size, d) for f, d in zip(files, digests, strict=True))
     for result in results:
@@ -316,9 +319,7 @@ async def _receive(
         except BaseException as exc:
             if destination is not None:
                 destination.abort()
-            cancelled = await _fail_politely(link, proto, exc)
-            if cancelled is not None:
-                raise cancelled from None
+            await _fail_politely(link, proto, exc)
             raise
     assert destination is not None
     return TransferResult(

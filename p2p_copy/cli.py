@@ -201,6 +201,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except P2PCopyError as exc:
         print(f"p2p-copy: {display_name(str(exc))}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM (see _run)
         print("p2p-copy: cancelled.", file=sys.stderr)
         return 130

@@ -64,6 +64,9 @@ async def open_link(
             server,
             ssl=context,
             open_timeout=open_timeout,
+            # After a failure the closing handshake can queue behind unread data; the
+            # transfer's outcome is decided by then, so do not wait long for it.
+            close_timeout=3,
             compression=None,
             max_size=MAX_MESSAGE_SIZE,
         )

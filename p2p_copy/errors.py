@@ -24,6 +24,7 @@ Messages are written for the person at the keyboard: what happened, what to do n
 
 from __future__ import annotations
 
+import asyncio
 from typing import ClassVar
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "IncompatiblePeerError",
     "CancelledError",
     "error_for_wire_code",
+    "exit_code_for",
 ]
 
 
@@ -170,6 +172,15 @@ _BY_WIRE_CODE: dict[str, type[P2PCopyError]] = {
         IncompatiblePeerError,
     )
 }
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The CLI exit code for ``exc``: its class's, 130 for an interruption, else 1."""
+    if isinstance(exc, P2PCopyError):
+        return exc.exit_code
+    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+        return CancelledError.exit_code
+    return 1
 
 
 def error_for_wire_code(wire_code: str, message: str) -> P2PCopyError:

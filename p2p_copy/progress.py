@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any, Literal, Protocol
 
-from .errors import P2PCopyError, UsageError
+from .errors import UsageError, exit_code_for
 from .paths import display_name
 from .results import FileResult, TransferResult
 
@@ -181,8 +181,9 @@ class JsonProgress(NoProgress):
         )
 
     def failed(self, error: BaseException) -> None:
-        code = error.exit_code if isinstance(error, P2PCopyError) else 1
-        self._emit("error", error=type(error).__name__, message=str(error), exit_code=code)
+        message = str(error) or "The transfer was cancelled."
+        self._emit("error", error=type(error).__name__, message=message,
+                   exit_code=exit_code_for(error))
 
 
 def make_progress(kind: ProgressKind | Progress | None, label: str) -> Progress:

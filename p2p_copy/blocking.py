@@ -1,0 +1,161 @@
+"""Transfers for code that does not await: a plain script, or a cell that should wait.
+
+Each call runs the coroutine on a private event loop in a worker thread and waits for
+the thread. The calling thread's own loop, if it runs one (a Jupyter kernel, a loop that
+nest_asyncio patched), is never touched, only blocked: so the relay and the peer must not
+run on that loop. Ctrl-C while waiting cancels the transfer as a Cancel button would (the
+peer is told, nothing partial is kept), waits a moment for that (a second Ctrl-C stops
+the wait), and raises KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from . import api
+from .errors import CancelledError
+from .progress import Progress, ProgressKind, make_progress
+from .results import TransferResult
+
+__all__ = ["send_blocking", "receive_blocking", "CANCEL_GRACE"]
+
+#: Seconds a cancelled transfer gets to tidy up. Removing partial files and telling the
+#: peer take milliseconds; the closing handshake with the relay that follows can take
+#: longer (up to websockets' close_timeout when the receiver had fallen behind).
+CANCEL_GRACE = 5.0
+#: Waiting in slices keeps the caller interruptible even where a lock wait is not (Windows).
+_POLL = 0.2
+
+
+class _Worker:
+    """One transfer on its own event loop in its own thread."""
+
+    def __init__(self, work: Callable[[], Coroutine[Any, Any, TransferResult]]) -> None:
+        self._work = work
+        # Made here, not in the thread, so that a cancel can be queued before it runs.
+        self._loop = asyncio.new_event_loop()
+        self._task: asyncio.Task[TransferResult] | None = None
+        self._result: TransferResult | None = None
+        self._error: BaseException | None = None
+        # Waited on instead of the thread itself: on Python 3.11 a Ctrl-C that interrupts
+        # Thread.join() leaves the thread marked as ended while it still runs.
+        self._ended = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="p2p-copy transfer", daemon=True)
+
+    def _main(self) -> None:
+        loop = self._loop
+        try:
+            self._task = loop.create_task(self._work())
+            self._result = loop.run_until_complete(self._task)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            try:
+                _wind_down(loop)
+            finally:
+                loop.close()
+                self._ended.set()
+
+    def start(self) -> None:
+        try:
+            self._thread.start()
+        except RuntimeError:  # no thread to be had: no loop to keep either
+            self._loop.close()
+            raise
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the transfer and its clean-up, in slices; True once they are over."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ended.is_set():
+            if self._loop.is_closed() and not self._thread.is_alive():
+                return True  # the thread never started
+            left = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            self._ended.wait(left)
+        self._thread.join(_POLL)  # it has nothing left to do but end
+        return True
+
+    def cancel(self) -> None:
+        """Cancel the transfer from any thread (a no-op once it has ended)."""
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to cancel
+            self._loop.call_soon_threadsafe(self._cancel_in_loop)
+
+    def _cancel_in_loop(self) -> None:
+        # Runs in the loop, so after _main created the task.
+        if self._task is not None:
+            self._task.cancel()
+
+    def outcome(self) -> TransferResult:
+        if self._error is not None:
+            error, self._error = self._error, None  # no reference cycle through the traceback
+            if isinstance(error, asyncio.CancelledError):
+                # Not the caller's task being cancelled: the transfer was.
+                raise CancelledError("The transfer was cancelled.") from None
+            raise error
+        assert self._result is not None
+        return self._result
+
+
+def _wind_down(loop: asyncio.AbstractEventLoop) -> None:
+    """What asyncio.run does after the main coroutine: no task, generator or thread left."""
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.run_until_complete(loop.shutdown_default_executor())
+
+
+def _run(work: Callable[[], Coroutine[Any, Any, TransferResult]]) -> TransferResult:
+    worker = _Worker(work)
+    try:
+        # Within the try: the transfer may be under way before start() has returned.
+        worker.start()
+        worker.wait()
+    except BaseException:
+        # Ctrl-C, or anything else that stops the wait: the transfer must not outlive it
+        # half-done, so cancel it and give it a moment to tidy up.
+        worker.cancel()
+        worker.wait(CANCEL_GRACE)
+        raise
+    return worker.outcome()
+
+
+def send_blocking(
+    server: str,
+    code: str,
+    paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    *,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+    chunk_size: int = api.DEFAULT_CHUNK_SIZE,
+) -> TransferResult:
+    """``p2p_copy.send(...)`` for code that does not await: returns when the transfer ends."""
+    display = make_progress(progress, "send")  # here: a widget belongs to the caller's thread
+    return _run(lambda: api.send(server, code, paths, cafile=cafile, progress=display,
+                                 wait_timeout=wait_timeout, chunk_size=chunk_size))
+
+
+def receive_blocking(
+    server: str,
+    code: str,
+    dest: str | os.PathLike[str] = ".",
+    *,
+    overwrite: bool = False,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+) -> TransferResult:
+    """``p2p_copy.receive(...)`` for code that does not await: returns when the transfer ends."""
+    display = make_progress(progress, "receive")
+    return _run(lambda: api.receive(server, code, dest, overwrite=overwrite, cafile=cafile,
+                                    progress=display, wait_timeout=wait_timeout))

@@ -1,0 +1,266 @@
+"""Transfers that run in the background of the caller's event loop, behind a handle.
+
+A notebook cell that starts ``t = p2p_copy.start_receive(...)`` returns at once; the
+transfer goes on in the kernel's loop while the notebook is used for other things, and
+``t`` says how far it got, can be cancelled, and is awaited for the result. The handle
+learns what happens by standing between the transfer and its display.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from typing import Any, Literal
+
+from . import api
+from .errors import CancelledError, UsageError
+from .messages import Role
+from .progress import Progress, ProgressKind, make_progress
+from .results import FileResult, TransferResult
+
+__all__ = ["Transfer", "Status", "start_send", "start_receive"]
+
+Status = Literal["waiting", "transferring", "verifying", "done", "failed", "cancelled"]
+
+# The loop keeps only weak references to tasks: a handle the caller drops must not
+# take its transfer with it to the garbage collector.
+_RUNNING: set[asyncio.Task[TransferResult]] = set()
+
+
+class _Tracker:
+    """A Progress that notes the state of the transfer, then tells the real display."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner = inner
+        self.status: Status = "waiting"
+        self.bytes_done = 0
+        self.bytes_total = 0
+
+    def bind_cancel(self, cancel: Callable[[], object]) -> None:
+        self.inner.bind_cancel(cancel)
+
+    def showing_code(self, server: str, code: str) -> None:
+        self.inner.showing_code(server, code)
+
+    def waiting(self) -> None:
+        self.status = "waiting"
+        self.inner.waiting()
+
+    def started(self, total_bytes: int, total_files: int) -> None:
+        self.status = "transferring"
+        self.bytes_total = total_bytes
+        self.inner.started(total_bytes, total_files)
+
+    def advance(self, nbytes: int) -> None:
+        self.bytes_done += nbytes
+        self.inner.advance(nbytes)
+
+    def file_done(self, result: FileResult) -> None:
+        self.inner.file_done(result)
+
+    def verifying(self) -> None:
+        self.status = "verifying"
+        self.inner.verifying()
+
+    def finished(self, result: TransferResult) -> None:
+        self.status = "done"
+        self.bytes_done = self.bytes_total = result.bytes
+        self.inner.finished(result)
+
+    def failed(self, error: BaseException) -> None:
+        self.status = "cancelled" if _is_cancellation(error) else "failed"
+        self.inner.failed(error)
+
+
+class Transfer:
+    """A send or receive running as a task in the loop that started it.
+
+    ``await t`` gives the TransferResult or raises the transfer's error; a cancelled
+    transfer raises p2p_copy.CancelledError, however early it was cancelled. Cancelling
+    the task that awaits ``t`` cancels the transfer too, as with any task.
+    """
+
+    def __init__(
+        self, role: Role, work: Coroutine[Any, Any, TransferResult], tracker: _Tracker
+    ) -> None:
+        self.role: Role = role
+        self._tracker = tracker
+        self._cancelled: CancelledError | None = None
+        self._task = asyncio.get_running_loop().create_task(work, name=f"p2p-copy {role}")
+        _RUNNING.add(self._task)
+        self._task.add_done_callback(self._settle)
+
+    def _settle(self, task: asyncio.Task[TransferResult]) -> None:
+        _RUNNING.discard(task)
+        # Retrieving the error here spares a caller who never awaits the handle asyncio's
+        # "Task exception was never retrieved"; exception() still returns it.
+        error = self._final_error()
+        if error is None:
+            self._tracker.status = "done"
+        else:
+            self._tracker.status = "cancelled" if _is_cancellation(error) else "failed"
+
+    def _final_error(self) -> BaseException | None:
+        return self._cancellation() if self._task.cancelled() else self._task.exception()
+
+    def _cancellation(self) -> CancelledError:
+        """The error of a task cancelled before the transfer could raise its own."""
+        if self._cancelled is None:
+            self._cancelled = CancelledError(f"The {self.role} cancelled the transfer.")
+        return self._cancelled
+
+    @property
+    def status(self) -> Status:
+        """waiting, transferring, verifying, done, failed or cancelled."""
+        return self._tracker.status
+
+    @property
+    def bytes_done(self) -> int:
+        return self._tracker.bytes_done
+
+    @property
+    def bytes_total(self) -> int:
+        """0 until both sides have agreed on what is sent."""
+        return self._tracker.bytes_total
+
+    @property
+    def progress(self) -> Progress:
+        """The display the transfer reports to (a widget panel in a notebook)."""
+        return self._tracker.inner
+
+    @property
+    def task(self) -> asyncio.Task[TransferResult]:
+        """The asyncio task, for asyncio.wait and friends."""
+        return self._task
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the transfer failed; None while it runs or if it succeeded."""
+        return self._final_error() if self._task.done() else None
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    def cancel(self) -> bool:
+        """Stop the transfer: the peer is told and nothing partial is kept.
+
+        False if it had already ended.
+        """
+        return self._task.cancel()
+
+    def result(self) -> TransferResult:
+        """The result, or the transfer's error raised; InvalidStateError while it runs."""
+        error = self.exception()
+        if error is not None:
+            raise error
+        return self._task.result()
+
+    def exception(self) -> BaseException | None:
+        """The transfer's error, or None if it succeeded; InvalidStateError while it runs."""
+        if not self._task.done():
+            raise asyncio.InvalidStateError("The transfer has not finished yet: await it.")
+        return self._final_error()
+
+    def __await__(self) -> Generator[Any, None, TransferResult]:
+        return self._outcome().__await__()
+
+    async def _outcome(self) -> TransferResult:
+        me = asyncio.current_task()
+        before = me.cancelling() if me is not None else 0
+        try:
+            return await self._task
+        except (asyncio.CancelledError, CancelledError) as exc:
+            if me is not None and me.cancelling() > before:
+                # Whoever awaits was cancelled (a timeout, say) and, as with any task, took
+                # the transfer along: they see their own cancellation, so that
+                # asyncio.timeout() can turn it into TimeoutError.
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise asyncio.CancelledError() from exc
+            if isinstance(exc, asyncio.CancelledError):
+                raise self._cancellation() from None
+            raise
+
+    def summary(self) -> str:
+        """One line: role, state and bytes, or the error."""
+        text = f"p2p-copy {self.role}: {self.status}"
+        if self.status in ("failed", "cancelled") and self.error is not None:
+            return f"{text} ({type(self.error).__name__}: {self.error})"
+        if self.bytes_total or self.status != "waiting":
+            text += f", {self.bytes_done:,} of {self.bytes_total:,} bytes"
+        return text
+
+    def __repr__(self) -> str:
+        return f"<Transfer {self.summary()}>"
+
+    def _ipython_display_(self) -> None:
+        inner = self._tracker.inner
+        widget = getattr(inner, "widget", None)
+        if widget is None:
+            _show({"text/plain": self.summary()}, raw=True)
+            return
+        # The display's own method also notes that it is on screen, so that it does not
+        # show itself a second time when the transfer starts waiting.
+        show = getattr(inner, "_ipython_display_", None)
+        if callable(show):
+            show()
+        else:
+            _show(widget)
+
+
+def _is_cancellation(error: BaseException) -> bool:
+    return isinstance(error, (CancelledError, asyncio.CancelledError))
+
+
+def _show(obj: object, raw: bool = False) -> None:
+    from IPython.display import display  # deferred: only a notebook displays a handle
+
+    display(obj, raw=raw)  # type: ignore[no-untyped-call]
+
+
+def _running_loop(name: str, twin: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise UsageError(
+            f"p2p_copy.{name}() runs the transfer in the background of a running event loop "
+            f"(a notebook cell, or a coroutine), and there is none here. Outside a loop use "
+            f"p2p_copy.{twin}(...), which waits for the transfer to end."
+        ) from None
+
+
+def start_send(
+    server: str,
+    code: str,
+    paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    *,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+    chunk_size: int = api.DEFAULT_CHUNK_SIZE,
+) -> Transfer:
+    """Start ``p2p_copy.send(...)`` in the background of the running loop; return its handle."""
+    _running_loop("start_send", "send_blocking")
+    tracker = _Tracker(make_progress(progress, "send"))
+    work = api.send(server, code, paths, cafile=cafile, progress=tracker,
+                    wait_timeout=wait_timeout, chunk_size=chunk_size)
+    return Transfer("sender", work, tracker)
+
+
+def start_receive(
+    server: str,
+    code: str,
+    dest: str | os.PathLike[str] = ".",
+    *,
+    overwrite: bool = False,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+) -> Transfer:
+    """Start ``p2p_copy.receive(...)`` in the background of the running loop; return its handle."""
+    _running_loop("start_receive", "receive_blocking")
+    tracker = _Tracker(make_progress(progress, "receive"))
+    work = api.receive(server, code, dest, overwrite=overwrite, cafile=cafile,
+                       progress=tracker, wait_timeout=wait_timeout)
+    return Transfer("receiver", work, tracker)
