@@ -67,8 +67,10 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def start_relay(self, port: int | None = None, *extra: str) -> tuple[subprocess.Popen[str], str]:
-        """A relay process on 127.0.0.1 without TLS; returns it and its ws:// URL once it listens."""
+    def start_relay(
+        self, port: int | None = None, *extra: str
+    ) -> tuple[subprocess.Popen[str], str]:
+        """A relay process on 127.0.0.1 without TLS, and its ws:// URL, once it listens."""
         port = port or free_port()
         proc = self.start("run-relay-server", "127.0.0.1", str(port), "--no-tls", *extra)
         wait_for_port(port, proc)
@@ -81,7 +83,9 @@ class Processes:
             proc.communicate(timeout=10)
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[str] | None = None, timeout: float = 15) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[str] | None = None, timeout: float = 15
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
