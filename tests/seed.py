@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .conftest import cli_env, free_port, wait_for_port
+from .conftest import Processes, cli_env
 
 __all__ = [
     "SEED_VERSION",
@@ -121,31 +121,20 @@ def ensure_seed_venv(venv: Path = VENV_DIR, timeout: float = CREATE_TIMEOUT) -> 
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-class SeedProcesses:
+class SeedProcesses(Processes):
     """0.1.1 CLI processes started from the virtualenv, killed when the test ends."""
 
     def __init__(self, venv: Path) -> None:
+        super().__init__()
         self.venv = venv
-        self.procs: list[subprocess.Popen[str]] = []
 
-    def start(self, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    def start(self, *args: str, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[str]:
+        # Run from the venv, so that our own p2p_copy package can never be imported.
         proc = subprocess.Popen(
             [str(self.venv / "bin" / "p2p-copy"), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            text=True, env=seed_env(), cwd=cwd or self.venv,
+            text=True, env=env or seed_env(), cwd=cwd or self.venv,
         )
         self.procs.append(proc)
         return proc
-
-    def start_relay(self) -> tuple[subprocess.Popen[str], str]:
-        """A 0.1.1 relay on 127.0.0.1 without TLS; returns it and its ws:// URL once it listens."""
-        port = free_port()
-        proc = self.start("run-relay-server", "127.0.0.1", str(port), "--no-tls")
-        wait_for_port(port, proc)
-        return proc, f"ws://127.0.0.1:{port}"
-
-    def cleanup(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=10)
