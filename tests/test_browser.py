@@ -1,4 +1,4 @@
-"""A real browser runs notebooks/quickstart.ipynb in JupyterLab and sees both transfers end.
+"""A real browser runs notebooks in JupyterLab: the quickstart, and the panel's Cancel button.
 
 JupyterLab is started on 127.0.0.1 (free port, random token, no browser) with its root in a
 temporary copy of ``notebooks/``. Debian's Chromium, driven headless by Playwright, opens the
@@ -7,7 +7,11 @@ has run and the ipywidgets progress bars (the sender's and the receiver's) are f
 A screenshot is kept under ``tmp_path`` and copied to ``.cache/browser/quickstart.png``
 (gitignored) for a person to look at; on a timeout the screenshot of that moment goes there.
 
-Without /usr/bin/chromium, Playwright or JupyterLab the test is skipped, unless CI is set:
+The second test clicks the Cancel button of a receiver's panel, once while its cell is still
+awaiting ``p2p_copy.receive(...)`` and once for a background ``p2p_copy.start_receive(...)``
+(screenshot: ``.cache/browser/cancel.png``).
+
+Without /usr/bin/chromium, Playwright or JupyterLab the tests are skipped, unless CI is set:
 ``.ci/run`` installs all three, so there a missing one is a failure.
 """
 
@@ -37,6 +41,7 @@ NOTEBOOKS = REPO / "notebooks"
 NOTEBOOK = "quickstart.ipynb"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT_COPY = REPO / ".cache" / "browser" / "quickstart.png"
+CANCEL_SCREENSHOT_COPY = REPO / ".cache" / "browser" / "cancel.png"
 
 # Chromium as this machine's closed network needs it: no background connections at all.
 CHROMIUM_ARGS = [
@@ -58,6 +63,11 @@ PAGE_READY_TIMEOUT_MS = 45_000
 RUN_TIMEOUT_MS = 75_000
 #: The quickstart shows two progress panels: the sender's and the receiver's.
 MIN_BARS = 2
+#: Milliseconds for a cell with a quick job (start a relay, start a handle) to finish.
+CELL_TIMEOUT_MS = 20_000
+#: Milliseconds from a click on Cancel to the panel (and an awaiting cell) ending; about
+#: one second in practice.
+CANCEL_TIMEOUT_MS = 20_000
 
 
 def _missing_tools() -> str | None:
@@ -275,13 +285,15 @@ FINISHED_JS = f"""
 """
 
 
-def _save_screenshot(page: Any, path: Path) -> None:
+def _save_screenshot(page: Any, path: Path, copy: Path = SCREENSHOT_COPY) -> None:
     page.screenshot(path=str(path))
-    SCREENSHOT_COPY.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, SCREENSHOT_COPY)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, copy)
 
 
-def _wait_for(page: Any, what: str, js: str, timeout_ms: int, lab: Lab) -> None:
+def _wait_for(
+    page: Any, what: str, js: str, timeout_ms: int, lab: Lab, copy: Path = SCREENSHOT_COPY
+) -> None:
     """Wait until ``js`` is true in the page; on a timeout fail with all there is to see."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -289,7 +301,7 @@ def _wait_for(page: Any, what: str, js: str, timeout_ms: int, lab: Lab) -> None:
         page.wait_for_function(js, timeout=timeout_ms, polling=250)
     except PlaywrightTimeout:
         shot = lab.root.parent / "timeout.png"
-        _save_screenshot(page, shot)
+        _save_screenshot(page, shot, copy)
         try:
             state = page.evaluate(PAGE_STATE_JS)
             outputs = "\n---\n".join(
@@ -300,9 +312,31 @@ def _wait_for(page: Any, what: str, js: str, timeout_ms: int, lab: Lab) -> None:
             state, outputs = f"(page unreadable: {exc!r})", ""
         pytest.fail(
             f"timed out after {timeout_ms / 1000:.0f} s waiting for {what}; screenshot {shot} "
-            f"(copied to {SCREENSHOT_COPY})\npage: {state}\noutputs:\n{outputs}\n"
+            f"(copied to {copy})\npage: {state}\noutputs:\n{outputs}\n"
             f"JupyterLab log:\n{lab.log_tail()}"
         )
+
+
+def _launch(pw: Any, tmp_path: Path) -> Any:
+    """Headless Chromium with a fresh profile under ``tmp_path``: a browser context."""
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir()
+    return pw.chromium.launch_persistent_context(
+        user_data_dir=str(profile),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=CHROMIUM_ARGS,
+        viewport={"width": 1280, "height": 1000},
+    )
+
+
+def _open_notebook(context: Any, lab: Lab, name: str, copy: Path = SCREENSHOT_COPY) -> Any:
+    """The page with notebook ``name`` open and its kernel started and idle."""
+    page = context.pages[0] if context.pages else context.new_page()
+    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}", timeout=PAGE_READY_TIMEOUT_MS)
+    _wait_for(page, "the notebook with an idle kernel", KERNEL_READY_JS,
+              PAGE_READY_TIMEOUT_MS, lab, copy)
+    return page
 
 
 @pytest.mark.timeout(180)
@@ -310,24 +344,12 @@ def test_quickstart_runs_in_jupyterlab(jupyter_lab: Lab, tmp_path: Path) -> None
     from playwright.sync_api import sync_playwright
 
     lab = jupyter_lab
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
     screenshot = tmp_path / "quickstart.png"
 
     with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            user_data_dir=str(profile),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 1000},
-        )
+        context = _launch(pw, tmp_path)
         try:
-            page = context.pages[0] if context.pages else context.new_page()
-            page.goto(f"{lab.url}/lab/tree/{NOTEBOOK}?token={lab.token}",
-                      timeout=PAGE_READY_TIMEOUT_MS)
-            _wait_for(page, "the notebook with an idle kernel", KERNEL_READY_JS,
-                      PAGE_READY_TIMEOUT_MS, lab)
+            page = _open_notebook(context, lab, NOTEBOOK)
 
             # Run → Run All Cells, as a person would.
             page.locator("#jp-MainMenu").get_by_role("menuitem", name="Run", exact=True).click()
@@ -356,4 +378,174 @@ def test_quickstart_runs_in_jupyterlab(jupyter_lab: Lab, tmp_path: Path) -> None
     for bar in bars:
         assert bar["width"] == "100%", bars
         assert "progress-bar-success" in bar["classes"], bars
+    assert screenshot.stat().st_size > 0
+
+
+# The cancel test's notebook: a relay, then two receivers that no sender ever joins, so that
+# only the panel's Cancel button can end them. A cell prints a line only if the transfer
+# ended with p2p_copy.CancelledError; anything else shows as a traceback.
+CANCEL_NOTEBOOK = "cancel.ipynb"
+CANCEL_CELLS = [
+    # 0: the relay
+    "import asyncio\n"
+    "import p2p_copy\n"
+    "\n"
+    "relay = p2p_copy.Relay()\n"
+    "await relay.start()",
+    # 1: (a) the cell itself awaits the transfer while Cancel is clicked
+    "try:\n"
+    '    await p2p_copy.receive(relay.url, "nobody-sends-this", "dest-a")\n'
+    "except p2p_copy.CancelledError as exc:\n"
+    '    print(f"awaited: {type(exc).__name__}: {exc}")',
+    # 2: (b) a background transfer; the cell is over when Cancel is clicked
+    't = p2p_copy.start_receive(relay.url, "nobody-sends-that", "dest-b")\n'
+    "t",
+    # 3: (b) what awaiting the cancelled handle gives, and what the relay has left open
+    "try:\n"
+    "    await t\n"
+    "except p2p_copy.CancelledError as exc:\n"
+    '    print(f"background: {t.status}, {type(exc).__name__}: {exc}")\n'
+    "for _ in range(50):  # the relay's side of the connections closes a moment later\n"
+    "    if relay.stats.open_connections == 0:\n"
+    "        break\n"
+    "    await asyncio.sleep(0.1)\n"
+    'print(f"relay: {relay.stats.open_connections} open, {relay.stats.waiting} waiting")',
+]
+
+# What code cell ``i`` shows: its prompt ("[*]:" while it runs), its progress panel (title
+# "<b>receive</b> · <state>", bar classes, the Cancel button), its stdout and any traceback.
+CELL_STATE_JS = """
+i => {
+    const cell = document.querySelectorAll('.jp-Notebook .jp-CodeCell')[i];
+    const button = cell.querySelector('.widget-button');
+    return {
+        prompt: cell.querySelector('.jp-InputPrompt').textContent.trim(),
+        title: Array.from(cell.querySelectorAll('.widget-html-content'))
+            .map(e => e.textContent.trim()).find(t => t.startsWith('receive ·')) ?? null,
+        bar: Array.from(cell.querySelector('.widget-hprogress .progress-bar')?.classList ?? []),
+        button: button === null ? null : {
+            text: button.textContent.trim(),
+            disabled: button.disabled,
+            visible: button.offsetParent !== null,
+        },
+        stdout: Array.from(cell.querySelectorAll(
+            '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"]'
+        )).map(o => o.innerText).join(''),
+        tracebacks: Array.from(cell.querySelectorAll(
+            '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+        )).map(o => o.innerText).filter(text => text.includes('Traceback')),
+    };
+}
+"""
+
+
+def _cell_js(index: int, condition: str) -> str:
+    """JS that is true once ``condition`` holds for cell ``index``'s state ``s``, or once the
+    cell shows a traceback (for the assertions to report)."""
+    return f"""
+    () => {{
+        const s = ({CELL_STATE_JS})({index});
+        return s.tracebacks.length > 0 || ({condition});
+    }}
+    """
+
+
+# The panel waits for a sender and its Cancel button can be clicked.
+PANEL_WAITING = (
+    "s.title === 'receive · waiting for peer' && s.button !== null"
+    " && s.button.text === 'Cancel' && !s.button.disabled && s.button.visible"
+)
+# The panel ended cancelled: state text and a yellow ("warning") bar.
+PANEL_CANCELLED = (
+    "s.title === 'receive · cancelled' && s.bar.includes('progress-bar-warning')"
+)
+CELL_DONE = "/^\\[\\d+\\]:$/.test(s.prompt)"
+
+
+@pytest.mark.timeout(180)
+def test_cancel_button_in_a_live_notebook(jupyter_lab: Lab, tmp_path: Path) -> None:
+    """The Cancel button ends (a) a transfer its cell is still awaiting: the kernel handles
+    the click's comm message during the awaited cell, which ends with
+    p2p_copy.CancelledError; and (b) a background start_receive whose cell has finished:
+    awaiting its handle then raises p2p_copy.CancelledError. Each panel ends with the state
+    "cancelled" and its bar styled "warning" (yellow; empty here, as no byte moved), and the
+    relay is left with no connection open."""
+    import nbformat
+    from playwright.sync_api import sync_playwright
+
+    lab = jupyter_lab
+    notebook = nbformat.v4.new_notebook(  # type: ignore[no-untyped-call]
+        cells=[
+            nbformat.v4.new_code_cell(source)  # type: ignore[no-untyped-call]
+            for source in CANCEL_CELLS
+        ],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}},
+    )
+    nbformat.write(notebook, lab.root / CANCEL_NOTEBOOK)  # type: ignore[no-untyped-call]
+    screenshot = tmp_path / "cancel.png"
+    copy = CANCEL_SCREENSHOT_COPY
+
+    with sync_playwright() as pw:
+        context = _launch(pw, tmp_path)
+        try:
+            page = _open_notebook(context, lab, CANCEL_NOTEBOOK, copy)
+            cells = page.locator(".jp-Notebook .jp-CodeCell")
+
+            def run(index: int) -> None:
+                cells.nth(index).locator(".cm-content").click()
+                page.keyboard.press("Control+Enter")  # run the cell, stay on it
+
+            def wait(index: int, what: str, condition: str, timeout_ms: int) -> dict[str, Any]:
+                _wait_for(page, f"cell {index}: {what}", _cell_js(index, condition),
+                          timeout_ms, lab, copy)
+                state: dict[str, Any] = page.evaluate(CELL_STATE_JS, index)
+                assert not state["tracebacks"], "\n---\n".join(state["tracebacks"])
+                return state
+
+            def click_cancel(index: int) -> None:
+                cells.nth(index).locator(".widget-button", has_text="Cancel").click()
+
+            run(0)
+            wait(0, "the relay started", CELL_DONE, CELL_TIMEOUT_MS)
+
+            # (a) Cancel while the cell is still awaiting the transfer.
+            run(1)
+            before = wait(1, "a waiting panel", PANEL_WAITING, CELL_TIMEOUT_MS)
+            assert before["prompt"] == "[*]:", before  # the cell is still running
+            click_cancel(1)
+            awaited = wait(1, "the click to cancel the awaited transfer and end the cell",
+                           f"{PANEL_CANCELLED} && {CELL_DONE} && s.stdout !== ''",
+                           CANCEL_TIMEOUT_MS)
+
+            # (b) Cancel a background transfer whose cell has finished.
+            run(2)
+            waiting = wait(2, "a waiting panel and a finished cell",
+                           f"{PANEL_WAITING} && {CELL_DONE}", CELL_TIMEOUT_MS)
+            click_cancel(2)
+            background = wait(2, "the click to cancel the background transfer",
+                              PANEL_CANCELLED, CANCEL_TIMEOUT_MS)
+            run(3)
+            ending = wait(3, "awaiting the cancelled handle",
+                          f"{CELL_DONE} && s.stdout.includes('relay:')", CELL_TIMEOUT_MS)
+
+            cells.nth(1).scroll_into_view_if_needed()
+            page.wait_for_timeout(300)  # let the scroll settle before the picture
+            _save_screenshot(page, screenshot, copy)
+        finally:
+            context.close()
+
+    assert awaited["stdout"].strip() == "awaited: CancelledError: The transfer was cancelled.", (
+        awaited
+    )
+    assert waiting["prompt"] != "[*]:", waiting
+    assert "progress-bar-warning" in background["bar"], background
+    assert ending["stdout"].splitlines() == [
+        "background: cancelled, CancelledError: The transfer was cancelled.",
+        "relay: 0 open, 0 waiting",
+    ], ending
+    for panel in (awaited, background):
+        assert panel["title"] == "receive · cancelled", panel
+        # An ended panel hides its button.
+        assert panel["button"] is not None and not panel["button"]["visible"], panel
     assert screenshot.stat().st_size > 0
