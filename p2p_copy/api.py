@@ -146,8 +146,9 @@ async def _send(
     chunk_size: int,
 ) -> TransferResult:
     sources = await asyncio.to_thread(collect_sources, paths)
-    proto = Sender(code_hash_hex(code), sources.entries)
-    async with open_link(server, cafile=cafile) as ws:
+    room = code_hash_hex(code)
+    proto = Sender(room, sources.entries)
+    async with open_link(server, room=room, cafile=cafile) as ws:
         link = RelayLink(ws, "sender")
         started = time.monotonic()
         try:
@@ -284,9 +285,10 @@ async def _receive(
     display: Progress,
     wait_timeout: float | None,
 ) -> TransferResult:
-    proto = Receiver(code_hash_hex(code))
+    room = code_hash_hex(code)
+    proto = Receiver(room)
     destination: Destination | None = None
-    async with open_link(server, cafile=cafile) as ws:
+    async with open_link(server, room=room, cafile=cafile) as ws:
         link = RelayLink(ws, "receiver")
         started = time.monotonic()
         try:

@@ -16,6 +16,7 @@ from typing import Any
 from ._version import __version__
 from .codes import CODE_ENV, code_from_env
 from .errors import P2PCopyError, UsageError
+from .logs import ADDRESS_MODES
 from .paths import display_name
 
 __all__ = ["main"]
@@ -106,8 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument("--peer-timeout", type=float, default=600.0, metavar="SECONDS",
                        help="how long a peer may wait for its partner (default 600)")
     relay.add_argument("--max-message-size", type=int, default=2**21, metavar="BYTES")
+    relay.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="on SIGTERM, how long running pairs may finish before they are "
+                       "closed with 4005 (default 60)")
     relay.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    relay.add_argument("--log-json", action="store_true",
+                       help="log one JSON object per line (never codes or code hashes)")
+    relay.add_argument("--log-addresses", choices=ADDRESS_MODES, default="blur",
+                       help="peer addresses in logs: full, blur (/24 or /48, default) or none")
 
     demo = sub.add_parser("demo", help="start a local relay and copy a sample folder through it")
     demo.add_argument("--size", type=int, default=64, metavar="MIB",
@@ -163,6 +171,7 @@ def _command(args: argparse.Namespace) -> int:
 def _run_relay(args: argparse.Namespace) -> int:
     import logging
 
+    from .logs import configure_logging
     from .relay import RelayConfig, run_relay, server_ssl_context
 
     if args.no_tls and (args.certfile or args.keyfile):
@@ -178,18 +187,21 @@ def _run_relay(args: argparse.Namespace) -> int:
             context = server_ssl_context(args.certfile, args.keyfile)
         except (OSError, ValueError) as exc:
             raise UsageError(f"Cannot load the TLS certificate or key: {exc}") from None
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("p2p_copy.relay.websockets").setLevel(logging.WARNING)
+    if args.drain_timeout < 0:
+        raise UsageError("--drain-timeout must not be negative.")
+    configure_logging(args.log_level, json_lines=args.log_json)
     config = RelayConfig(hello_timeout=args.hello_timeout, peer_timeout=args.peer_timeout,
-                         max_message_size=args.max_message_size)
+                         max_message_size=args.max_message_size,
+                         drain_timeout=args.drain_timeout, log_addresses=args.log_addresses)
     try:
-        _run(run_relay(args.host, args.port, ssl_context=context, config=config))
+        # Not _run: SIGTERM drains the relay (run_relay handles it) instead of cancelling.
+        asyncio.run(run_relay(args.host, args.port, ssl_context=context, config=config,
+                              announce=not args.log_json))
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     except OSError as exc:
         raise UsageError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror}.") from None
-    print("Relay stopped.", file=sys.stderr)
+    logging.getLogger("p2p_copy.relay").info("stopped")
     return 0
 
 

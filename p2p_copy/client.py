@@ -14,8 +14,9 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from .codes import room_url
 from .errors import (
     CodeInUseError,
     ConnectionLostError,
@@ -54,14 +55,22 @@ def _check_url(server: str) -> str:
 
 @asynccontextmanager
 async def open_link(
-    server: str, *, cafile: str | None = None, open_timeout: float = 20.0
+    server: str,
+    *,
+    room: str | None = None,
+    cafile: str | None = None,
+    open_timeout: float = 20.0,
 ) -> AsyncIterator[ClientConnection]:
-    """Connect to the relay at ``server``; RelayUnreachableError says why if we cannot."""
+    """Connect to the relay at ``server``; RelayUnreachableError says why if we cannot.
+
+    With ``room`` (the hello's code_hash_hex) the URL gets it as its last path segment,
+    so that a proxy in front of several relays can route both peers of a room alike.
+    """
     scheme = _check_url(server)
     context = client_ssl_context(cafile) if scheme == "wss" else None
     try:
         ws = await connect(
-            server,
+            room_url(server, room) if room is not None else server,
             ssl=context,
             open_timeout=open_timeout,
             # After a failure the closing handshake can queue behind unread data; the
@@ -82,8 +91,14 @@ async def open_link(
             f"The relay's TLS certificate is not trusted ({exc.verify_message}). {advice}"
         ) from None
     except InvalidURI as exc:
-        raise UsageError(f"The relay address {server!r} is not valid: {exc}") from None
+        # exc.msg, not exc: the URI it quotes carries the room.
+        raise UsageError(f"The relay address {server!r} is not valid: {exc.msg}.") from None
     except InvalidHandshake as exc:
+        if isinstance(exc, InvalidStatus) and exc.response.status_code == 503:
+            raise RelayUnreachableError(
+                f"The relay at {server} is restarting and takes no new transfers right now. "
+                "Try again in a moment."
+            ) from None
         raise RelayUnreachableError(
             f"{server} answered, but not as a p2p-copy relay ({exc}). Check the address."
         ) from None
@@ -135,6 +150,11 @@ def closed_error(exc: ConnectionClosed, role: Role) -> P2PCopyError:
         )
     if code == CloseCode.GOING_AWAY:
         return ConnectionLostError("The relay is shutting down. Try again in a moment.")
+    if code == CloseCode.RELAY_DRAINING:
+        return ConnectionLostError(
+            "The relay is restarting and closed the connection. Run the transfer again "
+            "on both sides; it will go through a relay that is up."
+        )
     if code in (CloseCode.BAD_HELLO, CloseCode.HELLO_TIMEOUT, CloseCode.MESSAGE_TOO_BIG):
         return RemoteProtocolError(f"The relay refused our messages: {reason or code}.")
     return ConnectionLostError(f"The relay closed the connection (code {code}: {reason}).")

@@ -322,3 +322,4 @@ class CloseCode(enum.IntEnum):
     CODE_IN_USE = 4002  # a peer with the same role already waits for this code
     PEER_TIMEOUT = 4003  # no partner joined in time
     PEER_GONE = 4004  # the partner disconnected without a clean close
+    RELAY_DRAINING = 4005  # the relay is restarting; reconnect (to it or another one)

@@ -38,6 +38,7 @@ class Outcome(enum.Enum):
     IMPATIENT = "impatient"  # left while still waiting for a partner
     REDUNDANT = "redundant"  # its role was already taken for this code
     ERRORY = "errory"  # bad or missing hello, or a dropped connection while relaying
+    DRAINED = "drained"  # the relay closed it because it was draining or stopping
 
 
 @dataclass(frozen=True)

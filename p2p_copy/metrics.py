@@ -1,0 +1,156 @@
+"""What a relay counts, and its Prometheus view of those counts.
+
+Forwarding only bumps plain ints in ``RelayStats`` (as the relay did before it had
+metrics); a collector turns them into metric families when ``/metrics`` is scraped. So
+metrics cost the hot path nothing but one forward-latency sample per 64 messages.
+
+prometheus_client is optional (``pip install 'p2p-copy[relay]'``): without it the relay
+runs with metrics off. Each relay has its own CollectorRegistry, so that several relays
+in one process (tests, the in-process API) never share or clash over metrics.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily
+    from prometheus_client.metrics_core import Metric
+
+__all__ = [
+    "RelayStats",
+    "RelayMetrics",
+    "relay_metrics",
+    "PAIR_OUTCOMES",
+    "CONNECTION_OUTCOMES",
+    "REJECTION_REASONS",
+    "LATENCY_SAMPLE_MASK",
+]
+
+#: How a pair ended: both sides closed cleanly, one side failed, or the relay closed it
+#: because it was draining or stopping.
+PAIR_OUTCOMES: Final = ("happy", "errory", "drained")
+#: How a connection ended (pairing.Outcome values).
+CONNECTION_OUTCOMES: Final = ("happy", "lonely", "impatient", "redundant", "errory", "drained")
+#: Why the relay turned a peer away.
+REJECTION_REASONS: Final = (
+    "bad_path",  # the request path is neither / nor .../<code_hash_hex> (HTTP 404)
+    "bad_hello",  # close 4000, including a hello that disagrees with the path
+    "hello_timeout",  # close 4001
+    "code_in_use",  # close 4002
+    "peer_timeout",  # close 4003
+    "too_big",  # close 1009
+    "draining",  # HTTP 503 or close 4005 for a peer that was not yet paired
+)
+#: Forward latency is measured for a message when ``messages_forwarded & MASK == 0``.
+LATENCY_SAMPLE_MASK: Final = 63
+
+#: From a fast loopback hop to a receiver that keeps the sender waiting for seconds.
+_LATENCY_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+)
+
+
+@dataclass
+class RelayStats:
+    """Counters an operator (and the tests) can read while the relay runs."""
+
+    connections: int = 0
+    open_connections: int = 0
+    active_pairs: int = 0
+    messages_forwarded: int = 0
+    bytes_forwarded: int = 0
+    waiting: int = 0
+    #: Finished connections by pairing.Outcome value.
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Finished pairs by PAIR_OUTCOMES value.
+    pairs: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Refused peers by REJECTION_REASONS value.
+    rejections: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+class _StatsCollector:
+    """Reads RelayStats at scrape time."""
+
+    def __init__(self, stats: RelayStats, draining: Callable[[], bool]) -> None:
+        self._stats = stats
+        self._draining = draining
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self._stats
+        p = "p2p_copy_relay_"
+        yield CounterMetricFamily(
+            p + "connections", "WebSocket connections accepted (one per peer).",
+            value=s.connections)
+        yield GaugeMetricFamily(
+            p + "open_connections", "WebSocket connections open now.", value=s.open_connections)
+        yield GaugeMetricFamily(
+            p + "waiting_peers", "Peers waiting for their partner.", value=s.waiting)
+        yield GaugeMetricFamily(p + "active_pairs", "Pairs relaying now.", value=s.active_pairs)
+        yield CounterMetricFamily(
+            p + "forwarded_messages", "Messages forwarded, both directions.",
+            value=s.messages_forwarded)
+        yield CounterMetricFamily(
+            p + "forwarded_bytes", "Payload bytes forwarded, both directions.",
+            value=s.bytes_forwarded)
+        yield _labelled(CounterMetricFamily(
+            p + "pairs_finished", "Pairs finished, by outcome.", labels=["outcome"]),
+            PAIR_OUTCOMES, s.pairs)
+        yield _labelled(CounterMetricFamily(
+            p + "connections_finished", "Connections finished, by outcome.",
+            labels=["outcome"]), CONNECTION_OUTCOMES, s.outcomes)
+        yield _labelled(CounterMetricFamily(
+            p + "rejections", "Peers turned away, by reason.", labels=["reason"]),
+            REJECTION_REASONS, s.rejections)
+        yield GaugeMetricFamily(
+            p + "draining", "1 while the relay drains (takes no new peers), else 0.",
+            value=1 if self._draining() else 0)
+
+
+def _labelled(
+    family: CounterMetricFamily, known: tuple[str, ...], counts: collections.Counter[str]
+) -> CounterMetricFamily:
+    """Every known label value, zeros included, so that rate() works from the start."""
+    for value in (*known, *sorted(set(counts) - set(known))):
+        family.add_metric([value], counts[value])
+    return family
+
+
+class RelayMetrics:
+    """One relay's registry: its RelayStats plus a sampled forward-latency histogram."""
+
+    def __init__(self, stats: RelayStats, draining: Callable[[], bool]) -> None:
+        from prometheus_client import CollectorRegistry, Histogram
+
+        self.registry: CollectorRegistry = CollectorRegistry()
+        self.registry.register(_StatsCollector(stats, draining))
+        latency = Histogram(
+            "p2p_copy_relay_forward_latency_seconds",
+            "Time from reading a message to its send completing, for 1 message in 64.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        #: Record one sample, in seconds.
+        self.observe_forward: Callable[[float], None] = latency.observe
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """Every metric in the format the scraper's Accept header asks for, and its type."""
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+def relay_metrics(stats: RelayStats, draining: Callable[[], bool]) -> RelayMetrics | None:
+    """Metrics over ``stats``, or None when prometheus_client is not installed."""
+    try:
+        return RelayMetrics(stats, draining)
+    except ImportError:
+        return None
