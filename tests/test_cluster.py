@@ -76,13 +76,15 @@ def cluster() -> Iterator[LocalCluster]:
     """Three relays and nginx; every process is stopped (or killed) when the test ends."""
     c = LocalCluster(3, relay_args=RELAY_ARGS, nginx=NGINX)
     c.start()
+    assert c.nginx_pid is not None
+    groups = [c.relay_pid(i) for i in range(3)] + [c.nginx_pid]  # each leads its own group
     try:
         yield c
     finally:
-        logs = c.logs()
         c.stop(drain_timeout=5)
-        if c.nginx_pid is not None:  # pragma: no cover - stop() always clears it
-            raise AssertionError(f"nginx still running:\n{logs}")
+        for pgid in groups:  # nginx's workers included: nothing outlives the test
+            with pytest.raises(ProcessLookupError):
+                os.killpg(pgid, 0)
 
 
 def happy_pairs_per_relay(cluster: LocalCluster) -> list[int]:
@@ -91,19 +93,15 @@ def happy_pairs_per_relay(cluster: LocalCluster) -> list[int]:
 
 
 class Watch(NoProgress):
-    """A progress display that only records whether bytes flow and whether it finished."""
+    """A progress display that only records how many bytes arrived."""
 
     def __init__(self) -> None:
         self.moved = 0
-        self.finished_ok = False
         self.moving = asyncio.Event()
 
     def advance(self, nbytes: int) -> None:
         self.moved += nbytes
         self.moving.set()
-
-    def finished(self, result: TransferResult) -> None:
-        self.finished_ok = True
 
 
 def _codes(n: int) -> list[str]:
@@ -269,10 +267,9 @@ async def test_draining_relay_hands_its_new_rooms_to_the_next_one(
         for code in codes:
             assert (tmp_path / "dst" / code / src.name).read_bytes() == src.read_bytes()
         assert sum(happy_pairs_per_relay(cluster)[1:]) == len(codes)
-        # nginx did ask relay 0 first, took its 503 and moved on (then skipped it a while).
-        drained = cluster.metrics(0)
-        assert drained['p2p_copy_relay_rejections_total{reason="draining"}'] >= 1
-        assert drained[HAPPY] == 0
+        # None of them on relay 0: nginx got its 503 (to a handshake, or to the /readyz
+        # above if "readyz" hashes there) and moved on to the next relay on the ring.
+        assert cluster.metrics(0)[HAPPY] == 0
 
         # The pair that was running when the drain began still forwards, then ends cleanly.
         await sender.send(b"still here")
@@ -311,7 +308,7 @@ async def test_wss_through_nginx(tmp_path: Path) -> None:
     src = tmp_path / "tls.bin"
     src.write_bytes(secrets.token_bytes(64 * KiB))
     cluster = LocalCluster(2, relay_args=RELAY_ARGS, nginx=NGINX,
-                              certfile=str(chain), keyfile=str(key))
+                           certfile=str(chain), keyfile=str(key))
     cluster.start()
     try:
         assert cluster.url.startswith("wss://")
@@ -369,12 +366,11 @@ def test_shipped_production_config_passes_nginx_t(tmp_path: Path) -> None:
         (conf / "p2p-copy" / src.name).write_text(text)
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "fullchain.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "privkey.pem"))
+    temp_paths = "".join(f"    {kind}_temp_path {tmp_path}/{kind};\n"
+                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     (conf / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
-        "events {}\n"
-        f"http {{\n    proxy_temp_path {tmp_path}/proxy;\n"
-        f"    client_body_temp_path {tmp_path}/body;\n"
-        "    include p2p-copy/p2p-copy.conf;\n}\n"
+        f"events {{}}\nhttp {{\n{temp_paths}    include p2p-copy/p2p-copy.conf;\n}}\n"
     )
     argv = [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf / "nginx.conf")]
     if lc.nginx_version(NGINX) >= (1, 19, 5):
