@@ -344,6 +344,17 @@ def add_noise(result: dict[str, Any], before: tuple[float, float]) -> None:
     result["steal_s"] = steal - before[1]
 
 
+def wait_quiet(max_wait: float, busy_cores: float = 0.15) -> float:
+    """Wait (up to max_wait s) until other processes use under busy_cores for 0.25 s."""
+    start = time.monotonic()
+    while True:
+        b0, t0 = cpu_times()[0], time.monotonic()
+        time.sleep(0.25)
+        busy = (cpu_times()[0] - b0) / (time.monotonic() - t0)
+        if busy < busy_cores or time.monotonic() - start >= max_wait:
+            return time.monotonic() - start
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -1163,18 +1174,21 @@ METRICS = ["mb_s", "files_s", "pairs_s", "wall_s", "connect_s", "transfer_s",
            "mailbox_cpu_s", "sender_maxrss_kb", "receiver_maxrss_kb", "relay_maxrss_kb",
            "relay_rss_idle_kb", "mailbox_maxrss_kb", "relay_kb_per_pair", "peak_connections",
            "intact_pairs", "sender_user_s", "sender_sys_s", "receiver_user_s",
-           "receiver_sys_s", "other_cpu_s", "steal_s"]
+           "receiver_sys_s", "other_cpu_s", "steal_s", "noise"]
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    good = [r for r in runs if r.get("ok")]
+    good = [r for r in runs if r.get("ok") and r.get("counted", True)]
     median: dict[str, float] = {}
     for m in METRICS:
         values = [r[m] for r in good if isinstance(r.get(m), (int, float))]
         if values:
             median[m] = statistics.median(values)
-    return {"runs": runs, "ok": bool(runs) and len(good) == len(runs),
-            "failures": len(runs) - len(good), "median": median}
+    failed = [r for r in runs if not r.get("ok")]
+    return {"runs": runs, "ok": bool(good) and not failed, "failures": len(failed),
+            "counted": len(good), "discarded_noisy": sum(1 for r in runs
+                                   if r.get("noisy") and not r.get("counted", True)),
+            "median": median}
 
 
 def add_ratios(case: dict[str, Any]) -> None:
@@ -1222,6 +1236,8 @@ def print_case(name: str, case: dict[str, Any]) -> None:
             line += (f"{fmt(m.get('relay_kb_per_pair'), 1):>9}"
                      f"{fmt(m.get('peak_connections')):>7}"
                      f"{fmt(m.get('intact_pairs')):>8}")
+        if res.get("discarded_noisy"):
+            line += f"  ({res['discarded_noisy']} noisy runs not counted)"
         if res.get("failures"):
             errors = [x.get("error", "?") for x in res["runs"] if not x.get("ok")]
             line += f"  ({res['failures']} failed: {errors[0][:300]})"
@@ -1236,8 +1252,8 @@ def markdown(results: dict[str, Any]) -> str:
         unit = {"files_s": "files/s", "pairs_s": "pairs/s", "mb_s": "MB/s"}[rate]
         lines += [f"**{name}**: {case['description']}", ""]
         head = [unit, "× baseline", "wall s", "sender CPU s", "receiver CPU s", "relay CPU s",
-                "relay CPU s/GB", "all CPU s/GB", "sender RSS MB", "receiver RSS MB",
-                "relay RSS MB"]
+                "relay CPU s/GB", "all CPU s/GB", "sender RSS MiB", "receiver RSS MiB",
+                "relay RSS MiB"]
         if name == "pairs":
             head += ["relay KiB/pair", "peak conns", "intact"]
         lines += ["| tool | " + " | ".join(head) + " |",
@@ -1262,6 +1278,8 @@ def markdown(results: dict[str, Any]) -> str:
                           f"{fmt(m.get('intact_pairs'))}/{results['config']['pairs']:,}"]
             note = f" ({res['failures']} of {len(res['runs'])} runs failed)" \
                 if res.get("failures") else ""
+            if res.get("discarded_noisy"):
+                note += f" ({res['discarded_noisy']} noisy runs redone)"
             lines.append(f"| {tool}{note} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -1329,10 +1347,16 @@ def warm_up(bench: Bench, tools: list[Tool], args: argparse.Namespace,
 def run(args: argparse.Namespace) -> int:
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     machine = machine_facts()
+    b0, t0 = cpu_times()[0], time.monotonic()
+    time.sleep(1.0)
+    machine["busy_cores_start"] = (cpu_times()[0] - b0) / (time.monotonic() - t0)
     print(f"p2p-copy benchmark: {machine['nproc']} cores, {machine['cpu_model']}, "
-          f"load {machine['loadavg_start'][0]:.2f}", flush=True)
-    if machine["loadavg_start"][0] > 0.7:
-        print("  note: the machine is busy; figures will be noisy", flush=True)
+          f"load average {machine['loadavg_start'][0]:.2f}, other processes use "
+          f"{machine['busy_cores_start']:.2f} cores now", flush=True)
+    if machine["busy_cores_start"] > 0.2:
+        print("  note: the machine is busy; figures will be noisy (runs during which others "
+              f"take over {100 * (args.max_noise or 0):.0f} % of the CPUs are redone)",
+              flush=True)
     bench = Bench(args)
     results: dict[str, Any] = {
         "schema": 1, "started": started, "command": [sys.executable, *sys.argv],
@@ -1340,7 +1364,8 @@ def run(args: argparse.Namespace) -> int:
         "launcher": {"kind": bench.launcher_kind},
         "config": {"size": args.size, "files": args.files, "file_size": args.file_size,
                    "pairs": args.pairs, "pair_payload": args.pair_payload,
-                   "repeat": args.repeat, "warmup": args.warmup, "tools": args.only,
+                   "repeat": args.repeat, "warmup": args.warmup, "max_noise": args.max_noise,
+                   "retries": args.retries, "quiet_wait": args.quiet_wait, "tools": args.only,
                    "cases": args.cases,
                    "socat_buffer": SOCAT_BUFFER, "pair_ramp": args.pair_ramp},
         "tools": {}, "cases": {},
@@ -1382,16 +1407,35 @@ def run(args: argparse.Namespace) -> int:
                 for tool in order:
                     if case not in tool.cases:
                         continue
-                    t = time.monotonic()
-                    r = bench.measure(tool, case, data[case])
-                    r["rep"] = rep
-                    runs[case].setdefault(tool.name, []).append(r)
-                    rate = r.get("files_s") or r.get("pairs_s") or r.get("mb_s")
-                    status = "ok" if r.get("ok") else f"FAILED: {r.get('error', '')[:400]}"
-                    print(f"  rep {rep + 1}/{args.repeat} {case:<12} {tool.name:<9} "
-                          f"{fmt(rate, 1):>9} in {r.get('wall_s', 0):.2f} s "
-                          f"({time.monotonic() - t:.1f} s, others used "
-                          f"{r.get('other_cpu_s', 0):.2f} CPU s) {status}", flush=True)
+                    attempts = []
+                    for attempt in range(1 + args.retries):
+                        waited = wait_quiet(args.quiet_wait) if args.quiet_wait else 0.0
+                        t = time.monotonic()
+                        r = bench.measure(tool, case, data[case])
+                        r["rep"], r["attempt"], r["waited_for_quiet_s"] = rep, attempt, waited
+                        # Share of the machine that other processes took during the run.
+                        r["noise"] = r.get("other_cpu_s", 0.0) / max(
+                            1e-9, r.get("wall_s", 0.0) * machine["nproc"])
+                        attempts.append(r)
+                        rate = r.get("files_s") or r.get("pairs_s") or r.get("mb_s")
+                        noisy = bool(args.max_noise) and r["noise"] > args.max_noise
+                        status = ("ok" if r.get("ok") else
+                                  f"FAILED: {r.get('error', '')[:400]}")
+                        if noisy and r.get("ok"):
+                            status += (" - noisy, " + ("measured again" if attempt < args.retries
+                                                       else "no retries left"))
+                        print(f"  rep {rep + 1}/{args.repeat} {case:<12} {tool.name:<9} "
+                              f"{fmt(rate, 1):>9} in {r.get('wall_s', 0):.2f} s "
+                              f"({time.monotonic() - t:.1f} s; others took "
+                              f"{100 * r['noise']:.0f} % of the CPUs) {status}", flush=True)
+                        if not (noisy and r.get("ok")):
+                            break
+                    # Count the least noisy attempt; keep the others, marked, in the JSON.
+                    best = min(attempts, key=lambda x: (not x.get("ok"), x["noise"]))
+                    for r in attempts:
+                        r["counted"] = r is best
+                        r["noisy"] = bool(args.max_noise) and r["noise"] > args.max_noise
+                    runs[case].setdefault(tool.name, []).extend(attempts)
         for case in args.cases:
             c: dict[str, Any] = {"description": descriptions[case],
                                  "bytes": data[case]["bytes"], "results": {}}
@@ -1416,7 +1460,8 @@ def run(args: argparse.Namespace) -> int:
         for case in args.cases:
             print_case(case, results["cases"][case])
         print("\nCPU in seconds (user+sys of the whole process, from wait4); relay CPU is "
-              "counted from the moment it listens; MB = 10^6 bytes; RSS = ru_maxrss.")
+              "counted from the moment it listens; MB/s and GB are 10^6 and 10^9 bytes; the "
+              "RSS columns are ru_maxrss in MiB.")
     finally:
         bench.close()
     if args.json:
@@ -1668,6 +1713,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="cases, comma-separated: random,compressible,files,pairs (default all)")
     p.add_argument("--warmup", type=int, choices=[0, 1], default=None,
                    help="1: unmeasured warm-up runs first (default; 0 with --quick)")
+    p.add_argument("--max-noise", type=float, default=None,
+                   help="measure a run again if other processes took more than this share "
+                   "of the CPUs during it (default 0.1; 0 = never; 0 with --quick)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="at most this many extra attempts for a noisy run (default 2)")
+    p.add_argument("--quiet-wait", type=float, default=None,
+                   help="before each run, wait up to this many seconds for other processes "
+                   "to use under 15 %% of a core (default 20; 0 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes for a smoke test: 4 MiB, 200 files, 10 pairs, 1 repetition")
     p.add_argument("--json", default=str(DEFAULT_JSON),
@@ -1687,9 +1740,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="'python' uses the Python launcher even if a C compiler is present")
     args = p.parse_args(argv)
     quick = {"size": 4 << 20, "files": 200, "file_size": 4096, "pairs": 10,
-             "pair_payload": 64 << 10, "repeat": 1, "warmup": 0}
+             "pair_payload": 64 << 10, "repeat": 1, "warmup": 0, "max_noise": 0.0,
+             "quiet_wait": 0.0}
     full = {"size": 1 << 30, "files": 10000, "file_size": 4096, "pairs": 1000,
-            "pair_payload": 256 << 10, "repeat": 3, "warmup": 1}
+            "pair_payload": 256 << 10, "repeat": 3, "warmup": 1, "max_noise": 0.1,
+            "quiet_wait": 20.0}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
