@@ -31,7 +31,9 @@ examples:
 
 exit codes: 0 ok, 1 other error, 2 usage, 3 relay unreachable, 4 timeout, 5 code in use,
   6 peer gone, 7 connection lost, 8 protocol error, 9 integrity, 10 unsafe path,
-  11 destination exists, 12 disk full, 13 incompatible peer, 130 cancelled
+  11 destination exists, 12 disk full, 13 incompatible peer, 14 wrong code,
+  15 encryption mismatch, 16 tampering, 17 relay limit, 18 access denied,
+  19 policy, 130 cancelled
 """
 
 

@@ -18,10 +18,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from .codes import room_url
 from .errors import (
+    AccessDeniedError,
     CodeInUseError,
     ConnectionLostError,
     P2PCopyError,
     PeerGoneError,
+    RelayLimitError,
     RelayUnreachableError,
     RemoteProtocolError,
     TransferTimeoutError,
@@ -59,12 +61,14 @@ async def open_link(
     *,
     room: str | None = None,
     cafile: str | None = None,
+    token: str | None = None,
     open_timeout: float = 20.0,
 ) -> AsyncIterator[ClientConnection]:
     """Connect to the relay at ``server``; RelayUnreachableError says why if we cannot.
 
     With ``room`` (the hello's code_hash_hex) the URL gets it as its last path segment,
     so that a proxy in front of several relays can route both peers of a room alike.
+    ``token`` is a private relay's access token, sent as ``Authorization: Bearer``.
     """
     scheme = _check_url(server)
     context = client_ssl_context(cafile) if scheme == "wss" else None
@@ -78,6 +82,7 @@ async def open_link(
             close_timeout=3,
             compression=None,
             max_size=MAX_MESSAGE_SIZE,
+            additional_headers={"Authorization": f"Bearer {token}"} if token else None,
         )
     except ssl.SSLCertVerificationError as exc:
         advice = (
@@ -94,7 +99,19 @@ async def open_link(
         # exc.msg, not exc: the URI it quotes carries the room.
         raise UsageError(f"The relay address {server!r} is not valid: {exc.msg}.") from None
     except InvalidHandshake as exc:
-        if isinstance(exc, InvalidStatus) and exc.response.status_code == 503:
+        status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
+        if status in (401, 403):
+            raise AccessDeniedError(
+                f"The relay at {server} is private and did not accept "
+                + ("our access token. Check --relay-token." if token else
+                   "us without an access token. Pass its token with --relay-token.")
+            ) from None
+        if status == 429:
+            raise RelayLimitError(
+                f"The relay at {server} is busy with connections from this address. "
+                "Wait a minute and try again."
+            ) from None
+        if status == 503:
             raise RelayUnreachableError(
                 f"The relay at {server} is restarting and takes no new transfers right now. "
                 "Try again in a moment."
@@ -154,6 +171,21 @@ def closed_error(exc: ConnectionClosed, role: Role) -> P2PCopyError:
         return ConnectionLostError(
             "The relay is restarting and closed the connection. Run the transfer again "
             "on both sides; it will go through a relay that is up."
+        )
+    if code == CloseCode.RATE_LIMITED:
+        return RelayLimitError(
+            "The relay refused us: too many connections from this address in a short time. "
+            "Wait a minute and try again."
+        )
+    if code == CloseCode.RELAY_FULL:
+        return RelayLimitError(
+            "The relay is full right now (too many waiting peers or transfers). "
+            "Try again later, or use another relay."
+        )
+    if code == CloseCode.PAIR_LIMIT:
+        return RelayLimitError(
+            f"The relay ended the transfer: it allows each pair only so many bytes or so "
+            f"much time ({reason or 'limit reached'}). Use a relay without that limit."
         )
     if code in (CloseCode.BAD_HELLO, CloseCode.HELLO_TIMEOUT, CloseCode.MESSAGE_TOO_BIG):
         return RemoteProtocolError(f"The relay refused our messages: {reason or code}.")

@@ -15,6 +15,12 @@
     ├── DestinationExistsError        exit 11  a file exists and overwriting was not asked for
     ├── DiskFullError                 exit 12  not enough free space for what is coming
     ├── IncompatiblePeerError         exit 13  the peer speaks another protocol version
+    ├── WrongCodeError                exit 14  the two sides do not share the same code
+    ├── EncryptionMismatchError       exit 15  one side encrypts, the other used --no-encrypt
+    ├── TamperingError                exit 16  a message was altered, dropped, replayed or reordered
+    ├── RelayLimitError               exit 17  the relay refused us: over one of its limits
+    ├── AccessDeniedError             exit 18  the relay is private and our access token is wrong
+    ├── PolicyError                   exit 19  the offer exceeds a limit the receiver set
     └── CancelledError                exit 130 the user interrupted the transfer
 
 Each class carries its ``exit_code`` and a ``wire_code``: the name a peer puts in an
@@ -43,6 +49,12 @@ __all__ = [
     "DestinationExistsError",
     "DiskFullError",
     "IncompatiblePeerError",
+    "WrongCodeError",
+    "EncryptionMismatchError",
+    "TamperingError",
+    "RelayLimitError",
+    "AccessDeniedError",
+    "PolicyError",
     "CancelledError",
     "error_for_wire_code",
     "exit_code_for",
@@ -150,6 +162,48 @@ class IncompatiblePeerError(P2PCopyError):
     wire_code = "incompatible"
 
 
+class WrongCodeError(P2PCopyError):
+    """The key exchange showed that the two sides do not use the same code."""
+
+    exit_code = 14
+    wire_code = "wrong_code"
+
+
+class EncryptionMismatchError(P2PCopyError):
+    """One side encrypts and the other does not (--no-encrypt on one side only)."""
+
+    exit_code = 15
+    wire_code = "encryption_mismatch"
+
+
+class TamperingError(P2PCopyError):
+    """An encrypted message failed authentication: altered, dropped, replayed or reordered."""
+
+    exit_code = 16
+    wire_code = "tampered"
+
+
+class RelayLimitError(P2PCopyError):
+    """The relay refused us because one of its limits was reached (rate, capacity, size)."""
+
+    exit_code = 17
+    wire_code = "relay_limit"
+
+
+class AccessDeniedError(P2PCopyError):
+    """The relay is private: it wants an access token we did not give, or not this one."""
+
+    exit_code = 18
+    wire_code = "access_denied"
+
+
+class PolicyError(P2PCopyError):
+    """What the sender offers exceeds a limit the receiver set (files, bytes, depth)."""
+
+    exit_code = 19
+    wire_code = "policy"
+
+
 class CancelledError(P2PCopyError):
     """The transfer was cancelled on this side (Ctrl-C, a Cancel button, task cancellation)."""
 
@@ -170,6 +224,10 @@ _BY_WIRE_CODE: dict[str, type[P2PCopyError]] = {
         DestinationExistsError,
         DiskFullError,
         IncompatiblePeerError,
+        WrongCodeError,
+        EncryptionMismatchError,
+        TamperingError,
+        PolicyError,
     )
 }
 

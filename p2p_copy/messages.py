@@ -24,6 +24,9 @@ __all__ = [
     "Role",
     "Hello",
     "Ready",
+    "Waiting",
+    "Pake",
+    "Confirm",
     "FileEntry",
     "DirEntry",
     "Entry",
@@ -56,11 +59,43 @@ MAX_FILE_SIZE: Final = 2**53
 
 @dataclass(frozen=True)
 class Hello:
-    """A peer's first message to the relay: which room it wants and which side it is."""
+    """A peer's first message to the relay: which room it wants and which side it is.
+
+    ``version`` 2 asks the relay to confirm with ``waiting`` when the peer has to wait,
+    so that a sender shows its code only once the room is its own. ``fresh`` says the
+    room was just generated: the relay refuses it if anyone already waits there, so that
+    a generated code never meets a stranger's.
+    """
 
     code_hash_hex: str
     role: Role
+    version: int | None = None
+    fresh: bool | None = None
     type: Literal["hello"] = "hello"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Relay to a version-2 peer: the room is yours, a partner has not joined yet."""
+
+    type: Literal["waiting"] = "waiting"
+
+
+@dataclass(frozen=True)
+class Pake:
+    """Either peer, right after pairing: its SPAKE2 message (base64) for ``suite``."""
+
+    suite: str
+    msg: str
+    type: Literal["pake"] = "pake"
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """Either peer: proof (hex) that it derived the same key, i.e. knows the same code."""
+
+    mac: str
+    type: Literal["confirm"] = "confirm"
 
 
 @dataclass(frozen=True)
@@ -143,7 +178,7 @@ class ErrorMessage:
     type: Literal["error"] = "error"
 
 
-Message = Hello | Ready | Manifest | Accept | Checksums | Eof | Done | ErrorMessage
+Message = Hello | Ready | Waiting | Pake | Confirm | Manifest | Accept | Checksums | Eof | Done | ErrorMessage
 
 
 def encode(message: Message) -> str:
@@ -233,7 +268,34 @@ def parse_hello(text: str | bytes) -> Hello:
     role = obj.get("role")
     if role not in ROLES:
         raise RemoteProtocolError("'role' must be 'sender' or 'receiver'")
-    return Hello(code_hash_hex=code_hash, role=role)
+    version = obj.get("version")
+    if version is not None:
+        version = _int(obj, "version", 1, 2**31)
+    fresh = obj.get("fresh")
+    if fresh is not None and not isinstance(fresh, bool):
+        raise RemoteProtocolError("'fresh' must be true or false")
+    return Hello(code_hash_hex=code_hash, role=role, version=version, fresh=fresh)
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{1,1024}={0,2}")
+_HEX = re.compile(r"[0-9a-f]{2,256}")
+
+
+def _parse_pake(obj: dict[str, Any]) -> Pake:
+    suite = _str(obj, "suite")
+    if len(suite) > 100:
+        raise RemoteProtocolError("'suite' is too long")
+    msg = _str(obj, "msg")
+    if not _BASE64.fullmatch(msg):
+        raise RemoteProtocolError("'msg' must be base64, at most 1024 characters")
+    return Pake(suite=suite, msg=msg)
+
+
+def _parse_confirm(obj: dict[str, Any]) -> Confirm:
+    mac = _str(obj, "mac")
+    if not _HEX.fullmatch(mac):
+        raise RemoteProtocolError("'mac' must be lowercase hex, at most 256 digits")
+    return Confirm(mac=mac)
 
 
 def _parse_entry(obj: Any) -> Entry:
@@ -296,8 +358,13 @@ def parse_message(text: str) -> Message:
         return _parse_checksums(obj)
     if kind == "error":
         return ErrorMessage(code=_str(obj, "code"), message=_str(obj, "message"))
+    if kind == "pake":
+        return _parse_pake(obj)
+    if kind == "confirm":
+        return _parse_confirm(obj)
     simple: dict[str, Message] = {
         "ready": Ready(),
+        "waiting": Waiting(),
         "accept": Accept(),
         "eof": Eof(),
         "done": Done(),
@@ -323,3 +390,6 @@ class CloseCode(enum.IntEnum):
     PEER_TIMEOUT = 4003  # no partner joined in time
     PEER_GONE = 4004  # the partner disconnected without a clean close
     RELAY_DRAINING = 4005  # the relay is restarting; reconnect (to it or another one)
+    RATE_LIMITED = 4006  # this address joins too often; wait before trying again
+    RELAY_FULL = 4007  # too many waiting peers or pairs (in all, or from this address)
+    PAIR_LIMIT = 4008  # the pair exceeded the relay's byte or duration limit
