@@ -568,7 +568,7 @@ class Tool:
         raise NotImplementedError
 
     def code(self, n: int) -> str:
-        return f"bench-{n}-{os.urandom(4).hex()}"
+        return f"{n}-bench-{os.urandom(4).hex()}"
 
 
 class Baseline(Tool):
@@ -1595,7 +1595,7 @@ async def pairs_client(args: argparse.Namespace) -> int:
         import p2p_copy
 
         async def one(i: int) -> None:
-            code = f"{args.prefix}-{i}"
+            code = f"{i}-{args.prefix}"  # the room is the part before the first "-"
             if args.role == "send":
                 await p2p_copy.send(args.target, code, [src / f"pair-{i}.bin"],
                                     progress="none", wait_timeout=args.timeout)

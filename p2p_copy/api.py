@@ -11,24 +11,28 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .client import RelayLink, open_link
-from .codes import code_hash_hex
+from .codes import GENERATE, generate_code, room_hash_hex
 from .destination import Destination
 from .errors import (
     CancelledError,
+    CodeInUseError,
     ConnectionLostError,
     P2PCopyError,
     PeerGoneError,
     TransferTimeoutError,
     UsageError,
 )
-from .messages import FileEntry
+from .handshake import HANDSHAKE_TIMEOUT, Link, handshake
+from .messages import FileEntry, Ready
+from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
 from .results import FileResult, TransferResult
-from .sources import StreamReader, collect_sources
+from .sources import Sources, StreamReader, collect_sources
 from .transfer import (
     FileCompleted,
     FileData,
@@ -50,10 +54,15 @@ IDLE_TIMEOUT = 300.0
 #: How long the sender waits for the receiver to answer the manifest. A receiver only
 #: checks names and free space before answering; p2p-copy 0.1.x receivers never answer.
 ACCEPT_TIMEOUT = 60.0
+#: How long a sender with a generated code waits for the relay to confirm its room
+#: (``waiting``) before showing the code anyway: relays older than 0.2 never confirm.
+WAITING_GRACE = 5.0
+#: Generated codes tried when their rooms turn out to be taken.
+MAX_CODE_ATTEMPTS = 8
 
 
 async def _fail_politely(
-    link: RelayLink, proto: Sender | Receiver, exc: BaseException
+    link: Link, proto: Sender | Receiver, exc: BaseException
 ) -> None:
     """Tell the peer why we stop, unless it already knows (it reported it, or the link died)."""
     if isinstance(exc, asyncio.CancelledError):
@@ -74,26 +83,32 @@ def _check_chunk_size(chunk_size: int) -> None:
 
 async def send(
     server: str,
-    code: str,
+    code: str | None,
     paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     *,
     cafile: str | None = None,
     progress: ProgressKind | Progress | None = None,
     wait_timeout: float | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    encrypt: bool = True,
+    relay_token: str | None = None,
 ) -> TransferResult:
     """Send files and folders to the receiver that uses the same ``code`` on ``server``.
 
-    Returns once the receiver has verified every file and given it its final name.
-    ``wait_timeout`` bounds the wait for the receiver to join (default: the relay's).
+    ``code`` None (or ``"auto"``) generates one, shown by the progress display and
+    returned in the result. Returns once the receiver has verified every file and given
+    it its final name. ``wait_timeout`` bounds the wait for the receiver to join
+    (default: the relay's). ``encrypt=False`` speaks the plain protocol: the relay can
+    then read everything. ``relay_token`` is a private relay's access token.
     """
     _check_chunk_size(chunk_size)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    options = _Options(server, cafile, wait_timeout, encrypt, relay_token)
+    if code is not None and code != GENERATE:
+        room_hash_hex(code)  # a malformed code is a usage error before anything starts
     display = make_progress(progress, "send")
-    return await _shown(
-        display, _send(server, code, paths, cafile, display, wait_timeout, chunk_size)
-    )
+    return await _shown(display, _send(options, code, paths, display, chunk_size))
 
 
 async def _shown(display: Progress, work: Awaitable[TransferResult]) -> TransferResult:
@@ -136,27 +151,85 @@ async def _shown(display: Progress, work: Awaitable[TransferResult]) -> Transfer
     return result
 
 
+@dataclass(frozen=True)
+class _Options:
+    """How to reach the relay and what to ask of it: the same for both sides."""
+
+    server: str
+    cafile: str | None
+    wait_timeout: float | None
+    encrypt: bool
+    relay_token: str | None
+
+
 async def _send(
-    server: str,
-    code: str,
+    options: _Options,
+    code: str | None,
     paths: Sequence[str | os.PathLike[str]],
-    cafile: str | None,
     display: Progress,
-    wait_timeout: float | None,
     chunk_size: int,
 ) -> TransferResult:
     sources = await asyncio.to_thread(collect_sources, paths)
-    room = code_hash_hex(code)
-    proto = Sender(room, sources.entries)
-    async with open_link(server, room=room, cafile=cafile) as ws:
-        link = RelayLink(ws, "sender")
+    generated = code is None or code == GENERATE
+    for attempt in range(MAX_CODE_ATTEMPTS):
+        current = generate_code(attempt) if generated else str(code)
+        try:
+            return await _send_once(options, current, generated, sources, display, chunk_size)
+        except CodeInUseError:
+            # A generated code is only shown once its room is ours: pick another quietly.
+            if not generated or attempt == MAX_CODE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _wait_for_receiver(
+    link: RelayLink, proto: Sender, show: Callable[[], None], generated: bool,
+    wait_timeout: float | None,
+) -> None:
+    """Wait for ``ready``; show the code once the relay confirmed the room is ours."""
+    shown = False
+    if not generated:
+        show()
+        shown = True
+    while True:
+        grace = wait_timeout if shown else min(WAITING_GRACE, wait_timeout or WAITING_GRACE)
+        try:
+            reply = proto.receive(await link.recv(grace, "a receiver to join"))
+        except TransferTimeoutError:
+            if shown:
+                raise
+            reply = None  # a relay too old to confirm rooms: the code is probably ours
+        if not shown:
+            show()
+            shown = True
+        if isinstance(reply, Ready):
+            return
+
+
+async def _send_once(
+    options: _Options,
+    code: str,
+    generated: bool,
+    sources: Sources,
+    display: Progress,
+    chunk_size: int,
+) -> TransferResult:
+    room = room_hash_hex(code)
+    proto = Sender(room, sources.entries, fresh=generated)
+    async with open_link(options.server, room=room, cafile=options.cafile,
+                         token=options.relay_token) as ws:
+        plain = RelayLink(ws, "sender")
+        link: Link = plain
         started = time.monotonic()
         try:
-            await link.send(proto.hello())
-            display.showing_code(server, code)
+            await plain.send(proto.hello())
             display.waiting()
-            proto.receive(await link.recv(wait_timeout, "a receiver to join"))
+            await _wait_for_receiver(plain, proto, lambda: display.showing_code(
+                options.server, code), generated, options.wait_timeout)
             started = time.monotonic()
+            if options.encrypt:
+                link = await handshake(plain, code, timeout=HANDSHAKE_TIMEOUT,
+                                       waiting_for="the receiver's key exchange")
             for part in proto.manifest():
                 await link.send(part)
             proto.receive(await link.recv(
@@ -174,11 +247,12 @@ async def _send(
     results = tuple(FileResult(f.path, f.size, d) for f, d in zip(files, digests, strict=True))
     for result in results:
         display.file_done(result)
-    return TransferResult("sender", results, sources.total_bytes, time.monotonic() - started)
+    return TransferResult("sender", results, sources.total_bytes, time.monotonic() - started,
+                          code=code)
 
 
 async def _stream_with_watch(
-    link: RelayLink,
+    link: Link,
     proto: Sender,
     paths: Sequence[Path],
     files: Sequence[FileEntry],
@@ -212,7 +286,7 @@ async def _stream_with_watch(
 
 
 async def _stream(
-    link: RelayLink,
+    link: Link,
     proto: Sender,
     paths: Sequence[Path],
     files: Sequence[FileEntry],
@@ -263,38 +337,50 @@ async def receive(
     cafile: str | None = None,
     progress: ProgressKind | Progress | None = None,
     wait_timeout: float | None = None,
+    encrypt: bool = True,
+    relay_token: str | None = None,
+    policy: ReceivePolicy | None = None,
 ) -> TransferResult:
     """Receive what the sender with the same ``code`` sends, into the folder ``dest``.
 
     ``dest`` is created if it does not exist. Files appear under their final names only
     once verified; on any error nothing partial is left behind. Existing files are kept
-    unless ``overwrite`` is true.
+    unless ``overwrite`` is true. ``policy`` limits what is accepted (files, bytes,
+    depth); an offer over it is refused before any byte. ``encrypt`` and
+    ``relay_token`` as for send().
     """
+    if code is None or code == GENERATE:
+        raise UsageError("The receiver needs the code the sender shows.")
+    room_hash_hex(code)
+    options = _Options(server, cafile, wait_timeout, encrypt, relay_token)
     display = make_progress(progress, "receive")
     return await _shown(
-        display, _receive(server, code, Path(dest), overwrite, cafile, display, wait_timeout)
-    )
+        display, _receive(options, code, Path(dest), overwrite, policy, display))
 
 
 async def _receive(
-    server: str,
+    options: _Options,
     code: str,
     root: Path,
     overwrite: bool,
-    cafile: str | None,
+    policy: ReceivePolicy | None,
     display: Progress,
-    wait_timeout: float | None,
 ) -> TransferResult:
-    room = code_hash_hex(code)
-    proto = Receiver(room)
+    room = room_hash_hex(code)
+    proto = Receiver(room, policy=policy)
     destination: Destination | None = None
-    async with open_link(server, room=room, cafile=cafile) as ws:
-        link = RelayLink(ws, "receiver")
+    async with open_link(options.server, room=room, cafile=options.cafile,
+                         token=options.relay_token) as ws:
+        plain = RelayLink(ws, "receiver")
+        link: Link = plain
         started = time.monotonic()
         try:
-            await link.send(proto.hello())
+            await plain.send(proto.hello())
             display.waiting()
-            timeout, waiting_for = wait_timeout, "a sender to join"
+            timeout, waiting_for = options.wait_timeout, "a sender to join"
+            if options.encrypt:
+                link = await handshake(plain, code, timeout=timeout, waiting_for=waiting_for)
+                timeout, waiting_for = IDLE_TIMEOUT, "the sender to send more"
             while True:
                 message = await link.recv(timeout, waiting_for)
                 # Once paired, a sender that stays connected but sends nothing is stuck.
@@ -330,6 +416,7 @@ async def _receive(
         sum(r.size for r in destination.results),
         time.monotonic() - started,
         destination=root,
+        code=code,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import api
 from .errors import CancelledError
+from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
 from .results import TransferResult
 
@@ -131,18 +132,21 @@ def _run(work: Callable[[], Coroutine[Any, Any, TransferResult]]) -> TransferRes
 
 def send_blocking(
     server: str,
-    code: str,
+    code: str | None,
     paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     *,
     cafile: str | None = None,
     progress: ProgressKind | Progress | None = None,
     wait_timeout: float | None = None,
     chunk_size: int = api.DEFAULT_CHUNK_SIZE,
+    encrypt: bool = True,
+    relay_token: str | None = None,
 ) -> TransferResult:
     """``p2p_copy.send(...)`` for code that does not await: returns when the transfer ends."""
     display = make_progress(progress, "send")  # here: a widget belongs to the caller's thread
     return _run(lambda: api.send(server, code, paths, cafile=cafile, progress=display,
-                                 wait_timeout=wait_timeout, chunk_size=chunk_size))
+                                 wait_timeout=wait_timeout, chunk_size=chunk_size,
+                                 encrypt=encrypt, relay_token=relay_token))
 
 
 def receive_blocking(
@@ -154,8 +158,12 @@ def receive_blocking(
     cafile: str | None = None,
     progress: ProgressKind | Progress | None = None,
     wait_timeout: float | None = None,
+    encrypt: bool = True,
+    relay_token: str | None = None,
+    policy: ReceivePolicy | None = None,
 ) -> TransferResult:
     """``p2p_copy.receive(...)`` for code that does not await: returns when the transfer ends."""
     display = make_progress(progress, "receive")
     return _run(lambda: api.receive(server, code, dest, overwrite=overwrite, cafile=cafile,
-                                    progress=display, wait_timeout=wait_timeout))
+                                    progress=display, wait_timeout=wait_timeout,
+                                    encrypt=encrypt, relay_token=relay_token, policy=policy))

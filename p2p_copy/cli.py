@@ -8,25 +8,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from ._version import __version__
-from .codes import CODE_ENV, code_from_env
+from .codes import CODE_ENV, GENERATE, code_from_env
 from .errors import P2PCopyError, UsageError
 from .logs import ADDRESS_MODES
 from .paths import display_name
+from .progress import make_progress, with_code_on_stderr
 
-__all__ = ["main"]
+__all__ = ["main", "RELAY_TOKEN_ENV"]
+
+#: Environment variable with a private relay's access token (keeps it out of `ps`).
+RELAY_TOKEN_ENV = "P2P_COPY_RELAY_TOKEN"
 
 EXAMPLES = f"""\
 examples:
   p2p-copy run-relay-server 127.0.0.1 8765 --no-tls
-  p2p-copy send ws://127.0.0.1:8765 purple-sausages report.pdf data/
-  p2p-copy receive ws://127.0.0.1:8765 purple-sausages --out incoming/
-  {CODE_ENV}=purple-sausages p2p-copy receive wss://relay.example.org -
+  p2p-copy send ws://127.0.0.1:8765 auto report.pdf data/      (prints a code)
+  p2p-copy receive ws://127.0.0.1:8765 7-crossover-clockwork-puma --out incoming/
+  {CODE_ENV}=7-crossover-clockwork-puma p2p-copy receive wss://relay.example.org -
   p2p-copy demo
 
 exit codes: 0 ok, 1 other error, 2 usage, 3 relay unreachable, 4 timeout, 5 code in use,
@@ -41,7 +46,8 @@ def _code_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "code",
         metavar="CODE",
-        help=f"the shared code; '-' reads it from ${CODE_ENV} so it stays out of the process list",
+        help=f"the shared code, ROOM-SECRET (e.g. 7-crossover-clockwork-puma); 'auto' (send) "
+        f"generates one; '-' reads it from ${CODE_ENV} so it stays out of the process list",
     )
 
 
@@ -65,6 +71,16 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SECONDS",
         help="give up if the other side has not joined within SECONDS",
+    )
+    parser.add_argument(
+        "--no-encrypt",
+        action="store_true",
+        help="speak the plain protocol: the relay can read everything (both sides must agree)",
+    )
+    parser.add_argument(
+        "--relay-token",
+        metavar="TOKEN",
+        help=f"access token of a private relay (default: ${RELAY_TOKEN_ENV})",
     )
 
 
@@ -91,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     receive.add_argument("--out", default=".", metavar="DIR",
                          help="destination folder (default: .)")
     receive.add_argument("--overwrite", action="store_true", help="replace files that exist")
+    receive.add_argument("--max-files", type=int, metavar="N",
+                         help="refuse an offer of more than N files")
+    receive.add_argument("--max-bytes", type=int, metavar="BYTES",
+                         help="refuse an offer of more than BYTES in all")
+    receive.add_argument("--max-depth", type=int, metavar="N",
+                         help="refuse names nested deeper than N folders (default 64)")
     _common_options(receive)
 
     relay = sub.add_parser(
@@ -118,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="log one JSON object per line (never codes or code hashes)")
     relay.add_argument("--log-addresses", choices=ADDRESS_MODES, default="blur",
                        help="peer addresses in logs: full, blur (/24 or /48, default) or none")
+    _relay_limit_options(relay)
 
     demo = sub.add_parser("demo", help="start a local relay and copy a sample folder through it")
     demo.add_argument("--size", type=int, default=64, metavar="MIB",
@@ -156,18 +179,106 @@ def _command(args: argparse.Namespace) -> int:
     from . import api
 
     code = code_from_env() if args.code == "-" else args.code
+    token = args.relay_token or os.environ.get(RELAY_TOKEN_ENV) or None
+    common: dict[str, Any] = dict(cafile=args.cafile, wait_timeout=args.wait_timeout,
+                                  encrypt=not args.no_encrypt, relay_token=token)
     if args.command == "send":
-        result = _run(api.send(args.server, code, args.files, cafile=args.cafile,
-                               progress=_progress(args), wait_timeout=args.wait_timeout))
+        progress = _progress(args)
+        if code == GENERATE:
+            # Whatever the display, the person running this must learn the generated code.
+            progress = with_code_on_stderr(make_progress(progress, "send"))
+        result = _run(api.send(args.server, code, args.files, progress=progress, **common))
     else:
         result = _run(api.receive(args.server, code, args.out, overwrite=args.overwrite,
-                                  cafile=args.cafile, progress=_progress(args),
-                                  wait_timeout=args.wait_timeout))
+                                  progress=_progress(args), policy=_policy(args), **common))
     if not args.json and sys.stderr.isatty():
         verb = "Sent" if args.command == "send" else "Received"
         print(f"{verb} {len(result.files)} file(s), {result.bytes:,} bytes in "
               f"{result.duration:.1f} s.", file=sys.stderr)
     return 0
+
+
+def _relay_limit_options(relay: argparse.ArgumentParser) -> None:
+    """The relay's limits (server/README.md explains each); 0 turns a cap off."""
+    limits = relay.add_argument_group("limits (0 turns a cap off)")
+    add = limits.add_argument
+    add("--max-connections", type=int, metavar="N",
+        help="open connections in all; over it, handshakes get HTTP 503 "
+        "(default: the open-file limit minus 100)")
+    add("--max-connections-per-address", type=int, default=64, metavar="N",
+        help="open connections from one address or IPv6 /64, hello or not; over it, "
+        "HTTP 429 (default 64)")
+    add("--max-waiting", type=int, default=10_000, metavar="N",
+        help="peers waiting for a partner, in all (default 10000; over it, close 4007)")
+    add("--max-waiting-per-address", type=int, default=32, metavar="N",
+        help="peers waiting from one address (default 32; over it, close 4007)")
+    add("--max-pairs", type=int, default=10_000, metavar="N",
+        help="pairs relaying at once (default 10000; over it, close 4007)")
+    add("--join-rate", type=int, default=30, metavar="N",
+        help="connections one address may open per --join-window (default 30; "
+        "over it, close 4006)")
+    add("--join-window", type=float, default=10.0, metavar="SECONDS",
+        help="the window of --join-rate (default 10)")
+    add("--max-pair-bytes", type=int, default=0, metavar="BYTES",
+        help="bytes a pair may forward, both directions (default 0: no limit; "
+        "over it, close 4008 to both)")
+    add("--max-pair-seconds", type=float, default=0.0, metavar="SECONDS",
+        help="how long a pair may relay (default 0: no limit; then close 4008 to both)")
+    add("--access-token-file", metavar="FILE",
+        help="make the relay private: clients must send one of the tokens in FILE (one per "
+        "line) as 'Authorization: Bearer TOKEN'; others get HTTP 401")
+    add("--trusted-proxies", default="127.0.0.1,::1", metavar="LIST",
+        help="comma-separated addresses or networks whose X-Forwarded-For names the client "
+        "(default 127.0.0.1,::1; '' for none)")
+    add("--exempt-addresses", default="127.0.0.1,::1", metavar="LIST",
+        help="comma-separated addresses or networks with no per-address limits "
+        "(default 127.0.0.1,::1; '' for none)")
+
+
+def _read_tokens(path: str) -> frozenset[str]:
+    """The access tokens in ``path``: one per line; blank lines and # comments are skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"Cannot read the access token file {path!r}: {exc}") from None
+    tokens = frozenset(line.strip() for line in lines
+                       if line.strip() and not line.lstrip().startswith("#"))
+    if not tokens:
+        raise UsageError(
+            f"The access token file {path!r} holds no token. Put one token per line in it.")
+    return tokens
+
+
+def _relay_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """RelayConfig fields from the limit options."""
+    def networks(value: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+
+    fields: dict[str, Any] = dict(
+        max_connections_per_address=args.max_connections_per_address,
+        max_waiting=args.max_waiting, max_waiting_per_address=args.max_waiting_per_address,
+        max_pairs=args.max_pairs, join_rate=args.join_rate, join_window=args.join_window,
+        max_pair_bytes=args.max_pair_bytes, max_pair_seconds=args.max_pair_seconds,
+        trusted_proxies=networks(args.trusted_proxies),
+        exempt_addresses=networks(args.exempt_addresses),
+    )
+    if args.max_connections is not None:
+        fields["max_connections"] = args.max_connections
+    if args.access_token_file:
+        fields["access_tokens"] = _read_tokens(args.access_token_file)
+    return fields
+
+
+def _policy(args: argparse.Namespace) -> Any:
+    from .policy import ReceivePolicy
+
+    limits = {"max_files": args.max_files, "max_bytes": args.max_bytes,
+              "max_depth": args.max_depth}
+    for name, value in limits.items():
+        if value is not None and value < (1 if name == "max_depth" else 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive number.")
+    return ReceivePolicy(**{k: v for k, v in limits.items() if v is not None})
 
 
 def _run_relay(args: argparse.Namespace) -> int:
@@ -191,10 +302,14 @@ def _run_relay(args: argparse.Namespace) -> int:
             raise UsageError(f"Cannot load the TLS certificate or key: {exc}") from None
     if args.drain_timeout < 0:
         raise UsageError("--drain-timeout must not be negative.")
+    try:
+        config = RelayConfig(hello_timeout=args.hello_timeout, peer_timeout=args.peer_timeout,
+                             max_message_size=args.max_message_size,
+                             drain_timeout=args.drain_timeout, log_addresses=args.log_addresses,
+                             **_relay_limits(args))
+    except ValueError as exc:
+        raise UsageError(f"Invalid relay limit: {exc}.") from None
     configure_logging(args.log_level, json_lines=args.log_json)
-    config = RelayConfig(hello_timeout=args.hello_timeout, peer_timeout=args.peer_timeout,
-                         max_message_size=args.max_message_size,
-                         drain_timeout=args.drain_timeout, log_addresses=args.log_addresses)
     try:
         # Not _run: SIGTERM drains the relay (run_relay handles it) instead of cancelling.
         asyncio.run(run_relay(args.host, args.port, ssl_context=context, config=config,

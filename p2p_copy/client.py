@@ -216,7 +216,7 @@ class RelayLink:
                 f"Gave up after {timeout:g} s waiting for {waiting_for}."
             ) from None
 
-    async def tell_peer(self, message: str) -> None:
+    async def tell_peer(self, message: str | bytes) -> None:
         """Best effort: tell the peer why we stop, without waiting long for a broken link."""
         with contextlib.suppress(ConnectionClosed, TimeoutError, OSError):
             async with asyncio.timeout(2):

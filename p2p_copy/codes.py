@@ -1,6 +1,13 @@
 """From the code two people share to what the relay is allowed to see of it.
 
-The relay sees the code's hash twice: in the ``hello`` and as the last segment of the
+A code is ``ROOM-SECRET``: everything before the first ``-`` is the room, which pairs
+the two peers on the relay; the rest is the secret, which never leaves the two peers
+(it is the password of the key exchange, see secure.py). Generated codes look like
+``7-crossover-clockwork-puma``: a small room number and three words of the PGP word list
+(27 bits). The relay gets only a domain-separated SHA-256 of the room, so the most it
+can recover by brute force is the room number, which it may know anyway.
+
+The relay sees that hash twice: in the ``hello`` and as the last segment of the
 URL path (``wss://relay.example.org/<code_hash_hex>``), so that a proxy in front of
 several relay processes can send both peers of a room to the same one without reading
 WebSocket messages. Both halves of that path rule live here: ``room_url`` for peers,
@@ -9,26 +16,96 @@ WebSocket messages. Both halves of that path rule live here: ``room_url`` for pe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
+import secrets
+from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import UsageError
 
-__all__ = ["CODE_ENV", "code_hash_hex", "code_from_env", "room_url", "room_from_path"]
+__all__ = [
+    "CODE_ENV",
+    "GENERATE",
+    "WORDS_PER_CODE",
+    "split_code",
+    "room_hash_hex",
+    "code_hash_hex",
+    "generate_code",
+    "wordlist",
+    "code_from_env",
+    "room_url",
+    "room_from_path",
+]
 
 #: Environment variable the CLI reads the code from when CODE is given as "-".
 CODE_ENV = "P2P_COPY_CODE"
 
+#: The CLI's CODE argument that asks for a generated code (it has no "-", so it is
+#: never a valid code itself).
+GENERATE = "auto"
+#: Words of the secret part of a generated code.
+WORDS_PER_CODE = 3
+#: Generated room numbers are drawn from 1..ROOM_RANGES[attempt]: short while the relay
+#: is quiet, longer after a collision.
+ROOM_RANGES = (999, 9_999, 99_999, 999_999)
+
 _ROOM = re.compile(r"[0-9a-f]{64}")
+_ROOM_DOMAIN = b"p2p-copy room v2\x00"
+
+CODE_FORMAT_HELP = (
+    "A code is ROOM-SECRET, e.g. 7-crossover-clockwork-puma: the relay sees only a hash "
+    "of the part before the first '-'; the rest is the secret only the two of you know."
+)
+
+
+def split_code(code: str) -> tuple[str, str]:
+    """``(room, secret)`` of a code; UsageError if either is empty."""
+    room, dash, secret = code.partition("-")
+    if not code:
+        raise UsageError("The code must not be empty.")
+    if not dash or not room or not secret:
+        raise UsageError(f"{CODE_FORMAT_HELP} Use CODE '{GENERATE}' to get one generated.")
+    return room, secret
+
+
+def room_hash_hex(code: str) -> str:
+    """The hello's ``code_hash_hex``: a domain-separated SHA-256 of the code's room part."""
+    room, _ = split_code(code)
+    return hashlib.sha256(_ROOM_DOMAIN + room.encode("utf-8")).hexdigest()
 
 
 def code_hash_hex(code: str) -> str:
-    """The hello's ``code_hash_hex``: SHA-256 of the UTF-8 code, as the seed's peers compute it."""
+    """SHA-256 of the whole code, as p2p-copy 0.1.x peers put it in their hello.
+
+    Only for talking about (and to) those peers: it lets anyone holding the hash try
+    every short code offline, which is why this version sends ``room_hash_hex`` instead.
+    """
     if not code:
         raise UsageError("The code must not be empty.")
     return hashlib.sha256(code.encode("utf-8")).hexdigest()
+
+
+@functools.cache
+def wordlist() -> tuple[str, ...]:
+    """The 512 words generated codes are made of (the PGP word list)."""
+    text = resources.files(__package__).joinpath("wordlist.txt").read_text("utf-8")
+    lines = (line.strip() for line in text.splitlines())
+    return tuple(line for line in lines if line and not line.startswith("#"))
+
+
+def generate_code(attempt: int = 0, words: int = WORDS_PER_CODE) -> str:
+    """A fresh random code such as ``7-crossover-clockwork-puma``.
+
+    ``attempt`` counts earlier collisions with a taken room: each one widens the range
+    of room numbers, so that a busy relay still finds a free room quickly.
+    """
+    top = ROOM_RANGES[min(attempt, len(ROOM_RANGES) - 1)]
+    room = 1 + secrets.randbelow(top)
+    chosen = [secrets.choice(wordlist()) for _ in range(words)]
+    return "-".join([str(room), *chosen])
 
 
 def code_from_env() -> str:

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .api import receive, send
+from .codes import generate_code
 from .relay import Relay
 
 __all__ = ["run_demo", "make_sample"]
@@ -52,7 +53,7 @@ async def run_demo(size_mib: int = 64) -> int:
         async with Relay("127.0.0.1", 0) as relay:
             print(f"Relay running at {relay.url}", file=sys.stderr)
             print("Sending a sample folder to a receiver through it...", file=sys.stderr)
-            code = "demo-code"
+            code = generate_code()
             sent, got = await asyncio.gather(
                 send(relay.url, code, [sample], progress="none"),
                 receive(relay.url, code, out),

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from . import api
 from .errors import CancelledError, UsageError
 from .messages import Role
+from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
 from .results import FileResult, TransferResult
 
@@ -232,19 +233,22 @@ def _running_loop(name: str, twin: str) -> None:
 
 def start_send(
     server: str,
-    code: str,
+    code: str | None,
     paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     *,
     cafile: str | None = None,
     progress: ProgressKind | Progress | None = None,
     wait_timeout: float | None = None,
     chunk_size: int = api.DEFAULT_CHUNK_SIZE,
+    encrypt: bool = True,
+    relay_token: str | None = None,
 ) -> Transfer:
     """Start ``p2p_copy.send(...)`` in the background of the running loop; return its handle."""
     _running_loop("start_send", "send_blocking")
     tracker = _Tracker(make_progress(progress, "send"))
     work = api.send(server, code, paths, cafile=cafile, progress=tracker,
-                    wait_timeout=wait_timeout, chunk_size=chunk_size)
+                    wait_timeout=wait_timeout, chunk_size=chunk_size, encrypt=encrypt,
+                    relay_token=relay_token)
     return Transfer("sender", work, tracker)
 
 
@@ -257,10 +261,14 @@ def start_receive(
     cafile: str | None = None,
     progress: ProgressKind | Progress | None = None,
     wait_timeout: float | None = None,
+    encrypt: bool = True,
+    relay_token: str | None = None,
+    policy: ReceivePolicy | None = None,
 ) -> Transfer:
     """Start ``p2p_copy.receive(...)`` in the background of the running loop; return its handle."""
     _running_loop("start_receive", "receive_blocking")
     tracker = _Tracker(make_progress(progress, "receive"))
     work = api.receive(server, code, dest, overwrite=overwrite, cafile=cafile,
-                       progress=tracker, wait_timeout=wait_timeout)
+                       progress=tracker, wait_timeout=wait_timeout, encrypt=encrypt,
+                       relay_token=relay_token, policy=policy)
     return Transfer("receiver", work, tracker)

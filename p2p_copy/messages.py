@@ -178,7 +178,10 @@ class ErrorMessage:
     type: Literal["error"] = "error"
 
 
-Message = Hello | Ready | Waiting | Pake | Confirm | Manifest | Accept | Checksums | Eof | Done | ErrorMessage
+Message = (
+    Hello | Ready | Waiting | Pake | Confirm | Manifest | Accept | Checksums | Eof | Done
+    | ErrorMessage
+)
 
 
 def encode(message: Message) -> str:

@@ -33,9 +33,10 @@ __all__ = [
 
 #: How a pair ended: both sides closed cleanly, one side failed, or the relay closed it
 #: because it was draining or stopping.
-PAIR_OUTCOMES: Final = ("happy", "errory", "drained")
+PAIR_OUTCOMES: Final = ("happy", "errory", "drained", "limited")
 #: How a connection ended (pairing.Outcome values).
-CONNECTION_OUTCOMES: Final = ("happy", "lonely", "impatient", "redundant", "errory", "drained")
+CONNECTION_OUTCOMES: Final = (
+    "happy", "lonely", "impatient", "redundant", "errory", "drained", "limited")
 #: Why the relay turned a peer away.
 REJECTION_REASONS: Final = (
     "bad_path",  # the request path is neither / nor .../<code_hash_hex> (HTTP 404)
@@ -45,6 +46,15 @@ REJECTION_REASONS: Final = (
     "peer_timeout",  # close 4003
     "too_big",  # close 1009
     "draining",  # HTTP 503 or close 4005 for a peer that was not yet paired
+    "access_denied",  # HTTP 401: a private relay, and no valid access token
+    "connections_full",  # HTTP 503: too many open connections in all
+    "connections_per_address",  # HTTP 429: too many open connections from one address
+    "rate_limited",  # close 4006: too many connections from one address in a short time
+    "waiting_full",  # close 4007: too many waiting peers in all
+    "waiting_per_address",  # close 4007: too many waiting peers from one address
+    "pairs_full",  # close 4007: too many pairs relaying
+    "pair_bytes",  # close 4008 to both peers (counted once per pair): byte cap reached
+    "pair_duration",  # close 4008 to both peers (counted once per pair): time cap reached
 )
 #: Forward latency is measured for a message when ``messages_forwarded & MASK == 0``.
 LATENCY_SAMPLE_MASK: Final = 63

@@ -6,6 +6,14 @@ Rules:
 - A room with a waiting peer of the other role: the two are paired and the room is freed.
 - A room with a waiting peer of the same role: the newcomer is refused (CODE_IN_USE) and
   the waiting peer is left alone, so that a stray or hostile peer cannot evict it.
+- A ``fresh`` hello (its code was just generated) meets nobody it did not expect: if
+  anyone waits in the room, of either role, it is refused (CODE_IN_USE) and the waiting
+  peer is left alone. A generated code must never pair with a stranger's.
+- The relay's caps: a peer that would wait, or would pair, may instead be refused with
+  the refusal the relay passes in (``refuse_wait``, ``refuse_pair``); the room is then
+  left as it was.
+- A version-2 hello that has to wait is told so (``Wait.confirm``); version-1 peers
+  (p2p-copy 0.1.x, no ``version``) are told nothing, as before.
 - A waiting peer that leaves or times out frees its room.
 
 Each connection also moves through ``Phase`` and ends with one ``Outcome`` for logs
@@ -36,14 +44,17 @@ class Outcome(enum.Enum):
     HAPPY = "happy"  # paired, and both sides closed cleanly
     LONELY = "lonely"  # no partner joined in time
     IMPATIENT = "impatient"  # left while still waiting for a partner
-    REDUNDANT = "redundant"  # its role was already taken for this code
+    REDUNDANT = "redundant"  # its role was already taken for this code, or the code was fresh
     ERRORY = "errory"  # bad or missing hello, or a dropped connection while relaying
     DRAINED = "drained"  # the relay closed it because it was draining or stopping
+    LIMITED = "limited"  # a relay limit refused it (4006, 4007) or ended its pair (4008)
 
 
 @dataclass(frozen=True)
 class Wait:
-    """The peer is now the room's waiting peer."""
+    """The peer is now the room's waiting peer; if ``confirm``, send it ``waiting``."""
+
+    confirm: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,10 +67,11 @@ class Paired(Generic[Conn]):
 
 @dataclass(frozen=True)
 class Refused:
-    """The peer cannot join; close it with ``code`` and ``reason``."""
+    """The peer cannot join; close it with ``code`` and ``reason``, count it as ``label``."""
 
     code: CloseCode
     reason: str
+    label: str = "code_in_use"
 
 
 class Rooms(Generic[Conn]):
@@ -71,17 +83,34 @@ class Rooms(Generic[Conn]):
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def join(self, hello: Hello, conn: Conn) -> Wait | Paired[Conn] | Refused:
+    def join(
+        self,
+        hello: Hello,
+        conn: Conn,
+        *,
+        refuse_wait: Refused | None = None,
+        refuse_pair: Refused | None = None,
+    ) -> Wait | Paired[Conn] | Refused:
+        """Seat ``conn`` per the rules above; ``refuse_*``: the relay's cap is reached."""
         waiting = self._waiting.get(hello.code_hash_hex)
         if waiting is None:
+            if refuse_wait is not None:
+                return refuse_wait
             self._waiting[hello.code_hash_hex] = (hello.role, conn)
-            return Wait()
+            return Wait(confirm=(hello.version or 1) >= 2)
         role, partner = waiting
+        if hello.fresh:
+            return Refused(
+                CloseCode.CODE_IN_USE,
+                "this new code is already in use on the relay; start again for another code",
+            )
         if role == hello.role:
             return Refused(
                 CloseCode.CODE_IN_USE,
                 f"a {role} is already waiting with this code; use another code",
             )
+        if refuse_pair is not None:
+            return refuse_pair
         del self._waiting[hello.code_hash_hex]
         return Paired(partner, role)
 

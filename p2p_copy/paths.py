@@ -3,8 +3,9 @@
 A manifest comes from a peer we do not trust. Every path in it must be a plain relative
 POSIX path that stays inside the destination, contains nothing a terminal would
 interpret, and differs from every other path even on case-insensitive file systems.
-The receiver's file layer adds the checks that need the file system (symlinks, existing
-files); this module needs none.
+These rules hold on every system and for every receiver; the limits a receiver may tune
+(counts, sizes, depth, Windows names) live in policy.py. The receiver's file layer adds
+the checks that need the file system (symlinks, existing files); this module needs none.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Final
 from .errors import UnsafePathError
 from .messages import DirEntry, Entry
 
-__all__ = ["split_safe_path", "check_entries", "display_name"]
+__all__ = ["split_safe_path", "check_entries", "display_name", "fold"]
 
 MAX_PATH_CHARS: Final = 4096
 MAX_COMPONENT_BYTES: Final = 255
@@ -25,23 +26,42 @@ MAX_COMPONENT_BYTES: Final = 255
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # Lone surrogates are not characters: they cannot be encoded as UTF-8 file names.
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _DRIVE = re.compile(r"[A-Za-z]:")
+# An empty, "." or ".." component; the whole path is searched at once, not part by part.
+_BAD_COMPONENT = re.compile(r"(?:^|/)\.{0,2}(?:/|$)")
+# Components that may exceed 255 bytes: a code point is at most 4 bytes of UTF-8.
+_LONG_COMPONENT = re.compile(f"[^/]{{{MAX_COMPONENT_BYTES // 4 + 1},}}")
+# Shown escaped: controls, lone surrogates, invisible format characters (bidi overrides
+# such as U+202E that make "txt.exe" look like "exe.txt", zero-width spaces and joiners
+# that make two different names look alike) and the line and paragraph separators.
+_HIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cs", "Cf", "Zl", "Zp"})
+# Code points HFS+ ignores when it compares names (the list git uses against ".g\u200cit"):
+# two names that differ only by them are one file there.
+_IGNORED_BY_HFS = re.compile("[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
 
 
 def display_name(name: str) -> str:
-    """``name`` with control characters (and lone surrogates) escaped, safe to print or log."""
-    return _UNPRINTABLE.sub(_escape, name)
+    """``name`` with control, invisible-format and separator characters escaped, safe to print.
+
+    What is left can neither drive a terminal (escape sequences) nor hide or reorder
+    characters (bidi overrides, zero-width characters); every other character is kept.
+    """
+    if name.isprintable():  # fast path: isprintable() is False for every category escaped
+        return name
+    return "".join(_escape(c) if unicodedata.category(c) in _HIDDEN_CATEGORIES else c
+                   for c in name)
 
 
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def split_safe_path(path: str) -> tuple[str, ...]:
     """The components of a manifest path, or UnsafePathError if it is not a safe relative path."""
-    shown = display_name(path)
+    shown = display_name(path[:200]) + ("..." if len(path) > 200 else "")
     if not path:
         raise UnsafePathError("The sender sent an empty file name.")
     if len(path) > MAX_PATH_CHARS:
@@ -57,44 +77,66 @@ def split_safe_path(path: str) -> tuple[str, ...]:
     parts = tuple(path.split("/"))
     if _DRIVE.match(parts[0]):
         raise UnsafePathError(f"The sender sent a path with a drive letter: {shown!r}")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise UnsafePathError(
-                f"The sender sent a path with an empty, '.' or '..' component: {shown!r}"
-            )
-        if len(part.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES:
+    if _BAD_COMPONENT.search(path):
+        raise UnsafePathError(
+            f"The sender sent a path with an empty, '.' or '..' component: {shown!r}"
+        )
+    for long in _LONG_COMPONENT.finditer(path):
+        if len(long.group().encode()) > MAX_COMPONENT_BYTES:
             raise UnsafePathError(f"The sender sent a name longer than 255 bytes: {shown!r}")
     return parts
 
 
-def _fold(path: str) -> str:
-    # Two names that a case-insensitive or normalising file system (macOS, Windows)
-    # would store as one must not both arrive: one would overwrite the other.
-    # Decompose first: casefold() of some composed letters (Greek with two accents) differs
-    # from casefold() of their decomposed form, and NFC alone would miss the collision.
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", path).casefold())
+def fold(path: str) -> str:
+    """The key under which a case-insensitive, normalising file system stores ``path``.
+
+    Two names that such a file system (macOS, Windows) would store as one must not both
+    arrive: one would overwrite the other. Decompose first: casefold() of some composed
+    letters (Greek with two accents) differs from casefold() of their decomposed form, and
+    NFC alone would miss the collision. Code points HFS+ ignores are dropped. Folding keeps
+    every ``/`` and makes none, so the key's components are the components' keys.
+    """
+    decomposed = unicodedata.normalize("NFD", _IGNORED_BY_HFS.sub("", path))
+    return unicodedata.normalize("NFC", decomposed.casefold())
 
 
-def check_entries(entries: Iterable[Entry]) -> None:
-    """Check every path and that no two entries collide; raise UnsafePathError otherwise."""
-    seen: dict[str, str] = {}
-    files: set[str] = set()
-    parents: set[str] = set()
+def check_entries(entries: Iterable[Entry]) -> list[tuple[str, ...]]:
+    """Check every path and that no two entries collide; raise UnsafePathError otherwise.
+
+    Returns each entry's components, in order, for callers that check more (policy.py).
+    Linear in the manifest's total length, however deep its paths: folders are nodes of
+    a tree keyed by (parent node, folded name), never strings of every prefix.
+    """
+    all_parts: list[tuple[str, ...]] = []
+    nodes: dict[tuple[int, str], int] = {}  # (parent node, folded name) -> node; root is 0
+    folders: dict[str, int] = {"": 0}  # a parent path as sent -> its node (most share one)
+    names: dict[int, str] = {}  # node of an entry -> the entry's path as sent
+    files: set[int] = set()
+    parents: set[int] = {0}
     for entry in entries:
         parts = split_safe_path(entry.path)
-        key = _fold(entry.path)
-        if key in seen:
+        all_parts.append(parts)
+        folder, _, name = entry.path.rpartition("/")
+        parent = folders.get(folder)
+        if parent is None:
+            parent = 0
+            for key in fold(folder).split("/"):
+                parent = nodes.setdefault((parent, key), len(nodes) + 1)
+                parents.add(parent)
+            folders[folder] = parent
+        node = nodes.setdefault((parent, fold(name)), len(nodes) + 1)
+        if node in names:
             raise UnsafePathError(
                 f"The sender sent two names that would be the same file here: "
-                f"{display_name(seen[key])!r} and {display_name(entry.path)!r}"
+                f"{display_name(names[node])!r} and {display_name(entry.path)!r}"
             )
-        seen[key] = entry.path
+        names[node] = entry.path
         if not isinstance(entry, DirEntry):
-            files.add(key)
-        parents.update(_fold("/".join(parts[:i])) for i in range(1, len(parts)))
+            files.add(node)
     clash = files & parents
     if clash:
-        name = seen[min(clash)]
+        name = names[min(clash)]
         raise UnsafePathError(
             f"The sender sent {display_name(name)!r} both as a file and as a folder."
         )
+    return all_parts

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol, cast
 
 from .errors import UsageError, exit_code_for
 from .paths import display_name
@@ -25,6 +25,7 @@ __all__ = [
     "NoProgress",
     "TqdmProgress",
     "JsonProgress",
+    "with_code_on_stderr",
     "make_progress",
     "in_jupyter_kernel",
 ]
@@ -144,6 +145,9 @@ class JsonProgress(NoProgress):
         self.stream.write(line + "\n")
         self.stream.flush()
 
+    def showing_code(self, server: str, code: str) -> None:
+        self._emit("code", server=server, code=code)
+
     def waiting(self) -> None:
         self._emit("waiting")
 
@@ -184,6 +188,27 @@ class JsonProgress(NoProgress):
         message = str(error) or "The transfer was cancelled."
         self._emit("error", error=type(error).__name__, message=message,
                    exit_code=exit_code_for(error))
+
+
+class _CodeOnStderr:
+    """Shows the code on stderr, then forwards every call to the display it wraps."""
+
+    def __init__(self, display: Progress, stream: IO[str] | None = None) -> None:
+        self._display = display
+        self._stream = stream or sys.stderr
+
+    def showing_code(self, server: str, code: str) -> None:
+        print(f"Code: {code}\nOn the other machine run: p2p-copy receive {server} {code}",
+              file=self._stream, flush=True)
+        self._display.showing_code(server, code)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._display, name)
+
+
+def with_code_on_stderr(display: Progress, stream: IO[str] | None = None) -> Progress:
+    """``display``, made to print a generated code for the person at the terminal."""
+    return cast(Progress, _CodeOnStderr(display, stream))
 
 
 def make_progress(kind: ProgressKind | Progress | None, label: str) -> Progress:

@@ -8,17 +8,24 @@ slow receiver slows the sender down through TCP instead of filling the relay's m
 
 Besides WebSocket, the port answers plain GETs: ``/healthz`` (the process is up),
 ``/readyz`` (it takes new peers: 503 while draining) and ``/metrics`` (Prometheus).
+
+Limits (admission.py decides, this module enforces): connection, waiting and pair caps,
+a join rate per address, optional byte and time caps per pair, and optional access
+tokens. A peer over a limit gets an HTTP status or a close code that says which, and
+the relay goes on serving everyone else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import resource
 import signal
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
@@ -28,18 +35,21 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from .admission import LOOPBACK, Admission, Limits, Refusal, client_host, parse_networks
 from .codes import room_from_path
 from .errors import RemoteProtocolError
 from .logs import AddressMode, event, show_address
-from .messages import CloseCode, Hello, Ready, encode, parse_hello
+from .messages import CloseCode, Hello, Ready, Waiting, encode, parse_hello
 from .metrics import LATENCY_SAMPLE_MASK, RelayMetrics, RelayStats, relay_metrics
 from .pairing import Outcome, Paired, Phase, Refused, Rooms
 
-__all__ = ["RelayConfig", "RelayStats", "Relay", "run_relay", "server_ssl_context"]
+__all__ = ["RelayConfig", "RelayStats", "Relay", "run_relay", "server_ssl_context",
+           "default_max_connections"]
 
 log = logging.getLogger("p2p_copy.relay")
 
 _READY = encode(Ready())
+_WAITING = encode(Waiting())
 
 #: Seconds stop() lets peers complete their close before dropping them; a peer that no
 #: longer reads would otherwise never take its close frame, and stop() would never return.
@@ -47,10 +57,28 @@ _STOP_GRACE = 3.0
 
 _DRAINING_REASON = "the relay is restarting; reconnect"
 
+#: Descriptors kept free below the process's limit for files, logs and the answers that
+#: turn connections away.
+_SPARE_DESCRIPTORS = 100
+
+
+def default_max_connections() -> int:
+    """The process's open-file limit minus some spare: beyond it accept() would fail."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # pragma: no cover - every POSIX system has it
+        return 10_000
+    if soft == resource.RLIM_INFINITY:
+        return 1_000_000
+    return max(soft - _SPARE_DESCRIPTORS, 16)
+
 
 @dataclass(frozen=True)
 class RelayConfig:
-    """Limits and timeouts of a relay; the defaults suit a public relay."""
+    """Limits and timeouts of a relay; the defaults suit a public relay.
+
+    For every cap and rate below, 0 turns it off.
+    """
 
     #: Seconds a new connection has to send its hello.
     hello_timeout: float = 10.0
@@ -67,6 +95,104 @@ class RelayConfig:
     drain_timeout: float = 60.0
     #: How peer addresses appear in logs.
     log_addresses: AddressMode = "blur"
+    #: Open connections in all (handshake, waiting or relaying, or not yet said anything).
+    max_connections: int = field(default_factory=default_max_connections)
+    #: Open connections from one address (an IPv6 /64); stops slow-loris connections.
+    max_connections_per_address: int = 64
+    #: Peers waiting for their partner, in all and from one address.
+    max_waiting: int = 10_000
+    max_waiting_per_address: int = 32
+    #: Pairs relaying at the same time.
+    max_pairs: int = 10_000
+    #: WebSocket connections one address may open per ``join_window`` seconds (a token
+    #: bucket: up to this many at once, then one per window/rate seconds).
+    join_rate: int = 30
+    join_window: float = 10.0
+    #: Bytes (both directions) and seconds a pair may use; 0: no limit.
+    max_pair_bytes: int = 0
+    max_pair_seconds: float = 0.0
+    #: Bearer tokens of a private relay; empty: anyone may connect. Kept out of repr().
+    access_tokens: frozenset[str] = field(default=frozenset(), repr=False)
+    #: Proxies whose X-Forwarded-For names the client (addresses or CIDR networks).
+    trusted_proxies: tuple[str, ...] = LOOPBACK
+    #: Clients with no per-address limits (the totals still apply).
+    exempt_addresses: tuple[str, ...] = LOOPBACK
+    #: Idle addresses remembered for their join rate, at most.
+    max_idle_addresses: int = 100_000
+
+    def __post_init__(self) -> None:
+        counts = ("max_connections", "max_connections_per_address", "max_waiting",
+                  "max_waiting_per_address", "max_pairs", "join_rate", "max_pair_bytes",
+                  "max_idle_addresses")
+        for name in counts:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.max_pair_seconds < 0:
+            raise ValueError("max_pair_seconds must not be negative")
+        if self.join_window <= 0:
+            raise ValueError("join_window must be positive")
+        for token in self.access_tokens:
+            if not token or not token.isascii() or not token.isprintable() or " " in token:
+                raise ValueError("access tokens must be printable ASCII without spaces")
+        parse_networks(self.trusted_proxies)
+        parse_networks(self.exempt_addresses)
+
+    def limits(self) -> Limits:
+        """The admission caps of this configuration."""
+        return Limits(
+            max_connections=self.max_connections,
+            max_connections_per_address=self.max_connections_per_address,
+            max_waiting=self.max_waiting,
+            max_waiting_per_address=self.max_waiting_per_address,
+            max_pairs=self.max_pairs,
+            join_rate=self.join_rate,
+            join_window=self.join_window,
+            exempt=parse_networks(self.exempt_addresses),
+            max_idle_addresses=self.max_idle_addresses,
+        )
+
+
+class _Connection(ServerConnection):
+    """A ServerConnection counted by the relay's admission from TCP open to TCP close.
+
+    Counting at the TCP level, not in the handler, covers connections that never finish
+    the HTTP handshake or never say hello: the slow-loris kind.
+    """
+
+    #: Set on the per-relay subclass that Relay.start() makes.
+    relay: Relay
+    #: The client's address (after X-Forwarded-For from a trusted proxy) and its key.
+    host: str = "?"
+    key: str | None = None
+    #: A limit found at the HTTP stage that closes this connection once it is open.
+    refusal: Refusal | None = None
+    _counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        admission = self.relay.admission
+        self.key = admission.key(self.host)
+        admission.opened(self.key, time.monotonic())
+        self._counted = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._counted:
+            self._counted = False
+            self.relay.admission.closed(self.key, time.monotonic())
+
+
+class _Pair:
+    """What both peers of a pair share: bytes forwarded, and whether a limit ended it."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        #: The rejection label of the limit that ended the pair, once one did.
+        self.limited: str | None = None
+        self.members = 2
+        self.deadline: asyncio.Task[None] | None = None
 
 
 class _Peer:
@@ -77,6 +203,9 @@ class _Peer:
         self.hello = hello
         self.phase = Phase.WAITING
         self.partner: asyncio.Future[_Peer] = asyncio.get_running_loop().create_future()
+        self.pair: _Pair | None = None
+        #: Counted in the admission's waiting peers.
+        self.waiting = False
 
 
 def server_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
@@ -108,6 +237,10 @@ class Relay:
         #: The Prometheus view of ``stats``; None without prometheus_client.
         self.metrics: RelayMetrics | None = relay_metrics(self.stats, lambda: self.draining)
         self._rooms: Rooms[_Peer] = Rooms()
+        #: Counts for the connection, waiting and pair caps; sans-I/O (admission.py).
+        self.admission = Admission(self.config.limits())
+        self._trusted = parse_networks(self.config.trusted_proxies)
+        self._tokens = tuple(t.encode() for t in sorted(self.config.access_tokens))
         self._server: Server | None = None
         self._connections: set[ServerConnection] = set()
         #: Connected, but no hello yet: drain() closes these at once.
@@ -127,11 +260,13 @@ class Relay:
     async def start(self) -> None:
         cfg = self.config
         self._drain_started = asyncio.get_running_loop().create_future()
+        connection_type = type("_RelayConnection", (_Connection,), {"relay": self})
         self._server = await serve(
             self._handle,
             self.host,
             self.port,
             ssl=self.ssl_context,
+            create_connection=connection_type,
             process_request=self._http,
             compression=None,
             max_size=cfg.max_message_size,
@@ -231,6 +366,13 @@ class Relay:
             return connection.respond(HTTPStatus.OK, "ready\n")
         if path == "/metrics":
             return self._metrics_response(connection, request.headers.get("Accept", ""))
+        if self._tokens and not self._authorized(request.headers.get_all("Authorization")):
+            self.stats.rejections["access_denied"] += 1
+            response = connection.respond(
+                HTTPStatus.UNAUTHORIZED,
+                "This relay is private: pass its access token (p2p-copy --relay-token).\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="p2p-copy"'
+            return response
         try:
             room_from_path(path)
         except ValueError as exc:
@@ -240,6 +382,41 @@ class Relay:
             self.stats.rejections["draining"] += 1
             return connection.respond(
                 HTTPStatus.SERVICE_UNAVAILABLE, "The relay is restarting; reconnect.\n")
+        return self._admit(connection, request)
+
+    def _authorized(self, headers: list[str]) -> bool:
+        """Whether one Authorization header carries a known token, in constant time."""
+        ok = False
+        for header in headers:
+            scheme, _, given = header.strip().partition(" ")
+            if scheme.lower() != "bearer":
+                continue
+            candidate = given.strip().encode(errors="replace")
+            for token in self._tokens:  # no early exit: every token costs the same
+                ok |= hmac.compare_digest(candidate, token)
+        return ok
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Apply the connection caps now, and keep a join-rate refusal for after the upgrade."""
+        if not isinstance(connection, _Connection):  # pragma: no cover - serve() makes ours
+            return None
+        now = time.monotonic()
+        admission = self.admission
+        host = client_host(connection.host, request.headers.get_all("X-Forwarded-For"),
+                           self._trusted)
+        if host != connection.host:
+            # A trusted proxy named its client: count the connection against the client.
+            key = admission.key(host)
+            admission.closed(connection.key, now)
+            admission.opened(key, now)
+            connection.host, connection.key = host, key
+        refusal = admission.check_connection(connection.key)
+        if refusal is not None:
+            self.stats.rejections[refusal.reason] += 1
+            return connection.respond(refusal.http_status, refusal.message)
+        # The rate limit answers with a close code (4006) that clients understand, so the
+        # handshake goes on and the handler closes the connection at once.
+        connection.refusal = admission.take_join(connection.key, now)
         return None
 
     def _metrics_response(self, connection: ServerConnection, accept: str) -> Response:
@@ -275,6 +452,11 @@ class Relay:
                   address=self._address(ws))
 
     async def _serve_peer(self, ws: ServerConnection) -> Outcome:
+        key = ws.key if isinstance(ws, _Connection) else None
+        if isinstance(ws, _Connection) and ws.refusal is not None:
+            self.stats.rejections[ws.refusal.reason] += 1
+            await ws.close(ws.refusal.close_code, ws.refusal.message)
+            return Outcome.LIMITED
         hello = await self._read_hello(ws)
         if isinstance(hello, Outcome):
             return hello
@@ -283,18 +465,30 @@ class Relay:
             await ws.close(CloseCode.RELAY_DRAINING, _DRAINING_REASON)
             return Outcome.DRAINED
         peer = _Peer(ws, hello)
-        joined = self._rooms.join(hello, peer)
+        admission = self.admission
+        joined = self._rooms.join(
+            hello, peer,
+            refuse_wait=_refused(admission.check_wait(key)),
+            refuse_pair=_refused(admission.check_pair()),
+        )
         if isinstance(joined, Refused):
-            self.stats.rejections["code_in_use"] += 1
+            self.stats.rejections[joined.label] += 1
             await ws.close(joined.code, joined.reason)
-            return Outcome.REDUNDANT
+            return Outcome.REDUNDANT if joined.code == CloseCode.CODE_IN_USE else Outcome.LIMITED
         if isinstance(joined, Paired):
             partner: _Peer = joined.partner
+            self._stop_waiting(partner)
+            self._start_pair(peer, partner)
             sender = peer if hello.role == "sender" else partner
             with contextlib.suppress(ConnectionClosed):
                 await sender.ws.send(_READY)
             partner.partner.set_result(peer)
         else:
+            admission.start_waiting(key, time.monotonic())
+            peer.waiting = True
+            if joined.confirm:
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(_WAITING)
             waited = await self._wait_for_partner(peer)
             if isinstance(waited, Outcome):
                 return waited
@@ -342,6 +536,7 @@ class Relay:
         finally:
             closed.cancel()
             self.stats.waiting -= 1
+            self._stop_waiting(peer)
         if peer.partner.done() or not self._rooms.leave(peer.hello, peer):
             # Paired, possibly at the last moment: the partner is about to hand itself over.
             return await peer.partner
@@ -355,26 +550,69 @@ class Relay:
         await peer.ws.close(CloseCode.PEER_TIMEOUT, "no partner joined with this code in time")
         return Outcome.LONELY
 
+    def _stop_waiting(self, peer: _Peer) -> None:
+        """Free ``peer``'s waiting slot (once), when it pairs or leaves."""
+        if peer.waiting:
+            peer.waiting = False
+            key = peer.ws.key if isinstance(peer.ws, _Connection) else None
+            self.admission.stop_waiting(key, time.monotonic())
+
+    def _start_pair(self, peer: _Peer, partner: _Peer) -> None:
+        pair = _Pair()
+        peer.pair = partner.pair = pair
+        self.admission.start_pair()
+        if self.config.max_pair_seconds:
+            pair.deadline = asyncio.ensure_future(self._pair_deadline(pair, peer, partner))
+
+    async def _pair_deadline(self, pair: _Pair, peer: _Peer, partner: _Peer) -> None:
+        seconds = self.config.max_pair_seconds
+        await asyncio.sleep(seconds)
+        await self._end_pair(pair, peer, partner, "pair_duration",
+                             f"the relay allows a transfer {seconds:g} s at most")
+
+    async def _end_pair(self, pair: _Pair, peer: _Peer, partner: _Peer, label: str,
+                        reason: str) -> None:
+        """Close both peers with PAIR_LIMIT: a limit of the relay ended their pair."""
+        if pair.limited is not None:
+            return
+        pair.limited = label
+        self.stats.rejections[label] += 1
+        event(log, logging.INFO, "pair_limit", limit=label, bytes=pair.bytes)
+        await asyncio.gather(
+            peer.ws.close(CloseCode.PAIR_LIMIT, _reason(reason)),
+            partner.ws.close(CloseCode.PAIR_LIMIT, _reason(reason)),
+            return_exceptions=True,
+        )
+
     async def _relay(self, peer: _Peer, partner: _Peer) -> Outcome:
         """Forward what ``peer`` sends to ``partner``; the partner's handler does the reverse."""
         peer.phase = Phase.RELAYING
+        pair = peer.pair
+        assert pair is not None
         is_sender = peer.hello.role == "sender"
         if is_sender:
             self.stats.active_pairs += 1
         started = time.monotonic()
         stats = self.stats
         observe = self.metrics.observe_forward if self.metrics is not None else None
+        max_bytes = self.config.max_pair_bytes
         forwarded = 0
         try:
             async for message in peer.ws:
+                # Text arrives decoded: count its UTF-8 bytes, not its characters.
+                size = len(message) if isinstance(message, bytes) else len(message.encode())
+                if max_bytes and pair.bytes + size > max_bytes:
+                    await self._end_pair(
+                        pair, peer, partner, "pair_bytes",
+                        f"the relay allows a transfer {max_bytes:,} bytes at most")
+                    break
+                pair.bytes += size
                 if observe is None or stats.messages_forwarded & LATENCY_SAMPLE_MASK:
                     await partner.ws.send(message)
                 else:
                     sent_at = time.perf_counter()
                     await partner.ws.send(message)
                     observe(time.perf_counter() - sent_at)
-                # Text arrives decoded: count its UTF-8 bytes, not its characters.
-                size = len(message) if isinstance(message, bytes) else len(message.encode())
                 stats.messages_forwarded += 1
                 stats.bytes_forwarded += size
                 forwarded += size
@@ -384,7 +622,16 @@ class Relay:
             if is_sender:
                 self.stats.active_pairs -= 1
             peer.phase = Phase.CLOSED
-        outcome = await self._ending(peer, partner)
+            pair.members -= 1
+            if pair.members == 0:
+                self.admission.end_pair()
+            if pair.deadline is not None and pair.limited != "pair_duration":
+                pair.deadline.cancel()
+        if pair.limited is not None:
+            await peer.ws.wait_closed()
+            outcome = Outcome.LIMITED
+        else:
+            outcome = await self._ending(peer, partner)
         if is_sender:
             self.stats.pairs[outcome.value] += 1
             event(log, logging.INFO, "pair_end", outcome=outcome.value,
@@ -416,11 +663,21 @@ class Relay:
         return Outcome.ERRORY
 
     def _address(self, ws: ServerConnection) -> str | None:
-        try:
-            host = str(ws.remote_address[0])
-        except (TypeError, IndexError):
-            host = "?"
+        if isinstance(ws, _Connection):
+            host = ws.host  # the client's, when a trusted proxy named it
+        else:  # pragma: no cover - serve() makes _Connection
+            try:
+                host = str(ws.remote_address[0])
+            except (TypeError, IndexError):
+                host = "?"
         return show_address(host, self.config.log_addresses)
+
+
+def _refused(refusal: Refusal | None) -> Refused | None:
+    """An admission refusal as pairing's Refused."""
+    if refusal is None:
+        return None
+    return Refused(refusal.close_code, refusal.message, label=refusal.reason)
 
 
 def _reason(text: str) -> str:

@@ -29,6 +29,8 @@ class TransferResult:
     duration: float
     #: The destination folder (receiver) or None (sender).
     destination: Path | None = None
+    #: The code the transfer used (the generated one, if the sender asked for one).
+    code: str | None = None
 
     @property
     def rate(self) -> float:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import (
+    EncryptionMismatchError,
     LocalProtocolError,
     P2PCopyError,
     RemoteProtocolError,
@@ -46,12 +47,15 @@ from .messages import (
     FileEntry,
     Hello,
     Manifest,
+    Pake,
     Ready,
     Role,
+    Waiting,
     encode,
     parse_message,
 )
 from .paths import check_entries, display_name
+from .policy import ReceivePolicy, check_policy
 
 __all__ = [
     "SenderState",
@@ -64,7 +68,12 @@ __all__ = [
     "TransferFinished",
     "ReceiverEvent",
     "MANIFEST_PART_BYTES",
+    "HELLO_VERSION",
+    "peer_error",
 ]
+
+#: The hello version our peers send: 2 asks the relay to confirm a wait with ``waiting``.
+HELLO_VERSION = 2
 
 #: Manifest parts stay well below the 1 MiB default message limit of WebSocket stacks.
 MANIFEST_PART_BYTES = 256 * 1024
@@ -161,7 +170,8 @@ class _Stream:
         return None
 
 
-def _peer_error(message: ErrorMessage, peer: Role) -> P2PCopyError:
+def peer_error(message: ErrorMessage, peer: Role) -> P2PCopyError:
+    """The error to raise when ``peer`` reports ``message``, its text made safe to show."""
     # Escaped, so that the peer's text cannot reach our terminal as control characters,
     # and cut, so that it stays one readable line.
     text = display_name(message.message[:MAX_ERROR_TEXT])
@@ -177,9 +187,13 @@ class Sender:
         entries: Sequence[Entry],
         *,
         manifest_part_bytes: int = MANIFEST_PART_BYTES,
+        fresh: bool = False,
     ) -> None:
         self.state = SenderState.START
         self.code_hash_hex = code_hash_hex
+        #: The code was just generated: the relay must not pair it with anyone waiting.
+        self.fresh = fresh
+        self.waiting_confirmed = False
         self.entries = tuple(entries)
         self._part_bytes = manifest_part_bytes
         self._stream = _Stream([e.size for e in self.entries if isinstance(e, FileEntry)])
@@ -195,7 +209,8 @@ class Sender:
     def hello(self) -> str:
         self._expect(SenderState.START)
         self.state = SenderState.WAIT_READY
-        return encode(Hello(code_hash_hex=self.code_hash_hex, role="sender"))
+        return encode(Hello(code_hash_hex=self.code_hash_hex, role="sender",
+                            version=HELLO_VERSION, fresh=self.fresh or None))
 
     def manifest(self) -> list[str]:
         """The manifest as one or more text messages, each under the part size."""
@@ -215,7 +230,7 @@ class Sender:
         self.state = SenderState.WAIT_ACCEPT
         return parts
 
-    def receive(self, message: str | bytes) -> Ready | Accept | Done:
+    def receive(self, message: str | bytes) -> Ready | Waiting | Accept | Done:
         """Feed a message from the relay or the receiver; return what it was."""
         if isinstance(message, (bytes, bytearray, memoryview)):
             raise self._fail(RemoteProtocolError("the receiver sent binary data to the sender"))
@@ -224,7 +239,12 @@ class Sender:
         except P2PCopyError as exc:
             raise self._fail(exc) from None
         if isinstance(parsed, ErrorMessage):
-            raise self._fail(_peer_error(parsed, "receiver"))
+            raise self._fail(peer_error(parsed, "receiver"))
+        if (isinstance(parsed, Waiting) and self.state is SenderState.WAIT_READY
+                and not self.waiting_confirmed):
+            # The relay confirms that the room is ours; ``ready`` follows when a receiver joins.
+            self.waiting_confirmed = True
+            return parsed
         expected: dict[SenderState, type[Ready | Accept | Done]] = {
             SenderState.WAIT_READY: Ready,
             SenderState.WAIT_ACCEPT: Accept,
@@ -294,10 +314,18 @@ class Sender:
 class Receiver:
     """The receiving peer: checks the manifest, splits the stream into files, confirms."""
 
-    def __init__(self, code_hash_hex: str, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        code_hash_hex: str,
+        *,
+        max_entries: int | None = None,
+        policy: ReceivePolicy | None = None,
+    ) -> None:
         self.state = ReceiverState.START
+        self.policy = policy or ReceivePolicy()
+        self._waiting_seen = False
         self.code_hash_hex = code_hash_hex
-        self.max_entries = max_entries
+        self.max_entries = self.policy.max_entries if max_entries is None else max_entries
         self.entries: tuple[Entry, ...] = ()
         self._parts: list[Entry] = []
         self._stream = _Stream(())
@@ -310,7 +338,8 @@ class Receiver:
         if self.state is not ReceiverState.START:
             raise LocalProtocolError("hello is sent once, first")
         self.state = ReceiverState.WAIT_MANIFEST
-        return encode(Hello(code_hash_hex=self.code_hash_hex, role="receiver"))
+        return encode(Hello(code_hash_hex=self.code_hash_hex, role="receiver",
+                            version=HELLO_VERSION))
 
     def receive(self, message: str | bytes) -> list[ReceiverEvent]:
         """Feed a message from the sender; return what it means, in order."""
@@ -324,7 +353,16 @@ class Receiver:
 
     def _receive_control(self, msg: object) -> list[ReceiverEvent]:
         if isinstance(msg, ErrorMessage):
-            raise _peer_error(msg, "sender")
+            raise peer_error(msg, "sender")
+        waiting = self.state is ReceiverState.WAIT_MANIFEST and not self._parts
+        if waiting and isinstance(msg, Waiting) and not self._waiting_seen:
+            self._waiting_seen = True  # the relay's word that no sender is there yet
+            return []
+        if waiting and isinstance(msg, Pake):
+            raise EncryptionMismatchError(
+                "The sender encrypts, but the receiver was started with --no-encrypt. "
+                "Run both sides with encryption (the default), or both with --no-encrypt."
+            )
         if self.state is ReceiverState.WAIT_MANIFEST and isinstance(msg, Manifest):
             return self._receive_manifest(msg)
         if self.state is ReceiverState.STREAMING and isinstance(msg, Checksums):
@@ -359,6 +397,7 @@ class Receiver:
         self.entries = tuple(self._parts)
         self._parts = []
         check_entries(self.entries)
+        check_policy(self.entries, self.policy)
         self._stream = _Stream([e.size for e in self.entries if isinstance(e, FileEntry)])
         self.state = ReceiverState.DECIDING
         return [ManifestReceived(self.entries)]

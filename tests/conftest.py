@@ -104,3 +104,20 @@ def processes() -> Iterator[Processes]:
         yield procs
     finally:
         procs.cleanup()
+
+
+# A hypothesis profile for the parser fuzzing in tests/test_fuzz_parsers.py, applied there
+# test by test: it is registered, never loaded, so other property tests keep their own
+# settings. CI runs 10,000 examples per parser; a nightly run sets, e.g.,
+# P2P_COPY_FUZZ_EXAMPLES=200000.
+from hypothesis import HealthCheck  # noqa: E402
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("P2P_COPY_FUZZ_EXAMPLES", "10000")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.filter_too_much],
+)

@@ -2,7 +2,10 @@
 
 A ``HandmadePeer`` speaks to the real relay with ``websockets.asyncio.client.connect``
 and none of p2p-copy's own state machines, so a test can send messages in the wrong
-order, lie about sizes and checksums, or name paths that must never be written.
+order, lie about sizes and checksums, or name paths that must never be written. By
+default it runs the key exchange (p2p_copy.secure) like an honest peer and then seals
+whatever it is told to send: the hostile messages reach our peer's protocol machines
+through a valid encrypted channel, as they would from a malicious peer that knows the code.
 ``tampering_proxy`` sits between one of our peers and the relay and changes data bytes.
 """
 
@@ -20,7 +23,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from p2p_copy.codes import code_hash_hex
+from p2p_copy.codes import room_hash_hex
+from p2p_copy.secure import Channel, KeyExchange, is_control
 
 __all__ = [
     "HandmadePeer",
@@ -47,23 +51,54 @@ def file_entry(path: str, size: int, **extra: Any) -> dict[str, Any]:
 class HandmadePeer:
     """One raw connection to the relay, after its hello; every method sends or reads one thing."""
 
-    def __init__(self, ws: ClientConnection, role: str) -> None:
+    def __init__(self, ws: ClientConnection, role: str, code: str, encrypt: bool) -> None:
         self.ws = ws
         self.role = role
+        self.exchange = KeyExchange(code, "sender" if role == "sender" else "receiver") \
+            if encrypt else None
+        self.channel: Channel | None = None
+
+    async def _send(self, message: str | bytes) -> None:
+        await self.ws.send(self.channel.seal(message) if self.channel else message)
+
+    async def _open(self, message: str | bytes) -> str | bytes:
+        if self.channel is None:
+            return message
+        inner = self.channel.open(message)
+        return inner.decode() if is_control(inner) else inner
+
+    async def _handshake(self, first_pake: str | None) -> None:
+        """The honest key exchange (protocol.md §6.0), so that what follows is sealed."""
+        assert self.exchange is not None
+        if self.role == "sender":
+            await self.ws.send(self.exchange.message())
+            first_pake = await self.ws.recv()
+        assert isinstance(first_pake, str)
+        from p2p_copy.messages import parse_message
+
+        pake = parse_message(first_pake)
+        self.exchange.receive(pake)  # type: ignore[arg-type]
+        if self.role == "receiver":
+            await self.ws.send(self.exchange.message())
+            await self.ws.send(self.exchange.confirmation())
+        self.exchange.check(parse_message(await self.ws.recv()))  # type: ignore[arg-type]
+        if self.role == "sender":
+            await self.ws.send(self.exchange.confirmation())
+        self.channel = self.exchange.channel()
 
     async def send_json(self, obj: dict[str, Any]) -> None:
-        await self.ws.send(json.dumps(obj))
+        await self._send(json.dumps(obj))
 
     async def send_text(self, text: str) -> None:
-        await self.ws.send(text)
+        await self._send(text)
 
     async def send_binary(self, payload: bytes) -> None:
         """A binary message exactly as given (no header added)."""
-        await self.ws.send(payload)
+        await self._send(payload)
 
     async def send_data(self, payload: bytes) -> None:
         """A data message: the 0x00 header, then ``payload``."""
-        await self.ws.send(b"\x00" + payload)
+        await self._send(b"\x00" + payload)
 
     async def send_manifest(self, entries: Sequence[dict[str, Any]], **extra: Any) -> None:
         await self.send_json({"type": "manifest", "version": 1, "entries": list(entries), **extra})
@@ -72,8 +107,21 @@ class HandmadePeer:
         await self.send_json({"type": "checksums", "first": first, "sha256": list(digests)})
 
     async def recv(self, timeout: float = RECV_TIMEOUT) -> str | bytes:
+        """The next message from the relay or the peer (opened, once sealed)."""
         async with asyncio.timeout(timeout):
-            return await self.ws.recv()
+            while True:
+                message = await self.ws.recv()
+                if self.channel is not None:
+                    return await self._open(message)
+                kind = _type_of(message)
+                if kind == "waiting":
+                    continue  # the relay: nobody here yet
+                if self.exchange is not None and kind == "pake" and self.role == "receiver":
+                    await self._handshake(str(message))
+                    continue
+                if self.exchange is not None and kind == "ready":
+                    await self._handshake(None)
+                return message
 
     async def expect(self, kind: str, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
         """Read control messages, skipping data, until one arrives; it must be of type ``kind``."""
@@ -95,7 +143,10 @@ class HandmadePeer:
         with contextlib.suppress(ConnectionClosed):
             async with asyncio.timeout(timeout):
                 while True:
-                    received.append(await self.ws.recv())
+                    message = await self.ws.recv()
+                    with contextlib.suppress(Exception):
+                        message = await self._open(message)
+                    received.append(message)
         return received
 
     async def start_sending(self, entries: Sequence[dict[str, Any]]) -> None:
@@ -105,14 +156,23 @@ class HandmadePeer:
         await self.expect("accept")
 
 
+def _type_of(message: str | bytes) -> object:
+    if not isinstance(message, str):
+        return None
+    with contextlib.suppress(ValueError, AttributeError):
+        return json.loads(message).get("type")
+    return None
+
+
 @asynccontextmanager
-async def handmade_peer(url: str, code: str, role: str) -> AsyncIterator[HandmadePeer]:
+async def handmade_peer(url: str, code: str, role: str,
+                        encrypt: bool = True) -> AsyncIterator[HandmadePeer]:
     """Connect to the relay at ``url`` and say hello as ``role`` with ``code``."""
     async with connect(url, compression=None, max_size=None, open_timeout=10) as ws:
         await ws.send(json.dumps(
-            {"type": "hello", "code_hash_hex": code_hash_hex(code), "role": role}
+            {"type": "hello", "code_hash_hex": room_hash_hex(code), "role": role, "version": 2}
         ))
-        yield HandmadePeer(ws, role)
+        yield HandmadePeer(ws, role, code, encrypt)
 
 
 def _sendable(code: int | None) -> int:

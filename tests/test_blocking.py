@@ -44,7 +44,7 @@ TEMP_SUFFIX = ".p2p-copy-part"
 @pytest.fixture
 def code() -> str:
     """A fresh code, so that no two tests can ever meet on a relay."""
-    return f"blocking-{uuid.uuid4().hex[:12]}"
+    return f"{uuid.uuid4().hex[:12]}-blocking"
 
 
 def files_under(root: Path) -> list[Path]:

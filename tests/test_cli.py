@@ -37,7 +37,7 @@ PROGRESS_LIKE = re.compile(r"\r|\d+%|B/s|it/s|\|[#█▏▎▍▌▋▊▉ ]+\||
 
 
 def _code() -> str:
-    return f"test-{uuid.uuid4().hex[:12]}"
+    return f"{uuid.uuid4().hex[:12]}-test"
 
 
 def _make_tree(root: Path) -> Path:

@@ -28,7 +28,7 @@ import trustme
 from websockets.asyncio.client import ClientConnection, connect
 
 import p2p_copy
-from p2p_copy.codes import code_hash_hex
+from p2p_copy.codes import room_hash_hex
 from p2p_copy.errors import ConnectionLostError, P2PCopyError
 from p2p_copy.progress import NoProgress
 from p2p_copy.results import TransferResult
@@ -105,7 +105,8 @@ class Watch(NoProgress):
 
 
 def _codes(n: int) -> list[str]:
-    return [f"{i}-cluster-{secrets.token_hex(6)}" for i in range(n)]
+    # The room (before the first "-") must differ per code: it is what nginx routes on.
+    return [f"{secrets.token_hex(4)}{i}-cluster-{secrets.token_hex(6)}" for i in range(n)]
 
 
 async def _pair(url: str, code: str, src: Path, dest: Path, watch: Watch | None = None,
@@ -132,7 +133,7 @@ def _codes_on(cluster: LocalCluster, index: int, n: int) -> list[str]:
     codes: list[str] = []
     while len(codes) < n:
         code = _codes(1)[0]
-        if cluster.relay_index_for_room(code_hash_hex(code)) == index:
+        if cluster.relay_index_for_room(room_hash_hex(code)) == index:
             codes.append(code)
     return codes
 
@@ -176,7 +177,7 @@ async def test_sixty_pairs_through_nginx_spread_over_three_relays(
     assert all(n > 0 for n in per_relay), f"a relay carried no pair: {per_relay}"
     assert sum(per_relay) == PAIRS, per_relay
     # The spread is nginx's ring, exactly: server/local_cluster.py predicts it.
-    predicted = collections.Counter(cluster.relay_index_for_room(code_hash_hex(c)) for c in codes)
+    predicted = collections.Counter(cluster.relay_index_for_room(room_hash_hex(c)) for c in codes)
     assert per_relay == [predicted[i] for i in range(3)]
 
 
@@ -184,7 +185,7 @@ async def test_killed_relay_costs_only_its_own_pairs(
         cluster: LocalCluster, tmp_path: Path) -> None:
     """SIGKILL one relay mid-transfer: its pairs fail with a clear error, all others finish."""
     codes = _codes(PAIRS)
-    home = {code: cluster.relay_index_for_room(code_hash_hex(code)) for code in codes}
+    home = {code: cluster.relay_index_for_room(room_hash_hex(code)) for code in codes}
     victim = collections.Counter(home.values()).most_common(1)[0][0]
     survivors = [i for i in range(3) if i != victim]
     src = tmp_path / "big.bin"
@@ -235,7 +236,7 @@ async def test_new_rooms_of_a_dead_relay_fail_over_together(
         cluster: LocalCluster, tmp_path: Path) -> None:
     """After a relay dies, both peers of its rooms move to the same next relay and pair there."""
     cluster.kill_relay(0)
-    codes = [c for c in _codes(200) if cluster.relay_index_for_room(code_hash_hex(c)) == 0][:10]
+    codes = [c for c in _codes(200) if cluster.relay_index_for_room(room_hash_hex(c)) == 0][:10]
     assert codes
     src = tmp_path / "small.bin"
     src.write_bytes(secrets.token_bytes(32 * KiB))
@@ -319,7 +320,7 @@ async def test_wss_through_nginx(tmp_path: Path) -> None:
                 for code in codes
             ))
         with pytest.raises(P2PCopyError, match="not trusted"):
-            await p2p_copy.send(cluster.url, "untrusted", src, progress=NoProgress())
+            await p2p_copy.send(cluster.url, "1-untrusted", src, progress=NoProgress())
     finally:
         cluster.stop(drain_timeout=5)
     for code in codes:

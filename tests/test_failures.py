@@ -66,7 +66,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 @pytest.fixture
 def code() -> str:
     """A fresh code, so that no two tests can ever meet on a relay."""
-    return f"failures-{uuid.uuid4().hex[:12]}"
+    return f"{uuid.uuid4().hex[:12]}-failures"
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -587,14 +587,15 @@ async def test_cancelled_send(relay: Relay, tmp_path: Path, code: str) -> None:
 # --- codes that never pair ----------------------------------------------------------------
 
 
-async def test_wrong_code_never_pairs(tmp_path: Path, code: str) -> None:
-    """A sender and a receiver with different codes both give up with TransferTimeoutError
-    once the relay's peer timeout passes."""
+async def test_wrong_room_never_pairs(tmp_path: Path, code: str) -> None:
+    """A sender and a receiver whose codes differ in the room part never meet: both give up
+    with TransferTimeoutError once the relay's peer timeout passes. (A typo in the secret
+    part meets in the room and fails at once: tests/test_tampering.py.)"""
     src = make_file(tmp_path / "a.txt", b"never")
     async with asyncio.timeout(SCENARIO_TIMEOUT), running_relay(peer_timeout=1) as relay:
         results = await asyncio.gather(
             p2p_copy.send(relay.url, code, [src], progress="none"),
-            p2p_copy.receive(relay.url, code + "-typo", tmp_path / "dest", progress="none"),
+            p2p_copy.receive(relay.url, "x" + code, tmp_path / "dest", progress="none"),
             return_exceptions=True,
         )
     for result in results:
@@ -621,12 +622,12 @@ async def test_wait_timeout(relay: Relay, tmp_path: Path, code: str, role: str) 
 
 
 def test_cli_wrong_code_exits_4(processes: Processes, tmp_path: Path, code: str) -> None:
-    """With a relay whose peer timeout is 1 s, send and receive with different codes both
-    exit 4; so does ``--wait-timeout`` on its own."""
+    """With a relay whose peer timeout is 1 s, send and receive whose codes differ in the room
+    both exit 4; so does ``--wait-timeout`` on its own."""
     _relay, url = processes.start_relay(None, "--peer-timeout", "1")
     src = make_file(tmp_path / "a.txt", b"x")
     sender = processes.start("send", url, code, str(src))
-    receiver = processes.start("receive", url, code + "-typo", "--out", str(tmp_path / "dest"))
+    receiver = processes.start("receive", url, "x" + code, "--out", str(tmp_path / "dest"))
     assert_cli_failed(finish(sender), 4)
     assert_cli_failed(finish(receiver), 4)
     _relay2, url2 = processes.start_relay()
@@ -675,8 +676,10 @@ async def test_tampered_stream_fails_on_both_sides(relay: Relay, tmp_path: Path,
     async with asyncio.timeout(SCENARIO_TIMEOUT):
         async with tampering_proxy(relay.url, flip_last_byte_once()) as proxy_url:
             sent, got = await asyncio.gather(
-                p2p_copy.send(proxy_url, code, [src], progress="none"),
-                p2p_copy.receive(relay.url, code, dest, progress="none"),
+                # Plain protocol: encrypted, the same flip is a TamperingError
+                # (tests/test_tampering.py); here the SHA-256 check must catch it.
+                p2p_copy.send(proxy_url, code, [src], progress="none", encrypt=False),
+                p2p_copy.receive(relay.url, code, dest, progress="none", encrypt=False),
                 return_exceptions=True,
             )
     assert type(got) is IntegrityError, repr(got)
@@ -1100,9 +1103,9 @@ async def test_relay_unreachable(tmp_path: Path, role: str) -> None:
     async with asyncio.timeout(SCENARIO_TIMEOUT):
         with pytest.raises(RelayUnreachableError) as info:
             if role == "sender":
-                await p2p_copy.send(url, "c", [src], progress="none")
+                await p2p_copy.send(url, "1-c", [src], progress="none")
             else:
-                await p2p_copy.receive(url, "c", tmp_path / "dest", progress="none")
+                await p2p_copy.receive(url, "1-c", tmp_path / "dest", progress="none")
     assert f"127.0.0.1:{port}" in str(info.value)
     assert_one_line(info.value)
     assert not (tmp_path / "dest").exists()
@@ -1115,10 +1118,10 @@ async def test_bad_relay_url(tmp_path: Path, url: str) -> None:
     src = make_file(tmp_path / "a.txt", b"x")
     async with asyncio.timeout(SCENARIO_TIMEOUT):
         with pytest.raises(UsageError) as info:
-            await p2p_copy.send(url, "c", [src], progress="none")
+            await p2p_copy.send(url, "1-c", [src], progress="none")
         assert_one_line(info.value)
         with pytest.raises(UsageError):
-            await p2p_copy.receive(url, "c", tmp_path / "dest", progress="none")
+            await p2p_copy.receive(url, "1-c", tmp_path / "dest", progress="none")
     assert not (tmp_path / "dest").exists()
 
 
@@ -1126,13 +1129,13 @@ def test_cli_relay_unreachable_and_bad_url(tmp_path: Path) -> None:
     """The CLI exits 3 naming the address when nothing listens, and 2 for an http:// URL."""
     src = make_file(tmp_path / "a.txt", b"x")
     port = free_port()
-    refused = run_cli("send", f"ws://127.0.0.1:{port}", "c", str(src), timeout=CLI_TIMEOUT)
+    refused = run_cli("send", f"ws://127.0.0.1:{port}", "1-c", str(src), timeout=CLI_TIMEOUT)
     line = assert_cli_failed(refused, 3)
     assert f"127.0.0.1:{port}" in line
-    refused = run_cli("receive", f"ws://127.0.0.1:{port}", "c", "--out", str(tmp_path / "d"),
+    refused = run_cli("receive", f"ws://127.0.0.1:{port}", "1-c", "--out", str(tmp_path / "d"),
                       timeout=CLI_TIMEOUT)
     assert_cli_failed(refused, 3)
-    bad = run_cli("send", "http://127.0.0.1:8765", "c", str(src), timeout=CLI_TIMEOUT)
+    bad = run_cli("send", "http://127.0.0.1:8765", "1-c", str(src), timeout=CLI_TIMEOUT)
     assert_cli_failed(bad, 2)
     assert not (tmp_path / "d").exists()
 

@@ -27,7 +27,7 @@ SCENARIO_TIMEOUT = 60.0
 @pytest.fixture
 def code() -> str:
     """A fresh code, so that no two tests can ever meet on a relay."""
-    return f"handles-{uuid.uuid4().hex[:12]}"
+    return f"{uuid.uuid4().hex[:12]}-handles"
 
 
 def files_under(root: Path) -> list[Path]:

@@ -163,3 +163,114 @@ def test_rooms_differ_by_any_hex_digit() -> None:
     rooms.join(hello("sender", ROOM), Conn("s"))
     assert rooms.join(hello("receiver", near), Conn("r")) == Wait()
     assert len(rooms) == 2
+
+
+# --- hello version 2, fresh codes and the relay's caps -----------------------------------
+
+
+def hello_v2(role: Role, room: str = ROOM, *, fresh: bool | None = None) -> Hello:
+    return Hello(code_hash_hex=room, role=role, version=2, fresh=fresh)
+
+
+FULL = Refused(CloseCode.RELAY_FULL, "the relay is full; try again later", label="waiting_full")
+
+
+def test_version_2_peer_that_waits_is_told_so() -> None:
+    """A version-2 hello that has to wait gets Wait(confirm=True): the relay sends waiting."""
+    rooms: Rooms[Conn] = Rooms()
+    assert rooms.join(hello_v2("sender"), Conn("s")) == Wait(confirm=True)
+
+
+def test_version_1_peer_that_waits_is_told_nothing() -> None:
+    """A hello without version (p2p-copy 0.1.x) or with version 1 waits silently, as before."""
+    rooms: Rooms[Conn] = Rooms()
+    assert rooms.join(hello("sender"), Conn("s")) == Wait(confirm=False)
+    v1 = Hello(code_hash_hex=OTHER_ROOM, role="sender", version=1)
+    assert rooms.join(v1, Conn("s1")) == Wait(confirm=False)
+
+
+def test_version_2_peer_that_pairs_at_once_pairs() -> None:
+    """A version-2 hello meeting a waiting partner pairs as any other (no waiting to confirm)."""
+    rooms: Rooms[Conn] = Rooms()
+    sender = Conn("s")
+    rooms.join(hello("sender"), sender)
+    assert rooms.join(hello_v2("receiver"), Conn("r")) == Paired(sender, "sender")
+
+
+def test_fresh_hello_in_an_empty_room_waits() -> None:
+    """A fresh code's first peer waits as usual, and is told so."""
+    rooms: Rooms[Conn] = Rooms()
+    assert rooms.join(hello_v2("sender", fresh=True), Conn("s")) == Wait(confirm=True)
+
+
+def test_fresh_hello_never_meets_a_waiting_stranger() -> None:
+    """A fresh hello where a peer of the other role waits is refused 4002, not paired."""
+    rooms: Rooms[Conn] = Rooms()
+    stranger = Conn("r")
+    rooms.join(hello("receiver"), stranger)
+    refused = rooms.join(hello_v2("sender", fresh=True), Conn("s"))
+    assert isinstance(refused, Refused)
+    assert refused.code is CloseCode.CODE_IN_USE and refused.label == "code_in_use"
+    assert len(refused.reason.encode()) <= 123
+    # The waiting peer is left alone and still pairs with its real partner.
+    assert len(rooms) == 1
+    assert rooms.join(hello("sender"), Conn("s2")) == Paired(stranger, "receiver")
+
+
+def test_fresh_hello_refused_when_the_same_role_waits() -> None:
+    """A fresh hello where a peer of the same role waits is refused too; that peer stays."""
+    rooms: Rooms[Conn] = Rooms()
+    first = Conn("s1")
+    rooms.join(hello_v2("sender"), first)
+    refused = rooms.join(hello_v2("sender", fresh=True), Conn("s2"))
+    assert isinstance(refused, Refused) and refused.code is CloseCode.CODE_IN_USE
+    assert rooms.join(hello_v2("receiver"), Conn("r")) == Paired(first, "sender")
+
+
+def test_fresh_false_pairs_as_usual() -> None:
+    """fresh: false (a typed code) pairs with whoever waits, like a hello without it."""
+    rooms: Rooms[Conn] = Rooms()
+    sender = Conn("s")
+    rooms.join(hello_v2("sender", fresh=True), sender)
+    assert rooms.join(hello_v2("receiver", fresh=False), Conn("r")) == Paired(sender, "sender")
+
+
+def test_wait_refusal_applies_only_to_a_peer_that_would_wait() -> None:
+    """With the waiting cap reached, a newcomer that would wait is refused; the room stays empty."""
+    rooms: Rooms[Conn] = Rooms()
+    assert rooms.join(hello("sender"), Conn("s"), refuse_wait=FULL) is FULL
+    assert len(rooms) == 0
+
+
+def test_wait_refusal_does_not_stop_a_pairing() -> None:
+    """A peer that pairs takes no waiting slot, so the waiting cap does not refuse it."""
+    rooms: Rooms[Conn] = Rooms()
+    sender = Conn("s")
+    rooms.join(hello("sender"), sender)
+    assert rooms.join(hello("receiver"), Conn("r"), refuse_wait=FULL) == Paired(sender, "sender")
+
+
+def test_pair_refusal_keeps_the_waiting_peer() -> None:
+    """With the pair cap reached, the newcomer is refused and the waiting peer keeps its room."""
+    rooms: Rooms[Conn] = Rooms()
+    sender = Conn("s")
+    rooms.join(hello("sender"), sender)
+    pairs_full = Refused(CloseCode.RELAY_FULL, "too many transfers", label="pairs_full")
+    assert rooms.join(hello("receiver"), Conn("r1"), refuse_pair=pairs_full) is pairs_full
+    assert len(rooms) == 1
+    assert rooms.join(hello("receiver"), Conn("r2")) == Paired(sender, "sender")
+
+
+def test_pair_refusal_does_not_stop_a_peer_that_waits() -> None:
+    """The pair cap does not refuse a peer that only waits."""
+    rooms: Rooms[Conn] = Rooms()
+    pairs_full = Refused(CloseCode.RELAY_FULL, "too many transfers", label="pairs_full")
+    assert rooms.join(hello("sender"), Conn("s"), refuse_pair=pairs_full) == Wait()
+
+
+def test_code_in_use_wins_over_a_cap() -> None:
+    """A same-role newcomer is told the code is in use, not that the relay is full."""
+    rooms: Rooms[Conn] = Rooms()
+    rooms.join(hello("sender"), Conn("s1"))
+    refused = rooms.join(hello("sender"), Conn("s2"), refuse_wait=FULL, refuse_pair=FULL)
+    assert isinstance(refused, Refused) and refused.code is CloseCode.CODE_IN_USE

@@ -169,14 +169,40 @@ def test_display_name_escapes_control_characters(name: str, shown: str) -> None:
     assert display_name(name) == shown
 
 
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("invoice\u202egpj.exe", "invoice\\u202egpj.exe"),  # RIGHT-TO-LEFT OVERRIDE
+        ("a\u2066b\u2069", "a\\u2066b\\u2069"),  # bidi isolates
+        ("\u200bsame", "\\u200bsame"),  # ZERO WIDTH SPACE
+        ("a\u200db", "a\\u200db"),  # ZERO WIDTH JOINER
+        ("\ufeffbom", "\\ufeffbom"),
+        ("soft\xadhyphen", "soft\\xadhyphen"),
+        ("line\u2028sep", "line\\u2028sep"),
+        ("tag\U000e0041", "tag\\U000e0041"),  # astral: eight hex digits
+        ("\udc80", "\\udc80"),
+        ("a\u00a0b \ue000", "a\u00a0b \ue000"),  # no-break space, private use: visible
+    ],
+    ids=ascii,
+)
+def test_display_name_escapes_invisible_characters(name: str, shown: str) -> None:
+    """Bidi overrides, zero-width and other format characters, and separators are escaped."""
+    assert display_name(name) == shown
+
+
+def _hidden(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp")
+
+
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None)
 @given(st.text())
 def test_display_name_never_leaves_a_control_character(name: str) -> None:
-    """Whatever the name, its displayed form holds no C0, DEL or C1 character."""
+    """Whatever the name, its displayed form holds no control, format or separator character."""
     shown = display_name(name)
-    assert not CONTROL.search(shown)
-    if not CONTROL.search(name):
+    assert not any(_hidden(c) for c in shown)
+    if not any(_hidden(c) for c in name):
         assert shown == name
+    assert display_name(shown) == shown
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None)
@@ -238,6 +264,11 @@ def test_check_entries_applies_the_path_rules() -> None:
         ("\u00c9", "e\u0301"),  # case and normalisation at once
         ("\u212b", "\u00e5"),  # ANGSTROM SIGN is canonically Å
         ("ﬁle", "FILE"),  # the 'fi' ligature casefolds to "fi"
+        ("\u1f00\u0345", "\u1f80"),  # Greek with two accents, decomposed vs composed
+        ("ab", "a\u200cb"),  # HFS+ ignores ZERO WIDTH NON-JOINER
+        ("git", "g\u200di\ufefft"),  # ... and joiners and BOMs
+        ("x\u202e", "X"),  # ... and bidi overrides
+        ("d\u0307/é", "ḋ/E\u0301"),  # normalisation in every component
     ],
     ids=ascii,
 )
@@ -289,9 +320,13 @@ def test_collision_error_shows_names_escaped() -> None:
     assert "Ab" in str(info.value) and "aB" in str(info.value)
 
 
+# Code points HFS+ ignores in names (as git lists them).
+HFS_IGNORED = re.compile("[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
+
+
 def _spec_fold(name: str) -> str:
     # docs/protocol.md §7 rule 10, written out independently of p2p_copy.paths.
-    return unicodedata.normalize("NFC", name).casefold()
+    return unicodedata.normalize("NFC", HFS_IGNORED.sub("", name)).casefold()
 
 
 def _variants(name: str) -> st.SearchStrategy[str]:
@@ -328,3 +363,42 @@ def test_check_entries_refuses_exactly_the_folded_duplicates(
         assert not should_pass
     else:
         assert should_pass
+
+
+def test_zero_width_space_is_a_different_name() -> None:
+    """A ZERO WIDTH SPACE (not ignored by any file system) keeps names apart; it shows escaped."""
+    check_entries([FileEntry("ab", 1), FileEntry("a\u200bb", 1)])
+    assert display_name("a\u200bb") == "a\\u200bb"
+
+
+def test_collision_error_escapes_bidi_overrides() -> None:
+    """Names in a collision message cannot reorder or hide text on the terminal."""
+    with pytest.raises(UnsafePathError) as info:
+        check_entries([FileEntry("evil\u202etxt", 1), FileEntry("EVIL\u202eTXT", 1)])
+    assert "\u202e" not in str(info.value) and "\\u202e" in str(info.value)
+
+
+def test_check_entries_returns_the_components() -> None:
+    """check_entries hands back each entry's components, in order, for further checks."""
+    parts = check_entries([DirEntry("a"), FileEntry("a/b/c", 1), FileEntry("d", 0)])
+    assert parts == [("a",), ("a", "b", "c"), ("d",)]
+
+
+def test_deep_paths_are_checked_in_linear_time() -> None:
+    """Thousands of 2000-level paths pass quickly: prefixes are not rebuilt per level."""
+    stem = "/".join(["d"] * 2000)
+    entries = [FileEntry(f"{stem}/{i}", 0) for i in range(2000)]  # 8 MB of paths
+    assert len(check_entries(entries)) == 2000
+
+
+def test_file_under_a_deep_file_refused() -> None:
+    """A file used as a folder is found at any depth."""
+    stem = "/".join(["d"] * 500)
+    with pytest.raises(UnsafePathError, match="both as a file and as a folder"):
+        check_entries([FileEntry(f"{stem}/x/y", 1), FileEntry(f"{stem.upper()}/X", 1)])
+
+
+def test_long_path_shown_cut_in_errors() -> None:
+    """An error about a very long path shows its start, not 4096 characters."""
+    exc = _unsafe("a/" * 1000 + "..")
+    assert len(str(exc)) < 400

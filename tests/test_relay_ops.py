@@ -29,7 +29,7 @@ from websockets.exceptions import InvalidStatus
 
 import p2p_copy
 from p2p_copy import ConnectionLostError, RelayUnreachableError
-from p2p_copy.codes import code_hash_hex, room_from_path, room_url
+from p2p_copy.codes import room_from_path, room_hash_hex, room_url
 from p2p_copy.destination import Destination
 from p2p_copy.logs import show_address
 from p2p_copy.messages import CloseCode
@@ -44,7 +44,7 @@ MiB = 2**20
 
 
 def fresh_code() -> str:
-    return f"ops-{uuid.uuid4().hex[:12]}"
+    return f"{uuid.uuid4().hex[:12]}-ops"
 
 
 async def raw_connect(url: str) -> ClientConnection:
@@ -178,9 +178,9 @@ async def test_our_client_names_its_room_in_the_path(suffix: str) -> None:
                                 progress=NoProgress())
     (path, first), = seen
     prefix, _, query = suffix.partition("?")
-    expected = prefix.rstrip("/") + "/" + code_hash_hex(code) + (f"?{query}" if query else "")
+    expected = prefix.rstrip("/") + "/" + room_hash_hex(code) + (f"?{query}" if query else "")
     assert path == expected
-    assert json.loads(first)["code_hash_hex"] == code_hash_hex(code)
+    assert json.loads(first)["code_hash_hex"] == room_hash_hex(code)
 
 
 async def test_path_that_disagrees_with_the_hello_is_closed_4000() -> None:
@@ -553,7 +553,7 @@ def test_json_logs_parse_and_never_hold_a_code_or_its_hash(
     port = free_port()
     relay, url = processes.start_relay(port, "--log-json", "--log-level", "DEBUG")
     code = fresh_code()
-    room = code_hash_hex(code)
+    room = room_hash_hex(code)
     receiver = processes.start("receive", url, code, "--out", str(tmp_path / "out"))
     sender = processes.start("send", url, code, str(src))
     assert sender.wait(30) == 0 and receiver.wait(30) == 0

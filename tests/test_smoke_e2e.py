@@ -16,8 +16,8 @@ async def test_folder_arrives_identical(tmp_path: Path) -> None:
     (src / "sub" / "empty").write_bytes(b"")
     async with p2p_copy.Relay() as relay:
         sent, got = await asyncio.gather(
-            p2p_copy.send(relay.url, "code", [src], progress="none"),
-            p2p_copy.receive(relay.url, "code", tmp_path / "out", progress="none"),
+            p2p_copy.send(relay.url, "1-code", [src], progress="none"),
+            p2p_copy.receive(relay.url, "1-code", tmp_path / "out", progress="none"),
         )
     assert (tmp_path / "out" / "src" / "a.txt").read_bytes() == b"hello"
     assert (tmp_path / "out" / "src" / "sub" / "empty").read_bytes() == b""

@@ -60,7 +60,7 @@ def pki(ca: trustme.CA, tmp_path: Path) -> Pki:
 
 
 def _code() -> str:
-    return f"tls-{uuid.uuid4().hex[:12]}"
+    return f"{uuid.uuid4().hex[:12]}-tls"
 
 
 def _source(tmp_path: Path) -> Path:

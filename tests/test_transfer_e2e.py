@@ -81,7 +81,7 @@ async def transfer(
     paths: Sequence[str | os.PathLike[str]],
     dest: Path,
     *,
-    code: str = "transfer-code",
+    code: str = "1-transfer-code",
     chunk_size: int | None = None,
     overwrite: bool = False,
 ) -> tuple[TransferResult, TransferResult]:
@@ -475,8 +475,8 @@ async def test_existing_file_is_refused_then_overwritten(relay: Relay, tmp_path:
 
     async with asyncio.timeout(TRANSFER_TIMEOUT):
         outcomes = await asyncio.gather(
-            send(relay.url, "clash", [top], progress="none"),
-            receive(relay.url, "clash", dest, progress="none"),
+            send(relay.url, "2-clash", [top], progress="none"),
+            receive(relay.url, "2-clash", dest, progress="none"),
             return_exceptions=True,
         )
     assert [type(o) for o in outcomes] == [DestinationExistsError, DestinationExistsError]
@@ -486,7 +486,7 @@ async def test_existing_file_is_refused_then_overwritten(relay: Relay, tmp_path:
     assert not (dest / "folder" / "a-new.txt").exists()
     assert not leftovers(dest)
 
-    sent, got = await transfer(relay, [top], dest, code="clash-again", overwrite=True)
+    sent, got = await transfer(relay, [top], dest, code="3-clash-again", overwrite=True)
     assert existing.read_bytes() == b"from the sender"
     assert (dest / "folder" / "a-new.txt").read_bytes() == b"brand new"
     assert unrelated.read_bytes() == b"left alone"
@@ -533,11 +533,11 @@ async def test_two_transfers_at_once_do_not_mix(relay: Relay, tmp_path: Path) ->
     dest1, dest2 = tmp_path / "out1", tmp_path / "out2"
     async with asyncio.timeout(TRANSFER_TIMEOUT):
         sent1, sent2, got1, got2 = await asyncio.gather(
-            send(relay.url, "code-one", [one], progress="none", chunk_size=16 * KiB),
-            send(relay.url, "code-two", [two, tmp_path / "src2" / "only-two.txt"],
+            send(relay.url, "1-code-one", [one], progress="none", chunk_size=16 * KiB),
+            send(relay.url, "2-code-two", [two, tmp_path / "src2" / "only-two.txt"],
                  progress="none", chunk_size=16 * KiB),
-            receive(relay.url, "code-one", dest1, progress="none"),
-            receive(relay.url, "code-two", dest2, progress="none"),
+            receive(relay.url, "1-code-one", dest1, progress="none"),
+            receive(relay.url, "2-code-two", dest2, progress="none"),
         )
     assert snapshot(dest1) == {"payload.bin": one.read_bytes()}
     assert snapshot(dest2) == {"payload.bin": two.read_bytes(), "only-two.txt": b"two"}
@@ -556,8 +556,8 @@ def test_cli_send_and_receive(processes: Processes, tmp_path: Path) -> None:
     (src / "dir" / "sub" / "empty").mkdir()
     write(src / "notes.txt", b"notes")
     dest = tmp_path / "out"
-    receiver = processes.start("receive", url, "cli-code", "--out", str(dest))
-    sender = processes.start("send", url, "cli-code", "dir/sub", "notes.txt", cwd=src)
+    receiver = processes.start("receive", url, "4-cli-code", "--out", str(dest))
+    sender = processes.start("send", url, "4-cli-code", "dir/sub", "notes.txt", cwd=src)
     r_out, r_err = receiver.communicate(timeout=PROCESS_TIMEOUT)
     s_out, s_err = sender.communicate(timeout=PROCESS_TIMEOUT)
     assert receiver.returncode == 0, (r_out, r_err)
@@ -596,8 +596,8 @@ def test_cli_memory_stays_bounded_for_a_large_file(processes: Processes,
                                 "run-relay-server", "127.0.0.1", str(port), "--no-tls")
     wait_for_port(port, relay_proc)
     receiver = start_measured(processes, tmp_path / "receiver.rss",
-                              "receive", url, "big-code", "--out", str(dest))
-    sender = start_measured(processes, tmp_path / "sender.rss", "send", url, "big-code", str(src))
+                              "receive", url, "5-big-code", "--out", str(dest))
+    sender = start_measured(processes, tmp_path / "sender.rss", "send", url, "5-big-code", str(src))
 
     s_out, s_err = sender.communicate(timeout=PROCESS_TIMEOUT)
     r_out, r_err = receiver.communicate(timeout=PROCESS_TIMEOUT)

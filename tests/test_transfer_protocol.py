@@ -176,34 +176,57 @@ def test_file_spanning_several_messages() -> None:
 
 
 def test_worked_example_transcript() -> None:
-    """The exact traffic of the spec's worked example (docs/protocol.md §12)."""
-    code_hash = hashlib.sha256(b"purple-sausages-42").hexdigest()
+    """The exact --no-encrypt traffic of the spec's worked example (docs/protocol.md §12.1)."""
+    from pathlib import Path
+
+    from p2p_copy.messages import Waiting
+
+    room_hash = "4db57ad8f4f2ce91aca47e419715faf52e952b614d41f7cb6d28cb7684bceac0"
+    assert hashlib.sha256(b"p2p-copy room v2\x00purple").hexdigest() == room_hash
     entries: list[Entry] = [
         DirEntry("trip", mode=0o755, mtime=1700000001.0),
         FileEntry("trip/a.txt", 14, mode=0o644, mtime=1700000000.5),
         FileEntry("trip/b.txt", 4, mode=0o600, mtime=1700000000.0),
         DirEntry("trip/empty", mode=0o755, mtime=1700000000.0),
     ]
-    pair = ProtocolPair(entries, code_hash_hex=code_hash)
+
+    class RelayThatConfirms(ProtocolPair):
+        """The pair, plus the relay's ``waiting`` to the receiver, which arrives first."""
+
+        def connect(self) -> None:
+            super().connect()
+            self.to_receiver(encode(Waiting()))
+
+    pair = RelayThatConfirms(entries, code_hash_hex=room_hash)
     pair.transfer({"trip/a.txt": b"Hello, world!\n", "trip/b.txt": b"p2p\n"})
-    hex_hash = "a1e4d46d69caf60a1d879aebf14179ca96cb5c771f0e54d0ad89b84f279b6001"
     assert pair.hello_log == [
-        f'{{"type":"hello","code_hash_hex":"{hex_hash}","role":"receiver"}}',
-        f'{{"type":"hello","code_hash_hex":"{hex_hash}","role":"sender"}}',
+        f'{{"type":"hello","code_hash_hex":"{room_hash}","role":"receiver","version":2}}',
+        f'{{"type":"hello","code_hash_hex":"{room_hash}","role":"sender","version":2}}',
     ]
-    assert pair.to_sender_log == ['{"type":"ready"}', '{"type":"accept"}', '{"type":"done"}']
-    assert pair.to_receiver_log == [
-        '{"type":"manifest","version":1,"entries":['
-        '{"path":"trip","kind":"dir","mode":493,"mtime":1700000001.0},'
-        '{"path":"trip/a.txt","size":14,"mode":420,"mtime":1700000000.5},'
-        '{"path":"trip/b.txt","size":4,"mode":384,"mtime":1700000000.0},'
-        '{"path":"trip/empty","kind":"dir","mode":493,"mtime":1700000000.0}]}',
-        bytes.fromhex("00 48 65 6c 6c 6f 2c 20 77 6f 72 6c 64 21 0a 70 32 70 0a"),
-        '{"type":"checksums","first":0,"sha256":['
-        '"d9014c4624844aa5bac314773d6b689ad467fa4e1d1a50a1b8a99d5a95f72ff5",'
-        '"eafb95bf9f8b5363d6c3d90156dc0684f0fb94744b1305702eccf9d35bb74c29"]}',
-        '{"type":"eof"}',
+    (waiting, manifest, data, checksums_message, eof) = pair.to_receiver_log
+    ready, accept, done = pair.to_sender_log
+    actual: list[tuple[str, str | bytes]] = [
+        ("R→Y", pair.hello_log[0]), ("Y→R", waiting), ("S→Y", pair.hello_log[1]),
+        ("Y→S", ready), ("S→R", manifest), ("R→S", accept), ("S→R", data),
+        ("S→R", checksums_message), ("S→R", eof), ("R→S", done),
     ]
+
+    # The doc's table: every row whose kind is text or binary, in order.
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text("utf-8")
+    section = doc[doc.index("### 12.1 "):doc.index("### 12.2 ")]
+    table = section[section.index("| # | direction | kind | message |"):]
+    documented: list[tuple[str, str | bytes]] = []
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[2] not in ("text", "binary, 19 bytes"):
+            continue
+        quoted = cells[3].split("`")[1]
+        message = quoted if cells[2] == "text" else bytes.fromhex(quoted)
+        documented.append((cells[1], message))
+    assert documented == actual
+    assert data == bytes.fromhex("00 48 65 6c 6c 6f 2c 20 77 6f 72 6c 64 21 0a 70 32 70 0a")
 
 
 def test_only_empty_files_send_no_data() -> None:

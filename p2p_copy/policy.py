@@ -1,0 +1,184 @@
+"""What a receiver is willing to accept, checked against the whole manifest before ``accept``.
+
+paths.py holds the rules every receiver applies (no ``..``, no control characters, no
+collisions). This module adds the limits a user may tighten (how many files, how many
+bytes, how deep) and the names that this system cannot store. Nothing here touches the
+disk: the manifest is judged on what it says, before any byte is written.
+
+Two kinds of refusal, two exit codes:
+
+- PolicyError (exit 19): the offer is well formed but bigger than the receiver allows;
+  the message names the limit and the option that raises it.
+- UnsafePathError (exit 10): a name is unsafe or impossible here (too long, reserved by
+  Windows); no option makes it safe, the sender has to rename it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Final
+
+from .errors import PolicyError, UnsafePathError, UsageError
+from .messages import Entry, FileEntry
+from .paths import MAX_COMPONENT_BYTES, check_entries, display_name
+
+__all__ = ["ReceivePolicy", "check_policy", "windows_name_problem"]
+
+#: Path components a receiver accepts by default: far beyond real trees, short of a
+#: tree built to exhaust the file system's or the tools' recursion.
+DEFAULT_MAX_DEPTH: Final = 64
+DEFAULT_MAX_ENTRIES: Final = 1_000_000
+#: Bytes of UTF-8 in one whole relative path (Linux's PATH_MAX).
+DEFAULT_MAX_PATH_BYTES: Final = 4096
+
+# Device names Windows opens instead of a file, whatever the extension ("NUL.txt" too).
+# COM0/LPT0 and the superscript digits are listed by Microsoft's naming rules as well.
+_WINDOWS_DEVICES: Final = frozenset(
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"}
+)
+_WINDOWS_CHARS = re.compile(r'[<>:"|?*]')
+# On Windows there is no way round; elsewhere the check was asked for and can be dropped.
+_WINDOWS_HOW_TO: Final = "." if os.name == "nt" else (
+    ", or receive without Windows name checks (ReceivePolicy(windows_names=False) in Python)."
+)
+# Longest name shown in a message: enough to recognise it, short enough to read.
+_SHOWN_CHARS: Final = 120
+
+
+@dataclass(frozen=True)
+class ReceivePolicy:
+    """Limits on what a receiver accepts; the defaults accept any sane transfer.
+
+    ``max_files`` and ``max_bytes`` (None: no limit) count file entries and the sum of
+    their announced sizes. ``max_depth`` counts path components ("a/b/c" is 3),
+    ``max_entries`` files and folders together. ``max_name_bytes`` and ``max_path_bytes``
+    are UTF-8 bytes of one component and of a whole relative path; names are never
+    allowed beyond 255 bytes, the limit of every common file system.
+
+    ``windows_names`` refuses names Windows cannot store: device names (CON, NUL.txt,
+    com1, ...), the characters <>:"|?* and names ending in a dot or a space. It is on by
+    default on Windows, where such a name would open a device or be silently trimmed into
+    another file's name. Elsewhere they are ordinary names (a Linux tree may well hold
+    ``aux.c``), so refusing them by default would refuse honest transfers; turn it on to
+    receive onto a disk or share that a Windows machine will read.
+    """
+
+    max_files: int | None = None
+    max_bytes: int | None = None
+    max_depth: int = DEFAULT_MAX_DEPTH
+    max_entries: int = DEFAULT_MAX_ENTRIES
+    max_name_bytes: int = MAX_COMPONENT_BYTES
+    max_path_bytes: int = DEFAULT_MAX_PATH_BYTES
+    windows_names: bool = os.name == "nt"
+
+    def __post_init__(self) -> None:
+        lowest = {"max_depth": 1, "max_name_bytes": 1, "max_path_bytes": 1}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "windows_names":
+                if not isinstance(value, bool):
+                    raise UsageError("ReceivePolicy(windows_names=...) must be True or False.")
+                continue
+            if value is None and field.name in ("max_files", "max_bytes"):
+                continue
+            low = lowest.get(field.name, 0)
+            # bool is an int in Python; True files is a bug in the caller, not a limit.
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UsageError(
+                    f"ReceivePolicy({field.name}=...) must be a whole number of at least "
+                    f"{low}, not {value!r}."
+                )
+        if self.max_name_bytes > MAX_COMPONENT_BYTES:
+            raise UsageError(
+                f"ReceivePolicy(max_name_bytes=...) cannot exceed {MAX_COMPONENT_BYTES}: "
+                "no common file system stores longer names."
+            )
+
+
+def _shown(name: str) -> str:
+    """``name`` quoted for a message: escaped, and cut if it is long."""
+    cut = name if len(name) <= _SHOWN_CHARS else name[:_SHOWN_CHARS] + "..."
+    return f"'{display_name(cut)}'"
+
+
+def windows_name_problem(name: str) -> str | None:
+    """Why Windows cannot store the path component ``name``, or None if it can."""
+    if name.endswith((".", " ")):
+        return "ends in a dot or a space, which Windows drops (it would become another name)"
+    found = _WINDOWS_CHARS.search(name)
+    if found:
+        return f"holds {found.group()!r}, a character Windows does not allow in names"
+    # Windows ignores the extension and trailing spaces when it looks for a device name.
+    if name.partition(".")[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
+        return "is a device name on Windows (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
+    return None
+
+
+def _too_many(what: str, offered: int, limit: int, option: str) -> PolicyError:
+    return PolicyError(
+        f"The sender offers {offered:,} {what}, more than this receiver accepts "
+        f"({limit:,}). To accept it, raise the limit: --{option.replace('_', '-')} on the "
+        f"command line, ReceivePolicy({option}=...) in Python."
+    )
+
+
+def check_policy(entries: Sequence[Entry], policy: ReceivePolicy) -> None:
+    """Refuse the manifest ``entries`` if it breaks a path rule or one of ``policy``'s limits.
+
+    Includes paths.check_entries, so a receiver needs only this call. Counts come first:
+    a huge offer is refused before any of its names is parsed. Linear in the manifest's
+    total length.
+    """
+    if len(entries) > policy.max_entries:
+        raise _too_many("files and folders", len(entries), policy.max_entries, "max_entries")
+    sizes = [e.size for e in entries if isinstance(e, FileEntry)]
+    if policy.max_files is not None and len(sizes) > policy.max_files:
+        raise _too_many("files", len(sizes), policy.max_files, "max_files")
+    total = sum(sizes)
+    if policy.max_bytes is not None and total > policy.max_bytes:
+        raise _too_many("bytes", total, policy.max_bytes, "max_bytes")
+    all_parts = check_entries(entries)
+    checked: set[str] = set()  # folders whose names passed: most entries share a few
+    for entry, parts in zip(entries, all_parts, strict=True):
+        folder, _, _ = entry.path.rpartition("/")
+        names = parts[-1:] if folder in checked else parts
+        checked.add(folder)
+        _check_names(entry.path, parts, names, policy)
+
+
+def _check_names(
+    path: str, parts: tuple[str, ...], names: tuple[str, ...], policy: ReceivePolicy
+) -> None:
+    if len(parts) > policy.max_depth:
+        raise PolicyError(
+            f"The sender offers {_shown(path)}, {len(parts)} levels deep; this receiver "
+            f"accepts at most {policy.max_depth}. To accept it, raise the limit: --max-depth "
+            "on the command line, ReceivePolicy(max_depth=...) in Python."
+        )
+    # A code point is at most 4 bytes of UTF-8: most names need no encoding to pass.
+    path_bytes = len(path.encode()) if len(path) * 4 > policy.max_path_bytes else 0
+    if path_bytes > policy.max_path_bytes:
+        raise UnsafePathError(
+            f"The sender offers a path of {path_bytes:,} bytes, {_shown(path)}; this receiver "
+            f"accepts at most {policy.max_path_bytes:,} (ReceivePolicy(max_path_bytes=...) "
+            "in Python). Ask the sender to shorten it."
+        )
+    for part in names:
+        name_bytes = len(part.encode()) if len(part) * 4 > policy.max_name_bytes else 0
+        if name_bytes > policy.max_name_bytes:
+            raise UnsafePathError(
+                f"The sender offers a name of {name_bytes} bytes, {_shown(part)} in "
+                f"{_shown(path)}; names here may have at most {policy.max_name_bytes} "
+                "(ReceivePolicy(max_name_bytes=...) in Python). Ask the sender to rename it."
+            )
+        if policy.windows_names:
+            problem = windows_name_problem(part)
+            if problem:
+                raise UnsafePathError(
+                    f"The sender offers {_shown(path)}, whose name {_shown(part)} {problem}. "
+                    f"Ask the sender to rename it{_WINDOWS_HOW_TO}"
+                )
