@@ -113,8 +113,8 @@ async def open_link(
             ) from None
         if status == 503:
             raise RelayUnreachableError(
-                f"The relay at {server} is restarting and takes no new transfers right now. "
-                "Try again in a moment."
+                f"The relay at {server} takes no new transfers right now (it is restarting "
+                "or full). Try again in a moment."
             ) from None
         raise RelayUnreachableError(
             f"{server} answered, but not as a p2p-copy relay ({exc}). Check the address."
