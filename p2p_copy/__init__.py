@@ -4,11 +4,27 @@
     result = await p2p_copy.receive("wss://relay.example.org", "7-crossover-clockwork-puma")
 
 Both are coroutines for the caller's running loop (a Jupyter kernel's, or asyncio.run).
+``send_object``/``receive_object`` move an array, a DataFrame, a text... between two
+kernels without a file and without pickle; ``send_stream``/``receive_stream`` move a pipe.
 """
 
 from ._version import __version__
-from .api import receive, send
-from .blocking import receive_blocking, send_blocking
+from .api import (
+    receive,
+    receive_object,
+    receive_stream,
+    receive_text,
+    send,
+    send_object,
+    send_stream,
+    send_text,
+)
+from .blocking import (
+    receive_blocking,
+    receive_object_blocking,
+    send_blocking,
+    send_object_blocking,
+)
 from .codes import generate_code
 from .errors import (
     AccessDeniedError,
@@ -48,6 +64,14 @@ __all__ = [
     "Transfer",
     "send_blocking",
     "receive_blocking",
+    "send_text",
+    "receive_text",
+    "send_object",
+    "receive_object",
+    "send_object_blocking",
+    "receive_object_blocking",
+    "send_stream",
+    "receive_stream",
     "generate_code",
     "ReceivePolicy",
     "Relay",

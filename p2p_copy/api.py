@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .client import RelayLink, open_link
 from .codes import GENERATE, generate_code, room_hash_hex
@@ -24,15 +25,29 @@ from .errors import (
     ConnectionLostError,
     P2PCopyError,
     PeerGoneError,
+    PolicyError,
     TransferTimeoutError,
+    UnsafePathError,
     UsageError,
 )
 from .handshake import HANDSHAKE_TIMEOUT, Link, handshake
-from .messages import FileEntry, Ready
+from .messages import Entry, FileEntry, Ready, StreamEntry
+from .objects import encode_object
+from .paths import check_entries, display_name
 from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
 from .results import FileResult, TransferResult
 from .sources import Sources, StreamReader, collect_sources
+from .streams import (
+    ChunkReader,
+    ObjectSink,
+    PipeReader,
+    PipeSink,
+    Reader,
+    Sink,
+    default_name,
+    memory_limit,
+)
 from .transfer import (
     FileCompleted,
     FileData,
@@ -40,9 +55,21 @@ from .transfer import (
     Receiver,
     Sender,
     TransferFinished,
+    data_entries,
 )
 
-__all__ = ["send", "receive", "DEFAULT_CHUNK_SIZE"]
+__all__ = [
+    "send",
+    "receive",
+    "send_stream",
+    "receive_stream",
+    "send_object",
+    "receive_object",
+    "send_text",
+    "receive_text",
+    "receive_any",
+    "DEFAULT_CHUNK_SIZE",
+]
 
 #: Bytes of file data per message. 64-256 KiB beat 1 MiB and more on loopback here.
 DEFAULT_CHUNK_SIZE = 256 * 1024
@@ -162,6 +189,24 @@ class _Options:
     relay_token: str | None
 
 
+@dataclass(frozen=True)
+class _Outgoing:
+    """What a sender sends: the manifest entries and, once accepted, their data stream."""
+
+    entries: tuple[Entry, ...]
+    #: Called once the receiver accepted, so that a pipe is not read before then.
+    open_reader: Callable[[], Reader]
+
+    @classmethod
+    def files(cls, sources: Sources) -> _Outgoing:
+        sizes = [e.size for e in sources.entries if isinstance(e, FileEntry)]
+        return cls(sources.entries, lambda: StreamReader(sources.files, sizes))
+
+    @property
+    def known_bytes(self) -> int:
+        return sum(e.size for e in self.entries if isinstance(e, FileEntry))
+
+
 async def _send(
     options: _Options,
     code: str | None,
@@ -170,11 +215,21 @@ async def _send(
     chunk_size: int,
 ) -> TransferResult:
     sources = await asyncio.to_thread(collect_sources, paths)
+    return await _send_outgoing(options, code, _Outgoing.files(sources), display, chunk_size)
+
+
+async def _send_outgoing(
+    options: _Options,
+    code: str | None,
+    outgoing: _Outgoing,
+    display: Progress,
+    chunk_size: int,
+) -> TransferResult:
     generated = code is None or code == GENERATE
     for attempt in range(MAX_CODE_ATTEMPTS):
         current = generate_code(attempt) if generated else str(code)
         try:
-            return await _send_once(options, current, generated, sources, display, chunk_size)
+            return await _send_once(options, current, generated, outgoing, display, chunk_size)
         except CodeInUseError:
             # A generated code is only shown once its room is ours: pick another quietly.
             if not generated or attempt == MAX_CODE_ATTEMPTS - 1:
@@ -210,12 +265,12 @@ async def _send_once(
     options: _Options,
     code: str,
     generated: bool,
-    sources: Sources,
+    outgoing: _Outgoing,
     display: Progress,
     chunk_size: int,
 ) -> TransferResult:
     room = room_hash_hex(code)
-    proto = Sender(room, sources.entries, fresh=generated)
+    proto = Sender(room, outgoing.entries, fresh=generated)
     async with open_link(options.server, room=room, cafile=options.cafile,
                          token=options.relay_token) as ws:
         plain = RelayLink(ws, "sender")
@@ -237,31 +292,35 @@ async def _send_once(
                 "the receiver to answer the list of files (a receiver running p2p-copy 0.1.x "
                 "never answers: ask them to upgrade with pip install -U p2p-copy)",
             ))
-            files = [e for e in sources.entries if isinstance(e, FileEntry)]
-            display.started(sources.total_bytes, len(files))
-            digests = await _stream_with_watch(link, proto, sources.files, files, display,
+            files = data_entries(outgoing.entries)
+            display.started(outgoing.known_bytes, len(files))
+            digests = await _stream_with_watch(link, proto, outgoing.open_reader, display,
                                                chunk_size)
         except BaseException as exc:
             await _fail_politely(link, proto, exc)
             raise
-    results = tuple(FileResult(f.path, f.size, d) for f, d in zip(files, digests, strict=True))
+    # A stream's size is what was sent after the files before it.
+    stream_size = proto.bytes_sent - outgoing.known_bytes
+    results = tuple(
+        FileResult(f.path, f.size if isinstance(f, FileEntry) else stream_size, d)
+        for f, d in zip(files, digests, strict=True)
+    )
     for result in results:
         display.file_done(result)
-    return TransferResult("sender", results, sources.total_bytes, time.monotonic() - started,
+    return TransferResult("sender", results, proto.bytes_sent, time.monotonic() - started,
                           code=code)
 
 
 async def _stream_with_watch(
     link: Link,
     proto: Sender,
-    paths: Sequence[Path],
-    files: Sequence[FileEntry],
+    open_reader: Callable[[], Reader],
     display: Progress,
     chunk_size: int,
 ) -> list[str]:
     """Stream all data and eof while listening for the receiver; return the SHA-256s."""
     incoming = asyncio.ensure_future(link.recv())
-    pump = asyncio.ensure_future(_stream(link, proto, paths, files, display, chunk_size))
+    pump = asyncio.ensure_future(_stream(link, proto, open_reader, display, chunk_size))
     try:
         await asyncio.wait({incoming, pump}, return_when=asyncio.FIRST_COMPLETED)
         if pump.done() and pump.exception() is None:
@@ -288,12 +347,11 @@ async def _stream_with_watch(
 async def _stream(
     link: Link,
     proto: Sender,
-    paths: Sequence[Path],
-    files: Sequence[FileEntry],
+    open_reader: Callable[[], Reader],
     display: Progress,
     chunk_size: int,
 ) -> list[str]:
-    reader = StreamReader(paths, [f.size for f in files])
+    reader = open_reader()
     # Two buffers: a worker thread fills one while the other is on its way out.
     buffers = [bytearray(1 + chunk_size), bytearray(1 + chunk_size)]
     digests: list[str] = []
@@ -349,26 +407,37 @@ async def receive(
     depth); an offer over it is refused before any byte. ``encrypt`` and
     ``relay_token`` as for send().
     """
+    options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token)
+    display = make_progress(progress, "receive")
+    root = Path(dest)
+
+    def sink(entries: Sequence[Entry]) -> Sink:
+        return Destination(root, entries, overwrite=overwrite)
+
+    return await _shown(display, _receive(options, code, sink, policy, display))
+
+
+def _receiver_options(
+    server: str, code: str, cafile: str | None, wait_timeout: float | None, encrypt: bool,
+    relay_token: str | None,
+) -> _Options:
     if code is None or code == GENERATE:
         raise UsageError("The receiver needs the code the sender shows.")
-    room_hash_hex(code)
-    options = _Options(server, cafile, wait_timeout, encrypt, relay_token)
-    display = make_progress(progress, "receive")
-    return await _shown(
-        display, _receive(options, code, Path(dest), overwrite, policy, display))
+    room_hash_hex(code)  # a malformed code is a usage error before anything starts
+    return _Options(server, cafile, wait_timeout, encrypt, relay_token)
 
 
 async def _receive(
     options: _Options,
     code: str,
-    root: Path,
-    overwrite: bool,
+    make_sink: Callable[[Sequence[Entry]], Sink],
     policy: ReceivePolicy | None,
     display: Progress,
 ) -> TransferResult:
+    """Receive into the sink that ``make_sink`` picks for the manifest (it may refuse it)."""
     room = room_hash_hex(code)
     proto = Receiver(room, policy=policy)
-    destination: Destination | None = None
+    destination: Sink | None = None
     async with open_link(options.server, room=room, cafile=options.cafile,
                          token=options.relay_token) as ws:
         plain = RelayLink(ws, "receiver")
@@ -383,18 +452,19 @@ async def _receive(
                 timeout, waiting_for = IDLE_TIMEOUT, "the sender to send more"
             while True:
                 message = await link.recv(timeout, waiting_for)
-                # Once paired, a sender that stays connected but sends nothing is stuck.
-                timeout, waiting_for = IDLE_TIMEOUT, "the sender to send more"
                 events = proto.receive(message)
+                if proto.sender_spoke:
+                    # Once paired, a sender that stays connected but sends nothing is stuck.
+                    timeout, waiting_for = IDLE_TIMEOUT, "the sender to send more"
                 if not events:
                     continue
                 first = events[0]
                 if isinstance(first, ManifestReceived):
                     started = time.monotonic()
-                    destination = Destination(root, first.entries, overwrite=overwrite)
+                    destination = make_sink(first.entries)
                     await asyncio.to_thread(destination.prepare)
                     await link.send(proto.accept())
-                    display.started(first.total_bytes, len(first.files))
+                    display.started(first.total_bytes, len(first.data))
                 elif isinstance(first, TransferFinished):
                     assert destination is not None
                     display.verifying()
@@ -415,13 +485,13 @@ async def _receive(
         tuple(destination.results),
         sum(r.size for r in destination.results),
         time.monotonic() - started,
-        destination=root,
+        destination=destination.root if isinstance(destination, Destination) else None,
         code=code,
     )
 
 
 async def _write(
-    destination: Destination, events: Sequence[object], display: Progress
+    destination: Sink, events: Sequence[object], display: Progress
 ) -> None:
     batch = [e for e in events if isinstance(e, (FileData, FileCompleted))]
     work = asyncio.ensure_future(asyncio.to_thread(destination.apply, batch))
@@ -437,3 +507,241 @@ async def _write(
     for result in completed:
         display.file_done(result)
 
+
+
+# --- pipes, text and objects ------------------------------------------------------------
+
+
+def _sender_options(
+    server: str, code: str | None, chunk_size: int, cafile: str | None,
+    wait_timeout: float | None, encrypt: bool, relay_token: str | None,
+) -> _Options:
+    _check_chunk_size(chunk_size)
+    if code is not None and code != GENERATE:
+        room_hash_hex(code)
+    return _Options(server, cafile, wait_timeout, encrypt, relay_token)
+
+
+def _entry_name(name: str) -> str:
+    try:
+        check_entries([StreamEntry(name)])
+    except UnsafePathError as exc:
+        raise UsageError(f"Cannot send under the name {display_name(name)!r}: {exc}") from None
+    return name
+
+
+async def send_stream(
+    server: str,
+    code: str | None,
+    source: BinaryIO,
+    *,
+    name: str = "stdin",
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    encrypt: bool = True,
+    relay_token: str | None = None,
+) -> TransferResult:
+    """Send what can be read from the binary file ``source`` (a pipe) until its end.
+
+    The length need not be known: the receiver learns it, and the SHA-256, at the end.
+    ``source`` is read in chunks from a worker thread, never whole, and only once the
+    receiver has accepted. A receiver that saves files gets it as ``name``. Other
+    arguments as for send().
+    """
+    options = _sender_options(server, code, chunk_size, cafile, wait_timeout, encrypt,
+                              relay_token)
+    outgoing = _Outgoing((StreamEntry(_entry_name(name)),), lambda: PipeReader(source))
+    display = make_progress(progress, "send")
+    return await _shown(display, _send_outgoing(options, code, outgoing, display, chunk_size))
+
+
+async def receive_stream(
+    server: str,
+    code: str,
+    out: BinaryIO,
+    *,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+    encrypt: bool = True,
+    relay_token: str | None = None,
+    max_bytes: int | None = None,
+) -> TransferResult:
+    """Write the single file, stream or object the sender sends to the binary file ``out``.
+
+    Nothing touches the disk. Bytes are written as they arrive; the SHA-256 is checked at
+    the end, and a mismatch raises IntegrityError *after* the bytes were written: a pipe
+    cannot be unwritten, so treat the output as valid only if this returns. More than one
+    file, or more than ``max_bytes``, is refused (PolicyError).
+    """
+    options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token)
+    display = make_progress(progress, "receive")
+    policy = ReceivePolicy(max_bytes=max_bytes)
+    return await _shown(
+        display, _receive(options, code, lambda entries: PipeSink(entries, out), policy, display))
+
+
+async def send_object(
+    server: str,
+    code: str | None,
+    obj: object,
+    *,
+    name: str | None = None,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    encrypt: bool = True,
+    relay_token: str | None = None,
+) -> TransferResult:
+    """Send a Python object to the receiver's receive_object(), without pickle.
+
+    Supported: bytes, str, JSON values, NumPy arrays, pandas DataFrames, pyarrow Tables and
+    RecordBatches (objects.py says how each travels); anything else is a UsageError before
+    anything starts. Large arrays and tables are streamed from their own memory, so do not
+    modify ``obj`` until this returns. A receiver that saves files gets the bytes as
+    ``name`` (default by kind: array.npy, dataframe.arrows, ...). Other arguments as for
+    send().
+    """
+    options = _sender_options(server, code, chunk_size, cafile, wait_timeout, encrypt,
+                              relay_token)
+    encoded = await asyncio.to_thread(encode_object, obj, chunk_size=chunk_size)
+    path = _entry_name(name if name is not None else default_name(encoded.meta["kind"]))
+    entry = FileEntry(path, encoded.size, meta=encoded.meta)
+    outgoing = _Outgoing((entry,), lambda: ChunkReader(encoded.chunks(), encoded.size))
+    display = make_progress(progress, "send")
+    return await _shown(display, _send_outgoing(options, code, outgoing, display, chunk_size))
+
+
+async def receive_object(
+    server: str,
+    code: str,
+    *,
+    max_bytes: int | None = None,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+    encrypt: bool = True,
+    relay_token: str | None = None,
+) -> object:
+    """Receive the object the sender's send_object() sends; nothing touches the disk.
+
+    The object is rebuilt from data-only formats (never pickle), after its description was
+    checked and before it is returned, its SHA-256. A plain file or stream arrives as
+    ``bytes``. ``max_bytes`` (default: this machine's memory) caps the size that is
+    accepted; a bigger offer is refused before anything is allocated (PolicyError).
+    """
+    return await _receive_one(server, code, None, max_bytes, cafile, progress, wait_timeout,
+                              encrypt, relay_token)
+
+
+async def send_text(
+    server: str,
+    code: str | None,
+    text: str,
+    *,
+    name: str = "text.txt",
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    encrypt: bool = True,
+    relay_token: str | None = None,
+) -> TransferResult:
+    """Send ``text``: receive_text() returns it, ``p2p-copy receive`` prints it."""
+    if not isinstance(text, str):
+        raise UsageError(f"send_text() sends a str, not a {type(text).__name__}.")
+    return await send_object(server, code, text, name=name, cafile=cafile, progress=progress,
+                             wait_timeout=wait_timeout, chunk_size=chunk_size, encrypt=encrypt,
+                             relay_token=relay_token)
+
+
+async def receive_text(
+    server: str,
+    code: str,
+    *,
+    max_bytes: int | None = None,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+    encrypt: bool = True,
+    relay_token: str | None = None,
+) -> str:
+    """Receive the text the sender's send_text() (or ``p2p-copy send --text``) sends.
+
+    Anything but a text is refused before any byte moves (PolicyError).
+    """
+    text = await _receive_one(server, code, "str", max_bytes, cafile, progress,
+                              wait_timeout, encrypt, relay_token)
+    assert isinstance(text, str)
+    return text
+
+
+async def _receive_one(
+    server: str, code: str, kind: str | None, max_bytes: int | None,
+    cafile: str | None, progress: ProgressKind | Progress | None,
+    wait_timeout: float | None, encrypt: bool, relay_token: str | None,
+) -> object:
+    options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token)
+    display = make_progress(progress, "receive")
+    limit = memory_limit() if max_bytes is None else max_bytes
+    sinks: list[ObjectSink] = []
+
+    def sink(entries: Sequence[Entry]) -> Sink:
+        sinks.append(_object_sink(entries, limit, kind))
+        return sinks[-1]
+
+    # The sink caps a stream itself, with a message about objects rather than files.
+    await _shown(display, _receive(options, code, sink, None, display))
+    return sinks[-1].value
+
+
+def _object_sink(entries: Sequence[Entry], limit: int | None, kind: str | None) -> ObjectSink:
+    sink = ObjectSink(entries, limit)
+    if kind is not None and sink.kind != kind:
+        raise PolicyError(
+            f"The sender offers an object of kind {sink.kind!r}; this receiver takes only "
+            f"{kind!r}. Use p2p_copy.receive_object() for any object, or p2p_copy.receive() "
+            "for files."
+        )
+    return sink
+
+
+async def receive_any(
+    server: str,
+    code: str,
+    dest: str | os.PathLike[str] = ".",
+    *,
+    out: BinaryIO | None = None,
+    overwrite: bool = False,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+    encrypt: bool = True,
+    relay_token: str | None = None,
+    policy: ReceivePolicy | None = None,
+) -> tuple[TransferResult, str | None]:
+    """The CLI's receive: to ``out`` if given, else a text is returned, else files to ``dest``.
+
+    What the sender offers decides between a text and files, once its manifest arrived.
+    """
+    options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token)
+    display = make_progress(progress, "receive")
+    limit = policy.max_bytes if policy is not None else None
+    texts: list[ObjectSink] = []
+
+    def sink(entries: Sequence[Entry]) -> Sink:
+        if out is not None:
+            return PipeSink(entries, out)
+        if len(entries) == 1 and isinstance(entries[0], FileEntry) and entries[0].meta \
+                and entries[0].meta.get("kind") == "str":
+            texts.append(_object_sink(entries, limit or memory_limit(), "str"))
+            return texts[-1]
+        return Destination(Path(dest), entries, overwrite=overwrite)
+
+    result = await _shown(display, _receive(options, code, sink, policy, display))
+    text = texts[-1].value if texts else None
+    assert text is None or isinstance(text, str)
+    return result, text

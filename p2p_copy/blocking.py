@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import api
 from .errors import CancelledError
@@ -24,7 +24,13 @@ from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
 from .results import TransferResult
 
-__all__ = ["send_blocking", "receive_blocking", "CANCEL_GRACE"]
+__all__ = [
+    "send_blocking",
+    "receive_blocking",
+    "send_object_blocking",
+    "receive_object_blocking",
+    "CANCEL_GRACE",
+]
 
 #: Seconds a cancelled transfer gets to tidy up. Removing partial files and telling the
 #: peer take milliseconds; the closing handshake with the relay that follows can take
@@ -33,16 +39,19 @@ CANCEL_GRACE = 5.0
 #: Waiting in slices keeps the caller interruptible even where a lock wait is not (Windows).
 _POLL = 0.2
 
+T = TypeVar("T")
 
-class _Worker:
+
+class _Worker(Generic[T]):
     """One transfer on its own event loop in its own thread."""
 
-    def __init__(self, work: Callable[[], Coroutine[Any, Any, TransferResult]]) -> None:
+    def __init__(self, work: Callable[[], Coroutine[Any, Any, T]]) -> None:
         self._work = work
         # Made here, not in the thread, so that a cancel can be queued before it runs.
         self._loop = asyncio.new_event_loop()
-        self._task: asyncio.Task[TransferResult] | None = None
-        self._result: TransferResult | None = None
+        self._task: asyncio.Task[T] | None = None
+        self._result: T | None = None
+        self._has_result = False
         self._error: BaseException | None = None
         # Waited on instead of the thread itself: on Python 3.11 a Ctrl-C that interrupts
         # Thread.join() leaves the thread marked as ended while it still runs.
@@ -54,6 +63,7 @@ class _Worker:
         try:
             self._task = loop.create_task(self._work())
             self._result = loop.run_until_complete(self._task)
+            self._has_result = True
         except BaseException as exc:
             self._error = exc
         finally:
@@ -93,15 +103,15 @@ class _Worker:
         if self._task is not None:
             self._task.cancel()
 
-    def outcome(self) -> TransferResult:
+    def outcome(self) -> T:
         if self._error is not None:
             error, self._error = self._error, None  # no reference cycle through the traceback
             if isinstance(error, asyncio.CancelledError):
                 # Not the caller's task being cancelled: the transfer was.
                 raise CancelledError("The transfer was cancelled.") from None
             raise error
-        assert self._result is not None
-        return self._result
+        assert self._has_result
+        return self._result  # type: ignore[return-value]
 
 
 def _wind_down(loop: asyncio.AbstractEventLoop) -> None:
@@ -115,7 +125,7 @@ def _wind_down(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_until_complete(loop.shutdown_default_executor())
 
 
-def _run(work: Callable[[], Coroutine[Any, Any, TransferResult]]) -> TransferResult:
+def _run(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     worker = _Worker(work)
     try:
         # Within the try: the transfer may be under way before start() has returned.
@@ -167,3 +177,42 @@ def receive_blocking(
     return _run(lambda: api.receive(server, code, dest, overwrite=overwrite, cafile=cafile,
                                     progress=display, wait_timeout=wait_timeout,
                                     encrypt=encrypt, relay_token=relay_token, policy=policy))
+
+
+def send_object_blocking(
+    server: str,
+    code: str | None,
+    obj: object,
+    *,
+    name: str | None = None,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+    chunk_size: int = api.DEFAULT_CHUNK_SIZE,
+    encrypt: bool = True,
+    relay_token: str | None = None,
+) -> TransferResult:
+    """``p2p_copy.send_object(...)`` for code that does not await."""
+    display = make_progress(progress, "send")
+    return _run(lambda: api.send_object(server, code, obj, name=name, cafile=cafile,
+                                        progress=display, wait_timeout=wait_timeout,
+                                        chunk_size=chunk_size, encrypt=encrypt,
+                                        relay_token=relay_token))
+
+
+def receive_object_blocking(
+    server: str,
+    code: str,
+    *,
+    max_bytes: int | None = None,
+    cafile: str | None = None,
+    progress: ProgressKind | Progress | None = None,
+    wait_timeout: float | None = None,
+    encrypt: bool = True,
+    relay_token: str | None = None,
+) -> object:
+    """``p2p_copy.receive_object(...)`` for code that does not await."""
+    display = make_progress(progress, "receive")
+    return _run(lambda: api.receive_object(server, code, max_bytes=max_bytes, cafile=cafile,
+                                           progress=display, wait_timeout=wait_timeout,
+                                           encrypt=encrypt, relay_token=relay_token))

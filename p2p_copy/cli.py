@@ -32,6 +32,9 @@ examples:
   p2p-copy send ws://127.0.0.1:8765 auto report.pdf data/      (prints a code)
   p2p-copy receive ws://127.0.0.1:8765 7-crossover-clockwork-puma --out incoming/
   {CODE_ENV}=7-crossover-clockwork-puma p2p-copy receive wss://relay.example.org -
+  tar c dir | p2p-copy send ws://127.0.0.1:8765 7-crossover-clockwork-puma -
+  p2p-copy receive ws://127.0.0.1:8765 7-crossover-clockwork-puma --stdout | tar x
+  p2p-copy send ws://127.0.0.1:8765 auto --text "see you at 5"   (receive prints it)
   p2p-copy demo
 
 exit codes: 0 ok, 1 other error, 2 usage, 3 relay unreachable, 4 timeout, 5 code in use,
@@ -98,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     send = sub.add_parser("send", help="send files and folders", epilog=EXAMPLES,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     _client_args(send)
-    send.add_argument("files", nargs="+", metavar="FILE", help="files and folders to send")
+    send.add_argument("files", nargs="*", metavar="FILE",
+                      help="files and folders to send; a lone '-' sends standard input")
+    send.add_argument("--text", metavar="TEXT",
+                      help="send TEXT instead of files (the receiver prints it)")
+    send.add_argument("--name", metavar="NAME",
+                      help="with '-' or --text: the file name a receiver saving to disk uses")
     _common_options(send)
 
     receive = sub.add_parser("receive", help="receive files and folders", epilog=EXAMPLES,
@@ -107,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     receive.add_argument("--out", default=".", metavar="DIR",
                          help="destination folder (default: .)")
     receive.add_argument("--overwrite", action="store_true", help="replace files that exist")
+    receive.add_argument("--stdout", action="store_true",
+                         help="write the single file or stream to standard output (progress "
+                         "goes to stderr); the exit code says whether its SHA-256 matched")
     receive.add_argument("--max-files", type=int, metavar="N",
                          help="refuse an offer of more than N files")
     receive.add_argument("--max-bytes", type=int, metavar="BYTES",
@@ -176,8 +187,6 @@ def _command(args: argparse.Namespace) -> int:
 
         return int(_run(run_demo(size_mib=args.size)))
 
-    from . import api
-
     code = code_from_env() if args.code == "-" else args.code
     token = args.relay_token or os.environ.get(RELAY_TOKEN_ENV) or None
     common: dict[str, Any] = dict(cafile=args.cafile, wait_timeout=args.wait_timeout,
@@ -187,15 +196,72 @@ def _command(args: argparse.Namespace) -> int:
         if code == GENERATE:
             # Whatever the display, the person running this must learn the generated code.
             progress = with_code_on_stderr(make_progress(progress, "send"))
-        result = _run(api.send(args.server, code, args.files, progress=progress, **common))
+        result = _run(_send(args, code, progress, common))
     else:
-        result = _run(api.receive(args.server, code, args.out, overwrite=args.overwrite,
-                                  progress=_progress(args), policy=_policy(args), **common))
+        result = _receive(args, code, common)
     if not args.json and sys.stderr.isatty():
         verb = "Sent" if args.command == "send" else "Received"
         print(f"{verb} {len(result.files)} file(s), {result.bytes:,} bytes in "
               f"{result.duration:.1f} s.", file=sys.stderr)
     return 0
+
+
+def _send(args: argparse.Namespace, code: str, progress: Any,
+          common: dict[str, Any]) -> Coroutine[Any, Any, Any]:
+    """The send coroutine for what the arguments name: files, standard input or a text."""
+    from . import api
+
+    files: list[str] = args.files
+    if args.text is not None:
+        if files:
+            raise UsageError("Give either FILEs or --text, not both.")
+        return api.send_text(args.server, code, args.text, name=args.name or "text.txt",
+                             progress=progress, **common)
+    if not files:
+        raise UsageError("Nothing to send: give files or folders, '-' for standard input, "
+                         "or --text TEXT.")
+    if "-" in files:
+        if len(files) > 1:
+            raise UsageError("'-' (standard input) is sent on its own, without other FILEs.")
+        return api.send_stream(args.server, code, sys.stdin.buffer, name=args.name or "stdin",
+                               progress=progress, **common)
+    if args.name is not None:
+        raise UsageError("--name names standard input ('-') or a --text; files keep their "
+                         "own names.")
+    return api.send(args.server, code, files, progress=progress, **common)
+
+
+def _receive(args: argparse.Namespace, code: str, common: dict[str, Any]) -> Any:
+    """Receive files into --out, a single file or stream to stdout, or a text to print."""
+    from . import api
+
+    progress = _progress(args)
+    out = None
+    if args.stdout:
+        if args.out != "." or args.overwrite:
+            raise UsageError("--stdout writes nothing to disk: leave out --out and --overwrite.")
+        out = sys.stdout.buffer
+        if progress == "json":
+            # Standard output carries the data: the events go to stderr.
+            from .progress import JsonProgress
+
+            progress = JsonProgress(sys.stderr)
+    result, text = _run(api.receive_any(args.server, code, args.out, out=out,
+                                        overwrite=args.overwrite, progress=progress,
+                                        policy=_policy(args), **common))
+    if text is not None:
+        _print_text(text)
+    return result
+
+
+def _print_text(text: str) -> None:
+    """A received text to stdout: as it is into a pipe, made safe on a terminal."""
+    if not sys.stdout.isatty():
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    # The peer chose the text: control characters must not reach the terminal as such.
+    print("\n".join(display_name(line) for line in text.split("\n")))
 
 
 def _relay_limit_options(relay: argparse.ArgumentParser) -> None:

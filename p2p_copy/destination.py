@@ -28,10 +28,10 @@ from .errors import (
     RemoteProtocolError,
     UnsafePathError,
 )
-from .messages import DirEntry, Entry, FileEntry
+from .messages import DataEntry, DirEntry, Entry, FileEntry
 from .paths import display_name, split_safe_path
 from .results import FileResult
-from .transfer import FileCompleted, FileData
+from .transfer import FileCompleted, FileData, data_entries
 
 __all__ = ["Destination", "TEMP_SUFFIX"]
 
@@ -62,9 +62,10 @@ def _os_error(exc: OSError, path: Path) -> P2PCopyError:
 class _Open:
     """A file being received: its temporary name, descriptor and running hash."""
 
-    def __init__(self, final: Path, entry: FileEntry) -> None:
+    def __init__(self, final: Path, entry: DataEntry) -> None:
         self.final = final
         self.entry = entry
+        self.written = 0
         # Hidden, unique, and recognisable as ours; cut so the name stays under 255 bytes.
         stem = final.name.encode()[:180].decode(errors="ignore")
         self.temp = final.with_name(f".{stem}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
@@ -78,7 +79,8 @@ class Destination:
     def __init__(self, root: Path, entries: Sequence[Entry], *, overwrite: bool = False) -> None:
         self.root = root
         self.entries = tuple(entries)
-        self.files = tuple(e for e in self.entries if isinstance(e, FileEntry))
+        # Files and a final stream, by file number.
+        self.files = data_entries(self.entries)
         self.overwrite = overwrite
         self._open: dict[int, _Open] = {}
         self._made_dirs: list[Path] = []
@@ -94,7 +96,8 @@ class Destination:
             raise _os_error(exc, self.root) from None
         for entry in self.entries:
             self._check_target(entry)
-        needed = sum(f.size for f in self.files)
+        # A stream's size is unknown: it can only fail when the disk fills up.
+        needed = sum(f.size for f in self.files if isinstance(f, FileEntry))
         free = shutil.disk_usage(self.root).free
         if needed + SPACE_MARGIN + SPACE_PER_ENTRY * len(self.entries) > free:
             raise DiskFullError(
@@ -126,7 +129,7 @@ class Destination:
                 raise DestinationExistsError(
                     f"{display_name(str(path))!r} exists and is not a folder."
                 )
-            if last and isinstance(entry, FileEntry):
+            if last and not isinstance(entry, DirEntry):
                 if stat.S_ISDIR(st.st_mode) or not self.overwrite:
                     raise DestinationExistsError(
                         f"{display_name(str(path))!r} already exists. Pass --overwrite "
@@ -154,8 +157,10 @@ class Destination:
             while data:
                 written = os.write(current.fd, data)
                 current.hash.update(data[:written])
+                current.written += written
                 data = data[written:]
-            if event.offset + len(event.data) == current.entry.size:
+            entry = current.entry
+            if isinstance(entry, FileEntry) and event.offset + len(event.data) == entry.size:
                 # Its checksum may come a few thousand files later: free the descriptor now.
                 self._seal(current)
         except OSError as exc:
@@ -222,7 +227,7 @@ class Destination:
         except P2PCopyError:
             self._discard(current)
             raise
-        result = FileResult(entry.path, entry.size, digest)
+        result = FileResult(entry.path, current.written, digest)
         self.results.append(result)
         return result
 

@@ -12,7 +12,7 @@ import enum
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from .errors import IncompatiblePeerError, RemoteProtocolError
@@ -29,7 +29,9 @@ __all__ = [
     "Confirm",
     "FileEntry",
     "DirEntry",
+    "StreamEntry",
     "Entry",
+    "DataEntry",
     "Manifest",
     "Accept",
     "Checksums",
@@ -107,13 +109,18 @@ class Ready:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """A regular file in the manifest; its bytes follow in the data stream."""
+    """A regular file in the manifest; its bytes follow in the data stream.
+
+    ``meta`` describes a Python object whose bytes these are (objects.py); a receiver
+    that saves files ignores it.
+    """
 
     path: str
     size: int
     mode: int = 0o644
     mtime: float | None = None
     kind: Literal["file"] = "file"
+    meta: dict[str, Any] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,24 @@ class DirEntry:
     kind: Literal["dir"] = "dir"
 
 
-Entry = FileEntry | DirEntry
+@dataclass(frozen=True)
+class StreamEntry:
+    """Bytes of a length nobody knows up front (a pipe): only ever the manifest's last entry.
+
+    Its bytes run from where the files before it end until the sender's ``checksums``
+    for it; that message fixes its size.
+    """
+
+    path: str
+    mode: int = 0o644
+    mtime: float | None = None
+    kind: Literal["stream"] = "stream"
+    meta: dict[str, Any] | None = field(default=None, hash=False)
+
+
+Entry = FileEntry | DirEntry | StreamEntry
+#: The entries that have bytes in the data stream, numbered in manifest order.
+DataEntry = FileEntry | StreamEntry
 
 
 @dataclass(frozen=True)
@@ -208,10 +232,12 @@ def _entry_to_json(entry: Entry) -> dict[str, Any]:
     if isinstance(entry, FileEntry):
         obj["size"] = entry.size
     else:
-        obj["kind"] = "dir"
+        obj["kind"] = entry.kind
     obj["mode"] = entry.mode
     if entry.mtime is not None:
         obj["mtime"] = entry.mtime
+    if not isinstance(entry, DirEntry) and entry.meta is not None:
+        obj["meta"] = entry.meta
     return obj
 
 
@@ -312,10 +338,22 @@ def _parse_entry(obj: Any) -> Entry:
             size=_int(obj, "size", 0, MAX_FILE_SIZE),
             mode=_int(obj, "mode", 0, _MAX_MODE, 0o644),
             mtime=_mtime(obj),
+            meta=_meta(obj),
         )
+    if kind == "stream":
+        return StreamEntry(path=path, mode=_int(obj, "mode", 0, _MAX_MODE, 0o644),
+                           mtime=_mtime(obj), meta=_meta(obj))
     if kind == "dir":
         return DirEntry(path=path, mode=_int(obj, "mode", 0, _MAX_MODE, 0o755), mtime=_mtime(obj))
     raise RemoteProtocolError(f"unknown manifest entry kind {kind!r}")
+
+
+def _meta(obj: dict[str, Any]) -> dict[str, Any] | None:
+    # Only its shape is checked here; objects.ObjectDecoder judges what it says.
+    value = obj.get("meta")
+    if value is not None and not isinstance(value, dict):
+        raise RemoteProtocolError("an entry's 'meta' must be a JSON object")
+    return value
 
 
 def _parse_manifest(obj: dict[str, Any]) -> Manifest:
@@ -337,7 +375,12 @@ def _parse_manifest(obj: dict[str, Any]) -> Manifest:
     more = obj.get("more", False)
     if not isinstance(more, bool):
         raise RemoteProtocolError("the manifest's 'more' must be true or false")
-    return Manifest(entries=tuple(_parse_entry(e) for e in entries), more=more)
+    parsed = tuple(_parse_entry(e) for e in entries)
+    for index, entry in enumerate(parsed):
+        # A stream ends the whole manifest: nothing follows it, in this part or another.
+        if isinstance(entry, StreamEntry) and (more or index != len(parsed) - 1):
+            raise RemoteProtocolError("a stream entry must be the manifest's last entry")
+    return Manifest(entries=parsed, more=more)
 
 
 def _parse_checksums(obj: dict[str, Any]) -> Checksums:

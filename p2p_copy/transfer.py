@@ -33,6 +33,7 @@ from .errors import (
     EncryptionMismatchError,
     LocalProtocolError,
     P2PCopyError,
+    PolicyError,
     RemoteProtocolError,
     error_for_wire_code,
 )
@@ -40,6 +41,7 @@ from .messages import (
     DATA_RAW,
     Accept,
     Checksums,
+    DataEntry,
     Done,
     Entry,
     Eof,
@@ -50,11 +52,12 @@ from .messages import (
     Pake,
     Ready,
     Role,
+    StreamEntry,
     Waiting,
     encode,
     parse_message,
 )
-from .paths import check_entries, display_name
+from .paths import display_name
 from .policy import ReceivePolicy, check_policy
 
 __all__ = [
@@ -67,6 +70,7 @@ __all__ = [
     "FileCompleted",
     "TransferFinished",
     "ReceiverEvent",
+    "data_entries",
     "MANIFEST_PART_BYTES",
     "HELLO_VERSION",
     "peer_error",
@@ -117,6 +121,11 @@ class ManifestReceived:
         return tuple(e for e in self.entries if isinstance(e, FileEntry))
 
     @property
+    def data(self) -> tuple[DataEntry, ...]:
+        """The entries with bytes, in the order of their file numbers (a stream is last)."""
+        return data_entries(self.entries)
+
+    @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
@@ -147,13 +156,22 @@ ReceiverEvent = ManifestReceived | FileData | FileCompleted | TransferFinished
 
 
 class _Stream:
-    """Where file boundaries fall in the concatenated data stream."""
+    """Where file boundaries fall in the concatenated data stream.
 
-    def __init__(self, sizes: Sequence[int]) -> None:
-        self.sizes = tuple(sizes)
+    The last file may be a stream of unknown size (``None``): it takes every byte after
+    the files before it until its checksum arrives, which fixes its size (``close_open``).
+    """
+
+    def __init__(self, sizes: Sequence[int | None]) -> None:
+        self.open_end = bool(sizes) and sizes[-1] is None
+        known = [s for s in sizes if s is not None]
+        if len(known) != len(sizes) - self.open_end:
+            raise LocalProtocolError("only the last file may have an unknown size")
+        self.sizes: tuple[int, ...] = tuple(known)
         # ends[i] is the stream offset just after file i's last byte.
         self.ends = tuple(itertools.accumulate(self.sizes))
         self.total = self.ends[-1] if self.ends else 0
+        self.count = len(sizes)
         self.position = 0
         self.checksummed = 0
 
@@ -161,13 +179,42 @@ class _Stream:
         """How many files have all their bytes before ``position``."""
         return bisect.bisect_right(self.ends, self.position)
 
+    def room(self) -> int | None:
+        """How many more bytes may come, or None while a stream is open."""
+        return None if self.open_end else self.total - self.position
+
+    def close_open(self) -> None:
+        """The open stream ends here: it has every byte after the files before it."""
+        self.sizes += (self.position - self.total,)
+        self.ends += (self.position,)
+        self.total = self.position
+        self.open_end = False
+
     def check_checksums(self, first: int, count: int) -> str | None:
-        """Why a checksums message for files first..first+count-1 is out of place, or None."""
+        """Why a checksums message for files first..first+count-1 is out of place, or None.
+
+        A checksum for an open stream closes it, once the files before it are complete.
+        """
         if first != self.checksummed:
             return f"checksums for file {first} arrived, file {self.checksummed} was next"
+        if self.open_end and first + count == self.count and self.position >= self.total:
+            self.close_open()
         if first + count > self.files_complete():
             return "checksums arrived for a file whose bytes were not all sent"
         return None
+
+    def finished(self) -> bool:
+        return not self.open_end and self.position == self.total and (
+            self.checksummed == self.count)
+
+
+def data_entries(entries: Sequence[Entry]) -> tuple[DataEntry, ...]:
+    """The entries that have bytes in the data stream, numbered in this order."""
+    return tuple(e for e in entries if isinstance(e, (FileEntry, StreamEntry)))
+
+
+def _sizes(entries: Sequence[Entry]) -> list[int | None]:
+    return [e.size if isinstance(e, FileEntry) else None for e in data_entries(entries)]
 
 
 def peer_error(message: ErrorMessage, peer: Role) -> P2PCopyError:
@@ -196,7 +243,7 @@ class Sender:
         self.waiting_confirmed = False
         self.entries = tuple(entries)
         self._part_bytes = manifest_part_bytes
-        self._stream = _Stream([e.size for e in self.entries if isinstance(e, FileEntry)])
+        self._stream = _Stream(_sizes(self.entries))
 
     @property
     def bytes_sent(self) -> int:
@@ -274,7 +321,8 @@ class Sender:
             raise LocalProtocolError("a data message must carry at least one byte")
         if len(buffer) < 1 + length:
             raise LocalProtocolError("the buffer is shorter than the data it should carry")
-        if self._stream.position + length > self._stream.total:
+        room = self._stream.room()
+        if room is not None and length > room:
             raise LocalProtocolError("more data than the manifest announced")
         buffer[0] = DATA_RAW
         self._stream.position += length
@@ -295,8 +343,7 @@ class Sender:
 
     def eof(self) -> str:
         self._expect(SenderState.STREAMING)
-        stream = self._stream
-        if stream.position != stream.total or stream.checksummed != len(stream.sizes):
+        if not self._stream.finished():
             raise LocalProtocolError("eof before every byte and checksum was sent")
         self.state = SenderState.WAIT_DONE
         return encode(Eof())
@@ -324,6 +371,7 @@ class Receiver:
         self.state = ReceiverState.START
         self.policy = policy or ReceivePolicy()
         self._waiting_seen = False
+        self._sender_spoke = False
         self.code_hash_hex = code_hash_hex
         self.max_entries = self.policy.max_entries if max_entries is None else max_entries
         self.entries: tuple[Entry, ...] = ()
@@ -333,6 +381,11 @@ class Receiver:
     @property
     def bytes_received(self) -> int:
         return self._stream.position
+
+    @property
+    def sender_spoke(self) -> bool:
+        """Whether anything but the relay's ``waiting`` arrived: the sender is there."""
+        return self._sender_spoke
 
     def hello(self) -> str:
         if self.state is not ReceiverState.START:
@@ -345,6 +398,7 @@ class Receiver:
         """Feed a message from the sender; return what it means, in order."""
         try:
             if isinstance(message, (bytes, bytearray, memoryview)):
+                self._sender_spoke = True
                 return self._receive_data(memoryview(message))
             return self._receive_control(parse_message(message))
         except P2PCopyError as exc:
@@ -358,6 +412,7 @@ class Receiver:
         if waiting and isinstance(msg, Waiting) and not self._waiting_seen:
             self._waiting_seen = True  # the relay's word that no sender is there yet
             return []
+        self._sender_spoke = True
         if waiting and isinstance(msg, Pake):
             raise EncryptionMismatchError(
                 "The sender encrypts, but the receiver was started with --no-encrypt. "
@@ -373,11 +428,12 @@ class Receiver:
             return [FileCompleted(msg.first + i, d) for i, d in enumerate(msg.sha256)]
         if self.state is ReceiverState.STREAMING and isinstance(msg, Eof):
             stream = self._stream
-            if stream.position != stream.total or stream.checksummed != len(stream.sizes):
+            if not stream.finished():
+                total = "a stream of unknown length" if stream.open_end else stream.total
                 raise RemoteProtocolError(
                     f"The sender ended the transfer early: {stream.position} of "
-                    f"{stream.total} bytes and {stream.checksummed} of "
-                    f"{len(stream.sizes)} checksums arrived."
+                    f"{total} bytes and {stream.checksummed} of "
+                    f"{stream.count} checksums arrived."
                 )
             self.state = ReceiverState.FINISHING
             return [TransferFinished()]
@@ -396,9 +452,17 @@ class Receiver:
             return []
         self.entries = tuple(self._parts)
         self._parts = []
-        check_entries(self.entries)
-        check_policy(self.entries, self.policy)
-        self._stream = _Stream([e.size for e in self.entries if isinstance(e, FileEntry)])
+        check_policy(self.entries, self.policy)  # paths.check_entries' rules included
+        self._stream = _Stream(_sizes(self.entries))
+        if self._stream.open_end:
+            files = self._stream.count
+            if self.policy.max_files is not None and files > self.policy.max_files:
+                raise PolicyError(
+                    f"The sender offers {files:,} files (one a stream), more than this "
+                    f"receiver accepts ({self.policy.max_files:,}). To accept it, raise the "
+                    "limit: --max-files on the command line, ReceivePolicy(max_files=...) "
+                    "in Python."
+                )
         self.state = ReceiverState.DECIDING
         return [ManifestReceived(self.entries)]
 
@@ -411,14 +475,26 @@ class Receiver:
             raise RemoteProtocolError("The sender sent a data message of unknown format.")
         stream = self._stream
         payload = data[1:]
-        if stream.position + len(payload) > stream.total:
+        room = stream.room()
+        if room is not None and len(payload) > room:
             raise RemoteProtocolError("The sender sent more bytes than its manifest announced.")
+        limit = self.policy.max_bytes
+        if limit is not None and stream.position + len(payload) > limit:
+            # Only a stream gets here: the sizes of files were checked with the manifest.
+            raise PolicyError(
+                f"The sender's stream grew past {limit:,} bytes, the most this receiver "
+                "accepts; what arrived was discarded. To accept more, raise the limit: "
+                "--max-bytes on the command line, ReceivePolicy(max_bytes=...) in Python."
+            )
         events: list[ReceiverEvent] = []
         file = stream.files_complete()
         while payload:
-            start = stream.ends[file] - stream.sizes[file]
+            if file == len(stream.sizes):  # the open stream: it takes everything
+                start, size = stream.total, stream.position - stream.total + len(payload)
+            else:
+                start, size = stream.ends[file] - stream.sizes[file], stream.sizes[file]
             offset = stream.position - start
-            take = min(len(payload), stream.sizes[file] - offset)
+            take = min(len(payload), size - offset)
             if take:
                 events.append(FileData(file, offset, payload[:take]))
                 payload = payload[take:]

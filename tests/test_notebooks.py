@@ -41,7 +41,7 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 PROGRESS_MODELS = {"FloatProgressModel", "IntProgressModel"}
 
 #: How many "identical: True" lines each notebook prints when all its transfers worked.
-IDENTICAL_LINES = {"quickstart": 1, "two-machines": 2, "own-relay": 1}
+IDENTICAL_LINES = {"quickstart": 1, "two-machines": 2, "own-relay": 1, "kernel-to-kernel": 2}
 
 # A test runs at most one notebook (the first to ask for it); the others reuse its result.
 pytestmark = pytest.mark.timeout(RUN_TIMEOUT + 30)
@@ -264,6 +264,18 @@ def test_own_relay_checks_health_and_shows_stats(executed: Callable[[str], Any])
     forwarded = re.search(r"^bytes forwarded: +([\d,]+)$", text, re.MULTILINE)
     assert forwarded and int(forwarded[1].replace(",", "")) > 2 * 2**20
     assert "no longer answers" in text
+
+
+def test_kernel_to_kernel_moves_objects_between_two_kernels(
+    executed: Callable[[str], Any],
+) -> None:
+    """Kernel B is another process than kernel A, received a DataFrame and an array, and is gone."""
+    text = _stdout(executed("kernel-to-kernel"))
+    pids = dict(re.findall(r"^kernel ([AB]) pid: (\d+)$", text, re.MULTILINE))
+    assert set(pids) == {"A", "B"} and pids["A"] != pids["B"], text
+    assert "kernel B received: DataFrame (50000, 3) ndarray float32 (512, 256)" in text
+    assert "kernel B stopped: True" in text
+    assert not _alive(int(pids["B"]))
 
 
 # --- Binder ----------------------------------------------------------------------------------

@@ -883,3 +883,14 @@ def test_receiver_survives_any_message_sequence(
     """Any sequence of messages yields consistent events or a P2PCopyError, nothing else."""
     start: list[str | bytes] = [_fuzz_manifest] if start_with_manifest else []
     check_receiver(start + messages)
+
+
+def test_relay_waiting_is_not_the_sender_speaking() -> None:
+    """The relay's ``waiting`` keeps the receiver in its join wait; the first sender message
+    ends it (api.py then switches to the idle timeout)."""
+    receiver = Receiver("ab" * 32)
+    receiver.hello()
+    assert receiver.receive('{"type":"waiting"}') == []
+    assert not receiver.sender_spoke
+    receiver.receive('{"type":"manifest","version":1,"entries":[]}')
+    assert receiver.sender_spoke

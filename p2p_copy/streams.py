@@ -1,0 +1,360 @@
+"""Sources and sinks that are not files on disk: pipes, and Python objects in memory.
+
+The sender reads its data stream from a *reader*; sources.StreamReader reads files, and
+here ``PipeReader`` reads a pipe (standard input) of unknown length and ``ChunkReader``
+the chunks of an encoded object (objects.py). The receiver hands the stream to a *sink*;
+destination.Destination writes files, and here ``PipeSink`` writes one file or stream to
+a pipe (standard output) and ``ObjectSink`` rebuilds one object in memory.
+
+Memory stays bounded by the chunk size: nothing holds a whole stream, except an object
+that has to exist in memory anyway (ObjectDecoder writes an array straight into place).
+Every sink checks each file's SHA-256 before it reports the file complete. What a pipe
+sink has written cannot be taken back: when the check fails, the bytes are already out,
+and only the error (the CLI's exit code) says that they are not to be trusted.
+
+All methods block: the asyncio layer calls them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, NoReturn, Protocol
+
+from .errors import (
+    IntegrityError,
+    LocalProtocolError,
+    P2PCopyError,
+    PolicyError,
+    RemoteProtocolError,
+    UsageError,
+)
+from .messages import DataEntry, Entry, FileEntry
+from .objects import ObjectDecoder
+from .paths import display_name
+from .results import FileResult
+from .transfer import FileCompleted, FileData, data_entries
+
+__all__ = [
+    "Reader",
+    "Sink",
+    "PipeReader",
+    "ChunkReader",
+    "PipeSink",
+    "ObjectSink",
+    "single_entry",
+    "default_name",
+    "memory_limit",
+]
+
+
+class Reader(Protocol):
+    """Where a sender's data stream comes from (sources.StreamReader is one)."""
+
+    def read_into(self, buffer: bytearray, start: int = 1) -> tuple[int, list[str]]:
+        """Fill ``buffer[start:]`` (maybe partly); bytes read and SHA-256s of files finished."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True once every byte has been read and every digest returned."""
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Where a receiver's data stream goes (destination.Destination is one)."""
+
+    results: list[FileResult]
+
+    def prepare(self) -> None:
+        """Refuse now, before ``accept``, what cannot end well."""
+
+    def apply(self, events: Iterable[FileData | FileCompleted]) -> list[FileResult]:
+        """Take data and verify files, in order; return the files that are complete."""
+
+    def finish(self) -> None:
+        """After eof: everything was verified."""
+
+    def abort(self) -> None:
+        """The transfer failed: drop what is partial."""
+
+
+class PipeReader:
+    """A stream of unknown length read from a binary file (standard input), hashed."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        # One read returns what the pipe holds now: a slow producer is not kept waiting
+        # for a full message.
+        read: Callable[[memoryview], int | None] | None = (
+            getattr(source, "readinto1", None) or getattr(source, "readinto", None))
+        if read is None:
+            raise UsageError("A stream to send must be a binary file opened for reading.")
+        self._read = read
+        self._hash = hashlib.sha256()
+        self._exhausted = False
+
+    def read_into(self, buffer: bytearray, start: int = 1) -> tuple[int, list[str]]:
+        view = memoryview(buffer)[start:]
+        try:
+            got = self._read(view)
+        except OSError as exc:
+            raise UsageError(f"Cannot read standard input: {exc.strerror or exc}.") from None
+        if not got:
+            self._exhausted = True
+            return 0, [self._hash.hexdigest()]
+        self._hash.update(view[:got])
+        return got, []
+
+    @property
+    def exhausted(self) -> bool:
+        return self._exhausted
+
+    def close(self) -> None:
+        pass  # the caller's file: the caller closes it
+
+
+class ChunkReader:
+    """The chunks of one encoded object (objects.EncodedObject), ``size`` bytes in all."""
+
+    def __init__(self, chunks: Iterator[memoryview], size: int) -> None:
+        self._chunks = chunks
+        self._left = size
+        self._pending = memoryview(b"")
+        self._hash = hashlib.sha256()
+        self._exhausted = False
+
+    def read_into(self, buffer: bytearray, start: int = 1) -> tuple[int, list[str]]:
+        view = memoryview(buffer)[start:]
+        filled = 0
+        while filled < len(view) and self._left:
+            if not self._pending:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    self._changed()
+                self._pending = memoryview(chunk).cast("B")
+                continue
+            take = min(len(view) - filled, len(self._pending), self._left)
+            view[filled : filled + take] = self._pending[:take]
+            self._pending = self._pending[take:]
+            filled += take
+            self._left -= take
+        self._hash.update(view[:filled])
+        if self._left or self._exhausted:
+            return filled, []
+        if self._pending or any(len(rest) for rest in self._chunks):
+            self._changed()
+        self._exhausted = True
+        return filled, [self._hash.hexdigest()]
+
+    @staticmethod
+    def _changed() -> NoReturn:
+        raise UsageError(
+            "The object changed size while it was being sent. Send it again once nothing "
+            "modifies it."
+        )
+
+    @property
+    def exhausted(self) -> bool:
+        return self._exhausted
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def single_entry(entries: Sequence[Entry], what: str) -> DataEntry:
+    """The one file or stream of a transfer that ``what`` takes, else PolicyError."""
+    data = data_entries(entries)
+    if len(data) != 1 or len(entries) != 1:
+        raise PolicyError(
+            f"The sender offers {len(data):,} files and {len(entries) - len(data):,} folders; "
+            f"{what} takes exactly one file, stream or object. Receive into a folder instead "
+            "(p2p-copy receive --out DIR, or p2p_copy.receive())."
+        )
+    return data[0]
+
+
+class _Verified:
+    """A running SHA-256 and byte count for the single file of a pipe or object sink."""
+
+    def __init__(self, entry: DataEntry) -> None:
+        self.entry = entry
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data: memoryview) -> None:
+        self.hash.update(data)
+        self.size += len(data)
+
+    def check(self, event: FileCompleted, damaged: str) -> FileResult:
+        digest = self.hash.hexdigest()
+        if digest != event.sha256:
+            raise IntegrityError(
+                f"{display_name(self.entry.path)!r} arrived damaged (SHA-256 mismatch); "
+                f"{damaged}"
+            )
+        return FileResult(self.entry.path, self.size, digest)
+
+
+class PipeSink:
+    """Writes the one file or stream of a transfer to a binary file (standard output)."""
+
+    def __init__(self, entries: Sequence[Entry], out: BinaryIO) -> None:
+        self._file = _Verified(single_entry(entries, "writing to standard output"))
+        self._out = out
+        self.results: list[FileResult] = []
+
+    def prepare(self) -> None:
+        pass
+
+    def apply(self, events: Iterable[FileData | FileCompleted]) -> list[FileResult]:
+        done: list[FileResult] = []
+        for event in events:
+            if isinstance(event, FileData):
+                self._file.update(event.data)
+                self._write(event.data)
+            else:
+                self._flush()
+                done.append(self._file.check(
+                    event, "what was written cannot be taken back: do not use it, and send "
+                    "it again."))
+                self.results.extend(done)
+        return done
+
+    def _write(self, data: memoryview) -> None:
+        try:
+            while data:
+                written = self._out.write(data)
+                # A raw (unbuffered) file may take only part; a buffered one takes all.
+                data = data[len(data) if written is None else written:]
+        except BrokenPipeError:
+            raise P2PCopyError(
+                "Standard output was closed before the transfer ended (the program reading "
+                "it stopped). Nothing more was received."
+            ) from None
+        except OSError as exc:
+            raise P2PCopyError(f"Cannot write to standard output: {exc.strerror}.") from None
+
+    def _flush(self) -> None:
+        try:
+            self._out.flush()
+        except BrokenPipeError:
+            raise P2PCopyError(
+                "Standard output was closed before the transfer ended."
+            ) from None
+        except OSError as exc:
+            raise P2PCopyError(f"Cannot write to standard output: {exc.strerror}.") from None
+
+    def finish(self) -> None:
+        self._flush()
+
+    def abort(self) -> None:
+        pass  # written bytes cannot be taken back; the error says so
+
+
+class ObjectSink:
+    """Rebuilds the one object of a transfer in memory; ``value`` once verified.
+
+    An entry with ``meta`` (objects.py) is checked by an ObjectDecoder before ``accept``;
+    a plain file or stream arrives as ``bytes``. ``max_bytes`` caps what is held.
+    """
+
+    def __init__(self, entries: Sequence[Entry], max_bytes: int | None) -> None:
+        entry = single_entry(entries, "receive_object()")
+        self._file = _Verified(entry)
+        self.meta = entry.meta
+        self._decoder: ObjectDecoder | None = None
+        self._buffer = bytearray()
+        self._max_bytes = max_bytes
+        self._value: object = None
+        self._done = False
+        self.results: list[FileResult] = []
+
+    @property
+    def kind(self) -> str:
+        """What the sender sends: an objects.KINDS name, or "bytes" for a plain file."""
+        return str(self.meta.get("kind")) if self.meta is not None else "bytes"
+
+    def prepare(self) -> None:
+        entry = self._file.entry
+        if self.meta is None:
+            if isinstance(entry, FileEntry):
+                self._check_size(entry.size)
+            return
+        self._decoder = ObjectDecoder(self.meta, max_bytes=self._max_bytes)
+        if isinstance(entry, FileEntry) and entry.size != self._decoder.size:
+            raise RemoteProtocolError(
+                f"The sender's object is malformed: its description says {self._decoder.size} "
+                f"bytes, its entry {entry.size}. Nothing was kept."
+            )
+
+    def apply(self, events: Iterable[FileData | FileCompleted]) -> list[FileResult]:
+        done: list[FileResult] = []
+        for event in events:
+            if isinstance(event, FileData):
+                self._file.update(event.data)
+                if self._decoder is not None:
+                    self._decoder.feed(event.data)
+                else:
+                    self._check_size(self._file.size)
+                    self._buffer += event.data
+            else:
+                result = self._file.check(event, "it was discarded. Send it again.")
+                self._value = self._decode()
+                self._done = True
+                self.results.append(result)
+                done.append(result)
+        return done
+
+    def _check_size(self, size: int) -> None:
+        if self._max_bytes is not None and size > self._max_bytes:
+            raise PolicyError(
+                f"The sender offers more than {self._max_bytes:,} bytes, the limit set here "
+                "(max_bytes); nothing was kept. Ask for something smaller or raise the limit."
+            )
+
+    def _decode(self) -> object:
+        if self._decoder is not None:
+            return self._decoder.finish()
+        data, self._buffer = bytes(self._buffer), bytearray()
+        return data
+
+    @property
+    def value(self) -> object:
+        """The object, once verified."""
+        if not self._done:
+            raise LocalProtocolError("the object has not arrived yet")
+        return self._value
+
+    def finish(self) -> None:
+        if not self._done:
+            raise LocalProtocolError("eof before the object was complete")
+
+    def abort(self) -> None:
+        self._decoder = None
+        self._buffer = bytearray()
+        self._value = None
+
+
+def default_name(kind: str) -> str:
+    """The file name an object gets on a receiver that saves it to disk."""
+    return {
+        "bytes": "object.bin",
+        "str": "text.txt",
+        "json": "object.json",
+        "numpy.ndarray": "array.npy",
+        "pandas.DataFrame": "dataframe.arrows",
+        "arrow.Table": "table.arrows",
+        "arrow.RecordBatch": "batch.arrows",
+    }.get(kind, "object.bin")
+
+
+def memory_limit() -> int | None:
+    """This machine's physical memory in bytes: no object bigger than that can arrive."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
