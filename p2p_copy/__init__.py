@@ -8,23 +8,11 @@ Both are coroutines for the caller's running loop (a Jupyter kernel's, or asynci
 kernels without a file and without pickle; ``send_stream``/``receive_stream`` move a pipe.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .api import (
-    receive,
-    receive_object,
-    receive_stream,
-    receive_text,
-    send,
-    send_object,
-    send_stream,
-    send_text,
-)
-from .blocking import (
-    receive_blocking,
-    receive_object_blocking,
-    send_blocking,
-    send_object_blocking,
-)
 from .codes import generate_code
 from .errors import (
     AccessDeniedError,
@@ -50,10 +38,57 @@ from .errors import (
     UsageError,
     WrongCodeError,
 )
-from .handles import Transfer, start_receive, start_send
 from .policy import ReceivePolicy
-from .relay import Relay, RelayConfig
 from .results import FileResult, TransferResult
+
+# The transfer, relay and notebook layers import websockets, cryptography and more:
+# they load on first use, so that `p2p-copy --help` and `import p2p_copy` stay quick.
+_LAZY = {
+    **dict.fromkeys(
+        ("send", "receive", "send_object", "receive_object", "send_stream", "receive_stream",
+         "send_text", "receive_text"), "api"),
+    **dict.fromkeys(
+        ("send_blocking", "receive_blocking", "send_object_blocking",
+         "receive_object_blocking"), "blocking"),
+    **dict.fromkeys(("Transfer", "start_send", "start_receive"), "handles"),
+    **dict.fromkeys(("Relay", "RelayConfig"), "relay"),
+}
+
+if TYPE_CHECKING:
+    from .api import (
+        receive,
+        receive_object,
+        receive_stream,
+        receive_text,
+        send,
+        send_object,
+        send_stream,
+        send_text,
+    )
+    from .blocking import (
+        receive_blocking,
+        receive_object_blocking,
+        send_blocking,
+        send_object_blocking,
+    )
+    from .handles import Transfer, start_receive, start_send
+    from .relay import Relay, RelayConfig
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'p2p_copy' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # found once, then a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__",

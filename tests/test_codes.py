@@ -14,6 +14,7 @@ import pytest
 import p2p_copy
 from p2p_copy import codes
 from p2p_copy.errors import UsageError
+from p2p_copy.progress import NoProgress
 from p2p_copy.testing import running_relay
 
 from .conftest import Processes, run_cli
@@ -72,7 +73,7 @@ async def test_generated_code_is_shown_once_the_room_is_ours(tmp_path: Path) -> 
     src.write_text("generated")
     shown: list[str] = []
 
-    class Watch(p2p_copy.progress.NoProgress):  # type: ignore[name-defined,misc]
+    class Watch(NoProgress):
         def showing_code(self, server: str, code: str) -> None:
             shown.append(code)
 
@@ -106,7 +107,7 @@ async def test_taken_room_gets_a_new_generated_code(
                 await asyncio.sleep(0.01)
         shown: list[str] = []
 
-        class Watch(p2p_copy.progress.NoProgress):  # type: ignore[name-defined,misc]
+        class Watch(NoProgress):
             def showing_code(self, server: str, code: str) -> None:
                 shown.append(code)
 

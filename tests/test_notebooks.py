@@ -282,7 +282,8 @@ def test_kernel_to_kernel_moves_objects_between_two_kernels(
 
 
 def test_binder_builds_the_package_for_the_quickstart() -> None:
-    """repo2docker config: a Python the package supports, JupyterLab with widgets, pip install ."""
+    """repo2docker config: a Python the package supports, JupyterLab with widgets, and the
+    package itself with the objects extra (the kernel-to-kernel notebook needs pandas)."""
     runtime = (BINDER / "runtime.txt").read_text().strip()
     match = re.fullmatch(r"python-(\d+)\.(\d+)", runtime)
     assert match, runtime
@@ -303,7 +304,8 @@ def test_binder_builds_the_package_for_the_quickstart() -> None:
     assert post_build.stat().st_mode & stat.S_IXUSR, "binder/postBuild must be executable"
     script = post_build.read_text()
     assert script.startswith("#!")
-    assert re.search(r"^(python3? -m )?pip install (--no-cache-dir )?\.$", script, re.MULTILINE)
+    install = r"^(python3? -m )?pip install (--no-cache-dir )?(\.|\"\.\[objects\]\")$"
+    assert re.search(install, script, re.MULTILINE)
 
 
 def test_readme_launches_the_quickstart_on_binder() -> None:
