@@ -46,7 +46,7 @@ from .results import FileResult, TransferResult
 _LAZY = {
     **dict.fromkeys(
         ("send", "receive", "send_object", "receive_object", "send_stream", "receive_stream",
-         "send_text", "receive_text"), "api"),
+         "send_text", "receive_text", "DEFAULT_RECONNECT_TIMEOUT"), "api"),
     **dict.fromkeys(
         ("send_blocking", "receive_blocking", "send_object_blocking",
          "receive_object_blocking"), "blocking"),
@@ -56,6 +56,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .api import (
+        DEFAULT_RECONNECT_TIMEOUT,
         receive,
         receive_object,
         receive_stream,
@@ -92,6 +93,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "__version__",
+    "DEFAULT_RECONNECT_TIMEOUT",
     "send",
     "receive",
     "start_send",

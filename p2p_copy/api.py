@@ -26,6 +26,7 @@ from .errors import (
     P2PCopyError,
     PeerGoneError,
     PolicyError,
+    RelayUnreachableError,
     TransferTimeoutError,
     UnsafePathError,
     UsageError,
@@ -37,7 +38,8 @@ from .paths import check_entries, display_name
 from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
 from .results import FileResult, TransferResult
-from .sources import Sources, StreamReader, collect_sources
+from .resume import ChainHasher, Offer
+from .sources import SourceChains, Sources, StreamReader, collect_sources
 from .streams import (
     ChunkReader,
     ObjectSink,
@@ -53,8 +55,9 @@ from .transfer import (
     FileData,
     ManifestReceived,
     Receiver,
+    ResumeAgreed,
     Sender,
-    TransferFinished,
+    SenderState,
     data_entries,
 )
 
@@ -69,6 +72,7 @@ __all__ = [
     "receive_text",
     "receive_any",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_RECONNECT_TIMEOUT",
 ]
 
 #: Bytes of file data per message. 64-256 KiB beat 1 MiB and more on loopback here.
@@ -86,6 +90,81 @@ ACCEPT_TIMEOUT = 60.0
 WAITING_GRACE = 5.0
 #: Generated codes tried when their rooms turn out to be taken.
 MAX_CODE_ATTEMPTS = 8
+#: How long, after the connection drops, both peers keep reconnecting (seconds; 0: never).
+DEFAULT_RECONNECT_TIMEOUT = 120.0
+#: Backoff between reconnect attempts: from the first delay, doubling up to the last.
+RECONNECT_FIRST_DELAY = 0.5
+RECONNECT_MAX_DELAY = 8.0
+
+
+class _Reconnect:
+    """Whether and when to try again after a drop: bounded backoff, within a time budget.
+
+    The budget runs from the first failed attempt of an outage and is renewed once an
+    attempt reaches the peer again, so a long transfer may survive many short outages.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.attempt = 0
+        self._delay = RECONNECT_FIRST_DELAY
+        self._deadline: float | None = None
+
+    @property
+    def reconnecting(self) -> bool:
+        """Whether we are in an outage: the attempt under way is a reconnect."""
+        return self._deadline is not None
+
+    def connected(self) -> None:
+        self._deadline = None
+        self._delay = RECONNECT_FIRST_DELAY
+
+    def next_delay(self) -> float | None:
+        """Seconds to wait before the next attempt, or None once the budget is spent."""
+        if self.timeout <= 0:
+            return None
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self.timeout
+        left = self._deadline - now
+        if left <= 0:
+            return None
+        delay = min(self._delay, left)
+        self._delay = min(self._delay * 2, RECONNECT_MAX_DELAY)
+        self.attempt += 1
+        return delay
+
+    def wait_timeout(self, default: float | None) -> float | None:
+        """How long an attempt may wait for the peer: the budget left, while reconnecting."""
+        if self._deadline is None:
+            return default
+        return max(self._deadline - time.monotonic(), 0.1)
+
+
+def _retryable(exc: BaseException, reconnecting: bool) -> bool:
+    """Whether ``exc`` is a drop that a new connection can get past (not a peer's verdict)."""
+    if not isinstance(exc, P2PCopyError) or exc.from_peer:
+        return False
+    if isinstance(exc, (ConnectionLostError, PeerGoneError)):
+        return True
+    # While the relay restarts it is unreachable, and it may still hold our old room.
+    return reconnecting and isinstance(exc, (RelayUnreachableError, CodeInUseError))
+
+
+def _optional(display: Progress, name: str, *args: object) -> None:
+    """Call a Progress method added with resume if ``display`` has it (older ones do not)."""
+    method = getattr(display, name, None)
+    if method is not None:
+        method(*args)
+
+
+async def _backoff(retry: _Reconnect, exc: P2PCopyError, display: Progress) -> None:
+    """Wait before the next attempt, or re-raise ``exc`` once the budget is spent."""
+    delay = retry.next_delay()
+    if delay is None:
+        raise exc
+    _optional(display, "reconnecting", retry.attempt, delay, str(exc))
+    await asyncio.sleep(delay)
 
 
 async def _fail_politely(
@@ -119,6 +198,7 @@ async def send(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     encrypt: bool = True,
     relay_token: str | None = None,
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
 ) -> TransferResult:
     """Send files and folders to the receiver that uses the same ``code`` on ``server``.
 
@@ -127,11 +207,16 @@ async def send(
     it its final name. ``wait_timeout`` bounds the wait for the receiver to join
     (default: the relay's). ``encrypt=False`` speaks the plain protocol: the relay can
     then read everything. ``relay_token`` is a private relay's access token.
+
+    When the connection drops, both sides reconnect with the same code for up to
+    ``reconnect_timeout`` seconds (0: never) and continue each file from the prefix the
+    receiver already holds; so does running the same send and receive again later.
     """
     _check_chunk_size(chunk_size)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    options = _Options(server, cafile, wait_timeout, encrypt, relay_token)
+    options = _Options(server, cafile, wait_timeout, encrypt, relay_token,
+                       _reconnect(reconnect_timeout))
     if code is not None and code != GENERATE:
         room_hash_hex(code)  # a malformed code is a usage error before anything starts
     display = make_progress(progress, "send")
@@ -178,6 +263,14 @@ async def _shown(display: Progress, work: Awaitable[TransferResult]) -> Transfer
     return result
 
 
+def _reconnect(timeout: float | None) -> float:
+    if timeout is None:
+        return 0.0
+    if not timeout >= 0:  # NaN too
+        raise UsageError("reconnect_timeout must be 0 (off) or a number of seconds.")
+    return float(timeout)
+
+
 @dataclass(frozen=True)
 class _Options:
     """How to reach the relay and what to ask of it: the same for both sides."""
@@ -187,20 +280,48 @@ class _Options:
     wait_timeout: float | None
     encrypt: bool
     relay_token: str | None
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Outgoing:
     """What a sender sends: the manifest entries and, once accepted, their data stream."""
 
     entries: tuple[Entry, ...]
-    #: Called once the receiver accepted, so that a pipe is not read before then.
-    open_reader: Callable[[], Reader]
+    #: Called once the receiver accepted, so that a pipe is not read before then; files
+    #: named in the argument continue from their hasher's position.
+    open_reader: Callable[[dict[int, ChainHasher]], Reader]
+    #: Checks a receiver's resume offer (blocking): the prefix's hasher if it matches.
+    verify: Callable[[Offer], ChainHasher | None] | None = None
+    #: False for a pipe: once read, it cannot be sent again on a new connection.
+    once: bool = False
+    opened: bool = False
 
     @classmethod
     def files(cls, sources: Sources) -> _Outgoing:
         sizes = [e.size for e in sources.entries if isinstance(e, FileEntry)]
-        return cls(sources.entries, lambda: StreamReader(sources.files, sizes))
+        chains = SourceChains(sources.files, sizes)
+        return cls(sources.entries,
+                   lambda starts: StreamReader(sources.files, sizes, starts, chains),
+                   chains.verify)
+
+    def reader(self, starts: dict[int, ChainHasher]) -> Reader:
+        self.opened = True
+        return self.open_reader(starts)
+
+    @property
+    def restartable(self) -> bool:
+        return not (self.once and self.opened)
+
+    def check_offers(self, offers: Sequence[Offer]) -> dict[int, ChainHasher]:
+        """The offers whose prefixes match our sources (blocking: rereads what it must)."""
+        accepted: dict[int, ChainHasher] = {}
+        if self.verify is not None:
+            for offer in offers:
+                chain = self.verify(offer)
+                if chain is not None:
+                    accepted[offer.file] = chain
+        return accepted
 
     @property
     def known_bytes(self) -> int:
@@ -218,6 +339,32 @@ async def _send(
     return await _send_outgoing(options, code, _Outgoing.files(sources), display, chunk_size)
 
 
+@dataclass
+class _Run:
+    """What one send or receive keeps across its reconnects."""
+
+    retry: _Reconnect
+    #: The peer was reached once: from now on a drop is worth a reconnect.
+    paired: bool = False
+    #: ``display.started`` was called.
+    started: bool = False
+    started_at: float = 0.0
+    #: File bytes this run put on the wire (sender) over all attempts.
+    wire_bytes: int = 0
+    sink: Sink | None = None
+    #: The error that started the current outage.
+    drop: P2PCopyError | None = None
+
+
+def _give_up_with_the_drop(run: _Run, exc: P2PCopyError) -> None:
+    """Note the first error of an outage; if the peer never came back, raise that one."""
+    if not run.retry.reconnecting:
+        run.drop = exc
+    elif isinstance(exc, TransferTimeoutError) and run.drop is not None:
+        # "No peer joined in time" would hide why we were waiting at all.
+        raise run.drop from exc
+
+
 async def _send_outgoing(
     options: _Options,
     code: str | None,
@@ -226,15 +373,34 @@ async def _send_outgoing(
     chunk_size: int,
 ) -> TransferResult:
     generated = code is None or code == GENERATE
+    run = _Run(_Reconnect(options.reconnect_timeout), started_at=time.monotonic())
     for attempt in range(MAX_CODE_ATTEMPTS):
         current = generate_code(attempt) if generated else str(code)
         try:
-            return await _send_once(options, current, generated, outgoing, display, chunk_size)
+            return await _send_run(options, current, generated, outgoing, display, chunk_size,
+                                   run)
         except CodeInUseError:
             # A generated code is only shown once its room is ours: pick another quietly.
-            if not generated or attempt == MAX_CODE_ATTEMPTS - 1:
+            if run.paired or not generated or attempt == MAX_CODE_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+async def _send_run(
+    options: _Options, code: str, generated: bool, outgoing: _Outgoing, display: Progress,
+    chunk_size: int, run: _Run,
+) -> TransferResult:
+    """Send, reconnecting with the same code after a drop until done or out of budget."""
+    while True:
+        try:
+            return await _send_once(options, code, generated, outgoing, display, chunk_size,
+                                    run)
+        except P2PCopyError as exc:
+            _give_up_with_the_drop(run, exc)
+            if not (run.paired and outgoing.restartable
+                    and _retryable(exc, run.retry.reconnecting)):
+                raise
+            await _backoff(run.retry, exc, display)
 
 
 async def _wait_for_receiver(
@@ -268,20 +434,28 @@ async def _send_once(
     outgoing: _Outgoing,
     display: Progress,
     chunk_size: int,
+    run: _Run,
 ) -> TransferResult:
     room = room_hash_hex(code)
-    proto = Sender(room, outgoing.entries, fresh=generated)
+    # Only the first connection of a generated code asks for a fresh room: a reconnect
+    # goes back to the room the receiver knows.
+    first = not run.paired
+    proto = Sender(room, outgoing.entries, fresh=generated and first)
     async with open_link(options.server, room=room, cafile=options.cafile,
                          token=options.relay_token) as ws:
         plain = RelayLink(ws, "sender")
         link: Link = plain
-        started = time.monotonic()
         try:
             await plain.send(proto.hello())
-            display.waiting()
-            await _wait_for_receiver(plain, proto, lambda: display.showing_code(
-                options.server, code), generated, options.wait_timeout)
-            started = time.monotonic()
+            if first:
+                display.waiting()
+            await _wait_for_receiver(
+                plain, proto,
+                (lambda: display.showing_code(options.server, code)) if first else lambda: None,
+                generated and first, run.retry.wait_timeout(options.wait_timeout))
+            if first:
+                run.started_at = time.monotonic()
+            run.paired = True
             if options.encrypt:
                 link = await handshake(plain, code, timeout=HANDSHAKE_TIMEOUT,
                                        waiting_for="the receiver's key exchange")
@@ -292,23 +466,35 @@ async def _send_once(
                 "the receiver to answer the list of files (a receiver running p2p-copy 0.1.x "
                 "never answers: ask them to upgrade with pip install -U p2p-copy)",
             ))
+            starts: dict[int, ChainHasher] = {}
+            if proto.state is SenderState.VERIFYING:
+                starts = await asyncio.to_thread(outgoing.check_offers, proto.offers)
+                await link.send(proto.resume([o for o in proto.offers if o.file in starts]))
+            run.retry.connected()
             files = data_entries(outgoing.entries)
-            display.started(outgoing.known_bytes, len(files))
-            digests = await _stream_with_watch(link, proto, outgoing.open_reader, display,
-                                               chunk_size)
+            if not run.started:
+                run.started = True
+                display.started(outgoing.known_bytes, len(files))
+            resumed = sum(proto.starts.values())
+            if resumed or run.retry.attempt:
+                _optional(display, "resumed", resumed)
+            digests = await _stream_with_watch(link, proto, lambda: outgoing.reader(starts),
+                                               display, chunk_size)
         except BaseException as exc:
             await _fail_politely(link, proto, exc)
             raise
+        finally:
+            run.wire_bytes += proto.bytes_sent
     # A stream's size is what was sent after the files before it.
-    stream_size = proto.bytes_sent - outgoing.known_bytes
+    stream_size = proto.bytes_sent - (outgoing.known_bytes - sum(proto.starts.values()))
     results = tuple(
         FileResult(f.path, f.size if isinstance(f, FileEntry) else stream_size, d)
         for f, d in zip(files, digests, strict=True)
     )
     for result in results:
         display.file_done(result)
-    return TransferResult("sender", results, proto.bytes_sent, time.monotonic() - started,
-                          code=code)
+    return TransferResult("sender", results, run.wire_bytes,
+                          time.monotonic() - run.started_at, code=code)
 
 
 async def _stream_with_watch(
@@ -398,16 +584,23 @@ async def receive(
     encrypt: bool = True,
     relay_token: str | None = None,
     policy: ReceivePolicy | None = None,
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
 ) -> TransferResult:
     """Receive what the sender with the same ``code`` sends, into the folder ``dest``.
 
     ``dest`` is created if it does not exist. Files appear under their final names only
-    once verified; on any error nothing partial is left behind. Existing files are kept
-    unless ``overwrite`` is true. ``policy`` limits what is accepted (files, bytes,
-    depth); an offer over it is refused before any byte. ``encrypt`` and
-    ``relay_token`` as for send().
+    once verified (whole-file SHA-256). Existing files are kept unless ``overwrite`` is
+    true; one with the size and time the sender announces is checked against the
+    sender's and, if equal, kept and not sent again. ``policy`` limits what is accepted
+    (files, bytes, depth); an offer over it is refused before any byte. ``encrypt``,
+    ``relay_token`` and ``reconnect_timeout`` as for send().
+
+    When the connection drops (and reconnecting does not help), partial files stay as
+    hidden ``.NAME.p2p-copy-part`` files with a ``.p2p-copy-resume`` sidecar, so that
+    running the same receive again continues them; any other error removes them.
     """
-    options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token)
+    options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token,
+                                reconnect_timeout)
     display = make_progress(progress, "receive")
     root = Path(dest)
 
@@ -419,12 +612,13 @@ async def receive(
 
 def _receiver_options(
     server: str, code: str, cafile: str | None, wait_timeout: float | None, encrypt: bool,
-    relay_token: str | None,
+    relay_token: str | None, reconnect_timeout: float | None,
 ) -> _Options:
     if code is None or code == GENERATE:
         raise UsageError("The receiver needs the code the sender shows.")
     room_hash_hex(code)  # a malformed code is a usage error before anything starts
-    return _Options(server, cafile, wait_timeout, encrypt, relay_token)
+    return _Options(server, cafile, wait_timeout, encrypt, relay_token,
+                    _reconnect(reconnect_timeout))
 
 
 async def _receive(
@@ -434,49 +628,95 @@ async def _receive(
     policy: ReceivePolicy | None,
     display: Progress,
 ) -> TransferResult:
-    """Receive into the sink that ``make_sink`` picks for the manifest (it may refuse it)."""
+    """Receive into the sink that ``make_sink`` picks for the manifest (it may refuse it).
+
+    After a drop, reconnect with the same code and start over from the manifest: the new
+    sink finds on disk what the last one kept (Sink.suspend) and offers it.
+    """
+    run = _Run(_Reconnect(options.reconnect_timeout), started_at=time.monotonic())
+    while True:
+        try:
+            return await _receive_once(options, code, make_sink, policy, display, run)
+        except P2PCopyError as exc:
+            _give_up_with_the_drop(run, exc)
+            restartable = run.sink is None or run.sink.restartable
+            if not (run.paired and restartable and _retryable(exc, run.retry.reconnecting)):
+                raise
+            await _backoff(run.retry, exc, display)
+
+
+async def _receive_once(
+    options: _Options,
+    code: str,
+    make_sink: Callable[[Sequence[Entry]], Sink],
+    policy: ReceivePolicy | None,
+    display: Progress,
+    run: _Run,
+) -> TransferResult:
     room = room_hash_hex(code)
     proto = Receiver(room, policy=policy)
     destination: Sink | None = None
+    first = not run.paired
     async with open_link(options.server, room=room, cafile=options.cafile,
                          token=options.relay_token) as ws:
         plain = RelayLink(ws, "receiver")
         link: Link = plain
-        started = time.monotonic()
         try:
             await plain.send(proto.hello())
-            display.waiting()
-            timeout, waiting_for = options.wait_timeout, "a sender to join"
+            if first:
+                display.waiting()
+            timeout = run.retry.wait_timeout(options.wait_timeout)
+            waiting_for = "a sender to join"
             if options.encrypt:
                 link = await handshake(plain, code, timeout=timeout, waiting_for=waiting_for)
+                run.paired = True
                 timeout, waiting_for = IDLE_TIMEOUT, "the sender to send more"
-            while True:
+            finished = False
+            while not finished:
                 message = await link.recv(timeout, waiting_for)
                 events = proto.receive(message)
                 if proto.sender_spoke:
+                    run.paired = True
                     # Once paired, a sender that stays connected but sends nothing is stuck.
                     timeout, waiting_for = IDLE_TIMEOUT, "the sender to send more"
-                if not events:
-                    continue
-                first = events[0]
-                if isinstance(first, ManifestReceived):
-                    started = time.monotonic()
-                    destination = make_sink(first.entries)
-                    await asyncio.to_thread(destination.prepare)
-                    await link.send(proto.accept())
-                    display.started(first.total_bytes, len(first.data))
-                elif isinstance(first, TransferFinished):
+                batch: list[FileData | FileCompleted] = []
+                for event in events:
+                    if isinstance(event, (FileData, FileCompleted)):
+                        batch.append(event)
+                        continue
+                    assert not batch  # the other events never follow data in one message
+                    if isinstance(event, ManifestReceived):
+                        if first:
+                            run.started_at = time.monotonic()
+                        destination = run.sink = make_sink(event.entries)
+                        await asyncio.to_thread(destination.prepare)
+                        await link.send(proto.accept(destination.offers()))
+                        if not run.started:
+                            run.started = True
+                            display.started(event.total_bytes, len(event.data))
+                        if not proto.starts and run.retry.attempt:
+                            _optional(display, "resumed", 0)
+                        run.retry.connected()
+                    elif isinstance(event, ResumeAgreed):
+                        assert destination is not None
+                        await asyncio.to_thread(destination.resume, event.starts)
+                        _optional(display, "resumed", sum(event.starts.values()))
+                    else:
+                        assert destination is not None
+                        display.verifying()
+                        await asyncio.to_thread(destination.finish)
+                        await link.send(proto.done())
+                        finished = True
+                if batch:
                     assert destination is not None
-                    display.verifying()
-                    await asyncio.to_thread(destination.finish)
-                    await link.send(proto.done())
-                    break
-                else:
-                    assert destination is not None
-                    await _write(destination, events, display)
+                    await _write(destination, batch, display)
         except BaseException as exc:
             if destination is not None:
-                destination.abort()
+                if _retryable(exc, reconnecting=False):
+                    # Kept for the next attempt, in this run or a later one.
+                    await asyncio.to_thread(destination.suspend)
+                else:
+                    destination.abort()
             await _fail_politely(link, proto, exc)
             raise
     assert destination is not None
@@ -484,16 +724,15 @@ async def _receive(
         "receiver",
         tuple(destination.results),
         sum(r.size for r in destination.results),
-        time.monotonic() - started,
+        time.monotonic() - run.started_at,
         destination=destination.root if isinstance(destination, Destination) else None,
         code=code,
     )
 
 
 async def _write(
-    destination: Sink, events: Sequence[object], display: Progress
+    destination: Sink, batch: Sequence[FileData | FileCompleted], display: Progress
 ) -> None:
-    batch = [e for e in events if isinstance(e, (FileData, FileCompleted))]
     work = asyncio.ensure_future(asyncio.to_thread(destination.apply, batch))
     try:
         completed = await asyncio.shield(work)
@@ -515,11 +754,13 @@ async def _write(
 def _sender_options(
     server: str, code: str | None, chunk_size: int, cafile: str | None,
     wait_timeout: float | None, encrypt: bool, relay_token: str | None,
+    reconnect_timeout: float | None,
 ) -> _Options:
     _check_chunk_size(chunk_size)
     if code is not None and code != GENERATE:
         room_hash_hex(code)
-    return _Options(server, cafile, wait_timeout, encrypt, relay_token)
+    return _Options(server, cafile, wait_timeout, encrypt, relay_token,
+                    _reconnect(reconnect_timeout))
 
 
 def _entry_name(name: str) -> str:
@@ -542,6 +783,7 @@ async def send_stream(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     encrypt: bool = True,
     relay_token: str | None = None,
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
 ) -> TransferResult:
     """Send what can be read from the binary file ``source`` (a pipe) until its end.
 
@@ -551,8 +793,10 @@ async def send_stream(
     arguments as for send().
     """
     options = _sender_options(server, code, chunk_size, cafile, wait_timeout, encrypt,
-                              relay_token)
-    outgoing = _Outgoing((StreamEntry(_entry_name(name)),), lambda: PipeReader(source))
+                              relay_token, reconnect_timeout)
+    # A pipe is read once: after a drop mid-stream there is nothing to send again.
+    outgoing = _Outgoing((StreamEntry(_entry_name(name)),), lambda _: PipeReader(source),
+                         once=True)
     display = make_progress(progress, "send")
     return await _shown(display, _send_outgoing(options, code, outgoing, display, chunk_size))
 
@@ -568,6 +812,7 @@ async def receive_stream(
     encrypt: bool = True,
     relay_token: str | None = None,
     max_bytes: int | None = None,
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
 ) -> TransferResult:
     """Write the single file, stream or object the sender sends to the binary file ``out``.
 
@@ -576,7 +821,8 @@ async def receive_stream(
     cannot be unwritten, so treat the output as valid only if this returns. More than one
     file, or more than ``max_bytes``, is refused (PolicyError).
     """
-    options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token)
+    options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token,
+                               reconnect_timeout)
     display = make_progress(progress, "receive")
     policy = ReceivePolicy(max_bytes=max_bytes)
     return await _shown(
@@ -595,6 +841,7 @@ async def send_object(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     encrypt: bool = True,
     relay_token: str | None = None,
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
 ) -> TransferResult:
     """Send a Python object to the receiver's receive_object(), without pickle.
 
@@ -606,11 +853,12 @@ async def send_object(
     send().
     """
     options = _sender_options(server, code, chunk_size, cafile, wait_timeout, encrypt,
-                              relay_token)
+                              relay_token, reconnect_timeout)
     encoded = await asyncio.to_thread(encode_object, obj, chunk_size=chunk_size)
     path = _entry_name(name if name is not None else default_name(encoded.meta["kind"]))
     entry = FileEntry(path, encoded.size, meta=encoded.meta)
-    outgoing = _Outgoing((entry,), lambda: ChunkReader(encoded.chunks(), encoded.size))
+    # An object starts over from its first byte after a drop (each chunks() call does).
+    outgoing = _Outgoing((entry,), lambda _: ChunkReader(encoded.chunks(), encoded.size))
     display = make_progress(progress, "send")
     return await _shown(display, _send_outgoing(options, code, outgoing, display, chunk_size))
 
@@ -625,6 +873,7 @@ async def receive_object(
     wait_timeout: float | None = None,
     encrypt: bool = True,
     relay_token: str | None = None,
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
 ) -> object:
     """Receive the object the sender's send_object() sends; nothing touches the disk.
 
@@ -634,7 +883,7 @@ async def receive_object(
     accepted; a bigger offer is refused before anything is allocated (PolicyError).
     """
     return await _receive_one(server, code, None, max_bytes, cafile, progress, wait_timeout,
-                              encrypt, relay_token)
+                              encrypt, relay_token, reconnect_timeout)
 
 
 async def send_text(
@@ -649,13 +898,14 @@ async def send_text(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     encrypt: bool = True,
     relay_token: str | None = None,
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
 ) -> TransferResult:
     """Send ``text``: receive_text() returns it, ``p2p-copy receive`` prints it."""
     if not isinstance(text, str):
         raise UsageError(f"send_text() sends a str, not a {type(text).__name__}.")
     return await send_object(server, code, text, name=name, cafile=cafile, progress=progress,
                              wait_timeout=wait_timeout, chunk_size=chunk_size, encrypt=encrypt,
-                             relay_token=relay_token)
+                             relay_token=relay_token, reconnect_timeout=reconnect_timeout)
 
 
 async def receive_text(
@@ -668,13 +918,14 @@ async def receive_text(
     wait_timeout: float | None = None,
     encrypt: bool = True,
     relay_token: str | None = None,
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
 ) -> str:
     """Receive the text the sender's send_text() (or ``p2p-copy send --text``) sends.
 
     Anything but a text is refused before any byte moves (PolicyError).
     """
     text = await _receive_one(server, code, "str", max_bytes, cafile, progress,
-                              wait_timeout, encrypt, relay_token)
+                              wait_timeout, encrypt, relay_token, reconnect_timeout)
     assert isinstance(text, str)
     return text
 
@@ -683,8 +934,10 @@ async def _receive_one(
     server: str, code: str, kind: str | None, max_bytes: int | None,
     cafile: str | None, progress: ProgressKind | Progress | None,
     wait_timeout: float | None, encrypt: bool, relay_token: str | None,
+    reconnect_timeout: float | None,
 ) -> object:
-    options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token)
+    options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token,
+                               reconnect_timeout)
     display = make_progress(progress, "receive")
     limit = memory_limit() if max_bytes is None else max_bytes
     sinks: list[ObjectSink] = []
@@ -722,12 +975,14 @@ async def receive_any(
     encrypt: bool = True,
     relay_token: str | None = None,
     policy: ReceivePolicy | None = None,
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
 ) -> tuple[TransferResult, str | None]:
     """The CLI's receive: to ``out`` if given, else a text is returned, else files to ``dest``.
 
     What the sender offers decides between a text and files, once its manifest arrived.
     """
-    options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token)
+    options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token,
+                               reconnect_timeout)
     display = make_progress(progress, "receive")
     limit = policy.max_bytes if policy is not None else None
     texts: list[ObjectSink] = []

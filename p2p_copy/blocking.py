@@ -151,12 +151,14 @@ def send_blocking(
     chunk_size: int = api.DEFAULT_CHUNK_SIZE,
     encrypt: bool = True,
     relay_token: str | None = None,
+    reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
 ) -> TransferResult:
     """``p2p_copy.send(...)`` for code that does not await: returns when the transfer ends."""
     display = make_progress(progress, "send")  # here: a widget belongs to the caller's thread
     return _run(lambda: api.send(server, code, paths, cafile=cafile, progress=display,
                                  wait_timeout=wait_timeout, chunk_size=chunk_size,
-                                 encrypt=encrypt, relay_token=relay_token))
+                                 encrypt=encrypt, relay_token=relay_token,
+                                 reconnect_timeout=reconnect_timeout))
 
 
 def receive_blocking(
@@ -171,12 +173,14 @@ def receive_blocking(
     encrypt: bool = True,
     relay_token: str | None = None,
     policy: ReceivePolicy | None = None,
+    reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
 ) -> TransferResult:
     """``p2p_copy.receive(...)`` for code that does not await: returns when the transfer ends."""
     display = make_progress(progress, "receive")
     return _run(lambda: api.receive(server, code, dest, overwrite=overwrite, cafile=cafile,
                                     progress=display, wait_timeout=wait_timeout,
-                                    encrypt=encrypt, relay_token=relay_token, policy=policy))
+                                    encrypt=encrypt, relay_token=relay_token, policy=policy,
+                                    reconnect_timeout=reconnect_timeout))
 
 
 def send_object_blocking(
@@ -191,13 +195,15 @@ def send_object_blocking(
     chunk_size: int = api.DEFAULT_CHUNK_SIZE,
     encrypt: bool = True,
     relay_token: str | None = None,
+    reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
 ) -> TransferResult:
     """``p2p_copy.send_object(...)`` for code that does not await."""
     display = make_progress(progress, "send")
     return _run(lambda: api.send_object(server, code, obj, name=name, cafile=cafile,
                                         progress=display, wait_timeout=wait_timeout,
                                         chunk_size=chunk_size, encrypt=encrypt,
-                                        relay_token=relay_token))
+                                        relay_token=relay_token,
+                                        reconnect_timeout=reconnect_timeout))
 
 
 def receive_object_blocking(
@@ -210,9 +216,11 @@ def receive_object_blocking(
     wait_timeout: float | None = None,
     encrypt: bool = True,
     relay_token: str | None = None,
+    reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
 ) -> object:
     """``p2p_copy.receive_object(...)`` for code that does not await."""
     display = make_progress(progress, "receive")
     return _run(lambda: api.receive_object(server, code, max_bytes=max_bytes, cafile=cafile,
                                            progress=display, wait_timeout=wait_timeout,
-                                           encrypt=encrypt, relay_token=relay_token))
+                                           encrypt=encrypt, relay_token=relay_token,
+                                           reconnect_timeout=reconnect_timeout))

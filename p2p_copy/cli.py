@@ -85,6 +85,13 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         metavar="TOKEN",
         help=f"access token of a private relay (default: ${RELAY_TOKEN_ENV})",
     )
+    parser.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="when the connection drops, keep reconnecting and resume for up to SECONDS "
+        "(default 120; 0 turns it off)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +198,8 @@ def _command(args: argparse.Namespace) -> int:
     token = args.relay_token or os.environ.get(RELAY_TOKEN_ENV) or None
     common: dict[str, Any] = dict(cafile=args.cafile, wait_timeout=args.wait_timeout,
                                   encrypt=not args.no_encrypt, relay_token=token)
+    if args.reconnect_timeout is not None:
+        common["reconnect_timeout"] = args.reconnect_timeout
     if args.command == "send":
         progress = _progress(args)
         if code == GENERATE:

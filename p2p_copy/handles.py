@@ -22,11 +22,19 @@ from .results import FileResult, TransferResult
 
 __all__ = ["Transfer", "Status", "start_send", "start_receive"]
 
-Status = Literal["waiting", "transferring", "verifying", "done", "failed", "cancelled"]
+Status = Literal["waiting", "transferring", "reconnecting", "verifying", "done", "failed",
+                 "cancelled"]
 
 # The loop keeps only weak references to tasks: a handle the caller drops must not
 # take its transfer with it to the garbage collector.
 _RUNNING: set[asyncio.Task[TransferResult]] = set()
+
+
+def _optional(display: object, name: str, *args: object) -> None:
+    """Call a Progress method added after 0.3 if ``display`` has it (older ones do not)."""
+    method = getattr(display, name, None)
+    if method is not None:
+        method(*args)
 
 
 class _Tracker:
@@ -63,6 +71,15 @@ class _Tracker:
     def verifying(self) -> None:
         self.status = "verifying"
         self.inner.verifying()
+
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        self.status = "reconnecting"
+        _optional(self.inner, "reconnecting", attempt, delay, reason)
+
+    def resumed(self, bytes_done: int) -> None:
+        self.status = "transferring"
+        self.bytes_done = bytes_done
+        _optional(self.inner, "resumed", bytes_done)
 
     def finished(self, result: TransferResult) -> None:
         self.status = "done"
@@ -242,13 +259,14 @@ def start_send(
     chunk_size: int = api.DEFAULT_CHUNK_SIZE,
     encrypt: bool = True,
     relay_token: str | None = None,
+    reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
 ) -> Transfer:
     """Start ``p2p_copy.send(...)`` in the background of the running loop; return its handle."""
     _running_loop("start_send", "send_blocking")
     tracker = _Tracker(make_progress(progress, "send"))
     work = api.send(server, code, paths, cafile=cafile, progress=tracker,
                     wait_timeout=wait_timeout, chunk_size=chunk_size, encrypt=encrypt,
-                    relay_token=relay_token)
+                    relay_token=relay_token, reconnect_timeout=reconnect_timeout)
     return Transfer("sender", work, tracker)
 
 
@@ -264,11 +282,13 @@ def start_receive(
     encrypt: bool = True,
     relay_token: str | None = None,
     policy: ReceivePolicy | None = None,
+    reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
 ) -> Transfer:
     """Start ``p2p_copy.receive(...)`` in the background of the running loop; return its handle."""
     _running_loop("start_receive", "receive_blocking")
     tracker = _Tracker(make_progress(progress, "receive"))
     work = api.receive(server, code, dest, overwrite=overwrite, cafile=cafile,
                        progress=tracker, wait_timeout=wait_timeout, encrypt=encrypt,
-                       relay_token=relay_token, policy=policy)
+                       relay_token=relay_token, policy=policy,
+                       reconnect_timeout=reconnect_timeout)
     return Transfer("receiver", work, tracker)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from .errors import IncompatiblePeerError, RemoteProtocolError
+from .resume import Offer
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -34,6 +35,7 @@ __all__ = [
     "DataEntry",
     "Manifest",
     "Accept",
+    "Resume",
     "Checksums",
     "Eof",
     "Done",
@@ -165,9 +167,22 @@ class Manifest:
 
 @dataclass(frozen=True)
 class Accept:
-    """Receiver to sender: the manifest is acceptable, start the data."""
+    """Receiver to sender: the manifest is acceptable, start the data.
 
+    ``resume`` offers prefixes the receiver already holds (resume.py); a sender that
+    reads it answers with ``resume`` before any data.
+    """
+
+    resume: tuple[Offer, ...] | None = None
     type: Literal["accept"] = "accept"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Sender to receiver: the offers it verified, as (file, offset); the rest start at 0."""
+
+    files: tuple[tuple[int, int], ...]
+    type: Literal["resume"] = "resume"
 
 
 @dataclass(frozen=True)
@@ -203,8 +218,8 @@ class ErrorMessage:
 
 
 Message = (
-    Hello | Ready | Waiting | Pake | Confirm | Manifest | Accept | Checksums | Eof | Done
-    | ErrorMessage
+    Hello | Ready | Waiting | Pake | Confirm | Manifest | Accept | Resume | Checksums | Eof
+    | Done | ErrorMessage
 )
 
 
@@ -221,6 +236,12 @@ def encode(message: Message) -> str:
             obj["more"] = True
     elif isinstance(message, Checksums):
         obj = {"type": "checksums", "first": message.first, "sha256": list(message.sha256)}
+    elif isinstance(message, Accept):
+        obj = {"type": "accept"}
+        if message.resume is not None:
+            obj["resume"] = [[o.file, o.offset, o.sha256] for o in message.resume]
+    elif isinstance(message, Resume):
+        obj = {"type": "resume", "files": [list(f) for f in message.files]}
     else:
         obj = {k: v for k, v in message.__dict__.items() if v is not None}
         obj = {"type": obj.pop("type"), **obj}
@@ -394,6 +415,40 @@ def _parse_checksums(obj: dict[str, Any]) -> Checksums:
     return Checksums(first=first, sha256=tuple(digests))
 
 
+#: Offers in one accept: one per file at most, bounded like the manifest.
+MAX_OFFERS: Final = 1_000_000
+
+
+def _pairs(obj: dict[str, Any], key: str, width: int) -> list[list[Any]]:
+    value = obj.get(key)
+    if not isinstance(value, list) or len(value) > MAX_OFFERS or not all(
+        isinstance(item, list) and len(item) == width for item in value
+    ):
+        raise RemoteProtocolError(f"{key!r} must be a list of {width}-element lists")
+    return value
+
+
+def _index_offset(item: list[Any]) -> tuple[int, int]:
+    return (_int({"file": item[0]}, "file", 0, MAX_FILE_SIZE),
+            _int({"offset": item[1]}, "offset", 1, MAX_FILE_SIZE))
+
+
+def _parse_accept(obj: dict[str, Any]) -> Accept:
+    if obj.get("resume") is None:
+        return Accept()
+    offers = []
+    for item in _pairs(obj, "resume", 3):
+        file, offset = _index_offset(item)
+        if not isinstance(item[2], str) or not _HEX64.fullmatch(item[2]):
+            raise RemoteProtocolError("a resume offer's SHA-256 must be 64 lowercase hex digits")
+        offers.append(Offer(file, offset, item[2]))
+    return Accept(resume=tuple(offers))
+
+
+def _parse_resume(obj: dict[str, Any]) -> Resume:
+    return Resume(files=tuple(_index_offset(item) for item in _pairs(obj, "files", 2)))
+
+
 def parse_message(text: str) -> Message:
     """Parse a peer's control message (text); unknown fields are ignored, unknown types are not."""
     obj = _load_object(text)
@@ -402,6 +457,10 @@ def parse_message(text: str) -> Message:
         return _parse_manifest(obj)
     if kind == "checksums":
         return _parse_checksums(obj)
+    if kind == "accept":
+        return _parse_accept(obj)
+    if kind == "resume":
+        return _parse_resume(obj)
     if kind == "error":
         return ErrorMessage(code=_str(obj, "code"), message=_str(obj, "message"))
     if kind == "pake":
@@ -411,7 +470,6 @@ def parse_message(text: str) -> Message:
     simple: dict[str, Message] = {
         "ready": Ready(),
         "waiting": Waiting(),
-        "accept": Accept(),
         "eof": Eof(),
         "done": Done(),
     }

@@ -115,6 +115,15 @@ class WidgetProgress(NoProgress):
         self.state = "verifying"
         self._draw()
 
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        self.state = f"reconnecting... (attempt {attempt})"
+        self._draw()
+
+    def resumed(self, bytes_done: int) -> None:
+        self.state = "transferring"
+        self.bytes_done = bytes_done
+        self._draw()
+
     def finished(self, result: TransferResult) -> None:
         self.state = "done"
         self.bytes_done = self.bytes_total = result.bytes

@@ -64,6 +64,18 @@ class Progress(Protocol):
         A sender reports its ``file_done`` after this, once the receiver has confirmed.
         """
 
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        """The connection dropped (``reason``); attempt ``attempt`` starts in ``delay`` s.
+
+        Optional: a display without it is not told. ``waiting`` follows once connected.
+        """
+
+    def resumed(self, bytes_done: int) -> None:
+        """After ``started``: ``bytes_done`` bytes were already there (verified prefixes).
+
+        Optional, like ``reconnecting``; it replaces the count ``advance`` added up.
+        """
+
     def finished(self, result: TransferResult) -> None:
         """Everything arrived and was verified."""
 
@@ -81,6 +93,8 @@ class NoProgress:
     def advance(self, nbytes: int) -> None: ...
     def file_done(self, result: FileResult) -> None: ...
     def verifying(self) -> None: ...
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None: ...
+    def resumed(self, bytes_done: int) -> None: ...
     def finished(self, result: TransferResult) -> None: ...
     def failed(self, error: BaseException) -> None: ...
 
@@ -115,6 +129,19 @@ class TqdmProgress(NoProgress):
         if self.bar is not None:
             self.bar.update(nbytes)
 
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        line = (f"{self.label}: reconnecting in {delay:.1f} s (attempt {attempt}): "
+                f"{display_name(reason)}")
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def resumed(self, bytes_done: int) -> None:
+        if self.bar is not None:
+            self.bar.n = bytes_done
+            self.bar.refresh()
+
     def finished(self, result: TransferResult) -> None:
         self._close()
 
@@ -129,7 +156,7 @@ class TqdmProgress(NoProgress):
 
 class JsonProgress(NoProgress):
     """One JSON object per line: waiting, started, progress (at most every ``interval`` s),
-    file, verifying, finished, error.
+    file, reconnecting, resumed, verifying, finished, error.
     """
 
     def __init__(self, stream: IO[str] | None = None, interval: float = 0.5) -> None:
@@ -173,6 +200,13 @@ class JsonProgress(NoProgress):
 
     def verifying(self) -> None:
         self._emit("verifying", bytes_done=self.done, bytes_total=self.total)
+
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        self._emit("reconnecting", attempt=attempt, delay=round(delay, 3), reason=reason)
+
+    def resumed(self, bytes_done: int) -> None:
+        self.done = bytes_done
+        self._emit("resumed", bytes_done=bytes_done, bytes_total=self.total)
 
     def finished(self, result: TransferResult) -> None:
         self._progress(time.monotonic())

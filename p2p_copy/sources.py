@@ -7,18 +7,24 @@ without following symlinks, so that a link cannot leak files from outside the fo
 
 from __future__ import annotations
 
-import hashlib
+import collections
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UnsafePathError, UsageError
 from .messages import DirEntry, Entry, FileEntry
 from .paths import check_entries, display_name
+from .resume import ChainHasher, Offer
 
-__all__ = ["Sources", "collect_sources", "StreamReader"]
+__all__ = ["Sources", "collect_sources", "StreamReader", "SourceChains"]
+
+#: Files whose prefix states a sender keeps across reconnects (the ones read last).
+CHAINS_KEPT = 4
+#: Bytes per read when a sender rereads a source's prefix to check an offer.
+REREAD_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -103,19 +109,73 @@ def _raise(exc: OSError) -> None:
     raise UsageError(f"Cannot read {display_name(str(exc.filename))!r}: {exc.strerror}.")
 
 
-class StreamReader:
-    """Reads the files one after another as one stream, hashing each file on the way.
+class SourceChains:
+    """What a sender remembers of its sources across reconnects: their prefix hashes.
 
-    Blocking: call it from a worker thread. Each call fills one buffer, so a message can
-    hold the end of one file and the start of the next.
+    Checks a receiver's resume offer against the prefix states kept while the files were
+    read (no I/O), else by rereading the prefix. Blocking: call from a worker thread.
     """
 
     def __init__(self, files: Sequence[Path], sizes: Sequence[int]) -> None:
         self._files = list(zip(files, sizes, strict=True))
+        self._chains: collections.OrderedDict[int, ChainHasher] = collections.OrderedDict()
+
+    def track(self, file: int, chain: ChainHasher) -> None:
+        self._chains[file] = chain
+        self._chains.move_to_end(file)
+        while len(self._chains) > CHAINS_KEPT:
+            self._chains.popitem(last=False)
+
+    def verify(self, offer: Offer) -> ChainHasher | None:
+        """A hasher holding the offered prefix if our source has it, else None."""
+        if offer.file >= len(self._files):
+            return None
+        path, size = self._files[offer.file]
+        if offer.offset > size:
+            return None
+        chain = self._chains.get(offer.file)
+        state = chain.state_at(offer.offset) if chain is not None else None
+        if state is None:
+            return self._reread(path, offer)
+        return ChainHasher(state, offer.offset) if state.hexdigest() == offer.sha256 else None
+
+    @staticmethod
+    def _reread(path: Path, offer: Offer) -> ChainHasher | None:
+        chain = ChainHasher()
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError as exc:
+            raise UsageError(f"Cannot read {display_name(str(path))!r}: {exc.strerror}.") from None
+        try:
+            while chain.position < offer.offset:
+                data = os.read(fd, min(REREAD_BYTES, offer.offset - chain.position))
+                if not data:
+                    return None  # the source shrank: send it again, from 0
+                chain.update(data)
+        finally:
+            os.close(fd)
+        return chain if chain.hexdigest() == offer.sha256 else None
+
+
+class StreamReader:
+    """Reads the files one after another as one stream, hashing each file on the way.
+
+    Blocking: call it from a worker thread. Each call fills one buffer, so a message can
+    hold the end of one file and the start of the next. A file in ``starts`` continues
+    from its hasher's position (a resumed prefix); ``chains`` learns every file's hasher.
+    """
+
+    def __init__(
+        self, files: Sequence[Path], sizes: Sequence[int],
+        starts: Mapping[int, ChainHasher] | None = None, chains: SourceChains | None = None,
+    ) -> None:
+        self._files = list(zip(files, sizes, strict=True))
         self._index = 0
         self._handle: int | None = None
         self._remaining = 0
-        self._hash = hashlib.sha256()
+        self._starts = dict(starts or {})
+        self._chains = chains
+        self._hash = ChainHasher()
 
     def read_into(self, buffer: bytearray, start: int = 1) -> tuple[int, list[str]]:
         """Fill ``buffer[start:]``; return how many bytes, and SHA-256s of files finished."""
@@ -147,8 +207,13 @@ class StreamReader:
             self._handle = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
             raise UsageError(f"Cannot read {display_name(str(path))!r}: {exc.strerror}.") from None
-        self._remaining = size
-        self._hash = hashlib.sha256()
+        start = self._starts.pop(self._index) if self._index in self._starts else None
+        self._hash = start or ChainHasher()
+        if self._hash.position:
+            os.lseek(self._handle, self._hash.position, os.SEEK_SET)
+        self._remaining = size - self._hash.position
+        if self._chains is not None:
+            self._chains.track(self._index, self._hash)
 
     def _close(self) -> str:
         assert self._handle is not None

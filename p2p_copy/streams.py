@@ -34,6 +34,7 @@ from .messages import DataEntry, Entry, FileEntry
 from .objects import ObjectDecoder
 from .paths import display_name
 from .results import FileResult
+from .resume import Offer
 from .transfer import FileCompleted, FileData, data_entries
 
 __all__ = [
@@ -78,6 +79,19 @@ class Sink(Protocol):
 
     def abort(self) -> None:
         """The transfer failed: drop what is partial."""
+
+    def offers(self) -> list[Offer]:
+        """After prepare: prefixes already held, to offer in ``accept`` (resume.py)."""
+
+    def resume(self, starts: dict[int, int]) -> None:
+        """The sender continues these files from these offsets; the rest from 0."""
+
+    def suspend(self) -> None:
+        """The transfer stopped for a reason worth retrying: keep what can be resumed."""
+
+    @property
+    def restartable(self) -> bool:
+        """Whether a new attempt may start this transfer over (nothing irrevocable done)."""
 
 
 class PipeReader:
@@ -254,6 +268,21 @@ class PipeSink:
     def abort(self) -> None:
         pass  # written bytes cannot be taken back; the error says so
 
+    # A pipe cannot be rewound: a stream restarts from 0, which is only allowed while
+    # nothing was written yet.
+    def offers(self) -> list[Offer]:
+        return []
+
+    def resume(self, starts: dict[int, int]) -> None:
+        pass
+
+    def suspend(self) -> None:
+        pass
+
+    @property
+    def restartable(self) -> bool:
+        return self._file.size == 0
+
 
 class ObjectSink:
     """Rebuilds the one object of a transfer in memory; ``value`` once verified.
@@ -337,6 +366,18 @@ class ObjectSink:
         self._decoder = None
         self._buffer = bytearray()
         self._value = None
+
+    # An object in memory restarts from 0 on a new attempt (a new sink is made for it).
+    def offers(self) -> list[Offer]:
+        return []
+
+    def resume(self, starts: dict[int, int]) -> None:
+        pass
+
+    def suspend(self) -> None:
+        self.abort()
+
+    restartable = True
 
 
 def default_name(kind: str) -> str:

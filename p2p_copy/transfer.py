@@ -7,12 +7,14 @@ Rules, in the order a transfer follows them (docs/protocol.md has the full text)
           <--------------------- ready
     manifest (one or more parts) ------------------------------->
           <------------------------------------------------------- accept
+    [resume, if the accept offered prefixes] ------------------->
     data, data, checksums, data ... ---------------------------->
     eof -------------------------------------------------------->
           <------------------------------------------------------- done
 
-The data stream is every file's bytes concatenated in manifest order, cut into binary
-messages of any size, so that one message can carry many small files. A ``checksums``
+The data stream is every file's bytes concatenated in manifest order (each from the
+offset the sender accepted in ``resume``, else from 0), cut into binary messages of any
+size, so that one message can carry many small files. A ``checksums``
 message gives the SHA-256 of files whose last byte has been sent. Either side may send
 ``error`` at any time and then close.
 
@@ -51,6 +53,7 @@ from .messages import (
     Manifest,
     Pake,
     Ready,
+    Resume,
     Role,
     StreamEntry,
     Waiting,
@@ -59,6 +62,7 @@ from .messages import (
 )
 from .paths import display_name
 from .policy import ReceivePolicy, check_policy
+from .resume import Offer, check_offers
 
 __all__ = [
     "SenderState",
@@ -69,6 +73,7 @@ __all__ = [
     "FileData",
     "FileCompleted",
     "TransferFinished",
+    "ResumeAgreed",
     "ReceiverEvent",
     "data_entries",
     "MANIFEST_PART_BYTES",
@@ -98,6 +103,8 @@ class SenderState(enum.IntEnum):
     WAIT_DONE = 5
     DONE = 6
     FAILED = 7
+    #: The receiver offered prefixes: the caller checks them, then calls resume().
+    VERIFYING = 8
 
 
 class ReceiverState(enum.IntEnum):
@@ -108,6 +115,8 @@ class ReceiverState(enum.IntEnum):
     FINISHING = 4
     DONE = 5
     FAILED = 6
+    #: Prefixes were offered: the sender's ``resume`` (or, from an older sender, data) is next.
+    WAIT_RESUME = 7
 
 
 @dataclass(frozen=True)
@@ -152,7 +161,17 @@ class TransferFinished:
     """The sender sent eof after every byte and checksum; verify, then call done()."""
 
 
-ReceiverEvent = ManifestReceived | FileData | FileCompleted | TransferFinished
+@dataclass(frozen=True)
+class ResumeAgreed:
+    """Files continue from these offsets (file number -> bytes already held); others from 0.
+
+    Comes before any FileData of the transfer whenever prefixes were offered.
+    """
+
+    starts: dict[int, int]
+
+
+ReceiverEvent = ManifestReceived | ResumeAgreed | FileData | FileCompleted | TransferFinished
 
 
 class _Stream:
@@ -217,6 +236,11 @@ def _sizes(entries: Sequence[Entry]) -> list[int | None]:
     return [e.size if isinstance(e, FileEntry) else None for e in data_entries(entries)]
 
 
+def _remaining(sizes: Sequence[int | None], starts: dict[int, int]) -> list[int | None]:
+    """What of each file is still to cross, once ``starts`` were agreed."""
+    return [None if s is None else s - starts.get(i, 0) for i, s in enumerate(sizes)]
+
+
 def peer_error(message: ErrorMessage, peer: Role) -> P2PCopyError:
     """The error to raise when ``peer`` reports ``message``, its text made safe to show."""
     # Escaped, so that the peer's text cannot reach our terminal as control characters,
@@ -244,9 +268,14 @@ class Sender:
         self.entries = tuple(entries)
         self._part_bytes = manifest_part_bytes
         self._stream = _Stream(_sizes(self.entries))
+        #: What the receiver offered in its accept (state VERIFYING), checked for shape.
+        self.offers: tuple[Offer, ...] = ()
+        #: The agreed offsets: file number -> first byte sent.
+        self.starts: dict[int, int] = {}
 
     @property
     def bytes_sent(self) -> int:
+        """Bytes of file data framed so far (resumed prefixes are not sent, so not counted)."""
         return self._stream.position
 
     def _expect(self, *states: SenderState) -> None:
@@ -309,7 +338,27 @@ class Sender:
             Accept: SenderState.STREAMING,
             Done: SenderState.DONE,
         }[wanted]
+        if isinstance(parsed, Accept) and parsed.resume is not None:
+            problem = check_offers(parsed.resume, _sizes(self.entries))
+            if problem:
+                raise self._fail(
+                    RemoteProtocolError(f"The receiver broke the protocol: {problem}."))
+            self.offers = parsed.resume
+            self.state = SenderState.VERIFYING
         return parsed
+
+    def resume(self, accepted: Sequence[Offer]) -> str:
+        """The ``resume`` message for the offers whose prefixes match our sources.
+
+        ``accepted`` must be among ``offers``; every other file is sent from 0.
+        """
+        self._expect(SenderState.VERIFYING)
+        if not set(accepted) <= set(self.offers):
+            raise LocalProtocolError("only offers the receiver made can be accepted")
+        self.starts = {o.file: o.offset for o in accepted}
+        self._stream = _Stream(_remaining(_sizes(self.entries), self.starts))
+        self.state = SenderState.STREAMING
+        return encode(Resume(files=tuple((o.file, o.offset) for o in accepted)))
 
     def frame_data(self, buffer: bytearray, length: int) -> memoryview:
         """Turn ``buffer[1:1+length]`` (filled by the caller) into a data message, in place.
@@ -377,6 +426,9 @@ class Receiver:
         self.entries: tuple[Entry, ...] = ()
         self._parts: list[Entry] = []
         self._stream = _Stream(())
+        self._offers: dict[int, Offer] = {}
+        #: The agreed offsets: file number -> first byte that arrives.
+        self.starts: dict[int, int] = {}
 
     @property
     def bytes_received(self) -> int:
@@ -420,6 +472,11 @@ class Receiver:
             )
         if self.state is ReceiverState.WAIT_MANIFEST and isinstance(msg, Manifest):
             return self._receive_manifest(msg)
+        if self.state is ReceiverState.WAIT_RESUME and isinstance(msg, Resume):
+            return [self._agree(msg.files)]
+        if self.state is ReceiverState.WAIT_RESUME and isinstance(msg, (Checksums, Eof)):
+            # A sender from before resume ignores the offers: everything comes from 0.
+            return [self._agree(()), *self._receive_control(msg)]
         if self.state is ReceiverState.STREAMING and isinstance(msg, Checksums):
             problem = self._stream.check_checksums(msg.first, len(msg.sha256))
             if problem:
@@ -466,7 +523,24 @@ class Receiver:
         self.state = ReceiverState.DECIDING
         return [ManifestReceived(self.entries)]
 
+    def _agree(self, files: Sequence[tuple[int, int]]) -> ResumeAgreed:
+        starts: dict[int, int] = {}
+        for file, offset in files:
+            offer = self._offers.get(file)
+            if offer is None or offer.offset != offset or file in starts:
+                raise RemoteProtocolError(
+                    f"The sender broke the protocol: it resumes file {file} at {offset}, "
+                    "which the receiver did not offer."
+                )
+            starts[file] = offset
+        self.starts = starts
+        self._stream = _Stream(_remaining(_sizes(self.entries), starts))
+        self.state = ReceiverState.STREAMING
+        return ResumeAgreed(dict(starts))
+
     def _receive_data(self, data: memoryview) -> list[ReceiverEvent]:
+        if self.state is ReceiverState.WAIT_RESUME:
+            return [self._agree(()), *self._receive_data(data)]
         if self.state is not ReceiverState.STREAMING:
             raise RemoteProtocolError(
                 f"The sender broke the protocol: data arrived in state {self.state.name}."
@@ -496,17 +570,25 @@ class Receiver:
             offset = stream.position - start
             take = min(len(payload), size - offset)
             if take:
-                events.append(FileData(file, offset, payload[:take]))
+                events.append(FileData(file, self.starts.get(file, 0) + offset, payload[:take]))
                 payload = payload[take:]
                 stream.position += take
             file += 1
         return events
 
-    def accept(self) -> str:
+    def accept(self, offers: Sequence[Offer] = ()) -> str:
+        """Accept the manifest, offering the prefixes in ``offers`` (resume.py) if any."""
         if self.state is not ReceiverState.DECIDING:
             raise LocalProtocolError("accept answers a manifest")
-        self.state = ReceiverState.STREAMING
-        return encode(Accept())
+        problem = check_offers(offers, _sizes(self.entries))
+        if problem:
+            raise LocalProtocolError(problem)
+        if not offers:
+            self.state = ReceiverState.STREAMING
+            return encode(Accept())
+        self._offers = {o.file: o for o in offers}
+        self.state = ReceiverState.WAIT_RESUME
+        return encode(Accept(resume=tuple(offers)))
 
     def done(self) -> str:
         if self.state is not ReceiverState.FINISHING:

@@ -97,11 +97,15 @@ class Watch(NoProgress):
 
     def __init__(self) -> None:
         self.moved = 0
+        self.reconnects = 0
         self.moving = asyncio.Event()
 
     def advance(self, nbytes: int) -> None:
         self.moved += nbytes
         self.moving.set()
+
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        self.reconnects += 1
 
 
 def _codes(n: int) -> list[str]:
@@ -110,12 +114,15 @@ def _codes(n: int) -> list[str]:
 
 
 async def _pair(url: str, code: str, src: Path, dest: Path, watch: Watch | None = None,
-                cafile: str | None = None) -> tuple[TransferResult, TransferResult]:
+                cafile: str | None = None, reconnect_timeout: float = 60.0,
+                ) -> tuple[TransferResult, TransferResult]:
     """One sender and one receiver of ``code`` through ``url``, with the public API."""
     dest.mkdir(parents=True)
     sent, received = await asyncio.gather(
-        p2p_copy.send(url, code, src, progress=NoProgress(), cafile=cafile),
-        p2p_copy.receive(url, code, dest, progress=watch or NoProgress(), cafile=cafile),
+        p2p_copy.send(url, code, src, progress=NoProgress(), cafile=cafile,
+                      reconnect_timeout=reconnect_timeout),
+        p2p_copy.receive(url, code, dest, progress=watch or NoProgress(), cafile=cafile,
+                         reconnect_timeout=reconnect_timeout),
     )
     return sent, received
 
@@ -181,9 +188,12 @@ async def test_sixty_pairs_through_nginx_spread_over_three_relays(
     assert per_relay == [predicted[i] for i in range(3)]
 
 
+@pytest.mark.parametrize("reconnect", [0.0, 60.0], ids=["reconnect-off", "reconnect-on"])
 async def test_killed_relay_costs_only_its_own_pairs(
-        cluster: LocalCluster, tmp_path: Path) -> None:
-    """SIGKILL one relay mid-transfer: its pairs fail with a clear error, all others finish."""
+        cluster: LocalCluster, tmp_path: Path, reconnect: float) -> None:
+    """SIGKILL one relay mid-transfer: all other pairs finish untouched; its own pairs fail
+    with a clear error with reconnect off, and with it on reconnect (nginx sends them to
+    the next relay) and finish intact."""
     codes = _codes(PAIRS)
     home = {code: cluster.relay_index_for_room(room_hash_hex(code)) for code in codes}
     victim = collections.Counter(home.values()).most_common(1)[0][0]
@@ -197,7 +207,8 @@ async def test_killed_relay_costs_only_its_own_pairs(
     async with asyncio.timeout(90):
         tasks = [
             asyncio.ensure_future(
-                _pair(cluster.url, code, src, tmp_path / "dst" / code, watches[code]))
+                _pair(cluster.url, code, src, tmp_path / "dst" / code, watches[code],
+                      reconnect_timeout=reconnect))
             for code in codes
         ]
         doomed = [c for c in codes if home[c] == victim]
@@ -217,18 +228,25 @@ async def test_killed_relay_costs_only_its_own_pairs(
     for code in codes:
         outcome = outcomes[code]
         if isinstance(outcome, BaseException):
+            assert not reconnect, f"with reconnect on, a pair failed: {outcome!r}"
             assert home[code] == victim, (
                 f"a pair on relay {home[code]} failed when relay {victim} was killed: "
                 f"{outcome!r}\n{cluster.logs()}")
             assert isinstance(outcome, ConnectionLostError), repr(outcome)
             assert "connection to the relay was lost" in str(outcome)
         else:
-            assert code not in cut, "a pair finished although its relay was killed early"
+            assert reconnect or code not in cut, (
+                "a pair finished although its relay was killed early")
             assert (tmp_path / "dst" / code / src.name).read_bytes() == src.read_bytes()
+            if code in cut:
+                assert watches[code].reconnects >= 1
+                sent = outcome[0]
+                assert sent.bytes < 2 * src.stat().st_size
     # The survivors' own books agree: every pair they carried finished cleanly.
     for i in survivors:
         stats = cluster.metrics(i)
-        assert stats[HAPPY] == sum(1 for c in codes if home[c] == i) > 0
+        # With reconnect on, the victim's pairs finish on a survivor too.
+        assert stats[HAPPY] >= sum(1 for c in codes if home[c] == i) > 0
         assert stats['p2p_copy_relay_pairs_finished_total{outcome="errory"}'] == 0
 
 

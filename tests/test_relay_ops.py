@@ -35,7 +35,7 @@ from p2p_copy.logs import show_address
 from p2p_copy.messages import CloseCode
 from p2p_copy.progress import NoProgress
 from p2p_copy.relay import Relay
-from p2p_copy.testing import running_relay
+from p2p_copy.testing import TEST_CONFIG, running_relay
 
 from .conftest import Processes, cli_env, free_port, wait_for_port
 from .test_relay import READY, Peers, closed, hello, new_hash, wait_until
@@ -460,14 +460,17 @@ async def test_drain_deadline_closes_a_running_pair_with_4005() -> None:
 
 async def test_drain_deadline_makes_our_clients_raise_connection_lost(
         tmp_path: Path, gate: Gate) -> None:
-    """A transfer cut by the drain deadline ends in ConnectionLostError saying to run it again."""
+    """With reconnect off, a transfer cut by the drain deadline ends in ConnectionLostError
+    saying to run it again; no file gets its final name."""
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(24 * MiB))
     code = fresh_code()
     async with asyncio.timeout(40), running_relay() as relay:
-        send = asyncio.ensure_future(p2p_copy.send(relay.url, code, src, progress=NoProgress()))
+        send = asyncio.ensure_future(p2p_copy.send(relay.url, code, src, progress=NoProgress(),
+                                                   reconnect_timeout=0))
         receive = asyncio.ensure_future(
-            p2p_copy.receive(relay.url, code, tmp_path / "out", progress=NoProgress()))
+            p2p_copy.receive(relay.url, code, tmp_path / "out", progress=NoProgress(),
+                             reconnect_timeout=0))
         try:
             await gate.reached()
             draining = asyncio.create_task(relay.drain(timeout=0.3))
@@ -483,20 +486,66 @@ async def test_drain_deadline_makes_our_clients_raise_connection_lost(
                 task.cancel()
             await asyncio.gather(send, receive, return_exceptions=True)
     assert relay.stats.pairs == {"drained": 1}
-    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+    # Only the hidden part and its sidecar may stay, for a later run to resume.
+    assert not (tmp_path / "out" / "big.bin").exists()
+    assert all(p.name.startswith(".big.bin.p2p-copy-") for p in (tmp_path / "out").rglob("*"))
 
 
-def test_sigterm_drains_the_relay_process_and_a_cut_transfer_exits_7(
-        processes: Processes, tmp_path: Path) -> None:
-    """SIGTERM during a long transfer: after --drain-timeout both CLIs exit 7, the relay 0."""
+async def test_drain_deadline_cut_is_resumed_through_the_next_relay(tmp_path: Path) -> None:
+    """4005 at the drain deadline is worth a reconnect: both peers go on through a relay
+    started on the same port and the file arrives intact, mostly not sent twice."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(48 * MiB))
+    code = fresh_code()
+    moved = Moved()
+    async with asyncio.timeout(90):
+        async with running_relay() as relay:
+            port = relay.port
+            send = asyncio.ensure_future(p2p_copy.send(relay.url, code, src,
+                                                       progress=NoProgress()))
+            receive = asyncio.ensure_future(
+                p2p_copy.receive(relay.url, code, tmp_path / "out", progress=moved))
+            await wait_until(lambda: moved.bytes > 12 * MiB or receive.done())
+            await relay.drain(timeout=0.1)
+        assert relay.stats.pairs == {"drained": 1}
+        next_relay = Relay("127.0.0.1", port, config=TEST_CONFIG)
+        async with next_relay:
+            sent, got = await asyncio.gather(send, receive)
+    assert (tmp_path / "out" / "big.bin").read_bytes() == src.read_bytes()
+    assert got.files[0].sha256 == sent.files[0].sha256
+    assert sent.bytes < 1.5 * src.stat().st_size
+    assert moved.reconnects >= 1
+    assert next_relay.stats.pairs.get("happy") == 1
+
+
+class Moved(NoProgress):
+    """Bytes written so far (after a resume: the prefix kept) and reconnects seen."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.reconnects = 0
+
+    def advance(self, nbytes: int) -> None:
+        self.bytes += nbytes
+
+    def resumed(self, bytes_done: int) -> None:
+        self.bytes = bytes_done
+
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        self.reconnects += 1
+
+
+def _start_big_pair(processes: Processes, tmp_path: Path, size: int,
+                    *extra: str) -> tuple[subprocess.Popen[str], subprocess.Popen[str],
+                                          subprocess.Popen[str], int]:
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:
-        f.truncate(2 * 2**30)  # sparse: costs no disk, takes seconds to send
+        f.truncate(size)  # sparse: costs no disk, takes seconds to send
     port = free_port()
     relay, url = processes.start_relay(port, "--drain-timeout", "0.5")
     code = fresh_code()
-    receiver = processes.start("receive", url, code, "--out", str(tmp_path / "out"))
-    sender = processes.start("send", url, code, str(big))
+    receiver = processes.start("receive", url, code, "--out", str(tmp_path / "out"), *extra)
+    sender = processes.start("send", url, code, str(big), *extra)
     deadline = time.monotonic() + 30
     while True:  # until the pair is moving data
         m = samples(http_get_sync(port, "/metrics")[1])
@@ -506,6 +555,15 @@ def test_sigterm_drains_the_relay_process_and_a_cut_transfer_exits_7(
         assert time.monotonic() < deadline, "the transfer never got going"
         assert sender.poll() is None and receiver.poll() is None
         time.sleep(0.05)
+    return relay, sender, receiver, port
+
+
+def test_sigterm_drains_the_relay_process_and_a_cut_transfer_exits_7(
+        processes: Processes, tmp_path: Path) -> None:
+    """SIGTERM during a long transfer with reconnect off: after --drain-timeout both CLIs
+    exit 7, the relay 0."""
+    relay, sender, receiver, _port = _start_big_pair(processes, tmp_path, 2 * 2**30,
+                                                     "--reconnect-timeout", "0")
     relay.send_signal(signal.SIGTERM)
     _, s_err = sender.communicate(timeout=30)
     _, r_err = receiver.communicate(timeout=30)
@@ -516,7 +574,26 @@ def test_sigterm_drains_the_relay_process_and_a_cut_transfer_exits_7(
     assert receiver.returncode == ConnectionLostError.exit_code, r_err
     assert relay.returncode == 0, relay_err
     assert "drain_end pairs_cut=1" in relay_err
-    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+    assert not (tmp_path / "out" / "big.bin").exists()
+
+
+def test_sigterm_mid_transfer_continues_after_reconnect(
+        processes: Processes, tmp_path: Path) -> None:
+    """SIGTERM during a transfer (reconnect on, the default): the relay drains and exits 0,
+    the peers reconnect to the relay started again on the port, and both CLIs exit 0."""
+    size = 768 * MiB
+    relay, sender, receiver, port = _start_big_pair(processes, tmp_path, size)
+    relay.send_signal(signal.SIGTERM)
+    _, relay_err = relay.communicate(timeout=30)
+    assert relay.returncode == 0, relay_err
+    assert "drain_end" in relay_err
+    processes.start_relay(port)
+    _, s_err = sender.communicate(timeout=120)
+    _, r_err = receiver.communicate(timeout=120)
+    assert sender.returncode == 0, s_err
+    assert receiver.returncode == 0, r_err
+    assert (tmp_path / "out" / "big.bin").stat().st_size == size
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name != "big.bin"]
 
 
 def test_sigterm_on_an_idle_relay_exits_0_at_once(processes: Processes) -> None:

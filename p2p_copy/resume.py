@@ -1,0 +1,180 @@
+"""Resume without I/O: chained prefix hashes, resume offers and the receiver's sidecar.
+
+A file's *chain* is the SHA-256 of each of its whole-block prefixes ``file[:k*BLOCK]``.
+SHA-256 is itself a chain over 64-byte blocks, so recording it costs one finalisation of
+a copy per block while the file is hashed anyway for the end-to-end check, and never a
+second pass over the data. With it a receiver offers "I hold the first ``offset`` bytes
+and their SHA-256 is ``sha256``"; the sender accepts only if its own source has the same
+prefix digest, so a changed source is sent again from 0 and never spliced.
+
+The sidecar beside a partial file (``.NAME.p2p-copy-resume``) records the last offset
+the receiver made durable and its prefix digest, so that a later run can offer it. Its
+format lives here; reading and writing it is destination.py's job.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = [
+    "BLOCK",
+    "CHAIN_WINDOW",
+    "SIDECAR_VERSION",
+    "Offer",
+    "Sidecar",
+    "ChainHasher",
+    "check_offers",
+    "valid_offset",
+    "mtime_matches",
+]
+
+#: Resume granularity: offers are multiples of this (or a file's full size).
+BLOCK = 2**20
+#: Prefix states a ChainHasher keeps (the most recent ones): a resume within a run
+#: offers a prefix a few MiB behind the sender, so older states are rarely needed, and a
+#: sender that lacks one rereads its source instead.
+CHAIN_WINDOW = 64
+SIDECAR_VERSION = 1
+#: Tolerance when comparing an announced mtime with a file's (utime may round it).
+MTIME_TOLERANCE = 0.01
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class _Hash(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+    def copy(self) -> _Hash: ...
+    def digest(self) -> bytes: ...
+    def hexdigest(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Offer:
+    """Receiver to sender: file number ``file``'s first ``offset`` bytes hash to ``sha256``."""
+
+    file: int
+    offset: int
+    sha256: str
+
+
+def valid_offset(offset: int, size: int) -> bool:
+    """Whether a receiver may offer ``offset`` of a file of ``size`` bytes."""
+    return 0 < offset <= size and (offset % BLOCK == 0 or offset == size)
+
+
+def check_offers(offers: Sequence[Offer], sizes: Sequence[int | None]) -> str | None:
+    """Why ``offers`` for files of ``sizes`` (None: a stream) are out of place, or None."""
+    seen: set[int] = set()
+    for offer in offers:
+        if not 0 <= offer.file < len(sizes):
+            return f"a resume offer names file {offer.file}, which does not exist"
+        if offer.file in seen:
+            return f"two resume offers name file {offer.file}"
+        seen.add(offer.file)
+        size = sizes[offer.file]
+        if size is None:
+            return "a resume offer names a stream, which cannot be resumed"
+        if not valid_offset(offer.offset, size):
+            return (f"a resume offer for file {offer.file} has offset {offer.offset}, not a "
+                    f"multiple of {BLOCK} up to its size {size}")
+    return None
+
+
+def mtime_matches(announced: float | None, actual: float) -> bool:
+    return announced is None or (
+        math.isfinite(announced) and abs(announced - actual) <= MTIME_TOLERANCE)
+
+
+class ChainHasher:
+    """The SHA-256 of a file as it is read or written, with its recent block-prefix states.
+
+    ``state_at(offset)`` gives a hash object holding exactly ``file[:offset]``, from which
+    the whole-file SHA-256 can be continued after a resume.
+    """
+
+    def __init__(self, base: _Hash | None = None, position: int = 0) -> None:
+        self._hash: _Hash = base if base is not None else hashlib.sha256()
+        self.position = position
+        self._states: collections.OrderedDict[int, _Hash] = collections.OrderedDict()
+        if position % BLOCK == 0:
+            self._states[position] = self._hash.copy()
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            room = BLOCK - self.position % BLOCK
+            part, view = view[:room], view[room:]
+            self._hash.update(part)
+            self.position += len(part)
+            if self.position % BLOCK == 0:
+                self._states[self.position] = self._hash.copy()
+                while len(self._states) > CHAIN_WINDOW:
+                    self._states.popitem(last=False)
+
+    def state_at(self, offset: int) -> _Hash | None:
+        """A copy of the hash of ``file[:offset]``, if ``offset`` is the end or a kept block."""
+        if offset == self.position:
+            return self._hash.copy()
+        state = self._states.get(offset)
+        return state.copy() if state is not None else None
+
+    def digest_at(self, offset: int) -> str | None:
+        state = self.state_at(offset)
+        return state.hexdigest() if state is not None else None
+
+    def last_block(self) -> int:
+        """The largest kept prefix length that is a whole number of blocks."""
+        return max((o for o in self._states if o % BLOCK == 0), default=0)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def detach(self) -> _Hash:
+        """The running hash object itself, for the caller to go on with."""
+        return self._hash
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """What a receiver keeps beside a partial file: enough to offer its prefix later."""
+
+    size: int
+    mtime: float | None
+    offset: int
+    sha256: str
+
+    def encode(self) -> bytes:
+        obj: dict[str, Any] = {"version": SIDECAR_VERSION, "size": self.size,
+                               "mtime": self.mtime, "offset": self.offset,
+                               "sha256": self.sha256}
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Sidecar | None:
+        """The sidecar in ``raw``, or None if it is not one we wrote (then it is ignored)."""
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+        if not isinstance(obj, dict) or obj.get("version") != SIDECAR_VERSION:
+            return None
+        size, offset, sha, mtime = (obj.get(k) for k in ("size", "offset", "sha256", "mtime"))
+        if not isinstance(size, int) or not isinstance(offset, int) or isinstance(
+                size, bool) or isinstance(offset, bool):
+            return None
+        if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
+            return None
+        if mtime is not None and (not isinstance(mtime, (int, float)) or isinstance(mtime, bool)
+                                  or not math.isfinite(mtime)):
+            return None
+        if not valid_offset(offset, size):
+            return None
+        return cls(size=size, mtime=None if mtime is None else float(mtime), offset=offset,
+                   sha256=sha)

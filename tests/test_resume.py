@@ -1,0 +1,281 @@
+"""Resume without sockets: chained prefix hashes, offers on the wire, stream offsets, sidecars."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from p2p_copy.destination import SIDECAR_SUFFIX, TEMP_SUFFIX, Destination
+from p2p_copy.errors import LocalProtocolError, RemoteProtocolError
+from p2p_copy.messages import Accept, FileEntry, Resume, StreamEntry, encode, parse_message
+from p2p_copy.resume import BLOCK, CHAIN_WINDOW, ChainHasher, Offer, Sidecar, check_offers
+from p2p_copy.sources import SourceChains
+from p2p_copy.transfer import (
+    FileCompleted,
+    FileData,
+    ManifestReceived,
+    Receiver,
+    ReceiverState,
+    ResumeAgreed,
+    Sender,
+    SenderState,
+)
+
+ROOM = "ab" * 32
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_chain_gives_the_digest_of_every_recent_block_prefix() -> None:
+    """The chain value at block k is SHA-256(file[:k*BLOCK]); the end is always there."""
+    data = os.urandom(3 * BLOCK + 123)
+    chain = ChainHasher()
+    for i in range(0, len(data), 100_000):
+        chain.update(data[i : i + 100_000])
+    for k in range(4):
+        assert chain.digest_at(k * BLOCK) == sha(data[: k * BLOCK])
+    assert chain.digest_at(len(data)) == sha(data) == chain.hexdigest()
+    assert chain.digest_at(BLOCK + 1) is None
+    assert chain.last_block() == 3 * BLOCK
+
+
+def test_chain_keeps_a_bounded_window() -> None:
+    """Only the last CHAIN_WINDOW block states are kept: memory stays bounded."""
+    chain = ChainHasher()
+    block = b"x" * BLOCK
+    for _ in range(CHAIN_WINDOW + 5):
+        chain.update(block)
+    assert chain.digest_at(BLOCK) is None
+    assert chain.digest_at((CHAIN_WINDOW + 5) * BLOCK) == chain.hexdigest()
+
+
+def test_chain_continues_from_a_resumed_state() -> None:
+    """A hasher seeded with a prefix's state ends at the whole file's SHA-256."""
+    data = os.urandom(2 * BLOCK + 7)
+    first = ChainHasher()
+    first.update(data[:BLOCK])
+    state = first.state_at(BLOCK)
+    assert state is not None
+    resumed = ChainHasher(state, BLOCK)
+    resumed.update(data[BLOCK:])
+    assert resumed.hexdigest() == sha(data)
+    assert resumed.digest_at(2 * BLOCK) == sha(data[: 2 * BLOCK])
+
+
+@pytest.mark.parametrize("offers, problem", [
+    ([Offer(5, BLOCK, "0" * 64)], "does not exist"),
+    ([Offer(0, BLOCK, "0" * 64), Offer(0, BLOCK, "0" * 64)], "two resume offers"),
+    ([Offer(1, BLOCK, "0" * 64)], "stream"),
+    ([Offer(0, 1000, "0" * 64)], "multiple"),
+    ([Offer(0, 4 * BLOCK, "0" * 64)], "multiple"),
+])
+def test_bad_offers_are_named(offers: list[Offer], problem: str) -> None:
+    """Offers must name a file (not a stream) once, at a block multiple or its full size."""
+    reason = check_offers(offers, [3 * BLOCK + 5, None])
+    assert reason is not None and problem in reason
+
+
+def test_good_offers_pass() -> None:
+    """A block multiple and a full size (complete file) are valid offers."""
+    assert check_offers([Offer(0, BLOCK, "0" * 64), Offer(1, 77, "1" * 64)],
+                        [3 * BLOCK, 77]) is None
+
+
+def test_accept_and_resume_round_trip_on_the_wire() -> None:
+    """accept carries [file, offset, sha256] triples; resume carries [file, offset] pairs."""
+    accept = Accept(resume=(Offer(2, BLOCK, "a" * 64),))
+    text = encode(accept)
+    assert json.loads(text) == {"type": "accept", "resume": [[2, BLOCK, "a" * 64]]}
+    assert parse_message(text) == accept
+    assert encode(Accept()) == '{"type":"accept"}'
+    resume = Resume(files=((2, BLOCK),))
+    assert json.loads(encode(resume)) == {"type": "resume", "files": [[2, BLOCK]]}
+    assert parse_message(encode(resume)) == resume
+
+
+@pytest.mark.parametrize("text", [
+    '{"type":"accept","resume":[[0,0,"' + "a" * 64 + '"]]}',
+    '{"type":"accept","resume":[[0,1,"XYZ"]]}',
+    '{"type":"accept","resume":[[true,1,"' + "a" * 64 + '"]]}',
+    '{"type":"accept","resume":{}}',
+    '{"type":"resume","files":[[0]]}',
+    '{"type":"resume","files":[[-1,5]]}',
+    '{"type":"resume"}',
+])
+def test_malformed_offers_are_refused(text: str) -> None:
+    """Offsets start at 1, digests are lowercase hex, lists have the right shape."""
+    with pytest.raises(RemoteProtocolError):
+        parse_message(text)
+
+
+def _pair(entries: list[FileEntry | StreamEntry]) -> tuple[Sender, Receiver]:
+    sender, receiver = Sender(ROOM, entries), Receiver(ROOM)
+    sender.hello()
+    receiver.hello()
+    sender.receive('{"type":"ready"}')
+    events: list[object] = []
+    for part in sender.manifest():
+        events += receiver.receive(part)
+    assert isinstance(events[0], ManifestReceived)
+    return sender, receiver
+
+
+def test_resumed_files_stream_only_their_rest() -> None:
+    """After resume, the stream holds each file from its accepted offset; the receiver's
+    FileData offsets count from the file's start, and checksums stay whole-file."""
+    a, b = os.urandom(2 * BLOCK + 10), os.urandom(BLOCK + 3)
+    sender, receiver = _pair([FileEntry("a", len(a)), FileEntry("b", len(b))])
+    offers = [Offer(0, BLOCK, sha(a[:BLOCK])), Offer(1, BLOCK, "f" * 64)]
+    sender.receive(receiver.accept(offers))
+    assert sender.state is SenderState.VERIFYING and sender.offers == tuple(offers)
+    assert receiver.state is ReceiverState.WAIT_RESUME
+    events = receiver.receive(sender.resume([offers[0]]))  # b's digest did not match
+    assert events == [ResumeAgreed({0: BLOCK})]
+    rest = a[BLOCK:] + b
+    buffer = bytearray(1 + len(rest))
+    buffer[1:] = rest
+    data = receiver.receive(bytes(sender.frame_data(buffer, len(rest))))
+    assert [(e.file, e.offset, len(e.data)) for e in data if isinstance(e, FileData)] == [
+        (0, BLOCK, len(a) - BLOCK), (1, 0, len(b))]
+    done: list[object] = []
+    for message in sender.checksums([sha(a), sha(b)]):
+        done += receiver.receive(message)
+    assert done == [FileCompleted(0, sha(a)), FileCompleted(1, sha(b))]
+    assert sender.bytes_sent == len(rest)
+
+
+def test_only_offered_prefixes_can_be_resumed() -> None:
+    """A resume for a file or offset the receiver did not offer breaks the protocol."""
+    sender, receiver = _pair([FileEntry("a", 3 * BLOCK)])
+    receiver.accept([Offer(0, BLOCK, "a" * 64)])
+    with pytest.raises(RemoteProtocolError):
+        receiver.receive(encode(Resume(files=((0, 2 * BLOCK),))))
+    sender2, _ = _pair([FileEntry("a", 3 * BLOCK)])
+    sender2.receive(encode(Accept(resume=(Offer(0, BLOCK, "a" * 64),))))
+    with pytest.raises(LocalProtocolError):
+        sender2.resume([Offer(0, 2 * BLOCK, "a" * 64)])
+
+
+def test_sender_refuses_offers_out_of_range() -> None:
+    """An offer beyond a file's size is the receiver breaking the protocol."""
+    sender, _ = _pair([FileEntry("a", 10)])
+    with pytest.raises(RemoteProtocolError):
+        sender.receive(encode(Accept(resume=(Offer(0, BLOCK, "a" * 64),))))
+
+
+def test_data_from_a_sender_that_ignores_offers_starts_from_zero() -> None:
+    """A sender from before resume sends data right after accept: all files start at 0."""
+    _sender, receiver = _pair([FileEntry("a", 4)])
+    receiver.accept([Offer(0, 4, sha(b"abcd"))])
+    events = receiver.receive(b"\x00abcd")
+    assert events[0] == ResumeAgreed({})
+    assert isinstance(events[1], FileData) and events[1].offset == 0
+
+
+def test_sidecar_round_trip_and_garbage() -> None:
+    """A sidecar we wrote parses back; anything else is ignored, never trusted."""
+    car = Sidecar(size=5 * BLOCK, mtime=1.5, offset=2 * BLOCK, sha256="c" * 64)
+    assert Sidecar.parse(car.encode()) == car
+    for raw in [b"", b"[]", b"{}", b'{"version":1,"size":5,"offset":6,"sha256":"' + b"c" * 64
+                + b'"}', b"\xff\xfe"]:
+        assert Sidecar.parse(raw) is None
+
+
+def _write_part(root: Path, name: str, data: bytes, offset: int, mtime: float | None) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f".{name}{TEMP_SUFFIX}").write_bytes(data)
+    car = Sidecar(size=len(data) * 2, mtime=mtime, offset=offset, sha256=sha(data[:offset]))
+    (root / f".{name}{SIDECAR_SUFFIX}").write_bytes(car.encode())
+
+
+def test_destination_offers_a_part_its_sidecar_vouches_for(tmp_path: Path) -> None:
+    """A part file whose prefix still hashes to its sidecar's digest is offered."""
+    data = os.urandom(2 * BLOCK + 100)
+    _write_part(tmp_path, "a.bin", data, 2 * BLOCK, 7.0)
+    dest = Destination(tmp_path, [FileEntry("a.bin", len(data) * 2, mtime=7.0)])
+    dest.prepare()
+    assert dest.offers() == [Offer(0, 2 * BLOCK, sha(data[: 2 * BLOCK]))]
+
+
+def test_destination_ignores_a_damaged_part_or_other_time(tmp_path: Path) -> None:
+    """A part whose bytes changed, or announced for another mtime, is not offered."""
+    data = bytearray(os.urandom(BLOCK + 1))
+    _write_part(tmp_path, "a.bin", bytes(data), BLOCK, 7.0)
+    data[5] ^= 1
+    (tmp_path / f".a.bin{TEMP_SUFFIX}").write_bytes(data)
+    dest = Destination(tmp_path, [FileEntry("a.bin", len(data) * 2, mtime=7.0)])
+    dest.prepare()
+    assert dest.offers() == []
+    _write_part(tmp_path, "b.bin", bytes(data), BLOCK, 7.0)
+    other = Destination(tmp_path, [FileEntry("b.bin", len(data) * 2, mtime=8.0)])
+    other.prepare()
+    assert other.offers() == []
+
+
+def test_destination_never_offers_a_linked_part(tmp_path: Path) -> None:
+    """A symlink named like a part file is neither offered nor written through."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious" * BLOCK)
+    root = tmp_path / "dest"
+    _write_part(root, "a.bin", b"precious" * BLOCK, BLOCK, None)
+    (root / f".a.bin{TEMP_SUFFIX}").unlink()
+    (root / f".a.bin{TEMP_SUFFIX}").symlink_to(outside)
+    dest = Destination(root, [FileEntry("a.bin", 16 * BLOCK)])
+    dest.prepare()
+    assert dest.offers() == []
+    dest.resume({})
+    dest.apply([FileData(0, 0, memoryview(b"new"))])
+    assert outside.read_bytes() == b"precious" * BLOCK
+    dest.abort()
+
+
+def test_suspend_keeps_a_resumable_part_and_abort_removes_it(tmp_path: Path) -> None:
+    """suspend() leaves part + sidecar at the last whole block; abort() leaves nothing."""
+    data = os.urandom(BLOCK + 500)
+    entry = FileEntry("a.bin", 3 * BLOCK, mtime=3.0)
+    dest = Destination(tmp_path, [entry])
+    dest.prepare()
+    dest.apply([FileData(0, 0, memoryview(data))])
+    dest.suspend()
+    again = Destination(tmp_path, [entry])
+    again.prepare()
+    assert again.offers() == [Offer(0, BLOCK, sha(data[:BLOCK]))]
+    again.resume({0: BLOCK})
+    rest = os.urandom(2 * BLOCK)
+    whole = data[:BLOCK] + rest
+    done = again.apply([FileData(0, BLOCK, memoryview(rest)), FileCompleted(0, sha(whole))])
+    assert done[0].sha256 == sha(whole)
+    assert (tmp_path / "a.bin").read_bytes() == whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+    third = Destination(tmp_path, [FileEntry("b.bin", 3 * BLOCK)])
+    third.prepare()
+    third.apply([FileData(0, 0, memoryview(data))])
+    third.suspend()
+    fourth = Destination(tmp_path, [FileEntry("b.bin", 3 * BLOCK)])
+    fourth.prepare()
+    assert fourth.offers()
+    fourth.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_sender_checks_offers_from_memory_or_by_rereading(tmp_path: Path) -> None:
+    """SourceChains accepts a matching prefix (kept state or reread) and refuses others."""
+    data = os.urandom(2 * BLOCK + 1)
+    path = tmp_path / "s.bin"
+    path.write_bytes(data)
+    chains = SourceChains([path], [len(data)])
+    good = Offer(0, BLOCK, sha(data[:BLOCK]))
+    reread = chains.verify(good)
+    assert reread is not None and reread.position == BLOCK
+    assert chains.verify(Offer(0, BLOCK, sha(b"other"))) is None
+    kept = ChainHasher()
+    kept.update(data)
+    chains.track(0, kept)
+    whole = chains.verify(Offer(0, len(data), sha(data)))
+    assert whole is not None and whole.hexdigest() == sha(data)
