@@ -200,6 +200,10 @@ def _command(args: argparse.Namespace) -> int:
                                   encrypt=not args.no_encrypt, relay_token=token)
     if args.reconnect_timeout is not None:
         common["reconnect_timeout"] = args.reconnect_timeout
+    if args.no_encrypt:
+        print("p2p-copy: warning: --no-encrypt: the relay can read and change everything, and "
+              "anyone who knows the room part of the code can take the other side's place.",
+              file=sys.stderr)
     if args.command == "send":
         progress = _progress(args)
         if code == GENERATE:

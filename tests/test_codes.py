@@ -178,7 +178,8 @@ def test_cli_wrong_secret_exits_14_on_both_sides(processes: Processes, tmp_path:
 
 
 def test_cli_encryption_mismatch_exits_15(processes: Processes, tmp_path: Path) -> None:
-    """--no-encrypt on one side only: both sides exit 15 naming the option."""
+    """--no-encrypt on one side only: both sides exit 15 naming the option; the plain side
+    was warned."""
     _, url = processes.start_relay()
     src = tmp_path / "a.txt"
     src.write_text("x")
@@ -189,6 +190,7 @@ def test_cli_encryption_mismatch_exits_15(processes: Processes, tmp_path: Path) 
     _, r_err = receiver.communicate(timeout=30)
     assert sender.returncode == 15 and receiver.returncode == 15, (sender.stderr, r_err)
     assert "--no-encrypt" in sender.stderr and "--no-encrypt" in r_err
+    assert "warning: --no-encrypt" in r_err  # the plain side is told what it gives up
 
 
 def test_cli_receive_policy_exits_19(processes: Processes, tmp_path: Path) -> None:
