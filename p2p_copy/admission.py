@@ -82,15 +82,23 @@ def client_host(peer: str, forwarded_for: Iterable[str], trusted: tuple[Network,
     """
     if not _within(peer, trusted):
         return peer
-    hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
+    hops = [_without_port(hop.strip()) for value in forwarded_for for hop in value.split(",")]
     client = peer
     for hop in reversed(hops):
-        if _ip(hop) is None:
-            break
+        # What does not parse is the client's own doing: count it, never exempt it.
         client = hop
-        if not _within(hop, trusted):
+        if _ip(hop) is None or not _within(hop, trusted):
             break
     return client
+
+
+def _without_port(hop: str) -> str:
+    """``203.0.113.5:4711`` or ``[2001:db8::1]:4711`` as the bare address some proxies omit."""
+    if hop.startswith("[") and "]" in hop:
+        return hop[1:hop.index("]")]
+    if hop.count(":") == 1:
+        return hop.partition(":")[0]
+    return hop
 
 
 def address_key(host: str) -> str:

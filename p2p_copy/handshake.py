@@ -11,7 +11,14 @@ import contextlib
 from typing import Protocol, TypeVar
 
 from .client import RelayLink
-from .errors import EncryptionMismatchError, P2PCopyError, RemoteProtocolError
+from .errors import (
+    ConnectionLostError,
+    EncryptionMismatchError,
+    P2PCopyError,
+    PeerGoneError,
+    RemoteProtocolError,
+    WrongCodeError,
+)
 from .messages import (
     Confirm,
     ErrorMessage,
@@ -83,11 +90,15 @@ def _expect(message: str | bytes, wanted: type[_Wanted], peer: Role) -> _Wanted:
         raise RemoteProtocolError(f"The {peer} sent binary data before the key exchange ended.")
     parsed = parse_message(message)
     if isinstance(parsed, ErrorMessage):
-        raise peer_error(parsed, peer)
+        error = peer_error(parsed, peer)
+        # Nothing authenticates a message before key confirmation: say so.
+        error.args = (f"{error} (Sent before the key exchange finished, so it may come from "
+                      "the relay instead.)",)
+        raise error
     if isinstance(parsed, Manifest) and peer == "sender":
         raise EncryptionMismatchError(
             "The sender was started with --no-encrypt, but the receiver encrypts. "
-            "Run both sides with encryption (the default), or both with --no-encrypt."
+            "Run both sides with encryption (the default)."
         )
     if not isinstance(parsed, wanted):
         raise RemoteProtocolError(
@@ -121,7 +132,18 @@ async def handshake(
         exchange.receive(_expect(first, Pake, peer))
         await link.send(exchange.message())
         await link.send(exchange.confirmation())
-        exchange.check(_expect(await link.recv(HANDSHAKE_TIMEOUT, later), Confirm, peer))
+        try:
+            answer = await link.recv(HANDSHAKE_TIMEOUT, later)
+        except (ConnectionLostError, PeerGoneError):
+            # Our confirmation lets whoever sent that pake test one code guess offline;
+            # a sender that hangs up now is what a guessing relay looks like. Retrying
+            # would hand it another guess each time, so this counts as a wrong code.
+            raise WrongCodeError(
+                "The other side hung up in the middle of the key exchange, which is what a "
+                "wrong code guess looks like, so p2p-copy does not retry. Check the code and "
+                "run both sides again."
+            ) from None
+        exchange.check(_expect(answer, Confirm, peer))
     return SealedLink(link, exchange.channel())
 
 

@@ -486,6 +486,10 @@ def _array_spec(np: Any, meta: dict[str, Any], size: int) -> _ArraySpec:
         raise _bad("'fortran_order' and 'scalar' must be true or false")
     if scalar and shape:
         raise _bad("a scalar must have the shape []")
+    if dtype.itemsize == 0 and count:
+        # S0/U0/V0 or an empty record: numpy still allocates at least one byte per element,
+        # so a huge shape of zero-size elements would pass the size check.
+        raise _bad("elements of zero bytes (S0, U0, V0, empty records) are not accepted")
     nbytes = count * dtype.itemsize
     if nbytes > size:
         raise _bad(f"the array needs {nbytes} bytes but only {size} are announced")

@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from spake2 import SPAKE2_A, SPAKE2_B, SPAKEError
+from spake2 import SPAKE2_A, SPAKE2_B
 
 from .errors import (
     IncompatiblePeerError,
@@ -96,10 +96,14 @@ class KeyExchange:
             )
         try:
             inbound = base64.b64decode(pake.msg, validate=True)
+        except binascii.Error as exc:
+            raise RemoteProtocolError(f"The peer's key exchange message is not base64 ({exc}).") \
+                from None
+        try:
             self._key = self._spake.finish(inbound)
-        except (binascii.Error, SPAKEError, ValueError) as exc:
+        except Exception as exc:  # spake2 raises bare Exception subclasses (NotOnCurve, ...)
             raise RemoteProtocolError(
-                f"The peer's key exchange message is invalid ({exc})."
+                f"The peer's key exchange message is invalid ({type(exc).__name__})."
             ) from None
 
     def _values(self) -> tuple[bytes, bytes]:

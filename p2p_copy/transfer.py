@@ -468,7 +468,7 @@ class Receiver:
         if waiting and isinstance(msg, Pake):
             raise EncryptionMismatchError(
                 "The sender encrypts, but the receiver was started with --no-encrypt. "
-                "Run both sides with encryption (the default), or both with --no-encrypt."
+                "Run both sides with encryption (the default)."
             )
         if self.state is ReceiverState.WAIT_MANIFEST and isinstance(msg, Manifest):
             return self._receive_manifest(msg)

@@ -625,3 +625,12 @@ def test_importing_the_module_does_not_import_numpy():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("dtype", ["|S0", "<U0", "|V0"])
+def test_zero_byte_elements_with_a_huge_shape_are_refused(dtype: str) -> None:
+    """S0/U0/V0 elements take no bytes in the size check but at least one when allocated."""
+    meta = {"kind": "numpy.ndarray", "size": 128, "dtype": dtype, "shape": [2**28],
+            "fortran_order": False}
+    with pytest.raises(RemoteProtocolError, match="zero bytes"):
+        ObjectDecoder(meta, max_bytes=1000)

@@ -311,7 +311,10 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     assert client_host("127.0.0.1", ["1.2.3.4, 198.51.100.7"], trusted) == "198.51.100.7"
     assert client_host("127.0.0.1", ["198.51.100.7, 10.0.0.2"], trusted) == "198.51.100.7"
     assert client_host("127.0.0.1", [], trusted) == "127.0.0.1"
-    assert client_host("127.0.0.1", ["not-an-address"], trusted) == "127.0.0.1"
+    # What a trusted proxy passes on but does not parse is counted, never exempt as the proxy.
+    assert client_host("127.0.0.1", ["not-an-address"], trusted) == "not-an-address"
+    assert client_host("127.0.0.1", ["203.0.113.5:4711"], trusted) == "203.0.113.5"
+    assert client_host("127.0.0.1", ["[2001:db8::1]:4711"], trusted) == "2001:db8::1"
     assert client_host("192.0.2.9", ["198.51.100.7"], trusted) == "192.0.2.9"
     assert client_host("127.0.0.1", ["198.51.100.7"], ()) == "127.0.0.1"
 

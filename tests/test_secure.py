@@ -182,3 +182,15 @@ def channels_cached() -> tuple[Channel, Channel]:
     if not _CACHED:
         _CACHED.append(channels())
     return _CACHED[0]
+
+
+def test_points_off_the_curve_are_a_remote_protocol_error() -> None:
+    """Random bytes as a SPAKE2 element (often not on the curve) are the peer's fault, not a crash."""
+    import base64
+    import os
+
+    for _ in range(20):
+        side = KeyExchange("7-a-b", "receiver")
+        garbage = base64.b64encode(os.urandom(33)).decode()
+        with pytest.raises(RemoteProtocolError):
+            side.receive(Pake(suite=SUITE, msg=garbage))

@@ -84,8 +84,8 @@ class ManInTheMiddle:
 
 
 async def transfer(mitm: ManInTheMiddle, tmp_path: Path, code: str = "7-alpha-bravo-charlie",
-                   *, receiver_code: str | None = None, size: int = 2_000_000
-                   ) -> tuple[BaseException | p2p_copy.TransferResult,
+                   *, receiver_code: str | None = None, size: int = 2_000_000,
+                   receiver_reconnect: float = 0) -> tuple[BaseException | p2p_copy.TransferResult,
                               BaseException | p2p_copy.TransferResult, Path, bytes]:
     source = tmp_path / "secret-report.bin"
     content = os.urandom(size)
@@ -94,7 +94,7 @@ async def transfer(mitm: ManInTheMiddle, tmp_path: Path, code: str = "7-alpha-br
     async with mitm.running():
         receiving = asyncio.ensure_future(p2p_copy.receive(
             mitm.url, receiver_code or code, dest, progress="none", wait_timeout=20,
-            reconnect_timeout=0))
+            reconnect_timeout=receiver_reconnect))
         await asyncio.sleep(0.1)
         sending = asyncio.ensure_future(p2p_copy.send(
             mitm.url, code, [source], progress="none", wait_timeout=20,
@@ -272,3 +272,15 @@ async def test_recording_relay_learns_nothing_by_trying_every_code(tmp_path: Pat
         except TamperingError:
             pass
     assert hits == 0
+
+
+async def test_hanging_up_after_the_receivers_confirm_is_a_wrong_code(tmp_path: Path) -> None:
+    """A relay that collects the receiver's confirmation (enough to test one code guess offline)
+    and hangs up gets WrongCodeError, not a reconnect that would hand it another guess."""
+    mitm = ManInTheMiddle(
+        lambda d, i, m: [CLOSE] if (d, i) == ("r2s", 1) else [m])  # type: ignore[list-item]
+    async with asyncio.timeout(30):
+        _, received, dest, _ = await transfer(mitm, tmp_path, receiver_reconnect=120)
+    assert isinstance(received, WrongCodeError), received
+    assert "does not retry" in str(received)
+    assert final_files(dest) == []
