@@ -18,6 +18,7 @@ All methods block: the asyncio layer calls them from a worker thread.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
@@ -52,11 +53,17 @@ READ_BYTES = 2**20
 #: Free space wanted beyond the announced bytes, for folders and metadata: per entry, and once.
 SPACE_PER_ENTRY = 4096
 SPACE_MARGIN = 2**20
+#: Folder descriptors kept open while writing (the most recently used ones).
+DIRS_KEPT = 64
+#: From this many entries on, prepare() lists each folder once instead of looking up each
+#: name (a single file received into a folder of thousands lists nothing).
+LIST_FROM = 64
 
 
-def _set_mtime(path: Path, mtime: float) -> None:
+def _set_mtime(target: int | Path, mtime: float) -> None:
+    """Set the modification time of a path or of an open descriptor (``target``)."""
     try:
-        os.utime(path, (mtime, mtime))
+        os.utime(target, (mtime, mtime))
     except OverflowError:  # finite, but beyond this platform's time_t
         raise RemoteProtocolError(
             f"The sender sent a modification time this system cannot store ({mtime:g} s)."
@@ -72,16 +79,104 @@ def _os_error(exc: OSError, path: Path) -> P2PCopyError:
     return P2PCopyError(f"Cannot write {display_name(str(path))!r}: {exc.strerror}.")
 
 
-def _hidden(final: Path, suffix: str) -> Path:
+def _hidden_name(name: str, suffix: str) -> str:
     # Hidden, recognisable as ours and the same on every run, so that a later run finds
-    # it; cut so that the name stays under 255 bytes.
-    stem = final.name.encode()[:180].decode(errors="ignore")
-    return final.with_name(f".{stem}{suffix}")
+    # it; cut so that the name stays under 255 bytes (45 characters are at most 180).
+    stem = name if len(name) <= 45 else name.encode()[:180].decode(errors="ignore")
+    return f".{stem}{suffix}"
+
+
+def _hidden(final: Path, suffix: str) -> Path:
+    return final.with_name(_hidden_name(final.name, suffix))
 
 
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _unlink_at(name: str, dir_fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+class _Dirs:
+    """Descriptors of the folders files are written into, each opened without following links.
+
+    Files are created, renamed and removed relative to them: a folder checked once stays
+    the folder written into, even if it is swapped for a link later, and the kernel does
+    not walk the whole path again for every file. The most recently used ones stay open.
+    """
+
+    def __init__(self, root: Path, made: list[Path]) -> None:
+        self.root = root
+        self._made = made
+        self._fds: collections.OrderedDict[tuple[str, ...], int] = collections.OrderedDict()
+
+    def fd(self, parts: tuple[str, ...], *, create: bool = True) -> int:
+        """The descriptor of folder ``root/parts``, made (mode 0700) if missing and ``create``."""
+        fd = self._fds.get(parts)
+        if fd is not None:
+            self._fds.move_to_end(parts)
+            return fd
+        if not parts:
+            try:
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                raise _os_error(exc, self.root) from None
+        else:
+            parent = self.fd(parts[:-1], create=create)
+            name = parts[-1]
+            if create:
+                try:
+                    os.mkdir(name, 0o700, dir_fd=parent)
+                    self._made.append(self.root.joinpath(*parts))
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise _os_error(exc, self.root.joinpath(*parts)) from None
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+            except OSError as exc:
+                path = self.root.joinpath(*parts)
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePathError(
+                        f"{display_name(str(path))!r} is not a folder (or is a link)."
+                    ) from None
+                raise _os_error(exc, path) from None
+        self._fds[parts] = fd
+        while len(self._fds) > DIRS_KEPT:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+
+def _exists_at(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _link_at(temp: str, name: str, dir_fd: int) -> bool:
+    """Give ``temp`` its final ``name`` unless that name exists (FileExistsError), atomically.
+
+    False if this file system has no hard links: then the caller checks and renames.
+    """
+    try:
+        os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise
+        return False
+    os.unlink(temp, dir_fd=dir_fd)
+    return True
 
 
 def _lone_regular(path: Path) -> os.stat_result | None:
@@ -127,35 +222,55 @@ class _Found:
 
 
 class _Open:
-    """A file being received: its temporary name, descriptor and running hash."""
+    """A file being received: its folder, temporary name, descriptor and running hash."""
 
-    def __init__(self, final: Path, entry: DataEntry, chain: ChainHasher | None = None) -> None:
-        self.final = final
+    def __init__(self, dirs: _Dirs, parts: tuple[str, ...], entry: DataEntry,
+                 chain: ChainHasher | None = None, *, clean: bool = False) -> None:
+        self.dirs = dirs
+        self.folder, self.name = parts[:-1], parts[-1]
         self.entry = entry
-        self.temp = _hidden(final, TEMP_SUFFIX)
-        self.sidecar = _hidden(final, SIDECAR_SUFFIX)
+        self.temp = _hidden_name(self.name, TEMP_SUFFIX)
+        self.sidecar = _hidden_name(self.name, SIDECAR_SUFFIX)
+        #: Whether a sidecar may be beside it (prepare() saw one, or we wrote one).
+        self.has_sidecar = not clean
         self.synced = 0
+        at = dirs.fd(self.folder)
         if chain is None:
             # A fresh start: whatever has this name goes (never written through), and
-            # O_EXCL makes sure that the file written is the one created here.
-            _unlink(self.sidecar)
-            _unlink(self.temp)
-            self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                              0o600)
+            # O_EXCL makes sure that the file written is the one created here. Names that
+            # prepare() did not see are not removed first; if one appeared since, it goes.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            if not clean:
+                _unlink_at(self.sidecar, at)
+                _unlink_at(self.temp, at)
+            try:
+                self.fd = os.open(self.temp, flags, 0o600, dir_fd=at)
+            except FileExistsError:
+                if not clean:
+                    raise
+                self.has_sidecar = True
+                _unlink_at(self.sidecar, at)
+                _unlink_at(self.temp, at)
+                self.fd = os.open(self.temp, flags, 0o600, dir_fd=at)
             self.chain = ChainHasher()
         else:
-            self.fd = os.open(self.temp, os.O_WRONLY | os.O_NOFOLLOW)
+            self.fd = os.open(self.temp, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=at)
             st = os.fstat(self.fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                 os.close(self.fd)
                 raise UnsafePathError(
-                    f"{display_name(str(self.temp))!r} changed while resuming; remove it and "
-                    "receive again."
+                    f"{display_name(str(self.final.with_name(self.temp)))!r} changed while "
+                    "resuming; remove it and receive again."
                 )
             os.ftruncate(self.fd, chain.position)
             os.lseek(self.fd, chain.position, os.SEEK_SET)
             self.chain = chain
             self.synced = chain.position
+
+    @property
+    def final(self) -> Path:
+        """The final path (for messages: the file is reached through its folder's descriptor)."""
+        return self.dirs.root.joinpath(*self.folder, self.name)
 
     @property
     def written(self) -> int:
@@ -164,6 +279,15 @@ class _Open:
     @property
     def entry_size(self) -> int | None:
         return self.entry.size if isinstance(self.entry, FileEntry) else None
+
+    def seal(self) -> None:
+        """Give the complete temporary file its mode and time, and close it."""
+        if self.fd >= 0:
+            os.fchmod(self.fd, stat.S_IMODE(self.entry.mode) & 0o777)
+            if self.entry.mtime is not None:
+                _set_mtime(self.fd, self.entry.mtime)
+            os.close(self.fd)
+            self.fd = -1
 
     def save_point(self) -> None:
         """Make what was written durable, then record its last whole-block prefix."""
@@ -176,14 +300,29 @@ class _Open:
         if digest is None or size is None:
             return
         sidecar = Sidecar(size=size, mtime=self.entry.mtime, offset=offset, sha256=digest)
-        temp = self.sidecar.with_name(self.sidecar.name + ".new")
-        _unlink(temp)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        at = self.dirs.fd(self.folder)
+        temp = self.sidecar + ".new"
+        _unlink_at(temp, at)
+        self.has_sidecar = True
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                     dir_fd=at)
         try:
             os.write(fd, sidecar.encode())
         finally:
             os.close(fd)
-        os.replace(temp, self.sidecar)
+        os.replace(temp, self.sidecar, src_dir_fd=at, dst_dir_fd=at)
+
+    def discard(self) -> None:
+        """Close and remove the temporary file and its sidecar (never making folders)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            at = self.dirs.fd(self.folder, create=False)
+        except P2PCopyError:
+            return  # its folder is gone, and the file with it
+        _unlink_at(self.temp, at)
+        _unlink_at(self.sidecar, at)
 
 
 class Destination:
@@ -197,6 +336,11 @@ class Destination:
         self.overwrite = overwrite
         self._open: dict[int, _Open] = {}
         self._made_dirs: list[Path] = []
+        self._dirs = _Dirs(root, self._made_dirs)
+        #: Path components of each entry, by path (checked once).
+        self._parts: dict[str, tuple[str, ...]] = {}
+        #: Files whose temporary and sidecar names prepare() found free.
+        self._clean: set[int] = set()
         self.results: list[FileResult] = []
         #: Prefixes found by prepare(), by file number: what offers() offers.
         self._found: dict[int, _Found] = {}
@@ -216,11 +360,14 @@ class Destination:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _os_error(exc, self.root) from None
+        # One listing per folder says which names exist; only those are looked at.
+        listings: dict[tuple[str, ...], frozenset[str] | None] = {}
+        folders: set[tuple[str, ...]] = set()
         for entry in self.entries:
-            self._check_target(entry)
+            self._check_target(entry, listings, folders)
         for file, entry in enumerate(self.files):
             if isinstance(entry, FileEntry):
-                self._find(file, entry)
+                self._find(file, entry, listings)
         # A stream's size is unknown: it can only fail when the disk fills up.
         needed = sum(f.size for f in self.files if isinstance(f, FileEntry))
         needed -= sum(f.chain.position for f in self._found.values())
@@ -232,16 +379,42 @@ class Destination:
                 "another folder with --out."
             )
 
-    def _check_target(self, entry: Entry) -> None:
-        parts = split_safe_path(entry.path)
-        path = self.root
+    def _split(self, entry: Entry) -> tuple[str, ...]:
+        parts = self._parts.get(entry.path)
+        if parts is None:
+            parts = self._parts[entry.path] = split_safe_path(entry.path)
+        return parts
+
+    def _may_exist(self, folder: tuple[str, ...], name: str,
+                   listings: dict[tuple[str, ...], frozenset[str] | None]) -> bool:
+        """Whether ``folder/name`` may exist: False only if a listing of ``folder`` lacks it."""
+        if len(self.entries) < LIST_FROM:
+            return True
+        if folder not in listings:
+            try:
+                listings[folder] = frozenset(os.listdir(self.root.joinpath(*folder)))
+            except (FileNotFoundError, NotADirectoryError):
+                listings[folder] = frozenset()
+            except OSError:
+                listings[folder] = None  # unknown: look at each name
+        names = listings[folder]
+        return names is None or name in names
+
+    def _check_target(self, entry: Entry,
+                      listings: dict[tuple[str, ...], frozenset[str] | None],
+                      folders: set[tuple[str, ...]]) -> None:
+        parts = self._split(entry)
         for i, part in enumerate(parts):
-            path = path / part
+            last = i == len(parts) - 1
+            if not last and parts[: i + 1] in folders:
+                continue  # a folder already checked for an earlier entry
+            if not self._may_exist(parts[:i], part, listings):
+                return  # nothing there yet, nor below it
+            path = self.root.joinpath(*parts[: i + 1])
             try:
                 st = path.lstat()
             except FileNotFoundError:
-                return  # nothing there yet, nor below it
-            last = i == len(parts) - 1
+                return
             if stat.S_ISLNK(st.st_mode):
                 raise UnsafePathError(
                     f"{display_name(str(path))!r} is a symbolic link; p2p-copy never writes "
@@ -251,6 +424,8 @@ class Destination:
                 raise DestinationExistsError(
                     f"{display_name(str(path))!r} exists and is not a folder."
                 )
+            if not last:
+                folders.add(parts[: i + 1])
             if last and isinstance(entry, DirEntry) and not stat.S_ISDIR(st.st_mode):
                 raise DestinationExistsError(
                     f"{display_name(str(path))!r} exists and is not a folder."
@@ -270,10 +445,18 @@ class Destination:
                 and st.st_size == entry.size and mtime_matches(entry.mtime, st.st_mtime))
 
     def _final_path(self, entry: Entry) -> Path:
-        return self.root.joinpath(*split_safe_path(entry.path))
+        return self.root.joinpath(*self._split(entry))
 
-    def _find(self, file: int, entry: FileEntry) -> None:
+    def _find(self, file: int, entry: FileEntry,
+              listings: dict[tuple[str, ...], frozenset[str] | None]) -> None:
         """Look for a prefix of ``entry`` from an earlier attempt: final file, or part."""
+        parts = self._split(entry)
+        folder, name = parts[:-1], parts[-1]
+        if not (self._may_exist(folder, _hidden_name(name, TEMP_SUFFIX), listings)
+                or self._may_exist(folder, _hidden_name(name, SIDECAR_SUFFIX), listings)):
+            self._clean.add(file)  # no part to resume, nothing to remove first
+            if not self._may_exist(folder, name, listings):
+                return
         final = self._final_path(entry)
         st = _lone_regular(final)
         if st is not None and self._same_stat(entry, st):
@@ -283,6 +466,8 @@ class Destination:
             chain = _hash_prefix(final, entry.size)
             if chain is not None:
                 self._found[file] = _Found(file, chain, final=True)
+            return
+        if file in self._clean:
             return
         part, sidecar_path = _hidden(final, TEMP_SUFFIX), _hidden(final, SIDECAR_SUFFIX)
         part_stat = _lone_regular(part)
@@ -343,47 +528,20 @@ class Destination:
             entry = current.entry
             if isinstance(entry, FileEntry) and event.offset + len(event.data) == entry.size:
                 # Its checksum may come a few thousand files later: free the descriptor now.
-                self._seal(current)
+                current.seal()
             elif current.written - current.synced >= SIDECAR_EVERY:
                 current.save_point()
         except OSError as exc:
             raise _os_error(exc, current.final) from None
 
-    @staticmethod
-    def _seal(current: _Open) -> None:
-        """Give the complete temporary file its mode and close it."""
-        if current.fd >= 0:
-            os.fchmod(current.fd, stat.S_IMODE(current.entry.mode) & 0o777)
-            os.close(current.fd)
-            current.fd = -1
-
     def _start(self, file: int) -> _Open:
         entry = self.files[file]
-        final = self._make_parents(entry.path)
+        parts = self._split(entry)
         try:
-            return _Open(final, entry, self._starts.pop(file, None))
+            return _Open(self._dirs, parts, entry, self._starts.pop(file, None),
+                         clean=file in self._clean)
         except OSError as exc:
-            raise _os_error(exc, final) from None
-
-    def _make_parents(self, relpath: str) -> Path:
-        parts = split_safe_path(relpath)
-        return self._make_dirs(parts[:-1]) / parts[-1]
-
-    def _make_dirs(self, parts: Sequence[str]) -> Path:
-        path = self.root
-        for part in parts:
-            path = path / part
-            try:
-                os.mkdir(path, 0o700)
-                self._made_dirs.append(path)
-            except FileExistsError:
-                if not stat.S_ISDIR(path.lstat().st_mode):  # lstat: a link is not a folder
-                    raise UnsafePathError(
-                        f"{display_name(str(path))!r} is not a folder (or is a link)."
-                    ) from None
-            except OSError as exc:
-                raise _os_error(exc, path) from None
-        return path
+            raise _os_error(exc, self.root.joinpath(*parts)) from None
 
     def _complete(self, event: FileCompleted) -> FileResult:
         kept = self._kept.pop(event.file, None)
@@ -398,21 +556,25 @@ class Destination:
                     f"{display_name(entry.path)!r} arrived damaged (SHA-256 mismatch); it was "
                     "discarded. Send it again."
                 )
-            self._seal(current)
-            if entry.mtime is not None:
-                _set_mtime(current.temp, entry.mtime)
-            if not self.overwrite and os.path.lexists(current.final):
-                raise DestinationExistsError(
-                    f"{display_name(str(current.final))!r} appeared while receiving; "
-                    "it was left as it is."
-                )
-            os.replace(current.temp, current.final)
-            _unlink(current.sidecar)
+            current.seal()
+            at = self._dirs.fd(current.folder)
+            if self.overwrite or not _link_at(current.temp, current.name, at):
+                if not self.overwrite and _exists_at(current.name, at):
+                    raise FileExistsError
+                os.replace(current.temp, current.name, src_dir_fd=at, dst_dir_fd=at)
+            if current.has_sidecar:
+                _unlink_at(current.sidecar, at)
+        except FileExistsError:
+            current.discard()
+            raise DestinationExistsError(
+                f"{display_name(str(current.final))!r} appeared while receiving; "
+                "it was left as it is."
+            ) from None
         except OSError as exc:
-            self._discard(current)
+            current.discard()
             raise _os_error(exc, current.final) from None
         except P2PCopyError:
-            self._discard(current)
+            current.discard()
             raise
         result = FileResult(entry.path, current.written, digest)
         self.results.append(result)
@@ -438,14 +600,15 @@ class Destination:
         """Create the announced folders and give them their modes and times, deepest first."""
         dirs = [e for e in self.entries if isinstance(e, DirEntry)]
         for entry in sorted(dirs, key=lambda e: e.path.count("/"), reverse=True):
-            path = self._make_dirs(split_safe_path(entry.path))
+            fd = self._dirs.fd(self._split(entry))
             try:
                 # The owner keeps full rights so that a later transfer can add to it.
-                os.chmod(path, (stat.S_IMODE(entry.mode) & 0o777) | 0o700)
+                os.fchmod(fd, (stat.S_IMODE(entry.mode) & 0o777) | 0o700)
                 if entry.mtime is not None:
-                    _set_mtime(path, entry.mtime)
+                    _set_mtime(fd, entry.mtime)
             except OSError as exc:
-                raise _os_error(exc, path) from None
+                raise _os_error(exc, self._final_path(entry)) from None
+        self._dirs.close()
         self._made_dirs.clear()
 
     def suspend(self) -> None:
@@ -458,21 +621,23 @@ class Destination:
             try:
                 current.save_point()
             except OSError:
-                self._discard(current)
+                current.discard()
                 continue
             if current.fd >= 0:
                 os.close(current.fd)
                 current.fd = -1
             if not current.chain.last_block() and current.written != current.entry_size:
-                self._discard(current)  # nothing a sidecar can vouch for
+                current.discard()  # nothing a sidecar can vouch for
         self._open.clear()
+        self._dirs.close()
         self._made_dirs.clear()  # they hold the parts
 
     def abort(self) -> None:
         """Remove every temporary file, and the folders this transfer made if still empty."""
         for current in list(self._open.values()):
-            self._discard(current)
+            current.discard()
         self._open.clear()
+        self._dirs.close()
         for file, found in [*self._found.items()]:
             if not found.final:
                 final = self._final_path(self.files[file])
@@ -490,11 +655,3 @@ class Destination:
             except OSError:
                 pass
         self._made_dirs.clear()
-
-    @staticmethod
-    def _discard(current: _Open) -> None:
-        if current.fd >= 0:
-            os.close(current.fd)
-            current.fd = -1
-        _unlink(current.temp)
-        _unlink(current.sidecar)

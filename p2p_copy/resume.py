@@ -49,7 +49,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class _Hash(Protocol):
-    def update(self, data: bytes | memoryview, /) -> None: ...
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
     def copy(self) -> _Hash: ...
     def digest(self) -> bytes: ...
     def hexdigest(self) -> str: ...
@@ -103,10 +103,17 @@ class ChainHasher:
         self._hash: _Hash = base if base is not None else hashlib.sha256()
         self.position = position
         self._states: collections.OrderedDict[int, _Hash] = collections.OrderedDict()
-        if position % BLOCK == 0:
+        # A fresh hasher's empty prefix is made on demand (one copy less per small file).
+        self._fresh = base is None and position == 0
+        if position % BLOCK == 0 and not self._fresh:
             self._states[position] = self._hash.copy()
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
+        if self.position % BLOCK + len(data) < BLOCK:
+            # Within one block (every small file): no block boundary to record.
+            self._hash.update(data)
+            self.position += len(data)
+            return
         view = memoryview(data)
         while view:
             room = BLOCK - self.position % BLOCK
@@ -122,6 +129,8 @@ class ChainHasher:
         """A copy of the hash of ``file[:offset]``, if ``offset`` is the end or a kept block."""
         if offset == self.position:
             return self._hash.copy()
+        if offset == 0 and self._fresh:
+            return hashlib.sha256()
         state = self._states.get(offset)
         return state.copy() if state is not None else None
 

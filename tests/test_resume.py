@@ -9,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from p2p_copy.destination import SIDECAR_SUFFIX, TEMP_SUFFIX, Destination
-from p2p_copy.errors import LocalProtocolError, RemoteProtocolError
-from p2p_copy.messages import Accept, FileEntry, Resume, StreamEntry, encode, parse_message
+from p2p_copy.destination import LIST_FROM, SIDECAR_SUFFIX, TEMP_SUFFIX, Destination
+from p2p_copy.errors import DestinationExistsError, LocalProtocolError, RemoteProtocolError
+from p2p_copy.messages import (
+    Accept,
+    DirEntry,
+    FileEntry,
+    Resume,
+    StreamEntry,
+    encode,
+    parse_message,
+)
 from p2p_copy.resume import BLOCK, CHAIN_WINDOW, ChainHasher, Offer, Sidecar, check_offers
 from p2p_copy.sources import SourceChains
 from p2p_copy.transfer import (
@@ -279,3 +287,101 @@ def test_sender_checks_offers_from_memory_or_by_rereading(tmp_path: Path) -> Non
     chains.track(0, kept)
     whole = chains.verify(Offer(0, len(data), sha(data)))
     assert whole is not None and whole.hexdigest() == sha(data)
+
+
+def test_chain_hasher_same_states_in_small_or_large_pieces() -> None:
+    """Fed in small pieces (the per-file fast path) or at once, a ChainHasher keeps the same
+    digest and the same block-prefix states, including the empty prefix."""
+    data = os.urandom(2 * BLOCK + 777)
+    whole, pieces = ChainHasher(), ChainHasher()
+    whole.update(data)
+    for i in range(0, len(data), 4096 + 3):
+        pieces.update(data[i : i + 4096 + 3])
+    assert pieces.position == whole.position == len(data)
+    assert pieces.hexdigest() == whole.hexdigest() == sha(data)
+    for offset in (0, BLOCK, 2 * BLOCK, len(data)):
+        assert pieces.digest_at(offset) == whole.digest_at(offset) == sha(data[:offset])
+    assert pieces.last_block() == whole.last_block() == 2 * BLOCK
+    assert ChainHasher().digest_at(0) == sha(b"")
+
+
+def _receive_small_files(dest: Destination, files: list[bytes]) -> None:
+    dest.apply([FileData(i, 0, memoryview(d)) for i, d in enumerate(files)])
+    dest.apply([FileCompleted(i, sha(d)) for i, d in enumerate(files)])
+
+
+def test_many_small_files_leave_no_sidecar_nor_part(tmp_path: Path) -> None:
+    """Small files that each arrive whole get their final names, modes and times, and no
+    part or sidecar is left beside them (nor the folders' descriptors open)."""
+    files = [os.urandom(100 + i) for i in range(300)]
+    entries = [DirEntry("d", 0o750, 5.0), DirEntry("d/e", 0o700, 6.0)] + [
+        FileEntry(f"d/{'e/' if i % 2 else ''}f{i}", len(b), 0o640, 1000.0 + i)
+        for i, b in enumerate(files)]
+    fds = len(os.listdir("/proc/self/fd"))
+    dest = Destination(tmp_path, entries)
+    dest.prepare()
+    _receive_small_files(dest, files)
+    dest.finish()
+    assert len(os.listdir("/proc/self/fd")) == fds
+    for i, data in enumerate(files):
+        path = tmp_path / "d" / ("e" if i % 2 else "") / f"f{i}"
+        assert path.read_bytes() == data
+        assert (path.stat().st_mode & 0o777, path.stat().st_mtime) == (0o640, 1000.0 + i)
+    names = [p.name for p in tmp_path.rglob("*")]
+    assert not [n for n in names if n.endswith((TEMP_SUFFIX, SIDECAR_SUFFIX))]
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "d" / "e").stat().st_mtime == 6.0
+
+
+@pytest.mark.parametrize("count", [1, LIST_FROM + 1])
+def test_part_planted_after_prepare_is_replaced_not_written_through(
+        tmp_path: Path, count: int) -> None:
+    """A link planted under a part file's name after prepare() saw none is removed, never
+    written through; the file is received whole (with names looked up or folders listed)."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious")
+    root = tmp_path / "dest"
+    root.mkdir()
+    files = [os.urandom(5000 + i) for i in range(count)]
+    dest = Destination(root, [FileEntry(f"a{i}.bin", len(b)) for i, b in enumerate(files)])
+    dest.prepare()
+    (root / f".a0.bin{TEMP_SUFFIX}").symlink_to(outside)
+    (root / f".a0.bin{SIDECAR_SUFFIX}").symlink_to(outside)
+    _receive_small_files(dest, files)
+    dest.finish()
+    assert outside.read_bytes() == b"precious"
+    assert [(root / f"a{i}.bin").read_bytes() for i in range(count)] == files
+    assert sorted(p.name for p in root.iterdir()) == sorted(f"a{i}.bin" for i in range(count))
+
+
+def test_folder_swapped_for_a_link_mid_transfer_is_not_followed(tmp_path: Path) -> None:
+    """Once a folder has been made, later files go into that folder even if its name is
+    swapped for a link to elsewhere: nothing is written outside the destination."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "dest"
+    files = [b"first", b"second"]
+    dest = Destination(root, [FileEntry(f"d/f{i}", len(b)) for i, b in enumerate(files)])
+    dest.prepare()
+    dest.apply([FileData(0, 0, memoryview(files[0])), FileCompleted(0, sha(files[0]))])
+    (root / "d").rename(tmp_path / "moved")
+    (root / "d").symlink_to(outside)
+    dest.apply([FileData(1, 0, memoryview(files[1])), FileCompleted(1, sha(files[1]))])
+    dest.finish()
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == ["f0", "f1"]
+
+
+def test_final_name_taken_after_prepare_is_left_alone(tmp_path: Path) -> None:
+    """A file that takes the final name while receiving is kept as it is (without
+    --overwrite), the received copy is discarded, and DestinationExistsError says so."""
+    data = os.urandom(3000)
+    dest = Destination(tmp_path, [FileEntry("a.bin", len(data))])
+    dest.prepare()
+    dest.apply([FileData(0, 0, memoryview(data))])
+    (tmp_path / "a.bin").write_bytes(b"theirs")
+    with pytest.raises(DestinationExistsError):
+        dest.apply([FileCompleted(0, sha(data))])
+    dest.abort()
+    assert (tmp_path / "a.bin").read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
