@@ -185,7 +185,7 @@ def channels_cached() -> tuple[Channel, Channel]:
 
 
 def test_points_off_the_curve_are_a_remote_protocol_error() -> None:
-    """Random bytes as a SPAKE2 element (often not on the curve) are the peer's fault, not a crash."""
+    """Random bytes as a SPAKE2 element (often off the curve) are the peer's fault, no crash."""
     import base64
     import os
 
