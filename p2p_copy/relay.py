@@ -729,14 +729,15 @@ async def run_relay(
     ``announce`` prints the URL on stdout once listening (not for JSON-only output).
     """
     relay = Relay(host, port, ssl_context=ssl_context, config=config)
-    await relay.start()
-    if announce:
-        print(f"Relay listening on {relay.url}", flush=True)
     loop = asyncio.get_running_loop()
     terminate = asyncio.Event()
+    # Before listening: a SIGTERM as soon as the port is open must drain, not kill.
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGTERM, terminate.set)
     try:
+        await relay.start()
+        if announce:
+            print(f"Relay listening on {relay.url}", flush=True)
         await terminate.wait()
         await relay.drain()
     finally:
