@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -81,9 +82,18 @@ def _os_error(exc: OSError, path: Path) -> P2PCopyError:
 
 def _hidden_name(name: str, suffix: str) -> str:
     # Hidden, recognisable as ours and the same on every run, so that a later run finds
-    # it; cut so that the name stays under 255 bytes (45 characters are at most 180).
-    stem = name if len(name) <= 45 else name.encode()[:180].decode(errors="ignore")
-    return f".{stem}{suffix}"
+    # it. A long name is cut to stay under 255 bytes (45 characters are at most 180), and
+    # then gets a hash of the whole name: two long names that share their first bytes
+    # must never share a partial file (one would overwrite the other's verified bytes).
+    if len(name) <= 45:
+        return f".{name}{suffix}"
+    stem = name.encode()[:150].decode(errors="ignore")
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f".{stem}.{digest}{suffix}"
+
+
+#: macOS has no fdatasync.
+_datasync = getattr(os, "fdatasync", os.fsync)
 
 
 def _hidden(final: Path, suffix: str) -> Path:
@@ -295,7 +305,7 @@ class _Open:
         offset = self.chain.position if self.chain.position == size else self.chain.last_block()
         digest = self.chain.digest_at(offset) if offset else None
         if self.fd >= 0:
-            os.fdatasync(self.fd)
+            _datasync(self.fd)
         self.synced = self.chain.position
         if digest is None or size is None:
             return
@@ -442,7 +452,10 @@ class Destination:
     @staticmethod
     def _same_stat(entry: Entry, st: os.stat_result) -> bool:
         return (isinstance(entry, FileEntry) and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
-                and st.st_size == entry.size and mtime_matches(entry.mtime, st.st_mtime))
+                and st.st_size == entry.size and entry.mtime is not None
+                # Without an announced mtime any file of that name and size would be
+                # hashed and its digest offered: a hostile sender could test guesses.
+                and mtime_matches(entry.mtime, st.st_mtime))
 
     def _final_path(self, entry: Entry) -> Path:
         return self.root.joinpath(*self._split(entry))

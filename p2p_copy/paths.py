@@ -59,6 +59,11 @@ def _escape(char: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
+#: Names the receiver gives its partial data and resume sidecars (destination.py): an entry
+#: named like one could be overwritten by, or overwrite, another entry's partial file.
+_PARTIAL_NAME = re.compile(r"\.p2p-copy-(part|resume)(\.new)?(/|$)", re.IGNORECASE)
+
+
 def split_safe_path(path: str) -> tuple[str, ...]:
     """The components of a manifest path, or UnsafePathError if it is not a safe relative path."""
     shown = display_name(path[:200]) + ("..." if len(path) > 200 else "")
@@ -80,6 +85,10 @@ def split_safe_path(path: str) -> tuple[str, ...]:
     if _BAD_COMPONENT.search(path):
         raise UnsafePathError(
             f"The sender sent a path with an empty, '.' or '..' component: {shown!r}"
+        )
+    if _PARTIAL_NAME.search(path):
+        raise UnsafePathError(
+            f"The sender sent a name that p2p-copy keeps for its own partial files: {shown!r}"
         )
     for long in _LONG_COMPONENT.finditer(path):
         if len(long.group().encode()) > MAX_COMPONENT_BYTES:

@@ -402,3 +402,13 @@ def test_long_path_shown_cut_in_errors() -> None:
     """An error about a very long path shows its start, not 4096 characters."""
     exc = _unsafe("a/" * 1000 + "..")
     assert len(str(exc)) < 400
+
+
+@pytest.mark.parametrize("name", [
+    ".a.txt.p2p-copy-part", "dir/.a.txt.p2p-copy-resume", ".a.p2p-copy-resume.new",
+    "x.P2P-COPY-PART", ".a.p2p-copy-part/inside",
+])
+def test_names_of_partial_files_are_refused(name: str) -> None:
+    """Entries named like the receiver's partial files or sidecars could clash with them."""
+    with pytest.raises(UnsafePathError, match="partial files"):
+        split_safe_path(name)

@@ -626,3 +626,29 @@ def test_demo_command() -> None:
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     assert "OK" in proc.stderr, proc.stderr
     assert "MISMATCH" not in proc.stderr
+
+
+async def test_long_names_sharing_their_first_bytes_keep_their_own_bytes(
+        relay: Relay, tmp_path: Path) -> None:
+    """Two long names alike in their first 200 characters, both in one data message: each
+    gets its own partial file, so each final name holds its own bytes."""
+    top = tmp_path / "src" / "long"
+    prefix = "m" * 200
+    one = write(top / f"{prefix}_1.csv", b"A" * 1000)
+    two = write(top / f"{prefix}_2.csv", b"B" * 1000)
+    dest = tmp_path / "out"
+    await transfer(relay, [top], dest)
+    assert (dest / "long" / one.name).read_bytes() == b"A" * 1000
+    assert (dest / "long" / two.name).read_bytes() == b"B" * 1000
+
+
+def test_existing_files_are_offered_only_against_an_announced_mtime(tmp_path: Path) -> None:
+    """Without an announced mtime an existing file is never hashed into a resume offer: a
+    hostile sender could otherwise learn the digest of any file it can name and size."""
+    from p2p_copy.destination import Destination
+    from p2p_copy.messages import FileEntry
+
+    path = write(tmp_path / "secret.txt", b"1234")
+    st = path.stat()
+    assert not Destination._same_stat(FileEntry("secret.txt", 4), st)
+    assert Destination._same_stat(FileEntry("secret.txt", 4, mtime=st.st_mtime), st)
