@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from .client import RelayLink, open_link
 from .codes import GENERATE, generate_code, room_hash_hex
@@ -149,6 +149,37 @@ def _retryable(exc: BaseException, reconnecting: bool) -> bool:
         return True
     # While the relay restarts it is unreachable, and it may still hold our old room.
     return reconnecting and isinstance(exc, (RelayUnreachableError, CodeInUseError))
+
+
+def _keeps_partial(exc: BaseException) -> bool:
+    """Whether a receiver stopped by ``exc`` keeps its partial data for a re-run to resume.
+
+    A drop, a stall or a cancellation (ours, or the peer's) says nothing against the bytes
+    already written; a failed check (integrity, path, policy, code, tampering) does.
+    """
+    return isinstance(exc, (
+        asyncio.CancelledError, KeyboardInterrupt, CancelledError, ConnectionLostError,
+        PeerGoneError, TransferTimeoutError, RelayUnreachableError, CodeInUseError,
+    ))
+
+
+_T = TypeVar("_T")
+
+
+async def _blocking(func: Callable[..., _T], *args: object) -> _T:
+    """``func(*args)`` in a worker thread that is always waited for, even when cancelled.
+
+    Cancelling does not stop the thread: it must finish before anything else touches the
+    state it works on (suspend() or abort() after a cancellation, or files it creates
+    afterwards would be left behind). The cancellation is what gets reported.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    try:
+        return await asyncio.shield(work)
+    finally:
+        if not work.done():
+            await asyncio.wait({work})
+            work.exception()
 
 
 def _optional(display: Progress, name: str, *args: object) -> None:
@@ -595,9 +626,10 @@ async def receive(
     (files, bytes, depth); an offer over it is refused before any byte. ``encrypt``,
     ``relay_token`` and ``reconnect_timeout`` as for send().
 
-    When the connection drops (and reconnecting does not help), partial files stay as
-    hidden ``.NAME.p2p-copy-part`` files with a ``.p2p-copy-resume`` sidecar, so that
-    running the same receive again continues them; any other error removes them.
+    When the connection drops (and reconnecting does not help), a side cancels or times
+    out, partial files stay as hidden ``.NAME.p2p-copy-part`` files with a
+    ``.p2p-copy-resume`` sidecar, so that running the same receive again continues them;
+    a definitive error (integrity, unsafe path, policy, wrong code, tampering) removes them.
     """
     options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token,
                                 reconnect_timeout)
@@ -689,7 +721,7 @@ async def _receive_once(
                         if first:
                             run.started_at = time.monotonic()
                         destination = run.sink = make_sink(event.entries)
-                        await asyncio.to_thread(destination.prepare)
+                        await _blocking(destination.prepare)
                         await link.send(proto.accept(destination.offers()))
                         if not run.started:
                             run.started = True
@@ -699,12 +731,12 @@ async def _receive_once(
                         run.retry.connected()
                     elif isinstance(event, ResumeAgreed):
                         assert destination is not None
-                        await asyncio.to_thread(destination.resume, event.starts)
+                        await _blocking(destination.resume, event.starts)
                         _optional(display, "resumed", sum(event.starts.values()))
                     else:
                         assert destination is not None
                         display.verifying()
-                        await asyncio.to_thread(destination.finish)
+                        await _blocking(destination.finish)
                         await link.send(proto.done())
                         finished = True
                 if batch:
@@ -712,11 +744,11 @@ async def _receive_once(
                     await _write(destination, batch, display)
         except BaseException as exc:
             if destination is not None:
-                if _retryable(exc, reconnecting=False):
+                if _keeps_partial(exc):
                     # Kept for the next attempt, in this run or a later one.
-                    await asyncio.to_thread(destination.suspend)
+                    await _blocking(destination.suspend)
                 else:
-                    destination.abort()
+                    await _blocking(destination.abort)
             await _fail_politely(link, proto, exc)
             raise
     assert destination is not None
@@ -733,15 +765,7 @@ async def _receive_once(
 async def _write(
     destination: Sink, batch: Sequence[FileData | FileCompleted], display: Progress
 ) -> None:
-    work = asyncio.ensure_future(asyncio.to_thread(destination.apply, batch))
-    try:
-        completed = await asyncio.shield(work)
-    finally:
-        if not work.done():
-            # Cancelling does not stop the worker thread: let it finish before abort()
-            # runs, or files it opens afterwards would be left behind.
-            await asyncio.wait({work})
-            work.exception()  # the cancellation is what gets reported
+    completed = await _blocking(destination.apply, batch)
     display.advance(sum(len(e.data) for e in batch if isinstance(e, FileData)))
     for result in completed:
         display.file_done(result)

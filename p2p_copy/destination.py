@@ -25,6 +25,8 @@ import hashlib
 import os
 import shutil
 import stat
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,9 @@ READ_BYTES = 2**20
 #: Free space wanted beyond the announced bytes, for folders and metadata: per entry, and once.
 SPACE_PER_ENTRY = 4096
 SPACE_MARGIN = 2**20
+#: Seconds prepare() may spend rehashing what earlier attempts left, before ``accept``: the
+#: sender waits api.ACCEPT_TIMEOUT (60 s) for it. What is not hashed in time is sent again.
+HASH_BUDGET = 20.0
 #: Folder descriptors kept open while writing (the most recently used ones).
 DIRS_KEPT = 64
 #: From this many entries on, prepare() lists each folder once instead of looking up each
@@ -78,6 +83,34 @@ def _os_error(exc: OSError, path: Path) -> P2PCopyError:
             "Free some space and receive again."
         )
     return P2PCopyError(f"Cannot write {display_name(str(path))!r}: {exc.strerror}.")
+
+
+_umask_lock = threading.Lock()
+#: The process umask, read once (reading it means setting it: see _umask()).
+_umask_value: int | None = None
+
+
+def _umask() -> int:
+    """The receiver's umask, which the sender's modes never override (as tar and scp do)."""
+    global _umask_value
+    with _umask_lock:
+        if _umask_value is None:
+            # os.umask can only be read by setting it; the stricter value in between can
+            # only make a file another thread creates meanwhile less accessible.
+            _umask_value = os.umask(0o077)
+            os.umask(_umask_value)
+        return _umask_value
+
+
+def _owned(st: os.stat_result) -> bool:
+    """Whether a part file found on disk may be resumed: ours, writable by nobody else.
+
+    In a shared folder another user could plant a part (and a sidecar vouching for it).
+    """
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is not None and st.st_uid != geteuid():
+        return False
+    return not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _hidden_name(name: str, suffix: str) -> str:
@@ -198,15 +231,29 @@ def _lone_regular(path: Path) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 else None
 
 
-def _hash_prefix(path: Path, length: int) -> ChainHasher | None:
-    """The hash of ``path``'s first ``length`` bytes, or None if it is shorter or unreadable."""
+class _OutOfTime(Exception):
+    """prepare() used up HASH_BUDGET."""
+
+
+def _hash_prefix(path: Path, length: int, deadline: float | None = None, *,
+                 part: bool = False) -> tuple[ChainHasher, tuple[int, int]] | None:
+    """The hash of ``path``'s first ``length`` bytes and the (device, inode) it was read
+    from, or None if it is shorter, unreadable, or (``part``) not one we may resume.
+
+    Raises _OutOfTime once ``deadline`` (time.monotonic()) has passed.
+    """
     chain = ChainHasher()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or (part and not _owned(st)):
+            return None
         while chain.position < length:
+            if deadline is not None and time.monotonic() > deadline:
+                raise _OutOfTime
             data = os.read(fd, min(READ_BYTES, length - chain.position))
             if not data:
                 return None
@@ -215,7 +262,7 @@ def _hash_prefix(path: Path, length: int) -> ChainHasher | None:
         return None
     finally:
         os.close(fd)
-    return chain
+    return chain, (st.st_dev, st.st_ino)
 
 
 @dataclass
@@ -225,6 +272,8 @@ class _Found:
     file: int
     chain: ChainHasher
     final: bool
+    #: (st_dev, st_ino) of the file hashed: a part reopened later must be that same file.
+    identity: tuple[int, int] = (0, 0)
 
     @property
     def offer(self) -> Offer:
@@ -235,7 +284,7 @@ class _Open:
     """A file being received: its folder, temporary name, descriptor and running hash."""
 
     def __init__(self, dirs: _Dirs, parts: tuple[str, ...], entry: DataEntry,
-                 chain: ChainHasher | None = None, *, clean: bool = False) -> None:
+                 start: _Found | None = None, *, clean: bool = False) -> None:
         self.dirs = dirs
         self.folder, self.name = parts[:-1], parts[-1]
         self.entry = entry
@@ -245,7 +294,7 @@ class _Open:
         self.has_sidecar = not clean
         self.synced = 0
         at = dirs.fd(self.folder)
-        if chain is None:
+        if start is None:
             # A fresh start: whatever has this name goes (never written through), and
             # O_EXCL makes sure that the file written is the one created here. Names that
             # prepare() did not see are not removed first; if one appeared since, it goes.
@@ -266,12 +315,15 @@ class _Open:
         else:
             self.fd = os.open(self.temp, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=at)
             st = os.fstat(self.fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            # The very file prepare() hashed, still ours: not one swapped in since.
+            if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not _owned(st)
+                    or (st.st_dev, st.st_ino) != start.identity):
                 os.close(self.fd)
                 raise UnsafePathError(
                     f"{display_name(str(self.final.with_name(self.temp)))!r} changed while "
                     "resuming; remove it and receive again."
                 )
+            chain = start.chain
             os.ftruncate(self.fd, chain.position)
             os.lseek(self.fd, chain.position, os.SEEK_SET)
             self.chain = chain
@@ -293,7 +345,7 @@ class _Open:
     def seal(self) -> None:
         """Give the complete temporary file its mode and time, and close it."""
         if self.fd >= 0:
-            os.fchmod(self.fd, stat.S_IMODE(self.entry.mode) & 0o777)
+            os.fchmod(self.fd, stat.S_IMODE(self.entry.mode) & 0o777 & ~_umask())
             if self.entry.mtime is not None:
                 _set_mtime(self.fd, self.entry.mtime)
             os.close(self.fd)
@@ -356,8 +408,11 @@ class Destination:
         self._found: dict[int, _Found] = {}
         #: Final files kept as they are, by file number: their whole-file hash.
         self._kept: dict[int, ChainHasher] = {}
-        #: Files that continue from a prefix: their hash so far.
-        self._starts: dict[int, ChainHasher] = {}
+        #: Files that continue from a prefix: that prefix.
+        self._starts: dict[int, _Found] = {}
+        #: Final files like the announced ones that prepare() had no time to hash: if
+        #: received again, they are compared then (not replaced without ``overwrite``).
+        self._unchecked: set[int] = set()
 
     #: A new attempt after a failure worth retrying starts from what is on disk.
     restartable = True
@@ -375,9 +430,10 @@ class Destination:
         folders: set[tuple[str, ...]] = set()
         for entry in self.entries:
             self._check_target(entry, listings, folders)
+        deadline = time.monotonic() + HASH_BUDGET
         for file, entry in enumerate(self.files):
             if isinstance(entry, FileEntry):
-                self._find(file, entry, listings)
+                self._find(file, entry, listings, deadline)
         # A stream's size is unknown: it can only fail when the disk fills up.
         needed = sum(f.size for f in self.files if isinstance(f, FileEntry))
         needed -= sum(f.chain.position for f in self._found.values())
@@ -461,8 +517,12 @@ class Destination:
         return self.root.joinpath(*self._split(entry))
 
     def _find(self, file: int, entry: FileEntry,
-              listings: dict[tuple[str, ...], frozenset[str] | None]) -> None:
-        """Look for a prefix of ``entry`` from an earlier attempt: final file, or part."""
+              listings: dict[tuple[str, ...], frozenset[str] | None], deadline: float) -> None:
+        """Look for a prefix of ``entry`` from an earlier attempt: final file, or part.
+
+        Past ``deadline`` nothing more is offered: a part starts over, and a final file
+        is compared when it arrives again.
+        """
         parts = self._split(entry)
         folder, name = parts[:-1], parts[-1]
         if not (self._may_exist(folder, _hidden_name(name, TEMP_SUFFIX), listings)
@@ -476,24 +536,34 @@ class Destination:
             if entry.size == 0:
                 self._kept[file] = ChainHasher()  # nothing to offer, nothing to differ
                 return
-            chain = _hash_prefix(final, entry.size)
-            if chain is not None:
-                self._found[file] = _Found(file, chain, final=True)
+            try:
+                hashed = _hash_prefix(final, entry.size, deadline)
+            except _OutOfTime:
+                self._unchecked.add(file)
+                return
+            if hashed is not None:
+                self._found[file] = _Found(file, hashed[0], final=True)
             return
         if file in self._clean:
             return
         part, sidecar_path = _hidden(final, TEMP_SUFFIX), _hidden(final, SIDECAR_SUFFIX)
         part_stat = _lone_regular(part)
         sidecar_stat = _lone_regular(sidecar_path)
-        if part_stat is None or sidecar_stat is None or sidecar_stat.st_size > 4096:
-            return  # no part, or one from p2p-copy 0.2 without a sidecar: started over
+        if (part_stat is None or sidecar_stat is None or sidecar_stat.st_size > 4096
+                or not _owned(part_stat) or not _owned(sidecar_stat)):
+            # No part, one from p2p-copy 0.2 without a sidecar, or one another user could
+            # have planted or changed: started over.
+            return
         sidecar = Sidecar.parse(sidecar_path.read_bytes())
         if (sidecar is None or sidecar.size != entry.size or sidecar.mtime != entry.mtime
                 or part_stat.st_size < sidecar.offset):
             return
-        chain = _hash_prefix(part, sidecar.offset)
-        if chain is not None and chain.hexdigest() == sidecar.sha256:
-            self._found[file] = _Found(file, chain, final=False)
+        try:
+            hashed = _hash_prefix(part, sidecar.offset, deadline, part=True)
+        except _OutOfTime:
+            return
+        if hashed is not None and hashed[0].hexdigest() == sidecar.sha256:
+            self._found[file] = _Found(file, hashed[0], final=False, identity=hashed[1])
 
     def offers(self) -> list[Offer]:
         """The prefixes found by prepare(), to offer the sender in ``accept``."""
@@ -506,7 +576,7 @@ class Destination:
                 if found.final:
                     self._kept[file] = found.chain
                 else:
-                    self._starts[file] = found.chain
+                    self._starts[file] = found
             elif found.final and not self.overwrite:
                 path = self._final_path(self.files[file])
                 raise DestinationExistsError(
@@ -570,6 +640,14 @@ class Destination:
                     "discarded. Send it again."
                 )
             current.seal()
+            if event.file in self._unchecked and not self.overwrite:
+                same = _hash_prefix(current.final, current.written)
+                if same is not None and same[0].hexdigest() == digest:
+                    # The file prepare() had no time to check was this one: it stays.
+                    current.discard()
+                    result = FileResult(entry.path, current.written, digest)
+                    self.results.append(result)
+                    return result
             at = self._dirs.fd(current.folder)
             if self.overwrite or not _link_at(current.temp, current.name, at):
                 if not self.overwrite and _exists_at(current.name, at):
@@ -579,6 +657,12 @@ class Destination:
                 _unlink_at(current.sidecar, at)
         except FileExistsError:
             current.discard()
+            if event.file in self._unchecked:
+                raise DestinationExistsError(
+                    f"{display_name(str(current.final))!r} already exists and differs from "
+                    "the sender's. Pass --overwrite (overwrite=True) to replace it, or "
+                    "receive into another folder."
+                ) from None
             raise DestinationExistsError(
                 f"{display_name(str(current.final))!r} appeared while receiving; "
                 "it was left as it is."
@@ -616,7 +700,7 @@ class Destination:
             fd = self._dirs.fd(self._split(entry))
             try:
                 # The owner keeps full rights so that a later transfer can add to it.
-                os.fchmod(fd, (stat.S_IMODE(entry.mode) & 0o777) | 0o700)
+                os.fchmod(fd, (stat.S_IMODE(entry.mode) & 0o777 & ~_umask()) | 0o700)
                 if entry.mtime is not None:
                     _set_mtime(fd, entry.mtime)
             except OSError as exc:
@@ -627,10 +711,14 @@ class Destination:
     def suspend(self) -> None:
         """Stop for now, keeping every part with a prefix worth offering next time.
 
-        For failures worth retrying (a lost connection): the next attempt, in this run
-        or a later one, resumes from the sidecars written here.
+        For failures worth retrying (a lost connection, a cancellation): the next
+        attempt, in this run or a later one, resumes from the sidecars written here.
+        Parts shorter than one block go: sending them again is cheaper than a sidecar.
         """
         for current in list(self._open.values()):
+            if current.written < BLOCK:
+                current.discard()
+                continue
             try:
                 current.save_point()
             except OSError:

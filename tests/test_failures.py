@@ -469,6 +469,8 @@ async def test_cli_second_sender_exits_5(
 # --- a peer killed or cancelled mid-transfer ---------------------------------------------
 
 BIG = 300 * 2**20
+#: All a receiver stopped part-way (killed, interrupted, cancelled) may leave behind.
+KEPT = {".big.bin.p2p-copy-part", ".big.bin.p2p-copy-resume"}
 
 
 def test_receiver_killed_mid_transfer(processes: Processes, tmp_path: Path, code: str) -> None:
@@ -514,8 +516,8 @@ def test_sender_killed_mid_transfer(processes: Processes, tmp_path: Path, code: 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cli_receiver_interrupted(processes: Processes, tmp_path: Path, code: str,
                                   sig: signal.Signals) -> None:
-    """SIGTERM or SIGINT (Ctrl-C) on the receiver mid-transfer: it exits 130 after removing
-    its temporary file, and the sender exits 6."""
+    """SIGTERM or SIGINT (Ctrl-C) on the receiver mid-transfer: it exits 130 keeping only
+    its hidden part and sidecar (for a re-run to resume), and the sender exits 6."""
     _relay, url = processes.start_relay()
     src = make_big_file(tmp_path / "src" / "big.bin", BIG)
     dest = tmp_path / "dest"
@@ -525,13 +527,13 @@ def test_cli_receiver_interrupted(processes: Processes, tmp_path: Path, code: st
     receiver.send_signal(sig)
     assert_cli_failed(finish(receiver), 130)
     assert_cli_failed(finish(sender), 6)
-    assert tree(dest) == set()
+    assert tree(dest) <= KEPT
 
 
 async def test_cancelled_receive(relay: Relay, tmp_path: Path, code: str) -> None:
     """Cancelling the receive task mid-transfer stays an asyncio cancellation (so timeouts
-    and task groups work around receive()), the sender learns it as PeerGoneError, and no
-    temporary file is left."""
+    and task groups work around receive()), the sender learns it as PeerGoneError, and only
+    the hidden part and sidecar a re-run resumes from are left."""
     src = make_big_file(tmp_path / "src" / "big.bin", BIG)
     dest = tmp_path / "dest"
     async with asyncio.timeout(SCENARIO_TIMEOUT):
@@ -545,7 +547,7 @@ async def test_cancelled_receive(relay: Relay, tmp_path: Path, code: str) -> Non
                 await sender
     assert "cancelled" in str(gone.value)
     assert_one_line(gone.value)
-    assert tree(dest) == set()
+    assert tree(dest) <= KEPT
 
 
 async def test_cancelled_receive_of_many_small_files(relay: Relay, tmp_path: Path,
@@ -572,7 +574,7 @@ async def test_cancelled_receive_of_many_small_files(relay: Relay, tmp_path: Pat
 
 async def test_cancelled_send(relay: Relay, tmp_path: Path, code: str) -> None:
     """Cancelling the send task mid-transfer stays an asyncio cancellation; the receiver
-    raises PeerGoneError and keeps nothing."""
+    raises PeerGoneError and keeps nothing but what a re-run resumes from."""
     src = make_big_file(tmp_path / "src" / "big.bin", BIG)
     dest = tmp_path / "dest"
     async with asyncio.timeout(SCENARIO_TIMEOUT):
@@ -585,7 +587,59 @@ async def test_cancelled_send(relay: Relay, tmp_path: Path, code: str) -> None:
             with pytest.raises(PeerGoneError) as gone:
                 await receiver
     assert_one_line(gone.value)
-    assert tree(dest) == set()
+    assert tree(dest) <= KEPT
+
+
+async def test_cancel_while_preparing_waits_for_the_worker_thread(relay: Relay, tmp_path: Path,
+                                                                  code: str) -> None:
+    """A receive cancelled while prepare() runs in its worker thread cleans up only once that
+    thread is done: suspend() never works on the same files beside it."""
+    import threading
+
+    from p2p_copy import api
+    from p2p_copy.destination import Destination
+    from p2p_copy.messages import Entry
+    from p2p_copy.progress import NoProgress
+
+    src = make_file(tmp_path / "src" / "a.bin", b"x" * 5000)
+    dest = tmp_path / "dest"
+    started, release = threading.Event(), threading.Event()
+    log: list[str] = []
+
+    class Slow(Destination):
+        def prepare(self) -> None:
+            log.append("prepare")
+            started.set()
+            release.wait(SCENARIO_TIMEOUT)
+            super().prepare()
+            log.append("prepared")
+
+        def suspend(self) -> None:
+            log.append("suspend")
+            super().suspend()
+
+        def abort(self) -> None:
+            log.append("abort")
+            super().abort()
+
+    def sink(entries: Sequence[Entry]) -> Destination:
+        return Slow(dest, entries)
+
+    options = api._receiver_options(relay.url, code, None, None, True, None, 0)
+    async with asyncio.timeout(SCENARIO_TIMEOUT):
+        async with background(p2p_copy.send(relay.url, code, [src], progress="none",
+                                            reconnect_timeout=0)) as sender, \
+                background(api._receive(options, code, sink, None, NoProgress())) as receiver:
+            await asyncio.to_thread(started.wait, SCENARIO_TIMEOUT)
+            receiver.cancel()
+            # Room for a clean-up that does not wait to run now (it must not).
+            await asyncio.wait({receiver}, timeout=0.5)
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await receiver
+            with pytest.raises(PeerGoneError):
+                await sender
+    assert log == ["prepare", "prepared", "suspend"]
 
 
 # --- codes that never pair ----------------------------------------------------------------

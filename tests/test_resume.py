@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from p2p_copy.destination import LIST_FROM, SIDECAR_SUFFIX, TEMP_SUFFIX, Destination
-from p2p_copy.errors import DestinationExistsError, LocalProtocolError, RemoteProtocolError
+from p2p_copy.errors import (
+    DestinationExistsError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    UnsafePathError,
+)
 from p2p_copy.messages import (
     Accept,
     DirEntry,
@@ -385,3 +390,87 @@ def test_final_name_taken_after_prepare_is_left_alone(tmp_path: Path) -> None:
     dest.abort()
     assert (tmp_path / "a.bin").read_bytes() == b"theirs"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_sender_modes_are_limited_by_the_receivers_umask(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender cannot make received files or folders writable by others: its modes pass
+    through the receiver's umask, as with tar and scp."""
+    from p2p_copy import destination
+
+    monkeypatch.setattr(destination, "_umask_value", 0o022, raising=False)
+    data = b"shared"
+    dest = Destination(tmp_path, [DirEntry("d", mode=0o777),
+                                  FileEntry("d/a.txt", len(data), mode=0o666)])
+    dest.prepare()
+    dest.apply([FileData(0, 0, memoryview(data)), FileCompleted(0, sha(data))])
+    dest.finish()
+    assert (tmp_path / "d" / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("which", [TEMP_SUFFIX, SIDECAR_SUFFIX])
+def test_part_others_may_write_is_not_resumed(tmp_path: Path, which: str) -> None:
+    """A part (or sidecar) that group or others may write could have been planted or
+    changed by another user: it is not offered, and the file starts over."""
+    data = os.urandom(BLOCK + 10)
+    _write_part(tmp_path, "a.bin", data, BLOCK, 7.0)
+    os.chmod(tmp_path / f".a.bin{which}", 0o666)
+    dest = Destination(tmp_path, [FileEntry("a.bin", len(data) * 2, mtime=7.0)])
+    dest.prepare()
+    assert dest.offers() == []
+
+
+def test_part_swapped_after_prepare_is_not_written_to(tmp_path: Path) -> None:
+    """A part replaced by another file between its hashing and its reopening is refused:
+    bytes nobody verified are never continued."""
+    data = os.urandom(BLOCK + 10)
+    _write_part(tmp_path, "a.bin", data, BLOCK, 7.0)
+    dest = Destination(tmp_path, [FileEntry("a.bin", len(data) * 2, mtime=7.0)])
+    dest.prepare()
+    assert dest.offers() == [Offer(0, BLOCK, sha(data[:BLOCK]))]
+    swapped = tmp_path / "swapped"
+    swapped.write_bytes(os.urandom(BLOCK))
+    swapped.replace(tmp_path / f".a.bin{TEMP_SUFFIX}")
+    dest.resume({0: BLOCK})
+    with pytest.raises(UnsafePathError, match="changed while resuming"):
+        dest.apply([FileData(0, BLOCK, memoryview(b"rest"))])
+    dest.abort()
+
+
+def test_out_of_hashing_time_offers_nothing_and_checks_on_arrival(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no time left to hash before accept, nothing is offered (the sender would give
+    up waiting); a complete file received again is then kept if equal, refused if not."""
+    from p2p_copy import destination
+
+    monkeypatch.setattr(destination, "HASH_BUDGET", -1.0, raising=False)
+    same, other = os.urandom(3000), os.urandom(3000)
+    (tmp_path / "same.bin").write_bytes(same)
+    (tmp_path / "other.bin").write_bytes(os.urandom(3000))
+    os.utime(tmp_path / "same.bin", (5.0, 5.0))
+    os.utime(tmp_path / "other.bin", (5.0, 5.0))
+    _write_part(tmp_path, "part.bin", os.urandom(BLOCK), BLOCK, 5.0)
+    entries = [FileEntry("same.bin", 3000, mtime=5.0), FileEntry("other.bin", 3000, mtime=5.0),
+               FileEntry("part.bin", 2 * BLOCK, mtime=5.0)]
+    dest = Destination(tmp_path, entries)
+    dest.prepare()
+    assert dest.offers() == []
+    dest.resume({})
+    done = dest.apply([FileData(0, 0, memoryview(same)), FileCompleted(0, sha(same))])
+    assert [r.path for r in done] == ["same.bin"]
+    with pytest.raises(DestinationExistsError, match="differs"):
+        dest.apply([FileData(1, 0, memoryview(other)), FileCompleted(1, sha(other))])
+    dest.abort()
+    assert (tmp_path / "same.bin").read_bytes() == same
+    assert (tmp_path / "other.bin").read_bytes() != other
+
+
+def test_suspend_drops_parts_shorter_than_a_block(tmp_path: Path) -> None:
+    """Suspending (a drop, a cancel) keeps no part too small to be worth a sidecar."""
+    data = os.urandom(5000)
+    dest = Destination(tmp_path, [FileEntry("a.bin", len(data)), FileEntry("b.bin", 9000)])
+    dest.prepare()
+    dest.apply([FileData(0, 0, memoryview(data)), FileData(1, 0, memoryview(data))])
+    dest.suspend()
+    assert list(tmp_path.iterdir()) == []

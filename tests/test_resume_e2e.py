@@ -251,3 +251,34 @@ def test_cli_reconnect_timeout_flag(tmp_path: Path) -> None:
                    "--out", str(tmp_path))
     assert proc.returncode == 2, proc.stderr
     assert "reconnect_timeout" in proc.stderr
+
+
+@pytest.mark.parametrize("side", ["receiver", "sender"])
+async def test_cancelled_transfer_resumes_when_run_again(relay: Relay, tmp_path: Path,
+                                                         code: str, side: str) -> None:
+    """A transfer cancelled on either side (Ctrl-C, a Cancel button) keeps the receiver's
+    verified prefix: running send and receive again sends only the rest."""
+    size = 96 * MiB
+    src = random_file(tmp_path / "src" / "data.bin", size, seed=7)
+    dest = tmp_path / "dest"
+    receiving = asyncio.ensure_future(p2p_copy.receive(relay.url, code, dest, progress="none",
+                                                       reconnect_timeout=0))
+    sending = asyncio.ensure_future(p2p_copy.send(relay.url, code, src, progress="none",
+                                                  reconnect_timeout=0))
+    try:
+        await wait_for(lambda: part_bytes(dest) > 40 * MiB or sending.done()
+                       or receiving.done(), "40 MiB to arrive")
+        (receiving if side == "receiver" else sending).cancel()
+        await asyncio.gather(receiving, sending, return_exceptions=True)
+    finally:
+        receiving.cancel()
+        sending.cancel()
+    assert not (dest / "data.bin").exists()
+    assert leftovers(dest)
+    code2 = code + "-2"
+    received, sent = await asyncio.gather(
+        p2p_copy.receive(relay.url, code2, dest, progress="none"),
+        p2p_copy.send(relay.url, code2, src, progress="none"))
+    assert sent.bytes <= size - 32 * MiB
+    assert same_bytes(src, dest / "data.bin")
+    assert not leftovers(dest)
