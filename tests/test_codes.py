@@ -24,6 +24,16 @@ pytestmark = pytest.mark.timeout(90)
 GENERATED = re.compile(r"[1-9][0-9]*(-[a-z]+){3}")
 
 
+class CodeWatch(NoProgress):
+    """A display that records the codes the sender shows, and nothing else."""
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+
+    def showing_code(self, server: str, code: str) -> None:
+        self.shown.append(code)
+
+
 def test_room_is_the_part_before_the_first_dash() -> None:
     """``7-crossover-clockwork-puma`` pairs in room 7; the rest is the secret."""
     assert codes.split_code("7-crossover-clockwork-puma") == ("7", "crossover-clockwork-puma")
@@ -71,14 +81,10 @@ async def test_generated_code_is_shown_once_the_room_is_ours(tmp_path: Path) -> 
     """send(code=None) shows the code after the relay's ``waiting``, and returns it."""
     src = tmp_path / "a.txt"
     src.write_text("generated")
-    shown: list[str] = []
-
-    class Watch(NoProgress):
-        def showing_code(self, server: str, code: str) -> None:
-            shown.append(code)
-
+    watch = CodeWatch()
+    shown = watch.shown
     async with running_relay() as relay:
-        sending = asyncio.ensure_future(p2p_copy.send(relay.url, None, [src], progress=Watch()))
+        sending = asyncio.ensure_future(p2p_copy.send(relay.url, None, [src], progress=watch))
         async with asyncio.timeout(10):
             while not shown:
                 await asyncio.sleep(0.01)
@@ -105,13 +111,9 @@ async def test_taken_room_gets_a_new_generated_code(
         async with asyncio.timeout(10):
             while relay.stats.waiting < 1:
                 await asyncio.sleep(0.01)
-        shown: list[str] = []
-
-        class Watch(NoProgress):
-            def showing_code(self, server: str, code: str) -> None:
-                shown.append(code)
-
-        sending = asyncio.ensure_future(p2p_copy.send(relay.url, None, [src], progress=Watch()))
+        watch = CodeWatch()
+        shown = watch.shown
+        sending = asyncio.ensure_future(p2p_copy.send(relay.url, None, [src], progress=watch))
         async with asyncio.timeout(10):
             while not shown:
                 await asyncio.sleep(0.01)
