@@ -185,12 +185,24 @@ def channels_cached() -> tuple[Channel, Channel]:
 
 
 def test_points_off_the_curve_are_a_remote_protocol_error() -> None:
-    """Random bytes as a SPAKE2 element (often off the curve) are the peer's fault, no crash."""
-    import base64
-    import os
+    """Random bytes as a SPAKE2 element are the peer's fault, never a crash.
 
-    for _ in range(20):
+    Seeded: about 1 in 512 random strings carries the right side byte *and* a point on the
+    curve; such a message is accepted and merely yields a key that fails confirmation.
+    """
+    import base64
+    import random
+
+    rng = random.Random(20261124)
+    refused = 0
+    for _ in range(200):
         side = KeyExchange("7-a-b", "receiver")
-        garbage = base64.b64encode(os.urandom(33)).decode()
-        with pytest.raises(RemoteProtocolError):
+        garbage = base64.b64encode(rng.randbytes(33)).decode()
+        try:
             side.receive(Pake(suite=SUITE, msg=garbage))
+        except RemoteProtocolError:
+            refused += 1
+        else:
+            with pytest.raises(WrongCodeError):
+                side.check(Confirm(mac="00" * 32))
+    assert refused >= 190
