@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 from .client import RelayLink, open_link
 from .codes import GENERATE, generate_code, room_hash_hex
@@ -34,6 +34,7 @@ from .errors import (
 from .handshake import HANDSHAKE_TIMEOUT, Link, handshake
 from .messages import Entry, FileEntry, Ready, StreamEntry
 from .objects import encode_object
+from .offload import Offload, in_thread
 from .paths import check_entries, display_name
 from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
@@ -161,25 +162,6 @@ def _keeps_partial(exc: BaseException) -> bool:
         asyncio.CancelledError, KeyboardInterrupt, CancelledError, ConnectionLostError,
         PeerGoneError, TransferTimeoutError, RelayUnreachableError, CodeInUseError,
     ))
-
-
-_T = TypeVar("_T")
-
-
-async def _blocking(func: Callable[..., _T], *args: object) -> _T:
-    """``func(*args)`` in a worker thread that is always waited for, even when cancelled.
-
-    Cancelling does not stop the thread: it must finish before anything else touches the
-    state it works on (suspend() or abort() after a cancellation, or files it creates
-    afterwards would be left behind). The cancellation is what gets reported.
-    """
-    work = asyncio.ensure_future(asyncio.to_thread(func, *args))
-    try:
-        return await asyncio.shield(work)
-    finally:
-        if not work.done():
-            await asyncio.wait({work})
-            work.exception()
 
 
 def _optional(display: Progress, name: str, *args: object) -> None:
@@ -569,19 +551,14 @@ async def _stream(
     chunk_size: int,
 ) -> list[str]:
     reader = open_reader()
-    # Two buffers: a worker thread fills one while the other is on its way out.
-    buffers = [bytearray(1 + chunk_size), bytearray(1 + chunk_size)]
+    buffer = bytearray(1 + chunk_size)
+    # Files and memory are read inline while that is quick; a pipe (stdin) may block for
+    # as long as its writer pauses: always a thread.
+    offload = Offload(threaded=isinstance(reader, PipeReader))
     digests: list[str] = []
     try:
-        filling = asyncio.ensure_future(asyncio.to_thread(reader.read_into, buffers[0]))
-        turn = 0
         while True:
-            length, finished = await filling
-            buffer = buffers[turn]
-            turn ^= 1
-            more = not reader.exhausted
-            if more:
-                filling = asyncio.ensure_future(asyncio.to_thread(reader.read_into, buffers[turn]))
+            length, finished = await offload(reader.read_into, buffer)
             if length:
                 await link.send(proto.frame_data(buffer, length))
                 display.advance(length)
@@ -589,16 +566,11 @@ async def _stream(
                 digests.extend(finished)
                 for message in proto.checksums(finished):
                     await link.send(message)
-            if not more:
+            if reader.exhausted:
                 break
         await link.send(proto.eof())
         display.verifying()
     finally:
-        # Cancelling does not stop a worker thread: let the read finish before the reader
-        # closes its file under it.
-        await asyncio.wait({filling})
-        if not filling.cancelled():
-            filling.exception()  # retrieved; the error that brought us here is reported
         reader.close()
     return digests
 
@@ -688,6 +660,7 @@ async def _receive_once(
     room = room_hash_hex(code)
     proto = Receiver(room, policy=policy)
     destination: Sink | None = None
+    offload = Offload(threaded=True)
     first = not run.paired
     async with open_link(options.server, room=room, cafile=options.cafile,
                          token=options.relay_token) as ws:
@@ -721,7 +694,10 @@ async def _receive_once(
                         if first:
                             run.started_at = time.monotonic()
                         destination = run.sink = make_sink(event.entries)
-                        await _blocking(destination.prepare)
+                        # Files and objects are written inline while that is quick; a
+                        # pipe (stdout) may block as long as its reader pauses: a thread.
+                        offload = Offload(threaded=isinstance(destination, PipeSink))
+                        await in_thread(destination.prepare)
                         await link.send(proto.accept(destination.offers()))
                         if not run.started:
                             run.started = True
@@ -731,24 +707,24 @@ async def _receive_once(
                         run.retry.connected()
                     elif isinstance(event, ResumeAgreed):
                         assert destination is not None
-                        await _blocking(destination.resume, event.starts)
+                        await in_thread(destination.resume, event.starts)
                         _optional(display, "resumed", sum(event.starts.values()))
                     else:
                         assert destination is not None
                         display.verifying()
-                        await _blocking(destination.finish)
+                        await in_thread(destination.finish)
                         await link.send(proto.done())
                         finished = True
                 if batch:
                     assert destination is not None
-                    await _write(destination, batch, display)
+                    await _write(destination, batch, display, offload)
         except BaseException as exc:
             if destination is not None:
                 if _keeps_partial(exc):
                     # Kept for the next attempt, in this run or a later one.
-                    await _blocking(destination.suspend)
+                    await in_thread(destination.suspend)
                 else:
-                    await _blocking(destination.abort)
+                    await in_thread(destination.abort)
             await _fail_politely(link, proto, exc)
             raise
     assert destination is not None
@@ -763,9 +739,10 @@ async def _receive_once(
 
 
 async def _write(
-    destination: Sink, batch: Sequence[FileData | FileCompleted], display: Progress
+    destination: Sink, batch: Sequence[FileData | FileCompleted], display: Progress,
+    offload: Offload,
 ) -> None:
-    completed = await _blocking(destination.apply, batch)
+    completed = await offload(destination.apply, batch)
     display.advance(sum(len(e.data) for e in batch if isinstance(e, FileData)))
     for result in completed:
         display.file_done(result)

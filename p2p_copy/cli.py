@@ -20,6 +20,7 @@ from .errors import P2PCopyError, UsageError
 from .logs import ADDRESS_MODES
 from .paths import display_name
 from .progress import make_progress, with_code_on_stderr
+from .tuning import tune_process
 
 __all__ = ["main", "RELAY_TOKEN_ENV"]
 
@@ -404,6 +405,7 @@ def _run_relay(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``p2p-copy`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
+    tune_process()
     try:
         return _command(args)
     except P2PCopyError as exc:
