@@ -688,6 +688,12 @@ class Ours(Tool):
         if probe.returncode != 0:
             self.available, self.reason = False, probe.stderr.strip()[-500:]
         self.version = probe.stdout.strip()
+        # pip compiles a package's bytecode when it installs it (the seed's and
+        # magic-wormhole's venvs have theirs); an editable install under
+        # PYTHONDONTWRITEBYTECODE never gets it and would compile ~0.1 s of source at
+        # every start. Compile once, like an install would.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "p2p_copy")],
+                       capture_output=True, timeout=120, cwd=REPO)
         self.description = (
             f"{' '.join(self.cli)} run-relay-server 127.0.0.1 PORT --no-tls; "
             "send ws://127.0.0.1:PORT CODE PATH; receive ws://127.0.0.1:PORT CODE --out DIR "
