@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
 
 from . import api
+from .compression import ChooserMode
 from .errors import CancelledError
 from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
@@ -152,13 +153,14 @@ def send_blocking(
     encrypt: bool = True,
     relay_token: str | None = None,
     reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
+    compress: ChooserMode = "auto",
 ) -> TransferResult:
     """``p2p_copy.send(...)`` for code that does not await: returns when the transfer ends."""
     display = make_progress(progress, "send")  # here: a widget belongs to the caller's thread
     return _run(lambda: api.send(server, code, paths, cafile=cafile, progress=display,
                                  wait_timeout=wait_timeout, chunk_size=chunk_size,
                                  encrypt=encrypt, relay_token=relay_token,
-                                 reconnect_timeout=reconnect_timeout))
+                                 reconnect_timeout=reconnect_timeout, compress=compress))
 
 
 def receive_blocking(

@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="send TEXT instead of files (the receiver prints it)")
     send.add_argument("--name", metavar="NAME",
                       help="with '-' or --text: the file name a receiver saving to disk uses")
+    send.add_argument("--compress", choices=("auto", "always", "never"), default="auto",
+                      help="zstd-compress data: 'auto' (default) while that is measured to "
+                      "move it faster than sending it raw (slow links, compressible data)")
     _common_options(send)
 
     receive = sub.add_parser("receive", help="receive files and folders", epilog=EXAMPLES,
@@ -238,11 +241,12 @@ def _send(args: argparse.Namespace, code: str, progress: Any,
         if len(files) > 1:
             raise UsageError("'-' (standard input) is sent on its own, without other FILEs.")
         return api.send_stream(args.server, code, sys.stdin.buffer, name=args.name or "stdin",
-                               progress=progress, **common)
+                               progress=progress, compress=args.compress, **common)
     if args.name is not None:
         raise UsageError("--name names standard input ('-') or a --text; files keep their "
                          "own names.")
-    return api.send(args.server, code, files, progress=progress, **common)
+    return api.send(args.server, code, files, progress=progress, compress=args.compress,
+                    **common)
 
 
 def _receive(args: argparse.Namespace, code: str, common: dict[str, Any]) -> Any:

@@ -11,6 +11,9 @@ must declare its content size, which must be at most ``max_output`` (the chunk s
 limit), so one chunk never allocates more than that however small its frame is.
 Every failure is a ``RemoteProtocolError``.
 
+``CompressionChooser`` decides, by measuring, whether trying compression pays at all on
+this link and machine.
+
 Both wrap one reusable zstandard context; zstandard releases the GIL while it works, so
 the asyncio layer may call them from a worker thread (one call at a time per object).
 """
@@ -18,7 +21,7 @@ the asyncio layer may call them from a worker thread (one call at a time per obj
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 import zstandard
 
@@ -33,6 +36,9 @@ __all__ = [
     "CompressionStats",
     "ChunkCompressor",
     "ChunkDecompressor",
+    "COMPRESS_MODES",
+    "ChooserMode",
+    "CompressionChooser",
 ]
 
 BytesLike = bytes | bytearray | memoryview
@@ -140,8 +146,12 @@ class ChunkDecompressor:
         )
         self.stats = CompressionStats()
 
-    def decompress(self, data: BytesLike) -> bytes:
-        """The chunk held by the zstd frame ``data``; raises ``RemoteProtocolError``."""
+    def declared_size(self, data: BytesLike) -> int:
+        """The content size the frame ``data`` declares, 1..max_output; else raises.
+
+        Reads only the frame header, so a caller can check the size against its own
+        limits before ``decompress`` allocates anything.
+        """
         try:
             size = zstandard.frame_content_size(data)
         except zstandard.ZstdError:
@@ -160,6 +170,11 @@ class ChunkDecompressor:
         if size == 0:
             # Also what zstd reports for skippable frames, which carry no data.
             raise RemoteProtocolError("The sender sent an empty compressed chunk.")
+        return int(size)
+
+    def decompress(self, data: BytesLike) -> bytes:
+        """The chunk held by the zstd frame ``data``; raises ``RemoteProtocolError``."""
+        size = self.declared_size(data)
         try:
             # With the size declared, zstd allocates exactly that and fails if the frame
             # would write more or less; a second frame or trailing bytes are refused.
@@ -177,3 +192,114 @@ class ChunkDecompressor:
         stats.data_bytes += size
         stats.wire_bytes += memoryview(data).nbytes
         return chunk
+
+
+ChooserMode = Literal["auto", "always", "never"]
+#: The modes, for argument checking and --compress.
+COMPRESS_MODES: Final[tuple[ChooserMode, ...]] = ("auto", "always", "never")
+
+
+class CompressionChooser:
+    """Whether to offer the next chunk to the compressor: what moves data faster, measured.
+
+    Compressing is not free. On loopback or a fast LAN zstd level 1 (~360 MB/s per core
+    here) costs more CPU than it saves, since the whole encrypted pipeline moves ~400 MB/s
+    raw; on slower links it multiplies throughput by 1/ratio. Which case holds depends on
+    the link, the data and what else the CPU does, so measuring both beats guessing.
+
+    The caller reads ``compress`` before framing each chunk and calls ``observe`` once the
+    chunk is sent. Time runs from one ``observe`` to the next (the first call only starts
+    the clock), so each interval holds one chunk in one mode, everything around it
+    (reading, hashing, encrypting, waiting for the link) included. Chunks add up to
+    windows of at least ``window_bytes`` and ``min_window_seconds``; a window's data rate
+    is its plaintext bytes per second.
+
+    ``"auto"``: the first window runs raw, the second compressed; from then on each
+    window runs in the mode whose last measured rate is higher (raw on a tie), except that
+    one window in every ``probe_every`` runs in the other mode, to re-measure it as CPU
+    contention and link speed change. ``"always"`` and ``"never"`` do not change, but
+    still measure.
+    """
+
+    def __init__(
+        self,
+        mode: ChooserMode = "auto",
+        *,
+        window_bytes: int = 16 * 2**20,
+        min_window_seconds: float = 0.2,
+        probe_every: int = 8,
+    ) -> None:
+        if mode not in COMPRESS_MODES:
+            raise ValueError("mode must be 'auto', 'always' or 'never'")
+        if window_bytes < 1:
+            raise ValueError("window_bytes must be >= 1")
+        if not min_window_seconds >= 0.0:  # NaN too
+            raise ValueError("min_window_seconds must be >= 0")
+        if probe_every < 2:
+            raise ValueError("probe_every must be >= 2")
+        self.mode: ChooserMode = mode
+        self.window_bytes = window_bytes
+        self.min_window_seconds = min_window_seconds
+        self.probe_every = probe_every
+        self._compress = mode == "always"
+        self._clock: float | None = None
+        self._bytes = 0  # of the window under way
+        self._seconds = 0.0
+        self._streak = 0  # windows in the best mode since the last probe or switch
+        #: Windows completed in each mode.
+        self.raw_windows = 0
+        self.compressed_windows = 0
+        #: Windows run in the mode that was not the best, to re-measure it.
+        self.probes = 0
+        #: Data rate (plaintext bytes per second) of the last window in each mode.
+        self.raw_rate: float | None = None
+        self.compressed_rate: float | None = None
+
+    @property
+    def compress(self) -> bool:
+        """Whether to offer the next chunk to the compressor."""
+        return self._compress
+
+    @property
+    def windows(self) -> int:
+        """Windows completed so far, in either mode."""
+        return self.raw_windows + self.compressed_windows
+
+    def observe(self, data_bytes: int, now: float) -> None:
+        """A chunk of ``data_bytes`` plaintext bytes was sent; ``now`` is a monotonic time."""
+        if data_bytes < 0:
+            raise ValueError("data_bytes must be >= 0")
+        previous, self._clock = self._clock, now
+        if previous is None:
+            return
+        self._bytes += data_bytes
+        self._seconds += max(0.0, now - previous)
+        if self._bytes < self.window_bytes or self._seconds < self.min_window_seconds:
+            return
+        rate = self._bytes / self._seconds if self._seconds > 0 else float("inf")
+        self._bytes, self._seconds = 0, 0.0
+        if self._compress:
+            self.compressed_windows += 1
+            self.compressed_rate = rate
+        else:
+            self.raw_windows += 1
+            self.raw_rate = rate
+        if self.mode == "auto":
+            self._choose()
+
+    def _choose(self) -> None:
+        ran = self._compress
+        if self.raw_rate is None or self.compressed_rate is None:
+            self._compress = not ran  # the other mode was never measured: measure it
+            return
+        best = self.compressed_rate > self.raw_rate
+        if best != ran:
+            # A probe that lost, or the best mode fell behind the other's last rate.
+            self._compress, self._streak = best, 0
+            return
+        self._streak += 1
+        if self._streak >= self.probe_every - 1:
+            self._compress, self._streak = not best, 0
+            self.probes += 1
+        else:
+            self._compress = best

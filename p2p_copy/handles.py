@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any, Literal
 
 from . import api
+from .compression import ChooserMode
 from .errors import CancelledError, UsageError
 from .messages import Role
 from .policy import ReceivePolicy
@@ -260,13 +261,15 @@ def start_send(
     encrypt: bool = True,
     relay_token: str | None = None,
     reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
+    compress: ChooserMode = "auto",
 ) -> Transfer:
     """Start ``p2p_copy.send(...)`` in the background of the running loop; return its handle."""
     _running_loop("start_send", "send_blocking")
     tracker = _Tracker(make_progress(progress, "send"))
     work = api.send(server, code, paths, cafile=cafile, progress=tracker,
                     wait_timeout=wait_timeout, chunk_size=chunk_size, encrypt=encrypt,
-                    relay_token=relay_token, reconnect_timeout=reconnect_timeout)
+                    relay_token=relay_token, reconnect_timeout=reconnect_timeout,
+                    compress=compress)
     return Transfer("sender", work, tracker)
 
 

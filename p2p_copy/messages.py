@@ -22,6 +22,9 @@ __all__ = [
     "PROTOCOL_VERSION",
     "CloseCode",
     "DATA_RAW",
+    "DATA_ZSTD",
+    "MAX_ZSTD_CONTENT",
+    "ZSTD",
     "Role",
     "Hello",
     "Ready",
@@ -51,6 +54,14 @@ PROTOCOL_VERSION: Final = 1
 
 #: First byte of a binary message: the rest is raw bytes of the file stream.
 DATA_RAW: Final = 0x00
+#: First byte of a binary message: the rest is one zstd frame holding the next bytes of the
+#: file stream. Only sent to a receiver whose ``accept`` listed ``ZSTD`` in ``compression``.
+DATA_ZSTD: Final = 0x01
+#: Name of the zstd algorithm in ``accept.compression``.
+ZSTD: Final = "zstd"
+#: Most bytes of the file stream one DATA_ZSTD message may carry (its frame's content
+#: size): 1 MiB, our senders' largest chunk (api.MAX_CHUNK_SIZE).
+MAX_ZSTD_CONTENT: Final = 2**20
 
 Role = Literal["sender", "receiver"]
 ROLES: Final = ("sender", "receiver")
@@ -170,10 +181,13 @@ class Accept:
     """Receiver to sender: the manifest is acceptable, start the data.
 
     ``resume`` offers prefixes the receiver already holds (resume.py); a sender that
-    reads it answers with ``resume`` before any data.
+    reads it answers with ``resume`` before any data. ``compression`` names the algorithms
+    the receiver decodes in data messages (``"zstd"``: DATA_ZSTD); names it does not know
+    are kept here and ignored by the sender.
     """
 
     resume: tuple[Offer, ...] | None = None
+    compression: tuple[str, ...] | None = None
     type: Literal["accept"] = "accept"
 
 
@@ -240,6 +254,8 @@ def encode(message: Message) -> str:
         obj = {"type": "accept"}
         if message.resume is not None:
             obj["resume"] = [[o.file, o.offset, o.sha256] for o in message.resume]
+        if message.compression is not None:
+            obj["compression"] = list(message.compression)
     elif isinstance(message, Resume):
         obj = {"type": "resume", "files": [list(f) for f in message.files]}
     else:
@@ -433,16 +449,36 @@ def _index_offset(item: list[Any]) -> tuple[int, int]:
             _int({"offset": item[1]}, "offset", 1, MAX_FILE_SIZE))
 
 
+#: Algorithm names in one accept's ``compression``, and characters per name.
+MAX_COMPRESSION_NAMES: Final = 32
+MAX_COMPRESSION_NAME: Final = 64
+
+
+def _compression(obj: dict[str, Any]) -> tuple[str, ...] | None:
+    value = obj.get("compression")
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_COMPRESSION_NAMES or not all(
+        isinstance(name, str) and len(name) <= MAX_COMPRESSION_NAME for name in value
+    ):
+        raise RemoteProtocolError(
+            f"'compression' must be a list of at most {MAX_COMPRESSION_NAMES} strings of "
+            f"at most {MAX_COMPRESSION_NAME} characters"
+        )
+    return tuple(value)
+
+
 def _parse_accept(obj: dict[str, Any]) -> Accept:
+    compression = _compression(obj)
     if obj.get("resume") is None:
-        return Accept()
+        return Accept(compression=compression)
     offers = []
     for item in _pairs(obj, "resume", 3):
         file, offset = _index_offset(item)
         if not isinstance(item[2], str) or not _HEX64.fullmatch(item[2]):
             raise RemoteProtocolError("a resume offer's SHA-256 must be 64 lowercase hex digits")
         offers.append(Offer(file, offset, item[2]))
-    return Accept(resume=tuple(offers))
+    return Accept(resume=tuple(offers), compression=compression)
 
 
 def _parse_resume(obj: dict[str, Any]) -> Resume:

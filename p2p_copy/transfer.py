@@ -21,6 +21,11 @@ message gives the SHA-256 of files whose last byte has been sent. Either side ma
 Each machine is fed what arrived (``receive``) and asked for what to send (``hello``,
 ``manifest``, ...). A call in the wrong state raises LocalProtocolError; a message in the
 wrong state raises RemoteProtocolError. The asyncio layer in api.py does the I/O.
+
+Compression: the receiver's ``accept`` lists ``"zstd"`` in ``compression``; a sender that
+reads it may then send a chunk as one zstd frame (DATA_ZSTD) instead of raw bytes
+(``frame_data(..., compress=True)``). Positions, limits and checksums always count the
+plaintext.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .compression import DEFAULT_LEVEL, ChunkCompressor, ChunkDecompressor, CompressionStats
 from .errors import (
     EncryptionMismatchError,
     LocalProtocolError,
@@ -41,6 +47,9 @@ from .errors import (
 )
 from .messages import (
     DATA_RAW,
+    DATA_ZSTD,
+    MAX_ZSTD_CONTENT,
+    ZSTD,
     Accept,
     Checksums,
     DataEntry,
@@ -79,6 +88,8 @@ __all__ = [
     "MANIFEST_PART_BYTES",
     "HELLO_VERSION",
     "peer_error",
+    "DATA_RAW",
+    "DATA_ZSTD",
 ]
 
 #: The hello version our peers send: 2 asks the relay to confirm a wait with ``waiting``.
@@ -272,6 +283,14 @@ class Sender:
         self.offers: tuple[Offer, ...] = ()
         #: The agreed offsets: file number -> first byte sent.
         self.starts: dict[int, int] = {}
+        #: The receiver's accept listed "zstd": frame_data may send DATA_ZSTD messages.
+        self.peer_accepts_zstd = False
+        self._compressor: ChunkCompressor | None = None
+
+    @property
+    def compression_stats(self) -> CompressionStats | None:
+        """What compression did so far, or None if frame_data never tried it."""
+        return None if self._compressor is None else self._compressor.stats
 
     @property
     def bytes_sent(self) -> int:
@@ -338,6 +357,9 @@ class Sender:
             Accept: SenderState.STREAMING,
             Done: SenderState.DONE,
         }[wanted]
+        if isinstance(parsed, Accept):
+            # Names we do not know are ignored: the receiver may decode more than we send.
+            self.peer_accepts_zstd = ZSTD in (parsed.compression or ())
         if isinstance(parsed, Accept) and parsed.resume is not None:
             problem = check_offers(parsed.resume, _sizes(self.entries))
             if problem:
@@ -360,10 +382,15 @@ class Sender:
         self.state = SenderState.STREAMING
         return encode(Resume(files=tuple((o.file, o.offset) for o in accepted)))
 
-    def frame_data(self, buffer: bytearray, length: int) -> memoryview:
-        """Turn ``buffer[1:1+length]`` (filled by the caller) into a data message, in place.
+    def frame_data(
+        self, buffer: bytearray, length: int, compress: bool = False
+    ) -> memoryview | bytes:
+        """Turn ``buffer[1:1+length]`` (filled by the caller) into a data message.
 
-        Writing the header into the caller's buffer keeps file bytes from being copied.
+        A raw message is made in place: writing the header into the caller's buffer keeps
+        file bytes from being copied. With ``compress`` and a receiver that accepts zstd,
+        the chunk is offered to the compressor first and, if it shrinks enough, sent as a
+        new DATA_ZSTD message instead. Either way ``length`` plaintext bytes are sent.
         """
         self._expect(SenderState.STREAMING)
         if length <= 0:
@@ -373,6 +400,14 @@ class Sender:
         room = self._stream.room()
         if room is not None and length > room:
             raise LocalProtocolError("more data than the manifest announced")
+        if compress and self.peer_accepts_zstd:
+            if self._compressor is None:
+                self._compressor = ChunkCompressor(DEFAULT_LEVEL)
+            with memoryview(buffer) as view, view[1 : 1 + length] as chunk:
+                frame = self._compressor.compress(chunk)
+            if frame is not None:
+                self._stream.position += length
+                return b"".join((bytes((DATA_ZSTD,)), frame))
         buffer[0] = DATA_RAW
         self._stream.position += length
         return memoryview(buffer)[: 1 + length]
@@ -408,7 +443,12 @@ class Sender:
 
 
 class Receiver:
-    """The receiving peer: checks the manifest, splits the stream into files, confirms."""
+    """The receiving peer: checks the manifest, splits the stream into files, confirms.
+
+    With ``compression`` (the default) its accept offers zstd and DATA_ZSTD messages are
+    decoded, each bounded by MAX_ZSTD_CONTENT and by what the manifest and policy leave;
+    without it they are a protocol violation.
+    """
 
     def __init__(
         self,
@@ -416,8 +456,12 @@ class Receiver:
         *,
         max_entries: int | None = None,
         policy: ReceivePolicy | None = None,
+        compression: bool = True,
     ) -> None:
         self.state = ReceiverState.START
+        #: Advertise zstd in accept and decode DATA_ZSTD messages; else they are refused.
+        self.compression = compression
+        self._decompressor: ChunkDecompressor | None = None
         self.policy = policy or ReceivePolicy()
         self._waiting_seen = False
         self._sender_spoke = False
@@ -433,6 +477,11 @@ class Receiver:
     @property
     def bytes_received(self) -> int:
         return self._stream.position
+
+    @property
+    def compression_stats(self) -> CompressionStats | None:
+        """What the DATA_ZSTD messages carried so far, or None if none arrived."""
+        return None if self._decompressor is None else self._decompressor.stats
 
     @property
     def sender_spoke(self) -> bool:
@@ -545,21 +594,24 @@ class Receiver:
             raise RemoteProtocolError(
                 f"The sender broke the protocol: data arrived in state {self.state.name}."
             )
-        if len(data) < 2 or data[0] != DATA_RAW:
+        kind = data[0] if len(data) >= 2 else None
+        payload = data[1:]
+        if kind == DATA_ZSTD and self.compression:
+            if self._decompressor is None:
+                self._decompressor = ChunkDecompressor(MAX_ZSTD_CONTENT)
+            # Checked against the header before decompressing allocates anything.
+            self._check_size(self._decompressor.declared_size(payload))
+            payload = memoryview(self._decompressor.decompress(payload))
+        elif kind == DATA_ZSTD:
+            raise RemoteProtocolError(
+                "The sender sent a compressed data message, but this receiver did not "
+                "offer compression."
+            )
+        elif kind == DATA_RAW:
+            self._check_size(len(payload))
+        else:
             raise RemoteProtocolError("The sender sent a data message of unknown format.")
         stream = self._stream
-        payload = data[1:]
-        room = stream.room()
-        if room is not None and len(payload) > room:
-            raise RemoteProtocolError("The sender sent more bytes than its manifest announced.")
-        limit = self.policy.max_bytes
-        if limit is not None and stream.position + len(payload) > limit:
-            # Only a stream gets here: the sizes of files were checked with the manifest.
-            raise PolicyError(
-                f"The sender's stream grew past {limit:,} bytes, the most this receiver "
-                "accepts; what arrived was discarded. To accept more, raise the limit: "
-                "--max-bytes on the command line, ReceivePolicy(max_bytes=...) in Python."
-            )
         events: list[ReceiverEvent] = []
         file = stream.files_complete()
         while payload:
@@ -576,6 +628,21 @@ class Receiver:
             file += 1
         return events
 
+    def _check_size(self, size: int) -> None:
+        """Refuse ``size`` more plaintext bytes beyond the manifest or the policy."""
+        stream = self._stream
+        room = stream.room()
+        if room is not None and size > room:
+            raise RemoteProtocolError("The sender sent more bytes than its manifest announced.")
+        limit = self.policy.max_bytes
+        if limit is not None and stream.position + size > limit:
+            # Only a stream gets here: the sizes of files were checked with the manifest.
+            raise PolicyError(
+                f"The sender's stream grew past {limit:,} bytes, the most this receiver "
+                "accepts; what arrived was discarded. To accept more, raise the limit: "
+                "--max-bytes on the command line, ReceivePolicy(max_bytes=...) in Python."
+            )
+
     def accept(self, offers: Sequence[Offer] = ()) -> str:
         """Accept the manifest, offering the prefixes in ``offers`` (resume.py) if any."""
         if self.state is not ReceiverState.DECIDING:
@@ -583,12 +650,13 @@ class Receiver:
         problem = check_offers(offers, _sizes(self.entries))
         if problem:
             raise LocalProtocolError(problem)
+        compression = (ZSTD,) if self.compression else None
         if not offers:
             self.state = ReceiverState.STREAMING
-            return encode(Accept())
+            return encode(Accept(compression=compression))
         self._offers = {o.file: o for o in offers}
         self.state = ReceiverState.WAIT_RESUME
-        return encode(Accept(resume=tuple(offers)))
+        return encode(Accept(resume=tuple(offers), compression=compression))
 
     def done(self) -> str:
         if self.state is not ReceiverState.FINISHING:

@@ -18,6 +18,7 @@ from p2p_copy.compression import (
     MIN_CHUNK,
     ChunkCompressor,
     ChunkDecompressor,
+    CompressionChooser,
 )
 from p2p_copy.errors import RemoteProtocolError
 
@@ -318,3 +319,113 @@ def test_fuzzed_frames_only_raise_remote_protocol_error(data):
     except RemoteProtocolError:
         return
     assert 0 < len(chunk) <= 16384
+
+
+def test_declared_size_reads_only_the_header():
+    """declared_size gives the content size before anything is decompressed."""
+    frame = ChunkCompressor().compress(csv_text(5000))
+    assert frame is not None
+    assert ChunkDecompressor(MAX_OUTPUT).declared_size(frame) == 5000
+    assert ChunkDecompressor(MAX_OUTPUT).declared_size(memoryview(frame)) == 5000
+    with pytest.raises(RemoteProtocolError, match="at most 4999"):
+        ChunkDecompressor(4999).declared_size(frame)
+    with pytest.raises(RemoteProtocolError, match="does not declare"):
+        ChunkDecompressor(MAX_OUTPUT).declared_size(zstd_frame(None, rle_blocks(1 << 17)))
+
+
+# The chooser, on synthetic clocks
+
+MIB = 1 << 20
+
+
+def run_chooser(chooser: CompressionChooser, rates: list[tuple[float, float]],
+                chunks_per_phase: int) -> list[bool]:
+    """Feed 1 MiB chunks; each phase has (raw, compressed) rates in bytes/s. Per-chunk modes."""
+    now = 100.0
+    chooser.observe(0, now)  # starts the clock
+    modes = []
+    for raw, compressed in rates:
+        for _ in range(chunks_per_phase):
+            mode = chooser.compress
+            modes.append(mode)
+            now += MIB / (compressed if mode else raw)
+            chooser.observe(MIB, now)
+    return modes
+
+
+def small_chooser(mode: str = "auto") -> CompressionChooser:
+    # Windows of 4 chunks, no minimum duration: one window per 4 MiB.
+    return CompressionChooser(mode, window_bytes=4 * MIB, min_window_seconds=0.0,  # type: ignore[arg-type]
+                              probe_every=8)
+
+
+def windows_of(modes: list[bool]) -> list[bool]:
+    assert all(len(set(modes[i:i + 4])) == 1 for i in range(0, len(modes), 4)), modes
+    return modes[::4]
+
+
+def test_chooser_on_a_fast_link_runs_raw_with_periodic_probes():
+    """Loopback: raw 400 MB/s beats compressing at 250 MB/s; one window in 8 re-measures."""
+    chooser = small_chooser()
+    windows = windows_of(run_chooser(chooser, [(400e6, 250e6)], 4 * 50))
+    assert windows[:2] == [False, True]  # raw first, then the compressed probe
+    assert windows[2:10] == [False] * 7 + [True]
+    assert sum(windows) == 1 + (50 - 2) // 8
+    assert chooser.probes == (50 - 2) // 8
+    assert chooser.raw_windows + chooser.compressed_windows == chooser.windows == 50
+    assert chooser.raw_rate == pytest.approx(400e6)
+    assert chooser.compressed_rate == pytest.approx(250e6)
+    assert not chooser.compress or chooser.windows % 8 == 1
+
+
+def test_chooser_on_a_slow_link_compresses_with_periodic_raw_probes():
+    """A 10 MB/s link: compressed data moves at 35 MB/s, so compression wins."""
+    chooser = small_chooser()
+    windows = windows_of(run_chooser(chooser, [(10e6, 35e6)], 4 * 50))
+    assert windows[:2] == [False, True]
+    assert windows[2:10] == [True] * 6 + [False, True]
+    assert windows.count(False) == 1 + chooser.probes
+    assert chooser.probes == (50 - 1) // 8
+
+
+def test_chooser_follows_a_change_of_link():
+    """Fast, then slow (the link got busy), then fast again: the mode follows each time."""
+    chooser = small_chooser()
+    phases = [(400e6, 250e6), (10e6, 35e6), (400e6, 250e6)]
+    windows = windows_of(run_chooser(chooser, phases, 4 * 40))
+    fast1, slow, fast2 = windows[:40], windows[40:80], windows[80:]
+    assert fast1[2:].count(True) <= 5 and slow[10:].count(False) <= 4
+    assert slow[-8:].count(True) >= 7 and fast2[-8:].count(False) >= 7
+    # A slower raw window makes the stale, better compressed rate win at once.
+    assert slow[1] is True
+    # A faster link is found at the next raw probe at the latest.
+    assert fast2[8:].count(True) <= 5
+
+
+def test_chooser_windows_need_bytes_and_time():
+    """A window ends only after window_bytes and min_window_seconds both passed."""
+    chooser = CompressionChooser(window_bytes=2 * MIB, min_window_seconds=1.0)
+    chooser.observe(MIB, 0.0)  # the first call only starts the clock: its bytes do not count
+    chooser.observe(MIB, 0.1)
+    chooser.observe(MIB, 0.2)
+    assert chooser.windows == 0  # 2 MiB, but 0.2 s
+    chooser.observe(MIB, 1.0)
+    assert chooser.windows == 1 and chooser.raw_rate == pytest.approx(3 * MIB / 1.0)
+    assert chooser.compress  # the second window measures compression
+
+
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_fixed_modes_never_change(mode: str):
+    chooser = small_chooser(mode)
+    modes = run_chooser(chooser, [(400e6, 250e6), (10e6, 35e6)], 4 * 30)
+    assert set(modes) == {mode == "always"}
+    assert chooser.windows == 60 and chooser.probes == 0
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"mode": "sometimes"}, {"window_bytes": 0}, {"min_window_seconds": -1.0},
+    {"min_window_seconds": float("nan")}, {"probe_every": 1},
+])
+def test_bad_chooser_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        CompressionChooser(**kwargs)

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from p2p_copy.errors import IncompatiblePeerError, P2PCopyError, RemoteProtocolError
 from p2p_copy.messages import (
+    DATA_RAW,
+    DATA_ZSTD,
     MAX_FILE_SIZE,
     PROTOCOL_VERSION,
     Accept,
@@ -30,6 +32,7 @@ from p2p_copy.messages import (
     parse_hello,
     parse_message,
 )
+from p2p_copy.resume import Offer
 from tests.protocol_pair import FUZZ_EXAMPLES, sha256_hex
 
 HEX = sha256_hex(b"code")
@@ -51,6 +54,9 @@ ALL_MESSAGES: list[Message] = [
         more=True,
     ),
     Accept(),
+    Accept(compression=("zstd",)),
+    Accept(compression=()),
+    Accept(resume=(Offer(0, 1 << 20, HEX),), compression=("lz4", "zstd")),
     Checksums(first=0, sha256=(HEX,)),
     Checksums(first=41, sha256=(HEX, OTHER_HEX, HEX)),
     Eof(),
@@ -348,6 +354,45 @@ def test_manifest_more_must_be_boolean(more: Any) -> None:
         parse_message(manifest_json(more=more))
 
 
+# --- accept's compression ----------------------------------------------------------------
+
+
+def test_accept_compression_on_the_wire() -> None:
+    """A JSON list of names after the other fields; left out when None."""
+    assert encode(Accept()) == '{"type":"accept"}'
+    assert encode(Accept(compression=("zstd",))) == '{"type":"accept","compression":["zstd"]}'
+    assert json.loads(encode(Accept(resume=(Offer(1, 5, HEX),), compression=("zstd",)))) == {
+        "type": "accept", "resume": [[1, 5, HEX]], "compression": ["zstd"]}
+    assert parse_message('{"type":"accept","compression":null}') == Accept()
+    assert (DATA_RAW, DATA_ZSTD) == (0x00, 0x01)
+
+
+def test_accept_keeps_unknown_compression_names() -> None:
+    """Names from a newer receiver parse; the sender ignores what it does not know."""
+    text = json.dumps({"type": "accept", "compression": ["brotli-9", "", "zstd", "zstd"]})
+    assert parse_message(text) == Accept(compression=("brotli-9", "", "zstd", "zstd"))
+
+
+@pytest.mark.parametrize(
+    "compression",
+    ["zstd", {"zstd": True}, [1], ["zstd", None], [["zstd"]], True, 0, ["x" * 65],
+     ["z"] * 33],
+    ids=repr,
+)
+def test_bad_accept_compression_rejected(compression: Any) -> None:
+    """``compression`` is a list of at most 32 strings of at most 64 characters."""
+    with pytest.raises(RemoteProtocolError):
+        parse_message(json.dumps({"type": "accept", "compression": compression}))
+    with pytest.raises(RemoteProtocolError):
+        parse_message(json.dumps({"type": "accept", "resume": [], "compression": compression}))
+
+
+def test_accept_compression_limits_are_inclusive() -> None:
+    names = ["y" * 64] * 32
+    assert parse_message(json.dumps({"type": "accept", "compression": names})) == Accept(
+        compression=tuple(names))
+
+
 # --- checksums and error -----------------------------------------------------------------
 
 
@@ -472,6 +517,9 @@ message_like = st.one_of(
     _shaped(type=st.just("checksums"), first=st.integers(min_value=-1, max_value=2**54),
             sha256=st.lists(hex64 | json_values, max_size=3)),
     _shaped(type=st.just("error"), code=st.text(max_size=8), message=st.text(max_size=8)),
+    _shaped(type=st.just("accept"), compression=st.lists(st.text(max_size=8), max_size=3),
+            resume=st.lists(st.tuples(st.integers(-1, 3), st.integers(0, 2**21), hex64)
+                            .map(list), max_size=2)),
     _shaped(type=message_types, x=json_values),
 )
 

@@ -8,9 +8,11 @@ import itertools
 import json
 import random
 import re
+import struct
 from collections.abc import Callable, Iterable
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,11 +24,14 @@ from p2p_copy.errors import (
     LocalProtocolError,
     P2PCopyError,
     PeerGoneError,
+    PolicyError,
     RemoteProtocolError,
     TransferTimeoutError,
     UnsafePathError,
 )
 from p2p_copy.messages import (
+    DATA_RAW,
+    DATA_ZSTD,
     Accept,
     Checksums,
     DirEntry,
@@ -38,6 +43,7 @@ from p2p_copy.messages import (
     Hello,
     Manifest,
     Ready,
+    StreamEntry,
     encode,
     parse_message,
 )
@@ -46,6 +52,7 @@ from p2p_copy.transfer import (
     FileData,
     ManifestReceived,
     Receiver,
+    ReceiverEvent,
     ReceiverState,
     Sender,
     SenderState,
@@ -247,7 +254,8 @@ def test_transfer_without_file_bytes(entries: list[Entry]) -> None:
     assert pair.transfer({}) == [ManifestReceived(tuple(entries)), TransferFinished()]
     assert all(isinstance(m, str) for m in pair.to_receiver_log)
     assert [parse_message(str(m)).type for m in pair.to_receiver_log] == ["manifest", "eof"]
-    assert pair.to_sender_log == [encode(Ready()), encode(Accept()), encode(Done())]
+    assert pair.to_sender_log == [encode(Ready()), encode(Accept(compression=("zstd",))),
+                                  encode(Done())]
 
 
 def test_file_data_are_views_of_the_message() -> None:
@@ -894,3 +902,244 @@ def test_relay_waiting_is_not_the_sender_speaking() -> None:
     assert not receiver.sender_spoke
     receiver.receive('{"type":"manifest","version":1,"entries":[]}')
     assert receiver.sender_spoke
+
+
+# --- compressed data messages (DATA_ZSTD, docs/protocol.md §6.6.1) ---------------------
+
+
+def csv_like(size: int, seed: int = 0) -> bytes:
+    """Text that compresses about 4:1, like a measurement log."""
+    rng = random.Random(seed)
+    rows, total = [], 0
+    while total < size:
+        row = (f"{1_700_000_000 + total},sensor-{rng.randrange(50):02d},"
+               f"{rng.uniform(0, 99):.2f},OK\n")
+        rows.append(row)
+        total += len(row)
+    return "".join(rows).encode()[:size]
+
+
+class CompressingPair(ProtocolPair):
+    """A pair whose sender asks for compression on every data message."""
+
+    def send_data(self, payload: bytes) -> list[ReceiverEvent]:
+        buffer = bytearray(1 + len(payload))
+        buffer[1:] = payload
+        return self.to_receiver(self.sender.frame_data(buffer, len(payload), compress=True))
+
+
+def data_kinds(pair: ProtocolPair) -> list[int]:
+    return [m[0] for m in pair.to_receiver_log if isinstance(m, bytes)]
+
+
+def zstd_message(data: bytes, **options: object) -> bytes:
+    return bytes([DATA_ZSTD]) + zstandard.ZstdCompressor(level=1, **options).compress(data)
+
+
+MIXED_CONTENTS = {
+    "log.csv": csv_like(300_000, 1),
+    "photo.jpg": random_bytes(200_000, 3),
+    "empty": b"",
+    "short.csv": csv_like(10_000, 2),
+    "tiny": b"x",
+}
+
+
+@pytest.mark.parametrize("chunk_size", [64 * 1024, [1000, 70_000, 7], 100_000],
+                         ids=["64 KiB", "mixed", "100 kB"])
+def test_compressed_transfer_delivers_plaintext(chunk_size: int | list[int]) -> None:
+    """Compressible chunks go as zstd, random ones raw; FileData, offsets and digests are
+    those of the plaintext, and every file verifies."""
+    pair = CompressingPair(entries_for(MIXED_CONTENTS))
+    events = pair.transfer(MIXED_CONTENTS, chunk_size=chunk_size)
+    assert json.loads(pair.to_sender_log[1]) == {"type": "accept", "compression": ["zstd"]}
+    assert pair.sender.peer_accepts_zstd
+    assert reassemble(pair.files, events) == MIXED_CONTENTS  # also checks every offset
+    digests = [sha256_hex(d) for d in MIXED_CONTENTS.values()]
+    assert completed(events) == list(enumerate(digests))
+    assert events[-1] == TransferFinished() and pair.sender.state is SenderState.DONE
+    total = sum(map(len, MIXED_CONTENTS.values()))
+    assert pair.sender.bytes_sent == pair.receiver.bytes_received == total
+    kinds = data_kinds(pair)
+    assert set(kinds) == {DATA_RAW, DATA_ZSTD}
+    sent, got = pair.sender.compression_stats, pair.receiver.compression_stats
+    assert sent is not None and got is not None
+    assert sent.data_bytes == total and sent.compressed == got.compressed == kinds.count(DATA_ZSTD)
+    wire = sum(len(m) - 1 for m in pair.to_receiver_log if isinstance(m, bytes))
+    assert sent.wire_bytes == wire < total * 0.75
+    assert got.data_bytes < total
+
+
+def test_random_data_falls_back_to_raw() -> None:
+    """Chunks that do not shrink go raw, in place, even with compress=True."""
+    contents = {"a.bin": random_bytes(100_000, 5), "b.bin": random_bytes(50_000, 6)}
+    pair = CompressingPair(entries_for(contents))
+    events = pair.transfer(contents, chunk_size=8192)
+    assert reassemble(pair.files, events) == contents
+    assert set(data_kinds(pair)) == {DATA_RAW}
+    stats = pair.sender.compression_stats
+    assert stats is not None and stats.compressed == 0 and stats.incompressible >= 1
+    assert stats.skipped > stats.incompressible  # the back-off spares most attempts
+    assert pair.receiver.compression_stats is None
+
+
+def test_compressed_stream_entry() -> None:
+    """A stream after a file: compressed chunks fill it; its digest fixes its size."""
+    before, stream = csv_like(50_000, 4), csv_like(123_456, 5)
+    pair = CompressingPair([FileEntry("head.csv", len(before)), StreamEntry("stdin")])
+    pair.open()
+    pair.accept()
+    data = before + stream
+    for start in range(0, len(data), 32_768):
+        pair.send_data(data[start:start + 32_768])
+    for message in pair.sender.checksums([sha256_hex(before), sha256_hex(stream)]):
+        pair.to_receiver(message)
+    assert pair.finish() == [TransferFinished()]
+    got = [b"", b""]
+    for file, offset, chunk in data_events(pair.events):
+        assert offset == len(got[file])
+        got[file] += chunk
+    assert got == [before, stream]
+    assert set(data_kinds(pair)) == {DATA_ZSTD}
+    assert completed(pair.events) == [(0, sha256_hex(before)), (1, sha256_hex(stream))]
+
+
+def test_compressed_data_after_resume_counts_from_the_offsets() -> None:
+    """accept offers prefixes and compression at once; positions are plaintext offsets."""
+    from p2p_copy.resume import Offer
+    from p2p_copy.transfer import ResumeAgreed
+
+    block = 1 << 20  # offers are whole MiB (or whole files)
+    contents = {"a.csv": csv_like(block + 20_000, 7), "b.csv": csv_like(5_000, 8)}
+    pair = CompressingPair(entries_for(contents))
+    pair.open()
+    offer = Offer(0, block, sha256_hex(contents["a.csv"][:block]))
+    accept = pair.receiver.accept([offer])
+    assert json.loads(accept)["compression"] == ["zstd"]
+    pair.to_sender(accept)
+    assert pair.sender.peer_accepts_zstd
+    pair.to_receiver(pair.sender.resume([offer]))
+    pair.send_data(contents["a.csv"][block:] + contents["b.csv"])
+    assert data_kinds(pair) == [DATA_ZSTD]
+    assert pair.events[1] == ResumeAgreed({0: block})
+    assert data_events(pair.events) == [(0, block, contents["a.csv"][block:]),
+                                        (1, 0, contents["b.csv"])]
+    for message in pair.sender.checksums([sha256_hex(d) for d in contents.values()]):
+        pair.to_receiver(message)
+    assert pair.finish() == [TransferFinished()]
+
+
+def test_the_specs_zstd_example_decodes() -> None:
+    """docs/protocol.md §6.6.1: the 35-byte message carries the 144 bytes it says."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text("utf-8")
+    section = doc[doc.index("#### 6.6.1 "):doc.index("### 6.7 ")]
+    message = bytes.fromhex(section.split("```\n")[1])
+    assert len(message) == 35
+    plain = b"Hello, world!\np2p\n" * 8
+    pair = ProtocolPair([FileEntry("x", len(plain))])
+    pair.open()
+    pair.accept()
+    assert data_events(pair.to_receiver(message)) == [(0, 0, plain)]
+
+
+@pytest.mark.parametrize("accept", [
+    '{"type":"accept"}',
+    '{"type":"accept","compression":[]}',
+    '{"type":"accept","compression":["lz4","ZSTD"]}',
+], ids=["old accept", "empty list", "unknown names"])
+def test_sender_never_compresses_unless_zstd_was_listed(accept: str) -> None:
+    """A receiver from before compression (or one without zstd) gets raw data only."""
+    contents = {"a.csv": csv_like(100_000)}
+    pair = CompressingPair(entries_for(contents))
+    pair.open()
+    pair.receiver.accept()
+    pair.to_sender(accept)
+    assert not pair.sender.peer_accepts_zstd
+    buffer = bytearray(1) + contents["a.csv"]
+    message = pair.sender.frame_data(buffer, len(contents["a.csv"]), compress=True)
+    assert isinstance(message, memoryview) and message.obj is buffer and message[0] == DATA_RAW
+    assert pair.sender.compression_stats is None
+
+
+def test_receiver_without_compression_refuses_zstd() -> None:
+    """Receiver(compression=False) does not advertise zstd, and kind 0x01 is a violation."""
+    contents = {"a.csv": csv_like(10_000)}
+    pair = CompressingPair(entries_for(contents))
+    pair.receiver = Receiver(CODE_HASH, compression=False)
+    pair.open()
+    pair.accept()
+    assert pair.to_sender_log[-1] == '{"type":"accept"}'
+    assert not pair.sender.peer_accepts_zstd
+    pair.send_data(contents["a.csv"][:5000])  # raw, although asked to compress
+    assert data_kinds(pair) == [DATA_RAW]
+    with pytest.raises(RemoteProtocolError, match="did not offer compression"):
+        pair.to_receiver(zstd_message(contents["a.csv"][5000:]))
+    assert pair.receiver.state is ReceiverState.FAILED
+
+
+def hand_made_frame(content_size: int) -> bytes:
+    """A frame header declaring ``content_size`` (8 bytes), then one 1-byte RLE block."""
+    header = struct.pack("<IBBQ", 0xFD2FB528, 0xC0, 7 << 3, content_size)
+    return header + ((1 << 3) | 2 | 1).to_bytes(3, "little") + b"A"
+
+
+HOSTILE_FRAMES = [
+    ("declares 2 MiB", zstd_message(bytes(2 << 20)), "at most 1048576"),
+    ("declares 2**60 bytes", bytes([DATA_ZSTD]) + hand_made_frame(2**60), "at most 1048576"),
+    ("declares 1 byte, holds more",
+     bytes([DATA_ZSTD]) + hand_made_frame(1)[:-4] + ((1000 << 3) | 2 | 1).to_bytes(3, "little")
+     + b"A", "corrupt"),
+    ("no content size", zstd_message(csv_like(5000), write_content_size=False), "declare"),
+    ("empty content", zstd_message(b""), "empty"),
+    ("truncated", zstd_message(csv_like(5000))[:-3], "corrupt"),
+    ("trailing bytes", zstd_message(csv_like(5000)) + b"\x00", "corrupt"),
+    ("two frames", zstd_message(b"abc" * 40) + zstd_message(b"abc" * 40)[1:], "corrupt"),
+    ("skippable frame", bytes([DATA_ZSTD]) + struct.pack("<II", 0x184D2A50, 4) + b"abcd",
+     "empty"),
+    ("not a frame", bytes([DATA_ZSTD]) + b"not zstd at all", "not a zstd frame"),
+    ("one byte", bytes([DATA_ZSTD]), "unknown format"),
+]
+
+
+@pytest.mark.parametrize(("message", "match"), [h[1:] for h in HOSTILE_FRAMES],
+                         ids=[h[0] for h in HOSTILE_FRAMES])
+def test_hostile_zstd_messages_are_protocol_errors(message: bytes, match: str) -> None:
+    """Bombs, frames without a declared size and malformed frames: RemoteProtocolError."""
+    pair = ProtocolPair([FileEntry("big", 3 << 20)])
+    pair.open()
+    pair.accept()
+    with pytest.raises(RemoteProtocolError, match=match):
+        pair.to_receiver(message)
+    assert pair.receiver.state is ReceiverState.FAILED and pair.receiver.bytes_received == 0
+
+
+def test_frame_beyond_the_manifest_is_refused_before_decompressing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The declared size is checked against the room the manifest leaves, from the header."""
+    from p2p_copy.compression import ChunkDecompressor
+
+    pair = ProtocolPair([FileEntry("a", 60), FileEntry("b", 40)])
+    pair.open()
+    pair.accept()
+    pair.send_data(b"x" * 59)
+    called = []
+    monkeypatch.setattr(ChunkDecompressor, "decompress", lambda *a: called.append(a))
+    with pytest.raises(RemoteProtocolError, match="more bytes than its manifest announced"):
+        pair.to_receiver(zstd_message(b"y" * 42))  # 41 bytes are left
+    assert not called and pair.receiver.bytes_received == 59
+
+
+def test_compressed_stream_past_the_policy_limit_is_refused() -> None:
+    """max_bytes applies to the plaintext a frame declares, as to raw bytes."""
+    from p2p_copy.policy import ReceivePolicy
+
+    receiver = Receiver(CODE_HASH, policy=ReceivePolicy(max_bytes=1000))
+    receiver.hello()
+    receiver.receive(encode(Manifest(entries=(StreamEntry("stdin"),))))
+    receiver.accept()
+    assert receiver.receive(zstd_message(b"z" * 1000))[0] == FileData(0, 0, memoryview(b"z" * 1000))
+    with pytest.raises(PolicyError):
+        receiver.receive(zstd_message(b"z" * 100))
