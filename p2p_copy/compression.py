@@ -215,10 +215,19 @@ class CompressionChooser:
     is its plaintext bytes per second.
 
     ``"auto"``: the first window runs raw, the second compressed; from then on each
-    window runs in the mode whose last measured rate is higher (raw on a tie), except that
-    one window in every ``probe_every`` runs in the other mode, to re-measure it as CPU
-    contention and link speed change. ``"always"`` and ``"never"`` do not change, but
-    still measure.
+    window runs in the mode whose last measured rate is higher, except that now and then
+    one window runs in the other mode, to re-measure it as CPU contention and link speed
+    change. Three things keep the measurement honest on a noisy machine:
+
+    - Compression must be ``margin`` times faster to be chosen: it costs CPU that the rest
+      of the machine (on loopback: the relay and the receiver) could use, so raw wins
+      when in doubt.
+    - After a change of mode the first ``settle_bytes`` are not measured: megabytes of
+      the other mode's data still sit in socket buffers between here and the receiver.
+    - A probe that loses doubles the interval to the next one (``probe_every`` windows at
+      first, at most 4 times that); a switch resets it.
+
+    ``"always"`` and ``"never"`` do not change, but still measure.
     """
 
     def __init__(
@@ -228,6 +237,8 @@ class CompressionChooser:
         window_bytes: int = 16 * 2**20,
         min_window_seconds: float = 0.2,
         probe_every: int = 8,
+        margin: float = 1.1,
+        settle_bytes: int | None = None,
     ) -> None:
         if mode not in COMPRESS_MODES:
             raise ValueError("mode must be 'auto', 'always' or 'never'")
@@ -237,11 +248,20 @@ class CompressionChooser:
             raise ValueError("min_window_seconds must be >= 0")
         if probe_every < 2:
             raise ValueError("probe_every must be >= 2")
+        if not margin >= 1.0:  # NaN too
+            raise ValueError("margin must be >= 1")
+        if settle_bytes is not None and settle_bytes < 0:
+            raise ValueError("settle_bytes must be >= 0")
         self.mode: ChooserMode = mode
         self.window_bytes = window_bytes
         self.min_window_seconds = min_window_seconds
         self.probe_every = probe_every
+        self.margin = margin
+        self.settle_bytes = window_bytes // 2 if settle_bytes is None else settle_bytes
         self._compress = mode == "always"
+        self._settle = 0  # bytes still to skip after a change of mode
+        self._interval = probe_every  # windows from a probe or switch to the next probe
+        self._probing = False  # the window under way re-measures the other mode
         self._clock: float | None = None
         self._bytes = 0  # of the window under way
         self._seconds = 0.0
@@ -272,6 +292,9 @@ class CompressionChooser:
         previous, self._clock = self._clock, now
         if previous is None:
             return
+        if self._settle > 0:
+            self._settle -= data_bytes
+            return
         self._bytes += data_bytes
         self._seconds += max(0.0, now - previous)
         if self._bytes < self.window_bytes or self._seconds < self.min_window_seconds:
@@ -290,16 +313,26 @@ class CompressionChooser:
     def _choose(self) -> None:
         ran = self._compress
         if self.raw_rate is None or self.compressed_rate is None:
-            self._compress = not ran  # the other mode was never measured: measure it
+            self._switch(not ran)  # the other mode was never measured: measure it
             return
-        best = self.compressed_rate > self.raw_rate
+        best = self.compressed_rate > self.raw_rate * self.margin
+        probing, self._probing = self._probing, False
         if best != ran:
-            # A probe that lost, or the best mode fell behind the other's last rate.
-            self._compress, self._streak = best, 0
+            # A probe that lost: measure less often. The best mode fell behind: start over.
+            self._interval = (min(2 * self._interval, 4 * self.probe_every) if probing
+                              else self.probe_every)
+            self._switch(best)
             return
+        if probing:  # a probe that won: the other mode's rate was stale
+            self._interval = self.probe_every
         self._streak += 1
-        if self._streak >= self.probe_every - 1:
-            self._compress, self._streak = not best, 0
+        if self._streak >= self._interval - 1:
             self.probes += 1
-        else:
-            self._compress = best
+            self._probing = True
+            self._switch(not best)
+
+    def _switch(self, compress: bool) -> None:
+        self._streak = 0
+        if compress != self._compress:
+            self._compress = compress
+            self._settle = self.settle_bytes
