@@ -234,7 +234,7 @@ class CompressionChooser:
         self,
         mode: ChooserMode = "auto",
         *,
-        window_bytes: int = 16 * 2**20,
+        window_bytes: int = 8 * 2**20,
         min_window_seconds: float = 0.2,
         probe_every: int = 8,
         margin: float = 1.1,
