@@ -8,6 +8,11 @@ Keeping 16 MiB of slack at the top of the heap (``M_TOP_PAD``) stops that churn:
 on 512 MiB transfers, sender CPU 1.64 → 1.22 s, relay 0.82 → 0.70 s, +17 % throughput,
 for at most 16 MiB more address space and no measurable RSS (see benchmarks/README.md).
 
+The cyclic garbage collector ran often enough to take ~4 % of the receiver's CPU (py-spy
+``--native``), walking objects that live for the whole transfer; collecting the youngest
+generation after 50,000 allocations instead of 700 took the sender from 0.96 to 0.85
+CPU-s per 512 MiB and 10,000 small files from 0.74 to 0.65 s.
+
 Only the CLI calls :func:`tune_process`: a library must not change the allocator of the
 program that imports it (a notebook kernel). ``MALLOC_TOP_PAD_`` in the environment wins.
 """
@@ -15,19 +20,25 @@ program that imports it (a notebook kernel). ``MALLOC_TOP_PAD_`` in the environm
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 from typing import Final
 
-__all__ = ["TOP_PAD", "tune_process"]
+__all__ = ["GC_THRESHOLDS", "TOP_PAD", "tune_process"]
 
 #: Bytes of free memory glibc keeps at the top of the heap instead of returning them.
 TOP_PAD: Final = 16 * 2**20
 _M_TOP_PAD: Final = -2  # glibc's <malloc.h>
+#: gc.set_threshold() for the CLI: the youngest generation is collected 70 times less often.
+GC_THRESHOLDS: Final = (50_000, 20, 100)
 
 
 def tune_process() -> bool:
-    """Apply the tuning above where it exists (glibc); True if it was applied."""
+    """Apply the tuning above; True if the allocator's part applied (glibc only)."""
+    # Collect cyclic garbage after 50,000 new objects instead of 700: each message makes a
+    # few dozen short-lived objects (frames, events, views) that are freed by refcount.
+    gc.set_threshold(*GC_THRESHOLDS)
     if not sys.platform.startswith("linux") or "MALLOC_TOP_PAD_" in os.environ:
         return False
     try:

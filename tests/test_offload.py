@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import threading
 import time
@@ -10,7 +11,7 @@ import time
 import pytest
 
 from p2p_copy.offload import Offload, in_thread
-from p2p_copy.tuning import tune_process
+from p2p_copy.tuning import GC_THRESHOLDS, tune_process
 
 
 def test_quick_calls_run_inline_on_the_loop_thread() -> None:
@@ -84,7 +85,12 @@ def test_a_cancelled_thread_call_is_waited_for() -> None:
 
 
 def test_tune_process_respects_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MALLOC_TOP_PAD_", "1048576")
-    assert tune_process() is False
-    monkeypatch.delenv("MALLOC_TOP_PAD_")
-    assert tune_process() is sys.platform.startswith("linux")
+    thresholds = gc.get_threshold()
+    try:
+        monkeypatch.setenv("MALLOC_TOP_PAD_", "1048576")
+        assert tune_process() is False
+        assert gc.get_threshold() == GC_THRESHOLDS
+        monkeypatch.delenv("MALLOC_TOP_PAD_")
+        assert tune_process() is sys.platform.startswith("linux")
+    finally:
+        gc.set_threshold(*thresholds)
