@@ -16,23 +16,10 @@ from p2p_copy.api import receive_stream, send_stream
 from p2p_copy.relay import Relay
 
 from .conftest import Processes, run_cli
+from .test_compression import csv_text
 
 TRANSFER_TIMEOUT = 60.0
 MiB = 2**20
-
-
-def csv_text(size: int, seed: int = 6) -> bytes:
-    """Sensor-like CSV: compresses ~3-4x, like the benchmark's compressible case."""
-    rng = random.Random(seed)
-    lines = []
-    total = 0
-    while total < size:
-        line = (f"2026-11-24T{rng.randrange(24):02}:{rng.randrange(60):02}:{rng.randrange(60):02},"
-                f"sensor-{rng.randrange(64):03},{rng.uniform(-20, 40):.3f},"
-                f"{rng.uniform(0, 100):.2f},ok\n").encode()
-        lines.append(line)
-        total += len(line)
-    return b"".join(lines)[:size]
 
 
 async def transfer(

@@ -68,6 +68,7 @@ from tests.protocol_pair import (
     run_transfer,
     sha256_hex,
 )
+from tests.test_compression import csv_text
 
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -907,18 +908,6 @@ def test_relay_waiting_is_not_the_sender_speaking() -> None:
 # --- compressed data messages (DATA_ZSTD, docs/protocol.md §6.6.1) ---------------------
 
 
-def csv_like(size: int, seed: int = 0) -> bytes:
-    """Text that compresses about 4:1, like a measurement log."""
-    rng = random.Random(seed)
-    rows, total = [], 0
-    while total < size:
-        row = (f"{1_700_000_000 + total},sensor-{rng.randrange(50):02d},"
-               f"{rng.uniform(0, 99):.2f},OK\n")
-        rows.append(row)
-        total += len(row)
-    return "".join(rows).encode()[:size]
-
-
 class CompressingPair(ProtocolPair):
     """A pair whose sender asks for compression on every data message."""
 
@@ -937,10 +926,10 @@ def zstd_message(data: bytes, **options: object) -> bytes:
 
 
 MIXED_CONTENTS = {
-    "log.csv": csv_like(300_000, 1),
+    "log.csv": csv_text(300_000, 1),
     "photo.jpg": random_bytes(200_000, 3),
     "empty": b"",
-    "short.csv": csv_like(10_000, 2),
+    "short.csv": csv_text(10_000, 2),
     "tiny": b"x",
 }
 
@@ -985,7 +974,7 @@ def test_random_data_falls_back_to_raw() -> None:
 
 def test_compressed_stream_entry() -> None:
     """A stream after a file: compressed chunks fill it; its digest fixes its size."""
-    before, stream = csv_like(50_000, 4), csv_like(123_456, 5)
+    before, stream = csv_text(50_000, 4), csv_text(123_456, 5)
     pair = CompressingPair([FileEntry("head.csv", len(before)), StreamEntry("stdin")])
     pair.open()
     pair.accept()
@@ -1010,7 +999,7 @@ def test_compressed_data_after_resume_counts_from_the_offsets() -> None:
     from p2p_copy.transfer import ResumeAgreed
 
     block = 1 << 20  # offers are whole MiB (or whole files)
-    contents = {"a.csv": csv_like(block + 20_000, 7), "b.csv": csv_like(5_000, 8)}
+    contents = {"a.csv": csv_text(block + 20_000, 7), "b.csv": csv_text(5_000, 8)}
     pair = CompressingPair(entries_for(contents))
     pair.open()
     offer = Offer(0, block, sha256_hex(contents["a.csv"][:block]))
@@ -1051,7 +1040,7 @@ def test_the_specs_zstd_example_decodes() -> None:
 ], ids=["old accept", "empty list", "unknown names"])
 def test_sender_never_compresses_unless_zstd_was_listed(accept: str) -> None:
     """A receiver from before compression (or one without zstd) gets raw data only."""
-    contents = {"a.csv": csv_like(100_000)}
+    contents = {"a.csv": csv_text(100_000)}
     pair = CompressingPair(entries_for(contents))
     pair.open()
     pair.receiver.accept()
@@ -1065,7 +1054,7 @@ def test_sender_never_compresses_unless_zstd_was_listed(accept: str) -> None:
 
 def test_receiver_without_compression_refuses_zstd() -> None:
     """Receiver(compression=False) does not advertise zstd, and kind 0x01 is a violation."""
-    contents = {"a.csv": csv_like(10_000)}
+    contents = {"a.csv": csv_text(10_000)}
     pair = CompressingPair(entries_for(contents))
     pair.receiver = Receiver(CODE_HASH, compression=False)
     pair.open()
@@ -1091,10 +1080,10 @@ HOSTILE_FRAMES = [
     ("declares 1 byte, holds more",
      bytes([DATA_ZSTD]) + hand_made_frame(1)[:-4] + ((1000 << 3) | 2 | 1).to_bytes(3, "little")
      + b"A", "corrupt"),
-    ("no content size", zstd_message(csv_like(5000), write_content_size=False), "declare"),
+    ("no content size", zstd_message(csv_text(5000), write_content_size=False), "declare"),
     ("empty content", zstd_message(b""), "empty"),
-    ("truncated", zstd_message(csv_like(5000))[:-3], "corrupt"),
-    ("trailing bytes", zstd_message(csv_like(5000)) + b"\x00", "corrupt"),
+    ("truncated", zstd_message(csv_text(5000))[:-3], "corrupt"),
+    ("trailing bytes", zstd_message(csv_text(5000)) + b"\x00", "corrupt"),
     ("two frames", zstd_message(b"abc" * 40) + zstd_message(b"abc" * 40)[1:], "corrupt"),
     ("skippable frame", bytes([DATA_ZSTD]) + struct.pack("<II", 0x184D2A50, 4) + b"abcd",
      "empty"),
