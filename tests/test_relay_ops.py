@@ -28,11 +28,13 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 
 import p2p_copy
+import p2p_copy.api
 from p2p_copy import ConnectionLostError, RelayUnreachableError
 from p2p_copy.codes import room_from_path, room_hash_hex, room_url
 from p2p_copy.destination import Destination
 from p2p_copy.logs import show_address
 from p2p_copy.messages import CloseCode
+from p2p_copy.offload import SLOW_CALL, Offload
 from p2p_copy.progress import NoProgress
 from p2p_copy.relay import Relay
 from p2p_copy.testing import TEST_CONFIG, running_relay
@@ -112,6 +114,15 @@ class Gate:
             return original(destination, events)
 
         monkeypatch.setattr(Destination, "apply", apply)
+
+        class Threaded(Offload):
+            """Writes in worker threads from the start: held inline, the write would stop
+            this process's event loop, the relay's included."""
+
+            def __init__(self, slow: float = SLOW_CALL, *, threaded: bool = False) -> None:
+                super().__init__(slow, threaded=True)
+
+        monkeypatch.setattr(p2p_copy.api, "Offload", Threaded)
 
     async def reached(self) -> None:
         assert await asyncio.to_thread(self.entered.wait, 10), "the transfer never got going"
