@@ -147,6 +147,34 @@ async def test_p2p_copy_sender_to_thirdparty_receiver(
     assert a["mode"] == 0o600 and a["mtime"] == 1_700_000_000.5
 
 
+@pytest.mark.parametrize("encrypt", [True, False])
+async def test_p2p_copy_compressed_data_to_thirdparty_receiver(
+    relay: Relay, tmp_path: Path, encrypt: bool
+) -> None:
+    """A receiver written from §6.6.1 decodes our zstd data messages; files arrive intact."""
+    src = tmp_path / "logs"
+    line = b"2026-11-24T12:00:00Z,sensor-042,21.375,OK\n"
+    contents = {
+        "big.csv": line * 40_000,  # ~1.7 MB: several compressed messages
+        "small.csv": line * 3,  # shares a message with the end of big.csv
+        "noise.bin": _pattern(300_000, 9),
+    }
+    for rel, data in contents.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    before = relay.stats.bytes_forwarded
+    sent, received = await _both(
+        p2p_copy.send(relay.url, "tp3-zstd", [src], progress="none", encrypt=encrypt,
+                      compress="always"),
+        thirdparty_receive(relay.url, "tp3-zstd", encrypt=encrypt, zstd=True),
+    )
+    assert not isinstance(sent, BaseException), repr(sent)
+    assert not isinstance(received, BaseException), repr(received)
+    files, _ = received
+    assert files == {f"logs/{rel}": data for rel, data in contents.items()}
+    assert relay.stats.bytes_forwarded - before < sum(map(len, contents.values())) * 0.6
+
+
 async def test_multipart_manifest_accepted(relay: Relay, tmp_path: Path) -> None:
     """A manifest in several parts (more=true, one part empty) with late digests is accepted."""
     files = {

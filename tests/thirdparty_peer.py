@@ -26,6 +26,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any, TypeGuard
 
+import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -38,6 +39,8 @@ PROTOCOL_VERSION = 1
 HELLO_VERSION = 2  # §5.1: the relay may answer a waiting peer with one `waiting`
 ROOM_DOMAIN = b"p2p-copy room v2\x00"  # §4.2
 KIND_RAW = 0x00
+KIND_ZSTD = 0x01  # §6.6.1, only after offering "zstd" in accept
+MAX_ZSTD_CONTENT = 1024 * 1024
 PAYLOAD_SIZE = 1000  # our own choice (§6.6: message sizes are the sender's choice)
 MAX_MESSAGE = 2 * 1024 * 1024  # §3.3: accept at least, and never send more than, 2 MiB
 MAX_FILE_SIZE = 2**53  # §6.4
@@ -675,6 +678,27 @@ def _check_entry(raw: Any) -> dict[str, Any]:
     return entry
 
 
+def _unzstd(frame: bytes, room: int) -> bytes:
+    """§6.6.1: exactly one zstd frame declaring 1..min(1 MiB, room) bytes, no dictionary."""
+    try:
+        params = zstandard.get_frame_parameters(frame)
+    except zstandard.ZstdError as exc:
+        raise _Violation("protocol", f"kind 0x01 payload is not a zstd frame ({exc})") from None
+    size = params.content_size
+    if size in (0, zstandard.CONTENTSIZE_UNKNOWN) or size > min(MAX_ZSTD_CONTENT, room):
+        raise _Violation("protocol", f"zstd frame declares {size} bytes")
+    if params.dict_id or params.window_size > MAX_ZSTD_CONTENT:
+        raise _Violation("protocol", "zstd frame needs a dictionary or a window over 1 MiB")
+    try:
+        data = zstandard.ZstdDecompressor().decompress(
+            frame, max_output_size=size, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise _Violation("protocol", f"zstd frame does not decode ({exc})") from None
+    if len(data) != size:
+        raise _Violation("protocol", "zstd frame decodes to another size than it declares")
+    return data
+
+
 async def thirdparty_receive(
     url: str,
     code: str,
@@ -682,8 +706,11 @@ async def thirdparty_receive(
     encrypt: bool = True,
     answer_manifest_with: str | None = None,
     manifest_out: list[dict[str, Any]] | None = None,
+    zstd: bool = False,
 ) -> tuple[dict[str, bytes], list[str]]:
     """Receive one transfer into memory: returns ({file path: bytes}, [dir paths]).
+
+    ``zstd`` offers compression in `accept` and decodes kind-0x01 messages (§6.6.1).
 
     ``encrypt`` expects the sender's `pake` first and runs the handshake of §6.0.
 
@@ -700,7 +727,8 @@ async def thirdparty_receive(
             if encrypt:
                 await _receiver_handshake(link, code, first)
                 first = await link.recv()
-            return await _receiver_phase2(link, first, answer_manifest_with, manifest_out)
+            return await _receiver_phase2(link, first, answer_manifest_with, manifest_out,
+                                          zstd)
         except _Violation as v:
             raise await _send_error_and_close(link, v.code, v.message) from None
         except ConnectionClosed:
@@ -716,6 +744,7 @@ async def _receiver_phase2(
     opening: str | bytes,
     answer_manifest_with: str | None,
     manifest_out: list[dict[str, Any]] | None,
+    zstd: bool = False,
 ) -> tuple[dict[str, bytes], list[str]]:
     """WAIT_MANIFEST onwards; ``opening`` is the sender's first (inner) message."""
     pending: list[str | bytes] = [opening]
@@ -771,7 +800,8 @@ async def _receiver_phase2(
         raise await _send_error_and_close(
             link, answer_manifest_with,
             f"refused by the third-party receiver ({answer_manifest_with})")
-    await link.send(_dumps({"type": "accept"}))
+    await link.send(_dumps({"type": "accept", "compression": ["zstd"]} if zstd
+                           else {"type": "accept"}))
 
     # STREAMING
     file_entries = [e for e in entries if e["kind"] == "file"]
@@ -792,9 +822,12 @@ async def _receiver_phase2(
             # §6.6: kind byte + at least one payload byte, kind must be 0x00.
             if len(message) < 2:
                 raise _Violation("protocol", "data message shorter than 2 bytes")
-            if message[0] != KIND_RAW:
+            if message[0] == KIND_ZSTD and zstd:
+                payload = memoryview(_unzstd(message[1:], total - received))
+            elif message[0] != KIND_RAW:
                 raise _Violation("protocol", f"data message kind {message[0]:#04x} is reserved")
-            payload = memoryview(message)[1:]
+            else:
+                payload = memoryview(message)[1:]
             if received + len(payload) > total:
                 raise _Violation("protocol",
                                  f"data beyond the announced total of {total} bytes")
