@@ -27,7 +27,6 @@ from .errors import (
     P2PCopyError,
     PeerGoneError,
     PolicyError,
-    RelayUnreachableError,
     TransferTimeoutError,
     UnsafePathError,
     UsageError,
@@ -39,6 +38,13 @@ from .offload import Offload, in_thread
 from .paths import check_entries, display_name
 from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
+from .reconnect import (
+    DEFAULT_RECONNECT_TIMEOUT,
+    Reconnect,
+    keeps_partial,
+    reconnect_budget,
+    retryable,
+)
 from .results import FileResult, TransferResult
 from .resume import ChainHasher, Offer
 from .sources import SourceChains, Sources, StreamReader, collect_sources
@@ -92,79 +98,6 @@ ACCEPT_TIMEOUT = 60.0
 WAITING_GRACE = 5.0
 #: Generated codes tried when their rooms turn out to be taken.
 MAX_CODE_ATTEMPTS = 8
-#: How long, after the connection drops, both peers keep reconnecting (seconds; 0: never).
-DEFAULT_RECONNECT_TIMEOUT = 120.0
-#: Backoff between reconnect attempts: from the first delay, doubling up to the last.
-RECONNECT_FIRST_DELAY = 0.5
-RECONNECT_MAX_DELAY = 8.0
-
-
-class _Reconnect:
-    """Whether and when to try again after a drop: bounded backoff, within a time budget.
-
-    The budget runs from the first failed attempt of an outage and is renewed once an
-    attempt reaches the peer again, so a long transfer may survive many short outages.
-    """
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.attempt = 0
-        self._delay = RECONNECT_FIRST_DELAY
-        self._deadline: float | None = None
-
-    @property
-    def reconnecting(self) -> bool:
-        """Whether we are in an outage: the attempt under way is a reconnect."""
-        return self._deadline is not None
-
-    def connected(self) -> None:
-        self._deadline = None
-        self._delay = RECONNECT_FIRST_DELAY
-
-    def next_delay(self) -> float | None:
-        """Seconds to wait before the next attempt, or None once the budget is spent."""
-        if self.timeout <= 0:
-            return None
-        now = time.monotonic()
-        if self._deadline is None:
-            self._deadline = now + self.timeout
-        left = self._deadline - now
-        if left <= 0:
-            return None
-        delay = min(self._delay, left)
-        self._delay = min(self._delay * 2, RECONNECT_MAX_DELAY)
-        self.attempt += 1
-        return delay
-
-    def wait_timeout(self, default: float | None) -> float | None:
-        """How long an attempt may wait for the peer: the budget left, while reconnecting."""
-        if self._deadline is None:
-            return default
-        return max(self._deadline - time.monotonic(), 0.1)
-
-
-def _retryable(exc: BaseException, reconnecting: bool) -> bool:
-    """Whether ``exc`` is a drop that a new connection can get past (not a peer's verdict)."""
-    if not isinstance(exc, P2PCopyError) or exc.from_peer:
-        return False
-    if isinstance(exc, (ConnectionLostError, PeerGoneError)):
-        return True
-    # While the relay restarts it is unreachable, and it may still hold our old room.
-    return reconnecting and isinstance(exc, (RelayUnreachableError, CodeInUseError))
-
-
-def _keeps_partial(exc: BaseException) -> bool:
-    """Whether a receiver stopped by ``exc`` keeps its partial data for a re-run to resume.
-
-    A drop, a stall or a cancellation (ours, or the peer's) says nothing against the bytes
-    already written; a failed check (integrity, path, policy, code, tampering) does.
-    """
-    return isinstance(exc, (
-        asyncio.CancelledError, KeyboardInterrupt, CancelledError, ConnectionLostError,
-        PeerGoneError, TransferTimeoutError, RelayUnreachableError, CodeInUseError,
-    ))
-
-
 def _optional(display: Progress, name: str, *args: object) -> None:
     """Call a Progress method added with resume if ``display`` has it (older ones do not)."""
     method = getattr(display, name, None)
@@ -172,7 +105,7 @@ def _optional(display: Progress, name: str, *args: object) -> None:
         method(*args)
 
 
-async def _backoff(retry: _Reconnect, exc: P2PCopyError, display: Progress) -> None:
+async def _backoff(retry: Reconnect, exc: P2PCopyError, display: Progress) -> None:
     """Wait before the next attempt, or re-raise ``exc`` once the budget is spent."""
     delay = retry.next_delay()
     if delay is None:
@@ -279,14 +212,6 @@ async def _shown(display: Progress, work: Awaitable[TransferResult]) -> Transfer
     return result
 
 
-def _reconnect(timeout: float | None) -> float:
-    if timeout is None:
-        return 0.0
-    if not timeout >= 0:  # NaN too
-        raise UsageError("reconnect_timeout must be 0 (off) or a number of seconds.")
-    return float(timeout)
-
-
 @dataclass(frozen=True)
 class _Options:
     """How to reach the relay and what to ask of it: the same for both sides."""
@@ -361,7 +286,7 @@ async def _send(
 class _Run:
     """What one send or receive keeps across its reconnects."""
 
-    retry: _Reconnect
+    retry: Reconnect
     #: The peer was reached once: from now on a drop is worth a reconnect.
     paired: bool = False
     #: ``display.started`` was called.
@@ -391,7 +316,7 @@ async def _send_outgoing(
     chunk_size: int,
 ) -> TransferResult:
     generated = code is None or code == GENERATE
-    run = _Run(_Reconnect(options.reconnect_timeout), started_at=time.monotonic())
+    run = _Run(Reconnect(options.reconnect_timeout), started_at=time.monotonic())
     for attempt in range(MAX_CODE_ATTEMPTS):
         current = generate_code(attempt) if generated else str(code)
         try:
@@ -416,7 +341,7 @@ async def _send_run(
         except P2PCopyError as exc:
             _give_up_with_the_drop(run, exc)
             if not (run.paired and outgoing.restartable
-                    and _retryable(exc, run.retry.reconnecting)):
+                    and retryable(exc, run.retry.reconnecting)):
                 raise
             await _backoff(run.retry, exc, display)
 
@@ -634,7 +559,7 @@ def _receiver_options(
         raise UsageError("The receiver needs the code the sender shows.")
     room_hash_hex(code)  # a malformed code is a usage error before anything starts
     return _Options(server, cafile, wait_timeout, encrypt, relay_token,
-                    _reconnect(reconnect_timeout))
+                    reconnect_budget(reconnect_timeout))
 
 
 async def _receive(
@@ -649,14 +574,14 @@ async def _receive(
     After a drop, reconnect with the same code and start over from the manifest: the new
     sink finds on disk what the last one kept (Sink.suspend) and offers it.
     """
-    run = _Run(_Reconnect(options.reconnect_timeout), started_at=time.monotonic())
+    run = _Run(Reconnect(options.reconnect_timeout), started_at=time.monotonic())
     while True:
         try:
             return await _receive_once(options, code, make_sink, policy, display, run)
         except P2PCopyError as exc:
             _give_up_with_the_drop(run, exc)
             restartable = run.sink is None or run.sink.restartable
-            if not (run.paired and restartable and _retryable(exc, run.retry.reconnecting)):
+            if not (run.paired and restartable and retryable(exc, run.retry.reconnecting)):
                 raise
             await _backoff(run.retry, exc, display)
 
@@ -732,7 +657,7 @@ async def _receive_once(
                     await _write(destination, batch, display, offload)
         except BaseException as exc:
             if destination is not None:
-                if _keeps_partial(exc):
+                if keeps_partial(exc):
                     # Kept for the next attempt, in this run or a later one.
                     await in_thread(destination.suspend)
                 else:
@@ -777,7 +702,7 @@ def _sender_options(
     if code is not None and code != GENERATE:
         room_hash_hex(code)  # a malformed code is a usage error before anything starts
     return _Options(server, cafile, wait_timeout, encrypt, relay_token,
-                    _reconnect(reconnect_timeout), compress)
+                    reconnect_budget(reconnect_timeout), compress)
 
 
 def _entry_name(name: str) -> str:
