@@ -40,7 +40,6 @@ from p2p_copy.messages import (
     Waiting,
     encode,
     parse_hello,
-    parse_message,
 )
 from p2p_copy.paths import check_entries
 from p2p_copy.policy import ReceivePolicy, check_policy
@@ -54,6 +53,7 @@ from p2p_copy.transfer import (
     SenderState,
     TransferFinished,
 )
+from tests.test_messages import _parse_both
 
 fuzz = settings(settings.get_profile("fuzz"))
 # About 45 s for 10,000 examples of the slowest test here; a nightly run with many more
@@ -346,12 +346,7 @@ choices = st.binary(min_size=256, max_size=256).map(Choices)
 
 def parse_all(text: str) -> None:
     """Both parsers on ``text``; what they accept re-encodes equal and, if a manifest, is judged."""
-    for parse in (parse_message, parse_hello):
-        try:
-            parsed = parse(text)
-        except P2PCopyError:
-            continue
-        assert parse_message(encode(parsed)) == parsed
+    for parsed in _parse_both(text):
         if isinstance(parsed, Manifest):
             judge(parsed.entries, ReceivePolicy(windows_names=True))
             judge(parsed.entries, ReceivePolicy(windows_names=False, max_depth=3))

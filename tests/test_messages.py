@@ -524,14 +524,20 @@ message_like = st.one_of(
 )
 
 
-def _parse_both(text: str) -> None:
-    """Run both parsers; only P2PCopyError may escape, and what parses re-encodes equal."""
+def _parse_both(text: str) -> list[Message]:
+    """Run both parsers; only P2PCopyError may escape, and what parses re-encodes equal.
+
+    Returns what parsed (tests/test_fuzz_parsers.py judges the manifests among them).
+    """
+    parsed_ok: list[Message] = []
     for parse in (parse_message, parse_hello):
         try:
             parsed = parse(text)
         except P2PCopyError:
             continue
         assert parse_message(encode(parsed)) == parsed
+        parsed_ok.append(parsed)
+    return parsed_ok
 
 
 @fuzz

@@ -97,30 +97,33 @@ class HandlerErrors(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-@pytest.fixture(scope="module")
-def fuzz_relay() -> Iterator[tuple[Relay, HandlerErrors]]:
-    """One relay for every example: quick timeouts, so that a valid hello ends with 4003."""
+@contextlib.contextmanager
+def _relay_with_errors(
+    hello_timeout: float, peer_timeout: float
+) -> Iterator[tuple[Relay, HandlerErrors]]:
+    """A relay in its own thread, and the handler errors it logs while it runs."""
     errors = HandlerErrors()
     logger = logging.getLogger("p2p_copy.relay")
     logger.addHandler(errors)
     try:
-        with RelayThread(hello_timeout=2.0, peer_timeout=0.2) as relay:
+        with RelayThread(hello_timeout=hello_timeout, peer_timeout=peer_timeout) as relay:
             yield relay, errors
     finally:
         logger.removeHandler(errors)
+
+
+@pytest.fixture(scope="module")
+def fuzz_relay() -> Iterator[tuple[Relay, HandlerErrors]]:
+    """One relay for every example: quick timeouts, so that a valid hello ends with 4003."""
+    with _relay_with_errors(hello_timeout=2.0, peer_timeout=0.2) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
 def frame_relay() -> Iterator[tuple[Relay, HandlerErrors]]:
     """One relay for the garbage-frame examples: a short hello timeout ends half frames soon."""
-    errors = HandlerErrors()
-    logger = logging.getLogger("p2p_copy.relay")
-    logger.addHandler(errors)
-    try:
-        with RelayThread(hello_timeout=0.3, peer_timeout=0.2) as relay:
-            yield relay, errors
-    finally:
-        logger.removeHandler(errors)
+    with _relay_with_errors(hello_timeout=0.3, peer_timeout=0.2) as found:
+        yield found
 
 
 # --- what a fuzzing client sends ------------------------------------------------------------
