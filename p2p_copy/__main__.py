@@ -1,3 +1,3 @@
-from p2p_copy.cli import main
+from p2p_copy.cli import console_main
 
-raise SystemExit(main())
+console_main()

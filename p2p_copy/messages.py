@@ -12,6 +12,7 @@ import enum
 import json
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -21,6 +22,7 @@ from .resume import Offer
 __all__ = [
     "PROTOCOL_VERSION",
     "CloseCode",
+    "encode_manifest",
     "DATA_RAW",
     "DATA_ZSTD",
     "MAX_ZSTD_CONTENT",
@@ -261,7 +263,35 @@ def encode(message: Message) -> str:
     else:
         obj = {k: v for k, v in message.__dict__.items() if v is not None}
         obj = {"type": obj.pop("type"), **obj}
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _dumps(obj)
+
+
+# One encoder for every message: json.dumps() with options builds a new one per call.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode_manifest(entries: Sequence[Entry], part_bytes: int) -> list[str]:
+    """The manifest as text messages of at most ``part_bytes`` UTF-8 bytes where possible.
+
+    Each part is exactly ``encode(Manifest(batch, more=...))``; every entry is encoded
+    once (10,000 entries take a few tens of ms), and an entry too long for a part alone
+    still gets a part of its own.
+    """
+    head = f'{{"type":"manifest","version":{PROTOCOL_VERSION},"entries":['
+    empty = len(head) + len(']],"more":true}')  # the longest ending, and a comma of slack
+    parts: list[str] = []
+    batch: list[str] = []
+    size = empty
+    for entry in entries:
+        text = _dumps(_entry_to_json(entry))
+        cost = (len(text) if text.isascii() else len(text.encode())) + 1
+        if batch and size + cost > part_bytes:
+            parts.append(f'{head}{",".join(batch)}],"more":true}}')
+            batch, size = [], empty
+        batch.append(text)
+        size += cost
+    parts.append(f'{head}{",".join(batch)}]}}')
+    return parts
 
 
 def _entry_to_json(entry: Entry) -> dict[str, Any]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import collections
 import os
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import UnsafePathError, UsageError
 from .messages import DirEntry, Entry, FileEntry
@@ -32,7 +33,7 @@ class Sources:
     """Manifest entries and, for each file entry in order, the local path to read."""
 
     entries: tuple[Entry, ...]
-    files: tuple[Path, ...]
+    files: tuple[str, ...]
     #: Things found inside folders that are not sent (symlinks, sockets, ...).
     skipped: tuple[str, ...] = ()
 
@@ -41,11 +42,21 @@ class Sources:
         return sum(e.size for e in self.entries if isinstance(e, FileEntry))
 
 
-def _entry(path: Path, name: str, st: os.stat_result) -> Entry:
+def _entry(name: str, st: os.stat_result) -> Entry:
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISDIR(st.st_mode):
         return DirEntry(path=name, mode=mode, mtime=st.st_mtime)
     return FileEntry(path=name, size=st.st_size, mode=mode, mtime=st.st_mtime)
+
+
+def _utf8(path: str, name: str) -> None:
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"Cannot send {display_name(path)!r}: its name is not UTF-8."
+            ) from None
 
 
 def collect_sources(paths: Sequence[str | os.PathLike[str]]) -> Sources:
@@ -53,21 +64,8 @@ def collect_sources(paths: Sequence[str | os.PathLike[str]]) -> Sources:
     if not paths:
         raise UsageError("Nothing to send: give at least one file or folder.")
     entries: list[Entry] = []
-    files: list[Path] = []
+    files: list[str] = []
     skipped: list[str] = []
-
-    def add(path: Path, name: str, st: os.stat_result) -> None:
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UsageError(
-                f"Cannot send {display_name(str(path))!r}: its name is not UTF-8."
-            ) from None
-        entry = _entry(path, name, st)
-        entries.append(entry)
-        if isinstance(entry, FileEntry):
-            files.append(path)
-
     for given in paths:
         top = Path(given)
         try:
@@ -77,9 +75,12 @@ def collect_sources(paths: Sequence[str | os.PathLike[str]]) -> Sources:
         name = top.resolve().name if top.name in ("", ".", "..") else top.name
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             raise UsageError(f"Cannot send {display_name(str(top))!r}: not a file or folder.")
-        add(top, name, st)
+        _utf8(str(top), name)
+        entries.append(_entry(name, st))
         if stat.S_ISDIR(st.st_mode):
-            _walk(top, name, add, skipped)
+            _walk(str(top), name, entries, files, skipped)
+        else:
+            files.append(str(top))
     try:
         check_entries(entries)
     except UnsafePathError as exc:
@@ -87,25 +88,41 @@ def collect_sources(paths: Sequence[str | os.PathLike[str]]) -> Sources:
     return Sources(tuple(entries), tuple(files), tuple(skipped))
 
 
-def _walk(
-    top: Path, prefix: str, add: Callable[[Path, str, os.stat_result], None], skipped: list[str]
-) -> None:
-    for dirpath, dirnames, filenames in os.walk(top, onerror=_raise):
-        dirnames.sort()
-        base = Path(dirpath)
-        rel = base.relative_to(top).as_posix()
-        here = prefix if rel == "." else f"{prefix}/{rel}"
-        for name in [*sorted(filenames), *dirnames]:
-            path = base / name
-            st = path.lstat()
-            # Links are not followed (os.walk does not descend into linked folders either).
-            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
-                add(path, f"{here}/{name}", st)
-            else:
-                skipped.append(f"{here}/{name}")
+def _walk(folder: str, prefix: str, entries: list[Entry], files: list[str],
+          skipped: list[str]) -> None:
+    """Add what ``folder`` holds, depth first in sorted order: its files, then each folder.
+
+    One lstat per entry (os.scandir caches it); links are not followed.
+    """
+    try:
+        with os.scandir(folder) as listing:
+            found = list(listing)
+        # As os.walk lists them: files (and links to files) first, then folders (and links
+        # to folders, which are skipped below), each in sorted order.
+        found.sort(key=lambda e: (e.is_dir(), e.name))
+    except OSError as exc:
+        _raise(exc)
+    folders: list[tuple[str, str]] = []
+    for item in found:
+        name = f"{prefix}/{item.name}"
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError as exc:
+            _raise(exc)
+        _utf8(item.path, name)
+        if stat.S_ISREG(st.st_mode):
+            entries.append(_entry(name, st))
+            files.append(item.path)
+        elif stat.S_ISDIR(st.st_mode):
+            entries.append(_entry(name, st))
+            folders.append((item.path, name))
+        else:
+            skipped.append(name)
+    for path, name in folders:
+        _walk(path, name, entries, files, skipped)
 
 
-def _raise(exc: OSError) -> None:
+def _raise(exc: OSError) -> NoReturn:
     raise UsageError(f"Cannot read {display_name(str(exc.filename))!r}: {exc.strerror}.")
 
 
@@ -116,7 +133,7 @@ class SourceChains:
     read (no I/O), else by rereading the prefix. Blocking: call from a worker thread.
     """
 
-    def __init__(self, files: Sequence[Path], sizes: Sequence[int]) -> None:
+    def __init__(self, files: Sequence[str], sizes: Sequence[int]) -> None:
         self._files = list(zip(files, sizes, strict=True))
         self._chains: collections.OrderedDict[int, ChainHasher] = collections.OrderedDict()
 
@@ -140,12 +157,12 @@ class SourceChains:
         return ChainHasher(state, offer.offset) if state.hexdigest() == offer.sha256 else None
 
     @staticmethod
-    def _reread(path: Path, offer: Offer) -> ChainHasher | None:
+    def _reread(path: str, offer: Offer) -> ChainHasher | None:
         chain = ChainHasher()
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
-            raise UsageError(f"Cannot read {display_name(str(path))!r}: {exc.strerror}.") from None
+            raise UsageError(f"Cannot read {display_name(path)!r}: {exc.strerror}.") from None
         try:
             while chain.position < offer.offset:
                 data = os.read(fd, min(REREAD_BYTES, offer.offset - chain.position))
@@ -166,7 +183,7 @@ class StreamReader:
     """
 
     def __init__(
-        self, files: Sequence[Path], sizes: Sequence[int],
+        self, files: Sequence[str], sizes: Sequence[int],
         starts: Mapping[int, ChainHasher] | None = None, chains: SourceChains | None = None,
     ) -> None:
         self._files = list(zip(files, sizes, strict=True))
@@ -206,7 +223,7 @@ class StreamReader:
         try:
             self._handle = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
-            raise UsageError(f"Cannot read {display_name(str(path))!r}: {exc.strerror}.") from None
+            raise UsageError(f"Cannot read {display_name(path)!r}: {exc.strerror}.") from None
         start = self._starts.pop(self._index) if self._index in self._starts else None
         self._hash = start or ChainHasher()
         if self._hash.position:
@@ -228,7 +245,7 @@ class StreamReader:
     def _changed(self, how: str) -> None:
         path = self._files[self._index][0]
         raise UsageError(
-            f"{display_name(str(path))!r} {how} while it was being sent. "
+            f"{display_name(path)!r} {how} while it was being sent. "
             "Send it again once nothing writes to it."
         )
 

@@ -67,6 +67,7 @@ from .messages import (
     StreamEntry,
     Waiting,
     encode,
+    encode_manifest,
     parse_message,
 )
 from .paths import display_name
@@ -310,18 +311,7 @@ class Sender:
     def manifest(self) -> list[str]:
         """The manifest as one or more text messages, each under the part size."""
         self._expect(SenderState.SEND_MANIFEST)
-        parts: list[str] = []
-        batch: list[Entry] = []
-        size = 0
-        for entry in self.entries:
-            # A one-entry manifest's length over-estimates the entry's share of a part.
-            cost = len(encode(Manifest(entries=(entry,))).encode())
-            if batch and size + cost > self._part_bytes:
-                parts.append(encode(Manifest(entries=tuple(batch), more=True)))
-                batch, size = [], 0
-            batch.append(entry)
-            size += cost
-        parts.append(encode(Manifest(entries=tuple(batch))))
+        parts = encode_manifest(self.entries, self._part_bytes)
         self.state = SenderState.WAIT_ACCEPT
         return parts
 

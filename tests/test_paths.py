@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from p2p_copy.errors import UnsafePathError
 from p2p_copy.messages import DirEntry, Entry, FileEntry
-from p2p_copy.paths import check_entries, display_name, split_safe_path
+from p2p_copy.paths import _split_checked, check_entries, display_name, split_safe_path
 from tests.protocol_pair import FUZZ_EXAMPLES
 
 # What a terminal could interpret: C0, DEL, C1.
@@ -220,6 +220,26 @@ def test_split_safe_path_accepts_only_safe_paths(path: str) -> None:
         assert "\\" not in part and not CONTROL.search(part)
         assert len(part.encode()) <= 255
     assert not re.match("[A-Za-z]:", parts[0])
+
+
+_NAME_PIECES = st.sampled_from(["a", "/", ".", "..", "\\", ":", "C:", "\x1b", "\x85", "\ud800",
+                                ".p2p-copy-part", ".P2P-COPY-resume.new", "x" * 64, "\u00e9" * 64,
+                                "\U0001f600" * 63])
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None)
+@given(st.one_of(st.text(max_size=40), st.lists(_NAME_PIECES, max_size=8).map("".join)))
+def test_fast_path_agrees_with_every_rule(path: str) -> None:
+    """A name the quick screen lets through passes every rule one by one, and splits alike."""
+    try:
+        slow: tuple[str, ...] | None = _split_checked(path)
+    except UnsafePathError:
+        slow = None
+    try:
+        fast: tuple[str, ...] | None = split_safe_path(path)
+    except UnsafePathError:
+        fast = None
+    assert fast == slow
 
 
 # --- check_entries ----------------------------------------------------------------------

@@ -282,7 +282,7 @@ def test_sender_checks_offers_from_memory_or_by_rereading(tmp_path: Path) -> Non
     data = os.urandom(2 * BLOCK + 1)
     path = tmp_path / "s.bin"
     path.write_bytes(data)
-    chains = SourceChains([path], [len(data)])
+    chains = SourceChains([str(path)], [len(data)])
     good = Offer(0, BLOCK, sha(data[:BLOCK]))
     reread = chains.verify(good)
     assert reread is not None and reread.position == BLOCK

@@ -45,6 +45,7 @@ from p2p_copy.messages import (
     Ready,
     StreamEntry,
     encode,
+    encode_manifest,
     parse_message,
 )
 from p2p_copy.transfer import (
@@ -309,6 +310,23 @@ def test_manifest_parts_respect_the_part_size() -> None:
     assert pair.open().entries == tuple(entries)
     assert len(pair.manifest_parts) > 3
     assert all(len(p.encode()) <= 400 for p in pair.manifest_parts)
+
+
+@pytest.mark.parametrize("part_bytes", [1, 150, 400, 10**6])
+def test_manifest_parts_are_what_encode_makes(part_bytes: int) -> None:
+    """Each part is byte for byte encode(Manifest(...)) of its entries, non-ASCII names too."""
+    entries: list[Entry] = [
+        *many_entries(20), DirEntry("d\u00e9j\u00e0", mode=0o700, mtime=1.5),
+        FileEntry("d\u00e9j\u00e0/\U0001f600" * 3, 7, mtime=2.0), FileEntry('q"\\', 1),
+    ]
+    parts = encode_manifest(entries, part_bytes)
+    manifests = [parse_message(p) for p in parts]
+    assert all(isinstance(m, Manifest) for m in manifests)
+    assert [encode(m) for m in manifests] == parts
+    assert [m.more for m in manifests] == [True] * (len(parts) - 1) + [False]
+    assert tuple(e for m in manifests for e in m.entries) == tuple(entries)
+    if part_bytes >= 150:
+        assert all(len(p.encode()) <= part_bytes for p in parts)
 
 
 def test_manifest_fits_in_one_part_by_default() -> None:
