@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
-"""Benchmark p2p-copy against a raw TCP relay, p2p-copy 0.1.1 and magic-wormhole (issue 6).
+"""Benchmark p2p-copy against a raw TCP relay, a minimal Python websockets relay,
+p2p-copy 0.1.1 and magic-wormhole (issue 6).
 
 Whole processes on loopback (127.0.0.1 only), files on tmpfs, every output verified.
 Each measured process runs under a tiny launcher that fork()s it and reports its own
 ``wait4`` rusage (user+sys CPU, ru_maxrss), so that a peak RSS is never inherited from
-this (bigger) Python process. See benchmarks/README.md for what each pipeline is.
+this (bigger) Python process. Our package is measured as installed (non-editable) from
+the working tree into its own virtualenv, .cache/ours-venv, like a user's pip install.
+See benchmarks/README.md for what each pipeline is.
 
     python benchmarks/bench.py                      # full run: 1 GiB, 10,000 files, 1000 pairs
     python benchmarks/bench.py --size 256MiB        # quicker
     python benchmarks/bench.py --quick --only ours,baseline --json /tmp/x.json   # smoke
 
-Only the standard library is needed; matplotlib is used if --plot is given and present.
+Only the standard library is needed for this process (it imports nothing from the
+repository, so that the venvs' pythons can run its helper subcommands); the wsmin helpers
+need websockets and cryptography in the current interpreter; matplotlib is used if --plot
+is given and present.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,12 +54,15 @@ SEED_VERSION = "0.1.1"
 WORMHOLE_VENV = CACHE / "wormhole-venv"
 WORMHOLE_PACKAGES = ["magic-wormhole", "magic-wormhole-mailbox-server",
                      "magic-wormhole-transit-relay"]
+OURS_VENV = CACHE / "ours-venv"  # the working tree, installed non-editable
+#: in OURS_VENV: SHA-256 of pyproject.toml + p2p_copy/ as last installed there
+OURS_STAMP = "p2p-copy-source.sha256"
 LAUNCHER_DIR = CACHE / "bench"
 DEFAULT_JSON = HERE / "results" / "latest.json"
 #: socat's -b (bytes per read/write). Its default, 8192, runs at ~40 % of what the
 #: machine can do; 256 KiB (= our message size) makes the baseline a fair upper bar.
 SOCAT_BUFFER = 262144
-ALL_TOOLS = ("baseline", "socat8k", "ours", "seed", "wormhole")
+ALL_TOOLS = ("baseline", "socat8k", "wsmin", "ours", "seed", "wormhole")
 ALL_CASES = ("random", "compressible", "files", "pairs")
 MB = 1e6
 GB = 1e9
@@ -674,12 +684,135 @@ def _our_cli() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "p2p_copy"]
 
 
+def git_short_hash() -> str:
+    """The checked-out commit (read from .git without running git), or ""."""
+    try:
+        git = REPO / ".git"
+        if git.is_file():  # a worktree: "gitdir: PATH"
+            git = (REPO / git.read_text().split(":", 1)[1].strip()).resolve()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head[:10]
+        ref = head.split(":", 1)[1].strip()
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()[:10]
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0][:10]
+    except (OSError, IndexError):
+        pass
+    return ""
+
+
+def source_digest(tree: Path) -> str:
+    """SHA-256 over pyproject.toml and every file under p2p_copy/ (names and contents;
+    bytecode caches left out)."""
+    h = hashlib.sha256()
+    files = [tree / "pyproject.toml", *sorted(
+        f for f in (tree / "p2p_copy").rglob("*")
+        if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc")]
+    for f in files:
+        h.update(f.relative_to(tree).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def snapshot_tree(dest: Path) -> Path:
+    """A copy of what the package is built from (pyproject.toml, README.md, p2p_copy/), so
+    that pip builds from a fixed snapshot and writes no build/ into the working tree."""
+    dest.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        if (REPO / name).is_file():
+            shutil.copy2(REPO / name, dest / name)
+    shutil.copytree(REPO / "p2p_copy", dest / "p2p_copy",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
+def _pip(python: Path, *args: str, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(python), "-m", "pip", *args], capture_output=True, text=True,
+        cwd=CACHE, env=isolated_env(Path("/tmp")), timeout=timeout)
+
+
+def ensure_ours_venv() -> tuple[str, str]:
+    """OURS_VENV holding the working tree's package, installed non-editable like a user's
+    ``pip install p2p-copy`` (dependencies from the package index). Our package is
+    reinstalled (--no-deps --force-reinstall) only when pyproject.toml or p2p_copy/
+    changed. Returns (source digest, installed version)."""
+    python = OURS_VENV / "bin" / "python"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ours-src-", dir=CACHE) as tmp:
+        src = snapshot_tree(Path(tmp) / "p2p-copy")
+        digest = source_digest(src)
+        fresh = ensure_venv(OURS_VENV, [str(src)], "p2p-copy", None, False)
+        stamp = OURS_VENV / OURS_STAMP
+        with venv_lock(OURS_VENV):
+            old = stamp.read_text().strip() if stamp.is_file() else ""
+            if fresh or old != digest:
+                if not fresh:
+                    print(f"  reinstalling p2p-copy from the working tree into {OURS_VENV} ...",
+                          flush=True)
+                    run = _pip(python, "install", "--quiet", "--no-input", "--no-deps",
+                               "--force-reinstall", str(src))
+                    if run.returncode == 0 and _pip(python, "check").returncode != 0:
+                        # pyproject.toml gained a dependency: let pip fetch what is missing.
+                        run = _pip(python, "install", "--quiet", "--no-input", str(src))
+                    if run.returncode != 0:
+                        stamp.unlink(missing_ok=True)
+                        tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-5:])
+                        raise RuntimeError(f"pip install {src} into {OURS_VENV} failed: {tail}")
+                # pip compiles bytecode when it installs; make sure (a missing __pycache__
+                # would cost every process ~0.1 s of compiling).
+                for pkg in OURS_VENV.glob("lib/python*/site-packages/p2p_copy"):
+                    sources = {f.stem for f in pkg.glob("*.py")}
+                    compiled = {f.name.split(".")[0] for f in pkg.glob("__pycache__/*.pyc")}
+                    if not sources <= compiled:
+                        subprocess.run([str(python), "-m", "compileall", "-q", str(pkg)],
+                                       capture_output=True, timeout=120, cwd=CACHE,
+                                       env=isolated_env(Path("/tmp")))
+                stamp.write_text(digest + "\n")
+    out = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('p2p-copy'))"],
+        capture_output=True, text=True, timeout=60, env=isolated_env(Path("/tmp")), cwd=OURS_VENV)
+    if out.returncode != 0:
+        raise RuntimeError(f"{OURS_VENV}: p2p-copy not importable: {out.stderr.strip()[-300:]}")
+    return digest, out.stdout.strip()
+
+
 class Ours(Tool):
     name = "ours"
     label = "p2p-copy (this repo)"
 
     def __init__(self, bench: Bench) -> None:
         super().__init__(bench)
+        self.venv = not bench.args.no_install
+        commands = ("run-relay-server 127.0.0.1 PORT --no-tls; send ws://127.0.0.1:PORT CODE "
+                    "PATH; receive ws://127.0.0.1:PORT CODE --out DIR (default settings; "
+                    "pairs: N p2p_copy.send()/receive() coroutines in one sender and one "
+                    "receiver process")
+        if self.venv:
+            self.python = str(OURS_VENV / "bin" / "python")
+            self.cli = [str(OURS_VENV / "bin" / "p2p-copy")]
+            commit = git_short_hash()
+            try:
+                digest, version = ensure_ours_venv()
+                self.version = (f"p2p-copy {version} in {OURS_VENV}, installed from the working "
+                                f"tree at {commit or 'an unknown commit'} (sources sha256 "
+                                f"{digest[:12]})")
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                self.available, self.reason = False, str(exc)[-500:]
+            self.description = (
+                f"{self.cli[0]} {commands}, run with {self.python}); the working tree "
+                f"(pyproject.toml, README.md, p2p_copy/ at {commit or '?'} plus any uncommitted "
+                f"changes) installed non-editable with pip into its own virtualenv {OURS_VENV} "
+                "(python -m venv, no system site-packages, dependencies from the package "
+                "index, bytecode compiled by pip), reinstalled only when the sources' SHA-256 "
+                "changes; run from the venv directory with PYTHONPATH etc. removed, like seed"
+            )
+            return
+        # --no-install: the current interpreter's install (today's editable one).
+        self.python = sys.executable
         self.cli = _our_cli()
         probe = subprocess.run(
             [sys.executable, "-c", "import p2p_copy; print(p2p_copy.__version__, "
@@ -687,7 +820,7 @@ class Ours(Tool):
             env=clean_env(Path("/tmp")), cwd=REPO)
         if probe.returncode != 0:
             self.available, self.reason = False, probe.stderr.strip()[-500:]
-        self.version = probe.stdout.strip()
+        self.version = probe.stdout.strip() + " (--no-install: the current interpreter's install)"
         # pip compiles a package's bytecode when it installs it (the seed's and
         # magic-wormhole's venvs have theirs); an editable install under
         # PYTHONDONTWRITEBYTECODE never gets it and would compile ~0.1 s of source at
@@ -695,17 +828,24 @@ class Ours(Tool):
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "p2p_copy")],
                        capture_output=True, timeout=120, cwd=REPO)
         self.description = (
-            f"{' '.join(self.cli)} run-relay-server 127.0.0.1 PORT --no-tls; "
-            "send ws://127.0.0.1:PORT CODE PATH; receive ws://127.0.0.1:PORT CODE --out DIR "
-            "(default settings; pairs: N p2p_copy.send()/receive() coroutines in one "
-            "sender and one receiver process)"
+            f"{' '.join(self.cli)} {commands}); --no-install was given, so NOT the clean "
+            f"venv {OURS_VENV}: the console script next to {sys.executable} (whatever install "
+            "it has, e.g. editable, with its site-packages' .pth files paid at every start), "
+            "bytecode compiled with compileall"
         )
+
+    def env(self, tmp: Path) -> dict[str, str]:
+        return isolated_env(tmp) if self.venv else clean_env(tmp)
+
+    def cwd(self, work: Path) -> Path:
+        # From the venv directory, so that the repository's p2p_copy can never be imported.
+        return OURS_VENV if self.venv else work
 
     def start_relay(self, work: Path, case: str) -> RelaySet:
         port = free_port()
         relay = self.bench.proc(
             "relay", [*self.cli, "run-relay-server", "127.0.0.1", str(port), "--no-tls",
-                      "--log-level", "WARNING"], work, self.env(self.bench.tmp))
+                      "--log-level", "WARNING"], self.cwd(work), self.env(self.bench.tmp))
         wait_listening(port, [relay])
         return RelaySet(relay, ports={"relay": port}, url=f"ws://127.0.0.1:{port}")
 
@@ -715,7 +855,56 @@ class Ours(Tool):
                 [*self.cli, "receive", relays.url, code, "--out", str(out)])
 
     def pairs_client(self) -> list[str]:
-        return [sys.executable, __file__, "_pairs-client", "--impl", "ours"]
+        return [self.python, __file__, "_pairs-client", "--impl", "ours"]
+
+
+class WsMin(Tool):
+    """The issue's "practical ceiling for Python": a minimal websockets relay."""
+
+    name = "wsmin"
+    label = "minimal websockets relay"
+    cases = ("random", "compressible")
+
+    def __init__(self, bench: Bench) -> None:
+        super().__init__(bench)
+        probe = subprocess.run(
+            [sys.executable, "-c", "import websockets, cryptography; "
+             "from websockets.asyncio.server import serve; "
+             "print(websockets.__version__, cryptography.__version__)"],
+            capture_output=True, text=True, timeout=60, env=clean_env(Path("/tmp")),
+            cwd=HERE)
+        if probe.returncode != 0:
+            self.available = False
+            self.reason = ("needs websockets>=14 and cryptography in " + sys.executable + ": "
+                           + probe.stderr.strip()[-300:])
+        ws, _, crypto = probe.stdout.strip().partition(" ")
+        self.version = f"websockets {ws}, cryptography {crypto} ({sys.executable})"
+        self.description = (
+            "minimal Python websockets relay, 256 KiB messages, AES-GCM + SHA-256 on both "
+            f"ends (the issue's practical ceiling for Python), run with {sys.executable}: "
+            "relay bench.py _wsmin-relay PORT (websockets.asyncio.server.serve on 127.0.0.1, "
+            "compression=None; pairs the first /send with the first /recv and forwards "
+            "`async for msg in ws: await other.send(msg)`, closing the other side when one "
+            "closes); sender bench.py _wsmin-send ws://127.0.0.1:PORT/send FILE (readinto a "
+            "256 KiB buffer, SHA-256, AES-256-GCM with a fixed demo key and a counter nonce, "
+            "one binary message per chunk, then the hex SHA-256 as a text message); receiver "
+            "bench.py _wsmin-recv ws://127.0.0.1:PORT/recv OUT (decrypt, hash, write, compare "
+            "the digest). No threads, blocking file I/O on the event loop, no pairing codes, "
+            "no key exchange, no metadata, no compression"
+        )
+
+    def start_relay(self, work: Path, case: str) -> RelaySet:
+        port = free_port()
+        relay = self.bench.proc("relay", [sys.executable, __file__, "_wsmin-relay", str(port)],
+                                work, self.env(self.bench.tmp))
+        wait_listening(port, [relay])
+        return RelaySet(relay, ports={"relay": port}, url=f"ws://127.0.0.1:{port}")
+
+    def commands(self, relays: RelaySet, code: str, src: Path,
+                 out: Path, case: str) -> tuple[list[str], list[str]]:
+        return ([sys.executable, __file__, "_wsmin-send", relays.url + "/send", str(src)],
+                [sys.executable, __file__, "_wsmin-recv", relays.url + "/recv",
+                 str(out / src.name)])
 
 
 class Seed(Tool):
@@ -821,9 +1010,30 @@ class Wormhole(Tool):
                  "-o", str(out), code])
 
 
+@contextlib.contextmanager
+def venv_lock(venv: Path, timeout: float = 600.0) -> Iterator[None]:
+    """Hold ``<venv>.lock`` (flock), shared with tests/seed.py for the seed venv."""
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with open(venv.parent / f"{venv.name}.lock", "w") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{venv} stayed locked for {timeout:g} s") from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def ensure_venv(venv: Path, packages: list[str], dist: str, version: str | None,
-                no_install: bool, timeout: float = 600.0) -> None:
-    """A virtualenv holding ``dist`` (at ``version``), made with pip if missing."""
+                no_install: bool, timeout: float = 600.0) -> bool:
+    """A virtualenv holding ``dist`` (at ``version``), made with pip if missing. True if
+    it was (re)made now."""
 
     def works() -> bool:
         python = venv / "bin" / "python"
@@ -839,48 +1049,37 @@ def ensure_venv(venv: Path, packages: list[str], dist: str, version: str | None,
         return out.returncode == 0 and (version is None or out.stdout.strip() == version)
 
     if works():
-        return
+        return False
     if no_install:
         raise RuntimeError(f"{venv} does not hold {dist} and --no-install was given")
-    venv.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
-    with open(venv.parent / f"{venv.name}.lock", "w") as lock:
-        while True:
+    with venv_lock(venv, timeout):
+        if works():
+            return False
+        shutil.rmtree(venv, ignore_errors=True)
+        print(f"  installing {' '.join(packages)} into {venv} ...", flush=True)
+        for args in ([sys.executable, "-m", "venv", str(venv)],
+                     [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                      "--disable-pip-version-check", "--no-input", *packages]):
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{venv} stayed locked for {timeout:g} s") from None
-                time.sleep(0.5)
-        try:
-            if works():
-                return
-            shutil.rmtree(venv, ignore_errors=True)
-            print(f"  installing {' '.join(packages)} into {venv} ...", flush=True)
-            for args in ([sys.executable, "-m", "venv", str(venv)],
-                         [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                          "--disable-pip-version-check", "--no-input", *packages]):
-                try:
-                    run = subprocess.run(args, capture_output=True, text=True, cwd=venv.parent,
-                                         env=isolated_env(Path("/tmp")),
-                                         timeout=max(1.0, deadline - time.monotonic()))
-                except (OSError, subprocess.TimeoutExpired) as exc:
-                    shutil.rmtree(venv, ignore_errors=True)
-                    raise RuntimeError(f"{' '.join(args[:4])}: {exc}") from None
-                if run.returncode != 0:
-                    shutil.rmtree(venv, ignore_errors=True)
-                    tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-5:])
-                    raise RuntimeError(f"{' '.join(args[:5])} failed: {tail}")
-            if not works():
-                raise RuntimeError(f"{venv}: {dist} {version or ''} not importable after pip")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+                run = subprocess.run(args, capture_output=True, text=True, cwd=venv.parent,
+                                     env=isolated_env(Path("/tmp")),
+                                     timeout=max(1.0, deadline - time.monotonic()))
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                shutil.rmtree(venv, ignore_errors=True)
+                raise RuntimeError(f"{' '.join(args[:4])}: {exc}") from None
+            if run.returncode != 0:
+                shutil.rmtree(venv, ignore_errors=True)
+                tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-5:])
+                raise RuntimeError(f"{' '.join(args[:5])} failed: {tail}")
+        if not works():
+            raise RuntimeError(f"{venv}: {dist} {version or ''} not importable after pip")
+        return True
 
 
 TOOL_CLASSES: dict[str, type[Tool]] = {
-    "baseline": Baseline, "socat8k": SocatDefault, "ours": Ours, "seed": Seed,
-    "wormhole": Wormhole}
+    "baseline": Baseline, "socat8k": SocatDefault, "wsmin": WsMin, "ours": Ours,
+    "seed": Seed, "wormhole": Wormhole}
 
 
 # --------------------------------------------------------------------------------------
@@ -1198,12 +1397,19 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def add_ratios(case: dict[str, Any]) -> None:
+    """ratio_to_baseline (and ratio_to_wsmin where wsmin ran): each median ÷ theirs."""
     base = case["results"].get("baseline", {}).get("median", {})
+    wsmin = case["results"].get("wsmin", {}).get("median", {})
     for res in case["results"].values():
         res["ratio_to_baseline"] = {
             m: res["median"][m] / base[m]
             for m in res.get("median", {}) if base.get(m)
         }
+        if wsmin:
+            res["ratio_to_wsmin"] = {
+                m: res["median"][m] / wsmin[m]
+                for m in res.get("median", {}) if wsmin.get(m)
+            }
 
 
 def fmt(value: float | None, digits: int = 0) -> str:
@@ -1257,9 +1463,11 @@ def markdown(results: dict[str, Any]) -> str:
         rate = {"files": "files_s", "pairs": "pairs_s"}.get(name, "mb_s")
         unit = {"files_s": "files/s", "pairs_s": "pairs/s", "mb_s": "MB/s"}[rate]
         lines += [f"**{name}**: {case['description']}", ""]
-        head = [unit, "× baseline", "wall s", "sender CPU s", "receiver CPU s", "relay CPU s",
-                "relay CPU s/GB", "all CPU s/GB", "sender RSS MiB", "receiver RSS MiB",
-                "relay RSS MiB"]
+        with_wsmin = any(rate in res.get("ratio_to_wsmin", {})
+                         for res in case["results"].values())
+        head = [unit, "× baseline", *(["× wsmin"] if with_wsmin else []), "wall s",
+                "sender CPU s", "receiver CPU s", "relay CPU s", "relay CPU s/GB",
+                "all CPU s/GB", "sender RSS MiB", "receiver RSS MiB", "relay RSS MiB"]
         if name == "pairs":
             head += ["relay KiB/pair", "peak conns", "intact"]
         lines += ["| tool | " + " | ".join(head) + " |",
@@ -1273,8 +1481,11 @@ def markdown(results: dict[str, Any]) -> str:
             def mb(key: str, m: dict[str, float] = m) -> str:
                 return fmt(m[key] / 1024) if key in m else "-"
 
+            w = res.get("ratio_to_wsmin", {})
             cells = [fmt(m.get(rate), 0 if rate != "pairs_s" else 0),
-                     f"{r[rate]:.2f}" if rate in r else "-", fmt(m.get("wall_s"), 2),
+                     f"{r[rate]:.2f}" if rate in r else "-",
+                     *([f"{w[rate]:.2f}" if rate in w else "-"] if with_wsmin else []),
+                     fmt(m.get("wall_s"), 2),
                      fmt(m.get("sender_cpu_s"), 2), fmt(m.get("receiver_cpu_s"), 2),
                      fmt(m.get("relay_cpu_s"), 2), fmt(m.get("relay_cpu_s_per_gb"), 2),
                      fmt(m.get("all_cpu_s_per_gb"), 2), mb("sender_maxrss_kb"),
@@ -1307,7 +1518,7 @@ def plot(results: dict[str, Any], path: Path) -> str:
         tools = [t for t, r in case["results"].items() if rate in r.get("median", {})]
         values = [case["results"][t]["median"][rate] for t in tools]
         colors = {"baseline": "#777", "socat8k": "#aaa", "ours": "#2a7", "seed": "#c73",
-                  "wormhole": "#37c"}
+                  "wormhole": "#37c", "wsmin": "#a5a"}
         bars = ax.bar(tools, values, color=[colors.get(t, "#999") for t in tools])
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
         unit = {"mb_s": "MB/s", "files_s": "files/s", "pairs_s": "pairs/s"}[rate]
@@ -1457,7 +1668,10 @@ def run(args: argparse.Namespace) -> int:
                     why = {"wormhole": " (it needs two ~60 MB processes per pair; 1000 pairs "
                                        "would be 2000 processes)",
                            "socat8k": " (socat cannot pair by code; the baseline row uses "
-                                      "bench.py's asyncio pairing relay)"}.get(name, "")
+                                      "bench.py's asyncio pairing relay)",
+                           "wsmin": " (a reference for one stream of bytes: its relay pairs "
+                                    "only the first /send with the first /recv, no codes, and "
+                                    "it has no format for many files)"}.get(name, "")
                     c["results"][name] = {"skipped": f"{name} does not take part in {case}{why}"}
             add_ratios(c)
             results["cases"][case] = c
@@ -1465,6 +1679,15 @@ def run(args: argparse.Namespace) -> int:
         results["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         for case in args.cases:
             print_case(case, results["cases"][case])
+        for case in ("random", "compressible"):
+            res = results["cases"].get(case, {}).get("results", {})
+            ours = res.get("ours", {})
+            if "mb_s" in ours.get("ratio_to_wsmin", {}):
+                print(f"\n{case}: ours ÷ wsmin (minimal websockets relay, AES-GCM + SHA-256) = "
+                      f"{ours['ratio_to_wsmin']['mb_s']:.2f}x in MB/s, "
+                      f"ours ÷ baseline = {ours['ratio_to_baseline'].get('mb_s', 0):.2f}x, "
+                      f"wsmin ÷ baseline = "
+                      f"{res['wsmin'].get('ratio_to_baseline', {}).get('mb_s', 0):.2f}x")
         print("\nCPU in seconds (user+sys of the whole process, from wait4); relay CPU is "
               "counted from the moment it listens; MB/s and GB are 10^6 and 10^9 bytes; the "
               "RSS columns are ru_maxrss in MiB.")
@@ -1660,8 +1883,95 @@ async def pairs_client(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+#: wsmin's fixed demo key (a reference pipeline, not a secure tool: no key exchange).
+WSMIN_KEY = bytes(range(32))
+WSMIN_MAX_SIZE = 1 << 20  # > one 256 KiB chunk + the GCM tag
+
+
+def _wsmin_nonce(i: int) -> bytes:
+    return i.to_bytes(12, "big")
+
+
+async def helper_wsmin_relay(port: int) -> int:
+    """The first connection on /send and the first on /recv are paired; every message is
+    forwarded to the other side; when one side closes, the other is closed."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    loop = asyncio.get_running_loop()
+    peers: dict[str, asyncio.Future[ServerConnection]] = {
+        "/send": loop.create_future(), "/recv": loop.create_future()}
+
+    async def handler(ws: ServerConnection) -> None:
+        path = ws.request.path if ws.request else ""
+        mine = peers.get(path)
+        if mine is None or mine.done():
+            await ws.close(1008, "only one /send and one /recv")
+            return
+        mine.set_result(ws)
+        other = await peers["/recv" if path == "/send" else "/send"]
+        try:
+            async for msg in ws:
+                await other.send(msg)
+        finally:
+            await other.close()
+
+    stopping = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set_result, None)
+    async with serve(handler, "127.0.0.1", port, compression=None,
+                     max_size=WSMIN_MAX_SIZE):
+        await stopping
+    return 0
+
+
+async def helper_wsmin_send(url: str, path: str) -> int:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from websockets.asyncio.client import connect
+
+    aes, h = AESGCM(WSMIN_KEY), hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    async with connect(url, compression=None, max_size=WSMIN_MAX_SIZE) as ws:
+        with open(path, "rb", buffering=0) as f:
+            i = 0
+            while n := f.readinto(buf):
+                h.update(view[:n])
+                await ws.send(aes.encrypt(_wsmin_nonce(i), view[:n], None))
+                i += 1
+        await ws.send(h.hexdigest())
+    return 0
+
+
+async def helper_wsmin_recv(url: str, path: str) -> int:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from websockets.asyncio.client import connect
+
+    aes, h = AESGCM(WSMIN_KEY), hashlib.sha256()
+    digest = None
+    async with connect(url, compression=None, max_size=WSMIN_MAX_SIZE) as ws:
+        with open(path, "wb", buffering=0) as f:
+            i = 0
+            async for msg in ws:
+                if isinstance(msg, str):
+                    digest = msg
+                    break
+                data = aes.decrypt(_wsmin_nonce(i), msg, None)
+                h.update(data)
+                f.write(data)
+                i += 1
+    if digest != h.hexdigest():
+        print(f"SHA-256 mismatch: sender {digest}, received {h.hexdigest()}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def helper_main(argv: list[str]) -> int:
     cmd = argv[0]
+    if cmd == "_wsmin-relay":
+        return asyncio.run(helper_wsmin_relay(int(argv[1])))
+    if cmd == "_wsmin-send":
+        return asyncio.run(helper_wsmin_send(argv[1], argv[2]))
+    if cmd == "_wsmin-recv":
+        return asyncio.run(helper_wsmin_recv(argv[1], argv[2]))
     if cmd == "_tcp-send":
         return helper_tcp_send(int(argv[1]), argv[2])
     if cmd == "_tcp-recv":
@@ -1698,8 +2008,8 @@ def _list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Benchmark p2p-copy against a raw TCP relay, p2p-copy 0.1.1 and "
-        "magic-wormhole on loopback (see benchmarks/README.md).")
+        description="Benchmark p2p-copy against a raw TCP relay, a minimal websockets "
+        "relay, p2p-copy 0.1.1 and magic-wormhole on loopback (see benchmarks/README.md).")
     p.add_argument("--size", type=parse_size, default=None,
                    help="large file size: 1GiB (default), 256MiB, 64M; a bare number is MiB")
     p.add_argument("--files", type=int, default=None, help="small files (default 10000)")
@@ -1714,7 +2024,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=None,
                    help="interleaved repetitions; medians are reported (default 3)")
     p.add_argument("--only", type=_list(ALL_TOOLS), default=list(ALL_TOOLS),
-                   help="tools, comma-separated: baseline,socat8k,ours,seed,wormhole (default all)")
+                   help="tools, comma-separated: baseline,socat8k,wsmin,ours,seed,wormhole "
+                   "(default all)")
     p.add_argument("--cases", type=_list(ALL_CASES), default=list(ALL_CASES),
                    help="cases, comma-separated: random,compressible,files,pairs (default all)")
     p.add_argument("--warmup", type=int, choices=[0, 1], default=None,
@@ -1739,7 +2050,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds per transfer before it is killed (default: from the size)")
     p.add_argument("--no-install", action="store_true",
-                   help="do not create missing virtualenvs (0.1.1, magic-wormhole)")
+                   help="do not create or refresh virtualenvs (ours, 0.1.1, magic-wormhole); "
+                   "ours then runs from the current interpreter's install")
     p.add_argument("--baseline", choices=["auto", "python"], default="auto",
                    help="'python' uses bench.py's asyncio forwarder even if socat is present")
     p.add_argument("--launcher", choices=["auto", "python"], default="auto",

@@ -1,4 +1,5 @@
-"""benchmarks/bench.py runs: tiny sizes, our CLI and the raw TCP baseline only.
+"""benchmarks/bench.py runs: tiny sizes, our CLI (--no-install: the current interpreter's
+install) and the raw TCP baseline, plus the minimal websockets relay (wsmin) in one test.
 
 No timing is asserted, only that the script exits 0, verifies every transfer and writes
 a JSON result with the keys benchmarks/README.md documents.
@@ -21,10 +22,10 @@ PER_PROCESS = ["sender_cpu_s", "receiver_cpu_s", "relay_cpu_s", "sender_maxrss_k
                "receiver_maxrss_kb", "relay_maxrss_kb"]
 
 
-def run_bench(tmp_path: Path, *extra: str) -> dict:
+def run_bench(tmp_path: Path, *extra: str, only: str = "ours,baseline") -> dict:
     out = tmp_path / "result.json"
     run = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--only", "ours,baseline", "--no-install",
+        [sys.executable, str(BENCH), "--quick", "--only", only, "--no-install",
          "--json", str(out), "--timeout", "30", *extra],
         capture_output=True, text=True, timeout=50, env=cli_env(), cwd=tmp_path,
     )
@@ -32,19 +33,23 @@ def run_bench(tmp_path: Path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
-def check_result(data: dict, cases: frozenset[str] = frozenset(RATE)) -> None:
+def check_result(data: dict, cases: frozenset[str] = frozenset(RATE),
+                 tools: frozenset[str] = frozenset({"ours", "baseline"})) -> None:
     assert {"schema", "started", "finished", "command", "machine", "launcher", "config",
             "tools", "cases"} <= data.keys()
     assert {"nproc", "cpu_model", "loadavg_start", "loadavg_end"} <= data["machine"].keys()
     assert data["launcher"]["rss_floor_kb"] > 0
-    assert set(data["tools"]) == {"ours", "baseline"}
+    assert set(data["tools"]) == tools
     assert all(t["available"] for t in data["tools"].values())
     assert set(data["cases"]) == cases
     for case in cases:
         rate = RATE[case]
         results = data["cases"][case]["results"]
-        assert set(results) == {"ours", "baseline"}
+        assert set(results) == tools
         for tool, result in results.items():
+            if tool == "wsmin" and case not in ("random", "compressible"):
+                assert "skipped" in result
+                continue
             assert result["ok"], (case, tool, result["runs"])
             assert len(result["runs"]) == 1 and result["runs"][0]["intact"]
             median = result["median"]
@@ -68,7 +73,13 @@ def test_quick_run_with_socat_or_its_fallback(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_quick_run_with_the_python_baseline_and_launcher(tmp_path: Path) -> None:
     data = run_bench(tmp_path, "--baseline", "python", "--launcher", "python",
-                     "--cases", "random,files,pairs")
-    check_result(data, frozenset({"random", "files", "pairs"}))
+                     "--cases", "random,files,pairs", only="ours,baseline,wsmin")
+    check_result(data, frozenset({"random", "files", "pairs"}),
+                 frozenset({"ours", "baseline", "wsmin"}))
     assert data["launcher"]["kind"] == "python"
     assert "asyncio" in data["tools"]["baseline"]["version"]
+    random = data["cases"]["random"]["results"]
+    assert random["ours"]["ratio_to_wsmin"]["mb_s"] > 0
+    assert random["wsmin"]["ratio_to_wsmin"]["mb_s"] == pytest.approx(1.0)
+    assert "ratio_to_wsmin" not in data["cases"]["files"]["results"]["ours"]
+    assert "--no-install" in data["tools"]["ours"]["description"]
