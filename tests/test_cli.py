@@ -111,6 +111,19 @@ def test_version_prints_package_version() -> None:
     assert result.stdout.strip() == f"p2p-copy {p2p_copy.__version__}"
 
 
+@pytest.mark.parametrize("code", [0, 3])
+def test_console_script_flushes_output_and_keeps_the_exit_code(code: int) -> None:
+    """After a success the script skips teardown, but buffered output still comes out whole."""
+    script = ("import sys, p2p_copy.cli as cli\n"
+              "cli.main = lambda: (sys.stdout.write('x' * 100_000),\n"
+              f"                   print('done', file=sys.stderr), {code})[-1]\n"
+              "cli.console_main()\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=TIMEOUT, env=cli_env())
+    assert result.returncode == code
+    assert result.stdout == "x" * 100_000 and result.stderr == "done\n"
+
+
 def test_relay_without_tls_choice_is_a_clear_usage_error() -> None:
     """A relay given neither a certificate nor --no-tls exits 2 with one line that says which."""
     result = run_cli("run-relay-server", "127.0.0.1", str(free_port()), timeout=TIMEOUT)
