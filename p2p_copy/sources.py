@@ -88,38 +88,42 @@ def collect_sources(paths: Sequence[str | os.PathLike[str]]) -> Sources:
     return Sources(tuple(entries), tuple(files), tuple(skipped))
 
 
-def _walk(folder: str, prefix: str, entries: list[Entry], files: list[str],
+def _walk(top: str, prefix: str, entries: list[Entry], files: list[str],
           skipped: list[str]) -> None:
-    """Add what ``folder`` holds, depth first in sorted order: its files, then each folder.
+    """Add what ``top`` holds, depth first in sorted order: a folder's files, then its folders.
 
-    One lstat per entry (os.scandir caches it); links are not followed.
+    One lstat per entry (os.scandir caches it); links are not followed. A stack, not
+    recursion, so that no depth of folders runs into Python's recursion limit.
     """
-    try:
-        with os.scandir(folder) as listing:
-            found = list(listing)
-        # As os.walk lists them: files (and links to files) first, then folders (and links
-        # to folders, which are skipped below), each in sorted order.
-        found.sort(key=lambda e: (e.is_dir(), e.name))
-    except OSError as exc:
-        _raise(exc)
-    folders: list[tuple[str, str]] = []
-    for item in found:
-        name = f"{prefix}/{item.name}"
+    stack = [(top, prefix)]
+    while stack:
+        folder, here = stack.pop()
         try:
-            st = item.stat(follow_symlinks=False)
+            with os.scandir(folder) as listing:
+                found = list(listing)
+            # As os.walk lists them: files (and links to files) first, then folders (and
+            # links to folders, skipped below), each in sorted order.
+            found.sort(key=lambda e: (e.is_dir(), e.name))
         except OSError as exc:
             _raise(exc)
-        _utf8(item.path, name)
-        if stat.S_ISREG(st.st_mode):
-            entries.append(_entry(name, st))
-            files.append(item.path)
-        elif stat.S_ISDIR(st.st_mode):
-            entries.append(_entry(name, st))
-            folders.append((item.path, name))
-        else:
-            skipped.append(name)
-    for path, name in folders:
-        _walk(path, name, entries, files, skipped)
+        folders: list[tuple[str, str]] = []
+        for item in found:
+            name = f"{here}/{item.name}"
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError as exc:
+                _raise(exc)
+            if stat.S_ISREG(st.st_mode):
+                _utf8(item.path, name)
+                entries.append(_entry(name, st))
+                files.append(item.path)
+            elif stat.S_ISDIR(st.st_mode):
+                _utf8(item.path, name)
+                entries.append(_entry(name, st))
+                folders.append((item.path, name))
+            else:
+                skipped.append(name)
+        stack.extend(reversed(folders))
 
 
 def _raise(exc: OSError) -> NoReturn:
