@@ -50,8 +50,15 @@ def test_a_very_deep_folder_is_walked(tmp_path: Path) -> None:
         deepest = deepest / "d"
         deepest.mkdir()
     (deepest / "f").write_bytes(b"x")
-    sources = collect_sources([tmp_path / "top"])
-    assert len(sources.entries) == 1_202 and sources.entries[-1].path.count("/") == 1_201
+    try:
+        sources = collect_sources([tmp_path / "top"])
+        assert len(sources.entries) == 1_202 and sources.entries[-1].path.count("/") == 1_201
+    finally:
+        # Bottom up: shutil.rmtree (pytest's clean-up) recurses once per level.
+        (deepest / "f").unlink()
+        while deepest != tmp_path:
+            deepest.rmdir()
+            deepest = deepest.parent
 
 
 def test_a_missing_path_is_a_usage_error(tmp_path: Path) -> None:
