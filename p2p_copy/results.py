@@ -19,7 +19,11 @@ class FileResult:
     sha256: str
 
 
-@dataclass(frozen=True)
+#: How many files a TransferResult's repr lists before it says how many more there are.
+REPR_FILES = 3
+
+
+@dataclass(frozen=True, repr=False)
 class TransferResult:
     """The outcome of a whole send or receive."""
 
@@ -36,3 +40,18 @@ class TransferResult:
     def rate(self) -> float:
         """Average bytes per second over the whole transfer."""
         return self.bytes / self.duration if self.duration > 0 else 0.0
+
+    def __repr__(self) -> str:
+        """The dataclass repr with at most REPR_FILES files listed.
+
+        A notebook shows this after ``await receive(...)``, and asyncio formats it when a
+        finished task's repr is asked for (asyncio.run does, on the way out): listing
+        10,000 files would cost ~25 ms and a screenful, and tell nothing.
+        """
+        shown = [repr(f) for f in self.files[:REPR_FILES]]
+        if len(self.files) > REPR_FILES:
+            shown.append(f"... {len(self.files) - REPR_FILES:,} more")
+        files = "(" + ", ".join(shown) + ("," if len(self.files) == 1 else "") + ")"
+        return (f"TransferResult(role={self.role!r}, files={files}, bytes={self.bytes!r}, "
+                f"duration={self.duration!r}, destination={self.destination!r}, "
+                f"code={self.code!r})")
