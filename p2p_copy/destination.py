@@ -93,6 +93,8 @@ _umask_value: int | None = None
 def _umask() -> int:
     """The receiver's umask, which the sender's modes never override (as tar and scp do)."""
     global _umask_value
+    if _umask_value is not None:
+        return _umask_value
     with _umask_lock:
         if _umask_value is None:
             # os.umask can only be read by setting it; the stricter value in between can
@@ -284,33 +286,38 @@ class _Open:
     """A file being received: its folder, temporary name, descriptor and running hash."""
 
     def __init__(self, dirs: _Dirs, parts: tuple[str, ...], entry: DataEntry,
-                 start: _Found | None = None, *, clean: bool = False) -> None:
+                 start: _Found | None = None, *, clean: bool = False,
+                 whole: bool = False) -> None:
         self.dirs = dirs
         self.folder, self.name = parts[:-1], parts[-1]
         self.entry = entry
         self.temp = _hidden_name(self.name, TEMP_SUFFIX)
-        self.sidecar = _hidden_name(self.name, SIDECAR_SUFFIX)
         #: Whether a sidecar may be beside it (prepare() saw one, or we wrote one).
         self.has_sidecar = not clean
         self.synced = 0
+        #: Created with its final mode (the kernel applies the umask): seal() keeps it.
+        self.moded = whole
         at = dirs.fd(self.folder)
         if start is None:
             # A fresh start: whatever has this name goes (never written through), and
             # O_EXCL makes sure that the file written is the one created here. Names that
             # prepare() did not see are not removed first; if one appeared since, it goes.
+            # A file that arrives whole in one write gets its mode now (one fchmod less a
+            # file); one that may stay partial is private until sealed.
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            mode = stat.S_IMODE(entry.mode) & 0o777 if whole else 0o600
             if not clean:
                 _unlink_at(self.sidecar, at)
                 _unlink_at(self.temp, at)
             try:
-                self.fd = os.open(self.temp, flags, 0o600, dir_fd=at)
+                self.fd = os.open(self.temp, flags, mode, dir_fd=at)
             except FileExistsError:
                 if not clean:
                     raise
                 self.has_sidecar = True
                 _unlink_at(self.sidecar, at)
                 _unlink_at(self.temp, at)
-                self.fd = os.open(self.temp, flags, 0o600, dir_fd=at)
+                self.fd = os.open(self.temp, flags, mode, dir_fd=at)
             self.chain = ChainHasher()
         else:
             self.fd = os.open(self.temp, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=at)
@@ -330,6 +337,11 @@ class _Open:
             self.synced = chain.position
 
     @property
+    def sidecar(self) -> str:
+        """The sidecar's name (made when needed: most small files never have one)."""
+        return _hidden_name(self.name, SIDECAR_SUFFIX)
+
+    @property
     def final(self) -> Path:
         """The final path (for messages: the file is reached through its folder's descriptor)."""
         return self.dirs.root.joinpath(*self.folder, self.name)
@@ -345,7 +357,8 @@ class _Open:
     def seal(self) -> None:
         """Give the complete temporary file its mode and time, and close it."""
         if self.fd >= 0:
-            os.fchmod(self.fd, stat.S_IMODE(self.entry.mode) & 0o777 & ~_umask())
+            if not self.moded:
+                os.fchmod(self.fd, stat.S_IMODE(self.entry.mode) & 0o777 & ~_umask())
             if self.entry.mtime is not None:
                 _set_mtime(self.fd, self.entry.mtime)
             os.close(self.fd)
@@ -601,11 +614,14 @@ class Destination:
     def _write(self, event: FileData) -> None:
         current = self._open.get(event.file)
         if current is None:
-            current = self._open[event.file] = self._start(event.file)
+            current = self._open[event.file] = self._start(event.file, event)
         data = event.data
         try:
             while data:
                 written = os.write(current.fd, data)
+                if written == len(data):  # nearly always: no slices
+                    current.chain.update(data)
+                    break
                 current.chain.update(data[:written])
                 data = data[written:]
             entry = current.entry
@@ -617,12 +633,15 @@ class Destination:
         except OSError as exc:
             raise _os_error(exc, current.final) from None
 
-    def _start(self, file: int) -> _Open:
+    def _start(self, file: int, first: FileData | None = None) -> _Open:
         entry = self.files[file]
         parts = self._split(entry)
+        start = self._starts.pop(file, None)
+        whole = (start is None and first is not None and first.offset == 0
+                 and isinstance(entry, FileEntry) and len(first.data) == entry.size)
         try:
-            return _Open(self._dirs, parts, entry, self._starts.pop(file, None),
-                         clean=file in self._clean)
+            return _Open(self._dirs, parts, entry, start, clean=file in self._clean,
+                         whole=whole)
         except OSError as exc:
             raise _os_error(exc, self.root.joinpath(*parts)) from None
 

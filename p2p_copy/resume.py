@@ -14,7 +14,6 @@ format lives here; reading and writing it is destination.py's job.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import math
@@ -102,7 +101,8 @@ class ChainHasher:
     def __init__(self, base: _Hash | None = None, position: int = 0) -> None:
         self._hash: _Hash = base if base is not None else hashlib.sha256()
         self.position = position
-        self._states: collections.OrderedDict[int, _Hash] = collections.OrderedDict()
+        # Block-prefix states in the order made (dicts keep it), oldest dropped first.
+        self._states: dict[int, _Hash] = {}
         # A fresh hasher's empty prefix is made on demand (one copy less per small file).
         self._fresh = base is None and position == 0
         if position % BLOCK == 0 and not self._fresh:
@@ -123,7 +123,7 @@ class ChainHasher:
             if self.position % BLOCK == 0:
                 self._states[self.position] = self._hash.copy()
                 while len(self._states) > CHAIN_WINDOW:
-                    self._states.popitem(last=False)
+                    del self._states[next(iter(self._states))]
 
     def state_at(self, offset: int) -> _Hash | None:
         """A copy of the hash of ``file[:offset]``, if ``offset`` is the end or a kept block."""

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from p2p_copy.errors import UnsafePathError
 from p2p_copy.messages import DirEntry, Entry, FileEntry
-from p2p_copy.paths import _split_checked, check_entries, display_name, split_safe_path
+from p2p_copy.paths import (
+    _split_checked,
+    check_entries,
+    display_name,
+    split_safe_path,
+    split_safe_paths,
+)
 from tests.protocol_pair import FUZZ_EXAMPLES
 
 # What a terminal could interpret: C0, DEL, C1.
@@ -240,6 +246,38 @@ def test_fast_path_agrees_with_every_rule(path: str) -> None:
     except UnsafePathError:
         fast = None
     assert fast == slow
+
+
+def _judged(paths: list[str]) -> list[tuple[str, ...]] | str:
+    try:
+        return [split_safe_path(path) for path in paths]
+    except UnsafePathError as exc:
+        return str(exc)
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None)
+@given(st.lists(st.one_of(st.text(max_size=20), st.lists(_NAME_PIECES, max_size=6).map("".join),
+                          st.sampled_from(["a/b", "dir/file.txt", "", "\n", "a\nb", "x\n"])),
+                max_size=6))
+def test_screening_many_paths_at_once_agrees_with_one_at_a_time(paths: list[str]) -> None:
+    """Joined by newlines and screened in one pass, names get the same answer as alone:
+    the same parts, or the same error for the first bad name."""
+    try:
+        together: list[tuple[str, ...]] | str = split_safe_paths(paths)
+    except UnsafePathError as exc:
+        together = str(exc)
+    assert together == _judged(paths)
+
+
+def test_screening_many_paths_catches_what_joining_could_hide() -> None:
+    """Newlines inside names, names that are empty or too long, and bad first names of
+    later lines are all still refused."""
+    for paths in (["a", "b\nc"], ["a", ""], ["", "a"], ["a", "/etc"], ["a", "C:x"],
+                  ["a", "b/.."], ["a\n", "b"], ["a", "x" * 5000], ["ok", "a/./b"]):
+        with pytest.raises(UnsafePathError):
+            split_safe_paths(paths)
+    assert split_safe_paths(["a/b", "c"]) == [("a", "b"), ("c",)]
+    assert split_safe_paths([]) == []
 
 
 # --- check_entries ----------------------------------------------------------------------

@@ -395,18 +395,27 @@ def test_final_name_taken_after_prepare_is_left_alone(tmp_path: Path) -> None:
 def test_sender_modes_are_limited_by_the_receivers_umask(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sender cannot make received files or folders writable by others: its modes pass
-    through the receiver's umask, as with tar and scp."""
+    through the receiver's umask, as with tar and scp, whether a file arrives in one
+    piece (created with its mode) or in several (made private, its mode set at the end)."""
     from p2p_copy import destination
 
-    monkeypatch.setattr(destination, "_umask_value", 0o022, raising=False)
-    data = b"shared"
-    dest = Destination(tmp_path, [DirEntry("d", mode=0o777),
-                                  FileEntry("d/a.txt", len(data), mode=0o666)])
-    dest.prepare()
-    dest.apply([FileData(0, 0, memoryview(data)), FileCompleted(0, sha(data))])
-    dest.finish()
-    assert (tmp_path / "d" / "a.txt").stat().st_mode & 0o777 == 0o644
-    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    monkeypatch.setattr(destination, "_umask_value", 0o027, raising=False)
+    old = os.umask(0o027)
+    try:
+        data = b"shared"
+        dest = Destination(tmp_path, [DirEntry("d", mode=0o777),
+                                      FileEntry("d/a.txt", len(data), mode=0o666),
+                                      FileEntry("d/b.sh", len(data), mode=0o4777)])
+        dest.prepare()
+        dest.apply([FileData(0, 0, memoryview(data)), FileCompleted(0, sha(data)),
+                    FileData(1, 0, memoryview(data[:2])), FileData(1, 2, memoryview(data[2:])),
+                    FileCompleted(1, sha(data))])
+        dest.finish()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "d" / "a.txt").stat().st_mode & 0o7777 == 0o640
+    assert (tmp_path / "d" / "b.sh").stat().st_mode & 0o7777 == 0o750
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
 
 
 @pytest.mark.parametrize("which", [TEMP_SUFFIX, SIDECAR_SUFFIX])
