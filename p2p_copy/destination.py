@@ -40,7 +40,7 @@ from .errors import (
     UnsafePathError,
 )
 from .messages import DataEntry, DirEntry, Entry, FileEntry
-from .paths import display_name, split_safe_path
+from .paths import display_name, split_safe_path, split_safe_paths
 from .results import FileResult
 from .resume import BLOCK, ChainHasher, Offer, Sidecar, mtime_matches
 from .transfer import FileCompleted, FileData, data_entries
@@ -438,14 +438,25 @@ class Destination:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _os_error(exc, self.root) from None
+        paths = [entry.path for entry in self.entries]
+        self._parts.update(zip(paths, split_safe_paths(paths), strict=True))
         # One listing per folder says which names exist; only those are looked at.
         listings: dict[tuple[str, ...], frozenset[str] | None] = {}
         folders: set[tuple[str, ...]] = set()
+        # Nothing exists below a top-level name the destination lacks (a new folder, or a
+        # destination just made): its entries need no look.
+        absent: set[str] = set()
+        if len(self.entries) >= LIST_FROM:
+            tops = {parts[0] for parts in self._parts.values()}
+            absent = {top for top in tops if not self._may_exist((), top, listings)}
         for entry in self.entries:
-            self._check_target(entry, listings, folders)
+            if self._parts[entry.path][0] not in absent:
+                self._check_target(entry, listings, folders)
         deadline = time.monotonic() + HASH_BUDGET
         for file, entry in enumerate(self.files):
-            if isinstance(entry, FileEntry):
+            if self._parts[entry.path][0] in absent:
+                self._clean.add(file)  # no part to resume, nothing to remove first
+            elif isinstance(entry, FileEntry):
                 self._find(file, entry, listings, deadline)
         # A stream's size is unknown: it can only fail when the disk fills up.
         needed = sum(f.size for f in self.files if isinstance(f, FileEntry))

@@ -12,7 +12,7 @@ import enum
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -271,28 +271,27 @@ def encode(message: Message) -> str:
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def encode_manifest(entries: Sequence[Entry], part_bytes: int) -> list[str]:
+def encode_manifest(entries: Sequence[Entry], part_bytes: int) -> Iterator[str]:
     """The manifest as text messages of at most ``part_bytes`` UTF-8 bytes where possible.
 
     Each part is exactly ``encode(Manifest(batch, more=...))``; every entry is encoded
     once (10,000 entries take a few tens of ms), and an entry too long for a part alone
-    still gets a part of its own.
+    still gets a part of its own. Parts are made as they are asked for, so that the
+    first can be on its way (and parsed) while the next is encoded.
     """
     head = f'{{"type":"manifest","version":{PROTOCOL_VERSION},"entries":['
     empty = len(head) + len(']],"more":true}')  # the longest ending, and a comma of slack
-    parts: list[str] = []
     batch: list[str] = []
     size = empty
     for entry in entries:
         text = _dumps(_entry_to_json(entry))
         cost = (len(text) if text.isascii() else len(text.encode())) + 1
         if batch and size + cost > part_bytes:
-            parts.append(f'{head}{",".join(batch)}],"more":true}}')
+            yield f'{head}{",".join(batch)}],"more":true}}'
             batch, size = [], empty
         batch.append(text)
         size += cost
-    parts.append(f'{head}{",".join(batch)}]}}')
-    return parts
+    yield f'{head}{",".join(batch)}]}}'
 
 
 def _entry_to_json(entry: Entry) -> dict[str, Any]:

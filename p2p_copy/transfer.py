@@ -33,7 +33,7 @@ from __future__ import annotations
 import bisect
 import enum
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .compression import DEFAULT_LEVEL, ChunkCompressor, ChunkDecompressor, CompressionStats
@@ -308,12 +308,14 @@ class Sender:
         return encode(Hello(code_hash_hex=self.code_hash_hex, role="sender",
                             version=HELLO_VERSION, fresh=self.fresh or None))
 
-    def manifest(self) -> list[str]:
-        """The manifest as one or more text messages, each under the part size."""
+    def manifest(self) -> Iterator[str]:
+        """The manifest as one or more text messages, each under the part size.
+
+        Send each part as it comes: the next is encoded meanwhile (see encode_manifest).
+        """
         self._expect(SenderState.SEND_MANIFEST)
-        parts = encode_manifest(self.entries, self._part_bytes)
         self.state = SenderState.WAIT_ACCEPT
-        return parts
+        return encode_manifest(self.entries, self._part_bytes)
 
     def receive(self, message: str | bytes) -> Ready | Waiting | Accept | Done:
         """Feed a message from the relay or the receiver; return what it was."""

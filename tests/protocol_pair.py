@@ -145,7 +145,7 @@ class ProtocolPair:
     def open(self) -> ManifestReceived:
         """``connect``, then every manifest part; return the receiver's ManifestReceived."""
         self.connect()
-        self.manifest_parts = self.sender.manifest()
+        self.manifest_parts = list(self.sender.manifest())
         for part in self.manifest_parts[:-1]:
             assert self.to_receiver(part) == [], "a manifest part with more=true gave events"
         events = self.to_receiver(self.manifest_parts[-1])

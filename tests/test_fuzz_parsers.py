@@ -467,7 +467,7 @@ def test_sender_survives_any_message_sequence(source: Choices) -> None:
             continue
         assert isinstance(answer, (Ready, Waiting, Accept, Done))
         if sender.state is SenderState.SEND_MANIFEST:
-            assert len(sender.manifest()) == 1
+            assert len(list(sender.manifest())) == 1
         elif sender.state is SenderState.STREAMING:
             sender.checksums([EMPTY_SHA256])
             sender.eof()

@@ -359,6 +359,48 @@ def test_part_planted_after_prepare_is_replaced_not_written_through(
     assert sorted(p.name for p in root.iterdir()) == sorted(f"a{i}.bin" for i in range(count))
 
 
+@pytest.mark.parametrize("layout", ["none", "empty", "file", "link", "part"])
+def test_a_big_manifest_still_sees_what_its_top_folder_holds(
+        tmp_path: Path, layout: str) -> None:
+    """prepare() skips every look below a top-level name the destination lacks; below one
+    it has, an existing file, a link or a part is still found."""
+    root = tmp_path / "dest"
+    root.mkdir()
+    data = os.urandom(BLOCK + 10)
+    files = [data] + [os.urandom(100 + i) for i in range(LIST_FROM)]
+    entries = [FileEntry(f"top/f{i}", len(b), mtime=7.0) for i, b in enumerate(files)]
+    if layout == "empty":
+        (root / "top").mkdir()
+    elif layout == "file":
+        (root / "top").mkdir()
+        (root / "top" / f"f{LIST_FROM}").write_bytes(b"mine")
+    elif layout == "link":
+        (tmp_path / "elsewhere").mkdir()
+        (root / "top").symlink_to(tmp_path / "elsewhere")
+    elif layout == "part":
+        _write_part(root / "top", "f0", data[:BLOCK] + b"x" * 5, BLOCK, 7.0)
+        entries[0] = FileEntry("top/f0", len(data), mtime=7.0)
+        # _write_part's sidecar announces twice the part's length: make it this file's.
+        car = Sidecar(size=len(data), mtime=7.0, offset=BLOCK, sha256=sha(data[:BLOCK]))
+        (root / "top" / f".f0{SIDECAR_SUFFIX}").write_bytes(car.encode())
+    dest = Destination(root, entries)
+    if layout == "file":
+        with pytest.raises(DestinationExistsError):
+            dest.prepare()
+        assert (root / "top" / f"f{LIST_FROM}").read_bytes() == b"mine"
+        return
+    if layout == "link":
+        with pytest.raises(UnsafePathError):
+            dest.prepare()
+        assert list((tmp_path / "elsewhere").iterdir()) == []
+        return
+    dest.prepare()
+    assert [(o.file, o.offset) for o in dest.offers()] == ([(0, BLOCK)] if layout == "part" else [])
+    _receive_small_files(dest, files)
+    dest.finish()
+    assert [(root / "top" / f"f{i}").read_bytes() for i in range(len(files))] == files
+
+
 def test_folder_swapped_for_a_link_mid_transfer_is_not_followed(tmp_path: Path) -> None:
     """Once a folder has been made, later files go into that folder even if its name is
     swapped for a link to elsewhere: nothing is written outside the destination."""

@@ -319,7 +319,7 @@ def test_manifest_parts_are_what_encode_makes(part_bytes: int) -> None:
         *many_entries(20), DirEntry("d\u00e9j\u00e0", mode=0o700, mtime=1.5),
         FileEntry("d\u00e9j\u00e0/\U0001f600" * 3, 7, mtime=2.0), FileEntry('q"\\', 1),
     ]
-    parts = encode_manifest(entries, part_bytes)
+    parts = list(encode_manifest(entries, part_bytes))
     manifests = [parse_message(p) for p in parts]
     assert all(isinstance(m, Manifest) for m in manifests)
     assert [encode(m) for m in manifests] == parts
@@ -347,7 +347,7 @@ def test_paths_are_checked_over_all_parts() -> None:
     """Names colliding across two parts are refused once the manifest is complete."""
     pair = ProtocolPair([FileEntry("Readme", 1), FileEntry("README", 1)], manifest_part_bytes=1)
     pair.connect()
-    first, last = pair.sender.manifest()
+    first, last = list(pair.sender.manifest())
     assert pair.to_receiver(first) == []
     with pytest.raises(UnsafePathError):
         pair.to_receiver(last)
@@ -384,7 +384,7 @@ def test_max_entries_counts_over_parts_and_stops_early() -> None:
     """The limit applies to all parts together and trips at the part that crosses it."""
     pair = ProtocolPair(many_entries(6), manifest_part_bytes=1, max_entries=3)
     pair.connect()
-    parts = pair.sender.manifest()
+    parts = list(pair.sender.manifest())
     for part in parts[:3]:
         assert pair.to_receiver(part) == []
     with pytest.raises(RemoteProtocolError):
