@@ -21,7 +21,6 @@ import hashlib
 import os
 import re
 import secrets
-from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import UsageError
@@ -91,6 +90,8 @@ def code_hash_hex(code: str) -> str:
 @functools.cache
 def wordlist() -> tuple[str, ...]:
     """The 512 words generated codes are made of (the PGP word list)."""
+    from importlib import resources  # ~7 ms at start-up that only generating a code needs
+
     text = resources.files(__package__).joinpath("wordlist.txt").read_text("utf-8")
     lines = (line.strip() for line in text.splitlines())
     return tuple(line for line in lines if line and not line.startswith("#"))

@@ -318,6 +318,10 @@ def test_manifest_parts_are_what_encode_makes(part_bytes: int) -> None:
     entries: list[Entry] = [
         *many_entries(20), DirEntry("d\u00e9j\u00e0", mode=0o700, mtime=1.5),
         FileEntry("d\u00e9j\u00e0/\U0001f600" * 3, 7, mtime=2.0), FileEntry('q"\\', 1),
+        # Files as a walk makes them (encoded without the JSON encoder's dict walk).
+        FileEntry("w/a\tb\"c\\\x7f\u2028", 2**53, 0o7777, 1700000000.123456),
+        FileEntry("w/tiny", 0, 0, 1e-07), FileEntry("w/old", 3, 0o644, -5.5),
+        FileEntry("w/far", 1, 0o600, 1e20), FileEntry("w/meta", 1, mtime=1.0, meta={"k": [1]}),
     ]
     parts = list(encode_manifest(entries, part_bytes))
     manifests = [parse_message(p) for p in parts]
