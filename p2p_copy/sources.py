@@ -13,6 +13,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from typing import NoReturn
 
 from .errors import UnsafePathError, UsageError
@@ -113,13 +114,15 @@ def _walk(top: str, prefix: str, entries: list[Entry], files: list[str],
                 st = item.stat(follow_symlinks=False)
             except OSError as exc:
                 _raise(exc)
-            if stat.S_ISREG(st.st_mode):
+            mode = st.st_mode
+            if not name.isascii():
                 _utf8(item.path, name)
-                entries.append(_entry(name, st))
+            # As _entry() makes them, inline: this loop runs once per file.
+            if S_ISREG(mode):
+                entries.append(FileEntry(name, st.st_size, mode & 0o7777, st.st_mtime))
                 files.append(item.path)
-            elif stat.S_ISDIR(st.st_mode):
-                _utf8(item.path, name)
-                entries.append(_entry(name, st))
+            elif S_ISDIR(mode):
+                entries.append(DirEntry(name, mode & 0o7777, st.st_mtime))
                 folders.append((item.path, name))
             else:
                 skipped.append(name)
