@@ -47,7 +47,7 @@ from .reconnect import (
 )
 from .results import FileResult, TransferResult
 from .resume import ChainHasher, Offer
-from .sources import SourceChains, Sources, StreamReader, collect_sources
+from .sources import SourceChains, Sources, StreamReader, check_names, collect_sources
 from .streams import (
     ChunkReader,
     ObjectSink,
@@ -243,6 +243,8 @@ class _Outgoing:
     #: False for a pipe: once read, it cannot be sent again on a new connection.
     once: bool = False
     opened: bool = False
+    #: Checks the names (blocking; UsageError), once, while the receiver reads them.
+    check: Callable[[], None] | None = None
 
     @classmethod
     def files(cls, sources: Sources) -> _Outgoing:
@@ -250,7 +252,12 @@ class _Outgoing:
         chains = SourceChains(sources.files, sizes)
         return cls(sources.entries,
                    lambda starts: StreamReader(sources.files, sizes, starts, chains),
-                   chains.verify)
+                   chains.verify, check=lambda: check_names(sources.entries))
+
+    def check_meanwhile(self) -> asyncio.Future[None] | None:
+        """Start the name check in a thread, the first time only (None once it passed)."""
+        check, self.check = self.check, None
+        return asyncio.ensure_future(asyncio.to_thread(check)) if check else None
 
     def reader(self, starts: dict[int, ChainHasher]) -> Reader:
         self.opened = True
@@ -282,7 +289,8 @@ async def _send(
     display: Progress,
     chunk_size: int,
 ) -> TransferResult:
-    sources = await asyncio.to_thread(collect_sources, paths)
+    # The names are checked while the receiver reads the manifest (_send_once).
+    sources = await asyncio.to_thread(collect_sources, paths, check=False)
     return await _send_outgoing(options, code, _Outgoing.files(sources), display, chunk_size)
 
 
@@ -408,11 +416,18 @@ async def _send_once(
                                        waiting_for="the receiver's key exchange")
             for part in proto.manifest():
                 await link.send(part)
-            proto.receive(await link.recv(
-                ACCEPT_TIMEOUT,
-                "the receiver to answer the list of files (a receiver running p2p-copy 0.1.x "
-                "never answers: ask them to upgrade with pip install -U p2p-copy)",
-            ))
+            checking = outgoing.check_meanwhile()
+            try:
+                reply = await link.recv(
+                    ACCEPT_TIMEOUT,
+                    "the receiver to answer the list of files (a receiver running p2p-copy "
+                    "0.1.x never answers: ask them to upgrade with pip install -U p2p-copy)",
+                )
+            finally:
+                if checking is not None:
+                    # A name we cannot send is the cause, whatever the receiver answered.
+                    await checking
+            proto.receive(reply)
             starts: dict[int, ChainHasher] = {}
             if proto.state is SenderState.VERIFYING:
                 starts = await asyncio.to_thread(outgoing.check_offers, proto.offers)

@@ -21,7 +21,7 @@ from .messages import DirEntry, Entry, FileEntry
 from .paths import check_entries, display_name
 from .resume import ChainHasher, Offer
 
-__all__ = ["Sources", "collect_sources", "StreamReader", "SourceChains"]
+__all__ = ["Sources", "collect_sources", "check_names", "StreamReader", "SourceChains"]
 
 #: Files whose prefix states a sender keeps across reconnects (the ones read last).
 CHAINS_KEPT = 4
@@ -60,8 +60,12 @@ def _utf8(path: str, name: str) -> None:
             ) from None
 
 
-def collect_sources(paths: Sequence[str | os.PathLike[str]]) -> Sources:
-    """Walk ``paths`` into manifest entries; UsageError for anything that cannot be sent."""
+def collect_sources(paths: Sequence[str | os.PathLike[str]], *, check: bool = True) -> Sources:
+    """Walk ``paths`` into manifest entries; UsageError for anything that cannot be sent.
+
+    ``check=False`` leaves out check_names(), for a caller that runs it later (the CLI
+    does, while the receiver reads the manifest: 10,000 names take ~10 ms).
+    """
     if not paths:
         raise UsageError("Nothing to send: give at least one file or folder.")
     entries: list[Entry] = []
@@ -82,11 +86,17 @@ def collect_sources(paths: Sequence[str | os.PathLike[str]]) -> Sources:
             _walk(str(top), name, entries, files, skipped)
         else:
             files.append(str(top))
+    if check:
+        check_names(entries)
+    return Sources(tuple(entries), tuple(files), tuple(skipped))
+
+
+def check_names(entries: Sequence[Entry]) -> None:
+    """UsageError if a receiver would refuse one of these names (paths.check_entries)."""
     try:
         check_entries(entries)
     except UnsafePathError as exc:
         raise UsageError(f"Cannot send these names: {exc}") from None
-    return Sources(tuple(entries), tuple(files), tuple(skipped))
 
 
 def _walk(top: str, prefix: str, entries: list[Entry], files: list[str],

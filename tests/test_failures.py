@@ -810,6 +810,25 @@ async def test_unsafe_path_is_refused(relay: Relay, tmp_path: Path, code: str, c
     assert not _CONTROL.search(told["message"])
 
 
+async def test_names_the_receiver_would_refuse_fail_the_sender_with_its_own_error(
+        relay: Relay, tmp_path: Path, code: str) -> None:
+    """Two names one file on a case-insensitive disk: the sender, which checks its names
+    while the receiver reads the manifest, says so itself; nothing is written."""
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "Notes.txt").write_bytes(b"one")
+    (top / "notes.txt").write_bytes(b"two")
+    dest = tmp_path / "dest"
+    sent, received = await asyncio.wait_for(asyncio.gather(
+        p2p_copy.send(relay.url, code, [top], progress="none"),
+        p2p_copy.receive(relay.url, code, dest, progress="none"),
+        return_exceptions=True), 30)
+    assert isinstance(sent, UsageError), sent
+    assert "Cannot send these names" in str(sent) and "notes.txt" in str(sent).lower()
+    assert isinstance(received, P2PCopyError), received
+    assert tree(dest) == set()
+
+
 async def test_cli_unsafe_path_exits_10(relay: Relay, processes: Processes, tmp_path: Path,
                                         code: str) -> None:
     """The receive CLI exits 10 on a name with '..' and writes nothing next to its folder."""
