@@ -125,13 +125,16 @@ def _walk(top: str, prefix: str, entries: list[Entry], files: list[str],
             except OSError as exc:
                 _raise(exc)
             mode = st.st_mode
-            if not name.isascii():
-                _utf8(item.path, name)
-            # As _entry() makes them, inline: this loop runs once per file.
+            # As _entry() makes them, inline: this loop runs once per file. Only what is
+            # sent must have a UTF-8 name (skipped links, sockets, ... need not).
             if S_ISREG(mode):
+                if not name.isascii():
+                    _utf8(item.path, name)
                 entries.append(FileEntry(name, st.st_size, mode & 0o7777, st.st_mtime))
                 files.append(item.path)
             elif S_ISDIR(mode):
+                if not name.isascii():
+                    _utf8(item.path, name)
                 entries.append(DirEntry(name, mode & 0o7777, st.st_mtime))
                 folders.append((item.path, name))
             else:

@@ -64,3 +64,18 @@ def test_a_very_deep_folder_is_walked(tmp_path: Path) -> None:
 def test_a_missing_path_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="Cannot send"):
         collect_sources([tmp_path / "missing"])
+
+
+def test_only_names_that_are_sent_must_be_utf8(tmp_path: Path) -> None:
+    """A link whose name is not UTF-8 is skipped like any link; such a file is refused."""
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "ok.txt").write_bytes(b"x")
+    os.symlink(b"ok.txt", os.fsencode(top) + b"/link-\xff")
+    sources = collect_sources([top])
+    assert [e.path for e in sources.entries] == ["top", "top/ok.txt"]
+    assert len(sources.skipped) == 1
+    with open(os.fsencode(top) + b"/file-\xff", "wb") as bad:
+        bad.write(b"y")
+    with pytest.raises(UsageError, match="not UTF-8"):
+        collect_sources([top])
