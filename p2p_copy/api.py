@@ -235,11 +235,13 @@ class _Outgoing:
     """What a sender sends: the manifest entries and, once accepted, their data stream."""
 
     entries: tuple[Entry, ...]
-    #: Called once the receiver accepted, so that a pipe is not read before then; files
-    #: named in the argument continue from their hasher's position.
-    open_reader: Callable[[dict[int, ChainHasher]], Reader]
-    #: Checks a receiver's resume offer (blocking): the prefix's hasher if it matches.
-    verify: Callable[[Offer], ChainHasher | None] | None = None
+    #: Called once the receiver accepted, so that a pipe is not read before then, with
+    #: the hash it picked (digests.py); files named in the first argument continue from
+    #: their hasher's position.
+    open_reader: Callable[[dict[int, ChainHasher], str], Reader]
+    #: Checks a receiver's resume offer (blocking) with the picked hash: the prefix's
+    #: hasher if it matches.
+    verify: Callable[[Offer, str], ChainHasher | None] | None = None
     #: False for a pipe: once read, it cannot be sent again on a new connection.
     once: bool = False
     opened: bool = False
@@ -251,7 +253,8 @@ class _Outgoing:
         sizes = [e.size for e in sources.entries if isinstance(e, FileEntry)]
         chains = SourceChains(sources.files, sizes)
         return cls(sources.entries,
-                   lambda starts: StreamReader(sources.files, sizes, starts, chains),
+                   lambda starts, digest: StreamReader(sources.files, sizes, starts, chains,
+                                                       digest),
                    chains.verify, check=lambda: check_names(sources.entries))
 
     def check_meanwhile(self) -> asyncio.Future[None] | None:
@@ -259,20 +262,20 @@ class _Outgoing:
         check, self.check = self.check, None
         return asyncio.ensure_future(asyncio.to_thread(check)) if check else None
 
-    def reader(self, starts: dict[int, ChainHasher]) -> Reader:
+    def reader(self, starts: dict[int, ChainHasher], digest: str) -> Reader:
         self.opened = True
-        return self.open_reader(starts)
+        return self.open_reader(starts, digest)
 
     @property
     def restartable(self) -> bool:
         return not (self.once and self.opened)
 
-    def check_offers(self, offers: Sequence[Offer]) -> dict[int, ChainHasher]:
+    def check_offers(self, offers: Sequence[Offer], digest: str) -> dict[int, ChainHasher]:
         """The offers whose prefixes match our sources (blocking: rereads what it must)."""
         accepted: dict[int, ChainHasher] = {}
         if self.verify is not None:
             for offer in offers:
-                chain = self.verify(offer)
+                chain = self.verify(offer, digest)
                 if chain is not None:
                     accepted[offer.file] = chain
         return accepted
@@ -430,7 +433,8 @@ async def _send_once(
             proto.receive(reply)
             starts: dict[int, ChainHasher] = {}
             if proto.state is SenderState.VERIFYING:
-                starts = await asyncio.to_thread(outgoing.check_offers, proto.offers)
+                starts = await asyncio.to_thread(outgoing.check_offers, proto.offers,
+                                                 proto.digest)
                 await link.send(proto.resume([o for o in proto.offers if o.file in starts]))
             run.retry.connected()
             files = data_entries(outgoing.entries)
@@ -446,12 +450,14 @@ async def _send_once(
                 stream_size = proto.bytes_sent - (outgoing.known_bytes
                                                   - sum(proto.starts.values()))
                 return tuple(
-                    FileResult(f.path, f.size if isinstance(f, FileEntry) else stream_size, d)
+                    FileResult(f.path, f.size if isinstance(f, FileEntry) else stream_size, d,
+                               proto.digest)
                     for f, d in zip(files, digests, strict=True)
                 )
 
-            done = await _stream_with_watch(link, proto, lambda: outgoing.reader(starts),
-                                            display, chunk_size, options.compress, results)
+            done = await _stream_with_watch(
+                link, proto, lambda: outgoing.reader(starts, proto.digest), display,
+                chunk_size, options.compress, results)
         except BaseException as exc:
             await _fail_politely(link, proto, exc)
             raise
@@ -473,7 +479,7 @@ async def _stream_with_watch(
     outcome: Callable[[list[str]], _T],
 ) -> _T:
     """Stream all data and eof while listening for the receiver; return ``outcome`` of the
-    SHA-256s once the receiver confirmed (made while it still writes: 10,000 files' results
+    digests once the receiver confirmed (made while it still writes: 10,000 files' results
     take ~10 ms, which would otherwise follow its ``done``)."""
     incoming = asyncio.ensure_future(link.recv())
     pump = asyncio.ensure_future(_stream(link, proto, open_reader, display, chunk_size,
@@ -557,11 +563,11 @@ async def receive(
     """Receive what the sender with the same ``code`` sends, into the folder ``dest``.
 
     ``dest`` is created if it does not exist. Files appear under their final names only
-    once verified (whole-file SHA-256). Existing files are kept unless ``overwrite`` is
-    true; one with the size and time the sender announces is checked against the
-    sender's and, if equal, kept and not sent again. ``policy`` limits what is accepted
-    (files, bytes, depth); an offer over it is refused before any byte. ``encrypt``,
-    ``relay_token`` and ``reconnect_timeout`` as for send().
+    once verified (whole-file BLAKE3, or SHA-256 with a peer that lacks it). Existing
+    files are kept unless ``overwrite`` is true; one with the size and time the sender
+    announces is checked against the sender's and, if equal, kept and not sent again.
+    ``policy`` limits what is accepted (files, bytes, depth); an offer over it is refused
+    before any byte. ``encrypt``, ``relay_token`` and ``reconnect_timeout`` as for send().
 
     When the connection drops (and reconnecting does not help), a side cancels or times
     out, partial files stay as hidden ``.NAME.p2p-copy-part`` files with a
@@ -573,8 +579,8 @@ async def receive(
     display = make_progress(progress, "receive")
     root = Path(dest)
 
-    def sink(entries: Sequence[Entry]) -> Sink:
-        return Destination(root, entries, overwrite=overwrite)
+    def sink(entries: Sequence[Entry], digest: str) -> Sink:
+        return Destination(root, entries, overwrite=overwrite, algorithm=digest)
 
     return await _shown(display, _receive(options, code, sink, policy, display))
 
@@ -593,11 +599,12 @@ def _receiver_options(
 async def _receive(
     options: _Options,
     code: str,
-    make_sink: Callable[[Sequence[Entry]], Sink],
+    make_sink: Callable[[Sequence[Entry], str], Sink],
     policy: ReceivePolicy | None,
     display: Progress,
 ) -> TransferResult:
-    """Receive into the sink that ``make_sink`` picks for the manifest (it may refuse it).
+    """Receive into the sink that ``make_sink`` picks for the manifest (it may refuse it),
+    checking files with the hash the receiver picked (digests.py)
 
     After a drop, reconnect with the same code and start over from the manifest: the new
     sink finds on disk what the last one kept (Sink.suspend) and offers it.
@@ -617,7 +624,7 @@ async def _receive(
 async def _receive_once(
     options: _Options,
     code: str,
-    make_sink: Callable[[Sequence[Entry]], Sink],
+    make_sink: Callable[[Sequence[Entry], str], Sink],
     policy: ReceivePolicy | None,
     display: Progress,
     run: _Run,
@@ -658,7 +665,7 @@ async def _receive_once(
                     if isinstance(event, ManifestReceived):
                         if first:
                             run.started_at = time.monotonic()
-                        destination = run.sink = make_sink(event.entries)
+                        destination = run.sink = make_sink(event.entries, proto.digest)
                         # Files and objects are written inline while that is quick; a
                         # pipe (stdout) may block as long as its reader pauses: a thread.
                         offload = Offload(threaded=isinstance(destination, PipeSink))
@@ -758,7 +765,7 @@ async def send_stream(
 ) -> TransferResult:
     """Send what can be read from the binary file ``source`` (a pipe) until its end.
 
-    The length need not be known: the receiver learns it, and the SHA-256, at the end.
+    The length need not be known: the receiver learns it, and the digest, at the end.
     ``source`` is read in chunks from a worker thread, never whole, and only once the
     receiver has accepted. A receiver that saves files gets it as ``name``. Other
     arguments as for send().
@@ -766,7 +773,8 @@ async def send_stream(
     options = _sender_options(server, code, chunk_size, cafile, wait_timeout, encrypt,
                               relay_token, reconnect_timeout, compress)
     # A pipe is read once: after a drop mid-stream there is nothing to send again.
-    outgoing = _Outgoing((StreamEntry(_entry_name(name)),), lambda _: PipeReader(source),
+    outgoing = _Outgoing((StreamEntry(_entry_name(name)),),
+                         lambda _, digest: PipeReader(source, digest),
                          once=True)
     display = make_progress(progress, "send")
     return await _shown(display, _send_outgoing(options, code, outgoing, display, chunk_size))
@@ -787,7 +795,7 @@ async def receive_stream(
 ) -> TransferResult:
     """Write the single file, stream or object the sender sends to the binary file ``out``.
 
-    Nothing touches the disk. Bytes are written as they arrive; the SHA-256 is checked at
+    Nothing touches the disk. Bytes are written as they arrive; the digest is checked at
     the end, and a mismatch raises IntegrityError *after* the bytes were written: a pipe
     cannot be unwritten, so treat the output as valid only if this returns. More than one
     file, or more than ``max_bytes``, is refused (PolicyError).
@@ -797,7 +805,8 @@ async def receive_stream(
     display = make_progress(progress, "receive")
     policy = ReceivePolicy(max_bytes=max_bytes)
     return await _shown(
-        display, _receive(options, code, lambda entries: PipeSink(entries, out), policy, display))
+        display, _receive(options, code, lambda entries, digest: PipeSink(entries, out, digest),
+                          policy, display))
 
 
 async def send_object(
@@ -829,7 +838,8 @@ async def send_object(
     path = _entry_name(name if name is not None else default_name(encoded.meta["kind"]))
     entry = FileEntry(path, encoded.size, meta=encoded.meta)
     # An object starts over from its first byte after a drop (each chunks() call does).
-    outgoing = _Outgoing((entry,), lambda _: ChunkReader(encoded.chunks(), encoded.size))
+    outgoing = _Outgoing((entry,), lambda _, digest: ChunkReader(encoded.chunks(),
+                                                                 encoded.size, digest))
     display = make_progress(progress, "send")
     return await _shown(display, _send_outgoing(options, code, outgoing, display, chunk_size))
 
@@ -849,7 +859,7 @@ async def receive_object(
     """Receive the object the sender's send_object() sends; nothing touches the disk.
 
     The object is rebuilt from data-only formats (never pickle), after its description was
-    checked and before it is returned, its SHA-256. A plain file or stream arrives as
+    checked and before it is returned, its digest. A plain file or stream arrives as
     ``bytes``. ``max_bytes`` (default: this machine's memory) caps the size that is
     accepted; a bigger offer is refused before anything is allocated (PolicyError).
     """
@@ -913,8 +923,8 @@ async def _receive_one(
     limit = memory_limit() if max_bytes is None else max_bytes
     sinks: list[ObjectSink] = []
 
-    def sink(entries: Sequence[Entry]) -> Sink:
-        sinks.append(_object_sink(entries, limit, kind))
+    def sink(entries: Sequence[Entry], digest: str) -> Sink:
+        sinks.append(_object_sink(entries, limit, kind, digest))
         return sinks[-1]
 
     # The sink caps a stream itself, with a message about objects rather than files.
@@ -922,8 +932,9 @@ async def _receive_one(
     return sinks[-1].value
 
 
-def _object_sink(entries: Sequence[Entry], limit: int | None, kind: str | None) -> ObjectSink:
-    sink = ObjectSink(entries, limit)
+def _object_sink(entries: Sequence[Entry], limit: int | None, kind: str | None,
+                 digest: str) -> ObjectSink:
+    sink = ObjectSink(entries, limit, digest)
     if kind is not None and sink.kind != kind:
         raise PolicyError(
             f"The sender offers an object of kind {sink.kind!r}; this receiver takes only "
@@ -958,14 +969,14 @@ async def receive_any(
     limit = policy.max_bytes if policy is not None else None
     texts: list[ObjectSink] = []
 
-    def sink(entries: Sequence[Entry]) -> Sink:
+    def sink(entries: Sequence[Entry], digest: str) -> Sink:
         if out is not None:
-            return PipeSink(entries, out)
+            return PipeSink(entries, out, digest)
         if len(entries) == 1 and isinstance(entries[0], FileEntry) and entries[0].meta \
                 and entries[0].meta.get("kind") == "str":
-            texts.append(_object_sink(entries, limit or memory_limit(), "str"))
+            texts.append(_object_sink(entries, limit or memory_limit(), "str", digest))
             return texts[-1]
-        return Destination(Path(dest), entries, overwrite=overwrite)
+        return Destination(Path(dest), entries, overwrite=overwrite, algorithm=digest)
 
     result = await _shown(display, _receive(options, code, sink, policy, display))
     text = texts[-1].value if texts else None

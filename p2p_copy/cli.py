@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     receive.add_argument("--overwrite", action="store_true", help="replace files that exist")
     receive.add_argument("--stdout", action="store_true",
                          help="write the single file or stream to standard output (progress "
-                         "goes to stderr); the exit code says whether its SHA-256 matched")
+                         "goes to stderr); the exit code says whether its digest matched")
     receive.add_argument("--max-files", type=int, metavar="N",
                          help="refuse an offer of more than N files")
     receive.add_argument("--max-bytes", type=int, metavar="BYTES",

@@ -1,7 +1,7 @@
 """Where received bytes reach the disk, and why nothing corrupt ever gets a final name.
 
 Every file is written to a hidden temporary name beside its final name, hashed while it
-is written, and renamed only after its SHA-256 matches the sender's. Folders are
+is written, and renamed only after its digest (SHA-256 or BLAKE3) matches the sender's. Folders are
 created one component at a time and never through a symlink, so a manifest cannot
 reach outside the destination even if the destination already holds hostile links.
 On a definitive failure ``abort`` removes the temporary files and the folders this
@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .digests import NAMES, SHA256
 from .errors import (
     DestinationExistsError,
     DiskFullError,
@@ -237,14 +238,14 @@ class _OutOfTime(Exception):
     """prepare() used up HASH_BUDGET."""
 
 
-def _hash_prefix(path: Path, length: int, deadline: float | None = None, *,
+def _hash_prefix(path: Path, length: int, algorithm: str, deadline: float | None = None, *,
                  part: bool = False) -> tuple[ChainHasher, tuple[int, int]] | None:
     """The hash of ``path``'s first ``length`` bytes and the (device, inode) it was read
     from, or None if it is shorter, unreadable, or (``part``) not one we may resume.
 
     Raises _OutOfTime once ``deadline`` (time.monotonic()) has passed.
     """
-    chain = ChainHasher()
+    chain = ChainHasher(algorithm=algorithm)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -287,7 +288,7 @@ class _Open:
 
     def __init__(self, dirs: _Dirs, parts: tuple[str, ...], entry: DataEntry,
                  start: _Found | None = None, *, clean: bool = False,
-                 whole: bool = False) -> None:
+                 whole: bool = False, algorithm: str = SHA256) -> None:
         self.dirs = dirs
         self.folder, self.name = parts[:-1], parts[-1]
         self.entry = entry
@@ -318,7 +319,7 @@ class _Open:
                 _unlink_at(self.sidecar, at)
                 _unlink_at(self.temp, at)
                 self.fd = os.open(self.temp, flags, mode, dir_fd=at)
-            self.chain = ChainHasher()
+            self.chain = ChainHasher(algorithm=algorithm)
         else:
             self.fd = os.open(self.temp, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=at)
             st = os.fstat(self.fd)
@@ -374,7 +375,8 @@ class _Open:
         self.synced = self.chain.position
         if digest is None or size is None:
             return
-        sidecar = Sidecar(size=size, mtime=self.entry.mtime, offset=offset, sha256=digest)
+        sidecar = Sidecar(size=size, mtime=self.entry.mtime, offset=offset, digest=digest,
+                          algorithm=self.chain.algorithm)
         at = self.dirs.fd(self.folder)
         temp = self.sidecar + ".new"
         _unlink_at(temp, at)
@@ -403,8 +405,11 @@ class _Open:
 class Destination:
     """Writes one transfer's files into ``root``."""
 
-    def __init__(self, root: Path, entries: Sequence[Entry], *, overwrite: bool = False) -> None:
+    def __init__(self, root: Path, entries: Sequence[Entry], *, overwrite: bool = False,
+                 algorithm: str = SHA256) -> None:
         self.root = root
+        #: The transfer's hash (digests.py): what files are checked and prefixes offered with.
+        self.algorithm = algorithm
         self.entries = tuple(entries)
         # Files and a final stream, by file number.
         self.files = data_entries(self.entries)
@@ -558,10 +563,11 @@ class Destination:
         st = _lone_regular(final)
         if st is not None and self._same_stat(entry, st):
             if entry.size == 0:
-                self._kept[file] = ChainHasher()  # nothing to offer, nothing to differ
+                # Nothing to offer, nothing to differ.
+                self._kept[file] = ChainHasher(algorithm=self.algorithm)
                 return
             try:
-                hashed = _hash_prefix(final, entry.size, deadline)
+                hashed = _hash_prefix(final, entry.size, self.algorithm, deadline)
             except _OutOfTime:
                 self._unchecked.add(file)
                 return
@@ -579,14 +585,16 @@ class Destination:
             # have planted or changed: started over.
             return
         sidecar = Sidecar.parse(sidecar_path.read_bytes())
+        # A part recorded with another hash than this transfer's starts over (rare: one
+        # side lacked BLAKE3 then or now); rehashing it twice would cost more than it saves.
         if (sidecar is None or sidecar.size != entry.size or sidecar.mtime != entry.mtime
-                or part_stat.st_size < sidecar.offset):
+                or part_stat.st_size < sidecar.offset or sidecar.algorithm != self.algorithm):
             return
         try:
-            hashed = _hash_prefix(part, sidecar.offset, deadline, part=True)
+            hashed = _hash_prefix(part, sidecar.offset, self.algorithm, deadline, part=True)
         except _OutOfTime:
             return
-        if hashed is not None and hashed[0].hexdigest() == sidecar.sha256:
+        if hashed is not None and hashed[0].hexdigest() == sidecar.digest:
             self._found[file] = _Found(file, hashed[0], final=False, identity=hashed[1])
 
     def offers(self) -> list[Offer]:
@@ -652,7 +660,7 @@ class Destination:
                  and isinstance(entry, FileEntry) and len(first.data) == entry.size)
         try:
             return _Open(self._dirs, parts, entry, start, clean=file in self._clean,
-                         whole=whole)
+                         whole=whole, algorithm=self.algorithm)
         except OSError as exc:
             raise _os_error(exc, self.root.joinpath(*parts)) from None
 
@@ -664,18 +672,18 @@ class Destination:
         entry = current.entry
         digest = current.chain.hexdigest()
         try:
-            if digest != event.sha256:
+            if digest != event.digest:
                 raise IntegrityError(
-                    f"{display_name(entry.path)!r} arrived damaged (SHA-256 mismatch); it was "
-                    "discarded. Send it again."
+                    f"{display_name(entry.path)!r} arrived damaged ({NAMES[self.algorithm]} "
+                    "mismatch); it was discarded. Send it again."
                 )
             current.seal()
             if event.file in self._unchecked and not self.overwrite:
-                same = _hash_prefix(current.final, current.written)
+                same = _hash_prefix(current.final, current.written, self.algorithm)
                 if same is not None and same[0].hexdigest() == digest:
                     # The file prepare() had no time to check was this one: it stays.
                     current.discard()
-                    result = FileResult(entry.path, current.written, digest)
+                    result = FileResult(entry.path, current.written, digest, self.algorithm)
                     self.results.append(result)
                     return result
             at = self._dirs.fd(current.folder)
@@ -703,21 +711,21 @@ class Destination:
         except P2PCopyError:
             current.discard()
             raise
-        result = FileResult(entry.path, current.written, digest)
+        result = FileResult(entry.path, current.written, digest, self.algorithm)
         self.results.append(result)
         return result
 
     def _keep(self, event: FileCompleted, kept: ChainHasher) -> FileResult:
-        """A final file from an earlier attempt that the sender's SHA-256 confirms."""
+        """A final file from an earlier attempt that the sender's digest confirms."""
         entry = self.files[event.file]
         digest = kept.hexdigest()
-        if digest != event.sha256:
+        if digest != event.digest:
             # The sender's file changed after it checked our offer: ours stays as it was.
             raise IntegrityError(
                 f"{display_name(entry.path)!r} changed on the sender's side while it was "
                 "being sent. Send it again."
             )
-        result = FileResult(entry.path, kept.position, digest)
+        result = FileResult(entry.path, kept.position, digest, self.algorithm)
         self.results.append(result)
         return result
 

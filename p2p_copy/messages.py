@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from .digests import BLAKE3, SHA256
 from .errors import IncompatiblePeerError, RemoteProtocolError
 from .resume import Offer
 
@@ -177,6 +178,9 @@ class Manifest:
     entries: tuple[Entry, ...]
     more: bool = False
     version: int = PROTOCOL_VERSION
+    #: First part only: the hash algorithms the sender can check files with, best first
+    #: (digests.py); None means SHA-256 only. Names we do not know are kept and ignored.
+    digests: tuple[str, ...] | None = None
     type: Literal["manifest"] = "manifest"
 
 
@@ -187,11 +191,13 @@ class Accept:
     ``resume`` offers prefixes the receiver already holds (resume.py); a sender that
     reads it answers with ``resume`` before any data. ``compression`` names the algorithms
     the receiver decodes in data messages (``"zstd"``: DATA_ZSTD); names it does not know
-    are kept here and ignored by the sender.
+    are kept here and ignored by the sender. ``digest`` is the algorithm the receiver
+    picked from the manifest's ``digests`` for checksums and resume offers (None: SHA-256).
     """
 
     resume: tuple[Offer, ...] | None = None
     compression: tuple[str, ...] | None = None
+    digest: str | None = None
     type: Literal["accept"] = "accept"
 
 
@@ -205,10 +211,14 @@ class Resume:
 
 @dataclass(frozen=True)
 class Checksums:
-    """Sender to receiver: SHA-256 of files ``first``, ``first+1``, ... whose bytes are all sent."""
+    """Sender to receiver: digests of files ``first``, ``first+1``, ... whose bytes are all sent.
+
+    On the wire the digests' key is their algorithm, the one the receiver's accept named.
+    """
 
     first: int
-    sha256: tuple[str, ...]
+    digests: tuple[str, ...]
+    algorithm: str = SHA256
     type: Literal["checksums"] = "checksums"
 
 
@@ -245,21 +255,23 @@ def encode(message: Message) -> str:
     """The JSON text of a control message, compact, with fields left at None omitted."""
     obj: dict[str, Any]
     if isinstance(message, Manifest):
-        obj = {
-            "type": "manifest",
-            "version": message.version,
-            "entries": [_entry_to_json(e) for e in message.entries],
-        }
+        obj = {"type": "manifest", "version": message.version}
+        if message.digests is not None:
+            obj["digests"] = list(message.digests)
+        obj["entries"] = [_entry_to_json(e) for e in message.entries]
         if message.more:
             obj["more"] = True
     elif isinstance(message, Checksums):
-        obj = {"type": "checksums", "first": message.first, "sha256": list(message.sha256)}
+        obj = {"type": "checksums", "first": message.first,
+               message.algorithm: list(message.digests)}
     elif isinstance(message, Accept):
         obj = {"type": "accept"}
         if message.resume is not None:
-            obj["resume"] = [[o.file, o.offset, o.sha256] for o in message.resume]
+            obj["resume"] = [[o.file, o.offset, o.digest] for o in message.resume]
         if message.compression is not None:
             obj["compression"] = list(message.compression)
+        if message.digest is not None:
+            obj["digest"] = message.digest
     elif isinstance(message, Resume):
         obj = {"type": "resume", "files": [list(f) for f in message.files]}
     else:
@@ -272,27 +284,33 @@ def encode(message: Message) -> str:
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def encode_manifest(entries: Sequence[Entry], part_bytes: int) -> Iterator[str]:
+def encode_manifest(entries: Sequence[Entry], part_bytes: int,
+                    digests: Sequence[str] | None = None) -> Iterator[str]:
     """The manifest as text messages of at most ``part_bytes`` UTF-8 bytes where possible.
 
-    Each part is exactly ``encode(Manifest(batch, more=...))``; every entry is encoded
+    Each part is exactly ``encode(Manifest(batch, more=...))``, the first with
+    ``digests=digests``; every entry is encoded
     once (10,000 entries take a few tens of ms), and an entry too long for a part alone
     still gets a part of its own. Parts are made as they are asked for, so that the
     first can be on its way (and parsed) while the next is encoded.
     """
     head = f'{{"type":"manifest","version":{PROTOCOL_VERSION},"entries":['
-    empty = len(head) + len(']],"more":true}')  # the longest ending, and a comma of slack
+    first = head
+    if digests is not None:
+        first = (f'{{"type":"manifest","version":{PROTOCOL_VERSION},'
+                 f'"digests":{_dumps(list(digests))},"entries":[')
+    empty = len(first) + len(']],"more":true}')  # the longest ending, and a comma of slack
     batch: list[str] = []
     size = empty
     for entry in entries:
         text = _entry_text(entry)
         cost = (len(text) if text.isascii() else len(text.encode())) + 1
         if batch and size + cost > part_bytes:
-            yield f'{head}{",".join(batch)}],"more":true}}'
-            batch, size = [], empty
+            yield f'{first}{",".join(batch)}],"more":true}}'
+            first, batch, size = head, [], len(head) + len(']],"more":true}')
         batch.append(text)
         size += cost
-    yield f'{head}{",".join(batch)}]}}'
+    yield f'{first}{",".join(batch)}]}}'
 
 
 _json_string = json.encoder.encode_basestring  # what _dumps does to a str (C, ensure_ascii off)
@@ -472,14 +490,24 @@ def _parse_manifest(obj: dict[str, Any]) -> Manifest:
         # A stream ends the whole manifest: nothing follows it, in this part or another.
         if isinstance(entry, StreamEntry) and (more or index != len(parsed) - 1):
             raise RemoteProtocolError("a stream entry must be the manifest's last entry")
-    return Manifest(entries=parsed, more=more)
+    return Manifest(entries=parsed, more=more, digests=_names(obj, "digests"))
+
+
+#: The keys a checksums message may carry its digests under: the algorithms (digests.py).
+DIGEST_KEYS: Final = (SHA256, BLAKE3)
 
 
 def _parse_checksums(obj: dict[str, Any]) -> Checksums:
     first = _int(obj, "first", 0, MAX_FILE_SIZE)
-    digests = obj.get("sha256")
+    keys = [key for key in DIGEST_KEYS if key in obj]
+    if len(keys) != 1:
+        raise RemoteProtocolError(
+            "a checksums message must carry its digests under exactly one of "
+            + " or ".join(repr(k) for k in DIGEST_KEYS))
+    algorithm = keys[0]
+    digests = obj[algorithm]
     if not isinstance(digests, list) or not digests:
-        raise RemoteProtocolError("'sha256' must be a non-empty list")
+        raise RemoteProtocolError(f"{algorithm!r} must be a non-empty list")
     # Checked all at once (one message holds thousands): only strings join, each must be
     # 64 long, and then the joined text must be lowercase hex throughout.
     try:
@@ -487,8 +515,8 @@ def _parse_checksums(obj: dict[str, Any]) -> Checksums:
     except TypeError:
         joined = None
     if joined is None or set(map(len, digests)) != {64} or not _HEX_RUN.fullmatch(joined):
-        raise RemoteProtocolError("each SHA-256 must be 64 lowercase hex digits")
-    return Checksums(first=first, sha256=tuple(digests))
+        raise RemoteProtocolError("each digest must be 64 lowercase hex digits")
+    return Checksums(first=first, digests=tuple(digests), algorithm=algorithm)
 
 
 #: Offers in one accept: one per file at most, bounded like the manifest.
@@ -509,36 +537,42 @@ def _index_offset(item: list[Any]) -> tuple[int, int]:
             _int({"offset": item[1]}, "offset", 1, MAX_FILE_SIZE))
 
 
-#: Algorithm names in one accept's ``compression``, and characters per name.
-MAX_COMPRESSION_NAMES: Final = 32
-MAX_COMPRESSION_NAME: Final = 64
+#: Algorithm names in one list (accept's ``compression``, a manifest's ``digests``), and
+#: characters per name.
+MAX_ALGORITHM_NAMES: Final = 32
+MAX_ALGORITHM_NAME: Final = 64
 
 
-def _compression(obj: dict[str, Any]) -> tuple[str, ...] | None:
-    value = obj.get("compression")
+def _names(obj: dict[str, Any], key: str) -> tuple[str, ...] | None:
+    value = obj.get(key)
     if value is None:
         return None
-    if not isinstance(value, list) or len(value) > MAX_COMPRESSION_NAMES or not all(
-        isinstance(name, str) and len(name) <= MAX_COMPRESSION_NAME for name in value
+    if not isinstance(value, list) or len(value) > MAX_ALGORITHM_NAMES or not all(
+        isinstance(name, str) and len(name) <= MAX_ALGORITHM_NAME for name in value
     ):
         raise RemoteProtocolError(
-            f"'compression' must be a list of at most {MAX_COMPRESSION_NAMES} strings of "
-            f"at most {MAX_COMPRESSION_NAME} characters"
+            f"{key!r} must be a list of at most {MAX_ALGORITHM_NAMES} strings of "
+            f"at most {MAX_ALGORITHM_NAME} characters"
         )
     return tuple(value)
 
 
 def _parse_accept(obj: dict[str, Any]) -> Accept:
-    compression = _compression(obj)
+    compression = _names(obj, "compression")
+    digest = obj.get("digest")
+    if digest is not None and (not isinstance(digest, str)
+                               or len(digest) > MAX_ALGORITHM_NAME):
+        raise RemoteProtocolError(
+            f"'digest' must be a string of at most {MAX_ALGORITHM_NAME} characters")
     if obj.get("resume") is None:
-        return Accept(compression=compression)
+        return Accept(compression=compression, digest=digest)
     offers = []
     for item in _pairs(obj, "resume", 3):
         file, offset = _index_offset(item)
         if not isinstance(item[2], str) or not _HEX64.fullmatch(item[2]):
-            raise RemoteProtocolError("a resume offer's SHA-256 must be 64 lowercase hex digits")
+            raise RemoteProtocolError("a resume offer's digest must be 64 lowercase hex digits")
         offers.append(Offer(file, offset, item[2]))
-    return Accept(resume=tuple(offers), compression=compression)
+    return Accept(resume=tuple(offers), compression=compression, digest=digest)
 
 
 def _parse_resume(obj: dict[str, Any]) -> Resume:

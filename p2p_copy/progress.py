@@ -196,7 +196,8 @@ class JsonProgress(NoProgress):
                    rate=round(self.done / elapsed))
 
     def file_done(self, result: FileResult) -> None:
-        self._emit("file", path=display_name(result.path), size=result.size, sha256=result.sha256)
+        self._emit("file", path=display_name(result.path), size=result.size,
+                   **{result.algorithm: result.digest})
 
     def verifying(self) -> None:
         self._emit("verifying", bytes_done=self.done, bytes_total=self.total)

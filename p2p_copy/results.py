@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .digests import SHA256
 from .messages import Role
 
 __all__ = ["FileResult", "TransferResult"]
@@ -12,11 +13,21 @@ __all__ = ["FileResult", "TransferResult"]
 
 @dataclass(frozen=True)
 class FileResult:
-    """One file that arrived (or left) intact: its manifest path, size and SHA-256."""
+    """One file that arrived (or left) intact: its manifest path, size and digest.
+
+    ``digest`` is in ``algorithm``: "blake3" when both peers have BLAKE3 (the ``blake3``
+    package), else "sha256" (digests.py); ``sha256`` gives it only in the second case.
+    """
 
     path: str
     size: int
-    sha256: str
+    digest: str
+    algorithm: str = SHA256
+
+    @property
+    def sha256(self) -> str | None:
+        """The file's SHA-256, if that is what the transfer checked it with, else None."""
+        return self.digest if self.algorithm == SHA256 else None
 
 
 #: How many files a TransferResult's repr lists before it says how many more there are.

@@ -1,26 +1,28 @@
 """Resume without I/O: chained prefix hashes, resume offers and the receiver's sidecar.
 
-A file's *chain* is the SHA-256 of each of its whole-block prefixes ``file[:k*BLOCK]``.
-SHA-256 is itself a chain over 64-byte blocks, so recording it costs one finalisation of
-a copy per block while the file is hashed anyway for the end-to-end check, and never a
-second pass over the data. With it a receiver offers "I hold the first ``offset`` bytes
-and their SHA-256 is ``sha256``"; the sender accepts only if its own source has the same
-prefix digest, so a changed source is sent again from 0 and never spliced.
+A file's *chain* is the digest (the transfer's hash, digests.py) of each of its
+whole-block prefixes ``file[:k*BLOCK]``. SHA-256 and BLAKE3 both hash incrementally, so
+recording it costs one copy of the hash state per block while the file is hashed anyway
+for the end-to-end check, and never a second pass over the data. With it a receiver
+offers "I hold the first ``offset`` bytes and their digest is ``digest``"; the sender
+accepts only if its own source has the same prefix digest, so a changed source is sent
+again from 0 and never spliced.
 
 The sidecar beside a partial file (``.NAME.p2p-copy-resume``) records the last offset
-the receiver made durable and its prefix digest, so that a later run can offer it. Its
-format lives here; reading and writing it is destination.py's job.
+the receiver made durable, its prefix digest and the algorithm, so that a later run can
+offer it. Its format lives here; reading and writing it is destination.py's job.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from .digests import SHA256, Hash, available, new
 
 __all__ = [
     "BLOCK",
@@ -47,20 +49,16 @@ MTIME_TOLERANCE = 0.01
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-class _Hash(Protocol):
-    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
-    def copy(self) -> _Hash: ...
-    def digest(self) -> bytes: ...
-    def hexdigest(self) -> str: ...
-
-
 @dataclass(frozen=True)
 class Offer:
-    """Receiver to sender: file number ``file``'s first ``offset`` bytes hash to ``sha256``."""
+    """Receiver to sender: file number ``file``'s first ``offset`` bytes hash to ``digest``.
+
+    The digest is in the transfer's algorithm (the receiver's accept names it).
+    """
 
     file: int
     offset: int
-    sha256: str
+    digest: str
 
 
 def valid_offset(offset: int, size: int) -> bool:
@@ -92,17 +90,20 @@ def mtime_matches(announced: float | None, actual: float) -> bool:
 
 
 class ChainHasher:
-    """The SHA-256 of a file as it is read or written, with its recent block-prefix states.
+    """The digest of a file as it is read or written, with its recent block-prefix states.
 
     ``state_at(offset)`` gives a hash object holding exactly ``file[:offset]``, from which
-    the whole-file SHA-256 can be continued after a resume.
+    the whole-file digest can be continued after a resume.
     """
 
-    def __init__(self, base: _Hash | None = None, position: int = 0) -> None:
-        self._hash: _Hash = base if base is not None else hashlib.sha256()
+    def __init__(self, base: Hash | None = None, position: int = 0,
+                 algorithm: str = SHA256) -> None:
+        #: digests.SHA256 or digests.BLAKE3; ``base``, if given, must be of this algorithm.
+        self.algorithm = algorithm
+        self._hash: Hash = base if base is not None else new(algorithm)
         self.position = position
         # Block-prefix states in the order made (dicts keep it), oldest dropped first.
-        self._states: dict[int, _Hash] = {}
+        self._states: dict[int, Hash] = {}
         # A fresh hasher's empty prefix is made on demand (one copy less per small file).
         self._fresh = base is None and position == 0
         if position % BLOCK == 0 and not self._fresh:
@@ -125,12 +126,12 @@ class ChainHasher:
                 while len(self._states) > CHAIN_WINDOW:
                     del self._states[next(iter(self._states))]
 
-    def state_at(self, offset: int) -> _Hash | None:
+    def state_at(self, offset: int) -> Hash | None:
         """A copy of the hash of ``file[:offset]``, if ``offset`` is the end or a kept block."""
         if offset == self.position:
             return self._hash.copy()
         if offset == 0 and self._fresh:
-            return hashlib.sha256()
+            return new(self.algorithm)
         state = self._states.get(offset)
         return state.copy() if state is not None else None
 
@@ -145,7 +146,7 @@ class ChainHasher:
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
-    def detach(self) -> _Hash:
+    def detach(self) -> Hash:
         """The running hash object itself, for the caller to go on with."""
         return self._hash
 
@@ -157,12 +158,14 @@ class Sidecar:
     size: int
     mtime: float | None
     offset: int
-    sha256: str
+    #: The prefix's digest, in ``algorithm`` (the sidecar's key: "sha256" or "blake3").
+    digest: str
+    algorithm: str = SHA256
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {"version": SIDECAR_VERSION, "size": self.size,
                                "mtime": self.mtime, "offset": self.offset,
-                               "sha256": self.sha256}
+                               self.algorithm: self.digest}
         return json.dumps(obj, separators=(",", ":")).encode()
 
     @classmethod
@@ -174,11 +177,17 @@ class Sidecar:
             return None
         if not isinstance(obj, dict) or obj.get("version") != SIDECAR_VERSION:
             return None
-        size, offset, sha, mtime = (obj.get(k) for k in ("size", "offset", "sha256", "mtime"))
+        size, offset, mtime = (obj.get(k) for k in ("size", "offset", "mtime"))
+        # One digest, keyed by its algorithm; one of an algorithm we lack is of no use.
+        keyed = [name for name in available() if name in obj]
+        if len(keyed) != 1:
+            return None
+        algorithm = keyed[0]
+        digest = obj[algorithm]
         if not isinstance(size, int) or not isinstance(offset, int) or isinstance(
                 size, bool) or isinstance(offset, bool):
             return None
-        if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             return None
         if mtime is not None and (not isinstance(mtime, (int, float)) or isinstance(mtime, bool)
                                   or not math.isfinite(mtime)):
@@ -186,4 +195,4 @@ class Sidecar:
         if not valid_offset(offset, size):
             return None
         return cls(size=size, mtime=None if mtime is None else float(mtime), offset=offset,
-                   sha256=sha)
+                   digest=digest, algorithm=algorithm)

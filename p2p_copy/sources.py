@@ -16,6 +16,7 @@ from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 from typing import NoReturn
 
+from .digests import SHA256
 from .errors import UnsafePathError, UsageError
 from .messages import DirEntry, Entry, FileEntry
 from .paths import check_entries, display_name
@@ -163,22 +164,24 @@ class SourceChains:
         while len(self._chains) > CHAINS_KEPT:
             self._chains.popitem(last=False)
 
-    def verify(self, offer: Offer) -> ChainHasher | None:
-        """A hasher holding the offered prefix if our source has it, else None."""
+    def verify(self, offer: Offer, algorithm: str = SHA256) -> ChainHasher | None:
+        """A hasher (of ``algorithm``) holding the offered prefix if our source has it."""
         if offer.file >= len(self._files):
             return None
         path, size = self._files[offer.file]
         if offer.offset > size:
             return None
         chain = self._chains.get(offer.file)
-        state = chain.state_at(offer.offset) if chain is not None else None
+        state = (chain.state_at(offer.offset)
+                 if chain is not None and chain.algorithm == algorithm else None)
         if state is None:
-            return self._reread(path, offer)
-        return ChainHasher(state, offer.offset) if state.hexdigest() == offer.sha256 else None
+            return self._reread(path, offer, algorithm)
+        return (ChainHasher(state, offer.offset, algorithm)
+                if state.hexdigest() == offer.digest else None)
 
     @staticmethod
-    def _reread(path: str, offer: Offer) -> ChainHasher | None:
-        chain = ChainHasher()
+    def _reread(path: str, offer: Offer, algorithm: str) -> ChainHasher | None:
+        chain = ChainHasher(algorithm=algorithm)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
@@ -191,7 +194,7 @@ class SourceChains:
                 chain.update(data)
         finally:
             os.close(fd)
-        return chain if chain.hexdigest() == offer.sha256 else None
+        return chain if chain.hexdigest() == offer.digest else None
 
 
 class StreamReader:
@@ -205,17 +208,19 @@ class StreamReader:
     def __init__(
         self, files: Sequence[str], sizes: Sequence[int],
         starts: Mapping[int, ChainHasher] | None = None, chains: SourceChains | None = None,
+        algorithm: str = SHA256,
     ) -> None:
+        self.algorithm = algorithm
         self._files = list(zip(files, sizes, strict=True))
         self._index = 0
         self._handle: int | None = None
         self._remaining = 0
         self._starts = dict(starts or {})
         self._chains = chains
-        self._hash = ChainHasher()
+        self._hash = ChainHasher(algorithm=algorithm)
 
     def read_into(self, buffer: bytearray, start: int = 1) -> tuple[int, list[str]]:
-        """Fill ``buffer[start:]``; return how many bytes, and SHA-256s of files finished."""
+        """Fill ``buffer[start:]``; return how many bytes, and digests of files finished."""
         view = memoryview(buffer)[start:]
         filled = 0
         finished: list[str] = []
@@ -245,7 +250,7 @@ class StreamReader:
         except OSError as exc:
             raise UsageError(f"Cannot read {display_name(path)!r}: {exc.strerror}.") from None
         start = self._starts.pop(self._index) if self._index in self._starts else None
-        self._hash = start or ChainHasher()
+        self._hash = start or ChainHasher(algorithm=self.algorithm)
         if self._hash.position:
             os.lseek(self._handle, self._hash.position, os.SEEK_SET)
         self._remaining = size - self._hash.position

@@ -8,7 +8,8 @@ a pipe (standard output) and ``ObjectSink`` rebuilds one object in memory.
 
 Memory stays bounded by the chunk size: nothing holds a whole stream, except an object
 that has to exist in memory anyway (ObjectDecoder writes an array straight into place).
-Every sink checks each file's SHA-256 before it reports the file complete. What a pipe
+Every sink checks each file's digest (SHA-256 or BLAKE3, digests.py) before it reports
+the file complete. What a pipe
 sink has written cannot be taken back: when the check fails, the bytes are already out,
 and only the error (the CLI's exit code) says that they are not to be trusted.
 
@@ -17,11 +18,11 @@ All methods block: the asyncio layer calls them from a worker thread.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO, NoReturn, Protocol
 
+from .digests import NAMES, SHA256, new
 from .errors import (
     IntegrityError,
     LocalProtocolError,
@@ -54,7 +55,7 @@ class Reader(Protocol):
     """Where a sender's data stream comes from (sources.StreamReader is one)."""
 
     def read_into(self, buffer: bytearray, start: int = 1) -> tuple[int, list[str]]:
-        """Fill ``buffer[start:]`` (maybe partly); bytes read and SHA-256s of files finished."""
+        """Fill ``buffer[start:]`` (maybe partly); bytes read and digests of files finished."""
 
     @property
     def exhausted(self) -> bool:
@@ -97,7 +98,7 @@ class Sink(Protocol):
 class PipeReader:
     """A stream of unknown length read from a binary file (standard input), hashed."""
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: BinaryIO, algorithm: str = SHA256) -> None:
         self._source = source
         # One read returns what the pipe holds now: a slow producer is not kept waiting
         # for a full message.
@@ -106,7 +107,7 @@ class PipeReader:
         if read is None:
             raise UsageError("A stream to send must be a binary file opened for reading.")
         self._read = read
-        self._hash = hashlib.sha256()
+        self._hash = new(algorithm)
         self._exhausted = False
 
     def read_into(self, buffer: bytearray, start: int = 1) -> tuple[int, list[str]]:
@@ -132,11 +133,12 @@ class PipeReader:
 class ChunkReader:
     """The chunks of one encoded object (objects.EncodedObject), ``size`` bytes in all."""
 
-    def __init__(self, chunks: Iterator[memoryview], size: int) -> None:
+    def __init__(self, chunks: Iterator[memoryview], size: int,
+                 algorithm: str = SHA256) -> None:
         self._chunks = chunks
         self._left = size
         self._pending = memoryview(b"")
-        self._hash = hashlib.sha256()
+        self._hash = new(algorithm)
         self._exhausted = False
 
     def read_into(self, buffer: bytearray, start: int = 1) -> tuple[int, list[str]]:
@@ -192,11 +194,12 @@ def single_entry(entries: Sequence[Entry], what: str) -> DataEntry:
 
 
 class _Verified:
-    """A running SHA-256 and byte count for the single file of a pipe or object sink."""
+    """A running digest and byte count for the single file of a pipe or object sink."""
 
-    def __init__(self, entry: DataEntry) -> None:
+    def __init__(self, entry: DataEntry, algorithm: str) -> None:
         self.entry = entry
-        self.hash = hashlib.sha256()
+        self.algorithm = algorithm
+        self.hash = new(algorithm)
         self.size = 0
 
     def update(self, data: memoryview) -> None:
@@ -205,19 +208,20 @@ class _Verified:
 
     def check(self, event: FileCompleted, damaged: str) -> FileResult:
         digest = self.hash.hexdigest()
-        if digest != event.sha256:
+        if digest != event.digest:
             raise IntegrityError(
-                f"{display_name(self.entry.path)!r} arrived damaged (SHA-256 mismatch); "
-                f"{damaged}"
+                f"{display_name(self.entry.path)!r} arrived damaged ({NAMES[self.algorithm]} "
+                f"mismatch); {damaged}"
             )
-        return FileResult(self.entry.path, self.size, digest)
+        return FileResult(self.entry.path, self.size, digest, self.algorithm)
 
 
 class PipeSink:
     """Writes the one file or stream of a transfer to a binary file (standard output)."""
 
-    def __init__(self, entries: Sequence[Entry], out: BinaryIO) -> None:
-        self._file = _Verified(single_entry(entries, "writing to standard output"))
+    def __init__(self, entries: Sequence[Entry], out: BinaryIO,
+                 algorithm: str = SHA256) -> None:
+        self._file = _Verified(single_entry(entries, "writing to standard output"), algorithm)
         self._out = out
         self.results: list[FileResult] = []
 
@@ -291,9 +295,10 @@ class ObjectSink:
     a plain file or stream arrives as ``bytes``. ``max_bytes`` caps what is held.
     """
 
-    def __init__(self, entries: Sequence[Entry], max_bytes: int | None) -> None:
+    def __init__(self, entries: Sequence[Entry], max_bytes: int | None,
+                 algorithm: str = SHA256) -> None:
         entry = single_entry(entries, "receive_object()")
-        self._file = _Verified(entry)
+        self._file = _Verified(entry, algorithm)
         self.meta = entry.meta
         self._decoder: ObjectDecoder | None = None
         self._buffer = bytearray()

@@ -15,7 +15,8 @@ Rules, in the order a transfer follows them (docs/protocol.md has the full text)
 The data stream is every file's bytes concatenated in manifest order (each from the
 offset the sender accepted in ``resume``, else from 0), cut into binary messages of any
 size, so that one message can carry many small files. A ``checksums``
-message gives the SHA-256 of files whose last byte has been sent. Either side may send
+message gives the digests of files whose last byte has been sent: SHA-256, or BLAKE3 if
+the manifest offered it and the receiver's accept picked it (digests.py). Either side may send
 ``error`` at any time and then close.
 
 Each machine is fed what arrived (``receive``) and asked for what to send (``hello``,
@@ -37,6 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .compression import DEFAULT_LEVEL, ChunkCompressor, ChunkDecompressor, CompressionStats
+from .digests import SHA256, available, choose
 from .errors import (
     EncryptionMismatchError,
     LocalProtocolError,
@@ -162,10 +164,10 @@ class FileData:
 
 @dataclass(frozen=True)
 class FileCompleted:
-    """All bytes of file number ``file`` arrived; the sender says their SHA-256 is ``sha256``."""
+    """All bytes of file number ``file`` arrived; the sender says their digest is ``digest``."""
 
     file: int
-    sha256: str
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -271,8 +273,13 @@ class Sender:
         *,
         manifest_part_bytes: int = MANIFEST_PART_BYTES,
         fresh: bool = False,
+        digests: Sequence[str] | None = None,
     ) -> None:
         self.state = SenderState.START
+        #: The hash algorithms the manifest offers, best first (default: all we have).
+        self.digests_offered = tuple(digests) if digests is not None else available()
+        #: The one the receiver picked in its accept (SHA-256 until then, and if it says none).
+        self.digest = SHA256
         self.code_hash_hex = code_hash_hex
         #: The code was just generated: the relay must not pair it with anyone waiting.
         self.fresh = fresh
@@ -315,7 +322,9 @@ class Sender:
         """
         self._expect(SenderState.SEND_MANIFEST)
         self.state = SenderState.WAIT_ACCEPT
-        return encode_manifest(self.entries, self._part_bytes)
+        # Only SHA-256: no offer, and the manifest is what a peer before BLAKE3 sends.
+        offer = None if self.digests_offered == (SHA256,) else self.digests_offered
+        return encode_manifest(self.entries, self._part_bytes, offer)
 
     def receive(self, message: str | bytes) -> Ready | Waiting | Accept | Done:
         """Feed a message from the relay or the receiver; return what it was."""
@@ -352,6 +361,12 @@ class Sender:
         if isinstance(parsed, Accept):
             # Names we do not know are ignored: the receiver may decode more than we send.
             self.peer_accepts_zstd = ZSTD in (parsed.compression or ())
+            digest = parsed.digest or SHA256
+            if digest != SHA256 and digest not in self.digests_offered:
+                raise self._fail(RemoteProtocolError(
+                    f"The receiver broke the protocol: it picked the hash {digest!r}, which "
+                    "the manifest did not offer."))
+            self.digest = digest
         if isinstance(parsed, Accept) and parsed.resume is not None:
             problem = check_offers(parsed.resume, _sizes(self.entries))
             if problem:
@@ -404,16 +419,20 @@ class Sender:
         self._stream.position += length
         return memoryview(buffer)[: 1 + length]
 
-    def checksums(self, sha256: Sequence[str]) -> list[str]:
-        """Checksums messages for the next files whose bytes have all been framed."""
+    def checksums(self, digests: Sequence[str]) -> list[str]:
+        """Checksums messages for the next files whose bytes have all been framed.
+
+        ``digests`` are in the agreed algorithm (``digest``).
+        """
         self._expect(SenderState.STREAMING)
-        problem = self._stream.check_checksums(self._stream.checksummed, len(sha256))
-        if problem or not sha256:
+        problem = self._stream.check_checksums(self._stream.checksummed, len(digests))
+        if problem or not digests:
             raise LocalProtocolError(problem or "no checksums given")
         messages = []
-        for i in range(0, len(sha256), MAX_CHECKSUMS_PER_MESSAGE):
-            batch = tuple(sha256[i : i + MAX_CHECKSUMS_PER_MESSAGE])
-            messages.append(encode(Checksums(first=self._stream.checksummed, sha256=batch)))
+        for i in range(0, len(digests), MAX_CHECKSUMS_PER_MESSAGE):
+            batch = tuple(digests[i : i + MAX_CHECKSUMS_PER_MESSAGE])
+            messages.append(encode(Checksums(first=self._stream.checksummed, digests=batch,
+                                             algorithm=self.digest)))
             self._stream.checksummed += len(batch)
         return messages
 
@@ -449,8 +468,15 @@ class Receiver:
         max_entries: int | None = None,
         policy: ReceivePolicy | None = None,
         compression: bool = True,
+        digests: Sequence[str] | None = None,
     ) -> None:
         self.state = ReceiverState.START
+        #: The hash algorithms it may pick from the manifest's offer (default: all we have).
+        self.digests_allowed = tuple(digests) if digests is not None else available()
+        #: The one picked (SHA-256 unless the manifest offered one we prefer).
+        self.digest = SHA256
+        self._digest_offered = False
+        self._manifest_parts = 0
         #: Advertise zstd in accept and decode DATA_ZSTD messages; else they are refused.
         self.compression = compression
         self._decompressor: ChunkDecompressor | None = None
@@ -519,11 +545,13 @@ class Receiver:
             # A sender from before resume ignores the offers: everything comes from 0.
             return [self._agree(()), *self._receive_control(msg)]
         if self.state is ReceiverState.STREAMING and isinstance(msg, Checksums):
-            problem = self._stream.check_checksums(msg.first, len(msg.sha256))
+            problem = self._stream.check_checksums(msg.first, len(msg.digests))
+            if msg.algorithm != self.digest:
+                problem = f"it sent {msg.algorithm} checksums, not the agreed {self.digest}"
             if problem:
                 raise RemoteProtocolError(f"The sender broke the protocol: {problem}.")
-            self._stream.checksummed += len(msg.sha256)
-            return [FileCompleted(msg.first + i, d) for i, d in enumerate(msg.sha256)]
+            self._stream.checksummed += len(msg.digests)
+            return [FileCompleted(msg.first + i, d) for i, d in enumerate(msg.digests)]
         if self.state is ReceiverState.STREAMING and isinstance(msg, Eof):
             stream = self._stream
             if not stream.finished():
@@ -541,6 +569,10 @@ class Receiver:
         )
 
     def _receive_manifest(self, part: Manifest) -> list[ReceiverEvent]:
+        self._manifest_parts += 1
+        if self._manifest_parts == 1 and part.digests is not None:
+            self._digest_offered = True
+            self.digest = choose(part.digests, self.digests_allowed)
         self._parts.extend(part.entries)
         if len(self._parts) > self.max_entries:
             raise RemoteProtocolError(
@@ -643,12 +675,14 @@ class Receiver:
         if problem:
             raise LocalProtocolError(problem)
         compression = (ZSTD,) if self.compression else None
+        # Named whenever the manifest offered a choice; a sender before BLAKE3 gets none.
+        digest = self.digest if self._digest_offered else None
         if not offers:
             self.state = ReceiverState.STREAMING
-            return encode(Accept(compression=compression))
+            return encode(Accept(compression=compression, digest=digest))
         self._offers = {o.file: o for o in offers}
         self.state = ReceiverState.WAIT_RESUME
-        return encode(Accept(resume=tuple(offers), compression=compression))
+        return encode(Accept(resume=tuple(offers), compression=compression, digest=digest))
 
     def done(self) -> str:
         if self.state is not ReceiverState.FINISHING:

@@ -21,6 +21,8 @@ import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
+from p2p_copy import digests
+from p2p_copy.digests import SHA256
 from p2p_copy.messages import Accept, Done, Entry, FileEntry, Ready, Waiting, encode, parse_hello
 from p2p_copy.pairing import Paired, Rooms, Wait
 from p2p_copy.transfer import (
@@ -44,6 +46,7 @@ __all__ = [
     "reassemble",
     "run_transfer",
     "sha256_hex",
+    "hex_digest",
 ]
 
 #: The room both peers of a pair join: the SHA-256 of an arbitrary code.
@@ -51,6 +54,13 @@ CODE_HASH = hashlib.sha256(b"7-test-code").hexdigest()
 
 #: Examples per hypothesis test; set P2P_COPY_FUZZ_EXAMPLES for a longer run.
 FUZZ_EXAMPLES = int(os.environ.get("P2P_COPY_FUZZ_EXAMPLES", "300"))
+
+
+def hex_digest(algorithm: str, data: bytes) -> str:
+    """``data``'s digest in ``algorithm`` (digests.py), as 64 hex digits."""
+    hasher = digests.new(algorithm)
+    hasher.update(data)
+    return hasher.hexdigest()
 
 
 def sha256_hex(data: bytes) -> str:
@@ -97,10 +107,13 @@ class ProtocolPair:
         code_hash_hex: str = CODE_HASH,
         manifest_part_bytes: int = MANIFEST_PART_BYTES,
         max_entries: int = DEFAULT_MAX_ENTRIES,
+        digests: Sequence[str] = (SHA256,),
     ) -> None:
         self.entries = tuple(entries)
         self.files = tuple(e for e in self.entries if isinstance(e, FileEntry))
-        self.sender = Sender(code_hash_hex, self.entries, manifest_part_bytes=manifest_part_bytes)
+        # SHA-256 only by default: the wire is then docs/protocol.md's worked example.
+        self.sender = Sender(code_hash_hex, self.entries, manifest_part_bytes=manifest_part_bytes,
+                             digests=digests)
         self.receiver = Receiver(code_hash_hex, max_entries=max_entries)
         #: Every event the receiver returned, in order.
         self.events: list[ReceiverEvent] = []
@@ -171,7 +184,9 @@ class ProtocolPair:
         complete = bisect.bisect_right(self._ends, self.sender.bytes_sent)
         if complete <= self._checksummed:
             return []
-        digests = [sha256_hex(contents[f.path]) for f in self.files[self._checksummed:complete]]
+        algorithm = self.sender.digest
+        digests = [hex_digest(algorithm, contents[f.path])
+                   for f in self.files[self._checksummed:complete]]
         self._checksummed = complete
         events: list[ReceiverEvent] = []
         for message in self.sender.checksums(digests):
@@ -242,5 +257,5 @@ def run_transfer(
 
 def completed(events: Iterable[ReceiverEvent]) -> list[tuple[int, str]]:
     """The (file, sha256) of every FileCompleted event, in order."""
-    return [(e.file, e.sha256) for e in events if isinstance(e, FileCompleted)]
+    return [(e.file, e.digest) for e in events if isinstance(e, FileCompleted)]
 

@@ -622,8 +622,8 @@ async def test_cancel_while_preparing_waits_for_the_worker_thread(relay: Relay, 
             log.append("abort")
             super().abort()
 
-    def sink(entries: Sequence[Entry]) -> Destination:
-        return Slow(dest, entries)
+    def sink(entries: Sequence[Entry], digest: str) -> Destination:
+        return Slow(dest, entries, algorithm=digest)
 
     options = api._receiver_options(relay.url, code, None, None, True, None, 0)
     async with asyncio.timeout(SCENARIO_TIMEOUT):

@@ -172,7 +172,7 @@ VALID: list[Message] = [
                       FileEntry("e", 0)), more=True),
     Manifest(entries=(FileEntry("x", 1),)),
     Accept(),
-    Checksums(first=0, sha256=(HEX, EMPTY_SHA256)),
+    Checksums(first=0, digests=(HEX, EMPTY_SHA256)),
     Eof(),
     Done(),
     ErrorMessage(code="integrity", message="bad \x1b[2J"),
@@ -330,7 +330,7 @@ class Choices:
             return encode(Manifest(entries=tuple(self.entries()), more=self.chance(4)))
         if kind == 7:
             first, count = self.below(4), 1 + self.below(3)
-            return encode(Checksums(first=first, sha256=(HEX,) * count))
+            return encode(Checksums(first=first, digests=(HEX,) * count))
         data = self.data[self.at:self.at + self.below(13)]
         self.at += len(data)
         if kind == 8:
@@ -403,9 +403,9 @@ RECEIVER_SCRIPT: list[str | bytes] = [
     OPEN_MANIFEST,
     b"\x00ab",
     b"\x00c",
-    encode(Checksums(first=0, sha256=(hashlib.sha256(b"abc").hexdigest(), EMPTY_SHA256))),
+    encode(Checksums(first=0, digests=(hashlib.sha256(b"abc").hexdigest(), EMPTY_SHA256))),
     b"\x00de",
-    encode(Checksums(first=2, sha256=(hashlib.sha256(b"de").hexdigest(),))),
+    encode(Checksums(first=2, digests=(hashlib.sha256(b"de").hexdigest(),))),
     encode(Eof()),
 ]
 SENDER_SCRIPT = [encode(Waiting()), encode(Ready()), encode(Accept()), encode(Done())]

@@ -247,8 +247,8 @@ def test_quickstart_shows_two_progress_bars_that_end_in_success(
 
     text = _stdout(nb)
     assert "sender: done" in text
-    assert re.search(r"same SHA-256 for every file: True$", text, re.MULTILINE)
-    assert len(re.findall(r"^sample/\S+\s+[\d,]+\s+[0-9a-f]{64}$", text, re.MULTILINE)) >= 5
+    assert re.search(r"same digest for every file: True$", text, re.MULTILINE)
+    assert len(re.findall(r"^sample/\S+\s+[\d,]+\s+blake3:[0-9a-f]{64}$", text, re.MULTILINE)) >= 5
 
 
 def test_two_machines_falls_back_to_a_loopback_relay(executed: Callable[[str], Any]) -> None:

@@ -26,10 +26,12 @@ import pytest
 
 import p2p_copy
 from p2p_copy import IntegrityError, PolicyError, RemoteProtocolError, UsageError
+from p2p_copy.digests import BLAKE3
 from p2p_copy.relay import Relay
 
 from .conftest import Processes, cli_env, run_cli
 from .handmade_peer import handmade_peer, sha256_hex
+from .protocol_pair import hex_digest
 
 TIMEOUT = 60.0
 
@@ -193,7 +195,7 @@ async def test_a_stream_received_as_an_object_is_bytes(relay: Relay) -> None:
             p2p_copy.receive_object(relay.url, code, progress="none"))
         sent = await p2p_copy.send_stream(relay.url, code, io.BytesIO(data), progress="none")
         assert await receiving == data
-    assert sent.bytes == len(data) and sent.files[0].sha256 == sha256_hex(data)
+    assert sent.bytes == len(data) and sent.files[0].digest == hex_digest(BLAKE3, data)
 
 
 async def test_receive_stream_writes_what_send_stream_reads(relay: Relay) -> None:

@@ -193,7 +193,7 @@ def test_data_from_a_sender_that_ignores_offers_starts_from_zero() -> None:
 
 def test_sidecar_round_trip_and_garbage() -> None:
     """A sidecar we wrote parses back; anything else is ignored, never trusted."""
-    car = Sidecar(size=5 * BLOCK, mtime=1.5, offset=2 * BLOCK, sha256="c" * 64)
+    car = Sidecar(size=5 * BLOCK, mtime=1.5, offset=2 * BLOCK, digest="c" * 64)
     assert Sidecar.parse(car.encode()) == car
     for raw in [b"", b"[]", b"{}", b'{"version":1,"size":5,"offset":6,"sha256":"' + b"c" * 64
                 + b'"}', b"\xff\xfe"]:
@@ -203,7 +203,7 @@ def test_sidecar_round_trip_and_garbage() -> None:
 def _write_part(root: Path, name: str, data: bytes, offset: int, mtime: float | None) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / f".{name}{TEMP_SUFFIX}").write_bytes(data)
-    car = Sidecar(size=len(data) * 2, mtime=mtime, offset=offset, sha256=sha(data[:offset]))
+    car = Sidecar(size=len(data) * 2, mtime=mtime, offset=offset, digest=sha(data[:offset]))
     (root / f".{name}{SIDECAR_SUFFIX}").write_bytes(car.encode())
 
 
@@ -381,7 +381,7 @@ def test_a_big_manifest_still_sees_what_its_top_folder_holds(
         _write_part(root / "top", "f0", data[:BLOCK] + b"x" * 5, BLOCK, 7.0)
         entries[0] = FileEntry("top/f0", len(data), mtime=7.0)
         # _write_part's sidecar announces twice the part's length: make it this file's.
-        car = Sidecar(size=len(data), mtime=7.0, offset=BLOCK, sha256=sha(data[:BLOCK]))
+        car = Sidecar(size=len(data), mtime=7.0, offset=BLOCK, digest=sha(data[:BLOCK]))
         (root / "top" / f".f0{SIDECAR_SUFFIX}").write_bytes(car.encode())
     dest = Destination(root, entries)
     if layout == "file":

@@ -115,7 +115,7 @@ def test_files_then_a_stream_arrive_in_order(chunk: int) -> None:
     events = send_stream(pair, before, stream, chunk)
     assert stream_bytes(events, 0) == b"hello" and stream_bytes(events, 2) == b"xy"
     assert stream_bytes(events, 3) == stream
-    assert [(e.file, e.sha256) for e in events if isinstance(e, FileCompleted)][-1] == (
+    assert [(e.file, e.digest) for e in events if isinstance(e, FileCompleted)][-1] == (
         3, sha256_hex(stream))
     assert isinstance(events[-1], TransferFinished)
     assert pair.sender.bytes_sent == pair.receiver.bytes_received == 7 + len(stream)

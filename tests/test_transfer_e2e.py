@@ -8,7 +8,6 @@ as subprocesses.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import stat
 import subprocess
@@ -20,11 +19,13 @@ from typing import Any
 
 import pytest
 
-from p2p_copy import DestinationExistsError, FileResult, TransferResult, receive, send
+from p2p_copy import DestinationExistsError, FileResult, TransferResult, digests, receive, send
 from p2p_copy.destination import TEMP_SUFFIX
+from p2p_copy.digests import BLAKE3, SHA256
 from p2p_copy.relay import Relay
 
 from .conftest import Processes, cli_env, free_port, run_cli, wait_for_port
+from .protocol_pair import hex_digest
 
 #: Bound for one in-process transfer; the data in these tests is small.
 TRANSFER_TIMEOUT = 60.0
@@ -37,9 +38,10 @@ KiB = 2**10
 # --- helpers ---------------------------------------------------------------------------
 
 
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, read in chunks so that large files cost no memory."""
-    digest = hashlib.sha256()
+def sha256_of(path: Path, algorithm: str = SHA256) -> str:
+    """A file's digest (SHA-256 unless told), read in chunks so that large files cost no
+    memory."""
+    digest = digests.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(MiB):
             digest.update(chunk)
@@ -104,8 +106,10 @@ def check_results(sent: TransferResult, got: TransferResult, expected: dict[str,
     for result in got.files:
         source = expected[result.path]
         assert result.size == source.stat().st_size
-        assert result.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
-        assert sha256_of(dest / result.path) == result.sha256
+        # Both peers have BLAKE3, so that is what they check with.
+        assert result.algorithm == BLAKE3 and result.sha256 is None
+        assert result.digest == hex_digest(BLAKE3, source.read_bytes())
+        assert sha256_of(dest / result.path, BLAKE3) == result.digest
     assert sent.files == got.files
     total = sum(p.stat().st_size for p in expected.values())
     assert sent.bytes == got.bytes == total
@@ -166,7 +170,7 @@ async def test_single_file(relay: Relay, tmp_path: Path) -> None:
     sent, got = await transfer(relay, [src], dest)
     assert snapshot(dest) == {"one.bin": data}
     check_results(sent, got, {"one.bin": src}, dest)
-    assert got.files == (FileResult("one.bin", len(data), hashlib.sha256(data).hexdigest()),)
+    assert got.files == (FileResult("one.bin", len(data), hex_digest(BLAKE3, data), BLAKE3),)
 
 
 async def test_several_files_and_folders_at_once(relay: Relay, tmp_path: Path) -> None:
@@ -244,8 +248,8 @@ async def test_empty_files_and_empty_folders(relay: Relay, tmp_path: Path) -> No
         "lonely": None,
         "zero": b"",
     }
-    empty_sha = hashlib.sha256(b"").hexdigest()
-    assert {f.path: (f.size, f.sha256) for f in got.files if f.size == 0} == {
+    empty_sha = hex_digest(BLAKE3, b"")
+    assert {f.path: (f.size, f.digest) for f in got.files if f.size == 0} == {
         "top/empty.txt": (0, empty_sha),
         "top/sub/also-empty": (0, empty_sha),
         "zero": (0, empty_sha),
@@ -265,7 +269,7 @@ async def test_only_empty_things(relay: Relay, tmp_path: Path) -> None:
     empty_file = write(tmp_path / "src" / "void", b"")
     sent, got = await transfer(relay, [empty_file], tmp_path / "out2")
     assert snapshot(tmp_path / "out2") == {"void": b""}
-    assert got.files == (FileResult("void", 0, hashlib.sha256(b"").hexdigest()),)
+    assert got.files == (FileResult("void", 0, hex_digest(BLAKE3, b""), BLAKE3),)
 
 
 async def test_unicode_names(relay: Relay, tmp_path: Path) -> None:

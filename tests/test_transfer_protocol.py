@@ -443,7 +443,7 @@ def finishing(pair: ProtocolPair) -> None:
 
 
 def checksums(first: int, digests: list[str]) -> str:
-    return encode(Checksums(first=first, sha256=tuple(digests)))
+    return encode(Checksums(first=first, digests=tuple(digests)))
 
 
 MANIFEST = encode(Manifest(entries=tuple(ENTRIES)))

@@ -1,0 +1,62 @@
+"""Which hash checks each file end to end: BLAKE3 when both peers have it, else SHA-256.
+
+Every file is hashed by the sender as it is read and by the receiver as it is written,
+and the two digests must agree (the ``checksums`` message, docs/protocol.md §6.7). On this
+project's benchmark machine that hashing was the largest single cost of a large transfer:
+SHA-256 runs at ~1.8 GB/s a core with the CPU's SHA extensions, BLAKE3 (the ``blake3``
+package, SIMD) at ~6.5 GB/s. So the sender's manifest lists the algorithms it can use,
+best first, and the receiver's ``accept`` names the one it picked; a peer that does not
+know this negotiation (or lacks ``blake3``) gets SHA-256, which every peer must support.
+Both are cryptographic hashes with 32-byte digests written as 64 lowercase hex digits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+__all__ = ["SHA256", "BLAKE3", "NAMES", "Hash", "new", "available", "choose"]
+
+SHA256: Final = "sha256"
+BLAKE3: Final = "blake3"
+#: How messages name them.
+NAMES: Final = {SHA256: "SHA-256", BLAKE3: "BLAKE3"}
+
+
+class Hash(Protocol):
+    """What hashlib's objects and blake3's have in common, and all this package uses."""
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> object: ...
+    def copy(self) -> Hash: ...
+    def hexdigest(self) -> str: ...
+
+
+_blake3: Callable[[], Hash] | None
+try:
+    from blake3 import blake3 as _blake3
+except ImportError:  # without it (no wheel for a platform), every transfer uses SHA-256
+    _blake3 = None
+
+
+def available() -> tuple[str, ...]:
+    """The algorithms this peer can use, best first (what a sender offers)."""
+    return (BLAKE3, SHA256) if _blake3 is not None else (SHA256,)
+
+
+def new(algorithm: str) -> Hash:
+    """A fresh hash object of ``algorithm`` (one of available())."""
+    if algorithm == SHA256:
+        return hashlib.sha256()
+    if algorithm == BLAKE3 and _blake3 is not None:
+        return _blake3()
+    raise ValueError(f"unknown or unavailable hash algorithm {algorithm!r}")
+
+
+def choose(offered: Sequence[str] | None, allowed: Sequence[str] | None = None) -> str:
+    """The receiver's pick: the sender's first offer that this peer (and ``allowed``) has.
+
+    No offer (a sender from before the negotiation) means SHA-256.
+    """
+    usable = set(available() if allowed is None else allowed) & set(available())
+    return next((name for name in offered or () if name in usable), SHA256)
