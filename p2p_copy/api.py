@@ -603,8 +603,8 @@ async def _receive(
     policy: ReceivePolicy | None,
     display: Progress,
 ) -> TransferResult:
-    """Receive into the sink that ``make_sink`` picks for the manifest (it may refuse it),
-    checking files with the hash the receiver picked (digests.py)
+    """Receive into the sink that ``make_sink(entries, digest)`` picks for the manifest (it
+    may refuse it); ``digest`` is the hash the receiver picked (digests.py).
 
     After a drop, reconnect with the same code and start over from the manifest: the new
     sink finds on disk what the last one kept (Sink.suspend) and offers it.

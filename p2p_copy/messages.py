@@ -289,25 +289,25 @@ def encode_manifest(entries: Sequence[Entry], part_bytes: int,
     """The manifest as text messages of at most ``part_bytes`` UTF-8 bytes where possible.
 
     Each part is exactly ``encode(Manifest(batch, more=...))``, the first with
-    ``digests=digests``; every entry is encoded
-    once (10,000 entries take a few tens of ms), and an entry too long for a part alone
-    still gets a part of its own. Parts are made as they are asked for, so that the
-    first can be on its way (and parsed) while the next is encoded.
+    ``digests=digests``; every entry is encoded once (10,000 entries take a few tens of
+    ms), and an entry too long for a part alone still gets a part of its own. Parts are
+    made as they are asked for, so that the first can be on its way (and parsed) while the
+    next is encoded.
     """
     head = f'{{"type":"manifest","version":{PROTOCOL_VERSION},"entries":['
     first = head
     if digests is not None:
         first = (f'{{"type":"manifest","version":{PROTOCOL_VERSION},'
                  f'"digests":{_dumps(list(digests))},"entries":[')
-    empty = len(first) + len(']],"more":true}')  # the longest ending, and a comma of slack
+    ending = len(']],"more":true}')  # the longest ending, and a comma of slack
     batch: list[str] = []
-    size = empty
+    size = len(first) + ending
     for entry in entries:
         text = _entry_text(entry)
         cost = (len(text) if text.isascii() else len(text.encode())) + 1
         if batch and size + cost > part_bytes:
             yield f'{first}{",".join(batch)}],"more":true}}'
-            first, batch, size = head, [], len(head) + len(']],"more":true}')
+            first, batch, size = head, [], len(head) + ending
         batch.append(text)
         size += cost
     yield f'{first}{",".join(batch)}]}}'
