@@ -8,20 +8,28 @@ package, SIMD) at ~6.5 GB/s. So the sender's manifest lists the algorithms it ca
 best first, and the receiver's ``accept`` names the one it picked; a peer that does not
 know this negotiation (or lacks ``blake3``) gets SHA-256, which every peer must support.
 Both are cryptographic hashes with 32-byte digests written as 64 lowercase hex digits.
+``$P2P_COPY_DIGESTS=sha256`` makes a process offer and pick SHA-256 only (to compare
+results with ``sha256sum``, say).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-__all__ = ["SHA256", "BLAKE3", "NAMES", "Hash", "new", "available", "choose"]
+from .errors import UsageError
+
+__all__ = ["SHA256", "BLAKE3", "NAMES", "DIGESTS_ENV", "Hash", "new", "available",
+           "preferred", "choose"]
 
 SHA256: Final = "sha256"
 BLAKE3: Final = "blake3"
 #: How messages name them.
 NAMES: Final = {SHA256: "SHA-256", BLAKE3: "BLAKE3"}
+#: Comma-separated algorithms this process may offer and pick (default: all it has).
+DIGESTS_ENV: Final = "P2P_COPY_DIGESTS"
 
 
 class Hash(Protocol):
@@ -42,6 +50,21 @@ except ImportError:  # without it (no wheel for a platform), every transfer uses
 def available() -> tuple[str, ...]:
     """The algorithms this peer can use, best first (what a sender offers)."""
     return (BLAKE3, SHA256) if _blake3 is not None else (SHA256,)
+
+
+def preferred() -> tuple[str, ...]:
+    """What this peer offers (as sender) and may pick (as receiver): available(), limited
+    by $P2P_COPY_DIGESTS. SHA-256 stays the protocol's fallback either way."""
+    wanted = os.environ.get(DIGESTS_ENV, "").strip()
+    if not wanted:
+        return available()
+    names = {name.strip().lower() for name in wanted.split(",")}
+    unknown = sorted(names - set(NAMES))
+    if unknown:
+        raise UsageError(
+            f"${DIGESTS_ENV} names {', '.join(map(repr, unknown))}; it takes a comma-separated "
+            f"list of {' and '.join(map(repr, NAMES))}.")
+    return tuple(name for name in available() if name in names) or (SHA256,)
 
 
 def new(algorithm: str) -> Hash:

@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .compression import DEFAULT_LEVEL, ChunkCompressor, ChunkDecompressor, CompressionStats
-from .digests import SHA256, available, choose
+from .digests import SHA256, choose, preferred
 from .errors import (
     EncryptionMismatchError,
     LocalProtocolError,
@@ -276,8 +276,8 @@ class Sender:
         digests: Sequence[str] | None = None,
     ) -> None:
         self.state = SenderState.START
-        #: The hash algorithms the manifest offers, best first (default: all we have).
-        self.digests_offered = tuple(digests) if digests is not None else available()
+        #: The hash algorithms the manifest offers, best first (default: digests.preferred()).
+        self.digests_offered = tuple(digests) if digests is not None else preferred()
         #: The one the receiver picked in its accept (SHA-256 until then, and if it says none).
         self.digest = SHA256
         self.code_hash_hex = code_hash_hex
@@ -471,8 +471,8 @@ class Receiver:
         digests: Sequence[str] | None = None,
     ) -> None:
         self.state = ReceiverState.START
-        #: The hash algorithms it may pick from the manifest's offer (default: all we have).
-        self.digests_allowed = tuple(digests) if digests is not None else available()
+        #: The hash algorithms it may pick from the manifest's offer (default: preferred()).
+        self.digests_allowed = tuple(digests) if digests is not None else preferred()
         #: The one picked (SHA-256 unless the manifest offered one we prefer).
         self.digest = SHA256
         self._digest_offered = False

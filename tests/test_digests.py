@@ -17,7 +17,7 @@ import pytest
 from p2p_copy import digests
 from p2p_copy.destination import SIDECAR_SUFFIX, TEMP_SUFFIX, Destination
 from p2p_copy.digests import BLAKE3, SHA256
-from p2p_copy.errors import RemoteProtocolError
+from p2p_copy.errors import RemoteProtocolError, UsageError
 from p2p_copy.messages import (
     Accept,
     Checksums,
@@ -59,6 +59,27 @@ def test_both_algorithms_hash_as_their_references() -> None:
 def test_the_receiver_picks_the_senders_first_offer_it_has(
         offered: tuple[str, ...] | None, allowed: tuple[str, ...] | None, picked: str) -> None:
     assert digests.choose(offered, allowed) == picked
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", (BLAKE3, SHA256)),
+    ("sha256", (SHA256,)),
+    (" SHA256 , blake3", (BLAKE3, SHA256)),
+    ("blake3", (BLAKE3,)),
+])
+def test_the_environment_limits_what_a_peer_offers_and_picks(
+        monkeypatch: pytest.MonkeyPatch, value: str, expected: tuple[str, ...]) -> None:
+    monkeypatch.setenv(digests.DIGESTS_ENV, value)
+    assert digests.preferred() == expected
+    assert Sender(CODE_HASH, ENTRIES).digests_offered == expected
+    assert Receiver(CODE_HASH).digests_allowed == expected
+
+
+def test_an_unknown_name_in_the_environment_is_a_usage_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(digests.DIGESTS_ENV, "sha256,md5")
+    with pytest.raises(UsageError, match="'md5'"):
+        Sender(CODE_HASH, ENTRIES)
 
 
 def test_two_peers_with_blake3_check_every_file_with_it() -> None:

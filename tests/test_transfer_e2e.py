@@ -8,6 +8,7 @@ as subprocesses.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import stat
 import subprocess
@@ -255,6 +256,18 @@ async def test_empty_files_and_empty_folders(relay: Relay, tmp_path: Path) -> No
         "zero": (0, empty_sha),
     }
     assert sent.files == got.files and got.bytes == len(b"not empty")
+
+
+async def test_sha256_when_asked_for_in_the_environment(
+        relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$P2P_COPY_DIGESTS=sha256: results a user can compare with sha256sum."""
+    monkeypatch.setenv(digests.DIGESTS_ENV, "sha256")
+    data = os.urandom(300_000)
+    sent, got = await transfer(relay, [write(tmp_path / "src" / "one.bin", data)],
+                               tmp_path / "out")
+    assert got.files == sent.files == (
+        FileResult("one.bin", len(data), hashlib.sha256(data).hexdigest(), SHA256),)
+    assert got.files[0].sha256 == hashlib.sha256(data).hexdigest()
 
 
 async def test_only_empty_things(relay: Relay, tmp_path: Path) -> None:
