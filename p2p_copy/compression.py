@@ -98,7 +98,7 @@ class ChunkCompressor:
             raise ValueError("max_ratio must be in (0, 1]")
         if max_skip < 0:
             raise ValueError("max_skip must be >= 0")
-        # No checksum: the file's SHA-256 and AES-GCM already catch any damage. The content
+        # No checksum: the file's digest and AES-GCM already catch any damage. The content
         # size is required by ChunkDecompressor to bound its allocation.
         self._zstd = zstandard.ZstdCompressor(
             level=level, write_checksum=False, write_content_size=True, threads=0

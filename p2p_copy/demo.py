@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .api import receive, send
 from .codes import generate_code
+from .digests import NAMES
 from .relay import Relay
 
 __all__ = ["run_demo", "make_sample"]
@@ -60,9 +61,10 @@ async def run_demo(size_mib: int = 64) -> int:
             )
         ok = await asyncio.to_thread(_same_tree, sample, out / "sample")
         rate = got.bytes / max(got.duration, 1e-9) / 2**20
+        hashes = sorted({NAMES[f.algorithm] for f in got.files}) or ["SHA-256"]
         print(
             f"{'OK' if ok else 'MISMATCH'}: {len(got.files)} files, {got.bytes:,} bytes, "
-            f"{rate:.0f} MiB/s, every SHA-256 verified.",
+            f"{rate:.0f} MiB/s, every file's {' / '.join(hashes)} verified.",
             file=sys.stderr,
         )
         return 0 if ok and sent.bytes == got.bytes else 9

@@ -10,7 +10,7 @@
     ├── ProtocolError                 exit 8   a message arrived that the protocol forbids
     │   ├── RemoteProtocolError                ... the peer or relay sent it
     │   └── LocalProtocolError                 ... we tried to send it (a bug in p2p-copy)
-    ├── IntegrityError                exit 9   a file's SHA-256 differs from the sender's
+    ├── IntegrityError                exit 9   a file's digest differs from the sender's
     ├── UnsafePathError               exit 10  a name would escape or damage the destination
     ├── DestinationExistsError        exit 11  a file exists and overwriting was not asked for
     ├── DiskFullError                 exit 12  not enough free space for what is coming
@@ -128,7 +128,7 @@ class LocalProtocolError(ProtocolError):
 
 
 class IntegrityError(P2PCopyError):
-    """Received bytes do not match the sender's SHA-256; nothing was kept."""
+    """Received bytes do not match the sender's digest; nothing was kept."""
 
     exit_code = 9
     wire_code = "integrity"
