@@ -288,7 +288,7 @@ class _Open:
 
     def __init__(self, dirs: _Dirs, parts: tuple[str, ...], entry: DataEntry,
                  start: _Found | None = None, *, clean: bool = False,
-                 whole: bool = False, algorithm: str = SHA256) -> None:
+                 whole: bool = False, algorithm: str) -> None:
         self.dirs = dirs
         self.folder, self.name = parts[:-1], parts[-1]
         self.entry = entry

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from .digests import BLAKE3, SHA256
+from .digests import NAMES, SHA256
 from .errors import IncompatiblePeerError, RemoteProtocolError
 from .resume import Offer
 
@@ -493,17 +493,16 @@ def _parse_manifest(obj: dict[str, Any]) -> Manifest:
     return Manifest(entries=parsed, more=more, digests=_names(obj, "digests"))
 
 
-#: The keys a checksums message may carry its digests under: the algorithms (digests.py).
-DIGEST_KEYS: Final = (SHA256, BLAKE3)
 
 
 def _parse_checksums(obj: dict[str, Any]) -> Checksums:
     first = _int(obj, "first", 0, MAX_FILE_SIZE)
-    keys = [key for key in DIGEST_KEYS if key in obj]
+    # Its digests are keyed by their algorithm: any that digests.py defines.
+    keys = [key for key in NAMES if key in obj]
     if len(keys) != 1:
         raise RemoteProtocolError(
             "a checksums message must carry its digests under exactly one of "
-            + " or ".join(repr(k) for k in DIGEST_KEYS))
+            + " or ".join(map(repr, NAMES)))
     algorithm = keys[0]
     digests = obj[algorithm]
     if not isinstance(digests, list) or not digests:

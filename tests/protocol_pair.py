@@ -65,7 +65,7 @@ def hex_digest(algorithm: str, data: bytes) -> str:
 
 def sha256_hex(data: bytes) -> str:
     """The SHA-256 of ``data`` as the protocol writes it: 64 lowercase hex digits."""
-    return hashlib.sha256(data).hexdigest()
+    return hex_digest(SHA256, data)
 
 
 def entries_for(contents: Mapping[str, bytes]) -> list[FileEntry]:
