@@ -1,10 +1,11 @@
 """The relay server: pairs a sender with a receiver per code and forwards their messages.
 
 One process serves many pairs. Each connection's handler reads the hello, joins a room
-(pairing.Rooms decides), then pumps what its own peer sends to the partner. Memory per
-pair stays bounded because a pump awaits the partner's ``send`` (which waits for the
-socket to drain) before reading the next message, and the incoming queue is small, so a
-slow receiver slows the sender down through TCP instead of filling the relay's memory.
+(pairing.Rooms decides), then passes on what its own peer sends to the partner: binary
+frames as they are parsed (forwarding.py), the rest as whole messages. Memory per pair
+stays bounded because reading from a peer pauses while its partner's socket has not
+drained, and the incoming queue is small, so a slow receiver slows the sender down
+through TCP instead of filling the relay's memory.
 
 Besides WebSocket, the port answers plain GETs: ``/healthz`` (the process is up),
 ``/readyz`` (it takes new peers: 503 while draining) and ``/metrics`` (Prometheus).
@@ -38,6 +39,7 @@ from websockets.protocol import State
 from .admission import LOOPBACK, Admission, Limits, Refusal, client_host, parse_networks
 from .codes import room_from_path
 from .errors import RemoteProtocolError
+from .forwarding import ForwardingConnection, FrameTap, Verdict
 from .logs import AddressMode, event, show_address
 from .messages import CloseCode, Hello, Ready, Waiting, encode, parse_hello
 from .metrics import LATENCY_SAMPLE_MASK, RelayMetrics, RelayStats, relay_metrics
@@ -152,7 +154,7 @@ class RelayConfig:
         )
 
 
-class _Connection(ServerConnection):
+class _Connection(ForwardingConnection):
     """A ServerConnection counted by the relay's admission from TCP open to TCP close.
 
     Counting at the TCP level, not in the handler, covers connections that never finish
@@ -193,6 +195,8 @@ class _Pair:
         self.limited: str | None = None
         self.members = 2
         self.deadline: asyncio.Task[None] | None = None
+        #: Both peers' closes once a limit ended the pair.
+        self.closing: asyncio.Future[Any] | None = None
 
 
 class _Peer:
@@ -206,6 +210,8 @@ class _Peer:
         self.pair: _Pair | None = None
         #: Counted in the admission's waiting peers.
         self.waiting = False
+        #: Payload bytes passed on from this peer.
+        self.forwarded = 0
 
 
 def server_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
@@ -500,6 +506,8 @@ class Relay:
         try:
             async with asyncio.timeout(self.config.hello_timeout):
                 first = await ws.recv()
+            if isinstance(ws, ForwardingConnection):
+                ws.handed_on()
         except TimeoutError:
             self.stats.rejections["hello_timeout"] += 1
             await ws.close(CloseCode.HELLO_TIMEOUT, "no hello arrived in time")
@@ -567,25 +575,56 @@ class Relay:
     async def _pair_deadline(self, pair: _Pair, peer: _Peer, partner: _Peer) -> None:
         seconds = self.config.max_pair_seconds
         await asyncio.sleep(seconds)
-        await self._end_pair(pair, peer, partner, "pair_duration",
-                             f"the relay allows a transfer {seconds:g} s at most")
+        self._end_pair(pair, peer, partner, "pair_duration",
+                       f"the relay allows a transfer {seconds:g} s at most")
 
-    async def _end_pair(self, pair: _Pair, peer: _Peer, partner: _Peer, label: str,
-                        reason: str) -> None:
-        """Close both peers with PAIR_LIMIT: a limit of the relay ended their pair."""
+    def _end_pair(self, pair: _Pair, peer: _Peer, partner: _Peer, label: str,
+                  reason: str) -> None:
+        """Close both peers with PAIR_LIMIT (once): a limit of the relay ended their pair.
+
+        Synchronous, so that a frame over the byte cap stops the pair before the next one.
+        """
         if pair.limited is not None:
             return
         pair.limited = label
         self.stats.rejections[label] += 1
         event(log, logging.INFO, "pair_limit", limit=label, bytes=pair.bytes)
-        await asyncio.gather(
+        pair.closing = asyncio.gather(
             peer.ws.close(CloseCode.PAIR_LIMIT, _reason(reason)),
             partner.ws.close(CloseCode.PAIR_LIMIT, _reason(reason)),
             return_exceptions=True,
         )
 
+    def _tap(self, pair: _Pair, peer: _Peer, partner: _Peer) -> FrameTap:
+        """Counts what ``peer`` passes on, frame by frame, and enforces the byte cap."""
+        stats = self.stats
+        sampling = self.metrics is not None
+        max_bytes = self.config.max_pair_bytes
+
+        def tap(size: int, fin: bool) -> Verdict:
+            if pair.limited is not None:
+                return Verdict.STOP
+            if max_bytes and pair.bytes + size > max_bytes:
+                self._end_pair(pair, peer, partner, "pair_bytes",
+                               f"the relay allows a transfer {max_bytes:,} bytes at most")
+                return Verdict.STOP
+            pair.bytes += size
+            stats.bytes_forwarded += size
+            peer.forwarded += size
+            if not fin:
+                return Verdict.PASS
+            timed = sampling and not stats.messages_forwarded & LATENCY_SAMPLE_MASK
+            stats.messages_forwarded += 1
+            return Verdict.TIMED if timed else Verdict.PASS
+
+        return tap
+
     async def _relay(self, peer: _Peer, partner: _Peer) -> Outcome:
-        """Forward what ``peer`` sends to ``partner``; the partner's handler does the reverse."""
+        """Forward what ``peer`` sends to ``partner``; the partner's handler does the reverse.
+
+        Binary frames go straight to the partner whenever order allows (forwarding.py);
+        this loop passes on the rest: text, and what was queued before the pair formed.
+        """
         peer.phase = Phase.RELAYING
         pair = peer.pair
         assert pair is not None
@@ -593,29 +632,26 @@ class Relay:
         if is_sender:
             self.stats.active_pairs += 1
         started = time.monotonic()
-        stats = self.stats
         observe = self.metrics.observe_forward if self.metrics is not None else None
-        max_bytes = self.config.max_pair_bytes
-        forwarded = 0
+        tap = self._tap(pair, peer, partner)
+        if isinstance(peer.ws, ForwardingConnection) and isinstance(
+                partner.ws, ForwardingConnection):
+            peer.ws.forward_to(partner.ws, tap, observe)
         try:
             async for message in peer.ws:
                 # Text arrives decoded: count its UTF-8 bytes, not its characters.
                 size = len(message) if isinstance(message, bytes) else len(message.encode())
-                if max_bytes and pair.bytes + size > max_bytes:
-                    await self._end_pair(
-                        pair, peer, partner, "pair_bytes",
-                        f"the relay allows a transfer {max_bytes:,} bytes at most")
+                verdict = tap(size, True)
+                if verdict is Verdict.STOP:
                     break
-                pair.bytes += size
-                if observe is None or stats.messages_forwarded & LATENCY_SAMPLE_MASK:
-                    await partner.ws.send(message)
-                else:
+                if verdict is Verdict.TIMED and observe is not None:
                     sent_at = time.perf_counter()
                     await partner.ws.send(message)
                     observe(time.perf_counter() - sent_at)
-                stats.messages_forwarded += 1
-                stats.bytes_forwarded += size
-                forwarded += size
+                else:
+                    await partner.ws.send(message)
+                if isinstance(peer.ws, ForwardingConnection):
+                    peer.ws.handed_on()
         except ConnectionClosed:
             pass  # either side closed; the close codes below say which
         finally:
@@ -635,7 +671,7 @@ class Relay:
         if is_sender:
             self.stats.pairs[outcome.value] += 1
             event(log, logging.INFO, "pair_end", outcome=outcome.value,
-                  seconds=round(time.monotonic() - started, 3), bytes=forwarded,
+                  seconds=round(time.monotonic() - started, 3), bytes=peer.forwarded,
                   sender=self._address(peer.ws), receiver=self._address(partner.ws))
         return outcome
 

@@ -1,0 +1,157 @@
+"""The relay's frame path (forwarding.py): frames go on as parsed, in order, with backpressure.
+
+Real relay on loopback, real websockets clients. The relay-wide behaviour (one-to-one
+forwarding, slow receivers, limits, metrics) is tested in test_relay*.py; these tests pin
+what is particular to passing frames on before their message is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from p2p_copy.messages import CloseCode
+from p2p_copy.relay import Relay
+from p2p_copy.testing import running_relay
+
+from .test_relay import READY, Peers, closed, join_waiting, new_hash, pair
+
+KiB = 1024
+
+
+@pytest.fixture
+async def peers(relay: Relay) -> AsyncIterator[Peers]:
+    """Clients of conftest's relay, closed after the test."""
+    async with Peers(relay.url) as p:
+        yield p
+
+
+async def fragments(parts: list[bytes], gate: asyncio.Event | None = None,
+                    after: int = 1) -> AsyncIterator[bytes]:
+    """``parts`` as one fragmented message; waits for ``gate`` after the first ``after``."""
+    for i, part in enumerate(parts):
+        if gate is not None and i == after:
+            await gate.wait()
+        yield part
+
+
+async def first_fragment(ws: ClientConnection) -> bytes:
+    """The first fragment of the next message, as soon as it arrives."""
+    async for fragment in ws.recv_streaming():
+        assert isinstance(fragment, bytes)
+        return fragment
+    raise AssertionError("no fragment")
+
+
+async def test_binary_fragments_arrive_before_their_message_is_complete(
+        relay: Relay, peers: Peers) -> None:
+    """The receiver reads a message's first fragment while the sender still holds the rest."""
+    async with asyncio.timeout(9):
+        sender, receiver = await pair(relay, peers)
+        gate = asyncio.Event()
+        parts = [b"a" * 100 * KiB, b"b" * 100 * KiB, b"c"]
+        sending = asyncio.ensure_future(sender.send(fragments(parts, gate)))
+        reading = receiver.recv_streaming()
+        assert await anext(reading) == parts[0]
+        assert not sending.done()
+        gate.set()
+        rest = [part async for part in reading if isinstance(part, bytes)]
+        assert b"".join(rest) == b"".join(parts[1:])
+        await sending
+        await sender.send(b"next")
+        assert await receiver.recv() == b"next"
+
+
+async def test_what_waited_for_the_partner_arrives_first_and_in_order(
+        relay: Relay, peers: Peers) -> None:
+    """Text and binary sent before pairing, then a stream of both: one order, both ways."""
+    async with asyncio.timeout(9):
+        code_hash = new_hash()
+        receiver = await join_waiting(relay, peers, code_hash, "receiver")
+        early: list[str | bytes] = [b"early-0", "early-1", b"early-2" * 1000]
+        for message in early:
+            await receiver.send(message)
+        sender = await peers.join(code_hash, "sender")
+        assert json.loads(await sender.recv()) == READY
+        later: list[str | bytes] = [
+            f"text-{i}" if i % 5 == 0 else i.to_bytes(4, "big") * (i * 97 % 4096)
+            for i in range(300)]
+        sending = asyncio.ensure_future(_send_all(receiver, later))
+        got = [await sender.recv() for _ in range(len(early) + len(later))]
+        await sending
+        assert got == early + later
+
+
+async def _send_all(ws: ClientConnection, messages: list[str | bytes]) -> None:
+    for message in messages:
+        await ws.send(message)
+
+
+async def test_fragmented_text_then_binary_keeps_its_order(
+        relay: Relay, peers: Peers) -> None:
+    """A text message in fragments (through the handler) is not overtaken by binary frames."""
+    async with asyncio.timeout(9):
+        sender, receiver = await pair(relay, peers)
+        for round_ in range(20):
+            text = [f"t{round_}-" + "é" * 3000, "x" * 5000, "end"]
+            await sender.send(iter(text))
+            await sender.send(fragments([b"1" * 70 * KiB, b"2" * KiB]))
+            await sender.send(b"whole")
+        for round_ in range(20):
+            assert await receiver.recv() == f"t{round_}-" + "é" * 3000 + "x" * 5000 + "end"
+            assert await receiver.recv() == b"1" * 70 * KiB + b"2" * KiB
+            assert await receiver.recv() == b"whole"
+
+
+async def test_byte_cap_in_the_middle_of_a_fragmented_message_closes_both() -> None:
+    """Over max_pair_bytes between two fragments: 4008 to both, the relay serves on."""
+    async with asyncio.timeout(20), running_relay(max_pair_bytes=200 * KiB) as capped, \
+            Peers(capped.url) as clients:
+        sender, receiver = await pair(capped, clients)
+        parts = [bytes(150 * KiB), bytes(150 * KiB), bytes(10)]
+        try:
+            await sender.send(fragments(parts))
+        except ConnectionClosed:
+            pass
+        codes = []
+        for ws in (sender, receiver):
+            try:
+                while True:
+                    await ws.recv()
+            except ConnectionClosed as exc:
+                codes.append(exc.rcvd.code if exc.rcvd else None)
+        assert codes == [CloseCode.PAIR_LIMIT, CloseCode.PAIR_LIMIT]
+        assert capped.stats.rejections["pair_bytes"] == 1
+        again_sender, again_receiver = await pair(capped, clients)
+        await again_sender.send(b"fine")
+        assert await again_receiver.recv() == b"fine"
+
+
+async def test_partner_gone_mid_message_ends_the_pair_cleanly(
+        relay: Relay, peers: Peers) -> None:
+    """The receiver drops while a fragmented message streams: the sender hears 4004."""
+    async with asyncio.timeout(9):
+        sender, receiver = await pair(relay, peers)
+        gate = asyncio.Event()
+        sending = asyncio.ensure_future(
+            sender.send(fragments([bytes(64 * KiB)] * 50, gate)))
+        assert len(await first_fragment(receiver)) == 64 * KiB
+        receiver.transport.abort()
+        gate.set()
+        code, _ = await closed_or_sending(sender, sending)
+        assert code == CloseCode.PEER_GONE
+
+
+async def closed_or_sending(ws: ClientConnection,
+                            sending: asyncio.Future[None]) -> tuple[int | None, str]:
+    """The close code ``ws`` gets while its fragmented send may still be running."""
+    try:
+        await sending
+    except ConnectionClosed:
+        pass
+    return await closed(ws)
