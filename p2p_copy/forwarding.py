@@ -74,6 +74,10 @@ class ForwardingConnection(ServerConnection):
         """The handler is done with a message it took with ``recv()``."""
         self._backlog -= 1
 
+    def discard(self) -> None:
+        """Drop every later data frame: the pair is ending, nobody will pass them on."""
+        self._discarding = True
+
     def process_event(self, event: Event) -> None:
         if isinstance(event, Frame) and event.opcode in _DATA_OPCODES:
             if self._discarding:
@@ -93,7 +97,7 @@ class ForwardingConnection(ServerConnection):
         size = len(frame.data)
         verdict = tap(size, frame.fin)
         if verdict is Verdict.STOP:
-            self._discarding = True
+            self.discard()
             return
         started = time.perf_counter()
         try:
@@ -103,7 +107,7 @@ class ForwardingConnection(ServerConnection):
                 target.protocol.send_binary(frame.data, frame.fin)
         except InvalidState:
             # The partner is closing; its handler closes this side in turn.
-            self._discarding = True
+            self.discard()
             return
         self._direct_message = not frame.fin
         for data in target.protocol.data_to_send():

@@ -626,23 +626,25 @@ class Relay:
         this loop passes on the rest: text, and what was queued before the pair formed.
         """
         peer.phase = Phase.RELAYING
-        pair = peer.pair
+        pair, source = peer.pair, peer.ws
         assert pair is not None
+        # Relay.start() has websockets make every connection a _Connection.
+        assert isinstance(source, ForwardingConnection)
+        assert isinstance(partner.ws, ForwardingConnection)
         is_sender = peer.hello.role == "sender"
         if is_sender:
             self.stats.active_pairs += 1
         started = time.monotonic()
         observe = self.metrics.observe_forward if self.metrics is not None else None
         tap = self._tap(pair, peer, partner)
-        if isinstance(peer.ws, ForwardingConnection) and isinstance(
-                partner.ws, ForwardingConnection):
-            peer.ws.forward_to(partner.ws, tap, observe)
+        source.forward_to(partner.ws, tap, observe)
         try:
-            async for message in peer.ws:
+            async for message in source:
                 # Text arrives decoded: count its UTF-8 bytes, not its characters.
                 size = len(message) if isinstance(message, bytes) else len(message.encode())
                 verdict = tap(size, True)
                 if verdict is Verdict.STOP:
+                    source.discard()
                     break
                 if verdict is Verdict.TIMED and observe is not None:
                     sent_at = time.perf_counter()
@@ -650,8 +652,7 @@ class Relay:
                     observe(time.perf_counter() - sent_at)
                 else:
                     await partner.ws.send(message)
-                if isinstance(peer.ws, ForwardingConnection):
-                    peer.ws.handed_on()
+                source.handed_on()
         except ConnectionClosed:
             pass  # either side closed; the close codes below say which
         finally:

@@ -155,3 +155,21 @@ async def closed_or_sending(ws: ClientConnection,
     except ConnectionClosed:
         pass
     return await closed(ws)
+
+
+async def test_text_over_the_byte_cap_drops_what_follows_and_closes_both() -> None:
+    """The handler's path stops at the cap too; frames behind it are dropped, not queued."""
+    async with asyncio.timeout(20), running_relay(max_pair_bytes=1000) as capped, \
+            Peers(capped.url) as clients:
+        sender, receiver = await pair(capped, clients)
+        await sender.send("a" * 600)
+        try:
+            await sender.send("b" * 600)
+            for _ in range(20):
+                await sender.send(bytes(64 * KiB))
+        except ConnectionClosed:
+            pass
+        assert await receiver.recv() == "a" * 600
+        assert (await closed(receiver))[0] == CloseCode.PAIR_LIMIT
+        assert (await closed(sender))[0] == CloseCode.PAIR_LIMIT
+        assert capped.stats.bytes_forwarded == 600
