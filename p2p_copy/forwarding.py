@@ -14,6 +14,10 @@ Order and backpressure stay what they were:
   direct only when no earlier message is queued there or being sent, so nothing overtakes.
 - While the partner's write buffer is over its high-water mark, reading from this side
   is paused, as the handler's awaited ``send()`` did; TCP then slows the sender down.
+
+The hook is ``Connection.process_event``, which websockets documents as the method its
+subclasses override. Should a release rename it, every frame would take the handler's
+path again: still correct, only slower, and tests/test_relay_forwarding.py would fail.
 """
 
 from __future__ import annotations
