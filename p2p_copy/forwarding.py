@@ -27,9 +27,8 @@ import time
 from collections.abc import Callable
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
-from websockets.protocol import Event
+from websockets.protocol import Event, State
 
 __all__ = ["ForwardingConnection", "FrameTap", "Verdict"]
 
@@ -98,21 +97,19 @@ class ForwardingConnection(ServerConnection):
     def _pass_on(self, frame: Frame) -> None:
         target, tap = self._target, self._tap
         assert target is not None and tap is not None
-        size = len(frame.data)
-        verdict = tap(size, frame.fin)
+        if target.protocol.state is not State.OPEN:
+            # The partner is closing; its handler closes this side in turn.
+            self.discard()
+            return
+        verdict = tap(len(frame.data), frame.fin)
         if verdict is Verdict.STOP:
             self.discard()
             return
         started = time.perf_counter()
-        try:
-            if frame.opcode is Opcode.CONT:
-                target.protocol.send_continuation(frame.data, frame.fin)
-            else:
-                target.protocol.send_binary(frame.data, frame.fin)
-        except InvalidState:
-            # The partner is closing; its handler closes this side in turn.
-            self.discard()
-            return
+        if frame.opcode is Opcode.CONT:
+            target.protocol.send_continuation(frame.data, frame.fin)
+        else:
+            target.protocol.send_binary(frame.data, frame.fin)
         self._direct_message = not frame.fin
         for data in target.protocol.data_to_send():
             target.transport.write(data)
