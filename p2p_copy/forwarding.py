@@ -14,6 +14,8 @@ Order and backpressure stay what they were:
   direct only when no earlier message is queued there or being sent, so nothing overtakes.
 - While the partner's write buffer is over its high-water mark, reading from this side
   is paused, as the handler's awaited ``send()`` did; TCP then slows the sender down.
+  websockets' assembler pauses and resumes the same transport when its queue fills and
+  drains: reading resumes only when neither holds it, whichever lets go last.
 
 The hook is ``Connection.process_event``, which websockets documents as the method its
 subclasses override. Should a release rename it, every frame would take the handler's
@@ -78,8 +80,13 @@ class ForwardingConnection(ServerConnection):
         self._backlog -= 1
 
     def discard(self) -> None:
-        """Drop every later data frame: the pair is ending, nobody will pass them on."""
+        """Drop every later data frame: the pair is ending, nobody will pass them on.
+
+        Reading goes on (unless the assembler holds it), so the close frame gets through.
+        """
         self._discarding = True
+        if self._paused_by is not None:
+            self._unhold()
 
     def process_event(self, event: Event) -> None:
         if isinstance(event, Frame) and event.opcode in _DATA_OPCODES:
@@ -114,10 +121,8 @@ class ForwardingConnection(ServerConnection):
         for data in target.protocol.data_to_send():
             target.transport.write(data)
         if target._writing_paused:
-            if self._paused_by is None:
-                self._paused_by = target
-                target._held_source = self
-                self.transport.pause_reading()
+            # Even if already held: the assembler may have resumed reading meanwhile.
+            self._hold(target)
             if verdict is Verdict.TIMED:
                 if target._timing is None:
                     target._timing = []
@@ -139,13 +144,26 @@ class ForwardingConnection(ServerConnection):
         # The source must read again, if only to take its close frame.
         self._release_source(timed=False)
 
+    def _hold(self, target: ForwardingConnection) -> None:
+        """Stop reading until ``target``'s write buffer drains."""
+        self._paused_by = target
+        target._held_source = self
+        self.transport.pause_reading()
+
+    def _unhold(self) -> None:
+        """Read again, unless the assembler's queue is full: it resumes once drained."""
+        target, self._paused_by = self._paused_by, None
+        if target is not None and target._held_source is self:
+            target._held_source = None
+        if not self.recv_messages.paused:
+            self.transport.resume_reading()
+
     def _release_source(self, *, timed: bool) -> None:
         source, self._held_source = self._held_source, None
         timing, self._timing = self._timing, None
         if source is None or source._paused_by is not self:
             return
-        source._paused_by = None
-        source.transport.resume_reading()
+        source._unhold()
         if timed and timing and source._timer is not None:
             now = time.perf_counter()
             for started in timing:

@@ -13,8 +13,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.client import ClientConnection
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
+from p2p_copy.forwarding import ForwardingConnection, Verdict
 from p2p_copy.messages import CloseCode
 from p2p_copy.relay import Relay
 from p2p_copy.testing import running_relay
@@ -173,3 +179,90 @@ async def test_text_over_the_byte_cap_drops_what_follows_and_closes_both() -> No
         assert (await closed(receiver))[0] == CloseCode.PAIR_LIMIT
         assert (await closed(sender))[0] == CloseCode.PAIR_LIMIT
         assert capped.stats.bytes_forwarded == 600
+
+
+# --- the pause bookkeeping, without sockets --------------------------------------------
+
+
+class _Transport(asyncio.Transport):
+    """Records reading and buffers writes, calling the protocol's flow control at 32 KiB."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading, self.buffered = True, 0
+        self.protocol: ForwardingConnection | None = None
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self.protocol is not None
+        before, self.buffered = self.buffered, self.buffered + len(data)
+        if before <= 32 * KiB < self.buffered:
+            self.protocol.pause_writing()
+
+    def drain(self) -> None:
+        assert self.protocol is not None
+        self.buffered = 0
+        self.protocol.resume_writing()
+
+
+class _Server:
+    """What a ServerConnection needs of its server: a handler and the set of its tasks."""
+
+    def __init__(self) -> None:
+        self.handler_tasks: set[asyncio.Task[None]] = set()
+
+    async def handler(self, connection: object) -> None:
+        pass
+
+
+def _open_connection() -> tuple[ForwardingConnection, _Transport]:
+    protocol = ServerProtocol()
+    protocol.state = State.OPEN  # as after the opening handshake
+    connection = ForwardingConnection(protocol, _Server(), max_queue=4)  # type: ignore[arg-type]
+    transport = _Transport()
+    transport.protocol = connection
+    connection.connection_made(transport)
+    connection.request = Request("/", Headers())
+    return connection, transport
+
+
+async def test_reading_resumes_only_when_neither_the_partner_nor_the_queue_holds_it() -> None:
+    """The partner drains while the assembler's queue is full: reading stays paused."""
+    a, reading_a = _open_connection()
+    b, writing_b = _open_connection()
+    a.forward_to(b, lambda size, fin: Verdict.PASS)
+    a.process_event(Frame(Opcode.BINARY, bytes(40 * KiB)))  # direct: b's buffer is full
+    assert not reading_a.reading
+    a.process_event(Frame(Opcode.TEXT, b"t"))  # the same read: to the handler, in order
+    for _ in range(5):
+        a.process_event(Frame(Opcode.BINARY, b"s"))  # behind the text: queued too
+    writing_b.drain()
+    assert not reading_a.reading, "the assembler's full queue must keep reading paused"
+    for _ in range(6):
+        await a.recv()
+        a.handed_on()
+    assert reading_a.reading
+    # The assembler resumed reading while the partner was full again: the next direct
+    # frame pauses reading once more.
+    a.process_event(Frame(Opcode.BINARY, bytes(40 * KiB)))
+    assert not reading_a.reading
+    writing_b.drain()
+    assert reading_a.reading
+    a.discard()
