@@ -112,7 +112,7 @@ class ForwardingConnection(ServerConnection):
         if verdict is Verdict.STOP:
             self.discard()
             return
-        started = time.perf_counter()
+        started = time.perf_counter() if verdict is Verdict.TIMED else 0.0
         if frame.opcode is Opcode.CONT:
             target.protocol.send_continuation(frame.data, frame.fin)
         else:
