@@ -2,8 +2,8 @@
 
 Every file is written to a hidden temporary name beside its final name, hashed while it
 is written, and renamed only after its digest (BLAKE3 or SHA-256) matches the sender's.
-Folders are created one component at a time and never through a symlink, so a manifest cannot
-reach outside the destination even if the destination already holds hostile links.
+Folders are created one component at a time and never through a symlink, so a manifest
+cannot reach outside the destination even if the destination already holds hostile links.
 On a definitive failure ``abort`` removes the temporary files and the folders this
 transfer made.
 

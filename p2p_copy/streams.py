@@ -9,9 +9,9 @@ a pipe (standard output) and ``ObjectSink`` rebuilds one object in memory.
 Memory stays bounded by the chunk size: nothing holds a whole stream, except an object
 that has to exist in memory anyway (ObjectDecoder writes an array straight into place).
 Every sink checks each file's digest (SHA-256 or BLAKE3, digests.py) before it reports
-the file complete. What a pipe
-sink has written cannot be taken back: when the check fails, the bytes are already out,
-and only the error (the CLI's exit code) says that they are not to be trusted.
+the file complete. What a pipe sink has written cannot be taken back: when the check
+fails, the bytes are already out, and only the error (the CLI's exit code) says that they
+are not to be trusted.
 
 All methods block: the asyncio layer calls them from a worker thread.
 """

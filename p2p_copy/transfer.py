@@ -16,8 +16,8 @@ The data stream is every file's bytes concatenated in manifest order (each from 
 offset the sender accepted in ``resume``, else from 0), cut into binary messages of any
 size, so that one message can carry many small files. A ``checksums``
 message gives the digests of files whose last byte has been sent: SHA-256, or BLAKE3 if
-the manifest offered it and the receiver's accept picked it (digests.py). Either side may send
-``error`` at any time and then close.
+the manifest offered it and the receiver's accept picked it (digests.py). Either side may
+send ``error`` at any time and then close.
 
 Each machine is fed what arrived (``receive``) and asked for what to send (``hello``,
 ``manifest``, ...). A call in the wrong state raises LocalProtocolError; a message in the
