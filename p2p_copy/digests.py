@@ -43,7 +43,7 @@ class Hash(Protocol):
 _blake3: Callable[[], Hash] | None
 try:
     from blake3 import blake3 as _blake3
-except ImportError:  # without it (no wheel for a platform), every transfer uses SHA-256
+except ImportError:  # installed without it (--no-deps, a distro's packages): SHA-256 only
     _blake3 = None
 
 

@@ -196,7 +196,10 @@ class JsonProgress(NoProgress):
                    rate=round(self.done / elapsed))
 
     def file_done(self, result: FileResult) -> None:
+        # ``algorithm`` and ``digest`` for scripts; the digest also under its algorithm's
+        # name, so that "sha256" is there whenever SHA-256 was used, as before BLAKE3.
         self._emit("file", path=display_name(result.path), size=result.size,
+                   algorithm=result.algorithm, digest=result.digest,
                    **{result.algorithm: result.digest})
 
     def verifying(self) -> None:

@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .compression import DEFAULT_LEVEL, ChunkCompressor, ChunkDecompressor, CompressionStats
-from .digests import SHA256, choose, preferred
+from .digests import SHA256, available, choose, preferred
 from .errors import (
     EncryptionMismatchError,
     LocalProtocolError,
@@ -276,8 +276,10 @@ class Sender:
         digests: Sequence[str] | None = None,
     ) -> None:
         self.state = SenderState.START
-        #: The hash algorithms the manifest offers, best first (default: digests.preferred()).
-        self.digests_offered = tuple(digests) if digests is not None else preferred()
+        #: The hash algorithms the manifest offers, best first: digests.preferred(), or those
+        #: of ``digests`` this peer can hash (SHA-256 if none).
+        self.digests_offered = preferred() if digests is None else (
+            tuple(name for name in digests if name in available()) or (SHA256,))
         #: The one the receiver picked in its accept (SHA-256 until then, and if it says none).
         self.digest = SHA256
         self.code_hash_hex = code_hash_hex
@@ -361,7 +363,8 @@ class Sender:
         if isinstance(parsed, Accept):
             # Names we do not know are ignored: the receiver may decode more than we send.
             self.peer_accepts_zstd = ZSTD in (parsed.compression or ())
-            digest = parsed.digest or SHA256
+            # Only a missing field means SHA-256 (§6.5); "" is a name nobody offered.
+            digest = SHA256 if parsed.digest is None else parsed.digest
             if digest != SHA256 and digest not in self.digests_offered:
                 raise self._fail(RemoteProtocolError(
                     f"The receiver broke the protocol: it picked the hash {digest!r}, which "

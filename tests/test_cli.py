@@ -235,6 +235,10 @@ def test_json_events_one_object_per_line(processes: Processes, tmp_path: Path) -
         assert firsts == sorted(firsts), names
         assert names[-1] == "finished"
         assert names.count("file") == 2
+        for file in (e for e in events if e["event"] == "file"):
+            assert file["algorithm"] in ("blake3", "sha256"), file
+            assert re.fullmatch(r"[0-9a-f]{64}", file["digest"]), file
+            assert file[file["algorithm"]] == file["digest"]
         assert "error" not in names
         finished = events[-1]
         assert finished["exit_code"] == 0

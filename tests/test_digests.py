@@ -124,13 +124,15 @@ def test_a_receiver_limited_to_sha256_says_so() -> None:
     assert pair.sender.digest == SHA256
 
 
-def test_an_accept_picking_a_hash_not_offered_is_refused() -> None:
+@pytest.mark.parametrize("picked", [BLAKE3, "", "md5"])
+def test_an_accept_picking_a_hash_not_offered_is_refused(picked: str) -> None:
+    """Only a missing ``digest`` means SHA-256; any name the manifest did not offer fails."""
     sender = Sender(CODE_HASH, ENTRIES, digests=(SHA256,))
     sender.hello()
     sender.receive('{"type":"ready"}')
     list(sender.manifest())
     with pytest.raises(RemoteProtocolError, match="did not offer"):
-        sender.receive(encode(Accept(digest=BLAKE3)))
+        sender.receive(encode(Accept(digest=picked)))
 
 
 def test_checksums_in_another_hash_than_agreed_are_refused() -> None:

@@ -39,7 +39,7 @@ KiB = 2**10
 # --- helpers ---------------------------------------------------------------------------
 
 
-def sha256_of(path: Path, algorithm: str = SHA256) -> str:
+def digest_of(path: Path, algorithm: str = SHA256) -> str:
     """A file's digest (SHA-256 unless told), read in chunks so that large files cost no
     memory."""
     digest = digests.new(algorithm)
@@ -110,7 +110,7 @@ def check_results(sent: TransferResult, got: TransferResult, expected: dict[str,
         # Both peers have BLAKE3, so that is what they check with.
         assert result.algorithm == BLAKE3 and result.sha256 is None
         assert result.digest == hex_digest(BLAKE3, source.read_bytes())
-        assert sha256_of(dest / result.path, BLAKE3) == result.digest
+        assert digest_of(dest / result.path, BLAKE3) == result.digest
     assert sent.files == got.files
     total = sum(p.stat().st_size for p in expected.values())
     assert sent.bytes == got.bytes == total
@@ -605,7 +605,7 @@ def test_cli_memory_stays_bounded_for_a_large_file(processes: Processes,
         for offset in (0, size // 2 - 12345, size - MiB):  # some real data in it too
             f.seek(offset)
             f.write(os.urandom(MiB))
-    expected = sha256_of(src)
+    expected = digest_of(src)
     dest = tmp_path / "out"
     port = free_port()
     url = f"ws://127.0.0.1:{port}"
@@ -633,7 +633,7 @@ def test_cli_memory_stays_bounded_for_a_large_file(processes: Processes,
     assert relay_rss < limit_kib, f"relay peak RSS {relay_rss} KiB"
     received = dest / "large.bin"
     assert received.stat().st_size == size
-    assert sha256_of(received) == expected
+    assert digest_of(received) == expected
     assert not leftovers(dest)
 
 
