@@ -15,7 +15,8 @@ Order and backpressure stay what they were:
 - While the partner's write buffer is over its high-water mark, reading from this side
   is paused, as the handler's awaited ``send()`` did; TCP then slows the sender down.
   websockets' assembler pauses and resumes the same transport when its queue fills and
-  drains: reading resumes only when neither holds it, whichever lets go last.
+  drains; its resume callback is replaced so that reading resumes only when neither
+  holds it, whichever lets go last.
 
 The hook is ``Connection.process_event``, which websockets documents as the method its
 subclasses override. Should a release rename it, every frame would take the handler's
@@ -24,6 +25,7 @@ path again: still correct, only slower, and tests/test_relay_forwarding.py would
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import Callable
@@ -66,9 +68,17 @@ class ForwardingConnection(ServerConnection):
     _paused_by: ForwardingConnection | None = None
     #: On the partner: the connection whose reading waits for this one's buffer to drain.
     _held_source: ForwardingConnection | None = None
-    _writing_paused = False
     #: Hand-overs being timed until the write buffer drains (perf_counter at the start).
     _timing: list[float] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # The assembler resumes reading when its queue drains; not while a partner holds it.
+        self.recv_messages.resume = self._queue_drained
+
+    def _queue_drained(self) -> None:
+        if self._paused_by is None:
+            self.transport.resume_reading()
 
     def forward_to(self, target: ForwardingConnection, tap: FrameTap,
                    timer: Callable[[float], None] | None = None) -> None:
@@ -82,11 +92,12 @@ class ForwardingConnection(ServerConnection):
     def discard(self) -> None:
         """Drop every later data frame: the pair is ending, nobody will pass them on.
 
-        Reading goes on (unless the assembler holds it), so the close frame gets through.
+        Reading goes on even while the assembler's queue is full: nothing joins the queue
+        any more, and the handler may never empty it, but the close frame must get through.
         """
         self._discarding = True
-        if self._paused_by is not None:
-            self._unhold()
+        self._unhold()
+        self.transport.resume_reading()
 
     def process_event(self, event: Event) -> None:
         if isinstance(event, Frame) and event.opcode in _DATA_OPCODES:
@@ -118,11 +129,10 @@ class ForwardingConnection(ServerConnection):
         else:
             target.protocol.send_binary(frame.data, frame.fin)
         self._direct_message = not frame.fin
-        for data in target.protocol.data_to_send():
-            target.transport.write(data)
-        if target._writing_paused:
-            # Even if already held: the assembler may have resumed reading meanwhile.
-            self._hold(target)
+        target.send_data()
+        if target.paused:  # websockets' flag: its write buffer is over the high-water mark
+            if self._paused_by is None:
+                self._hold(target)
             if verdict is Verdict.TIMED:
                 if target._timing is None:
                     target._timing = []
@@ -130,13 +140,8 @@ class ForwardingConnection(ServerConnection):
         elif verdict is Verdict.TIMED and self._timer is not None:
             self._timer(time.perf_counter() - started)
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._writing_paused = True
-
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._writing_paused = False
         self._release_source(timed=True)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -195,7 +195,8 @@ class _Pair:
         self.limited: str | None = None
         self.members = 2
         self.deadline: asyncio.Task[None] | None = None
-        #: Both peers' closes once a limit ended the pair.
+        #: Both peers' closes once a limit ended the pair: held so that the event loop's
+        #: weak references are not the only ones to their tasks while they run.
         self.closing: asyncio.Future[Any] | None = None
 
 
@@ -662,8 +663,8 @@ class Relay:
             pair.members -= 1
             if pair.members == 0:
                 self.admission.end_pair()
-            if pair.deadline is not None and pair.limited != "pair_duration":
-                pair.deadline.cancel()
+            if pair.deadline is not None:
+                pair.deadline.cancel()  # a no-op if the deadline itself ended the pair
         if pair.limited is not None:
             await peer.ws.wait_closed()
             outcome = Outcome.LIMITED

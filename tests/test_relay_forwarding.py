@@ -259,10 +259,33 @@ async def test_reading_resumes_only_when_neither_the_partner_nor_the_queue_holds
         await a.recv()
         a.handed_on()
     assert reading_a.reading
-    # The assembler resumed reading while the partner was full again: the next direct
-    # frame pauses reading once more.
+    # Now the other way round: the partner is full again and holds reading, and then the
+    # assembler's queue fills and drains. Its drain must not resume reading.
     a.process_event(Frame(Opcode.BINARY, bytes(40 * KiB)))
     assert not reading_a.reading
+    a.process_event(Frame(Opcode.TEXT, b"t"))
+    for _ in range(5):
+        a.process_event(Frame(Opcode.BINARY, b"s"))
+    for _ in range(6):
+        await a.recv()
+        a.handed_on()
+    assert not reading_a.reading, "the partner's full buffer must keep reading paused"
     writing_b.drain()
     assert reading_a.reading
     a.discard()
+
+
+async def test_discard_reads_on_though_the_queue_is_full() -> None:
+    """A pair ending at a limit: the handler stops taking messages, yet the close frame
+    behind a full queue must still be read."""
+    a, reading_a = _open_connection()
+    b, _ = _open_connection()
+    a.forward_to(b, lambda size, fin: Verdict.PASS)
+    a.process_event(Frame(Opcode.TEXT, b"t"))
+    for _ in range(5):
+        a.process_event(Frame(Opcode.BINARY, b"s"))  # behind the text: the queue fills
+    assert not reading_a.reading
+    a.discard()
+    assert reading_a.reading
+    a.process_event(Frame(Opcode.BINARY, b"late"))  # dropped, not queued
+    assert len(a.recv_messages.frames) == 6
