@@ -16,6 +16,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from p2p_copy.digests import BLAKE3, SHA256, available
 from p2p_copy.errors import (
     DestinationExistsError,
     DiskFullError,
@@ -184,14 +185,14 @@ def test_file_spanning_several_messages() -> None:
     assert completed(events) == [(0, sha256_hex(content))]
 
 
-def test_worked_example_transcript() -> None:
-    """The exact --no-encrypt traffic of the spec's worked example (docs/protocol.md §12.1)."""
-    from pathlib import Path
+_WORKED_ROOM_HASH = "4db57ad8f4f2ce91aca47e419715faf52e952b614d41f7cb6d28cb7684bceac0"
 
+
+def _worked_example(digests: tuple[str, ...] = (SHA256,)) -> ProtocolPair:
+    """The transfer of docs/protocol.md §12.1, run in memory."""
     from p2p_copy.messages import Waiting
 
-    room_hash = "4db57ad8f4f2ce91aca47e419715faf52e952b614d41f7cb6d28cb7684bceac0"
-    assert hashlib.sha256(b"p2p-copy room v2\x00purple").hexdigest() == room_hash
+    room_hash = _WORKED_ROOM_HASH
     entries: list[Entry] = [
         DirEntry("trip", mode=0o755, mtime=1700000001.0),
         FileEntry("trip/a.txt", 14, mode=0o644, mtime=1700000000.5),
@@ -206,8 +207,23 @@ def test_worked_example_transcript() -> None:
             super().connect()
             self.to_receiver(encode(Waiting()))
 
-    pair = RelayThatConfirms(entries, code_hash_hex=room_hash)
+    pair = RelayThatConfirms(entries, code_hash_hex=room_hash, digests=digests)
     pair.transfer({"trip/a.txt": b"Hello, world!\n", "trip/b.txt": b"p2p\n"})
+    return pair
+
+
+def _worked_example_section() -> str:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text("utf-8")
+    return doc[doc.index("### 12.1 "):doc.index("### 12.2 ")]
+
+
+def test_worked_example_transcript() -> None:
+    """The exact --no-encrypt traffic of the spec's worked example (docs/protocol.md §12.1)."""
+    room_hash = _WORKED_ROOM_HASH
+    assert hashlib.sha256(b"p2p-copy room v2\x00purple").hexdigest() == room_hash
+    pair = _worked_example()
     assert pair.hello_log == [
         f'{{"type":"hello","code_hash_hex":"{room_hash}","role":"receiver","version":2}}',
         f'{{"type":"hello","code_hash_hex":"{room_hash}","role":"sender","version":2}}',
@@ -221,8 +237,7 @@ def test_worked_example_transcript() -> None:
     ]
 
     # The doc's table: every row whose kind is text or binary, in order.
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text("utf-8")
-    section = doc[doc.index("### 12.1 "):doc.index("### 12.2 ")]
+    section = _worked_example_section()
     table = section[section.index("| # | direction | kind | message |"):]
     documented: list[tuple[str, str | bytes]] = []
     for line in table.splitlines()[2:]:
@@ -236,6 +251,21 @@ def test_worked_example_transcript() -> None:
         documented.append((cells[1], message))
     assert documented == actual
     assert data == bytes.fromhex("00 48 65 6c 6c 6f 2c 20 77 6f 72 6c 64 21 0a 70 32 70 0a")
+
+
+@pytest.mark.skipif(BLAKE3 not in available(), reason="needs the blake3 package")
+def test_worked_example_with_blake3() -> None:
+    """§12.1's paragraph on the three messages that differ when both peers have BLAKE3."""
+    section = _worked_example_section()
+    said = section[section.index("With it (§6.7.1)"):section.index("| # | direction")]
+    quoted = re.findall(r"`(\{[^`]*)`", said)
+    assert len(quoted) == 3, quoted
+    manifest_start, accept, checksums_message = quoted
+    pair = _worked_example((BLAKE3, SHA256))
+    _, manifest, _, checksums_sent, _ = pair.to_receiver_log
+    assert isinstance(manifest, str) and manifest.startswith(manifest_start)
+    assert pair.to_sender_log[1] == accept
+    assert checksums_sent == checksums_message
 
 
 def test_only_empty_files_send_no_data() -> None:
