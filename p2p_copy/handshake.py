@@ -8,14 +8,13 @@ machines the same way with or without encryption (``--no-encrypt``).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable
 from typing import Protocol, TypeVar
 
 from .client import RelayLink
 from .errors import (
-    ConnectionLostError,
     EncryptionMismatchError,
     P2PCopyError,
-    PeerGoneError,
     RemoteProtocolError,
     WrongCodeError,
 )
@@ -82,6 +81,7 @@ class SealedLink:
 
 
 _Wanted = TypeVar("_Wanted", Pake, Confirm)
+_T = TypeVar("_T")
 
 
 def _expect(message: str | bytes, wanted: type[_Wanted], peer: Role) -> _Wanted:
@@ -121,30 +121,41 @@ async def handshake(
     later = f"the {peer}'s key exchange"
     if link.role == "sender":
         await link.send(exchange.message())
-        first = await link.recv(timeout, waiting_for)
-        exchange.receive(_expect(first, Pake, peer))
-        exchange.check(_expect(await link.recv(HANDSHAKE_TIMEOUT, later), Confirm, peer))
-        await link.send(exchange.confirmation())
+        exchange.receive(_expect(await link.recv(timeout, waiting_for), Pake, peer))
+        confirm = await _cut_short_is_a_guess(link.recv(HANDSHAKE_TIMEOUT, later))
+        exchange.check(_expect(confirm, Confirm, peer))
+        await _cut_short_is_a_guess(link.send(exchange.confirmation()))
     else:
         first = await link.recv(timeout, waiting_for)
         if isinstance(first, str) and isinstance(_parse_quietly(first), Waiting):
             first = await link.recv(timeout, waiting_for)  # the relay: no sender yet
         exchange.receive(_expect(first, Pake, peer))
-        await link.send(exchange.message())
-        await link.send(exchange.confirmation())
-        try:
-            answer = await link.recv(HANDSHAKE_TIMEOUT, later)
-        except (ConnectionLostError, PeerGoneError):
-            # Our confirmation lets whoever sent that pake test one code guess offline;
-            # a sender that hangs up now is what a guessing relay looks like. Retrying
-            # would hand it another guess each time, so this counts as a wrong code.
-            raise WrongCodeError(
-                "The other side hung up in the middle of the key exchange, which is what a "
-                "wrong code guess looks like, so p2p-copy does not retry. Check the code and "
-                "run both sides again."
-            ) from None
+        await _cut_short_is_a_guess(link.send(exchange.message()))
+        await _cut_short_is_a_guess(link.send(exchange.confirmation()))
+        answer = await _cut_short_is_a_guess(link.recv(HANDSHAKE_TIMEOUT, later))
         exchange.check(_expect(answer, Confirm, peer))
     return SealedLink(link, exchange.channel())
+
+
+async def _cut_short_is_a_guess(io: Awaitable[_T]) -> _T:
+    """``io`` on the link once the peer's pake arrived; any end of the connection is a wrong code.
+
+    From here until both confirmations have crossed, a peer that stops is what a code
+    guess looks like: the receiver has shown its confirmation (enough to test one guess
+    offline), and a relay that hangs up, whatever its close code, or times out, hides
+    whether the guess was right. Retrying would hand it one more guess per attempt, and
+    the reconnect budget is renewed whenever the real pair meets again, so the run ends
+    here on both sides, which keeps it at one guess per run. (The peer's own verdicts,
+    parsed from a message, keep their meaning: they are not raised by the link.)
+    """
+    try:
+        return await io
+    except P2PCopyError as exc:
+        raise WrongCodeError(
+            "The other side stopped in the middle of the key exchange, which is what a "
+            "wrong code guess looks like, so p2p-copy does not retry. Check the code and "
+            f"run both sides again. ({exc})"
+        ) from exc
 
 
 def _parse_quietly(text: str) -> object:
