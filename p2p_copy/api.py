@@ -40,6 +40,7 @@ from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
 from .reconnect import (
     DEFAULT_RECONNECT_TIMEOUT,
+    IDLE_TIMEOUT,
     Reconnect,
     keeps_partial,
     reconnect_budget,
@@ -88,8 +89,6 @@ DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 2**20
 #: How long the sender waits, after eof, for the receiver to confirm.
 DONE_TIMEOUT = 300.0
-#: How long the receiver waits for the next message once the sender has spoken.
-IDLE_TIMEOUT = 300.0
 #: How long the sender waits for the receiver to answer the manifest. A receiver only
 #: checks names and free space before answering; p2p-copy 0.1.x receivers never answer.
 ACCEPT_TIMEOUT = 60.0
@@ -150,6 +149,7 @@ async def send(
     encrypt: bool = True,
     relay_token: str | None = None,
     reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
     compress: ChooserMode = "auto",
 ) -> TransferResult:
     """Send files and folders to the receiver that uses the same ``code`` on ``server``.
@@ -167,11 +167,14 @@ async def send(
     ``compress``: ``"auto"`` compresses data (zstd) while that moves it faster than
     sending it raw, measured as it goes (it pays on links slower than ~250 MB/s, not on
     loopback); ``"always"`` or ``"never"``. Chunks that do not shrink are sent raw anyway.
+
+    ``idle_timeout``: a receiver that reads nothing for this many seconds (the relay and
+    the network hold all they can) makes the send fail with TransferTimeoutError.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     options = _sender_options(server, code, chunk_size, cafile, wait_timeout, encrypt,
-                              relay_token, reconnect_timeout, compress)
+                              relay_token, reconnect_timeout, compress, idle_timeout)
     display = make_progress(progress, "send")
     return await _shown(display, _send(options, code, paths, display, chunk_size))
 
@@ -228,6 +231,8 @@ class _Options:
     reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
     #: Sender only: when to compress data chunks (CompressionChooser).
     compress: ChooserMode = "auto"
+    #: Sender only: seconds a send may wait for a receiver that reads nothing.
+    idle_timeout: float = IDLE_TIMEOUT
 
 
 @dataclass
@@ -457,7 +462,7 @@ async def _send_once(
 
             done = await _stream_with_watch(
                 link, proto, lambda: outgoing.reader(starts, proto.digest), display,
-                chunk_size, options.compress, results)
+                chunk_size, options, results)
         except BaseException as exc:
             await _fail_politely(link, proto, exc)
             raise
@@ -475,17 +480,22 @@ async def _stream_with_watch(
     open_reader: Callable[[], Reader],
     display: Progress,
     chunk_size: int,
-    compress: ChooserMode,
+    options: _Options,
     outcome: Callable[[list[str]], _T],
 ) -> _T:
     """Stream all data and eof while listening for the receiver; return ``outcome`` of the
     digests once the receiver confirmed (made while it still writes: 10,000 files' results
-    take ~10 ms, which would otherwise follow its ``done``)."""
+    take ~10 ms, which would otherwise follow its ``done``). A send that waits
+    ``options.idle_timeout`` for a receiver that reads nothing ends it."""
     incoming = asyncio.ensure_future(link.recv())
-    pump = asyncio.ensure_future(_stream(link, proto, open_reader, display, chunk_size,
-                                         compress))
+    watched = _WatchedLink(link)
+    pump = asyncio.ensure_future(_stream(watched, proto, open_reader, display, chunk_size,
+                                         options.compress))
+    stall = asyncio.ensure_future(watched.stalled(options.idle_timeout))
     try:
-        await asyncio.wait({incoming, pump}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({incoming, pump, stall}, return_when=asyncio.FIRST_COMPLETED)
+        if stall.done():
+            stall.result()  # raises: the receiver stopped reading
         if pump.done() and pump.exception() is None:
             result = outcome(pump.result())
             async with asyncio.timeout(DONE_TIMEOUT):
@@ -504,13 +514,50 @@ async def _stream_with_watch(
             f"The receiver did not confirm within {DONE_TIMEOUT:g} s after the last byte."
         ) from None
     finally:
-        for task in (incoming, pump):
+        for task in (incoming, pump, stall):
             task.cancel()
-        await asyncio.gather(incoming, pump, return_exceptions=True)
+        await asyncio.gather(incoming, pump, stall, return_exceptions=True)
+
+
+class _WatchedLink:
+    """The sender's link, counting sends so that a watchdog can tell a stuck one.
+
+    A receiver that stops reading (or a relay that holds its messages) leaves the send
+    waiting for buffer space forever; the receiver's own side has IDLE_TIMEOUT for the
+    opposite case. The watchdog samples instead of timing each send, which keeps the
+    per-chunk cost at two attribute writes.
+    """
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.sent = 0
+        self.sending = False
+
+    async def send(self, message: str | bytes | memoryview) -> None:
+        self.sending = True
+        await self.link.send(message)
+        self.sending = False
+        self.sent += 1
+
+    async def stalled(self, idle_timeout: float) -> None:
+        """Return never; raise TransferTimeoutError once one send waited ``idle_timeout``."""
+        loop = asyncio.get_running_loop()
+        seen, since = -1, loop.time()
+        while True:
+            await asyncio.sleep(idle_timeout / 8)
+            now = loop.time()
+            if not self.sending or self.sent != seen:
+                seen, since = self.sent, now
+            elif now - since >= idle_timeout:
+                raise TransferTimeoutError(
+                    f"The receiver has not read anything for {idle_timeout:g} s, so p2p-copy "
+                    "gave up. Check that it is still running (a paused terminal or a full "
+                    "disk can stall it), then run both sides again; what arrived is resumed."
+                )
 
 
 async def _stream(
-    link: Link,
+    link: _WatchedLink,
     proto: Sender,
     open_reader: Callable[[], Reader],
     display: Progress,
@@ -728,6 +775,7 @@ def _sender_options(
     server: str, code: str | None, chunk_size: int, cafile: str | None,
     wait_timeout: float | None, encrypt: bool, relay_token: str | None,
     reconnect_timeout: float | None, compress: ChooserMode = "auto",
+    idle_timeout: float = IDLE_TIMEOUT,
 ) -> _Options:
     """The options of a send, checked before anything starts."""
     _check_chunk_size(chunk_size)
@@ -736,8 +784,10 @@ def _sender_options(
                          f"not {compress!r}.")
     if code is not None and code != GENERATE:
         room_hash_hex(code)  # a malformed code is a usage error before anything starts
+    if not idle_timeout > 0:  # NaN too
+        raise UsageError("idle_timeout must be a positive number of seconds.")
     return _Options(server, cafile, wait_timeout, encrypt, relay_token,
-                    reconnect_budget(reconnect_timeout), compress)
+                    reconnect_budget(reconnect_timeout), compress, idle_timeout)
 
 
 def _entry_name(name: str) -> str:
@@ -761,6 +811,7 @@ async def send_stream(
     encrypt: bool = True,
     relay_token: str | None = None,
     reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
     compress: ChooserMode = "auto",
 ) -> TransferResult:
     """Send what can be read from the binary file ``source`` (a pipe) until its end.
@@ -771,7 +822,7 @@ async def send_stream(
     arguments as for send().
     """
     options = _sender_options(server, code, chunk_size, cafile, wait_timeout, encrypt,
-                              relay_token, reconnect_timeout, compress)
+                              relay_token, reconnect_timeout, compress, idle_timeout)
     # A pipe is read once: after a drop mid-stream there is nothing to send again.
     outgoing = _Outgoing((StreamEntry(_entry_name(name)),),
                          lambda _, digest: PipeReader(source, digest),
@@ -822,6 +873,7 @@ async def send_object(
     encrypt: bool = True,
     relay_token: str | None = None,
     reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
 ) -> TransferResult:
     """Send a Python object to the receiver's receive_object(), without pickle.
 
@@ -833,7 +885,7 @@ async def send_object(
     send().
     """
     options = _sender_options(server, code, chunk_size, cafile, wait_timeout, encrypt,
-                              relay_token, reconnect_timeout)
+                              relay_token, reconnect_timeout, idle_timeout=idle_timeout)
     encoded = await asyncio.to_thread(encode_object, obj, chunk_size=chunk_size)
     path = _entry_name(name if name is not None else default_name(encoded.meta["kind"]))
     entry = FileEntry(path, encoded.size, meta=encoded.meta)
@@ -880,13 +932,15 @@ async def send_text(
     encrypt: bool = True,
     relay_token: str | None = None,
     reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
 ) -> TransferResult:
     """Send ``text``: receive_text() returns it, ``p2p-copy receive`` prints it."""
     if not isinstance(text, str):
         raise UsageError(f"send_text() sends a str, not a {type(text).__name__}.")
     return await send_object(server, code, text, name=name, cafile=cafile, progress=progress,
                              wait_timeout=wait_timeout, chunk_size=chunk_size, encrypt=encrypt,
-                             relay_token=relay_token, reconnect_timeout=reconnect_timeout)
+                             relay_token=relay_token, reconnect_timeout=reconnect_timeout,
+                             idle_timeout=idle_timeout)
 
 
 async def receive_text(

@@ -23,6 +23,7 @@ from .compression import ChooserMode
 from .errors import CancelledError
 from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
+from .reconnect import IDLE_TIMEOUT
 from .results import TransferResult
 
 __all__ = [
@@ -153,6 +154,7 @@ def send_blocking(
     encrypt: bool = True,
     relay_token: str | None = None,
     reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
     compress: ChooserMode = "auto",
 ) -> TransferResult:
     """``p2p_copy.send(...)`` for code that does not await: returns when the transfer ends."""
@@ -160,7 +162,8 @@ def send_blocking(
     return _run(lambda: api.send(server, code, paths, cafile=cafile, progress=display,
                                  wait_timeout=wait_timeout, chunk_size=chunk_size,
                                  encrypt=encrypt, relay_token=relay_token,
-                                 reconnect_timeout=reconnect_timeout, compress=compress))
+                                 reconnect_timeout=reconnect_timeout, compress=compress,
+                                 idle_timeout=idle_timeout))
 
 
 def receive_blocking(
@@ -198,6 +201,7 @@ def send_object_blocking(
     encrypt: bool = True,
     relay_token: str | None = None,
     reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
 ) -> TransferResult:
     """``p2p_copy.send_object(...)`` for code that does not await."""
     display = make_progress(progress, "send")
@@ -205,7 +209,8 @@ def send_object_blocking(
                                         progress=display, wait_timeout=wait_timeout,
                                         chunk_size=chunk_size, encrypt=encrypt,
                                         relay_token=relay_token,
-                                        reconnect_timeout=reconnect_timeout))
+                                        reconnect_timeout=reconnect_timeout,
+                                        idle_timeout=idle_timeout))
 
 
 def receive_object_blocking(

@@ -20,6 +20,7 @@ from .errors import P2PCopyError, UsageError
 from .logs import ADDRESS_MODES
 from .paths import display_name
 from .progress import make_progress, with_code_on_stderr
+from .reconnect import IDLE_TIMEOUT
 from .tuning import tune_process
 
 __all__ = ["main", "RELAY_TOKEN_ENV"]
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--compress", choices=("auto", "always", "never"), default="auto",
                       help="zstd-compress data: 'auto' (default) while that is measured to "
                       "move it faster than sending it raw (slow links, compressible data)")
+    send.add_argument("--idle-timeout", type=float, metavar="SECONDS", default=IDLE_TIMEOUT,
+                      help="give up if the receiver reads nothing for SECONDS while data "
+                      f"waits to be sent (default {IDLE_TIMEOUT:g})")
     _common_options(send)
 
     receive = sub.add_parser("receive", help="receive files and folders", epilog=EXAMPLES,
@@ -209,6 +213,7 @@ def _command(args: argparse.Namespace) -> int:
               "anyone who knows the room part of the code can take the other side's place.",
               file=sys.stderr)
     if args.command == "send":
+        common["idle_timeout"] = args.idle_timeout
         progress = _progress(args)
         if code == GENERATE:
             # Whatever the display, the person running this must learn the generated code.

@@ -79,7 +79,7 @@ async def open_link(
             open_timeout=open_timeout,
             # After a failure the closing handshake can queue behind unread data; the
             # transfer's outcome is decided by then, so do not wait long for it.
-            close_timeout=3,
+            close_timeout=CLOSE_TIMEOUT,
             compression=None,
             max_size=MAX_MESSAGE_SIZE,
             additional_headers={"Authorization": f"Bearer {token}"} if token else None,
@@ -128,7 +128,25 @@ async def open_link(
     try:
         yield ws
     finally:
-        await ws.close()
+        await _close(ws)
+
+
+#: Seconds the closing handshake with the relay may take before the connection is cut.
+CLOSE_TIMEOUT = 3.0
+
+
+async def _close(ws: ClientConnection) -> None:
+    """Close ``ws`` within CLOSE_TIMEOUT, cutting the TCP connection if the handshake stalls.
+
+    websockets' close() first waits, without a deadline, until what we sent has left the
+    write buffer; behind a peer that reads nothing (the case that ends a stalled send)
+    that takes as long as the relay keeps the connection, ~17 s measured.
+    """
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await ws.close()
+    except TimeoutError:
+        ws.transport.abort()
 
 
 def closed_error(exc: ConnectionClosed, role: Role) -> P2PCopyError:

@@ -19,6 +19,7 @@ from .errors import CancelledError, UsageError
 from .messages import Role
 from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
+from .reconnect import IDLE_TIMEOUT
 from .results import FileResult, TransferResult
 
 __all__ = ["Transfer", "Status", "start_send", "start_receive"]
@@ -261,6 +262,7 @@ def start_send(
     encrypt: bool = True,
     relay_token: str | None = None,
     reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
     compress: ChooserMode = "auto",
 ) -> Transfer:
     """Start ``p2p_copy.send(...)`` in the background of the running loop; return its handle."""
@@ -269,7 +271,7 @@ def start_send(
     work = api.send(server, code, paths, cafile=cafile, progress=tracker,
                     wait_timeout=wait_timeout, chunk_size=chunk_size, encrypt=encrypt,
                     relay_token=relay_token, reconnect_timeout=reconnect_timeout,
-                    compress=compress)
+                    compress=compress, idle_timeout=idle_timeout)
     return Transfer("sender", work, tracker)
 
 

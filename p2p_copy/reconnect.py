@@ -24,6 +24,7 @@ from .errors import (
 
 __all__ = [
     "DEFAULT_RECONNECT_TIMEOUT",
+    "IDLE_TIMEOUT",
     "RECONNECT_FIRST_DELAY",
     "RECONNECT_MAX_DELAY",
     "Reconnect",
@@ -34,6 +35,9 @@ __all__ = [
 
 #: How long, after the connection drops, both peers keep reconnecting (seconds; 0: never).
 DEFAULT_RECONNECT_TIMEOUT = 120.0
+#: How long the receiver waits for the next message once the sender has spoken, and how
+#: long a sender waits for a receiver that reads nothing (its buffers full) before giving up.
+IDLE_TIMEOUT = 300.0
 #: Backoff between reconnect attempts: from the first delay, doubling up to the last.
 RECONNECT_FIRST_DELAY = 0.5
 RECONNECT_MAX_DELAY = 8.0

@@ -386,6 +386,24 @@ async def test_done_before_eof_is_refused(relay: Relay, tmp_path: Path, code: st
     assert_one_line(info.value)
 
 
+async def test_a_receiver_that_stops_reading_does_not_hold_the_sender_forever(
+        relay: Relay, tmp_path: Path, code: str) -> None:
+    """A receiver that accepts and then reads nothing (issue 17, finding 12): once the relay
+    and the sockets are full, the sender's send waits; after idle_timeout it gives up with
+    TransferTimeoutError instead of waiting forever."""
+    src = make_big_file(tmp_path / "big.bin", 512 * 2**20)
+    async with asyncio.timeout(SCENARIO_TIMEOUT):
+        async with handmade_peer(relay.url, code, "receiver") as peer:
+            async with background(p2p_copy.send(relay.url, code, [src], progress="none",
+                                                compress="never", idle_timeout=1)) as task:
+                await peer.expect("manifest")
+                await peer.send_json({"type": "accept"})
+                with pytest.raises(TransferTimeoutError) as info:
+                    await task  # before the fix: waits until the scenario's timeout
+    assert "has not read anything for 1 s" in str(info.value)
+    assert_one_line(info.value)
+
+
 async def test_binary_from_receiver_is_refused(relay: Relay, tmp_path: Path, code: str) -> None:
     """A receiver that sends binary data to the sender makes send() raise RemoteProtocolError."""
     src = make_file(tmp_path / "a.txt", b"hello")
