@@ -365,8 +365,8 @@ class ObjectSink:
     def _check_size(self, size: int, *, announced: bool = False) -> None:
         limit = self._max_bytes
         if limit is not None and size > limit:
-            offered = (f"a {self.kind} of {size:,} bytes" if announced
-                       else f"more than {limit:,} bytes")
+            kind = self.kind if self.meta is not None else "file"
+            offered = f"a {kind} of {size:,} bytes" if announced else f"more than {limit:,} bytes"
             raise PolicyError(
                 f"The sender offers {offered} to hold in memory; this receiver holds at "
                 f"most {limit:,}, so nothing was kept. To accept it, {self._raise_with}."
