@@ -50,6 +50,7 @@ from .results import FileResult, TransferResult
 from .resume import ChainHasher, Offer
 from .sources import SourceChains, Sources, StreamReader, check_names, collect_sources
 from .streams import (
+    MEMORY_LIMIT,
     ChunkReader,
     ObjectSink,
     PipeReader,
@@ -57,7 +58,6 @@ from .streams import (
     Reader,
     Sink,
     default_name,
-    memory_limit,
 )
 from .transfer import (
     FileCompleted,
@@ -900,7 +900,7 @@ async def receive_object(
     server: str,
     code: str,
     *,
-    max_bytes: int | None = None,
+    max_bytes: int | None = MEMORY_LIMIT,
     cafile: str | None = None,
     progress: ProgressKind | Progress | None = None,
     wait_timeout: float | None = None,
@@ -912,11 +912,13 @@ async def receive_object(
 
     The object is rebuilt from data-only formats (never pickle), after its description was
     checked and before it is returned, its digest. A plain file or stream arrives as
-    ``bytes``. ``max_bytes`` (default: this machine's memory) caps the size that is
-    accepted; a bigger offer is refused before anything is allocated (PolicyError).
+    ``bytes``. ``max_bytes`` caps the bytes held: 32 MiB by default (streams.MEMORY_LIMIT),
+    None for as much as this machine's memory. A bigger offer is refused before anything
+    is allocated, a stream once it grows past it (PolicyError).
     """
     return await _receive_one(server, code, None, max_bytes, cafile, progress, wait_timeout,
-                              encrypt, relay_token, reconnect_timeout)
+                              encrypt, relay_token, reconnect_timeout,
+                              "pass a larger max_bytes to receive_object()")
 
 
 async def send_text(
@@ -947,7 +949,7 @@ async def receive_text(
     server: str,
     code: str,
     *,
-    max_bytes: int | None = None,
+    max_bytes: int | None = MEMORY_LIMIT,
     cafile: str | None = None,
     progress: ProgressKind | Progress | None = None,
     wait_timeout: float | None = None,
@@ -957,10 +959,12 @@ async def receive_text(
 ) -> str:
     """Receive the text the sender's send_text() (or ``p2p-copy send --text``) sends.
 
-    Anything but a text is refused before any byte moves (PolicyError).
+    Anything but a text, or a text of more than ``max_bytes`` of UTF-8 (as for
+    receive_object()), is refused before any byte moves (PolicyError).
     """
     text = await _receive_one(server, code, "str", max_bytes, cafile, progress,
-                              wait_timeout, encrypt, relay_token, reconnect_timeout)
+                              wait_timeout, encrypt, relay_token, reconnect_timeout,
+                              "pass a larger max_bytes to receive_text()")
     assert isinstance(text, str)
     return text
 
@@ -969,16 +973,15 @@ async def _receive_one(
     server: str, code: str, kind: str | None, max_bytes: int | None,
     cafile: str | None, progress: ProgressKind | Progress | None,
     wait_timeout: float | None, encrypt: bool, relay_token: str | None,
-    reconnect_timeout: float | None,
+    reconnect_timeout: float | None, raise_with: str,
 ) -> object:
     options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token,
                                reconnect_timeout)
     display = make_progress(progress, "receive")
-    limit = memory_limit() if max_bytes is None else max_bytes
     sinks: list[ObjectSink] = []
 
     def sink(entries: Sequence[Entry], digest: str) -> Sink:
-        sinks.append(_object_sink(entries, limit, kind, digest))
+        sinks.append(_object_sink(entries, max_bytes, kind, digest, raise_with))
         return sinks[-1]
 
     # The sink caps a stream itself, with a message about objects rather than files.
@@ -987,8 +990,8 @@ async def _receive_one(
 
 
 def _object_sink(entries: Sequence[Entry], limit: int | None, kind: str | None,
-                 digest: str) -> ObjectSink:
-    sink = ObjectSink(entries, limit, digest)
+                 digest: str, raise_with: str) -> ObjectSink:
+    sink = ObjectSink(entries, limit, digest, raise_with=raise_with)
     if kind is not None and sink.kind != kind:
         raise PolicyError(
             f"The sender offers an object of kind {sink.kind!r}; this receiver takes only "
@@ -1012,15 +1015,17 @@ async def receive_any(
     relay_token: str | None = None,
     policy: ReceivePolicy | None = None,
     reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+    max_text_bytes: int | None = MEMORY_LIMIT,
 ) -> tuple[TransferResult, str | None]:
     """The CLI's receive: to ``out`` if given, else a text is returned, else files to ``dest``.
 
     What the sender offers decides between a text and files, once its manifest arrived.
+    A text is held in memory: more than ``max_text_bytes`` of it (as receive_text()'s
+    ``max_bytes``) is refused before any byte moves (PolicyError).
     """
     options = _receiver_options(server, code, cafile, wait_timeout, encrypt, relay_token,
                                reconnect_timeout)
     display = make_progress(progress, "receive")
-    limit = policy.max_bytes if policy is not None else None
     texts: list[ObjectSink] = []
 
     def sink(entries: Sequence[Entry], digest: str) -> Sink:
@@ -1028,7 +1033,10 @@ async def receive_any(
             return PipeSink(entries, out, digest)
         if len(entries) == 1 and isinstance(entries[0], FileEntry) and entries[0].meta \
                 and entries[0].meta.get("kind") == "str":
-            texts.append(_object_sink(entries, limit or memory_limit(), "str", digest))
+            texts.append(_object_sink(
+                entries, max_text_bytes, "str", digest,
+                "raise the limit: --max-text on the command line, "
+                "receive_any(max_text_bytes=...) in Python"))
             return texts[-1]
         return Destination(Path(dest), entries, overwrite=overwrite, algorithm=digest)
 

@@ -25,6 +25,7 @@ from .policy import ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
 from .reconnect import IDLE_TIMEOUT
 from .results import TransferResult
+from .streams import MEMORY_LIMIT
 
 __all__ = [
     "send_blocking",
@@ -217,7 +218,7 @@ def receive_object_blocking(
     server: str,
     code: str,
     *,
-    max_bytes: int | None = None,
+    max_bytes: int | None = MEMORY_LIMIT,
     cafile: str | None = None,
     progress: ProgressKind | Progress | None = None,
     wait_timeout: float | None = None,

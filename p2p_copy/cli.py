@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -139,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="refuse an offer of more than BYTES in all")
     receive.add_argument("--max-depth", type=int, metavar="N",
                          help="refuse names nested deeper than N folders (default 64)")
+    receive.add_argument("--max-text", type=_size, metavar="SIZE",
+                         help="refuse a text (send --text) of more than SIZE, which is held "
+                         "in memory to be printed: bytes, or with K, M, G, T (powers of "
+                         "1024), e.g. 512M (default 32M)")
     _common_options(receive)
 
     relay = sub.add_parser(
@@ -172,6 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=64, metavar="MIB",
                       help="size of the large sample file (default 64)")
     return parser
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_SIZE = re.compile(r"([0-9]+)\s*([KMGT]?)(?:I?B)?")
+
+
+def _size(value: str) -> int:
+    """A size in bytes from ``512M``, ``10G``, ``64KiB`` or ``1000`` (argparse type)."""
+    match = _SIZE.fullmatch(value.strip().upper())
+    if match is None or int(match[1]) == 0:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a size: give a positive number of bytes, or one with K, M, G "
+            "or T, e.g. 512M")
+    return int(match[1]) * _UNITS[match[2]]
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -269,6 +288,8 @@ def _receive(args: argparse.Namespace, code: str, common: dict[str, Any]) -> Any
             from .progress import JsonProgress
 
             progress = JsonProgress(sys.stderr)
+    if args.max_text is not None:
+        common["max_text_bytes"] = args.max_text
     result, text = _run(api.receive_any(args.server, code, args.out, out=out,
                                         overwrite=args.overwrite, progress=progress,
                                         policy=_policy(args), **common))

@@ -365,8 +365,12 @@ class _Open:
             os.close(self.fd)
             self.fd = -1
 
-    def save_point(self) -> None:
-        """Make what was written durable, then record its last whole-block prefix."""
+    def save_point(self) -> bool:
+        """Make what was written durable, then record its last whole-block prefix.
+
+        Whether a sidecar now vouches for a prefix: none can for less than a block, nor
+        for a stream, whose size (part of what a sidecar records) is not known yet.
+        """
         size = self.entry.size if isinstance(self.entry, FileEntry) else None
         offset = self.chain.position if self.chain.position == size else self.chain.last_block()
         digest = self.chain.digest_at(offset) if offset else None
@@ -374,7 +378,7 @@ class _Open:
             _datasync(self.fd)
         self.synced = self.chain.position
         if digest is None or size is None:
-            return
+            return False
         sidecar = Sidecar(size=size, mtime=self.entry.mtime, offset=offset, digest=digest,
                           algorithm=self.chain.algorithm)
         at = self.dirs.fd(self.folder)
@@ -388,6 +392,7 @@ class _Open:
         finally:
             os.close(fd)
         os.replace(temp, self.sidecar, src_dir_fd=at, dst_dir_fd=at)
+        return True
 
     def discard(self) -> None:
         """Close and remove the temporary file and its sidecar (never making folders)."""
@@ -751,22 +756,24 @@ class Destination:
 
         For failures worth retrying (a lost connection, a cancellation): the next
         attempt, in this run or a later one, resumes from the sidecars written here.
-        Parts shorter than one block go: sending them again is cheaper than a sidecar.
+        A part no sidecar vouches for goes, since nothing could ever resume it: one
+        shorter than a block (sending it again is cheaper), and a stream's (a pipe is
+        read once, and its size is unknown).
         """
         for current in list(self._open.values()):
             if current.written < BLOCK:
                 current.discard()
                 continue
             try:
-                current.save_point()
+                vouched = current.save_point()
             except OSError:
+                vouched = False
+            if not vouched:
                 current.discard()
                 continue
             if current.fd >= 0:
                 os.close(current.fd)
                 current.fd = -1
-            if not current.chain.last_block() and current.written != current.entry_size:
-                current.discard()  # nothing a sidecar can vouch for
         self._open.clear()
         self._dirs.close()
         self._made_dirs.clear()  # they hold the parts

@@ -53,6 +53,7 @@ __all__ = [
     "ObjectDecoder",
     "encode_object",
     "decode_object",
+    "object_kind",
 ]
 
 KINDS: Final = (
@@ -507,6 +508,15 @@ _KEYS: Final = {
 }
 
 
+def object_kind(meta: dict[str, Any]) -> str:
+    """The kind a peer's description names; RemoteProtocolError unless it is one of KINDS."""
+    kind = meta.get("kind")
+    # Checked for type first: a list or an object is no kind, and cannot be looked up.
+    if type(kind) is not str or kind not in _KEYS:
+        raise _bad(f"unknown kind {kind!r:.100} (this p2p-copy knows {', '.join(KINDS)})")
+    return kind
+
+
 class ObjectDecoder:
     """Rebuilds an object from its ``meta`` and its bytes, fed in any split.
 
@@ -519,9 +529,7 @@ class ObjectDecoder:
     def __init__(self, meta: object, *, max_bytes: int | None = None) -> None:
         if type(meta) is not dict:
             raise _bad("the description is not a JSON object")
-        kind = meta.get("kind")
-        if kind not in _KEYS:
-            raise _bad(f"unknown kind {kind!r:.100} (this p2p-copy knows {', '.join(KINDS)})")
+        kind = object_kind(meta)
         required, optional = _KEYS[kind]
         if not required <= meta.keys() <= required | optional:
             raise _bad(f"a {kind} is described by {sorted(required)}, not {sorted(meta)}")

@@ -7,7 +7,9 @@ destination.Destination writes files, and here ``PipeSink`` writes one file or s
 a pipe (standard output) and ``ObjectSink`` rebuilds one object in memory.
 
 Memory stays bounded by the chunk size: nothing holds a whole stream, except an object
-that has to exist in memory anyway (ObjectDecoder writes an array straight into place).
+that has to exist in memory anyway (ObjectDecoder writes an array straight into place),
+and that is capped: by default at ``MEMORY_LIMIT``, checked against the announced size
+before ``accept`` and again as bytes arrive.
 Every sink checks each file's digest (SHA-256 or BLAKE3, digests.py) before it reports
 the file complete. What a pipe sink has written cannot be taken back: when the check
 fails, the bytes are already out, and only the error (the CLI's exit code) says that they
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import BinaryIO, NoReturn, Protocol
+from typing import BinaryIO, Final, NoReturn, Protocol
 
 from .digests import NAMES, SHA256, new
 from .errors import (
@@ -32,7 +34,7 @@ from .errors import (
     UsageError,
 )
 from .messages import DataEntry, Entry, FileEntry
-from .objects import ObjectDecoder
+from .objects import ObjectDecoder, object_kind
 from .paths import display_name
 from .results import FileResult
 from .resume import Offer
@@ -48,7 +50,16 @@ __all__ = [
     "single_entry",
     "default_name",
     "memory_limit",
+    "MEMORY_LIMIT",
 ]
+
+#: What a receiver holds in memory by default, at most: a text or an object (its body).
+#: A sender chooses what it announces, so the default must be safe for any receiver: with
+#: it a receiver stays within 100 MB of its idle size, although a text is held twice
+#: while it is decoded (bytes, then str) and printing it copies it once more. Bigger
+#: texts and objects are refused before any byte moves unless the user raises the cap
+#: (``max_bytes=``, ``--max-text``); files and pipes are not held, so not capped.
+MEMORY_LIMIT: Final = 32 * 2**20
 
 
 class Reader(Protocol):
@@ -292,31 +303,39 @@ class ObjectSink:
     """Rebuilds the one object of a transfer in memory; ``value`` once verified.
 
     An entry with ``meta`` (objects.py) is checked by an ObjectDecoder before ``accept``;
-    a plain file or stream arrives as ``bytes``. ``max_bytes`` caps what is held.
+    a plain file or stream arrives as ``bytes``. ``max_bytes`` caps what is held (None:
+    this machine's memory): an announced size above it is refused before ``accept``, a
+    stream when it grows past it. ``raise_with`` tells the user how to raise it.
     """
 
     def __init__(self, entries: Sequence[Entry], max_bytes: int | None,
-                 algorithm: str = SHA256) -> None:
+                 algorithm: str = SHA256, *,
+                 raise_with: str = "pass a larger max_bytes") -> None:
         entry = single_entry(entries, "receive_object()")
         self._file = _Verified(entry, algorithm)
         self.meta = entry.meta
         self._decoder: ObjectDecoder | None = None
         self._buffer = bytearray()
-        self._max_bytes = max_bytes
+        self._max_bytes = memory_limit() if max_bytes is None else max_bytes
+        self._raise_with = raise_with
         self._value: object = None
         self._done = False
         self.results: list[FileResult] = []
 
     @property
     def kind(self) -> str:
-        """What the sender sends: an objects.KINDS name, or "bytes" for a plain file."""
-        return str(self.meta.get("kind")) if self.meta is not None else "bytes"
+        """What the sender sends: an objects.KINDS name, or "bytes" for a plain file.
+
+        A description without a kind this receiver knows is a RemoteProtocolError.
+        """
+        return object_kind(self.meta) if self.meta is not None else "bytes"
 
     def prepare(self) -> None:
         entry = self._file.entry
+        if isinstance(entry, FileEntry):
+            # The announced size, before anything is read or allocated.
+            self._check_size(entry.size, announced=True)
         if self.meta is None:
-            if isinstance(entry, FileEntry):
-                self._check_size(entry.size)
             return
         self._decoder = ObjectDecoder(self.meta, max_bytes=self._max_bytes)
         if isinstance(entry, FileEntry) and entry.size != self._decoder.size:
@@ -343,11 +362,14 @@ class ObjectSink:
                 done.append(result)
         return done
 
-    def _check_size(self, size: int) -> None:
-        if self._max_bytes is not None and size > self._max_bytes:
+    def _check_size(self, size: int, *, announced: bool = False) -> None:
+        limit = self._max_bytes
+        if limit is not None and size > limit:
+            kind = self.kind if self.meta is not None else "file"
+            offered = f"a {kind} of {size:,} bytes" if announced else f"more than {limit:,} bytes"
             raise PolicyError(
-                f"The sender offers more than {self._max_bytes:,} bytes, the limit set here "
-                "(max_bytes); nothing was kept. Ask for something smaller or raise the limit."
+                f"The sender offers {offered} to hold in memory; this receiver holds at "
+                f"most {limit:,}, so nothing was kept. To accept it, {self._raise_with}."
             )
 
     def _decode(self) -> object:
@@ -399,7 +421,10 @@ def default_name(kind: str) -> str:
 
 
 def memory_limit() -> int | None:
-    """This machine's physical memory in bytes: no object bigger than that can arrive."""
+    """This machine's physical memory in bytes: no object bigger than that can arrive.
+
+    The cap of a receiver that was told to hold anything (``max_bytes=None``).
+    """
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):

@@ -257,7 +257,7 @@ async def test_a_huge_shape_with_a_huge_size_is_refused_before_allocation(relay:
     """8 TiB announced: refused by the memory limit at the manifest, before accept."""
     error, told = await offer_hostile(relay.url, array_entry([2**40], 2**43 + 128))
     assert isinstance(error, PolicyError) and told["code"] == "policy"
-    assert "numpy.ndarray of 8796093022336 bytes" in str(error)
+    assert "numpy.ndarray of 8,796,093,022,336 bytes" in str(error)
 
 
 async def test_a_huge_shape_in_a_small_body_is_refused_as_malformed(relay: Relay) -> None:
