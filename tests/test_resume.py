@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -610,3 +611,80 @@ def test_suspend_drops_parts_shorter_than_a_block(tmp_path: Path) -> None:
     dest.apply([FileData(0, 0, memoryview(data)), FileData(1, 0, memoryview(data))])
     dest.suspend()
     assert list(tmp_path.iterdir()) == []
+
+
+def _section_12_4() -> str:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text("utf-8")
+    return doc[doc.index("### 12.4 "):doc.index("## 13. ")]
+
+
+def test_worked_resume_example_is_what_the_machines_send() -> None:
+    """docs/protocol.md §12.4: held, prefix_digests, resume and the shortened stream are
+    exactly what our sender and receiver say when the receiver holds trip/a.txt."""
+    from p2p_copy.digests import SHA256
+
+    room = "4db57ad8f4f2ce91aca47e419715faf52e952b614d41f7cb6d28cb7684bceac0"
+    entries = [DirEntry("trip", mode=0o755, mtime=1700000001.0),
+               FileEntry("trip/a.txt", 14, mode=0o644, mtime=1700000000.5),
+               FileEntry("trip/b.txt", 4, mode=0o600, mtime=1700000000.0),
+               DirEntry("trip/empty", mode=0o755, mtime=1700000000.0)]
+    a, b = b"Hello, world!\n", b"p2p\n"
+    sender = Sender(room, entries, digests=(SHA256,))
+    receiver = Receiver(room, digests=(SHA256,))
+    sender.hello()
+    receiver.hello()
+    sender.receive('{"type":"ready"}')
+    for part in sender.manifest():
+        receiver.receive(part)
+    actual: list[tuple[str, str | bytes]] = []
+
+    def to_receiver(message: str | bytes) -> list[object]:
+        actual.append(("S→R", message))
+        return list(receiver.receive(message))
+
+    def to_sender(message: str) -> None:
+        actual.append(("R→S", message))
+        sender.receive(message)
+
+    to_sender(receiver.accept([Offer(0, 14, sha(a))]))
+    assert to_receiver(sender.prefix_digests([Offer(0, 14, sha(a))])) == [ResumeAgreed({0: 14})]
+    to_sender(receiver.resume())
+    buffer = bytearray(1 + len(b))
+    buffer[1:] = b
+    to_receiver(bytes(sender.frame_data(buffer, len(b))))
+    for message in sender.checksums([sha(a), sha(b)]):
+        to_receiver(message)
+    to_receiver(sender.eof())
+    actual.append(("R→S", receiver.done()))
+
+    section = _section_12_4()
+    table = section[section.index("| # | direction | kind | message |"):]
+    documented: list[tuple[str, str | bytes]] = []
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if not cells[2].startswith(("text", "binary")):
+            continue
+        quoted = cells[3].split("`")[1]
+        documented.append((cells[1], quoted if cells[2] == "text" else bytes.fromhex(quoted)))
+    assert documented == actual
+
+
+def test_worked_resume_example_differing_file_error(tmp_path: Path) -> None:
+    """§12.4's `exists` error for a held file whose digest differs is our receiver's text,
+    and it names no path of the receiver's machine."""
+    dest = tmp_path / "incoming"
+    (dest / "trip").mkdir(parents=True)
+    held = dest / "trip" / "a.txt"
+    held.write_bytes(b"Hello, WORLD!\n")
+    os.utime(held, (1700000000.5, 1700000000.5))
+    entries = [FileEntry("trip/a.txt", 14, mtime=1700000000.5)]
+    destination = Destination(dest, entries)
+    destination.prepare()
+    assert [o.prefix for o in destination.offers()] == [Prefix(0, 14)]
+    with pytest.raises(DestinationExistsError) as info:
+        destination.resume({}, {0})
+    said = re.findall(r"`(\{\"type\":\"error\"[^`]*)`", _section_12_4())
+    assert json.loads(said[0])["message"] == info.value.peer_text
+    assert str(tmp_path) not in info.value.peer_text and str(held) in str(info.value)
