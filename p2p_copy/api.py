@@ -47,7 +47,7 @@ from .reconnect import (
     retryable,
 )
 from .results import FileResult, TransferResult
-from .resume import ChainHasher, Offer
+from .resume import ChainHasher, Offer, Prefix
 from .sources import SourceChains, Sources, StreamReader, check_names, collect_sources
 from .streams import (
     MEMORY_LIMIT,
@@ -64,6 +64,7 @@ from .transfer import (
     FileData,
     ManifestReceived,
     Receiver,
+    ReceiverState,
     ResumeAgreed,
     Sender,
     SenderState,
@@ -244,9 +245,9 @@ class _Outgoing:
     #: the hash it picked (digests.py); files named in the first argument continue from
     #: their hasher's position.
     open_reader: Callable[[dict[int, ChainHasher], str], Reader]
-    #: Checks a receiver's resume offer (blocking) with the picked hash: the prefix's
-    #: hasher if it matches.
-    verify: Callable[[Offer, str], ChainHasher | None] | None = None
+    #: Hashes the first ``offset`` bytes of file number ``file`` (blocking) with the
+    #: picked hash: a hasher holding them, or None if the source has fewer.
+    prefix: Callable[[int, int, str], ChainHasher | None] | None = None
     #: False for a pipe: once read, it cannot be sent again on a new connection.
     once: bool = False
     opened: bool = False
@@ -260,7 +261,7 @@ class _Outgoing:
         return cls(sources.entries,
                    lambda starts, digest: StreamReader(sources.files, sizes, starts, chains,
                                                        digest),
-                   chains.verify, check=lambda: check_names(sources.entries))
+                   chains.prefix, check=lambda: check_names(sources.entries))
 
     def check_meanwhile(self) -> asyncio.Future[None] | None:
         """Start the name check in a thread, the first time only (None once it passed)."""
@@ -275,15 +276,22 @@ class _Outgoing:
     def restartable(self) -> bool:
         return not (self.once and self.opened)
 
-    def check_offers(self, offers: Sequence[Offer], digest: str) -> dict[int, ChainHasher]:
-        """The offers whose prefixes match our sources (blocking: rereads what it must)."""
-        accepted: dict[int, ChainHasher] = {}
-        if self.verify is not None:
-            for offer in offers:
-                chain = self.verify(offer, digest)
+    def prefixes(self, held: Sequence[Prefix], digest: str) -> dict[int, ChainHasher]:
+        """Our sources' hashes of the prefixes the receiver holds, those we could read
+        (blocking: rereads what it must)."""
+        chains: dict[int, ChainHasher] = {}
+        if self.prefix is not None:
+            for file, offset in held:
+                chain = self.prefix(file, offset, digest)
                 if chain is not None:
-                    accepted[offer.file] = chain
-        return accepted
+                    chains[file] = chain
+        return chains
+
+    def check_offers(self, offers: Sequence[Offer], digest: str) -> dict[int, ChainHasher]:
+        """The offers of a receiver before ``held`` whose prefixes match our sources."""
+        chains = self.prefixes([o.prefix for o in offers], digest)
+        return {o.file: chains[o.file] for o in offers
+                if o.file in chains and chains[o.file].hexdigest() == o.digest}
 
     @property
     def known_bytes(self) -> int:
@@ -437,7 +445,16 @@ async def _send_once(
                     await checking
             proto.receive(reply)
             starts: dict[int, ChainHasher] = {}
-            if proto.state is SenderState.VERIFYING:
+            if proto.state is SenderState.PROVING:
+                # We show our digests; the receiver compares and says which prefixes match.
+                chains = await asyncio.to_thread(outgoing.prefixes, proto.held, proto.digest)
+                await link.send(proto.prefix_digests(
+                    [Offer(f, c.position, c.hexdigest()) for f, c in chains.items()]))
+                proto.receive(await link.recv(
+                    ACCEPT_TIMEOUT, "the receiver to compare the parts it already holds"))
+                starts = {file: chains[file] for file in proto.starts}
+            elif proto.state is SenderState.VERIFYING:
+                # A receiver before ``held`` showed its digests: we compare.
                 starts = await asyncio.to_thread(outgoing.check_offers, proto.offers,
                                                  proto.digest)
                 await link.send(proto.resume([o for o in proto.offers if o.file in starts]))
@@ -726,7 +743,9 @@ async def _receive_once(
                         run.retry.connected()
                     elif isinstance(event, ResumeAgreed):
                         assert destination is not None
-                        await in_thread(destination.resume, event.starts)
+                        await in_thread(destination.resume, event.starts, event.differs)
+                        if proto.state is ReceiverState.ANSWER_RESUME:
+                            await link.send(proto.resume())
                         _optional(display, "resumed", sum(event.starts.values()))
                     else:
                         assert destination is not None

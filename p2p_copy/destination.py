@@ -27,7 +27,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,13 +77,32 @@ def _set_mtime(target: int | Path, mtime: float) -> None:
         ) from None
 
 
-def _os_error(exc: OSError, path: Path) -> P2PCopyError:
+def _peer_name(path: Path, root: Path) -> str:
+    """``path`` as the sender may be told it: relative to the destination, a name it sent.
+
+    The destination's own place on this machine (its absolute path, the user's folders)
+    is nobody's business but the local user's.
+    """
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        relative = Path()
+    if not relative.parts:
+        return "the receiver's destination folder"
+    return repr(display_name(relative.as_posix()))
+
+
+def _os_error(exc: OSError, path: Path, root: Path) -> P2PCopyError:
+    """The error for ``exc`` at ``path`` (inside ``root``): full text here, a name for the peer."""
+    name = _peer_name(path, root)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(
             f"The disk ran out of space while writing {display_name(str(path))!r}. "
-            "Free some space and receive again."
+            "Free some space and receive again.",
+            peer_message=f"The receiver's disk ran out of space while writing {name}.",
         )
-    return P2PCopyError(f"Cannot write {display_name(str(path))!r}: {exc.strerror}.")
+    return P2PCopyError(f"Cannot write {display_name(str(path))!r}: {exc.strerror}.",
+                        peer_message=f"The receiver cannot write {name}.")
 
 
 _umask_lock = threading.Lock()
@@ -169,7 +188,7 @@ class _Dirs:
             try:
                 fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
             except OSError as exc:
-                raise _os_error(exc, self.root) from None
+                raise _os_error(exc, self.root, self.root) from None
         else:
             parent = self.fd(parts[:-1], create=create)
             name = parts[-1]
@@ -180,16 +199,18 @@ class _Dirs:
                 except FileExistsError:
                     pass
                 except OSError as exc:
-                    raise _os_error(exc, self.root.joinpath(*parts)) from None
+                    raise _os_error(exc, self.root.joinpath(*parts), self.root) from None
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
             except OSError as exc:
                 path = self.root.joinpath(*parts)
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise UnsafePathError(
-                        f"{display_name(str(path))!r} is not a folder (or is a link)."
+                        f"{display_name(str(path))!r} is not a folder (or is a link).",
+                        peer_message=f"{_peer_name(path, self.root)} is not a folder (or is "
+                        "a link) on the receiver's side.",
                     ) from None
-                raise _os_error(exc, path) from None
+                raise _os_error(exc, path, self.root) from None
         self._fds[parts] = fd
         while len(self._fds) > DIRS_KEPT:
             os.close(self._fds.popitem(last=False)[1])
@@ -327,9 +348,12 @@ class _Open:
             if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not _owned(st)
                     or (st.st_dev, st.st_ino) != start.identity):
                 os.close(self.fd)
+                part = self.final.with_name(self.temp)
                 raise UnsafePathError(
-                    f"{display_name(str(self.final.with_name(self.temp)))!r} changed while "
-                    "resuming; remove it and receive again."
+                    f"{display_name(str(part))!r} changed while resuming; remove it and "
+                    "receive again.",
+                    peer_message=f"{_peer_name(part, dirs.root)} changed on the receiver's "
+                    "side while resuming.",
                 )
             chain = start.chain
             os.ftruncate(self.fd, chain.position)
@@ -447,7 +471,7 @@ class Destination:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _os_error(exc, self.root) from None
+            raise _os_error(exc, self.root, self.root) from None
         paths = [entry.path for entry in self.entries]
         self._parts.update(zip(paths, split_safe_paths(paths), strict=True))
         # One listing per folder says which names exist; only those are looked at.
@@ -476,7 +500,9 @@ class Destination:
             raise DiskFullError(
                 f"Not enough free space in {display_name(str(self.root))!r}: the transfer "
                 f"needs {needed:,} bytes, {free:,} are free. Free some space or pick "
-                "another folder with --out."
+                "another folder with --out.",
+                # Neither its folder nor how full its disk is: the sender knows the size.
+                peer_message="The receiver has not enough free space for this transfer.",
             )
 
     def _split(self, entry: Entry) -> tuple[str, ...]:
@@ -518,26 +544,33 @@ class Destination:
             if stat.S_ISLNK(st.st_mode):
                 raise UnsafePathError(
                     f"{display_name(str(path))!r} is a symbolic link; p2p-copy never writes "
-                    "through links. Remove it or receive into another folder."
+                    "through links. Remove it or receive into another folder.",
+                    peer_message=f"{_peer_name(path, self.root)} is a symbolic link on the "
+                    "receiver's side; p2p-copy never writes through links.",
                 )
             if not last and not stat.S_ISDIR(st.st_mode):
-                raise DestinationExistsError(
-                    f"{display_name(str(path))!r} exists and is not a folder."
-                )
+                raise self._not_a_folder(path)
             if not last:
                 folders.add(parts[: i + 1])
             if last and isinstance(entry, DirEntry) and not stat.S_ISDIR(st.st_mode):
-                raise DestinationExistsError(
-                    f"{display_name(str(path))!r} exists and is not a folder."
-                )
+                raise self._not_a_folder(path)
             if last and not isinstance(entry, DirEntry):
                 if self._same_stat(entry, st):
                     return  # maybe this very file from an earlier run: prepare() checks
                 if stat.S_ISDIR(st.st_mode) or not self.overwrite:
                     raise DestinationExistsError(
                         f"{display_name(str(path))!r} already exists. Pass --overwrite "
-                        "(overwrite=True) to replace it, or receive into another folder."
+                        "(overwrite=True) to replace it, or receive into another folder.",
+                        peer_message=f"{_peer_name(path, self.root)} already exists on the "
+                        "receiver's side, which does not allow replacing it.",
                     )
+
+    def _not_a_folder(self, path: Path) -> DestinationExistsError:
+        return DestinationExistsError(
+            f"{display_name(str(path))!r} exists and is not a folder.",
+            peer_message=f"{_peer_name(path, self.root)} exists on the receiver's side and is "
+            "not a folder.",
+        )
 
     @staticmethod
     def _same_stat(entry: Entry, st: os.stat_result) -> bool:
@@ -603,11 +636,17 @@ class Destination:
             self._found[file] = _Found(file, hashed[0], final=False, identity=hashed[1])
 
     def offers(self) -> list[Offer]:
-        """The prefixes found by prepare(), to offer the sender in ``accept``."""
+        """The prefixes found by prepare() with their digests: ``accept`` offers the
+        (file, offset) only, and the digests stay here to check the sender's (transfer.py)."""
         return [found.offer for found in self._found.values()]
 
-    def resume(self, starts: dict[int, int]) -> None:
-        """The sender accepted the offers of ``starts``; the others start over."""
+    def resume(self, starts: dict[int, int], differs: Collection[int] = ()) -> None:
+        """Files of ``starts`` continue from those offsets; the others start over.
+
+        ``differs``: offered files whose prefix the sender showed to differ from ours. A
+        final file among them stays as it is and fails the transfer (``exists``) unless
+        overwriting is allowed; one the sender did not compare is compared on arrival.
+        """
         for file, found in self._found.items():
             if file in starts:
                 if found.final:
@@ -615,13 +654,21 @@ class Destination:
                 else:
                     self._starts[file] = found
             elif found.final and not self.overwrite:
-                path = self._final_path(self.files[file])
-                raise DestinationExistsError(
-                    f"{display_name(str(path))!r} already exists and differs from the "
-                    "sender's. Pass --overwrite (overwrite=True) to replace it, or receive "
-                    "into another folder."
-                )
+                if file not in differs:
+                    # The sender did not compare it (it ignored the offer, or could not
+                    # read its own prefix): compared when it arrives, like one not hashed.
+                    self._unchecked.add(file)
+                    continue
+                raise self._differs(self._final_path(self.files[file]))
         self._found.clear()
+
+    def _differs(self, path: Path) -> DestinationExistsError:
+        return DestinationExistsError(
+            f"{display_name(str(path))!r} already exists and differs from the sender's. "
+            "Pass --overwrite (overwrite=True) to replace it, or receive into another folder.",
+            peer_message=f"{_peer_name(path, self.root)} already exists on the receiver's "
+            "side and differs from the sender's; the receiver does not allow replacing it.",
+        )
 
     # --- while data arrives ------------------------------------------------------
 
@@ -655,7 +702,7 @@ class Destination:
             elif current.written - current.synced >= SIDECAR_EVERY:
                 current.save_point()
         except OSError as exc:
-            raise _os_error(exc, current.final) from None
+            raise _os_error(exc, current.final, self.root) from None
 
     def _start(self, file: int, first: FileData | None = None) -> _Open:
         entry = self.files[file]
@@ -667,7 +714,7 @@ class Destination:
             return _Open(self._dirs, parts, entry, start, clean=file in self._clean,
                          whole=whole, algorithm=self.algorithm)
         except OSError as exc:
-            raise _os_error(exc, self.root.joinpath(*parts)) from None
+            raise _os_error(exc, self.root.joinpath(*parts), self.root) from None
 
     def _complete(self, event: FileCompleted) -> FileResult:
         kept = self._kept.pop(event.file, None)
@@ -701,18 +748,16 @@ class Destination:
         except FileExistsError:
             current.discard()
             if event.file in self._unchecked:
-                raise DestinationExistsError(
-                    f"{display_name(str(current.final))!r} already exists and differs from "
-                    "the sender's. Pass --overwrite (overwrite=True) to replace it, or "
-                    "receive into another folder."
-                ) from None
+                raise self._differs(current.final) from None
             raise DestinationExistsError(
                 f"{display_name(str(current.final))!r} appeared while receiving; "
-                "it was left as it is."
+                "it was left as it is.",
+                peer_message=f"{_peer_name(current.final, self.root)} appeared on the "
+                "receiver's side while receiving; it was left as it is.",
             ) from None
         except OSError as exc:
             current.discard()
-            raise _os_error(exc, current.final) from None
+            raise _os_error(exc, current.final, self.root) from None
         except P2PCopyError:
             current.discard()
             raise
@@ -747,7 +792,7 @@ class Destination:
                 if entry.mtime is not None:
                     _set_mtime(fd, entry.mtime)
             except OSError as exc:
-                raise _os_error(exc, self._final_path(entry)) from None
+                raise _os_error(exc, self._final_path(entry), self.root) from None
         self._dirs.close()
         self._made_dirs.clear()
 

@@ -26,6 +26,9 @@
 Each class carries its ``exit_code`` and a ``wire_code``: the name a peer puts in an
 ``error`` message so that the other side raises the same class (see docs/protocol.md).
 Messages are written for the person at the keyboard: what happened, what to do next.
+An error whose text names local details (an absolute path, free space, an OS error) also
+carries ``peer_message``, the text the peer is told instead (``peer_text``): only names
+the peer sent itself, so that nothing about this machine's folders reaches it.
 """
 
 from __future__ import annotations
@@ -68,6 +71,16 @@ class P2PCopyError(Exception):
     wire_code: ClassVar[str] = "internal"
     #: True when the peer reported this error in an ``error`` message (so we do not echo it).
     from_peer: bool = False
+
+    def __init__(self, *args: object, peer_message: str | None = None) -> None:
+        super().__init__(*args)
+        #: What the peer is told instead of the local text, when that names local details.
+        self.peer_message = peer_message
+
+    @property
+    def peer_text(self) -> str:
+        """The text for the peer's ``error`` message: never a path or figure of this machine."""
+        return str(self) if self.peer_message is None else self.peer_message
 
 
 class UsageError(P2PCopyError):

@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 
 from .digests import NAMES, SHA256
 from .errors import IncompatiblePeerError, RemoteProtocolError
-from .resume import Offer
+from .resume import Offer, Prefix
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -43,6 +43,7 @@ __all__ = [
     "Manifest",
     "Accept",
     "Resume",
+    "PrefixDigests",
     "Checksums",
     "Eof",
     "Done",
@@ -188,22 +189,39 @@ class Manifest:
 class Accept:
     """Receiver to sender: the manifest is acceptable, start the data.
 
-    ``resume`` offers prefixes the receiver already holds (resume.py); a sender that
-    reads it answers with ``resume`` before any data. ``compression`` names the algorithms
-    the receiver decodes in data messages (``"zstd"``: DATA_ZSTD); names it does not know
-    are kept here and ignored by the sender. ``digest`` is the algorithm the receiver
-    picked from the manifest's ``digests`` for checksums and resume offers (None: SHA-256).
+    ``held`` lists prefixes the receiver already holds, without digests (resume.py); a
+    sender that reads it answers with ``prefix_digests`` before any data. ``resume`` is
+    what receivers before ``held`` sent instead: the prefixes with the receiver's digests,
+    answered with ``resume``; ours never sends it (it shows the digest of what the
+    receiver had). ``compression`` names the algorithms the receiver decodes in data
+    messages (``"zstd"``: DATA_ZSTD); names it does not know are kept here and ignored by
+    the sender. ``digest`` is the algorithm the receiver picked from the manifest's
+    ``digests`` for checksums and prefix digests (None: SHA-256).
     """
 
     resume: tuple[Offer, ...] | None = None
     compression: tuple[str, ...] | None = None
     digest: str | None = None
+    held: tuple[Prefix, ...] | None = None
     type: Literal["accept"] = "accept"
 
 
 @dataclass(frozen=True)
+class PrefixDigests:
+    """Sender to receiver, answering ``accept.held``: its digest of each held prefix of
+    its own source (those it could read); the receiver compares them with its own."""
+
+    files: tuple[Offer, ...]
+    type: Literal["prefix_digests"] = "prefix_digests"
+
+
+@dataclass(frozen=True)
 class Resume:
-    """Sender to receiver: the offers it verified, as (file, offset); the rest start at 0."""
+    """The prefixes whose digests matched, as (file, offset); the rest start at 0.
+
+    From the receiver, answering ``prefix_digests``; from a sender, answering an older
+    receiver's ``accept.resume``.
+    """
 
     files: tuple[tuple[int, int], ...]
     type: Literal["resume"] = "resume"
@@ -246,8 +264,8 @@ class ErrorMessage:
 
 
 Message = (
-    Hello | Ready | Waiting | Pake | Confirm | Manifest | Accept | Resume | Checksums | Eof
-    | Done | ErrorMessage
+    Hello | Ready | Waiting | Pake | Confirm | Manifest | Accept | PrefixDigests | Resume
+    | Checksums | Eof | Done | ErrorMessage
 )
 
 
@@ -272,6 +290,11 @@ def encode(message: Message) -> str:
             obj["compression"] = list(message.compression)
         if message.digest is not None:
             obj["digest"] = message.digest
+        if message.held is not None:
+            obj["held"] = [list(p) for p in message.held]
+    elif isinstance(message, PrefixDigests):
+        obj = {"type": "prefix_digests",
+               "files": [[o.file, o.offset, o.digest] for o in message.files]}
     elif isinstance(message, Resume):
         obj = {"type": "resume", "files": [list(f) for f in message.files]}
     else:
@@ -563,15 +586,25 @@ def _parse_accept(obj: dict[str, Any]) -> Accept:
                                or len(digest) > MAX_ALGORITHM_NAME):
         raise RemoteProtocolError(
             f"'digest' must be a string of at most {MAX_ALGORITHM_NAME} characters")
+    held = None
+    if obj.get("held") is not None:
+        held = tuple(Prefix(*_index_offset(item)) for item in _pairs(obj, "held", 2))
     if obj.get("resume") is None:
-        return Accept(compression=compression, digest=digest)
+        return Accept(compression=compression, digest=digest, held=held)
+    if held is not None:
+        raise RemoteProtocolError("an accept carries 'held' or 'resume', not both")
+    return Accept(resume=_offers(obj, "resume"), compression=compression, digest=digest)
+
+
+def _offers(obj: dict[str, Any], key: str) -> tuple[Offer, ...]:
+    """``obj[key]``: a list of [file, offset, digest]."""
     offers = []
-    for item in _pairs(obj, "resume", 3):
+    for item in _pairs(obj, key, 3):
         file, offset = _index_offset(item)
         if not isinstance(item[2], str) or not _HEX64.fullmatch(item[2]):
-            raise RemoteProtocolError("a resume offer's digest must be 64 lowercase hex digits")
+            raise RemoteProtocolError("a prefix digest must be 64 lowercase hex digits")
         offers.append(Offer(file, offset, item[2]))
-    return Accept(resume=tuple(offers), compression=compression, digest=digest)
+    return tuple(offers)
 
 
 def _parse_resume(obj: dict[str, Any]) -> Resume:
@@ -590,6 +623,8 @@ def parse_message(text: str) -> Message:
         return _parse_accept(obj)
     if kind == "resume":
         return _parse_resume(obj)
+    if kind == "prefix_digests":
+        return PrefixDigests(files=_offers(obj, "files"))
     if kind == "error":
         return ErrorMessage(code=_str(obj, "code"), message=_str(obj, "message"))
     if kind == "pake":

@@ -4,9 +4,11 @@ A file's *chain* is the digest (the transfer's hash, digests.py) of each of its
 whole-block prefixes ``file[:k*BLOCK]``. SHA-256 and BLAKE3 both hash incrementally, so
 recording it costs one copy of the hash state per block while the file is hashed anyway
 for the end-to-end check, and never a second pass over the data. With it a receiver
-offers "I hold the first ``offset`` bytes and their digest is ``digest``"; the sender
-accepts only if its own source has the same prefix digest, so a changed source is sent
-again from 0 and never spliced.
+says "I hold the first ``offset`` bytes" (a Prefix, no digest), the sender answers with
+its own digest of that prefix (an Offer), and the receiver resumes only if its digest is
+the same: a changed source is sent again from 0 and never spliced, and the receiver never
+shows a digest of what it held before (a sender that guessed a file's name, size and
+time could test guesses of its content against it offline).
 
 The sidecar beside a partial file (``.NAME.p2p-copy-resume``) records the last offset
 the receiver made durable, its prefix digest and the algorithm, so that a later run can
@@ -20,7 +22,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .digests import SHA256, Hash, available, new
 
@@ -29,6 +31,7 @@ __all__ = [
     "CHAIN_WINDOW",
     "SIDECAR_VERSION",
     "Offer",
+    "Prefix",
     "Sidecar",
     "ChainHasher",
     "check_offers",
@@ -49,16 +52,30 @@ MTIME_TOLERANCE = 0.01
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+class Prefix(NamedTuple):
+    """Receiver to sender (``accept``'s ``held``): it holds file ``file``'s first ``offset``
+    bytes."""
+
+    file: int
+    offset: int
+
+
 @dataclass(frozen=True)
 class Offer:
-    """Receiver to sender: file number ``file``'s first ``offset`` bytes hash to ``digest``.
+    """File number ``file``'s first ``offset`` bytes hash to ``digest``.
 
-    The digest is in the transfer's algorithm (the receiver's accept names it).
+    The sender says so of its source in ``prefix_digests``; a receiver keeps it of what it
+    holds, to compare (older receivers sent it in ``accept``). The digest is in the
+    transfer's algorithm (the receiver's accept names it).
     """
 
     file: int
     offset: int
     digest: str
+
+    @property
+    def prefix(self) -> Prefix:
+        return Prefix(self.file, self.offset)
 
 
 def valid_offset(offset: int, size: int) -> bool:
@@ -66,8 +83,9 @@ def valid_offset(offset: int, size: int) -> bool:
     return 0 < offset <= size and (offset % BLOCK == 0 or offset == size)
 
 
-def check_offers(offers: Sequence[Offer], sizes: Sequence[int | None]) -> str | None:
-    """Why ``offers`` for files of ``sizes`` (None: a stream) are out of place, or None."""
+def check_offers(offers: Sequence[Offer | Prefix], sizes: Sequence[int | None]) -> str | None:
+    """Why ``offers`` (or held prefixes) for files of ``sizes`` (None: a stream) are out of
+    place, or None."""
     seen: set[int] = set()
     for offer in offers:
         if not 0 <= offer.file < len(sizes):

@@ -147,6 +147,10 @@ def _raise(exc: OSError) -> NoReturn:
     raise UsageError(f"Cannot read {display_name(str(exc.filename))!r}: {exc.strerror}.")
 
 
+#: What a receiver is told when a source cannot be read: not where it is, nor why.
+_UNREADABLE = "The sender cannot read one of its files."
+
+
 class SourceChains:
     """What a sender remembers of its sources across reconnects: their prefix hashes.
 
@@ -166,35 +170,41 @@ class SourceChains:
 
     def verify(self, offer: Offer, algorithm: str = SHA256) -> ChainHasher | None:
         """A hasher (of ``algorithm``) holding the offered prefix if our source has it."""
-        if offer.file >= len(self._files):
+        chain = self.prefix(offer.file, offer.offset, algorithm)
+        return chain if chain is not None and chain.hexdigest() == offer.digest else None
+
+    def prefix(self, file: int, offset: int, algorithm: str = SHA256) -> ChainHasher | None:
+        """A hasher (of ``algorithm``) holding file ``file``'s first ``offset`` bytes, or
+        None if our source has fewer."""
+        if file >= len(self._files):
             return None
-        path, size = self._files[offer.file]
-        if offer.offset > size:
+        path, size = self._files[file]
+        if offset > size:
             return None
-        chain = self._chains.get(offer.file)
-        state = (chain.state_at(offer.offset)
+        chain = self._chains.get(file)
+        state = (chain.state_at(offset)
                  if chain is not None and chain.algorithm == algorithm else None)
         if state is None:
-            return self._reread(path, offer, algorithm)
-        return (ChainHasher(state, offer.offset, algorithm)
-                if state.hexdigest() == offer.digest else None)
+            return self._reread(path, offset, algorithm)
+        return ChainHasher(state, offset, algorithm)
 
     @staticmethod
-    def _reread(path: str, offer: Offer, algorithm: str) -> ChainHasher | None:
+    def _reread(path: str, offset: int, algorithm: str) -> ChainHasher | None:
         chain = ChainHasher(algorithm=algorithm)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
-            raise UsageError(f"Cannot read {display_name(path)!r}: {exc.strerror}.") from None
+            raise UsageError(f"Cannot read {display_name(path)!r}: {exc.strerror}.",
+                             peer_message=_UNREADABLE) from None
         try:
-            while chain.position < offer.offset:
-                data = os.read(fd, min(REREAD_BYTES, offer.offset - chain.position))
+            while chain.position < offset:
+                data = os.read(fd, min(REREAD_BYTES, offset - chain.position))
                 if not data:
                     return None  # the source shrank: send it again, from 0
                 chain.update(data)
         finally:
             os.close(fd)
-        return chain if chain.hexdigest() == offer.digest else None
+        return chain
 
 
 class StreamReader:
@@ -248,7 +258,8 @@ class StreamReader:
         try:
             self._handle = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
-            raise UsageError(f"Cannot read {display_name(path)!r}: {exc.strerror}.") from None
+            raise UsageError(f"Cannot read {display_name(path)!r}: {exc.strerror}.",
+                             peer_message=_UNREADABLE) from None
         start = self._starts.pop(self._index) if self._index in self._starts else None
         self._hash = start or ChainHasher(algorithm=self.algorithm)
         if self._hash.position:
@@ -271,7 +282,10 @@ class StreamReader:
         path = self._files[self._index][0]
         raise UsageError(
             f"{display_name(path)!r} {how} while it was being sent. "
-            "Send it again once nothing writes to it."
+            "Send it again once nothing writes to it.",
+            # The receiver knows the file by its number, not by where it is here.
+            peer_message=f"File {self._index} of the manifest {how} on the sender's side "
+            "while it was being sent.",
         )
 
     def close(self) -> None:

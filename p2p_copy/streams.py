@@ -21,7 +21,7 @@ All methods block: the asyncio layer calls them from a worker thread.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import BinaryIO, Final, NoReturn, Protocol
 
 from .digests import NAMES, SHA256, new
@@ -95,8 +95,11 @@ class Sink(Protocol):
     def offers(self) -> list[Offer]:
         """After prepare: prefixes already held, to offer in ``accept`` (resume.py)."""
 
-    def resume(self, starts: dict[int, int]) -> None:
-        """The sender continues these files from these offsets; the rest from 0."""
+    def resume(self, starts: dict[int, int], differs: Collection[int] = ()) -> None:
+        """The sender continues these files from these offsets; the rest from 0.
+
+        ``differs``: offered files whose prefix the sender showed to differ from ours.
+        """
 
     def suspend(self) -> None:
         """The transfer stopped for a reason worth retrying: keep what can be resumed."""
@@ -288,7 +291,7 @@ class PipeSink:
     def offers(self) -> list[Offer]:
         return []
 
-    def resume(self, starts: dict[int, int]) -> None:
+    def resume(self, starts: dict[int, int], differs: Collection[int] = ()) -> None:
         pass
 
     def suspend(self) -> None:
@@ -398,7 +401,7 @@ class ObjectSink:
     def offers(self) -> list[Offer]:
         return []
 
-    def resume(self, starts: dict[int, int]) -> None:
+    def resume(self, starts: dict[int, int], differs: Collection[int] = ()) -> None:
         pass
 
     def suspend(self) -> None:

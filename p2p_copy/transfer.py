@@ -7,13 +7,15 @@ Rules, in the order a transfer follows them (docs/protocol.md has the full text)
           <--------------------- ready
     manifest (one or more parts) ------------------------------->
           <------------------------------------------------------- accept
-    [resume, if the accept offered prefixes] ------------------->
+    [if the accept lists prefixes the receiver holds:
+    prefix_digests (the sender's digest of each) --------------->
+          <------------------------------------------------------- resume (those equal)]
     data, data, checksums, data ... ---------------------------->
     eof -------------------------------------------------------->
           <------------------------------------------------------- done
 
 The data stream is every file's bytes concatenated in manifest order (each from the
-offset the sender accepted in ``resume``, else from 0), cut into binary messages of any
+offset agreed in ``resume``, else from 0), cut into binary messages of any
 size, so that one message can carry many small files. A ``checksums``
 message gives the digests of files whose last byte has been sent: SHA-256, or BLAKE3 if
 the manifest offered it and the receiver's accept picked it (digests.py). Either side may
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import hmac
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -63,6 +66,7 @@ from .messages import (
     Hello,
     Manifest,
     Pake,
+    PrefixDigests,
     Ready,
     Resume,
     Role,
@@ -74,7 +78,7 @@ from .messages import (
 )
 from .paths import display_name
 from .policy import ReceivePolicy, check_policy
-from .resume import Offer, check_offers
+from .resume import Offer, Prefix, check_offers
 
 __all__ = [
     "SenderState",
@@ -117,8 +121,14 @@ class SenderState(enum.IntEnum):
     WAIT_DONE = 5
     DONE = 6
     FAILED = 7
-    #: The receiver offered prefixes: the caller checks them, then calls resume().
+    #: A receiver before ``held`` offered prefixes with its digests: the caller checks
+    #: them, then calls resume().
     VERIFYING = 8
+    #: The receiver holds prefixes (``held``): the caller hashes ours, then calls
+    #: prefix_digests().
+    PROVING = 9
+    #: prefix_digests was sent: the receiver's ``resume`` says which prefixes matched.
+    WAIT_RESUME = 10
 
 
 class ReceiverState(enum.IntEnum):
@@ -129,8 +139,11 @@ class ReceiverState(enum.IntEnum):
     FINISHING = 4
     DONE = 5
     FAILED = 6
-    #: Prefixes were offered: the sender's ``resume`` (or, from an older sender, data) is next.
+    #: Prefixes were offered: the sender's ``prefix_digests`` (or, from a sender that
+    #: ignores them, data) is next.
     WAIT_RESUME = 7
+    #: The sender's prefix digests were compared: call resume() to tell it the result.
+    ANSWER_RESUME = 8
 
 
 @dataclass(frozen=True)
@@ -179,10 +192,13 @@ class TransferFinished:
 class ResumeAgreed:
     """Files continue from these offsets (file number -> bytes already held); others from 0.
 
-    Comes before any FileData of the transfer whenever prefixes were offered.
+    Comes before any FileData of the transfer whenever prefixes were offered. ``differs``:
+    offered files whose prefix the sender showed to be other than ours (an offered file in
+    neither was not compared: the sender ignored the offer or could not read its prefix).
     """
 
     starts: dict[int, int]
+    differs: frozenset[int] = frozenset()
 
 
 ReceiverEvent = ManifestReceived | ResumeAgreed | FileData | FileCompleted | TransferFinished
@@ -289,8 +305,12 @@ class Sender:
         self.entries = tuple(entries)
         self._part_bytes = manifest_part_bytes
         self._stream = _Stream(_sizes(self.entries))
-        #: What the receiver offered in its accept (state VERIFYING), checked for shape.
+        #: What an older receiver offered in its accept (state VERIFYING), checked for shape.
         self.offers: tuple[Offer, ...] = ()
+        #: The prefixes the receiver holds (state PROVING), checked for shape.
+        self.held: tuple[Prefix, ...] = ()
+        #: What prefix_digests told the receiver, by file number.
+        self._claims: dict[int, Offer] = {}
         #: The agreed offsets: file number -> first byte sent.
         self.starts: dict[int, int] = {}
         #: The receiver's accept listed "zstd": frame_data may send DATA_ZSTD messages.
@@ -328,7 +348,7 @@ class Sender:
         offer = None if self.digests_offered == (SHA256,) else self.digests_offered
         return encode_manifest(self.entries, self._part_bytes, offer)
 
-    def receive(self, message: str | bytes) -> Ready | Waiting | Accept | Done:
+    def receive(self, message: str | bytes) -> Ready | Waiting | Accept | Resume | Done:
         """Feed a message from the relay or the receiver; return what it was."""
         if isinstance(message, (bytes, bytearray, memoryview)):
             raise self._fail(RemoteProtocolError("the receiver sent binary data to the sender"))
@@ -343,9 +363,10 @@ class Sender:
             # The relay confirms that the room is ours; ``ready`` follows when a receiver joins.
             self.waiting_confirmed = True
             return parsed
-        expected: dict[SenderState, type[Ready | Accept | Done]] = {
+        expected: dict[SenderState, type[Ready | Accept | Resume | Done]] = {
             SenderState.WAIT_READY: Ready,
             SenderState.WAIT_ACCEPT: Accept,
+            SenderState.WAIT_RESUME: Resume,
             SenderState.WAIT_DONE: Done,
         }
         wanted = expected.get(self.state)
@@ -358,8 +379,11 @@ class Sender:
         self.state = {
             Ready: SenderState.SEND_MANIFEST,
             Accept: SenderState.STREAMING,
+            Resume: SenderState.STREAMING,
             Done: SenderState.DONE,
         }[wanted]
+        if isinstance(parsed, Resume):
+            self._agreed(parsed)
         if isinstance(parsed, Accept):
             # Names we do not know are ignored: the receiver may decode more than we send.
             self.peer_accepts_zstd = ZSTD in (parsed.compression or ())
@@ -370,14 +394,47 @@ class Sender:
                     f"The receiver broke the protocol: it picked the hash {digest!r}, which "
                     "the manifest did not offer."))
             self.digest = digest
-        if isinstance(parsed, Accept) and parsed.resume is not None:
-            problem = check_offers(parsed.resume, _sizes(self.entries))
+        if isinstance(parsed, Accept) and (parsed.held or parsed.resume is not None):
+            offers = parsed.held or parsed.resume or ()
+            problem = check_offers(offers, _sizes(self.entries))
             if problem:
                 raise self._fail(
                     RemoteProtocolError(f"The receiver broke the protocol: {problem}."))
-            self.offers = parsed.resume
-            self.state = SenderState.VERIFYING
+            if parsed.held:
+                self.held = parsed.held
+                self.state = SenderState.PROVING
+            else:
+                # A receiver before ``held`` showed its digests; nothing to hide any more.
+                self.offers = parsed.resume or ()
+                self.state = SenderState.VERIFYING
         return parsed
+
+    def prefix_digests(self, digests: Sequence[Offer]) -> str:
+        """The ``prefix_digests`` message: our digest of each held prefix we could read.
+
+        ``digests`` must name prefixes among ``held``; the others are sent from 0.
+        """
+        self._expect(SenderState.PROVING)
+        held = set(self.held)
+        claims = {o.file: o for o in digests}
+        if len(claims) != len(digests) or not all(o.prefix in held for o in digests):
+            raise LocalProtocolError("only prefixes the receiver holds can be shown, once")
+        self._claims = claims
+        self.state = SenderState.WAIT_RESUME
+        return encode(PrefixDigests(files=tuple(digests)))
+
+    def _agreed(self, message: Resume) -> None:
+        """Take the receiver's ``resume``: prefixes we showed and it found equal."""
+        starts: dict[int, int] = {}
+        for file, offset in message.files:
+            claim = self._claims.get(file)
+            if claim is None or claim.offset != offset or file in starts:
+                raise self._fail(RemoteProtocolError(
+                    f"The receiver broke the protocol: it resumes file {file} at {offset}, "
+                    "which the sender did not show a digest for."))
+            starts[file] = offset
+        self.starts = starts
+        self._stream = _Stream(_remaining(_sizes(self.entries), starts))
 
     def resume(self, accepted: Sequence[Offer]) -> str:
         """The ``resume`` message for the offers whose prefixes match our sources.
@@ -447,9 +504,9 @@ class Sender:
         return encode(Eof())
 
     def error(self, exc: P2PCopyError) -> str:
-        """The error message that tells the receiver why we stop."""
+        """The error message that tells the receiver why we stop (its peer-safe text)."""
         self.state = SenderState.FAILED
-        return encode(ErrorMessage(code=exc.wire_code, message=str(exc)))
+        return encode(ErrorMessage(code=exc.wire_code, message=exc.peer_text))
 
     def _fail(self, exc: P2PCopyError) -> P2PCopyError:
         self.state = SenderState.FAILED
@@ -542,11 +599,11 @@ class Receiver:
             )
         if self.state is ReceiverState.WAIT_MANIFEST and isinstance(msg, Manifest):
             return self._receive_manifest(msg)
-        if self.state is ReceiverState.WAIT_RESUME and isinstance(msg, Resume):
-            return [self._agree(msg.files)]
+        if self.state is ReceiverState.WAIT_RESUME and isinstance(msg, PrefixDigests):
+            return [self._compare(msg.files)]
         if self.state is ReceiverState.WAIT_RESUME and isinstance(msg, (Checksums, Eof)):
             # A sender from before resume ignores the offers: everything comes from 0.
-            return [self._agree(()), *self._receive_control(msg)]
+            return [self._agree({}), *self._receive_control(msg)]
         if self.state is ReceiverState.STREAMING and isinstance(msg, Checksums):
             problem = self._stream.check_checksums(msg.first, len(msg.digests))
             if msg.algorithm != self.digest:
@@ -599,24 +656,44 @@ class Receiver:
         self.state = ReceiverState.DECIDING
         return [ManifestReceived(self.entries)]
 
-    def _agree(self, files: Sequence[tuple[int, int]]) -> ResumeAgreed:
+    def _compare(self, claims: Sequence[Offer]) -> ResumeAgreed:
+        """The sender's digests of the prefixes we hold, against ours: equal ones resume."""
         starts: dict[int, int] = {}
-        for file, offset in files:
-            offer = self._offers.get(file)
-            if offer is None or offer.offset != offset or file in starts:
+        differs: set[int] = set()
+        for claim in claims:
+            ours = self._offers.get(claim.file)
+            if (ours is None or ours.offset != claim.offset or claim.file in starts
+                    or claim.file in differs):
                 raise RemoteProtocolError(
-                    f"The sender broke the protocol: it resumes file {file} at {offset}, "
-                    "which the receiver did not offer."
+                    f"The sender broke the protocol: it shows a digest of file {claim.file} "
+                    f"up to {claim.offset}, a prefix the receiver did not offer."
                 )
-            starts[file] = offset
+            # Compared in constant time: how long it takes says nothing about our digest.
+            if hmac.compare_digest(ours.digest, claim.digest):
+                starts[claim.file] = claim.offset
+            else:
+                differs.add(claim.file)
+        agreed = self._agree(starts, frozenset(differs))
+        self.state = ReceiverState.ANSWER_RESUME
+        return agreed
+
+    def _agree(self, starts: dict[int, int],
+               differs: frozenset[int] = frozenset()) -> ResumeAgreed:
         self.starts = starts
         self._stream = _Stream(_remaining(_sizes(self.entries), starts))
         self.state = ReceiverState.STREAMING
-        return ResumeAgreed(dict(starts))
+        return ResumeAgreed(dict(starts), differs)
+
+    def resume(self) -> str:
+        """The ``resume`` message: which prefixes the sender showed to be equal to ours."""
+        if self.state is not ReceiverState.ANSWER_RESUME:
+            raise LocalProtocolError("resume answers the sender's prefix digests")
+        self.state = ReceiverState.STREAMING
+        return encode(Resume(files=tuple(self.starts.items())))
 
     def _receive_data(self, data: memoryview) -> list[ReceiverEvent]:
         if self.state is ReceiverState.WAIT_RESUME:
-            return [self._agree(()), *self._receive_data(data)]
+            return [self._agree({}), *self._receive_data(data)]
         if self.state is not ReceiverState.STREAMING:
             raise RemoteProtocolError(
                 f"The sender broke the protocol: data arrived in state {self.state.name}."
@@ -671,7 +748,13 @@ class Receiver:
             )
 
     def accept(self, offers: Sequence[Offer] = ()) -> str:
-        """Accept the manifest, offering the prefixes in ``offers`` (resume.py) if any."""
+        """Accept the manifest, offering the prefixes in ``offers`` (resume.py) if any.
+
+        Only their (file, offset) go out, as ``held``: their digests stay here, to compare
+        with the sender's. A digest of what the receiver had before this transfer would
+        let a sender that guessed a file's name, size and time test guesses of its
+        content offline.
+        """
         if self.state is not ReceiverState.DECIDING:
             raise LocalProtocolError("accept answers a manifest")
         problem = check_offers(offers, _sizes(self.entries))
@@ -685,7 +768,8 @@ class Receiver:
             return encode(Accept(compression=compression, digest=digest))
         self._offers = {o.file: o for o in offers}
         self.state = ReceiverState.WAIT_RESUME
-        return encode(Accept(resume=tuple(offers), compression=compression, digest=digest))
+        return encode(Accept(compression=compression, digest=digest,
+                             held=tuple(o.prefix for o in offers)))
 
     def done(self) -> str:
         if self.state is not ReceiverState.FINISHING:
@@ -694,5 +778,6 @@ class Receiver:
         return encode(Done())
 
     def error(self, exc: P2PCopyError) -> str:
+        """The error message that tells the sender why we stop (its peer-safe text)."""
         self.state = ReceiverState.FAILED
-        return encode(ErrorMessage(code=exc.wire_code, message=str(exc)))
+        return encode(ErrorMessage(code=exc.wire_code, message=exc.peer_text))

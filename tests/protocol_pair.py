@@ -23,7 +23,17 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from p2p_copy import digests
 from p2p_copy.digests import SHA256
-from p2p_copy.messages import Accept, Done, Entry, FileEntry, Ready, Waiting, encode, parse_hello
+from p2p_copy.messages import (
+    Accept,
+    Done,
+    Entry,
+    FileEntry,
+    Ready,
+    Resume,
+    Waiting,
+    encode,
+    parse_hello,
+)
 from p2p_copy.pairing import Paired, Rooms, Wait
 from p2p_copy.transfer import (
     DEFAULT_MAX_ENTRIES,
@@ -137,7 +147,7 @@ class ProtocolPair:
         self.events.extend(events)
         return events
 
-    def to_sender(self, message: str) -> Ready | Waiting | Accept | Done:
+    def to_sender(self, message: str) -> Ready | Waiting | Accept | Resume | Done:
         """Deliver one message to the sender; return what the sender made of it."""
         self.to_sender_log.append(message)
         return self.sender.receive(message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,21 @@ from p2p_copy.messages import (
     Accept,
     DirEntry,
     FileEntry,
+    PrefixDigests,
     Resume,
     StreamEntry,
     encode,
     parse_message,
 )
-from p2p_copy.resume import BLOCK, CHAIN_WINDOW, ChainHasher, Offer, Sidecar, check_offers
+from p2p_copy.resume import (
+    BLOCK,
+    CHAIN_WINDOW,
+    ChainHasher,
+    Offer,
+    Prefix,
+    Sidecar,
+    check_offers,
+)
 from p2p_copy.sources import SourceChains
 from p2p_copy.transfer import (
     FileCompleted,
@@ -100,16 +110,28 @@ def test_good_offers_pass() -> None:
                         [3 * BLOCK, 77]) is None
 
 
-def test_accept_and_resume_round_trip_on_the_wire() -> None:
-    """accept carries [file, offset, sha256] triples; resume carries [file, offset] pairs."""
-    accept = Accept(resume=(Offer(2, BLOCK, "a" * 64),))
+def test_accept_prefix_digests_and_resume_round_trip_on_the_wire() -> None:
+    """accept carries [file, offset] pairs (``held``, no digest); prefix_digests carries the
+    sender's [file, offset, digest] triples; resume carries [file, offset] pairs."""
+    accept = Accept(held=(Prefix(2, BLOCK),))
     text = encode(accept)
-    assert json.loads(text) == {"type": "accept", "resume": [[2, BLOCK, "a" * 64]]}
+    assert json.loads(text) == {"type": "accept", "held": [[2, BLOCK]]}
     assert parse_message(text) == accept
     assert encode(Accept()) == '{"type":"accept"}'
+    shown = PrefixDigests(files=(Offer(2, BLOCK, "a" * 64),))
+    assert json.loads(encode(shown)) == {"type": "prefix_digests",
+                                         "files": [[2, BLOCK, "a" * 64]]}
+    assert parse_message(encode(shown)) == shown
     resume = Resume(files=((2, BLOCK),))
     assert json.loads(encode(resume)) == {"type": "resume", "files": [[2, BLOCK]]}
     assert parse_message(encode(resume)) == resume
+
+
+def test_an_older_receivers_accept_with_digests_still_parses() -> None:
+    """accept.resume of receivers before ``held``: [file, offset, digest] triples."""
+    accept = Accept(resume=(Offer(2, BLOCK, "a" * 64),))
+    assert json.loads(encode(accept)) == {"type": "accept", "resume": [[2, BLOCK, "a" * 64]]}
+    assert parse_message(encode(accept)) == accept
 
 
 @pytest.mark.parametrize("text", [
@@ -117,12 +139,20 @@ def test_accept_and_resume_round_trip_on_the_wire() -> None:
     '{"type":"accept","resume":[[0,1,"XYZ"]]}',
     '{"type":"accept","resume":[[true,1,"' + "a" * 64 + '"]]}',
     '{"type":"accept","resume":{}}',
+    '{"type":"accept","held":[[0,0]]}',
+    '{"type":"accept","held":[[0,1,"' + "a" * 64 + '"]]}',
+    '{"type":"accept","held":{}}',
+    '{"type":"accept","held":[[0,1]],"resume":[[0,1,"' + "a" * 64 + '"]]}',
+    '{"type":"prefix_digests","files":[[0,1]]}',
+    '{"type":"prefix_digests","files":[[0,1,"A' + "a" * 63 + '"]]}',
+    '{"type":"prefix_digests"}',
     '{"type":"resume","files":[[0]]}',
     '{"type":"resume","files":[[-1,5]]}',
     '{"type":"resume"}',
 ])
 def test_malformed_offers_are_refused(text: str) -> None:
-    """Offsets start at 1, digests are lowercase hex, lists have the right shape."""
+    """Offsets start at 1, digests are lowercase hex, lists have the right shape, and an
+    accept holds prefixes one way only."""
     with pytest.raises(RemoteProtocolError):
         parse_message(text)
 
@@ -139,17 +169,34 @@ def _pair(entries: list[FileEntry | StreamEntry]) -> tuple[Sender, Receiver]:
     return sender, receiver
 
 
+def test_the_receiver_never_sends_its_digests() -> None:
+    """accept names the prefixes held, never their digests: the sender shows its own first."""
+    a = os.urandom(BLOCK + 10)
+    sender, receiver = _pair([FileEntry("a", len(a))])
+    ours = Offer(0, BLOCK, sha(a[:BLOCK]))
+    accept = receiver.accept([ours])
+    assert ours.digest not in accept
+    assert json.loads(accept)["held"] == [[0, BLOCK]]
+    sender.receive(accept)
+    assert sender.state is SenderState.PROVING and sender.held == (Prefix(0, BLOCK),)
+
+
 def test_resumed_files_stream_only_their_rest() -> None:
-    """After resume, the stream holds each file from its accepted offset; the receiver's
+    """After resume, the stream holds each file from its agreed offset; the receiver's
     FileData offsets count from the file's start, and checksums stay whole-file."""
     a, b = os.urandom(2 * BLOCK + 10), os.urandom(BLOCK + 3)
     sender, receiver = _pair([FileEntry("a", len(a)), FileEntry("b", len(b))])
-    offers = [Offer(0, BLOCK, sha(a[:BLOCK])), Offer(1, BLOCK, "f" * 64)]
-    sender.receive(receiver.accept(offers))
-    assert sender.state is SenderState.VERIFYING and sender.offers == tuple(offers)
+    # The receiver holds a's first block, and a block of some other b.
+    held = [Offer(0, BLOCK, sha(a[:BLOCK])), Offer(1, BLOCK, sha(b"x" * BLOCK))]
+    sender.receive(receiver.accept(held))
     assert receiver.state is ReceiverState.WAIT_RESUME
-    events = receiver.receive(sender.resume([offers[0]]))  # b's digest did not match
-    assert events == [ResumeAgreed({0: BLOCK})]
+    shown = sender.prefix_digests([Offer(0, BLOCK, sha(a[:BLOCK])),
+                                   Offer(1, BLOCK, sha(b[:BLOCK]))])
+    events = receiver.receive(shown)
+    assert events == [ResumeAgreed({0: BLOCK}, frozenset({1}))]  # b's digest differs
+    assert sender.state is SenderState.WAIT_RESUME
+    assert sender.receive(receiver.resume()) == Resume(files=((0, BLOCK),))
+    assert sender.state is SenderState.STREAMING and sender.starts == {0: BLOCK}
     rest = a[BLOCK:] + b
     buffer = bytearray(1 + len(rest))
     buffer[1:] = rest
@@ -163,32 +210,71 @@ def test_resumed_files_stream_only_their_rest() -> None:
     assert sender.bytes_sent == len(rest)
 
 
-def test_only_offered_prefixes_can_be_resumed() -> None:
-    """A resume for a file or offset the receiver did not offer breaks the protocol."""
+def test_a_prefix_the_sender_does_not_show_is_not_compared() -> None:
+    """A held prefix the sender leaves out (it could not read it) is neither equal nor
+    different: everything of that file comes from 0."""
+    sender, receiver = _pair([FileEntry("a", 3 * BLOCK)])
+    sender.receive(receiver.accept([Offer(0, BLOCK, "a" * 64)]))
+    assert receiver.receive(sender.prefix_digests([])) == [ResumeAgreed({})]
+    sender.receive(receiver.resume())
+    assert sender.starts == {}
+
+
+def test_only_held_prefixes_can_be_shown_and_resumed() -> None:
+    """A digest for a prefix not held, or a resume for one not shown, breaks the protocol."""
     sender, receiver = _pair([FileEntry("a", 3 * BLOCK)])
     receiver.accept([Offer(0, BLOCK, "a" * 64)])
     with pytest.raises(RemoteProtocolError):
-        receiver.receive(encode(Resume(files=((0, 2 * BLOCK),))))
+        receiver.receive(encode(PrefixDigests(files=(Offer(0, 2 * BLOCK, "a" * 64),))))
+    _, receiver = _pair([FileEntry("a", 3 * BLOCK)])
+    receiver.accept([Offer(0, BLOCK, "a" * 64)])
+    with pytest.raises(RemoteProtocolError):  # a sender's resume: only the receiver says it
+        receiver.receive(encode(Resume(files=((0, BLOCK),))))
     sender2, _ = _pair([FileEntry("a", 3 * BLOCK)])
-    sender2.receive(encode(Accept(resume=(Offer(0, BLOCK, "a" * 64),))))
+    sender2.receive(encode(Accept(held=(Prefix(0, BLOCK),))))
     with pytest.raises(LocalProtocolError):
-        sender2.resume([Offer(0, 2 * BLOCK, "a" * 64)])
+        sender2.prefix_digests([Offer(0, 2 * BLOCK, "a" * 64)])
+    sender3, _ = _pair([FileEntry("a", 3 * BLOCK)])
+    sender3.receive(encode(Accept(held=(Prefix(0, BLOCK),))))
+    sender3.prefix_digests([])
+    with pytest.raises(RemoteProtocolError):
+        sender3.receive(encode(Resume(files=((0, BLOCK),))))
+
+
+def test_an_older_receivers_offers_are_checked_by_the_sender() -> None:
+    """A receiver before ``held`` shows its digests in accept.resume: the sender compares
+    them and answers resume with those that match (only offers it made)."""
+    a = os.urandom(2 * BLOCK)
+    sender, _ = _pair([FileEntry("a", len(a))])
+    offer = Offer(0, BLOCK, sha(a[:BLOCK]))
+    sender.receive(encode(Accept(resume=(offer,))))
+    assert sender.state is SenderState.VERIFYING and sender.offers == (offer,)
+    with pytest.raises(LocalProtocolError):
+        sender.resume([Offer(0, 2 * BLOCK, "a" * 64)])
+    assert json.loads(sender.resume([offer])) == {"type": "resume", "files": [[0, BLOCK]]}
+    assert sender.starts == {0: BLOCK}
 
 
 def test_sender_refuses_offers_out_of_range() -> None:
-    """An offer beyond a file's size is the receiver breaking the protocol."""
+    """A prefix beyond a file's size is the receiver breaking the protocol."""
     sender, _ = _pair([FileEntry("a", 10)])
     with pytest.raises(RemoteProtocolError):
         sender.receive(encode(Accept(resume=(Offer(0, BLOCK, "a" * 64),))))
+    sender, _ = _pair([FileEntry("a", 10)])
+    with pytest.raises(RemoteProtocolError):
+        sender.receive(encode(Accept(held=(Prefix(0, BLOCK),))))
 
 
 def test_data_from_a_sender_that_ignores_offers_starts_from_zero() -> None:
-    """A sender from before resume sends data right after accept: all files start at 0."""
+    """A sender that does not read ``held`` sends data right after accept: all files
+    start at 0, and no offered file counts as compared."""
     _sender, receiver = _pair([FileEntry("a", 4)])
     receiver.accept([Offer(0, 4, sha(b"abcd"))])
     events = receiver.receive(b"\x00abcd")
-    assert events[0] == ResumeAgreed({})
+    assert events[0] == ResumeAgreed({}, frozenset())
     assert isinstance(events[1], FileData) and events[1].offset == 0
+    with pytest.raises(LocalProtocolError):
+        receiver.resume()  # nothing to answer
 
 
 def test_sidecar_round_trip_and_garbage() -> None:
@@ -525,3 +611,80 @@ def test_suspend_drops_parts_shorter_than_a_block(tmp_path: Path) -> None:
     dest.apply([FileData(0, 0, memoryview(data)), FileData(1, 0, memoryview(data))])
     dest.suspend()
     assert list(tmp_path.iterdir()) == []
+
+
+def _section_12_4() -> str:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text("utf-8")
+    return doc[doc.index("### 12.4 "):doc.index("## 13. ")]
+
+
+def test_worked_resume_example_is_what_the_machines_send() -> None:
+    """docs/protocol.md §12.4: held, prefix_digests, resume and the shortened stream are
+    exactly what our sender and receiver say when the receiver holds trip/a.txt."""
+    from p2p_copy.digests import SHA256
+
+    room = "4db57ad8f4f2ce91aca47e419715faf52e952b614d41f7cb6d28cb7684bceac0"
+    entries = [DirEntry("trip", mode=0o755, mtime=1700000001.0),
+               FileEntry("trip/a.txt", 14, mode=0o644, mtime=1700000000.5),
+               FileEntry("trip/b.txt", 4, mode=0o600, mtime=1700000000.0),
+               DirEntry("trip/empty", mode=0o755, mtime=1700000000.0)]
+    a, b = b"Hello, world!\n", b"p2p\n"
+    sender = Sender(room, entries, digests=(SHA256,))
+    receiver = Receiver(room, digests=(SHA256,))
+    sender.hello()
+    receiver.hello()
+    sender.receive('{"type":"ready"}')
+    for part in sender.manifest():
+        receiver.receive(part)
+    actual: list[tuple[str, str | bytes]] = []
+
+    def to_receiver(message: str | bytes) -> list[object]:
+        actual.append(("S→R", message))
+        return list(receiver.receive(message))
+
+    def to_sender(message: str) -> None:
+        actual.append(("R→S", message))
+        sender.receive(message)
+
+    to_sender(receiver.accept([Offer(0, 14, sha(a))]))
+    assert to_receiver(sender.prefix_digests([Offer(0, 14, sha(a))])) == [ResumeAgreed({0: 14})]
+    to_sender(receiver.resume())
+    buffer = bytearray(1 + len(b))
+    buffer[1:] = b
+    to_receiver(bytes(sender.frame_data(buffer, len(b))))
+    for message in sender.checksums([sha(a), sha(b)]):
+        to_receiver(message)
+    to_receiver(sender.eof())
+    actual.append(("R→S", receiver.done()))
+
+    section = _section_12_4()
+    table = section[section.index("| # | direction | kind | message |"):]
+    documented: list[tuple[str, str | bytes]] = []
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if not cells[2].startswith(("text", "binary")):
+            continue
+        quoted = cells[3].split("`")[1]
+        documented.append((cells[1], quoted if cells[2] == "text" else bytes.fromhex(quoted)))
+    assert documented == actual
+
+
+def test_worked_resume_example_differing_file_error(tmp_path: Path) -> None:
+    """§12.4's `exists` error for a held file whose digest differs is our receiver's text,
+    and it names no path of the receiver's machine."""
+    dest = tmp_path / "incoming"
+    (dest / "trip").mkdir(parents=True)
+    held = dest / "trip" / "a.txt"
+    held.write_bytes(b"Hello, WORLD!\n")
+    os.utime(held, (1700000000.5, 1700000000.5))
+    entries = [FileEntry("trip/a.txt", 14, mtime=1700000000.5)]
+    destination = Destination(dest, entries)
+    destination.prepare()
+    assert [o.prefix for o in destination.offers()] == [Prefix(0, 14)]
+    with pytest.raises(DestinationExistsError) as info:
+        destination.resume({}, {0})
+    said = re.findall(r"`(\{\"type\":\"error\"[^`]*)`", _section_12_4())
+    assert json.loads(said[0])["message"] == info.value.peer_text
+    assert str(tmp_path) not in info.value.peer_text and str(held) in str(info.value)

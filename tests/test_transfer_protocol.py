@@ -1059,7 +1059,8 @@ def test_compressed_data_after_resume_counts_from_the_offsets() -> None:
     assert json.loads(accept)["compression"] == ["zstd"]
     pair.to_sender(accept)
     assert pair.sender.peer_accepts_zstd
-    pair.to_receiver(pair.sender.resume([offer]))
+    pair.to_receiver(pair.sender.prefix_digests([offer]))
+    pair.to_sender(pair.receiver.resume())
     pair.send_data(contents["a.csv"][block:] + contents["b.csv"])
     assert data_kinds(pair) == [DATA_ZSTD]
     assert pair.events[1] == ResumeAgreed({0: block})
