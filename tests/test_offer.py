@@ -16,15 +16,22 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
 
 import p2p_copy
-from p2p_copy.errors import CancelledError, PeerGoneError, PolicyError, UsageError
+from p2p_copy.errors import (
+    CancelledError,
+    PeerGoneError,
+    PolicyError,
+    TransferTimeoutError,
+    UsageError,
+)
 from p2p_copy.messages import DirEntry, FileEntry, StreamEntry
-from p2p_copy.policy import ReceivePolicy, check_offer, summarize_offer
-from p2p_copy.progress import offer_lines
+from p2p_copy.policy import OfferSummary, ReceivePolicy, check_offer, summarize_offer
+from p2p_copy.progress import NoProgress, offer_lines
 from p2p_copy.relay import Relay
 
 from .conftest import Processes, cli_env
@@ -375,3 +382,81 @@ def test_a_sender_that_gives_up_ends_the_question(processes: Processes, tmp_path
     assert code_ == PeerGoneError.exit_code, shown
     assert "The sender cancelled the transfer" in shown
     assert _tree(home) == before
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_asked_cancels_and_writes_nothing(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """Ctrl-C (SIGINT) at the question cancels: exit 130, nothing written, the sender told."""
+    _, url = processes.start_relay()
+    src = tmp_path / "report.pdf"
+    src.write_text("pdf")
+    home, before = _fake_home(tmp_path)
+    code = _code()
+    terminal = Terminal(processes, "receive", url, code, cwd=home, env=cli_env(HOME=str(home)))
+    sender = processes.start("send", url, code, str(src))
+    terminal.read_until("[y/N]")
+    terminal.proc.send_signal(signal.SIGINT)
+    code_, shown = terminal.finish()
+    _, s_err = sender.communicate(timeout=TIMEOUT)
+    assert code_ == CancelledError.exit_code, shown
+    assert sender.returncode == PeerGoneError.exit_code, s_err
+    assert "The receiver cancelled the transfer" in s_err
+    assert _tree(home) == before
+
+
+class _Asking(NoProgress):
+    """A display that asks someone (here: answers ``answer`` after ``wait`` is set)."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.asked: list[OfferSummary] = []
+        self.wait = asyncio.Event()
+
+    def offer(self, summary: OfferSummary) -> Awaitable[bool] | None:
+        self.asked.append(summary)
+        return self._reply()
+
+    async def _reply(self) -> bool:
+        await self.wait.wait()
+        return self.answer
+
+
+@pytest.mark.timeout(120)
+async def test_a_display_that_asks_decides_instead_of_the_policy(
+    relay: Relay, tmp_path: Path
+) -> None:
+    """An asking display's yes takes hidden names without allow_hidden (the person saw them)."""
+    paths = _planted(tmp_path / "src")
+    display = _Asking(True)
+    display.wait.set()
+    code = _code()
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.gather(
+            p2p_copy.send(relay.url, code, paths, progress="none"),
+            p2p_copy.receive(relay.url, code, tmp_path / "dest", progress=display))
+    assert [s.hidden for s in display.asked] == [(".ssh/", ".bash_profile", ".config/")]
+    assert (tmp_path / "dest" / ".bash_profile").exists()
+
+
+@pytest.mark.timeout(120)
+async def test_an_unanswered_offer_is_declined_after_the_offer_timeout(
+    relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody answers within OFFER_TIMEOUT: declined as a timeout on both sides, nothing written."""
+    from p2p_copy import api
+
+    monkeypatch.setattr(api, "OFFER_TIMEOUT", 0.5)
+    src = tmp_path / "report.pdf"
+    src.write_text("pdf")
+    code = _code()
+    async with asyncio.timeout(TIMEOUT):
+        sent, received = await asyncio.gather(
+            p2p_copy.send(relay.url, code, src, progress="none"),
+            p2p_copy.receive(relay.url, code, tmp_path / "dest", progress=_Asking(True)),
+            return_exceptions=True)
+    assert isinstance(received, TransferTimeoutError), received
+    assert "Nobody answered" in str(received)
+    assert isinstance(sent, TransferTimeoutError) and "Nobody answered" in str(sent)
+    assert not (tmp_path / "dest").exists()
