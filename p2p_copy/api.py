@@ -27,6 +27,7 @@ from .errors import (
     P2PCopyError,
     PeerGoneError,
     PolicyError,
+    RemoteProtocolError,
     TransferTimeoutError,
     UnsafePathError,
     UsageError,
@@ -36,7 +37,7 @@ from .messages import Entry, FileEntry, Ready, StreamEntry
 from .objects import encode_object
 from .offload import Offload, in_thread
 from .paths import check_entries, display_name
-from .policy import ReceivePolicy
+from .policy import ReceivePolicy, check_offer, summarize_offer
 from .progress import Progress, ProgressKind, make_progress
 from .reconnect import (
     DEFAULT_RECONNECT_TIMEOUT,
@@ -90,9 +91,16 @@ DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 2**20
 #: How long the sender waits, after eof, for the receiver to confirm.
 DONE_TIMEOUT = 300.0
-#: How long the sender waits for the receiver to answer the manifest. A receiver only
-#: checks names and free space before answering; p2p-copy 0.1.x receivers never answer.
-ACCEPT_TIMEOUT = 60.0
+#: How long a receiver's user has to answer whether to take an offer (Progress.offer);
+#: then the offer is declined (TransferTimeoutError, the sender is told).
+OFFER_TIMEOUT = 300.0
+#: How long the sender waits for the receiver to answer the manifest: its user's answer,
+#: then prepare()'s look at the disk (destination.HASH_BUDGET, 20 s), with room to spare.
+#: p2p-copy 0.1.x receivers never answer.
+ACCEPT_TIMEOUT = OFFER_TIMEOUT + 60.0
+#: How long the sender waits for ``resume`` after ``prefix_digests``: the receiver only
+#: compares digests it computed before its ``accept``.
+RESUME_TIMEOUT = 60.0
 #: How long a sender with a generated code waits for the relay to confirm its room
 #: (``waiting``) before showing the code anyway: relays older than 0.2 never confirm.
 WAITING_GRACE = 5.0
@@ -451,7 +459,7 @@ async def _send_once(
                 await link.send(proto.prefix_digests(
                     [Offer(f, c.position, c.hexdigest()) for f, c in chains.items()]))
                 proto.receive(await link.recv(
-                    ACCEPT_TIMEOUT, "the receiver to compare the parts it already holds"))
+                    RESUME_TIMEOUT, "the receiver to compare the parts it already holds"))
                 starts = {file: chains[file] for file in proto.starts}
             elif proto.state is SenderState.VERIFYING:
                 # A receiver before ``held`` showed its digests: we compare.
@@ -729,7 +737,13 @@ async def _receive_once(
                     if isinstance(event, ManifestReceived):
                         if first:
                             run.started_at = time.monotonic()
-                        destination = run.sink = make_sink(event.entries, proto.digest)
+                        sink = make_sink(event.entries, proto.digest)
+                        # Before any byte reaches the disk; once per offer, not per attempt.
+                        if isinstance(sink, Destination) and not (
+                                isinstance(run.sink, Destination)
+                                and run.sink.entries == event.entries):
+                            await _consent(display, event.entries, policy, link, proto)
+                        destination = run.sink = sink
                         # Files and objects are written inline while that is quick; a
                         # pipe (stdout) may block as long as its reader pauses: a thread.
                         offload = Offload(threaded=isinstance(destination, PipeSink))
@@ -774,6 +788,40 @@ async def _receive_once(
         destination=destination.root if isinstance(destination, Destination) else None,
         code=code,
     )
+
+
+async def _consent(display: Progress, entries: Sequence[Entry], policy: ReceivePolicy | None,
+                   link: Link, proto: Receiver) -> None:
+    """Show the offer; take the person's answer if the display asks one, else the policy's."""
+    summary = summarize_offer(entries)
+    offer = getattr(display, "offer", None)  # displays from before 0.6 cannot ask
+    question = offer(summary) if offer is not None else None
+    if question is None:
+        check_offer(summary, policy or ReceivePolicy())
+    elif not await _answer(question, link, proto):
+        raise CancelledError("The receiver declined the offer; nothing was written.")
+
+
+async def _answer(question: Awaitable[bool], link: Link, proto: Receiver) -> bool:
+    """The person's answer, unless the sender, who waits for ``accept``, gives up first."""
+    asking = asyncio.ensure_future(question)
+    incoming = asyncio.ensure_future(link.recv())
+    try:
+        done, _ = await asyncio.wait({asking, incoming}, timeout=OFFER_TIMEOUT,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if asking in done:
+            return bool(asking.result())
+        if incoming in done:
+            proto.receive(incoming.result())  # nothing but the sender's error may come now
+            raise RemoteProtocolError("The sender spoke before its offer was answered.")
+        raise TransferTimeoutError(
+            f"Nobody answered within {OFFER_TIMEOUT:g} s whether to take the offer, so it "
+            "was declined; nothing was written. Run both sides again to retry."
+        )
+    finally:
+        for task in (asking, incoming):
+            task.cancel()
+        await asyncio.gather(asking, incoming, return_exceptions=True)
 
 
 async def _write(

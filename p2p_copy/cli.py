@@ -12,15 +12,24 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any
+import threading
+from collections.abc import Awaitable, Coroutine, Sequence
+from typing import IO, Any, cast
 
 from ._version import __version__
 from .codes import CODE_ENV, GENERATE, code_from_env
 from .errors import P2PCopyError, UsageError
 from .logs import ADDRESS_MODES
 from .paths import display_name
-from .progress import make_progress, with_code_on_stderr
+from .policy import OfferSummary
+from .progress import (
+    JsonProgress,
+    Progress,
+    is_terminal,
+    make_progress,
+    offer_lines,
+    with_code_on_stderr,
+)
 from .reconnect import IDLE_TIMEOUT
 from .tuning import tune_process
 
@@ -144,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="refuse a text (send --text) of more than SIZE, which is held "
                          "in memory to be printed: bytes, or with K, M, G, T (powers of "
                          "1024), e.g. 512M (default 32M)")
+    receive.add_argument("-y", "--yes", action="store_true",
+                         help="take the offer without asking (on a terminal, receive shows "
+                         "what the sender offers and asks first); hidden top-level names "
+                         "still need --allow-hidden")
+    receive.add_argument("--allow-hidden", action="store_true",
+                         help="when nobody is asked (--yes, --json, no terminal), accept "
+                         "hidden names at the top level (.ssh/, .bashrc), which are refused "
+                         "otherwise")
     _common_options(receive)
 
     relay = sub.add_parser(
@@ -277,17 +294,19 @@ def _receive(args: argparse.Namespace, code: str, common: dict[str, Any]) -> Any
     """Receive files into --out, a single file or stream to stdout, or a text to print."""
     from . import api
 
-    progress = _progress(args)
+    kind = _progress(args)
     out = None
     if args.stdout:
         if args.out != "." or args.overwrite:
             raise UsageError("--stdout writes nothing to disk: leave out --out and --overwrite.")
         out = sys.stdout.buffer
-        if progress == "json":
-            # Standard output carries the data: the events go to stderr.
-            from .progress import JsonProgress
-
-            progress = JsonProgress(sys.stderr)
+    # Standard output carries the data with --stdout: the events go to stderr then.
+    progress = (JsonProgress(sys.stderr) if out is not None and kind == "json"
+                else make_progress(kind, "receive"))
+    # Someone is asked about the offer only if they can see the question and answer it.
+    if not (args.yes or isinstance(progress, JsonProgress)) and is_terminal(sys.stdin) \
+            and is_terminal(sys.stderr):
+        progress = _AskOnTerminal(progress, args.out).display()
     if args.max_text is not None:
         common["max_text_bytes"] = args.max_text
     result, text = _run(api.receive_any(args.server, code, args.out, out=out,
@@ -296,6 +315,68 @@ def _receive(args: argparse.Namespace, code: str, common: dict[str, Any]) -> Any
     if text is not None:
         _print_text(text)
     return result
+
+
+class _AskOnTerminal:
+    """Shows the offer on stderr and asks whether to take it; forwards the rest.
+
+    The answer is read in a thread (the loop goes on serving the connection), by one
+    thread at a time: a question asked again after a reconnect waits for the same line.
+    Ctrl-C cancels the transfer, end of input declines.
+    """
+
+    def __init__(self, display: Progress, dest: str, stream: IO[str] | None = None) -> None:
+        self._display = display
+        self._dest = os.path.abspath(dest)
+        self._stream = stream or sys.stderr
+        self._line: asyncio.Future[bytes] | None = None
+
+    def display(self) -> Progress:
+        return cast(Progress, self)
+
+    def offer(self, summary: OfferSummary) -> Awaitable[bool]:
+        lines = offer_lines(summary)
+        lines.append(f"Receive into {display_name(self._dest)}? [y/N] ")
+        self._stream.write("\n".join(lines))
+        self._stream.flush()
+        return self._answer()
+
+    async def _answer(self) -> bool:
+        if self._line is None or self._line.done():
+            self._line = self._read_line()
+        # Shielded: if the sender gives up meanwhile, the thread's line is not lost.
+        line = await asyncio.shield(self._line)
+        self._line = None
+        if not line:
+            print(file=self._stream)  # end of input (Ctrl-D) left the cursor after the question
+        return line.strip().lower() in (b"y", b"yes")
+
+    @staticmethod
+    def _read_line() -> asyncio.Future[bytes]:
+        loop = asyncio.get_running_loop()
+        line: asyncio.Future[bytes] = loop.create_future()
+
+        def answered(data: bytes) -> None:
+            if not line.done():
+                line.set_result(data)
+
+        def read() -> None:
+            # os.read, not sys.stdin: a daemon thread left blocked in a buffered reader
+            # would hold its lock when the interpreter shuts down.
+            try:
+                data = os.read(sys.stdin.fileno(), 1024)
+            except OSError:
+                data = b""  # no answer: declined
+            try:
+                loop.call_soon_threadsafe(answered, data)
+            except RuntimeError:  # the transfer ended meanwhile
+                pass
+
+        threading.Thread(target=read, name="p2p-copy-answer", daemon=True).start()
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._display, name)
 
 
 def _print_text(text: str) -> None:
@@ -388,7 +469,8 @@ def _policy(args: argparse.Namespace) -> Any:
     for name, value in limits.items():
         if value is not None and value < (1 if name == "max_depth" else 0):
             raise UsageError(f"--{name.replace('_', '-')} must be a positive number.")
-    return ReceivePolicy(**{k: v for k, v in limits.items() if v is not None})
+    return ReceivePolicy(allow_hidden=args.allow_hidden,
+                         **{k: v for k, v in limits.items() if v is not None})
 
 
 def _run_relay(args: argparse.Namespace) -> int:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import Any, Literal
 
 from . import api
 from .compression import ChooserMode
 from .errors import CancelledError, UsageError
 from .messages import Role
-from .policy import ReceivePolicy
+from .policy import OfferSummary, ReceivePolicy
 from .progress import Progress, ProgressKind, make_progress
 from .reconnect import IDLE_TIMEOUT
 from .results import FileResult, TransferResult
@@ -57,6 +57,11 @@ class _Tracker:
     def waiting(self) -> None:
         self.status = "waiting"
         self.inner.waiting()
+
+    def offer(self, summary: OfferSummary) -> Awaitable[bool] | None:
+        # A receiver's panel shows what is offered (and an asking display asks).
+        method = getattr(self.inner, "offer", None)
+        return method(summary) if method is not None else None
 
     def started(self, total_bytes: int, total_files: int) -> None:
         self.status = "transferring"

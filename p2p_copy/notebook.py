@@ -15,11 +15,13 @@ import html
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .errors import CancelledError, P2PCopyError
-from .progress import NoProgress, in_jupyter_kernel
+from .paths import display_name
+from .policy import OfferSummary
+from .progress import NoProgress, human_size, in_jupyter_kernel, offer_lines
 from .results import FileResult, TransferResult
 
 __all__ = ["WidgetProgress", "CodeDisplay", "show_code", "UPDATE_INTERVAL"]
@@ -30,6 +32,10 @@ UPDATE_INTERVAL = 0.1
 
 class WidgetProgress(NoProgress):
     """An ipywidgets panel for one transfer: state, bar (in bytes), file, rate, ETA, Cancel.
+
+    A receiver's panel also shows what the sender offers, hidden and executable entries
+    pointed out. It cannot ask whether to take it: the receiver's policy decides
+    (ReceivePolicy(allow_hidden=...)), as for any other use of the Python API.
 
     ``display``: whether ``waiting()`` shows the panel if nobody has yet. ``None`` (the
     default) means only inside a Jupyter kernel; with ``False`` the caller shows ``widget``.
@@ -73,8 +79,10 @@ class WidgetProgress(NoProgress):
         self.button.on_click(self._on_cancel)
         self.file: Any = widgets.HTML()
         self.stats: Any = widgets.HTML()
+        self.offered: Any = widgets.HTML(layout=widgets.Layout(display="none"))
         self.widget: Any = widgets.VBox(
-            [self.code, self.title, widgets.HBox([self.bar, self.button]), self.file, self.stats]
+            [self.code, self.title, widgets.HBox([self.bar, self.button]), self.file, self.stats,
+             self.offered]
         )
         self._draw()
 
@@ -94,6 +102,15 @@ class WidgetProgress(NoProgress):
         if self._show_on_wait and not self._shown:
             self._ipython_display_()
 
+    def offer(self, summary: OfferSummary) -> Awaitable[bool] | None:
+        # The terminal's lines, one per row: each name in them is escaped already.
+        first, *rest = offer_lines(summary)
+        rows = "".join(f"<li>{html.escape(line.strip())}</li>" for line in rest)
+        self.offered.value = (f'<div class="p2p-copy-offer">{html.escape(first)}'
+                              f'<ul style="margin:0">{rows}</ul></div>')
+        self.offered.layout.display = None
+        return None
+
     def started(self, total_bytes: int, total_files: int) -> None:
         self.state = "transferring"
         self.bytes_total = total_bytes
@@ -108,7 +125,7 @@ class WidgetProgress(NoProgress):
 
     def file_done(self, result: FileResult) -> None:
         self.files_done += 1
-        self._last_file = _printable(result.path)
+        self._last_file = display_name(result.path)
         self._draw_now_and_then()
 
     def verifying(self) -> None:
@@ -128,9 +145,9 @@ class WidgetProgress(NoProgress):
         self.state = "done"
         self.bytes_done = self.bytes_total = result.bytes
         self.files_done = self.files_total = len(result.files)
-        self._summary = f"{_size(result.bytes)} in {_clock(result.duration)}"
+        self._summary = f"{human_size(result.bytes)} in {_clock(result.duration)}"
         if result.duration > 0:
-            self._summary += f" · {_size(result.rate)}/s"
+            self._summary += f" · {human_size(result.rate)}/s"
         self._end("success")
 
     def failed(self, error: BaseException) -> None:
@@ -189,12 +206,12 @@ class WidgetProgress(NoProgress):
     def _stats(self, now: float) -> str:
         if not self.bytes_total and self.state in ("connecting", "waiting for peer"):
             return ""
-        text = f"{_size(self.bytes_done)} of {_size(self.bytes_total)}"
+        text = f"{human_size(self.bytes_done)} of {human_size(self.bytes_total)}"
         elapsed = now - self._start
         if self.state == "transferring" and self.bytes_done and elapsed > 0:
             rate = self.bytes_done / elapsed
             eta = (self.bytes_total - self.bytes_done) / rate
-            text += f" · {_size(rate)}/s · ETA {_clock(eta)}"
+            text += f" · {human_size(rate)}/s · ETA {_clock(eta)}"
         return text
 
 
@@ -211,7 +228,7 @@ class CodeDisplay:
         return f"await p2p_copy.receive({_python_str(self.server)}, {_python_str(self.code)})"
 
     def __str__(self) -> str:
-        return f"Code: {_printable(self.code)}\nOn the receiving side run:\n    {self.snippet}"
+        return f"Code: {display_name(self.code)}\nOn the receiving side run:\n    {self.snippet}"
 
     def __repr__(self) -> str:
         return f"CodeDisplay({self.server!r}, {self.code!r})"
@@ -235,7 +252,7 @@ class CodeDisplay:
             'align-items:center;gap:1em">'
             f"<div>{_qr_svg(snippet)}</div>"
             "<div>"
-            f"<div>Code: <code>{html.escape(_printable(self.code))}</code></div>"
+            f"<div>Code: <code>{html.escape(display_name(self.code))}</code></div>"
             "<div>On the receiving side run:</div>"
             '<pre style="margin:0.3em 0;white-space:pre-wrap">'
             f"<code>{html.escape(snippet)}</code></pre>"
@@ -268,33 +285,15 @@ def _qr_svg(text: str) -> str:
 
 def _python_str(text: str) -> str:
     """``text`` as a double-quoted Python literal that shows every character it holds."""
-    return '"' + _printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
-
-
-def _printable(text: str) -> str:
-    """``text`` with what does not print (controls, bidi overrides, lone surrogates) escaped.
-
-    Stricter than paths.display_name: in HTML a stray bidi override reorders what follows.
-    """
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return '"' + display_name(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 def _message(error: BaseException) -> str:
     """The text a user sees for ``error``; a bug (not a P2PCopyError) shows its type too."""
-    text = _printable(str(error))
+    text = display_name(str(error))
     if isinstance(error, P2PCopyError):
         return text or type(error).__name__
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _size(n: float) -> str:
-    if n < 1024:
-        return f"{n:.0f} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        n /= 1024
-        if n < 1024:
-            return f"{n:.1f} {unit}"
-    return f"{n / 1024:.1f} TiB"
 
 
 def _clock(seconds: float) -> str:

@@ -7,8 +7,9 @@ disk: the manifest is judged on what it says, before any byte is written.
 
 Two kinds of refusal, two exit codes:
 
-- PolicyError (exit 19): the offer is well formed but bigger than the receiver allows;
-  the message names the limit and the option that raises it.
+- PolicyError (exit 19): the offer is well formed but bigger than the receiver allows, or
+  it holds hidden top-level entries nobody agreed to; the message names the limit and the
+  option that raises it.
 - UnsafePathError (exit 10): a name is unsafe or impossible here (too long, reserved by
   Windows); no option makes it safe, the sender has to rename it.
 """
@@ -22,10 +23,18 @@ from dataclasses import dataclass, fields
 from typing import Final
 
 from .errors import PolicyError, UnsafePathError, UsageError
-from .messages import Entry, FileEntry
+from .messages import DirEntry, Entry, FileEntry
 from .paths import MAX_COMPONENT_BYTES, check_entries, display_name
 
-__all__ = ["ReceivePolicy", "check_policy", "windows_name_problem"]
+__all__ = [
+    "ReceivePolicy",
+    "OfferSummary",
+    "check_policy",
+    "summarize_offer",
+    "check_offer",
+    "shown_names",
+    "windows_name_problem",
+]
 
 #: Path components a receiver accepts by default: far beyond real trees, short of a
 #: tree built to exhaust the file system's or the tools' recursion.
@@ -45,6 +54,10 @@ _WINDOWS_CHARS = re.compile(r'[<>:"|?*]')
 _WINDOWS_HOW_TO: Final = "." if os.name == "nt" else (
     ", or receive without Windows name checks (ReceivePolicy(windows_names=False) in Python)."
 )
+# The ReceivePolicy fields that are switches, not limits.
+_SWITCHES: Final = frozenset({"windows_names", "allow_hidden"})
+# Names shown in a one-line message before "and N more".
+_SHOWN_NAMES: Final = 10
 # Longest name shown in a message: enough to recognise it, short enough to read.
 _SHOWN_CHARS: Final = 120
 
@@ -65,6 +78,11 @@ class ReceivePolicy:
     another file's name. Elsewhere they are ordinary names (a Linux tree may well hold
     ``aux.c``), so refusing them by default would refuse honest transfers; turn it on to
     receive onto a disk or share that a Windows machine will read.
+
+    ``allow_hidden``: accept hidden entries at the top level (``.ssh/``, ``.bashrc``) when
+    nobody is asked about the offer (scripts, the Python API, a notebook). Received into a
+    home folder such names change what programs do there, so they are refused unless
+    allowed. Hidden names inside a sent folder (``project/.git/``) are always accepted.
     """
 
     max_files: int | None = None
@@ -74,14 +92,15 @@ class ReceivePolicy:
     max_name_bytes: int = MAX_COMPONENT_BYTES
     max_path_bytes: int = DEFAULT_MAX_PATH_BYTES
     windows_names: bool = os.name == "nt"
+    allow_hidden: bool = False
 
     def __post_init__(self) -> None:
         lowest = {"max_depth": 1, "max_name_bytes": 1, "max_path_bytes": 1}
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name == "windows_names":
+            if field.name in _SWITCHES:
                 if not isinstance(value, bool):
-                    raise UsageError("ReceivePolicy(windows_names=...) must be True or False.")
+                    raise UsageError(f"ReceivePolicy({field.name}=...) must be True or False.")
                 continue
             if value is None and field.name in ("max_files", "max_bytes"):
                 continue
@@ -182,3 +201,104 @@ def _check_names(
                     f"The sender offers {_shown(path)}, whose name {_shown(part)} {problem}. "
                     f"Ask the sender to rename it{_WINDOWS_HOW_TO}"
                 )
+
+
+# --- the offer, as the person receiving it judges it ----------------------------------
+
+
+@dataclass(frozen=True)
+class OfferSummary:
+    """What a manifest offers, summed up for the person who decides whether to take it.
+
+    Names are as sent (escape them with paths.display_name before showing them); a folder's
+    name ends in ``/``. ``top_level`` lists the names that appear in the destination,
+    ``hidden`` those of them that start with a dot. ``executables`` are the files with an
+    execute bit, anywhere; ``git_hooks`` the files in a ``.git`` folder's ``hooks/`` and
+    its ``config``, anywhere: git runs them (or what they name) in that folder, so a
+    sent git checkout can run code. ``hidden_inside`` counts the other hidden entries
+    deeper down (``project/.gitignore``): ordinary in a copied tree, only counted.
+    ``total_bytes`` is the announced size of the files; a stream's size is unknown until
+    it ends (``stream``).
+    """
+
+    top_level: tuple[str, ...]
+    files: int
+    folders: int
+    total_bytes: int
+    stream: bool
+    hidden: tuple[str, ...]
+    executables: tuple[str, ...]
+    git_hooks: tuple[str, ...]
+    hidden_inside: int
+
+
+def summarize_offer(entries: Sequence[Entry]) -> OfferSummary:
+    """Sum up the manifest ``entries`` (already checked by check_policy) for the receiver.
+
+    Linear in the number of entries; names are split, never touched on a disk.
+    """
+    tops: dict[str, bool] = {}  # top-level name -> is a folder, in manifest order
+    files = folders = total = hidden_inside = 0
+    stream = False
+    executables: list[str] = []
+    git_hooks: list[str] = []
+    for entry in entries:
+        parts = entry.path.split("/")
+        is_dir = isinstance(entry, DirEntry)
+        tops[parts[0]] = tops.get(parts[0], False) or is_dir or len(parts) > 1
+        if is_dir:
+            folders += 1
+        else:
+            files += 1
+            if isinstance(entry, FileEntry):
+                total += entry.size
+            else:
+                stream = True
+            if entry.mode & 0o111:
+                executables.append(entry.path)
+        hidden_inside += any(part.startswith(".") for part in parts[1:])
+        if not is_dir and _in_git_hooks(parts):
+            git_hooks.append(entry.path)
+    shown = tuple(name + "/" if folder else name for name, folder in tops.items())
+    return OfferSummary(
+        top_level=shown, files=files, folders=folders, total_bytes=total, stream=stream,
+        hidden=tuple(name for name in shown if name.startswith(".")),
+        executables=tuple(executables), git_hooks=tuple(git_hooks),
+        hidden_inside=hidden_inside,
+    )
+
+
+def _in_git_hooks(parts: Sequence[str]) -> bool:
+    """Whether ``parts`` is in ``.git/hooks`` or is ``.git/config``, at any depth.
+
+    Case-folded: on a case-insensitive disk ``.GIT/HOOKS`` is the same folder to git.
+    """
+    for i, part in enumerate(parts[:-1]):
+        if part.lower() == ".git":
+            below = parts[i + 1].lower()
+            if below == "hooks" or (below == "config" and i + 2 == len(parts)):
+                return True
+    return False
+
+
+def shown_names(names: Sequence[str], limit: int = _SHOWN_NAMES) -> str:
+    """``names`` quoted, escaped and joined for one line; past ``limit``, "and N more"."""
+    text = ", ".join(_shown(name) for name in names[:limit])
+    if len(names) > limit:
+        text += f" and {len(names) - limit:,} more"
+    return text
+
+
+def check_offer(summary: OfferSummary, policy: ReceivePolicy) -> None:
+    """Refuse an offer that nobody was asked about if it holds what ``policy`` does not allow.
+
+    Only hidden top-level entries: the rest of an offer is judged by check_policy.
+    """
+    if summary.hidden and not policy.allow_hidden:
+        noun = "entry" if len(summary.hidden) == 1 else "entries"
+        raise PolicyError(
+            f"The sender offers hidden {noun} at the top level, {shown_names(summary.hidden)}, "
+            "which could change how programs here behave; nothing was written. To accept "
+            "them, receive on a terminal and answer yes, or pass --allow-hidden "
+            "(ReceivePolicy(allow_hidden=True) in Python)."
+        )

@@ -3,7 +3,10 @@
 ``make_progress`` picks a display: an explicit choice, else $P2P_COPY_PROGRESS, else a
 widget inside a Jupyter kernel, a tqdm bar when stderr is a terminal and nothing
 otherwise. ``json`` writes one event per line to stdout for scripts; the widget lives in
-notebook.py. Displays only watch: an error in one never stops a transfer.
+notebook.py. Displays only watch, with one exception: a receiver's display is shown the
+offer before anything is written (``offer``) and may ask the person whether to take it.
+Everything a display shows on a terminal is escaped (paths.display_name, or JSON's
+ASCII escapes): names and reasons come from the peer or the relay.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import IO, Any, Literal, Protocol, cast
 
 from .errors import UsageError, exit_code_for
 from .paths import display_name
+from .policy import OfferSummary, shown_names
 from .results import FileResult, TransferResult
 
 __all__ = [
@@ -28,6 +32,9 @@ __all__ = [
     "with_code_on_stderr",
     "make_progress",
     "in_jupyter_kernel",
+    "offer_lines",
+    "human_size",
+    "is_terminal",
 ]
 
 ProgressKind = Literal["auto", "widget", "tqdm", "json", "none"]
@@ -48,6 +55,15 @@ class Progress(Protocol):
 
     def waiting(self) -> None:
         """Connected to the relay; waiting for the other side."""
+
+    def offer(self, summary: OfferSummary) -> Awaitable[bool] | None:
+        """Receiver, before anything is written to its disk: what the sender offers.
+
+        Show it, and return None if nobody can be asked (the receiver's policy then
+        decides: see policy.check_offer), or an awaitable of the person's answer. The
+        sender waits for the answer: see api.OFFER_TIMEOUT. Optional: a display without
+        it is treated as returning None. Not called on a reconnect that offers the same.
+        """
 
     def started(self, total_bytes: int, total_files: int) -> None:
         """The manifest is agreed; bytes start to flow."""
@@ -89,6 +105,7 @@ class NoProgress:
     def bind_cancel(self, cancel: Callable[[], object]) -> None: ...
     def showing_code(self, server: str, code: str) -> None: ...
     def waiting(self) -> None: ...
+    def offer(self, summary: OfferSummary) -> Awaitable[bool] | None: return None
     def started(self, total_bytes: int, total_files: int) -> None: ...
     def advance(self, nbytes: int) -> None: ...
     def file_done(self, result: FileResult) -> None: ...
@@ -109,6 +126,10 @@ class TqdmProgress(NoProgress):
 
     def waiting(self) -> None:
         print(f"{self.label}: waiting for the other side...", file=self.stream, flush=True)
+
+    def offer(self, summary: OfferSummary) -> Awaitable[bool] | None:
+        print("\n".join(offer_lines(summary)), file=self.stream, flush=True)
+        return None
 
     def started(self, total_bytes: int, total_files: int) -> None:
         from tqdm import tqdm  # deferred: importing tqdm costs start-up time for every CLI run
@@ -168,7 +189,9 @@ class JsonProgress(NoProgress):
         self._start = time.monotonic()
 
     def _emit(self, event: str, **fields: Any) -> None:
-        line = json.dumps({"event": event, **fields}, ensure_ascii=False)
+        # ASCII only: a name or a relay's close reason holding C1 controls or bidi
+        # overrides would otherwise reach a terminal as they are (JSON escapes only C0).
+        line = json.dumps({"event": event, **fields}, ensure_ascii=True)
         self.stream.write(line + "\n")
         self.stream.flush()
 
@@ -177,6 +200,21 @@ class JsonProgress(NoProgress):
 
     def waiting(self) -> None:
         self._emit("waiting")
+
+    def offer(self, summary: OfferSummary) -> Awaitable[bool] | None:
+        # Lists are cut: a manifest may name a million entries, a line should stay short.
+        def first(names: tuple[str, ...]) -> list[str]:
+            return list(names[:JSON_NAMES])
+
+        self._emit("offer", files=summary.files, folders=summary.folders,
+                   bytes_total=summary.total_bytes, stream=summary.stream,
+                   top_level=first(summary.top_level), top_level_total=len(summary.top_level),
+                   hidden=first(summary.hidden), hidden_total=len(summary.hidden),
+                   executables=first(summary.executables),
+                   executables_total=len(summary.executables),
+                   git_hooks=first(summary.git_hooks), git_hooks_total=len(summary.git_hooks),
+                   hidden_inside=summary.hidden_inside)
+        return None
 
     def started(self, total_bytes: int, total_files: int) -> None:
         self.total = total_bytes
@@ -228,6 +266,51 @@ class JsonProgress(NoProgress):
                    exit_code=exit_code_for(error))
 
 
+#: Names listed per kind in a JSON ``offer`` event (the ``*_total`` fields count them all).
+JSON_NAMES = 100
+
+
+def human_size(n: float) -> str:
+    """``n`` bytes in binary units: 512 B, 1.5 KiB, 3.0 GiB."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} TiB"
+
+
+def offer_lines(summary: OfferSummary) -> list[str]:
+    """The offer as lines for a terminal: what arrives, and what deserves a second look.
+
+    Every name is escaped and quoted (policy.shown_names): the sender chose them.
+    """
+    def count(n: int, noun: str) -> str:
+        return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+    size = human_size(summary.total_bytes)
+    if summary.stream:
+        size += " and a stream of unknown length"
+    lines = [f"The sender offers {count(summary.files, 'file')} and "
+             f"{count(summary.folders, 'folder')}, {size}:",
+             f"  {shown_names(summary.top_level)}"]
+    if summary.hidden:
+        lines.append(f"  Hidden, at the top level (they may change how programs here "
+                     f"behave): {shown_names(summary.hidden)}")
+    if summary.git_hooks:
+        lines.append(f"  Git hooks or config (git runs them in that folder): "
+                     f"{shown_names(summary.git_hooks, 5)}")
+    if summary.executables:
+        lines.append(f"  Executable: {shown_names(summary.executables, 5)}")
+    if summary.hidden_inside == 1:
+        lines.append("  1 entry inside a folder is hidden or in a hidden folder.")
+    elif summary.hidden_inside:
+        lines.append(f"  {summary.hidden_inside:,} entries inside folders are hidden or in "
+                     "hidden folders.")
+    return lines
+
+
 class _CodeOnStderr:
     """Shows the code on stderr, then forwards every call to the display it wraps."""
 
@@ -236,6 +319,7 @@ class _CodeOnStderr:
         self._stream = stream or sys.stderr
 
     def showing_code(self, server: str, code: str) -> None:
+        code, server = display_name(code), display_name(server)
         print(f"Code: {code}\nOn the other machine run: p2p-copy receive {server} {code}",
               file=self._stream, flush=True)
         self._display.showing_code(server, code)
@@ -258,7 +342,7 @@ def make_progress(kind: ProgressKind | Progress | None, label: str) -> Progress:
         if in_jupyter_kernel():
             chosen = "widget"
         else:
-            chosen = "tqdm" if _is_terminal(sys.stderr) else "none"
+            chosen = "tqdm" if is_terminal(sys.stderr) else "none"
     if chosen == "widget":
         from .notebook import WidgetProgress  # deferred: ipywidgets takes ~0.3 s to import
 
@@ -291,7 +375,8 @@ def in_jupyter_kernel() -> bool:
     return getattr(shell, "kernel", None) is not None
 
 
-def _is_terminal(stream: IO[str]) -> bool:
+def is_terminal(stream: IO[str]) -> bool:
+    """Whether ``stream`` is a terminal (a closed or replaced stream is not)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
