@@ -578,9 +578,11 @@ async def receive(
                                 reconnect_timeout)
     display = make_progress(progress, "receive")
     root = Path(dest)
+    made: set[Path] = set()  # folders made by any attempt: finish() gives them their modes
 
     def sink(entries: Sequence[Entry], digest: str) -> Sink:
-        return Destination(root, entries, overwrite=overwrite, algorithm=digest)
+        return Destination(root, entries, overwrite=overwrite, algorithm=digest,
+                           made_folders=made)
 
     return await _shown(display, _receive(options, code, sink, policy, display))
 
@@ -968,6 +970,7 @@ async def receive_any(
     display = make_progress(progress, "receive")
     limit = policy.max_bytes if policy is not None else None
     texts: list[ObjectSink] = []
+    made: set[Path] = set()  # folders made by any attempt: finish() gives them their modes
 
     def sink(entries: Sequence[Entry], digest: str) -> Sink:
         if out is not None:
@@ -976,7 +979,8 @@ async def receive_any(
                 and entries[0].meta.get("kind") == "str":
             texts.append(_object_sink(entries, limit or memory_limit(), "str", digest))
             return texts[-1]
-        return Destination(Path(dest), entries, overwrite=overwrite, algorithm=digest)
+        return Destination(Path(dest), entries, overwrite=overwrite, algorithm=digest,
+                           made_folders=made)
 
     result = await _shown(display, _receive(options, code, sink, policy, display))
     text = texts[-1].value if texts else None
