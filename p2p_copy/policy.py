@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Final
@@ -41,6 +42,13 @@ _WINDOWS_DEVICES: Final = frozenset(
     | {f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"}
 )
 _WINDOWS_CHARS = re.compile(r'[<>:"|?*]')
+# A short (8.3) name: at most 8 characters ending in "~" and digits, at most 3 after one
+# dot. Where a volume makes short names, one can name another file's long name (".git"
+# is "GIT~1"), so that a path could reach a folder no entry names: git refuses "git~1"
+# for this (core.protectNTFS); we refuse every name of that form.
+_SHORT_NAME = re.compile(r"[^.~]{1,7}~[0-9]{1,7}(?:\.[^.]{0,3})?")
+# Path separators a compatibility character becomes in NFKC ("／", "＼").
+_SEPARATORS = re.compile(r"[/\\]")
 # On Windows there is no way round; elsewhere the check was asked for and can be dropped.
 _WINDOWS_HOW_TO: Final = "." if os.name == "nt" else (
     ", or receive without Windows name checks (ReceivePolicy(windows_names=False) in Python)."
@@ -60,7 +68,9 @@ class ReceivePolicy:
     allowed beyond 255 bytes, the limit of every common file system.
 
     ``windows_names`` refuses names Windows cannot store: device names (CON, NUL.txt,
-    com1, ...), the characters <>:"|?* and names ending in a dot or a space. It is on by
+    com1, ...), the characters <>:"|?*, names ending in a dot or a space, names of 8.3
+    short-name form (GIT~1) and names whose NFKC form breaks one of these rules (ＣＯＮ,
+    ..／x: see windows_name_problem). It is on by
     default on Windows, where such a name would open a device or be silently trimmed into
     another file's name. Elsewhere they are ordinary names (a Linux tree may well hold
     ``aux.c``), so refusing them by default would refuse honest transfers; turn it on to
@@ -106,15 +116,43 @@ def _shown(name: str) -> str:
 
 
 def windows_name_problem(name: str) -> str | None:
-    """Why Windows cannot store the path component ``name``, or None if it can."""
+    """Why Windows cannot store the path component ``name`` safely, or None if it can.
+
+    The rules are applied to the name and to its NFKC form. NTFS itself stores "ＣＯＮ"
+    (fullwidth letters) as an ordinary name, but a program that uses Windows' ANSI
+    functions gets names converted to its code page with "best fit", which turns
+    fullwidth forms into ASCII in many code pages (1252 among them): "ＣＯＮ" opens the
+    console, "..／x" climbs out of its folder. NFKC maps every fullwidth form to ASCII.
+    Only fullwidth "<>:"|?*" stay allowed: they are common in CJK names, and what best
+    fit makes of them is a name such a program cannot open, not another file.
+    """
+    problem = _windows_problem(name, name)
+    if problem or name.isascii():
+        return problem
+    folded = unicodedata.normalize("NFKC", name)
+    if folded == name:
+        return None
+    if _SEPARATORS.search(folded):
+        return (f"reads as {display_name(folded)!r} to Windows programs that convert names "
+                "to their code page: a path with a separator")
+    problem = _windows_problem(folded, name)
+    return problem and (f"reads as {display_name(folded)!r} to Windows programs that "
+                        f"convert names to their code page; that name {problem}")
+
+
+def _windows_problem(name: str, given: str) -> str | None:
     if name.endswith((".", " ")):
         return "ends in a dot or a space, which Windows drops (it would become another name)"
-    found = _WINDOWS_CHARS.search(name)
+    # Only in the name as given: see windows_name_problem().
+    found = _WINDOWS_CHARS.search(given)
     if found:
         return f"holds {found.group()!r}, a character Windows does not allow in names"
     # Windows ignores the extension and trailing spaces when it looks for a device name.
     if name.partition(".")[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
         return "is a device name on Windows (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
+    if len(name.partition(".")[0]) <= 8 and _SHORT_NAME.fullmatch(name):
+        return ("has the form of a Windows short (8.3) name, which can stand for another "
+                "file's long name (GIT~1 is .git)")
     return None
 
 
