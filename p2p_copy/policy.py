@@ -23,10 +23,10 @@ from dataclasses import dataclass, fields
 from typing import Final
 
 from .errors import PolicyError, UnsafePathError, UsageError
-from .messages import Entry, FileEntry
+from .messages import Entry, FileEntry, StreamEntry
 from .paths import MAX_COMPONENT_BYTES, check_entries, display_name
 
-__all__ = ["ReceivePolicy", "check_policy", "windows_name_problem"]
+__all__ = ["ReceivePolicy", "ManifestLimits", "check_policy", "windows_name_problem"]
 
 #: Path components a receiver accepts by default: far beyond real trees, short of a
 #: tree built to exhaust the file system's or the tools' recursion.
@@ -61,8 +61,8 @@ _SHOWN_CHARS: Final = 120
 class ReceivePolicy:
     """Limits on what a receiver accepts; the defaults accept any sane transfer.
 
-    ``max_files`` and ``max_bytes`` (None: no limit) count file entries and the sum of
-    their announced sizes. ``max_depth`` counts path components ("a/b/c" is 3),
+    ``max_files`` and ``max_bytes`` (None: no limit) count file entries (a stream is one)
+    and the sum of their announced sizes. ``max_depth`` counts path components ("a/b/c" is 3),
     ``max_entries`` files and folders together. ``max_name_bytes`` and ``max_path_bytes``
     are UTF-8 bytes of one component and of a whole relative path; names are never
     allowed beyond 255 bytes, the limit of every common file system.
@@ -156,29 +156,69 @@ def _windows_problem(name: str, given: str) -> str | None:
     return None
 
 
-def _too_many(what: str, offered: int, limit: int, option: str) -> PolicyError:
+def _too_many(what: str, offered: int, limit: int, option: str, *, more: bool) -> PolicyError:
+    at_least = "at least " if more else ""
     return PolicyError(
-        f"The sender offers {offered:,} {what}, more than this receiver accepts "
+        f"The sender offers {at_least}{offered:,} {what}, more than this receiver accepts "
         f"({limit:,}). To accept it, raise the limit: --{option.replace('_', '-')} on the "
         f"command line, ReceivePolicy({option}=...) in Python."
     )
 
 
-def check_policy(entries: Sequence[Entry], policy: ReceivePolicy) -> None:
+class ManifestLimits:
+    """The limits of ``policy`` that can be judged entry by entry (entries, files, bytes,
+    depth), kept over a manifest that arrives in parts.
+
+    ``add`` each part as it arrives: the part that crosses a limit is refused before the
+    next is read, so that a receiver never holds much more of a manifest than its limits
+    allow (issue 17: 39 -> 427 MiB with --max-files 1). A stream counts as a file.
+    """
+
+    def __init__(self, policy: ReceivePolicy) -> None:
+        self.policy = policy
+        self.entries = 0
+        self.files = 0
+        self.bytes = 0
+
+    def add(self, entries: Sequence[Entry], *, more: bool = False) -> None:
+        """Count ``entries``; PolicyError if the manifest so far breaks a limit. ``more``:
+        other parts follow (the message then says "at least")."""
+        policy = self.policy
+        self.entries += len(entries)
+        if self.entries > policy.max_entries:
+            raise _too_many("files and folders", self.entries, policy.max_entries,
+                            "max_entries", more=more)
+        sizes = [e.size for e in entries if isinstance(e, FileEntry)]
+        self.files += len(sizes) + sum(isinstance(e, StreamEntry) for e in entries)
+        if policy.max_files is not None and self.files > policy.max_files:
+            raise _too_many("files", self.files, policy.max_files, "max_files", more=more)
+        self.bytes += sum(sizes)
+        if policy.max_bytes is not None and self.bytes > policy.max_bytes:
+            raise _too_many("bytes", self.bytes, policy.max_bytes, "max_bytes", more=more)
+        # The components of a path are counted by its slashes: names are checked later,
+        # once the whole manifest is there (check_policy).
+        for entry in entries:
+            depth = entry.path.count("/") + 1
+            if depth > policy.max_depth:
+                raise PolicyError(
+                    f"The sender offers {_shown(entry.path)}, {depth} levels deep; this "
+                    f"receiver accepts at most {policy.max_depth}. To accept it, raise the "
+                    "limit: --max-depth on the command line, ReceivePolicy(max_depth=...) "
+                    "in Python."
+                )
+
+
+def check_policy(entries: Sequence[Entry], policy: ReceivePolicy,
+                 limits: ManifestLimits | None = None) -> None:
     """Refuse the manifest ``entries`` if it breaks a path rule or one of ``policy``'s limits.
 
     Includes paths.check_entries, so a receiver needs only this call. Counts come first:
-    a huge offer is refused before any of its names is parsed. Linear in the manifest's
-    total length.
+    a huge offer is refused before any of its names is parsed. ``limits``: the counts
+    already kept while the parts arrived (ManifestLimits.add), not counted again. Linear
+    in the manifest's total length.
     """
-    if len(entries) > policy.max_entries:
-        raise _too_many("files and folders", len(entries), policy.max_entries, "max_entries")
-    sizes = [e.size for e in entries if isinstance(e, FileEntry)]
-    if policy.max_files is not None and len(sizes) > policy.max_files:
-        raise _too_many("files", len(sizes), policy.max_files, "max_files")
-    total = sum(sizes)
-    if policy.max_bytes is not None and total > policy.max_bytes:
-        raise _too_many("bytes", total, policy.max_bytes, "max_bytes")
+    if limits is None:
+        ManifestLimits(policy).add(entries)
     all_parts = check_entries(entries)
     checked: set[str] = set()  # folders whose names passed: most entries share a few
     for entry, parts in zip(entries, all_parts, strict=True):
@@ -191,12 +231,6 @@ def check_policy(entries: Sequence[Entry], policy: ReceivePolicy) -> None:
 def _check_names(
     path: str, parts: tuple[str, ...], names: tuple[str, ...], policy: ReceivePolicy
 ) -> None:
-    if len(parts) > policy.max_depth:
-        raise PolicyError(
-            f"The sender offers {_shown(path)}, {len(parts)} levels deep; this receiver "
-            f"accepts at most {policy.max_depth}. To accept it, raise the limit: --max-depth "
-            "on the command line, ReceivePolicy(max_depth=...) in Python."
-        )
     # A code point is at most 4 bytes of UTF-8: most names need no encoding to pass.
     path_bytes = len(path.encode()) if len(path) * 4 > policy.max_path_bytes else 0
     if path_bytes > policy.max_path_bytes:

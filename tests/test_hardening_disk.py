@@ -7,18 +7,28 @@ Transfers run through the real API (or CLI) and the in-process relay on 127.0.0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
-from p2p_copy import receive, send
+from p2p_copy import PolicyError, receive, send
 from p2p_copy.destination import Destination
 from p2p_copy.digests import SHA256
-from p2p_copy.messages import DirEntry, Entry, FileEntry
+from p2p_copy.messages import DirEntry, Entry, FileEntry, Manifest, StreamEntry, encode
+from p2p_copy.policy import ReceivePolicy
 from p2p_copy.relay import Relay
+from p2p_copy.transfer import ManifestReceived, Receiver, ReceiverState
+
+from .conftest import Processes
+from .handmade_peer import handmade_peer
+from .protocol_pair import CODE_HASH
+from .test_transfer_e2e import start_measured
 
 #: Bound for one in-process transfer; the data in these tests is small.
 TRANSFER_TIMEOUT = 60.0
@@ -116,3 +126,94 @@ def test_a_folder_made_by_an_earlier_attempt_gets_its_mode(tmp_path: Path) -> No
     st = (tmp_path / "d").stat()
     assert stat.S_IMODE(st.st_mode) == 0o750 & ~_umask() | 0o700
     assert st.st_mtime == 0
+
+
+# --- finding 8: a manifest's limits hold part by part --------------------------------------
+
+
+def _receiver_with(policy: ReceivePolicy) -> Receiver:
+    receiver = Receiver(CODE_HASH, policy=policy)
+    receiver.hello()
+    return receiver
+
+
+def _part(entries: Sequence[Entry], more: bool) -> str:
+    return encode(Manifest(entries=tuple(entries), more=more))
+
+
+@pytest.mark.parametrize(
+    ("policy", "first", "second", "limit"),
+    [
+        (ReceivePolicy(max_files=2), [FileEntry("a", 0), FileEntry("b", 0)],
+         [FileEntry("c", 0)], "--max-files"),
+        (ReceivePolicy(max_bytes=10), [FileEntry("a", 6)], [FileEntry("b", 6)], "--max-bytes"),
+        (ReceivePolicy(max_depth=2), [DirEntry("a"), DirEntry("a/b")],
+         [FileEntry("a/b/c", 0)], "--max-depth"),
+    ],
+    ids=["files", "bytes", "depth"],
+)
+def test_receiver_refuses_at_the_first_part_over_a_limit(
+    policy: ReceivePolicy, first: list[Entry], second: list[Entry], limit: str,
+) -> None:
+    """The part that crosses a limit is refused when it arrives, though more would follow."""
+    receiver = _receiver_with(policy)
+    assert receiver.receive(_part(first, more=True)) == []
+    with pytest.raises(PolicyError, match=limit):
+        receiver.receive(_part(second, more=True))
+    assert receiver.state is ReceiverState.FAILED
+
+
+def test_a_stream_counts_as_a_file() -> None:
+    """A stream (only ever last) is one more file for max_files (a check that moved into
+    policy.ManifestLimits; the entry cap was and is Receiver's max_entries, part by part)."""
+    receiver = _receiver_with(ReceivePolicy(max_files=1))
+    assert receiver.receive(_part([FileEntry("a", 0)], more=True)) == []
+    with pytest.raises(PolicyError, match="--max-files"):
+        receiver.receive(_part([StreamEntry("pipe")], more=False))
+
+
+def test_a_part_within_the_limits_waits_for_the_rest() -> None:
+    """Parts that keep within the limits are taken; the whole manifest is judged at the end."""
+    receiver = _receiver_with(ReceivePolicy(max_files=2, max_bytes=3))
+    assert receiver.receive(_part([FileEntry("a", 1)], more=True)) == []
+    events = receiver.receive(_part([FileEntry("b", 2)], more=False))
+    assert events == [ManifestReceived((FileEntry("a", 1), FileEntry("b", 2)))]
+
+
+#: Entries a hostile sender offers, in parts of PART_ENTRIES (each ~1.9 MB, under the
+#: relay's 2 MiB message limit): held whole, they take ~175 MiB of the receiver's memory.
+HOSTILE_ENTRIES = 600_000
+PART_ENTRIES = 30_000
+#: The receiver's peak RSS must stay below this (idle, it is ~40 MiB).
+RSS_LIMIT_KIB = 110 * 1024
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+async def test_cli_receiver_refuses_a_many_part_manifest_in_bounded_memory(
+    relay: Relay, processes: Processes, tmp_path: Path,
+) -> None:
+    """receive --max-files 1 --max-bytes 1 refuses a 600,000-entry manifest at its first
+    part: exit 19, the peak RSS of the whole process (wait4) far below what it would hold."""
+    code = "7-many-parts"
+    report = tmp_path / "receiver.rss"
+    dest = tmp_path / "out"
+    proc = start_measured(processes, report, "receive", relay.url, code, "--out", str(dest),
+                          "--max-files", "1", "--max-bytes", "1")
+    parts = HOSTILE_ENTRIES // PART_ENTRIES
+    async with asyncio.timeout(240):
+        async with handmade_peer(relay.url, code, "sender") as peer:
+            await peer.expect("ready")
+            with contextlib.suppress(ConnectionClosed):
+                for n in range(parts):
+                    entries = [{"path": f"p{n}/{i:06d}", "size": 1, "mode": 420, "mtime": 1.5}
+                               for i in range(PART_ENTRIES)]
+                    await peer.send_json({"type": "manifest", "version": 1,
+                                          "entries": entries, "more": n < parts - 1})
+            _, err = await asyncio.to_thread(proc.communicate, timeout=180)
+    returncode, maxrss = map(int, report.read_text().split())
+    print(f"receiver peak RSS {maxrss} KiB")
+    assert returncode == 19, err
+    assert "--max-files" in err
+    assert maxrss < RSS_LIMIT_KIB, f"receiver peak RSS {maxrss} KiB"
+    assert not dest.exists() or not any(dest.iterdir())
