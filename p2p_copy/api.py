@@ -251,10 +251,10 @@ class _Outgoing:
     @classmethod
     def files(cls, sources: Sources) -> _Outgoing:
         sizes = [e.size for e in sources.entries if isinstance(e, FileEntry)]
-        chains = SourceChains(sources.files, sizes)
+        chains = SourceChains(sources.files, sizes, sources.identities)
         return cls(sources.entries,
                    lambda starts, digest: StreamReader(sources.files, sizes, starts, chains,
-                                                       digest),
+                                                       digest, sources.identities),
                    chains.verify, check=lambda: check_names(sources.entries))
 
     def check_meanwhile(self) -> asyncio.Future[None] | None:

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from p2p_copy import PolicyError, receive, send
+from p2p_copy import P2PCopyError, PolicyError, UsageError, api, receive, send
 from p2p_copy.destination import Destination
 from p2p_copy.digests import SHA256
 from p2p_copy.messages import DirEntry, Entry, FileEntry, Manifest, StreamEntry, encode
 from p2p_copy.policy import ReceivePolicy
 from p2p_copy.relay import Relay
+from p2p_copy.resume import Offer
+from p2p_copy.sources import SourceChains, Sources, collect_sources
 from p2p_copy.transfer import ManifestReceived, Receiver, ReceiverState
 
 from .conftest import Processes
@@ -217,3 +221,120 @@ async def test_cli_receiver_refuses_a_many_part_manifest_in_bounded_memory(
     assert "--max-files" in err
     assert maxrss < RSS_LIMIT_KIB, f"receiver peak RSS {maxrss} KiB"
     assert not dest.exists() or not any(dest.iterdir())
+
+
+# --- finding 5: the sender sends only the files it scanned ----------------------------------
+
+SECRET = b"SECRET-KEY-MATERIAL\n"
+
+
+def _swap_after_scan(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], None]) -> None:
+    """Make send() run ``swap`` right after its scan, before any file is opened: the
+    window a local attacker races for, made deterministic."""
+    real = api.collect_sources
+
+    def scan_then_swap(*args: Any, **kwargs: Any) -> Sources:
+        sources = real(*args, **kwargs)
+        swap()
+        return sources
+
+    monkeypatch.setattr(api, "collect_sources", scan_then_swap)
+
+
+def _nothing_secret_arrived(dest: Path) -> None:
+    for dirpath, _, filenames in os.walk(dest):
+        for name in filenames:
+            assert SECRET not in (Path(dirpath) / name).read_bytes(), name
+
+
+async def _refused_send(relay: Relay, top: Path, dest: Path, shown: str) -> None:
+    async with asyncio.timeout(TRANSFER_TIMEOUT):
+        sent, got = await asyncio.gather(
+            send(relay.url, "3-swap-code", [str(top)], progress="none"),
+            receive(relay.url, "3-swap-code", dest, progress="none"),
+            return_exceptions=True,
+        )
+    assert isinstance(sent, UsageError), repr(sent)
+    assert shown in str(sent) and "\n" not in str(sent)
+    assert isinstance(got, P2PCopyError), repr(got)
+    _nothing_secret_arrived(dest)
+
+
+def _secret(tmp_path: Path) -> Path:
+    secret = tmp_path / "home" / ".ssh" / "id_ed25519"
+    secret.parent.mkdir(parents=True)
+    secret.write_bytes(SECRET)
+    return secret
+
+
+def _source(tmp_path: Path) -> Path:
+    top = tmp_path / "src" / "project"
+    (top / "sub").mkdir(parents=True)
+    (top / "a.txt").write_bytes(b"a")
+    (top / "sub" / "notes.txt").write_bytes(b"x" * len(SECRET))  # the secret's size
+    return top
+
+
+def _link_file(top: Path, secret: Path) -> None:
+    (top / "sub" / "notes.txt").unlink()
+    (top / "sub" / "notes.txt").symlink_to(secret)
+
+
+def _link_folder(top: Path, secret: Path) -> None:
+    os.rename(top / "sub", top / "sub.old")
+    (secret.parent / "notes.txt").write_bytes(SECRET)
+    (top / "sub").symlink_to(secret.parent)
+
+
+def _replace_file(top: Path, secret: Path) -> None:
+    (top / "new").write_bytes(SECRET)
+    os.replace(top / "new", top / "sub" / "notes.txt")
+
+
+def _fifo(top: Path, secret: Path) -> None:
+    (top / "sub" / "notes.txt").unlink()
+    os.mkfifo(top / "sub" / "notes.txt")
+
+
+SWAPS = {"file -> link": _link_file, "folder -> link": _link_folder,
+         "file -> other file": _replace_file, "file -> fifo": _fifo}
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks and FIFOs need privileges on Windows")
+@pytest.mark.parametrize("swap", list(SWAPS))
+async def test_a_file_swapped_after_the_scan_is_not_sent(
+    relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str,
+) -> None:
+    """A same-size file swapped for a link (or its folder for one, or another file, or a
+    FIFO) between scan and send fails the transfer with one line naming it; no byte of
+    what it now points at leaves the sender."""
+    secret = _secret(tmp_path)
+    top = _source(tmp_path)
+    _swap_after_scan(monkeypatch, lambda: SWAPS[swap](top, secret))
+    await _refused_send(relay, top, tmp_path / "out", "notes.txt")
+
+
+async def test_a_link_the_user_names_is_still_sent(relay: Relay, tmp_path: Path) -> None:
+    """A link given on the command line is followed (as before): its target is the file
+    the scan records and opens."""
+    target = tmp_path / "real.txt"
+    target.write_bytes(b"real")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    await _transfer(relay, [link], tmp_path / "out")
+    assert (tmp_path / "out" / "link.txt").read_bytes() == b"real"
+
+
+def test_a_resume_check_rereads_only_the_scanned_file(tmp_path: Path) -> None:
+    """Checking a receiver's resume offer rereads the source's prefix: a file swapped for
+    a link since the scan is refused there too, not hashed."""
+    secret = _secret(tmp_path)
+    top = _source(tmp_path)
+    sources = collect_sources([top])
+    index = sources.files.index(str(top / "sub" / "notes.txt"))
+    sizes = [e.size for e in sources.entries if isinstance(e, FileEntry)]
+    chains = SourceChains(sources.files, sizes, sources.identities)
+    _link_file(top, secret)
+    offer = Offer(index, 4, hashlib.sha256(SECRET[:4]).hexdigest())
+    with pytest.raises(UsageError, match="no longer the file that was scanned"):
+        chains.verify(offer)
