@@ -265,10 +265,10 @@ class _Outgoing:
     @classmethod
     def files(cls, sources: Sources) -> _Outgoing:
         sizes = [e.size for e in sources.entries if isinstance(e, FileEntry)]
-        chains = SourceChains(sources.files, sizes)
+        chains = SourceChains(sources.files, sizes, sources.identities)
         return cls(sources.entries,
                    lambda starts, digest: StreamReader(sources.files, sizes, starts, chains,
-                                                       digest),
+                                                       digest, sources.identities),
                    chains.prefix, check=lambda: check_names(sources.entries))
 
     def check_meanwhile(self) -> asyncio.Future[None] | None:
@@ -650,9 +650,11 @@ async def receive(
                                 reconnect_timeout)
     display = make_progress(progress, "receive")
     root = Path(dest)
+    made: set[Path] = set()  # folders made by any attempt: finish() gives them their modes
 
     def sink(entries: Sequence[Entry], digest: str) -> Sink:
-        return Destination(root, entries, overwrite=overwrite, algorithm=digest)
+        return Destination(root, entries, overwrite=overwrite, algorithm=digest,
+                           made_folders=made)
 
     return await _shown(display, _receive(options, code, sink, policy, display))
 
@@ -1094,6 +1096,7 @@ async def receive_any(
                                reconnect_timeout)
     display = make_progress(progress, "receive")
     texts: list[ObjectSink] = []
+    made: set[Path] = set()  # folders made by any attempt: finish() gives them their modes
 
     def sink(entries: Sequence[Entry], digest: str) -> Sink:
         if out is not None:
@@ -1105,7 +1108,8 @@ async def receive_any(
                 "raise the limit: --max-text on the command line, "
                 "receive_any(max_text_bytes=...) in Python"))
             return texts[-1]
-        return Destination(Path(dest), entries, overwrite=overwrite, algorithm=digest)
+        return Destination(Path(dest), entries, overwrite=overwrite, algorithm=digest,
+                           made_folders=made)
 
     result = await _shown(display, _receive(options, code, sink, policy, display))
     text = texts[-1].value if texts else None

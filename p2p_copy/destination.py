@@ -173,9 +173,10 @@ class _Dirs:
     not walk the whole path again for every file. The most recently used ones stay open.
     """
 
-    def __init__(self, root: Path, made: list[Path]) -> None:
+    def __init__(self, root: Path, made: list[Path], ours: set[Path]) -> None:
         self.root = root
         self._made = made
+        self._ours = ours
         self._fds: collections.OrderedDict[tuple[str, ...], int] = collections.OrderedDict()
 
     def fd(self, parts: tuple[str, ...], *, create: bool = True) -> int:
@@ -195,7 +196,9 @@ class _Dirs:
             if create:
                 try:
                     os.mkdir(name, 0o700, dir_fd=parent)
-                    self._made.append(self.root.joinpath(*parts))
+                    path = self.root.joinpath(*parts)
+                    self._made.append(path)
+                    self._ours.add(path)
                 except FileExistsError:
                     pass
                 except OSError as exc:
@@ -435,7 +438,7 @@ class Destination:
     """Writes one transfer's files into ``root``."""
 
     def __init__(self, root: Path, entries: Sequence[Entry], *, overwrite: bool = False,
-                 algorithm: str = SHA256) -> None:
+                 algorithm: str = SHA256, made_folders: set[Path] | None = None) -> None:
         self.root = root
         #: The transfer's hash (digests.py): what files are checked and prefixes offered with.
         self.algorithm = algorithm
@@ -445,7 +448,10 @@ class Destination:
         self.overwrite = overwrite
         self._open: dict[int, _Open] = {}
         self._made_dirs: list[Path] = []
-        self._dirs = _Dirs(root, self._made_dirs)
+        #: Every folder this run made, in this attempt or an earlier one (``made_folders``,
+        #: shared by the caller across attempts): the only ones finish() gives a mode and time.
+        self.made_folders: set[Path] = set() if made_folders is None else made_folders
+        self._dirs = _Dirs(root, self._made_dirs, self.made_folders)
         #: Path components of each entry, by path (checked once).
         self._parts: dict[str, tuple[str, ...]] = {}
         #: Files whose temporary and sidecar names prepare() found free.
@@ -782,10 +788,17 @@ class Destination:
     # --- at the end ----------------------------------------------------------------
 
     def finish(self) -> None:
-        """Create the announced folders and give them their modes and times, deepest first."""
+        """Create the announced folders and give those this run made their modes and times.
+
+        A folder that existed before keeps its mode and time, even with ``overwrite``
+        (which replaces files, never a folder): a folder entry only says "merge into it",
+        and a sender must not open up ``.ssh/`` (0700) or date it back to 1970.
+        """
         dirs = [e for e in self.entries if isinstance(e, DirEntry)]
         for entry in sorted(dirs, key=lambda e: e.path.count("/"), reverse=True):
             fd = self._dirs.fd(self._split(entry))
+            if self._final_path(entry) not in self.made_folders:
+                continue
             try:
                 # The owner keeps full rights so that a later transfer can add to it.
                 os.fchmod(fd, (stat.S_IMODE(entry.mode) & 0o777 & ~_umask()) | 0o700)

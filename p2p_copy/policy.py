@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Final
 
 from .errors import PolicyError, UnsafePathError, UsageError
-from .messages import DirEntry, Entry, FileEntry
+from .messages import DirEntry, Entry, FileEntry, StreamEntry
 from .paths import MAX_COMPONENT_BYTES, check_entries, display_name
 
 __all__ = [
     "ReceivePolicy",
+    "ManifestLimits",
     "OfferSummary",
     "check_policy",
     "summarize_offer",
@@ -50,6 +52,13 @@ _WINDOWS_DEVICES: Final = frozenset(
     | {f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"}
 )
 _WINDOWS_CHARS = re.compile(r'[<>:"|?*]')
+# A short (8.3) name: at most 8 characters ending in "~" and digits, at most 3 after one
+# dot. Where a volume makes short names, one can name another file's long name (".git"
+# is "GIT~1"), so that a path could reach a folder no entry names: git refuses "git~1"
+# for this (core.protectNTFS); we refuse every name of that form.
+_SHORT_NAME = re.compile(r"[^.~]{1,7}~[0-9]{1,7}(?:\.[^.]{0,3})?")
+# Path separators a compatibility character becomes in NFKC ("／", "＼").
+_SEPARATORS = re.compile(r"[/\\]")
 # On Windows there is no way round; elsewhere the check was asked for and can be dropped.
 _WINDOWS_HOW_TO: Final = "." if os.name == "nt" else (
     ", or receive without Windows name checks (ReceivePolicy(windows_names=False) in Python)."
@@ -66,14 +75,16 @@ _SHOWN_CHARS: Final = 120
 class ReceivePolicy:
     """Limits on what a receiver accepts; the defaults accept any sane transfer.
 
-    ``max_files`` and ``max_bytes`` (None: no limit) count file entries and the sum of
-    their announced sizes. ``max_depth`` counts path components ("a/b/c" is 3),
+    ``max_files`` and ``max_bytes`` (None: no limit) count file entries (a stream is one)
+    and the sum of their announced sizes. ``max_depth`` counts path components ("a/b/c" is 3),
     ``max_entries`` files and folders together. ``max_name_bytes`` and ``max_path_bytes``
     are UTF-8 bytes of one component and of a whole relative path; names are never
     allowed beyond 255 bytes, the limit of every common file system.
 
     ``windows_names`` refuses names Windows cannot store: device names (CON, NUL.txt,
-    com1, ...), the characters <>:"|?* and names ending in a dot or a space. It is on by
+    com1, ...), the characters <>:"|?*, names ending in a dot or a space, names of 8.3
+    short-name form (GIT~1) and names whose NFKC form breaks one of these rules (ＣＯＮ,
+    ..／x: see windows_name_problem). It is on by
     default on Windows, where such a name would open a device or be silently trimmed into
     another file's name. Elsewhere they are ordinary names (a Linux tree may well hold
     ``aux.c``), so refusing them by default would refuse honest transfers; turn it on to
@@ -125,41 +136,109 @@ def _shown(name: str) -> str:
 
 
 def windows_name_problem(name: str) -> str | None:
-    """Why Windows cannot store the path component ``name``, or None if it can."""
+    """Why Windows cannot store the path component ``name`` safely, or None if it can.
+
+    The rules are applied to the name and to its NFKC form. NTFS itself stores "ＣＯＮ"
+    (fullwidth letters) as an ordinary name, but a program that uses Windows' ANSI
+    functions gets names converted to its code page with "best fit", which turns
+    fullwidth forms into ASCII in many code pages (1252 among them): "ＣＯＮ" opens the
+    console, "..／x" climbs out of its folder. NFKC maps every fullwidth form to ASCII.
+    Only fullwidth "<>:"|?*" stay allowed: they are common in CJK names, and what best
+    fit makes of them is a name such a program cannot open, not another file.
+    """
+    problem = _windows_problem(name, name)
+    if problem or name.isascii():
+        return problem
+    folded = unicodedata.normalize("NFKC", name)
+    if folded == name:
+        return None
+    if _SEPARATORS.search(folded):
+        return (f"reads as {display_name(folded)!r} to Windows programs that convert names "
+                "to their code page: a path with a separator")
+    problem = _windows_problem(folded, name)
+    return problem and (f"reads as {display_name(folded)!r} to Windows programs that "
+                        f"convert names to their code page; that name {problem}")
+
+
+def _windows_problem(name: str, given: str) -> str | None:
     if name.endswith((".", " ")):
         return "ends in a dot or a space, which Windows drops (it would become another name)"
-    found = _WINDOWS_CHARS.search(name)
+    # Only in the name as given: see windows_name_problem().
+    found = _WINDOWS_CHARS.search(given)
     if found:
         return f"holds {found.group()!r}, a character Windows does not allow in names"
     # Windows ignores the extension and trailing spaces when it looks for a device name.
     if name.partition(".")[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
         return "is a device name on Windows (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
+    if len(name.partition(".")[0]) <= 8 and _SHORT_NAME.fullmatch(name):
+        return ("has the form of a Windows short (8.3) name, which can stand for another "
+                "file's long name (GIT~1 is .git)")
     return None
 
 
-def _too_many(what: str, offered: int, limit: int, option: str) -> PolicyError:
+def _too_many(what: str, offered: int, limit: int, option: str, *, more: bool) -> PolicyError:
+    at_least = "at least " if more else ""
     return PolicyError(
-        f"The sender offers {offered:,} {what}, more than this receiver accepts "
+        f"The sender offers {at_least}{offered:,} {what}, more than this receiver accepts "
         f"({limit:,}). To accept it, raise the limit: --{option.replace('_', '-')} on the "
         f"command line, ReceivePolicy({option}=...) in Python."
     )
 
 
-def check_policy(entries: Sequence[Entry], policy: ReceivePolicy) -> None:
+class ManifestLimits:
+    """The limits of ``policy`` that can be judged entry by entry (entries, files, bytes,
+    depth), kept over a manifest that arrives in parts.
+
+    ``add`` each part as it arrives: the part that crosses a limit is refused before the
+    next is read, so that a receiver never holds much more of a manifest than its limits
+    allow (issue 17: 39 -> 427 MiB with --max-files 1). A stream counts as a file.
+    """
+
+    def __init__(self, policy: ReceivePolicy) -> None:
+        self.policy = policy
+        self.entries = 0
+        self.files = 0
+        self.bytes = 0
+
+    def add(self, entries: Sequence[Entry], *, more: bool = False) -> None:
+        """Count ``entries``; PolicyError if the manifest so far breaks a limit. ``more``:
+        other parts follow (the message then says "at least")."""
+        policy = self.policy
+        self.entries += len(entries)
+        if self.entries > policy.max_entries:
+            raise _too_many("files and folders", self.entries, policy.max_entries,
+                            "max_entries", more=more)
+        sizes = [e.size for e in entries if isinstance(e, FileEntry)]
+        self.files += len(sizes) + sum(isinstance(e, StreamEntry) for e in entries)
+        if policy.max_files is not None and self.files > policy.max_files:
+            raise _too_many("files", self.files, policy.max_files, "max_files", more=more)
+        self.bytes += sum(sizes)
+        if policy.max_bytes is not None and self.bytes > policy.max_bytes:
+            raise _too_many("bytes", self.bytes, policy.max_bytes, "max_bytes", more=more)
+        # The components of a path are counted by its slashes: names are checked later,
+        # once the whole manifest is there (check_policy).
+        for entry in entries:
+            depth = entry.path.count("/") + 1
+            if depth > policy.max_depth:
+                raise PolicyError(
+                    f"The sender offers {_shown(entry.path)}, {depth} levels deep; this "
+                    f"receiver accepts at most {policy.max_depth}. To accept it, raise the "
+                    "limit: --max-depth on the command line, ReceivePolicy(max_depth=...) "
+                    "in Python."
+                )
+
+
+def check_policy(entries: Sequence[Entry], policy: ReceivePolicy,
+                 limits: ManifestLimits | None = None) -> None:
     """Refuse the manifest ``entries`` if it breaks a path rule or one of ``policy``'s limits.
 
     Includes paths.check_entries, so a receiver needs only this call. Counts come first:
-    a huge offer is refused before any of its names is parsed. Linear in the manifest's
-    total length.
+    a huge offer is refused before any of its names is parsed. ``limits``: the counts
+    already kept while the parts arrived (ManifestLimits.add), not counted again. Linear
+    in the manifest's total length.
     """
-    if len(entries) > policy.max_entries:
-        raise _too_many("files and folders", len(entries), policy.max_entries, "max_entries")
-    sizes = [e.size for e in entries if isinstance(e, FileEntry)]
-    if policy.max_files is not None and len(sizes) > policy.max_files:
-        raise _too_many("files", len(sizes), policy.max_files, "max_files")
-    total = sum(sizes)
-    if policy.max_bytes is not None and total > policy.max_bytes:
-        raise _too_many("bytes", total, policy.max_bytes, "max_bytes")
+    if limits is None:
+        ManifestLimits(policy).add(entries)
     all_parts = check_entries(entries)
     checked: set[str] = set()  # folders whose names passed: most entries share a few
     for entry, parts in zip(entries, all_parts, strict=True):
@@ -172,12 +251,6 @@ def check_policy(entries: Sequence[Entry], policy: ReceivePolicy) -> None:
 def _check_names(
     path: str, parts: tuple[str, ...], names: tuple[str, ...], policy: ReceivePolicy
 ) -> None:
-    if len(parts) > policy.max_depth:
-        raise PolicyError(
-            f"The sender offers {_shown(path)}, {len(parts)} levels deep; this receiver "
-            f"accepts at most {policy.max_depth}. To accept it, raise the limit: --max-depth "
-            "on the command line, ReceivePolicy(max_depth=...) in Python."
-        )
     # A code point is at most 4 bytes of UTF-8: most names need no encoding to pass.
     path_bytes = len(path.encode()) if len(path) * 4 > policy.max_path_bytes else 0
     if path_bytes > policy.max_path_bytes:

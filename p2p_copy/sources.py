@@ -3,11 +3,16 @@
 Paths given by the user become manifest entries named after their last component
 (``send ~/data/run1`` arrives as ``run1/...``). Folders are walked in sorted order
 without following symlinks, so that a link cannot leak files from outside the folder.
+
+The scan records each file's device and inode, and every later open checks that it got
+that very file (open_scanned): one swapped for a link, or a folder above it swapped for
+one, after the scan is refused rather than sent (issue 17, finding 5).
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -22,12 +27,24 @@ from .messages import DirEntry, Entry, FileEntry
 from .paths import check_entries, display_name
 from .resume import ChainHasher, Offer
 
-__all__ = ["Sources", "collect_sources", "check_names", "StreamReader", "SourceChains"]
+__all__ = ["Sources", "collect_sources", "check_names", "StreamReader", "SourceChains",
+           "open_scanned"]
 
 #: Files whose prefix states a sender keeps across reconnects (the ones read last).
 CHAINS_KEPT = 4
 #: Bytes per read when a sender rereads a source's prefix to check an offer.
 REREAD_BYTES = 2**20
+
+
+#: (st_dev, st_ino) of a file when it was scanned; (0, 0) where the scan could not tell
+#: (os.scandir on Windows): then only the file type and size are compared.
+Identity = tuple[int, int]
+
+# No link is followed at the last component (O_NOFOLLOW where the system has it; else
+# open_scanned compares an lstat with the fstat), and a FIFO swapped in cannot block the
+# open (O_NONBLOCK; it changes nothing for the regular files that are read).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,8 @@ class Sources:
     files: tuple[str, ...]
     #: Things found inside folders that are not sent (symlinks, sockets, ...).
     skipped: tuple[str, ...] = ()
+    #: For each file, what the scan saw (``Identity``): open_scanned() insists on it.
+    identities: tuple[Identity, ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -72,6 +91,7 @@ def collect_sources(paths: Sequence[str | os.PathLike[str]], *, check: bool = Tr
     entries: list[Entry] = []
     files: list[str] = []
     skipped: list[str] = []
+    identities: list[Identity] = []
     for given in paths:
         top = Path(given)
         try:
@@ -84,12 +104,15 @@ def collect_sources(paths: Sequence[str | os.PathLike[str]], *, check: bool = Tr
         _utf8(str(top), name)
         entries.append(_entry(name, st))
         if stat.S_ISDIR(st.st_mode):
-            _walk(str(top), name, entries, files, skipped)
+            _walk(str(top), name, entries, files, skipped, identities)
         else:
-            files.append(str(top))
+            # A link the user names is read where it pointed at the scan: files are
+            # opened without following links, and must be the file seen here.
+            files.append(os.path.realpath(top) if top.is_symlink() else str(top))
+            identities.append((st.st_dev, st.st_ino))
     if check:
         check_names(entries)
-    return Sources(tuple(entries), tuple(files), tuple(skipped))
+    return Sources(tuple(entries), tuple(files), tuple(skipped), tuple(identities))
 
 
 def check_names(entries: Sequence[Entry]) -> None:
@@ -101,7 +124,7 @@ def check_names(entries: Sequence[Entry]) -> None:
 
 
 def _walk(top: str, prefix: str, entries: list[Entry], files: list[str],
-          skipped: list[str]) -> None:
+          skipped: list[str], identities: list[Identity]) -> None:
     """Add what ``top`` holds, depth first in sorted order: a folder's files, then its folders.
 
     One lstat per entry (os.scandir caches it); links are not followed. A stack, not
@@ -133,6 +156,7 @@ def _walk(top: str, prefix: str, entries: list[Entry], files: list[str],
                     _utf8(item.path, name)
                 entries.append(FileEntry(name, st.st_size, mode & 0o7777, st.st_mtime))
                 files.append(item.path)
+                identities.append((st.st_dev, st.st_ino))
             elif S_ISDIR(mode):
                 if not name.isascii():
                     _utf8(item.path, name)
@@ -151,6 +175,52 @@ def _raise(exc: OSError) -> NoReturn:
 _UNREADABLE = "The sender cannot read one of its files."
 
 
+def open_scanned(path: str, size: int, identity: Identity | None) -> int:
+    """A descriptor for reading ``path``, which must still be the regular file of ``size``
+    bytes (and ``identity``) that the scan saw; UsageError naming it otherwise.
+
+    Comparing the identity of what was opened also catches a folder above the file that
+    was swapped for a link: the path then reaches another inode.
+    """
+    before = None
+    try:
+        if not _NOFOLLOW:
+            before = os.lstat(path)  # compared with the fstat below: not a link, same file
+            if not stat.S_ISREG(before.st_mode):
+                raise _swapped(path)
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+            raise _swapped(path) from None
+        raise UsageError(f"Cannot read {display_name(path)!r}: {exc.strerror}.",
+                         peer_message=_UNREADABLE) from None
+    try:
+        st = os.fstat(fd)
+        seen = (st.st_dev, st.st_ino)
+        if (not stat.S_ISREG(st.st_mode) or (identity is not None and any(identity)
+                                             and seen != identity)
+                or (before is not None and seen != (before.st_dev, before.st_ino))):
+            raise _swapped(path)
+        if st.st_size != size:
+            raise UsageError(
+                f"{display_name(path)!r} changed size since it was scanned. "
+                "Send it again once nothing writes to it.",
+                peer_message=_UNREADABLE,
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _swapped(path: str) -> UsageError:
+    return UsageError(
+        f"{display_name(path)!r} is no longer the file that was scanned (it was replaced, "
+        "or it or a folder above it is now a link); it was not sent. Send it again.",
+        peer_message=_UNREADABLE,
+    )
+
+
 class SourceChains:
     """What a sender remembers of its sources across reconnects: their prefix hashes.
 
@@ -158,8 +228,10 @@ class SourceChains:
     read (no I/O), else by rereading the prefix. Blocking: call from a worker thread.
     """
 
-    def __init__(self, files: Sequence[str], sizes: Sequence[int]) -> None:
+    def __init__(self, files: Sequence[str], sizes: Sequence[int],
+                 identities: Sequence[Identity] = ()) -> None:
         self._files = list(zip(files, sizes, strict=True))
+        self._identities = identities
         self._chains: collections.OrderedDict[int, ChainHasher] = collections.OrderedDict()
 
     def track(self, file: int, chain: ChainHasher) -> None:
@@ -185,17 +257,15 @@ class SourceChains:
         state = (chain.state_at(offset)
                  if chain is not None and chain.algorithm == algorithm else None)
         if state is None:
-            return self._reread(path, offset, algorithm)
+            identity = self._identities[file] if file < len(self._identities) else None
+            return self._reread(path, size, identity, offset, algorithm)
         return ChainHasher(state, offset, algorithm)
 
     @staticmethod
-    def _reread(path: str, offset: int, algorithm: str) -> ChainHasher | None:
+    def _reread(path: str, size: int, identity: Identity | None, offset: int,
+                algorithm: str) -> ChainHasher | None:
         chain = ChainHasher(algorithm=algorithm)
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as exc:
-            raise UsageError(f"Cannot read {display_name(path)!r}: {exc.strerror}.",
-                             peer_message=_UNREADABLE) from None
+        fd = open_scanned(path, size, identity)
         try:
             while chain.position < offset:
                 data = os.read(fd, min(REREAD_BYTES, offset - chain.position))
@@ -218,10 +288,11 @@ class StreamReader:
     def __init__(
         self, files: Sequence[str], sizes: Sequence[int],
         starts: Mapping[int, ChainHasher] | None = None, chains: SourceChains | None = None,
-        algorithm: str = SHA256,
+        algorithm: str = SHA256, identities: Sequence[Identity] = (),
     ) -> None:
         self.algorithm = algorithm
         self._files = list(zip(files, sizes, strict=True))
+        self._identities = identities
         self._index = 0
         self._handle: int | None = None
         self._remaining = 0
@@ -255,11 +326,9 @@ class StreamReader:
 
     def _open(self) -> None:
         path, size = self._files[self._index]
-        try:
-            self._handle = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as exc:
-            raise UsageError(f"Cannot read {display_name(path)!r}: {exc.strerror}.",
-                             peer_message=_UNREADABLE) from None
+        identity = (self._identities[self._index]
+                    if self._index < len(self._identities) else None)
+        self._handle = open_scanned(path, size, identity)
         start = self._starts.pop(self._index) if self._index in self._starts else None
         self._hash = start or ChainHasher(algorithm=self.algorithm)
         if self._hash.position:

@@ -77,7 +77,7 @@ from .messages import (
     parse_message,
 )
 from .paths import display_name
-from .policy import ReceivePolicy, check_policy
+from .policy import ManifestLimits, ReceivePolicy, check_policy
 from .resume import Offer, Prefix, check_offers
 
 __all__ = [
@@ -547,6 +547,7 @@ class Receiver:
         self.max_entries = self.policy.max_entries if max_entries is None else max_entries
         self.entries: tuple[Entry, ...] = ()
         self._parts: list[Entry] = []
+        self._limits = ManifestLimits(self.policy)
         self._stream = _Stream(())
         self._offers: dict[int, Offer] = {}
         #: The agreed offsets: file number -> first byte that arrives.
@@ -633,26 +634,21 @@ class Receiver:
         if self._manifest_parts == 1 and part.digests is not None:
             self._digest_offered = True
             self.digest = choose(part.digests, self.digests_allowed)
-        self._parts.extend(part.entries)
-        if len(self._parts) > self.max_entries:
+        if len(self._parts) + len(part.entries) > self.max_entries:
             raise RemoteProtocolError(
                 f"The manifest lists more than {self.max_entries} entries; refusing it."
             )
+        # Each part is counted against the policy as it arrives, before it is kept: a
+        # sender cannot make us hold more of a manifest than the limits let through.
+        self._limits.add(part.entries, more=part.more)
+        self._parts.extend(part.entries)
         if part.more:
             return []
         self.entries = tuple(self._parts)
         self._parts = []
-        check_policy(self.entries, self.policy)  # paths.check_entries' rules included
+        # paths.check_entries' rules included; the counts were kept part by part.
+        check_policy(self.entries, self.policy, self._limits)
         self._stream = _Stream(_sizes(self.entries))
-        if self._stream.open_end:
-            files = self._stream.count
-            if self.policy.max_files is not None and files > self.policy.max_files:
-                raise PolicyError(
-                    f"The sender offers {files:,} files (one a stream), more than this "
-                    f"receiver accepts ({self.policy.max_files:,}). To accept it, raise the "
-                    "limit: --max-files on the command line, ReceivePolicy(max_files=...) "
-                    "in Python."
-                )
         self.state = ReceiverState.DECIDING
         return [ManifestReceived(self.entries)]
 
