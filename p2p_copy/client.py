@@ -187,6 +187,11 @@ def closed_error(exc: ConnectionClosed, role: Role) -> P2PCopyError:
             f"The relay ended the transfer: it allows each pair only so many bytes or so "
             f"much time ({reason or 'limit reached'}). Use a relay without that limit."
         )
+    if code == CloseCode.RELAY_MEMORY:
+        return RelayLimitError(
+            "The relay is short of memory (it holds as much data for transfers as it allows) "
+            "and closed the connection. Try again later, or use another relay."
+        )
     if code in (CloseCode.BAD_HELLO, CloseCode.HELLO_TIMEOUT, CloseCode.MESSAGE_TOO_BIG):
         return RemoteProtocolError(f"The relay refused our messages: {reason or code}.")
     return ConnectionLostError(f"The relay closed the connection (code {code}: {reason}).")
