@@ -167,23 +167,15 @@ class ForwardingConnection(ServerConnection):
         self.refuse(CloseCode.RELAY_MEMORY, "the relay is short of memory; try again later")
 
     def refuse(self, code: int, reason: str) -> None:
-        """Close with ``code`` at once and take nothing more from the peer."""
-        self.discard()
+        """Close with ``code`` now: the close frame and a FIN go out, and from here on
+        websockets drops what arrives unparsed, so nothing of the peer's is held."""
+        self._discarding = True
         if self.protocol.state is State.OPEN:
             self.protocol.fail(code, reason)
             self.send_data()
-        # After the close frame is written: a peer that never closes holds nothing here.
-        self.transport.close()
-
-    def discard(self) -> None:
-        """Drop every later data frame: the pair is ending, nobody will pass them on.
-
-        Reading goes on even while the assembler's queue is full: nothing joins the queue
-        any more, and the handler may never empty it, but the close frame must get through.
-        """
-        self._discarding = True
-        self._unhold()
-        self.transport.resume_reading()
+        self._unhold()  # read on: what arrives is dropped, and the peer's FIN must come
+        # A peer that never closes its side is dropped after the usual closing time.
+        self.loop.call_later(self.close_timeout or 10.0, self.transport.abort)
 
     def process_event(self, event: Event) -> None:
         if isinstance(event, Frame) and event.opcode in _DATA_OPCODES:

@@ -214,12 +214,14 @@ class _Connection(ForwardingConnection):
             self.relay.admission.closed(self.key, time.monotonic())
 
     def over_budget(self) -> None:
+        # Failed at once, not closed with a handshake: until the peer's close frame
+        # came, its unfinished frame (up to max_message_size) would be read and held.
+        super().over_budget()
         pair = self.peer.pair if self.peer is not None else None
         if pair is None:
             self.relay.stats.rejections["memory_full"] += 1
-            super().over_budget()
         else:
-            # Both peers learn why; the pair's handlers close them (4009).
+            # Its partner learns why as well (4009), with a closing handshake.
             self.relay._end_pair(pair, *pair.peers, "memory_full",
                                  "the relay is short of memory; try again later",
                                  CloseCode.RELAY_MEMORY)
