@@ -169,13 +169,26 @@ class ForwardingConnection(ServerConnection):
     def refuse(self, code: int, reason: str) -> None:
         """Close with ``code`` now: the close frame and a FIN go out, and from here on
         websockets drops what arrives unparsed, so nothing of the peer's is held."""
-        self._discarding = True
         if self.protocol.state is State.OPEN:
             self.protocol.fail(code, reason)
             self.send_data()
-        self._unhold()  # read on: what arrives is dropped, and the peer's FIN must come
+        self.discard()  # read on: what arrives is dropped, and the peer's FIN must come
         # A peer that never closes its side is dropped after the usual closing time.
-        self.loop.call_later(self.close_timeout or 10.0, self.transport.abort)
+        self.loop.call_later(self.close_timeout or 10.0, self._abort_unless_closed)
+
+    def _abort_unless_closed(self) -> None:
+        if not self.connection_lost_waiter.done():
+            self.transport.abort()
+
+    def discard(self) -> None:
+        """Drop every later data frame: the pair is ending, nobody will pass them on.
+
+        Reading goes on even while the assembler's queue is full: nothing joins the queue
+        any more, and the handler may never empty it, but the close frame must get through.
+        """
+        self._discarding = True
+        self._unhold()
+        self.transport.resume_reading()
 
     def process_event(self, event: Event) -> None:
         if isinstance(event, Frame) and event.opcode in _DATA_OPCODES:
