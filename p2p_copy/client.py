@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
 
 from .codes import room_url
 from .errors import (
@@ -209,6 +210,13 @@ class RelayLink:
             await self.ws.send(message)
         except ConnectionClosed as exc:
             raise closed_error(exc, self.role) from None
+        except AttributeError:
+            # CPython 3.11: a send that meets a connection the relay closed while our
+            # buffer was flushing makes websockets abort() a transport that is gone
+            # (asyncio's _write_ready forgets to mark it lost). The close frame came.
+            if self.ws.protocol.state is not State.CLOSED:
+                raise
+            raise closed_error(self.ws.protocol.close_exc, self.role) from None
 
     async def recv(self, timeout: float | None = None, waiting_for: str = "") -> str | bytes:
         try:
@@ -223,6 +231,6 @@ class RelayLink:
 
     async def tell_peer(self, message: str | bytes) -> None:
         """Best effort: tell the peer why we stop, without waiting long for a broken link."""
-        with contextlib.suppress(ConnectionClosed, TimeoutError, OSError):
+        with contextlib.suppress(P2PCopyError, TimeoutError, OSError):
             async with asyncio.timeout(2):
-                await self.ws.send(message)
+                await self.send(message)

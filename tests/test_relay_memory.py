@@ -378,3 +378,24 @@ def test_relay_reports_a_negative_budget_as_a_usage_error() -> None:
          "--max-queued-bytes", "-1"], capture_output=True, text=True, timeout=30, env=cli_env())
     assert result.returncode == 2
     assert "max_queued_bytes must not be negative" in result.stderr
+
+
+async def test_our_client_reports_4009_as_a_relay_limit_while_it_sends() -> None:
+    """p2p-copy's own client, pushing when the relay runs out of budget, gets one clear
+    RelayLimitError (not a lost connection, not a traceback)."""
+    from p2p_copy.client import RelayLink, open_link
+
+    async with asyncio.timeout(30), running_relay(max_queued_bytes=4 * MiB) as relay:
+        for _ in range(5):  # the close can race the send in several ways; each must hold
+            room = new_hash()
+            writer, _ = await silent_receiver(relay.port, room)
+            async with open_link(relay.url, room=room) as ws:
+                link = RelayLink(ws, "sender")
+                await link.send(hello(room, "sender"))
+                assert json.loads(await link.recv()) == READY
+                with pytest.raises(RelayLimitError, match="short of memory"):
+                    for _ in range(40):
+                        await link.send("x" * MiB)
+                    await link.recv()
+            writer.transport.abort()
+            await wait_until(lambda: relay.budget.used == 0)  # all released, nothing leaks
