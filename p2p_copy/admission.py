@@ -11,6 +11,9 @@ Rules:
   would pair a free pair slot (total); otherwise it is closed with 4007.
 - Addresses are compared by network: an IPv6 client by its /64 (one host gets a whole /64,
   so counting its single addresses would count nothing), an IPv4 client by its address.
+- Open connections and waiting peers are also capped per *network*, with caps of their
+  own: an IPv6 /48 (what one site gets: 65,536 /64s, each with a per-address budget) or
+  an IPv4 /24. A peer over a network cap is refused as one over an address cap is.
 - Exempt networks (by default loopback: the machine itself, and what a proxy that does not
   say who its client is looks like) have no per-address limits; the totals still apply.
 - Memory stays bounded: an address is forgotten once it has no connection open and its
@@ -39,6 +42,7 @@ __all__ = [
     "parse_networks",
     "client_host",
     "address_key",
+    "network_key",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -111,6 +115,19 @@ def address_key(host: str) -> str:
     return str(ip)
 
 
+#: The prefix length that makes a network of IPv4 and of IPv6 addresses.
+_NETWORK_PREFIX: Final = {4: 24, 6: 48}
+
+
+def network_key(key: str) -> str:
+    """The network an address key belongs to: its IPv6 /48 or IPv4 /24."""
+    try:
+        net = ipaddress.ip_network(key, strict=False)
+    except ValueError:  # a host that is no IP address counts on its own
+        return key
+    return str(net.supernet(new_prefix=_NETWORK_PREFIX[net.version]))
+
+
 @dataclass(frozen=True)
 class Limits:
     """The caps the relay enforces; 0 turns one off."""
@@ -119,6 +136,9 @@ class Limits:
     max_connections_per_address: int = 0
     max_waiting: int = 0
     max_waiting_per_address: int = 0
+    #: Per IPv6 /48 or IPv4 /24 (network_key()).
+    max_connections_per_network: int = 0
+    max_waiting_per_network: int = 0
     max_pairs: int = 0
     #: Tokens per address, refilled evenly over ``join_window`` seconds.
     join_rate: int = 0
@@ -153,6 +173,13 @@ WAITING_FULL: Final = Refusal(
 WAITING_PER_ADDRESS: Final = Refusal(
     "waiting_per_address", "too many peers from your address are waiting; try again later",
     http_status=HTTPStatus.TOO_MANY_REQUESTS)
+CONNECTIONS_PER_NETWORK: Final = Refusal(
+    "connections_per_network",
+    "Too many open connections from your network. Close some, then try again.\n",
+    http_status=HTTPStatus.TOO_MANY_REQUESTS)
+WAITING_PER_NETWORK: Final = Refusal(
+    "waiting_per_network", "too many peers from your network are waiting; try again later",
+    http_status=HTTPStatus.TOO_MANY_REQUESTS)
 PAIRS_FULL: Final = Refusal(
     "pairs_full", "the relay is full (too many transfers running); try again later")
 
@@ -173,6 +200,16 @@ class _Address:
         return self.connections == 0 and self.waiting == 0
 
 
+class _Network:
+    """Counts of one network, kept while it has any."""
+
+    __slots__ = ("connections", "waiting")
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.waiting = 0
+
+
 class Admission:
     """Counts by address and in total, and says whether the next step is allowed.
 
@@ -187,6 +224,8 @@ class Admission:
         self.waiting = 0
         self.pairs = 0
         self._addresses: dict[str, _Address] = {}
+        #: Per network_key(); an entry goes when its counts are back at zero.
+        self._networks: dict[str, _Network] = {}
         #: Idle addresses, oldest first, with when they became idle.
         self._idle: collections.OrderedDict[str, float] = collections.OrderedDict()
 
@@ -207,6 +246,7 @@ class Admission:
         self.connections += 1
         if key is not None:
             self._touch(key, now).connections += 1
+            self._network(key).connections += 1
 
     def closed(self, key: str | None, now: float) -> None:
         self.connections -= 1
@@ -215,6 +255,7 @@ class Admission:
             if entry is not None:
                 entry.connections -= 1
                 self._settle(key, entry, now)
+            self._network_less(key, connections=1)
 
     def check_connection(self, key: str | None) -> Refusal | None:
         """Whether an open connection (already counted) may become a WebSocket."""
@@ -225,6 +266,10 @@ class Admission:
             entry = self._addresses.get(key)
             if entry is not None and entry.connections > lim.max_connections_per_address:
                 return CONNECTIONS_PER_ADDRESS
+        if key is not None and lim.max_connections_per_network:
+            net = self._networks.get(network_key(key))
+            if net is not None and net.connections > lim.max_connections_per_network:
+                return CONNECTIONS_PER_NETWORK
         return None
 
     def take_join(self, key: str | None, now: float) -> Refusal | None:
@@ -255,12 +300,17 @@ class Admission:
             entry = self._addresses.get(key)
             if entry is not None and entry.waiting >= lim.max_waiting_per_address:
                 return WAITING_PER_ADDRESS
+        if key is not None and lim.max_waiting_per_network:
+            net = self._networks.get(network_key(key))
+            if net is not None and net.waiting >= lim.max_waiting_per_network:
+                return WAITING_PER_NETWORK
         return None
 
     def start_waiting(self, key: str | None, now: float) -> None:
         self.waiting += 1
         if key is not None:
             self._touch(key, now).waiting += 1
+            self._network(key).waiting += 1
 
     def stop_waiting(self, key: str | None, now: float) -> None:
         self.waiting -= 1
@@ -269,6 +319,7 @@ class Admission:
             if entry is not None:
                 entry.waiting -= 1
                 self._settle(key, entry, now)
+            self._network_less(key, waiting=1)
 
     def check_pair(self) -> Refusal | None:
         if self.limits.max_pairs and self.pairs >= self.limits.max_pairs:
@@ -282,6 +333,23 @@ class Admission:
         self.pairs -= 1
 
     # --- bookkeeping -----------------------------------------------------------------
+
+    def _network(self, key: str) -> _Network:
+        net_key = network_key(key)
+        net = self._networks.get(net_key)
+        if net is None:
+            net = self._networks[net_key] = _Network()
+        return net
+
+    def _network_less(self, key: str, *, connections: int = 0, waiting: int = 0) -> None:
+        net_key = network_key(key)
+        net = self._networks.get(net_key)
+        if net is None:
+            return
+        net.connections -= connections
+        net.waiting -= waiting
+        if net.connections <= 0 and net.waiting <= 0:
+            del self._networks[net_key]
 
     def _touch(self, key: str, now: float) -> _Address:
         """``key``'s entry, created with a full bucket; no longer idle."""

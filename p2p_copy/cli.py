@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import re
 import signal
@@ -391,6 +392,9 @@ def _print_text(text: str) -> None:
 
 def _relay_limit_options(relay: argparse.ArgumentParser) -> None:
     """The relay's limits (server/README.md explains each); 0 turns a cap off."""
+    from .relay import RelayConfig  # its defaults, not restated here
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RelayConfig)}
     limits = relay.add_argument_group("limits (0 turns a cap off)")
     add = limits.add_argument
     add("--max-connections", type=int, metavar="N",
@@ -403,6 +407,17 @@ def _relay_limit_options(relay: argparse.ArgumentParser) -> None:
         help="peers waiting for a partner, in all (default 10000; over it, close 4007)")
     add("--max-waiting-per-address", type=int, default=32, metavar="N",
         help="peers waiting from one address (default 32; over it, close 4007)")
+    add("--max-connections-per-network", type=int, metavar="N",
+        default=defaults["max_connections_per_network"],
+        help="open connections from one IPv6 /48 or IPv4 /24; over it, HTTP 429 "
+        "(default %(default)s)")
+    add("--max-waiting-per-network", type=int, metavar="N",
+        default=defaults["max_waiting_per_network"],
+        help="peers waiting from one IPv6 /48 or IPv4 /24 (default %(default)s; "
+        "over it, close 4007)")
+    add("--max-queued-bytes", type=int, metavar="BYTES",
+        help="bytes held for peers in all connections; over it, close 4009 "
+        "(default: a quarter of the memory, 64 MiB to 1 GiB)")
     add("--max-pairs", type=int, default=10_000, metavar="N",
         help="pairs relaying at once (default 10000; over it, close 4007)")
     add("--join-rate", type=int, default=30, metavar="N",
@@ -449,6 +464,8 @@ def _relay_limits(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = dict(
         max_connections_per_address=args.max_connections_per_address,
         max_waiting=args.max_waiting, max_waiting_per_address=args.max_waiting_per_address,
+        max_connections_per_network=args.max_connections_per_network,
+        max_waiting_per_network=args.max_waiting_per_network,
         max_pairs=args.max_pairs, join_rate=args.join_rate, join_window=args.join_window,
         max_pair_bytes=args.max_pair_bytes, max_pair_seconds=args.max_pair_seconds,
         trusted_proxies=networks(args.trusted_proxies),
@@ -456,6 +473,8 @@ def _relay_limits(args: argparse.Namespace) -> dict[str, Any]:
     )
     if args.max_connections is not None:
         fields["max_connections"] = args.max_connections
+    if args.max_queued_bytes is not None:
+        fields["max_queued_bytes"] = args.max_queued_bytes
     if args.access_token_file:
         fields["access_tokens"] = _read_tokens(args.access_token_file)
     return fields

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
 
 from .codes import room_url
 from .errors import (
@@ -205,6 +206,11 @@ def closed_error(exc: ConnectionClosed, role: Role) -> P2PCopyError:
             f"The relay ended the transfer: it allows each pair only so many bytes or so "
             f"much time ({reason or 'limit reached'}). Use a relay without that limit."
         )
+    if code == CloseCode.RELAY_MEMORY:
+        return RelayLimitError(
+            "The relay is short of memory (it holds as much data for transfers as it allows) "
+            "and closed the connection. Try again later, or use another relay."
+        )
     if code in (CloseCode.BAD_HELLO, CloseCode.HELLO_TIMEOUT, CloseCode.MESSAGE_TOO_BIG):
         return RemoteProtocolError(f"The relay refused our messages: {reason or code}.")
     return ConnectionLostError(f"The relay closed the connection (code {code}: {reason}).")
@@ -222,6 +228,13 @@ class RelayLink:
             await self.ws.send(message)
         except ConnectionClosed as exc:
             raise closed_error(exc, self.role) from None
+        except AttributeError:
+            # CPython 3.11: a send that meets a connection the relay closed while our
+            # buffer was flushing makes websockets abort() a transport that is gone
+            # (asyncio's _write_ready forgets to mark it lost). The close frame came.
+            if self.ws.protocol.state is not State.CLOSED:
+                raise
+            raise closed_error(self.ws.protocol.close_exc, self.role) from None
 
     async def recv(self, timeout: float | None = None, waiting_for: str = "") -> str | bytes:
         try:
@@ -236,6 +249,6 @@ class RelayLink:
 
     async def tell_peer(self, message: str | bytes) -> None:
         """Best effort: tell the peer why we stop, without waiting long for a broken link."""
-        with contextlib.suppress(ConnectionClosed, TimeoutError, OSError):
+        with contextlib.suppress(P2PCopyError, TimeoutError, OSError):
             async with asyncio.timeout(2):
-                await self.ws.send(message)
+                await self.send(message)

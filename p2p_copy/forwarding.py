@@ -18,6 +18,18 @@ Order and backpressure stay what they were:
   drains; its resume callback is replaced so that reading resumes only when neither
   holds it, whichever lets go last.
 
+Memory (protocol.md §5.1, §5.11):
+
+- Until the relay pairs a connection (``paired()``), it takes at most ``PRE_PAIR_LIMIT``
+  bytes of messages from it, hello included: websockets refuses a larger frame from its
+  header alone (1009), and more small ones close the connection with 1009 too. A waiting
+  peer therefore holds a few KiB, not ``max_queue`` messages of the full size.
+- Every connection keeps what it holds for its peer (an unfinished frame in the reader,
+  messages in the assembler's queue, what it wrote to the partner and the partner has not
+  taken) counted in one ``Budget`` shared by the relay. The count is brought up to date
+  once per read, not per frame; a connection whose read takes the total over the limit
+  is closed with 4009 (its pair, by the relay).
+
 The hook is ``Connection.process_event``, which websockets documents as the method its
 subclasses override. Should a release rename it, every frame would take the handler's
 path again: still correct, only slower, and tests/test_relay_forwarding.py would fail.
@@ -34,7 +46,25 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event, State
 
-__all__ = ["ForwardingConnection", "FrameTap", "Verdict"]
+from .messages import CloseCode
+
+__all__ = ["ForwardingConnection", "FrameTap", "Verdict", "Budget", "PRE_PAIR_LIMIT"]
+
+#: Bytes of messages, hello included, that a peer may send before it is paired (§5.1).
+PRE_PAIR_LIMIT = 4096
+
+
+class Budget:
+    """Bytes the relay holds for peers across all its connections, against ``limit``.
+
+    ``limit`` 0: counted, never refused.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        self.used = 0
 
 
 class Verdict(enum.Enum):
@@ -70,11 +100,32 @@ class ForwardingConnection(ServerConnection):
     _held_source: ForwardingConnection | None = None
     #: Hand-overs being timed until the write buffer drains (perf_counter at the start).
     _timing: list[float] | None = None
+    #: The relay's shared count of held bytes; None: nothing is counted.
+    budget: Budget | None = None
+    #: Bytes this connection has counted in ``budget``; once closed, it counts no more.
+    _held = 0
+    _released = False
+    #: Payload bytes in the assembler's queue (messages not yet handed on).
+    _queued = 0
+    #: Bytes it may still send before it is paired; None once paired.
+    _early: int | None = None
+    #: The message size limit that applies once paired.
+    _max_size: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         # The assembler resumes reading when its queue drains; not while a partner holds it.
         self.recv_messages.resume = self._queue_drained
+        self._max_size = self.protocol.max_message_size
+        self._early = PRE_PAIR_LIMIT
+        if self._max_size is None or self._max_size > PRE_PAIR_LIMIT:
+            self.protocol.max_message_size = PRE_PAIR_LIMIT
+
+    def paired(self) -> None:
+        """The relay paired this connection: messages of the full size may come now."""
+        if self._early is not None:
+            self._early = None
+            self.protocol.max_message_size = self._max_size
 
     def _queue_drained(self) -> None:
         if self._paused_by is None:
@@ -83,11 +134,51 @@ class ForwardingConnection(ServerConnection):
     def forward_to(self, target: ForwardingConnection, tap: FrameTap,
                    timer: Callable[[float], None] | None = None) -> None:
         """From now on, pass binary frames straight to ``target`` whenever order allows."""
+        self.paired()
         self._target, self._tap, self._timer = target, tap, timer
 
-    def handed_on(self) -> None:
-        """The handler is done with a message it took with ``recv()``."""
+    def handed_on(self, size: int) -> None:
+        """The handler is done with a message of ``size`` bytes it took with ``recv()``."""
         self._backlog -= 1
+        self._queued -= size
+        self._account()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._account()
+
+    def _account(self) -> None:
+        """Bring this connection's share of the budget up to date; refuse it if over."""
+        budget = self.budget
+        if budget is None or self._released:
+            return
+        held = len(self.protocol.reader.buffer) + self._queued
+        target = self._target
+        if target is not None:
+            # What went direct and the partner has not taken yet: its write buffer.
+            held += target.transport.get_write_buffer_size()
+        grown, self._held = held - self._held, held
+        budget.used += grown
+        if grown > 0 and budget.limit and budget.used > budget.limit:
+            self.over_budget()
+
+    def over_budget(self) -> None:
+        """The relay holds all it allows, and this connection asks for more: close it."""
+        self.refuse(CloseCode.RELAY_MEMORY, "the relay is short of memory; try again later")
+
+    def refuse(self, code: int, reason: str) -> None:
+        """Close with ``code`` now: the close frame and a FIN go out, and from here on
+        websockets drops what arrives unparsed, so nothing of the peer's is held."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.fail(code, reason)
+            self.send_data()
+        self.discard()  # read on: what arrives is dropped, and the peer's FIN must come
+        # A peer that never closes its side is dropped after the usual closing time.
+        self.loop.call_later(self.close_timeout or 10.0, self._abort_unless_closed)
+
+    def _abort_unless_closed(self) -> None:
+        if not self.connection_lost_waiter.done():
+            self.transport.abort()
 
     def discard(self) -> None:
         """Drop every later data frame: the pair is ending, nobody will pass them on.
@@ -108,8 +199,16 @@ class ForwardingConnection(ServerConnection):
                     and self._target is not None):
                 self._pass_on(event)
                 return
+            if self._early is not None:
+                self._early -= len(event.data)
+                if self._early < 0:
+                    self.refuse(CloseCode.MESSAGE_TOO_BIG,
+                                f"a peer may send {PRE_PAIR_LIMIT} bytes at most before it "
+                                "is paired")
+                    return
             if event.opcode is not Opcode.CONT:
                 self._backlog += 1
+            self._queued += len(event.data)
         super().process_event(event)
 
     def _pass_on(self, frame: Frame) -> None:
@@ -146,6 +245,11 @@ class ForwardingConnection(ServerConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        # What is still queued is dropped with the connection, or soon handed on.
+        if self.budget is not None and not self._released:
+            self._released = True
+            self.budget.used -= self._held
+            self._held = 0
         # The source must read again, if only to take its close frame.
         self._release_source(timed=False)
 
@@ -169,6 +273,7 @@ class ForwardingConnection(ServerConnection):
         if source is None or source._paused_by is not self:
             return
         source._unhold()
+        source._account()  # this side's write buffer drained
         if timed and timing and source._timer is not None:
             now = time.perf_counter()
             for started in timing:

@@ -661,3 +661,4 @@ class CloseCode(enum.IntEnum):
     RATE_LIMITED = 4006  # this address joins too often; wait before trying again
     RELAY_FULL = 4007  # too many waiting peers or pairs (in all, or from this address)
     PAIR_LIMIT = 4008  # the pair exceeded the relay's byte or duration limit
+    RELAY_MEMORY = 4009  # the relay holds as much queued data as it allows, in all

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from prometheus_client.core import CounterMetricFamily
     from prometheus_client.metrics_core import Metric
 
+    from .forwarding import Budget
+
 __all__ = [
     "RelayStats",
     "RelayMetrics",
@@ -49,12 +51,15 @@ REJECTION_REASONS: Final = (
     "access_denied",  # HTTP 401: a private relay, and no valid access token
     "connections_full",  # HTTP 503: too many open connections in all
     "connections_per_address",  # HTTP 429: too many open connections from one address
+    "connections_per_network",  # HTTP 429: too many open connections from one /48 or /24
     "rate_limited",  # close 4006: too many connections from one address in a short time
     "waiting_full",  # close 4007: too many waiting peers in all
     "waiting_per_address",  # close 4007: too many waiting peers from one address
+    "waiting_per_network",  # close 4007: too many waiting peers from one /48 or /24
     "pairs_full",  # close 4007: too many pairs relaying
     "pair_bytes",  # close 4008 to both peers (counted once per pair): byte cap reached
     "pair_duration",  # close 4008 to both peers (counted once per pair): time cap reached
+    "memory_full",  # close 4009 (to both peers of a pair, counted once): queued-bytes budget
 )
 #: Forward latency is measured for a message when ``messages_forwarded & MASK == 0``.
 LATENCY_SAMPLE_MASK: Final = 63
@@ -87,9 +92,11 @@ class RelayStats:
 class _StatsCollector:
     """Reads RelayStats at scrape time."""
 
-    def __init__(self, stats: RelayStats, draining: Callable[[], bool]) -> None:
+    def __init__(self, stats: RelayStats, draining: Callable[[], bool],
+                 budget: Budget | None) -> None:
         self._stats = stats
         self._draining = draining
+        self._budget = budget
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -119,6 +126,15 @@ class _StatsCollector:
         yield _labelled(CounterMetricFamily(
             p + "rejections", "Peers turned away, by reason.", labels=["reason"]),
             REJECTION_REASONS, s.rejections)
+        if self._budget is not None:
+            yield GaugeMetricFamily(
+                p + "queued_bytes",
+                "Bytes held for peers now: unfinished frames, queued messages, "
+                "unsent writes.", value=max(self._budget.used, 0))
+            yield GaugeMetricFamily(
+                p + "queued_bytes_limit",
+                "The relay's budget for queued_bytes (0: none); over it, close 4009.",
+                value=self._budget.limit)
         yield GaugeMetricFamily(
             p + "draining", "1 while the relay drains (takes no new peers), else 0.",
             value=1 if self._draining() else 0)
@@ -136,11 +152,12 @@ def _labelled(
 class RelayMetrics:
     """One relay's registry: its RelayStats plus a sampled forward-latency histogram."""
 
-    def __init__(self, stats: RelayStats, draining: Callable[[], bool]) -> None:
+    def __init__(self, stats: RelayStats, draining: Callable[[], bool],
+                 budget: Budget | None = None) -> None:
         from prometheus_client import CollectorRegistry, Histogram
 
         self.registry: CollectorRegistry = CollectorRegistry()
-        self.registry.register(_StatsCollector(stats, draining))
+        self.registry.register(_StatsCollector(stats, draining, budget))
         latency = Histogram(
             "p2p_copy_relay_forward_latency_seconds",
             "Time from reading a message to its send completing, for 1 message in 64.",
@@ -158,9 +175,10 @@ class RelayMetrics:
         return encoder(self.registry), content_type
 
 
-def relay_metrics(stats: RelayStats, draining: Callable[[], bool]) -> RelayMetrics | None:
-    """Metrics over ``stats``, or None when prometheus_client is not installed."""
+def relay_metrics(stats: RelayStats, draining: Callable[[], bool],
+                  budget: Budget | None = None) -> RelayMetrics | None:
+    """Metrics over ``stats`` and ``budget``, or None when prometheus_client is missing."""
     try:
-        return RelayMetrics(stats, draining)
+        return RelayMetrics(stats, draining, budget)
     except ImportError:
         return None

@@ -47,7 +47,7 @@ class Outcome(enum.Enum):
     REDUNDANT = "redundant"  # its role was already taken for this code, or the code was fresh
     ERRORY = "errory"  # bad or missing hello, or a dropped connection while relaying
     DRAINED = "drained"  # the relay closed it because it was draining or stopping
-    LIMITED = "limited"  # a relay limit refused it (4006, 4007) or ended its pair (4008)
+    LIMITED = "limited"  # a relay limit refused it (4006, 4007) or ended its pair (4008, 4009)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ through TCP instead of filling the relay's memory.
 Besides WebSocket, the port answers plain GETs: ``/healthz`` (the process is up),
 ``/readyz`` (it takes new peers: 503 while draining) and ``/metrics`` (Prometheus).
 
-Limits (admission.py decides, this module enforces): connection, waiting and pair caps,
-a join rate per address, optional byte and time caps per pair, and optional access
-tokens. A peer over a limit gets an HTTP status or a close code that says which, and
+Limits (admission.py decides, this module enforces): connection, waiting and pair caps
+per address and per network, a join rate per address, a budget for the bytes held for
+peers in all (forwarding.py counts them), optional byte and time caps per pair, and
+optional access tokens. A peer over a limit gets an HTTP status or a close code that says which, and
 the relay goes on serving everyone else.
 """
 
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import resource
 import signal
 import ssl
@@ -39,14 +41,14 @@ from websockets.protocol import State
 from .admission import LOOPBACK, Admission, Limits, Refusal, client_host, parse_networks
 from .codes import room_from_path
 from .errors import RemoteProtocolError
-from .forwarding import ForwardingConnection, FrameTap, Verdict
+from .forwarding import Budget, ForwardingConnection, FrameTap, Verdict
 from .logs import AddressMode, event, show_address
 from .messages import CloseCode, Hello, Ready, Waiting, encode, parse_hello
 from .metrics import LATENCY_SAMPLE_MASK, RelayMetrics, RelayStats, relay_metrics
 from .pairing import Outcome, Paired, Phase, Refused, Rooms
 
 __all__ = ["RelayConfig", "RelayStats", "Relay", "run_relay", "server_ssl_context",
-           "default_max_connections"]
+           "default_max_connections", "default_max_queued_bytes"]
 
 log = logging.getLogger("p2p_copy.relay")
 
@@ -73,6 +75,19 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return 1_000_000
     return max(soft - _SPARE_DESCRIPTORS, 16)
+
+
+def default_max_queued_bytes() -> int:
+    """A quarter of the machine's memory, from 64 MiB to 1 GiB: what peers may make it hold.
+
+    A quarter, because what is counted is payload: the process's own overhead, the
+    allocator's slack and the kernel's socket buffers come on top.
+    """
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):  # pragma: no cover - Linux and macOS have both
+        return 2**28
+    return min(max(memory // 4, 2**26), 2**30)
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,14 @@ class RelayConfig:
     #: Peers waiting for their partner, in all and from one address.
     max_waiting: int = 10_000
     max_waiting_per_address: int = 32
+    #: Open connections and waiting peers from one network: an IPv6 /48 (what one site
+    #: gets, holding 65,536 /64 "addresses") or an IPv4 /24.
+    max_connections_per_network: int = 256
+    max_waiting_per_network: int = 128
+    #: Bytes held for peers in all connections (unfinished frames, queued messages, what
+    #: waits in a partner's write buffer); over it, the connection that asks for more
+    #: is closed with 4009 (its pair, both peers).
+    max_queued_bytes: int = field(default_factory=default_max_queued_bytes)
     #: Pairs relaying at the same time.
     max_pairs: int = 10_000
     #: WebSocket connections one address may open per ``join_window`` seconds (a token
@@ -124,8 +147,9 @@ class RelayConfig:
 
     def __post_init__(self) -> None:
         counts = ("max_connections", "max_connections_per_address", "max_waiting",
-                  "max_waiting_per_address", "max_pairs", "join_rate", "max_pair_bytes",
-                  "max_idle_addresses")
+                  "max_waiting_per_address", "max_connections_per_network",
+                  "max_waiting_per_network", "max_queued_bytes", "max_pairs", "join_rate",
+                  "max_pair_bytes", "max_idle_addresses")
         for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -146,6 +170,8 @@ class RelayConfig:
             max_connections_per_address=self.max_connections_per_address,
             max_waiting=self.max_waiting,
             max_waiting_per_address=self.max_waiting_per_address,
+            max_connections_per_network=self.max_connections_per_network,
+            max_waiting_per_network=self.max_waiting_per_network,
             max_pairs=self.max_pairs,
             join_rate=self.join_rate,
             join_window=self.join_window,
@@ -168,6 +194,8 @@ class _Connection(ForwardingConnection):
     key: str | None = None
     #: A limit found at the HTTP stage that closes this connection once it is open.
     refusal: Refusal | None = None
+    #: Its place in the relay, once its hello is taken.
+    peer: _Peer | None = None
     _counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -185,11 +213,25 @@ class _Connection(ForwardingConnection):
             self._counted = False
             self.relay.admission.closed(self.key, time.monotonic())
 
+    def over_budget(self) -> None:
+        # Failed at once, not closed with a handshake: until the peer's close frame
+        # came, its unfinished frame (up to max_message_size) would be read and held.
+        super().over_budget()
+        pair = self.peer.pair if self.peer is not None else None
+        if pair is None:
+            self.relay.stats.rejections["memory_full"] += 1
+        else:
+            # Its partner learns why as well (4009), with a closing handshake.
+            self.relay._end_pair(pair, *pair.peers, "memory_full",
+                                 "the relay is short of memory; try again later",
+                                 CloseCode.RELAY_MEMORY)
+
 
 class _Pair:
     """What both peers of a pair share: bytes forwarded, and whether a limit ended it."""
 
-    def __init__(self) -> None:
+    def __init__(self, peers: tuple[_Peer, _Peer]) -> None:
+        self.peers = peers
         self.bytes = 0
         #: The rejection label of the limit that ended the pair, once one did.
         self.limited: str | None = None
@@ -242,7 +284,10 @@ class Relay:
         #: True from drain() on: no new peers are taken.
         self.draining = False
         #: The Prometheus view of ``stats``; None without prometheus_client.
-        self.metrics: RelayMetrics | None = relay_metrics(self.stats, lambda: self.draining)
+        #: Bytes held for peers in all connections, against config.max_queued_bytes.
+        self.budget = Budget(self.config.max_queued_bytes)
+        self.metrics: RelayMetrics | None = relay_metrics(
+            self.stats, lambda: self.draining, self.budget)
         self._rooms: Rooms[_Peer] = Rooms()
         #: Counts for the connection, waiting and pair caps; sans-I/O (admission.py).
         self.admission = Admission(self.config.limits())
@@ -267,7 +312,8 @@ class Relay:
     async def start(self) -> None:
         cfg = self.config
         self._drain_started = asyncio.get_running_loop().create_future()
-        connection_type = type("_RelayConnection", (_Connection,), {"relay": self})
+        connection_type = type("_RelayConnection", (_Connection,),
+                               {"relay": self, "budget": self.budget})
         self._server = await serve(
             self._handle,
             self.host,
@@ -472,6 +518,8 @@ class Relay:
             await ws.close(CloseCode.RELAY_DRAINING, _DRAINING_REASON)
             return Outcome.DRAINED
         peer = _Peer(ws, hello)
+        if isinstance(ws, _Connection):
+            ws.peer = peer
         admission = self.admission
         joined = self._rooms.join(
             hello, peer,
@@ -508,7 +556,7 @@ class Relay:
             async with asyncio.timeout(self.config.hello_timeout):
                 first = await ws.recv()
             if isinstance(ws, ForwardingConnection):
-                ws.handed_on()
+                ws.handed_on(len(first) if isinstance(first, bytes) else len(first.encode()))
         except TimeoutError:
             self.stats.rejections["hello_timeout"] += 1
             await ws.close(CloseCode.HELLO_TIMEOUT, "no hello arrived in time")
@@ -550,7 +598,12 @@ class Relay:
             # Paired, possibly at the last moment: the partner is about to hand itself over.
             return await peer.partner
         if closed.done() and not closed.cancelled():
-            return Outcome.DRAINED if _shut_by_relay(peer.ws) else Outcome.IMPATIENT
+            if _shut_by_relay(peer.ws):
+                return Outcome.DRAINED
+            refused = _refused_code(peer.ws)
+            if refused == CloseCode.RELAY_MEMORY:
+                return Outcome.LIMITED
+            return Outcome.IMPATIENT if refused is None else Outcome.ERRORY
         if self.draining:
             self.stats.rejections["draining"] += 1
             await peer.ws.close(CloseCode.RELAY_DRAINING, _DRAINING_REASON)
@@ -567,8 +620,11 @@ class Relay:
             self.admission.stop_waiting(key, time.monotonic())
 
     def _start_pair(self, peer: _Peer, partner: _Peer) -> None:
-        pair = _Pair()
+        pair = _Pair((peer, partner))
         peer.pair = partner.pair = pair
+        for ws in (peer.ws, partner.ws):
+            if isinstance(ws, ForwardingConnection):
+                ws.paired()  # before `ready`: the sender may send at once
         self.admission.start_pair()
         if self.config.max_pair_seconds:
             pair.deadline = asyncio.ensure_future(self._pair_deadline(pair, peer, partner))
@@ -580,8 +636,8 @@ class Relay:
                        f"the relay allows a transfer {seconds:g} s at most")
 
     def _end_pair(self, pair: _Pair, peer: _Peer, partner: _Peer, label: str,
-                  reason: str) -> None:
-        """Close both peers with PAIR_LIMIT (once): a limit of the relay ended their pair.
+                  reason: str, code: CloseCode = CloseCode.PAIR_LIMIT) -> None:
+        """Close both peers with ``code`` (once): a limit of the relay ended their pair.
 
         Synchronous, so that a frame over the byte cap stops the pair before the next one.
         """
@@ -591,8 +647,8 @@ class Relay:
         self.stats.rejections[label] += 1
         event(log, logging.INFO, "pair_limit", limit=label, bytes=pair.bytes)
         pair.closing = asyncio.gather(
-            peer.ws.close(CloseCode.PAIR_LIMIT, _reason(reason)),
-            partner.ws.close(CloseCode.PAIR_LIMIT, _reason(reason)),
+            peer.ws.close(code, _reason(reason)),
+            partner.ws.close(code, _reason(reason)),
             return_exceptions=True,
         )
 
@@ -653,7 +709,7 @@ class Relay:
                     observe(time.perf_counter() - sent_at)
                 else:
                     await partner.ws.send(message)
-                source.handed_on()
+                source.handed_on(size)
         except ConnectionClosed:
             pass  # either side closed; the close codes below say which
         finally:
@@ -744,14 +800,17 @@ def _shut_by_relay(ws: ServerConnection) -> bool:
     )
 
 
+def _refused_code(ws: ServerConnection) -> int | None:
+    """The code the relay closed ``ws`` with first (not an echo of the peer's), if it did."""
+    sent = ws.protocol.close_sent
+    if sent is None or ws.protocol.close_rcvd_then_sent is True:
+        return None
+    return sent.code
+
+
 def _refused_as_too_big(ws: ServerConnection) -> bool:
     """Whether the relay closed ``ws`` for a message over its size limit (not an echo)."""
-    sent = ws.protocol.close_sent
-    return (
-        sent is not None
-        and sent.code == CloseCode.MESSAGE_TOO_BIG
-        and ws.protocol.close_rcvd_then_sent is not True
-    )
+    return _refused_code(ws) == CloseCode.MESSAGE_TOO_BIG
 
 
 async def run_relay(

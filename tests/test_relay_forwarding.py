@@ -79,7 +79,8 @@ async def test_what_waited_for_the_partner_arrives_first_and_in_order(
     async with asyncio.timeout(9):
         code_hash = new_hash()
         receiver = await join_waiting(relay, peers, code_hash, "receiver")
-        early: list[str | bytes] = [b"early-0", "early-1", b"early-2" * 1000]
+        # Within the 4 KiB a peer may send before it is paired (protocol.md §5.1).
+        early: list[str | bytes] = [b"early-0", "early-1", b"early-2" * 500]
         for message in early:
             await receiver.send(message)
         sender = await peers.join(code_hash, "sender")
@@ -257,7 +258,7 @@ async def test_reading_resumes_only_when_neither_the_partner_nor_the_queue_holds
     assert not reading_a.reading, "the assembler's full queue must keep reading paused"
     for _ in range(6):
         await a.recv()
-        a.handed_on()
+        a.handed_on(1)
     assert reading_a.reading
     # Now the other way round: the partner is full again and holds reading, and then the
     # assembler's queue fills and drains. Its drain must not resume reading.
@@ -268,7 +269,7 @@ async def test_reading_resumes_only_when_neither_the_partner_nor_the_queue_holds
         a.process_event(Frame(Opcode.BINARY, b"s"))
     for _ in range(6):
         await a.recv()
-        a.handed_on()
+        a.handed_on(1)
     assert not reading_a.reading, "the partner's full buffer must keep reading paused"
     writing_b.drain()
     assert reading_a.reading
