@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Measure p2p_copy.compression to choose its defaults (issue 6): level, and whether it pays.
+"""Measure p2p_copy.protocol.compression to choose its defaults (issue 6): level, whether it pays.
 
 For random bytes and CSV-like text, chunked as the sender chunks files, it prints per zstd
 level the compression ratio, compress and decompress speed (CPU time of this thread, best
@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2p_copy.compression import ChunkCompressor, ChunkDecompressor  # noqa: E402
+from p2p_copy.protocol.compression import ChunkCompressor, ChunkDecompressor  # noqa: E402
 
 MB = 1e6
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import p2p_copy
-from p2p_copy.progress import NoProgress
+from p2p_copy.display.progress import NoProgress
 from p2p_copy.testing import running_relay
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .codes import generate_code
 from .errors import (
     AccessDeniedError,
     CancelledError,
@@ -38,7 +37,8 @@ from .errors import (
     UsageError,
     WrongCodeError,
 )
-from .policy import ReceivePolicy
+from .protocol.codes import generate_code
+from .protocol.policy import ReceivePolicy
 from .results import FileResult, TransferResult
 
 # The transfer, relay and notebook layers import websockets, cryptography and more:
@@ -46,16 +46,16 @@ from .results import FileResult, TransferResult
 _LAZY = {
     **dict.fromkeys(
         ("send", "receive", "send_object", "receive_object", "send_stream", "receive_stream",
-         "send_text", "receive_text", "DEFAULT_RECONNECT_TIMEOUT"), "api"),
+         "send_text", "receive_text", "DEFAULT_RECONNECT_TIMEOUT"), "peer.api"),
     **dict.fromkeys(
         ("send_blocking", "receive_blocking", "send_object_blocking",
-         "receive_object_blocking"), "blocking"),
-    **dict.fromkeys(("Transfer", "start_send", "start_receive"), "handles"),
-    **dict.fromkeys(("Relay", "RelayConfig"), "relay"),
+         "receive_object_blocking"), "peer.blocking"),
+    **dict.fromkeys(("Transfer", "start_send", "start_receive"), "peer.background"),
+    **dict.fromkeys(("Relay", "RelayConfig"), "relay.server"),
 }
 
 if TYPE_CHECKING:
-    from .api import (
+    from .peer.api import (
         DEFAULT_RECONNECT_TIMEOUT,
         receive,
         receive_object,
@@ -66,14 +66,14 @@ if TYPE_CHECKING:
         send_stream,
         send_text,
     )
-    from .blocking import (
+    from .peer.background import Transfer, start_receive, start_send
+    from .peer.blocking import (
         receive_blocking,
         receive_object_blocking,
         send_blocking,
         send_object_blocking,
     )
-    from .handles import Transfer, start_receive, start_send
-    from .relay import Relay, RelayConfig
+    from .relay.server import Relay, RelayConfig
 
 
 def __getattr__(name: str) -> Any:

@@ -33,7 +33,6 @@ the peer sent itself, so that nothing about this machine's folders reaches it.
 
 from __future__ import annotations
 
-import asyncio
 from typing import ClassVar
 
 __all__ = [
@@ -60,7 +59,6 @@ __all__ = [
     "PolicyError",
     "CancelledError",
     "error_for_wire_code",
-    "exit_code_for",
 ]
 
 
@@ -243,15 +241,6 @@ _BY_WIRE_CODE: dict[str, type[P2PCopyError]] = {
         PolicyError,
     )
 }
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The CLI exit code for ``exc``: its class's, 130 for an interruption, else 1."""
-    if isinstance(exc, P2PCopyError):
-        return exc.exit_code
-    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
-        return CancelledError.exit_code
-    return 1
 
 
 def error_for_wire_code(wire_code: str, message: str) -> P2PCopyError:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .digests import SHA256
-from .messages import Role
+from .protocol.digests import SHA256
+from .protocol.messages import Role
 
 __all__ = ["FileResult", "TransferResult"]
 

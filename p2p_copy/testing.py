@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from .relay import Relay, RelayConfig
+from .relay.server import Relay, RelayConfig
 
 __all__ = ["TEST_CONFIG", "running_relay"]
 

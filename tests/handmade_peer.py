@@ -3,7 +3,7 @@
 A ``HandmadePeer`` speaks to the real relay with ``websockets.asyncio.client.connect``
 and none of p2p-copy's own state machines, so a test can send messages in the wrong
 order, lie about sizes and checksums, or name paths that must never be written. By
-default it runs the key exchange (p2p_copy.secure) like an honest peer and then seals
+default it runs the key exchange (p2p_copy.protocol.secure) like an honest peer and then seals
 whatever it is told to send: the hostile messages reach our peer's protocol machines
 through a valid encrypted channel, as they would from a malicious peer that knows the code.
 ``tampering_proxy`` sits between one of our peers and the relay and changes data bytes.
@@ -23,8 +23,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from p2p_copy.codes import room_hash_hex
-from p2p_copy.secure import Channel, KeyExchange, is_control
+from p2p_copy.protocol.codes import room_hash_hex
+from p2p_copy.protocol.secure import Channel, KeyExchange, is_control
 
 __all__ = [
     "HandmadePeer",
@@ -74,7 +74,7 @@ class HandmadePeer:
             await self.ws.send(self.exchange.message())
             first_pake = await self.ws.recv()
         assert isinstance(first_pake, str)
-        from p2p_copy.messages import parse_message
+        from p2p_copy.protocol.messages import parse_message
 
         pake = parse_message(first_pake)
         self.exchange.receive(pake)  # type: ignore[arg-type]

@@ -21,9 +21,9 @@ import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
-from p2p_copy import digests
-from p2p_copy.digests import SHA256
-from p2p_copy.messages import (
+from p2p_copy.protocol import digests
+from p2p_copy.protocol.digests import SHA256
+from p2p_copy.protocol.messages import (
     Accept,
     Done,
     Entry,
@@ -34,8 +34,7 @@ from p2p_copy.messages import (
     encode,
     parse_hello,
 )
-from p2p_copy.pairing import Paired, Rooms, Wait
-from p2p_copy.transfer import (
+from p2p_copy.protocol.transfer import (
     DEFAULT_MAX_ENTRIES,
     MANIFEST_PART_BYTES,
     FileCompleted,
@@ -46,6 +45,7 @@ from p2p_copy.transfer import (
     Sender,
     TransferFinished,
 )
+from p2p_copy.relay.pairing import Paired, Rooms, Wait
 
 __all__ = [
     "CODE_HASH",

@@ -23,8 +23,8 @@ import pytest
 
 import p2p_copy
 from p2p_copy import errors
-from p2p_copy.cli import EXAMPLES
-from p2p_copy.codes import CODE_ENV
+from p2p_copy.cli.commands import EXAMPLES
+from p2p_copy.protocol.codes import CODE_ENV
 
 from .conftest import Processes, cli_env, free_port, run_cli
 
@@ -114,7 +114,7 @@ def test_version_prints_package_version() -> None:
 @pytest.mark.parametrize("code", [0, 3])
 def test_console_script_flushes_output_and_keeps_the_exit_code(code: int) -> None:
     """After a success the script skips teardown, but buffered output still comes out whole."""
-    script = ("import sys, p2p_copy.cli as cli\n"
+    script = ("import sys, p2p_copy.cli.commands as cli\n"
               "cli.main = lambda: (sys.stdout.write('x' * 100_000),\n"
               f"                   print('done', file=sys.stderr), {code})[-1]\n"
               "cli.console_main()\n")

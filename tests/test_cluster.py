@@ -28,9 +28,9 @@ import trustme
 from websockets.asyncio.client import ClientConnection, connect
 
 import p2p_copy
-from p2p_copy.codes import room_hash_hex
+from p2p_copy.display.progress import NoProgress
 from p2p_copy.errors import ConnectionLostError, P2PCopyError
-from p2p_copy.progress import NoProgress
+from p2p_copy.protocol.codes import room_hash_hex
 from p2p_copy.results import TransferResult
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import p2p_copy
-from p2p_copy import codes
+from p2p_copy.display.progress import NoProgress
 from p2p_copy.errors import UsageError
-from p2p_copy.progress import NoProgress
+from p2p_copy.protocol import codes
 from p2p_copy.testing import running_relay
 
 from .conftest import Processes, run_cli
@@ -102,7 +102,7 @@ async def test_taken_room_gets_a_new_generated_code(
     src = tmp_path / "a.txt"
     src.write_text("x")
     planned = iter(["5-alpha-bravo-charlie", "6-delta-echo-foxtrot"])
-    monkeypatch.setattr("p2p_copy.api.generate_code", lambda attempt=0: next(planned))
+    monkeypatch.setattr("p2p_copy.peer.api.generate_code", lambda attempt=0: next(planned))
     async with running_relay() as relay:
         # A stranger waits in room 5 as a receiver: a fresh code must not meet it.
         stranger = asyncio.ensure_future(p2p_copy.receive(

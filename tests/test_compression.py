@@ -12,15 +12,15 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2p_copy import compression
-from p2p_copy.compression import (
+from p2p_copy.errors import RemoteProtocolError
+from p2p_copy.protocol import compression
+from p2p_copy.protocol.compression import (
     MAX_SKIP,
     MIN_CHUNK,
     ChunkCompressor,
     ChunkDecompressor,
     CompressionChooser,
 )
-from p2p_copy.errors import RemoteProtocolError
 
 MAX_OUTPUT = 1 << 20
 REAL_COMPRESSOR = zstandard.ZstdCompressor

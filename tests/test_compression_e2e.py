@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from p2p_copy import UsageError, receive, send
-from p2p_copy.api import receive_stream, send_stream
+from p2p_copy.peer.api import receive_stream, send_stream
 from p2p_copy.relay import Relay
 
 from .conftest import Processes, run_cli

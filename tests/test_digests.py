@@ -1,4 +1,4 @@
-"""The per-file hash: BLAKE3 when both peers have it, SHA-256 otherwise (p2p_copy/digests.py).
+"""The per-file hash: BLAKE3 when both peers have it, SHA-256 otherwise (protocol/digests.py).
 
 Without sockets: the negotiation through the state machines (manifest ``digests``, accept
 ``digest``, checksums keyed by the algorithm), its refusals, and the resume sidecar. The
@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from p2p_copy import digests
-from p2p_copy.destination import SIDECAR_SUFFIX, TEMP_SUFFIX, Destination
-from p2p_copy.digests import BLAKE3, SHA256
 from p2p_copy.errors import RemoteProtocolError, UsageError
-from p2p_copy.messages import (
+from p2p_copy.protocol import digests
+from p2p_copy.protocol.digests import BLAKE3, SHA256
+from p2p_copy.protocol.messages import (
     Accept,
     Checksums,
     FileEntry,
@@ -27,9 +26,10 @@ from p2p_copy.messages import (
     encode_manifest,
     parse_message,
 )
+from p2p_copy.protocol.resume import BLOCK, ChainHasher, Offer, Sidecar
+from p2p_copy.protocol.transfer import FileCompleted, FileData, Receiver, Sender
 from p2p_copy.results import FileResult
-from p2p_copy.resume import BLOCK, ChainHasher, Offer, Sidecar
-from p2p_copy.transfer import FileCompleted, FileData, Receiver, Sender
+from p2p_copy.storage.destination import SIDECAR_SUFFIX, TEMP_SUFFIX, Destination
 
 from .protocol_pair import CODE_HASH, ProtocolPair, hex_digest
 

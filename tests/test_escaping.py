@@ -21,7 +21,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 import p2p_copy
 from p2p_copy.errors import ConnectionLostError
-from p2p_copy.paths import display_name
+from p2p_copy.protocol.paths import display_name
 from p2p_copy.relay import Relay
 
 from .conftest import cli_env

@@ -614,10 +614,10 @@ async def test_cancel_while_preparing_waits_for_the_worker_thread(relay: Relay, 
     thread is done: suspend() never works on the same files beside it."""
     import threading
 
-    from p2p_copy import api
-    from p2p_copy.destination import Destination
-    from p2p_copy.messages import Entry
-    from p2p_copy.progress import NoProgress
+    from p2p_copy.display.progress import NoProgress
+    from p2p_copy.peer import api
+    from p2p_copy.protocol.messages import Entry
+    from p2p_copy.storage.destination import Destination
 
     src = make_file(tmp_path / "src" / "a.bin", b"x" * 5000)
     dest = tmp_path / "dest"

@@ -5,7 +5,7 @@ default, P2P_COPY_FUZZ_EXAMPLES for more. Inputs are fully random (text, JSON-li
 built with st.recursive, binary messages with any header byte) or valid messages mutated
 (fields dropped, replaced or added; characters inserted, deleted or cut). Whatever a
 parser accepts is checked against the path rules written out here independently of
-p2p_copy.paths and p2p_copy.policy.
+p2p_copy.protocol.paths and p2p_copy.protocol.policy.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p_copy.errors import P2PCopyError, PolicyError, UnsafePathError
-from p2p_copy.messages import (
+from p2p_copy.protocol.messages import (
     Accept,
     Checksums,
     Confirm,
@@ -41,9 +41,9 @@ from p2p_copy.messages import (
     encode,
     parse_hello,
 )
-from p2p_copy.paths import check_entries
-from p2p_copy.policy import ReceivePolicy, check_policy
-from p2p_copy.transfer import (
+from p2p_copy.protocol.paths import check_entries
+from p2p_copy.protocol.policy import ReceivePolicy, check_policy
+from p2p_copy.protocol.transfer import (
     FileCompleted,
     FileData,
     ManifestReceived,

@@ -15,7 +15,7 @@ import pytest
 
 import p2p_copy
 from p2p_copy import CancelledError, RelayUnreachableError, Transfer, TransferTimeoutError
-from p2p_copy.progress import NoProgress, Progress, ProgressKind
+from p2p_copy.display.progress import NoProgress, Progress, ProgressKind
 from p2p_copy.relay import Relay
 
 from .conftest import free_port
@@ -248,7 +248,7 @@ async def test_displaying_a_handle(
     """In a notebook a handle shows its display's widget (through the display itself
     when it can, so that it knows it is on screen), or else one line of text."""
     shown: list[object] = []
-    monkeypatch.setattr("p2p_copy.handles._show", lambda obj, raw=False: shown.append(obj))
+    monkeypatch.setattr("p2p_copy.peer.background._show", lambda obj, raw=False: shown.append(obj))
     panel, bare = Panel(), BareWidget()
     displays: list[ProgressKind | Progress] = [panel, bare, "none"]
     async with asyncio.timeout(SCENARIO_TIMEOUT):

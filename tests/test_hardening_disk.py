@@ -19,15 +19,16 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from p2p_copy import P2PCopyError, PolicyError, UsageError, api, receive, send
-from p2p_copy.destination import Destination
-from p2p_copy.digests import SHA256
-from p2p_copy.messages import DirEntry, Entry, FileEntry, Manifest, StreamEntry, encode
-from p2p_copy.policy import ReceivePolicy
+from p2p_copy import P2PCopyError, PolicyError, UsageError, receive, send
+from p2p_copy.peer import api
+from p2p_copy.protocol.digests import SHA256
+from p2p_copy.protocol.messages import DirEntry, Entry, FileEntry, Manifest, StreamEntry, encode
+from p2p_copy.protocol.policy import ReceivePolicy
+from p2p_copy.protocol.resume import Offer
+from p2p_copy.protocol.transfer import ManifestReceived, Receiver, ReceiverState
 from p2p_copy.relay import Relay
-from p2p_copy.resume import Offer
-from p2p_copy.sources import SourceChains, Sources, collect_sources
-from p2p_copy.transfer import ManifestReceived, Receiver, ReceiverState
+from p2p_copy.storage.destination import Destination
+from p2p_copy.storage.sources import SourceChains, Sources, collect_sources
 
 from .conftest import Processes
 from .handmade_peer import handmade_peer

@@ -162,7 +162,7 @@ async def test_cli_receiver_prints_a_text_at_the_default_cap_within_the_bound(
     """The default cap itself keeps the bound: a text of exactly MEMORY_LIMIT bytes is
     received, decoded and printed to a pipe within 100 MB of the receiver's idle size.
     (A guard on the choice of the default, which the old code did not have.)"""
-    from p2p_copy.streams import MEMORY_LIMIT
+    from p2p_copy.storage.streams import MEMORY_LIMIT
 
     code = _code()
     receiver = _Measured(processes, tmp_path, "receive", relay.url, code,
@@ -224,7 +224,7 @@ async def test_api_refuses_more_than_the_default_cap_before_reading(
 ) -> None:
     """One byte over MEMORY_LIMIT announced: PolicyError at the manifest, the sender told
     "policy", and the message says which keyword raises the cap."""
-    from p2p_copy.streams import MEMORY_LIMIT
+    from p2p_copy.storage.streams import MEMORY_LIMIT
 
     answer, error = await _offer(relay.url, _text_entry(MEMORY_LIMIT + 1), receive)
     assert answer["type"] == "error" and answer["code"] == "policy", answer
@@ -280,7 +280,7 @@ def test_cli_max_text_refuses_what_is_not_a_size(size: str) -> None:
 def test_cli_help_states_the_default_cap() -> None:
     """The help's default is MEMORY_LIMIT's, the one place it is set (the CLI does not
     import streams.py just to print its help)."""
-    from p2p_copy.streams import MEMORY_LIMIT
+    from p2p_copy.storage.streams import MEMORY_LIMIT
 
     done = run_cli("receive", "--help")
     assert f"(default {MEMORY_LIMIT // MiB}M)" in " ".join(done.stdout.split())

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2p_copy.errors import IncompatiblePeerError, P2PCopyError, RemoteProtocolError
-from p2p_copy.messages import (
+from p2p_copy.protocol.messages import (
     DATA_RAW,
     DATA_ZSTD,
     MAX_FILE_SIZE,
@@ -32,7 +32,7 @@ from p2p_copy.messages import (
     parse_hello,
     parse_message,
 )
-from p2p_copy.resume import Offer
+from p2p_copy.protocol.resume import Offer
 from tests.protocol_pair import FUZZ_EXAMPLES, sha256_hex
 
 HEX = sha256_hex(b"code")
@@ -602,7 +602,7 @@ def test_fuzz_manifest_round_trip(manifest_entries: tuple[FileEntry | DirEntry, 
 def test_a_walked_file_entry_is_encoded_as_the_json_encoder_would(
         path: str, size: int, mode: int, mtime: float) -> None:
     """The manifest's quick way for files gives the encoder's text, byte for byte."""
-    from p2p_copy.messages import _dumps, _entry_text, _entry_to_json
+    from p2p_copy.protocol.messages import _dumps, _entry_text, _entry_to_json
 
     entry = FileEntry(path, size, mode, mtime)
     assert _entry_text(entry) == _dumps(_entry_to_json(entry))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from p2p_copy.errors import LocalProtocolError, PolicyError, RemoteProtocolError, UsageError
-from p2p_copy.objects import EncodedObject, ObjectDecoder, decode_object, encode_object
+from p2p_copy.protocol.objects import EncodedObject, ObjectDecoder, decode_object, encode_object
 
 np = pytest.importorskip("numpy")
 pd = pytest.importorskip("pandas")
@@ -616,9 +616,9 @@ def test_missing_optional_dependency_says_what_to_install(monkeypatch):
 
 
 def test_importing_the_module_does_not_import_numpy():
-    """import p2p_copy.objects stays light: numpy, pandas and pyarrow load on first use."""
+    """import p2p_copy.protocol.objects stays light: numpy, pandas and pyarrow load on first use."""
     code = (
-        "import sys, p2p_copy.objects\n"
+        "import sys, p2p_copy.protocol.objects\n"
         "print(sorted(m for m in ('numpy', 'pandas', 'pyarrow') if m in sys.modules))"
     )
     result = subprocess.run(

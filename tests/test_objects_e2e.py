@@ -26,7 +26,7 @@ import pytest
 
 import p2p_copy
 from p2p_copy import IntegrityError, PolicyError, RemoteProtocolError, UsageError
-from p2p_copy.digests import BLAKE3
+from p2p_copy.protocol.digests import BLAKE3
 from p2p_copy.relay import Relay
 
 from .conftest import Processes, cli_env, run_cli

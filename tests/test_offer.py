@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import p2p_copy
+from p2p_copy.display.progress import NoProgress, offer_lines
 from p2p_copy.errors import (
     CancelledError,
     PeerGoneError,
@@ -29,9 +30,8 @@ from p2p_copy.errors import (
     TransferTimeoutError,
     UsageError,
 )
-from p2p_copy.messages import DirEntry, FileEntry, StreamEntry
-from p2p_copy.policy import OfferSummary, ReceivePolicy, check_offer, summarize_offer
-from p2p_copy.progress import NoProgress, offer_lines
+from p2p_copy.protocol.messages import DirEntry, FileEntry, StreamEntry
+from p2p_copy.protocol.policy import OfferSummary, ReceivePolicy, check_offer, summarize_offer
 from p2p_copy.relay import Relay
 
 from .conftest import Processes, cli_env
@@ -169,7 +169,7 @@ async def test_notebook_panel_shows_the_offer_and_applies_the_policy(
 ) -> None:
     """The panel lists the offer (hidden and executable entries pointed out) and cannot ask."""
     pytest.importorskip("ipywidgets")
-    from p2p_copy.notebook import WidgetProgress
+    from p2p_copy.display.notebook import WidgetProgress
 
     paths = _planted(tmp_path / "src")
     (tmp_path / "src" / BIDI_NAME).write_text("x")
@@ -445,7 +445,7 @@ async def test_an_unanswered_offer_is_declined_after_the_offer_timeout(
     relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Nobody answers within OFFER_TIMEOUT: declined as a timeout on both sides, nothing written."""
-    from p2p_copy import api
+    from p2p_copy.peer import api
 
     monkeypatch.setattr(api, "OFFER_TIMEOUT", 0.5)
     src = tmp_path / "report.pdf"

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from p2p_copy.offload import Offload, in_thread
-from p2p_copy.tuning import GC_THRESHOLDS, tune_process
+from p2p_copy.cli.tuning import GC_THRESHOLDS, tune_process
+from p2p_copy.peer.offload import Offload, in_thread
 
 
 def test_quick_calls_run_inline_on_the_loop_thread() -> None:

@@ -26,8 +26,8 @@ from websockets.exceptions import ConnectionClosed
 
 import p2p_copy
 from p2p_copy.errors import WrongCodeError
-from p2p_copy.messages import CloseCode, Confirm, Pake, parse_message
-from p2p_copy.secure import KeyExchange
+from p2p_copy.protocol.messages import CloseCode, Confirm, Pake, parse_message
+from p2p_copy.protocol.secure import KeyExchange
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from p2p_copy.messages import CloseCode, Hello, Role
-from p2p_copy.pairing import Paired, Refused, Rooms, Wait
+from p2p_copy.protocol.messages import CloseCode, Hello, Role
+from p2p_copy.relay.pairing import Paired, Refused, Rooms, Wait
 from tests.protocol_pair import sha256_hex
 
 ROOM = sha256_hex(b"room one")

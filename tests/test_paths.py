@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p_copy.errors import UnsafePathError
-from p2p_copy.messages import DirEntry, Entry, FileEntry
-from p2p_copy.paths import (
+from p2p_copy.protocol.messages import DirEntry, Entry, FileEntry
+from p2p_copy.protocol.paths import (
     _split_checked,
     check_entries,
     display_name,
@@ -383,7 +383,7 @@ HFS_IGNORED = re.compile("[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
 
 
 def _spec_fold(name: str) -> str:
-    # docs/protocol.md §7 rule 10, written out independently of p2p_copy.paths.
+    # docs/protocol.md §7 rule 10, written out independently of p2p_copy.protocol.paths.
     return unicodedata.normalize("NFC", HFS_IGNORED.sub("", name)).casefold()
 
 

@@ -9,8 +9,8 @@ import unicodedata
 import pytest
 
 from p2p_copy.errors import PolicyError, UnsafePathError, UsageError
-from p2p_copy.messages import DirEntry, Entry, FileEntry
-from p2p_copy.policy import ReceivePolicy, check_policy, windows_name_problem
+from p2p_copy.protocol.messages import DirEntry, Entry, FileEntry
+from p2p_copy.protocol.policy import ReceivePolicy, check_policy, windows_name_problem
 
 WINDOWS = ReceivePolicy(windows_names=True)
 POSIX = ReceivePolicy(windows_names=False)

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 import p2p_copy
-from p2p_copy.digests import BLAKE3, available, new
+from p2p_copy.protocol.digests import BLAKE3, available, new
+from p2p_copy.protocol.resume import BLOCK, Sidecar
 from p2p_copy.relay import Relay
-from p2p_copy.resume import BLOCK, Sidecar
 
 from .conftest import Processes
 from .handmade_peer import HandmadePeer, file_entry, handmade_peer, sha256_hex
@@ -258,7 +258,7 @@ def test_a_source_that_cannot_be_read_is_not_named_to_the_receiver(tmp_path: Pat
     """The sender's error for an unreadable or changed source does not say where it lives
     on the sender's machine; the sender's own user sees the path."""
     from p2p_copy.errors import UsageError
-    from p2p_copy.sources import StreamReader
+    from p2p_copy.storage.sources import StreamReader
 
     src = tmp_path / "secret-folder" / "a.bin"
     src.parent.mkdir()

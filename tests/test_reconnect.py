@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from p2p_copy import reconnect
 from p2p_copy.errors import (
     CodeInUseError,
     ConnectionLostError,
@@ -17,7 +16,8 @@ from p2p_copy.errors import (
     TransferTimeoutError,
     UsageError,
 )
-from p2p_copy.reconnect import Reconnect, keeps_partial, reconnect_budget, retryable
+from p2p_copy.peer import reconnect
+from p2p_copy.peer.reconnect import Reconnect, keeps_partial, reconnect_budget, retryable
 
 
 class Clock:

@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from p2p_copy.messages import CloseCode
+from p2p_copy.protocol.messages import CloseCode
 from p2p_copy.relay import Relay
 from p2p_copy.testing import TEST_CONFIG, running_relay
 

@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from p2p_copy.errors import RemoteProtocolError
-from p2p_copy.messages import CloseCode, parse_hello
+from p2p_copy.protocol.messages import CloseCode, parse_hello
 from p2p_copy.relay import Relay
 from p2p_copy.testing import running_relay
 

@@ -20,9 +20,9 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from p2p_copy.forwarding import ForwardingConnection, Verdict
-from p2p_copy.messages import CloseCode
+from p2p_copy.protocol.messages import CloseCode
 from p2p_copy.relay import Relay
+from p2p_copy.relay.forwarding import ForwardingConnection, Verdict
 from p2p_copy.testing import running_relay
 
 from .test_relay import READY, Peers, closed, join_waiting, new_hash, pair

@@ -23,7 +23,18 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from p2p_copy.admission import (
+from p2p_copy.cli.commands import _relay_limits, build_parser, main
+from p2p_copy.errors import (
+    AccessDeniedError,
+    CodeInUseError,
+    P2PCopyError,
+    RelayLimitError,
+    RelayUnreachableError,
+)
+from p2p_copy.peer.link import RelayLink, open_link
+from p2p_copy.protocol.messages import CloseCode
+from p2p_copy.relay import Relay, RelayConfig
+from p2p_copy.relay.admission import (
     CONNECTIONS_FULL,
     CONNECTIONS_PER_ADDRESS,
     PAIRS_FULL,
@@ -36,17 +47,6 @@ from p2p_copy.admission import (
     client_host,
     parse_networks,
 )
-from p2p_copy.cli import _relay_limits, build_parser, main
-from p2p_copy.client import RelayLink, open_link
-from p2p_copy.errors import (
-    AccessDeniedError,
-    CodeInUseError,
-    P2PCopyError,
-    RelayLimitError,
-    RelayUnreachableError,
-)
-from p2p_copy.messages import CloseCode
-from p2p_copy.relay import Relay, RelayConfig
 from p2p_copy.testing import running_relay
 
 KiB = 1024

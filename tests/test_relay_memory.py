@@ -21,16 +21,16 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 
-from p2p_copy.admission import (
+from p2p_copy.errors import RelayLimitError, RemoteProtocolError
+from p2p_copy.peer.link import closed_error
+from p2p_copy.protocol.messages import CloseCode
+from p2p_copy.relay.admission import (
     CONNECTIONS_PER_NETWORK,
     WAITING_PER_NETWORK,
     Admission,
     Limits,
     network_key,
 )
-from p2p_copy.client import closed_error
-from p2p_copy.errors import RelayLimitError, RemoteProtocolError
-from p2p_copy.messages import CloseCode
 from p2p_copy.testing import running_relay
 
 from .conftest import Processes
@@ -352,7 +352,7 @@ async def test_connections_from_one_48_are_capped_at_the_handshake() -> None:
 
 def test_run_relay_server_passes_the_new_limits_to_relay_config() -> None:
     """The options reach RelayConfig; their defaults are RelayConfig's own."""
-    from p2p_copy.cli import _relay_limits, build_parser
+    from p2p_copy.cli.commands import _relay_limits, build_parser
     from p2p_copy.relay import RelayConfig
 
     base = ["run-relay-server", "127.0.0.1", "0", "--no-tls"]
@@ -383,7 +383,7 @@ def test_relay_reports_a_negative_budget_as_a_usage_error() -> None:
 async def test_our_client_reports_4009_as_a_relay_limit_while_it_sends() -> None:
     """p2p-copy's own client, pushing when the relay runs out of budget, gets one clear
     RelayLimitError (not a lost connection, not a traceback)."""
-    from p2p_copy.client import RelayLink, open_link
+    from p2p_copy.peer.link import RelayLink, open_link
 
     async with asyncio.timeout(30), running_relay(max_queued_bytes=4 * MiB) as relay:
         for _ in range(5):  # the close can race the send in several ways; each must hold

@@ -28,15 +28,15 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 
 import p2p_copy
-import p2p_copy.api
+import p2p_copy.peer.api
 from p2p_copy import ConnectionLostError, RelayUnreachableError
-from p2p_copy.codes import room_from_path, room_hash_hex, room_url
-from p2p_copy.destination import Destination
-from p2p_copy.logs import show_address
-from p2p_copy.messages import CloseCode
-from p2p_copy.offload import SLOW_CALL, Offload
-from p2p_copy.progress import NoProgress
+from p2p_copy.display.progress import NoProgress
+from p2p_copy.peer.offload import SLOW_CALL, Offload
+from p2p_copy.protocol.codes import room_from_path, room_hash_hex, room_url
+from p2p_copy.protocol.messages import CloseCode
 from p2p_copy.relay import Relay
+from p2p_copy.relay.logs import show_address
+from p2p_copy.storage.destination import Destination
 from p2p_copy.testing import TEST_CONFIG, running_relay
 
 from .conftest import Processes, cli_env, free_port, wait_for_port
@@ -125,7 +125,7 @@ class Gate:
             def __init__(self, slow: float = SLOW_CALL, *, threaded: bool = False) -> None:
                 super().__init__(slow, threaded=True)
 
-        monkeypatch.setattr(p2p_copy.api, "Offload", Threaded)
+        monkeypatch.setattr(p2p_copy.peer.api, "Offload", Threaded)
 
     async def reached(self) -> None:
         assert await asyncio.to_thread(self.entered.wait, 10), "the transfer never got going"
@@ -352,7 +352,7 @@ def test_relay_runs_without_prometheus_client(tmp_path: Path) -> None:
     """Without prometheus_client the relay still pairs, says metrics are off, /metrics is 404."""
     port = free_port()
     hide = ("import sys; sys.modules['prometheus_client'] = None; "
-            "from p2p_copy.cli import main; sys.exit(main())")
+            "from p2p_copy.cli.commands import main; sys.exit(main())")
     proc = subprocess.Popen(
         [sys.executable, "-c", hide, "run-relay-server", "127.0.0.1", str(port), "--no-tls"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),

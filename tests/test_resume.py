@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from p2p_copy.destination import LIST_FROM, SIDECAR_SUFFIX, TEMP_SUFFIX, Destination
 from p2p_copy.errors import (
     DestinationExistsError,
     LocalProtocolError,
     RemoteProtocolError,
     UnsafePathError,
 )
-from p2p_copy.messages import (
+from p2p_copy.protocol.messages import (
     Accept,
     DirEntry,
     FileEntry,
@@ -27,7 +26,7 @@ from p2p_copy.messages import (
     encode,
     parse_message,
 )
-from p2p_copy.resume import (
+from p2p_copy.protocol.resume import (
     BLOCK,
     CHAIN_WINDOW,
     ChainHasher,
@@ -36,8 +35,7 @@ from p2p_copy.resume import (
     Sidecar,
     check_offers,
 )
-from p2p_copy.sources import SourceChains
-from p2p_copy.transfer import (
+from p2p_copy.protocol.transfer import (
     FileCompleted,
     FileData,
     ManifestReceived,
@@ -47,6 +45,8 @@ from p2p_copy.transfer import (
     Sender,
     SenderState,
 )
+from p2p_copy.storage.destination import LIST_FROM, SIDECAR_SUFFIX, TEMP_SUFFIX, Destination
+from p2p_copy.storage.sources import SourceChains
 
 ROOM = "ab" * 32
 
@@ -525,7 +525,7 @@ def test_sender_modes_are_limited_by_the_receivers_umask(
     """A sender cannot make received files or folders writable by others: its modes pass
     through the receiver's umask, as with tar and scp, whether a file arrives in one
     piece (created with its mode) or in several (made private, its mode set at the end)."""
-    from p2p_copy import destination
+    from p2p_copy.storage import destination
 
     monkeypatch.setattr(destination, "_umask_value", 0o027, raising=False)
     old = os.umask(0o027)
@@ -579,7 +579,7 @@ def test_out_of_hashing_time_offers_nothing_and_checks_on_arrival(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With no time left to hash before accept, nothing is offered (the sender would give
     up waiting); a complete file received again is then kept if equal, refused if not."""
-    from p2p_copy import destination
+    from p2p_copy.storage import destination
 
     monkeypatch.setattr(destination, "HASH_BUDGET", -1.0, raising=False)
     same, other = os.urandom(3000), os.urandom(3000)
@@ -621,7 +621,7 @@ def _section_12_4() -> str:
 def test_worked_resume_example_is_what_the_machines_send() -> None:
     """docs/protocol.md §12.4: held, prefix_digests, resume and the shortened stream are
     exactly what our sender and receiver say when the receiver holds trip/a.txt."""
-    from p2p_copy.digests import SHA256
+    from p2p_copy.protocol.digests import SHA256
 
     room = "4db57ad8f4f2ce91aca47e419715faf52e952b614d41f7cb6d28cb7684bceac0"
     entries = [DirEntry("trip", mode=0o755, mtime=1700000001.0),

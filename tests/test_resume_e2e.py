@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import p2p_copy
-from p2p_copy.destination import SIDECAR_SUFFIX, TEMP_SUFFIX
-from p2p_copy.progress import NoProgress
+from p2p_copy.display.progress import NoProgress
 from p2p_copy.relay import Relay
+from p2p_copy.storage.destination import SIDECAR_SUFFIX, TEMP_SUFFIX
 from tests.conftest import Processes, free_port, run_cli
 
 MiB = 2**20

@@ -1,4 +1,4 @@
-"""The key exchange and the encrypted channel, without sockets (p2p_copy/secure.py)."""
+"""The key exchange and the encrypted channel, without sockets (p2p_copy/protocol/secure.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from p2p_copy.errors import (
     TamperingError,
     WrongCodeError,
 )
-from p2p_copy.messages import Confirm, Pake, parse_message
-from p2p_copy.secure import SUITE, TAG_SIZE, Channel, KeyExchange, is_control
+from p2p_copy.protocol.messages import Confirm, Pake, parse_message
+from p2p_copy.protocol.secure import SUITE, TAG_SIZE, Channel, KeyExchange, is_control
 
 
 def exchange(sender_code: str, receiver_code: str) -> tuple[KeyExchange, KeyExchange]:

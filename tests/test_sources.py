@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from p2p_copy.errors import UsageError
-from p2p_copy.sources import collect_sources
+from p2p_copy.storage.sources import collect_sources
 
 
 def _os_walk_order(top: Path) -> list[str]:

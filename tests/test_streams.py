@@ -1,5 +1,5 @@
 """Stream entries (unknown length) and object entries, without sockets: the wire format,
-the state machines joined in memory, and the readers and sinks of p2p_copy.streams."""
+the state machines joined in memory, and the readers and sinks of p2p_copy.storage.streams."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from p2p_copy.destination import Destination
 from p2p_copy.errors import (
     IntegrityError,
     LocalProtocolError,
@@ -18,7 +17,7 @@ from p2p_copy.errors import (
     RemoteProtocolError,
     UsageError,
 )
-from p2p_copy.messages import (
+from p2p_copy.protocol.messages import (
     DirEntry,
     FileEntry,
     Manifest,
@@ -26,10 +25,9 @@ from p2p_copy.messages import (
     encode,
     parse_message,
 )
-from p2p_copy.objects import encode_object
-from p2p_copy.policy import ReceivePolicy
-from p2p_copy.streams import ChunkReader, ObjectSink, PipeReader, PipeSink
-from p2p_copy.transfer import (
+from p2p_copy.protocol.objects import encode_object
+from p2p_copy.protocol.policy import ReceivePolicy
+from p2p_copy.protocol.transfer import (
     FileCompleted,
     FileData,
     ManifestReceived,
@@ -38,6 +36,8 @@ from p2p_copy.transfer import (
     Sender,
     TransferFinished,
 )
+from p2p_copy.storage.destination import Destination
+from p2p_copy.storage.streams import ChunkReader, ObjectSink, PipeReader, PipeSink
 from tests.protocol_pair import CODE_HASH, ProtocolPair, sha256_hex
 
 

@@ -20,7 +20,6 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 import p2p_copy
-from p2p_copy import codes, secure
 from p2p_copy.errors import (
     ConnectionLostError,
     P2PCopyError,
@@ -28,7 +27,8 @@ from p2p_copy.errors import (
     TamperingError,
     WrongCodeError,
 )
-from p2p_copy.messages import Confirm, Pake, parse_message
+from p2p_copy.protocol import codes, secure
+from p2p_copy.protocol.messages import Confirm, Pake, parse_message
 
 pytestmark = pytest.mark.timeout(60)
 

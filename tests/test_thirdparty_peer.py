@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 import p2p_copy
-from p2p_copy import secure
+from p2p_copy.protocol import secure
 
 from .thirdparty_peer import (
     ConnectionEnded,
@@ -421,7 +421,7 @@ def test_room_hash_examples_of_the_doc() -> None:
          "fbd75a258d7ea7f8295e73b2f3f580b2d5c08ae14ab2cf422f5908c26bd96022"),
     ]:
         assert f"| `{code}` | `{code.partition('-')[0]}` | `{expected}` |" in doc
-        assert room_hash_hex(code) == expected == p2p_copy.codes.room_hash_hex(code)
+        assert room_hash_hex(code) == expected == p2p_copy.protocol.codes.room_hash_hex(code)
 
 
 # §6.0.4-6.0.6 test vectors, as printed in the doc (checked to be there).

@@ -14,7 +14,7 @@ import trustme
 
 import p2p_copy
 from p2p_copy.errors import RelayUnreachableError
-from p2p_copy.relay import Relay, server_ssl_context
+from p2p_copy.relay.server import Relay, server_ssl_context
 from p2p_copy.testing import TEST_CONFIG
 
 from .conftest import Processes, free_port, run_cli, wait_for_port

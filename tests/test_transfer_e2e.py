@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from p2p_copy import DestinationExistsError, FileResult, TransferResult, digests, receive, send
-from p2p_copy.destination import TEMP_SUFFIX
-from p2p_copy.digests import BLAKE3, SHA256
+from p2p_copy import DestinationExistsError, FileResult, TransferResult, receive, send
+from p2p_copy.protocol import digests
+from p2p_copy.protocol.digests import BLAKE3, SHA256
 from p2p_copy.relay import Relay
+from p2p_copy.storage.destination import TEMP_SUFFIX
 
 from .conftest import Processes, cli_env, free_port, run_cli, wait_for_port
 from .protocol_pair import hex_digest
@@ -662,8 +663,8 @@ async def test_long_names_sharing_their_first_bytes_keep_their_own_bytes(
 def test_existing_files_are_offered_only_against_an_announced_mtime(tmp_path: Path) -> None:
     """Without an announced mtime an existing file is never hashed into a resume offer: a
     hostile sender could otherwise learn the digest of any file it can name and size."""
-    from p2p_copy.destination import Destination
-    from p2p_copy.messages import FileEntry
+    from p2p_copy.protocol.messages import FileEntry
+    from p2p_copy.storage.destination import Destination
 
     path = write(tmp_path / "secret.txt", b"1234")
     st = path.stat()

@@ -16,7 +16,6 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2p_copy.digests import BLAKE3, SHA256, available
 from p2p_copy.errors import (
     DestinationExistsError,
     DiskFullError,
@@ -30,7 +29,8 @@ from p2p_copy.errors import (
     TransferTimeoutError,
     UnsafePathError,
 )
-from p2p_copy.messages import (
+from p2p_copy.protocol.digests import BLAKE3, SHA256, available
+from p2p_copy.protocol.messages import (
     DATA_RAW,
     DATA_ZSTD,
     Accept,
@@ -49,7 +49,7 @@ from p2p_copy.messages import (
     encode_manifest,
     parse_message,
 )
-from p2p_copy.transfer import (
+from p2p_copy.protocol.transfer import (
     FileCompleted,
     FileData,
     ManifestReceived,
@@ -190,7 +190,7 @@ _WORKED_ROOM_HASH = "4db57ad8f4f2ce91aca47e419715faf52e952b614d41f7cb6d28cb7684b
 
 def _worked_example(digests: tuple[str, ...] = (SHA256,)) -> ProtocolPair:
     """The transfer of docs/protocol.md §12.1, run in memory."""
-    from p2p_copy.messages import Waiting
+    from p2p_copy.protocol.messages import Waiting
 
     room_hash = _WORKED_ROOM_HASH
     entries: list[Entry] = [
@@ -1047,8 +1047,8 @@ def test_compressed_stream_entry() -> None:
 
 def test_compressed_data_after_resume_counts_from_the_offsets() -> None:
     """accept offers prefixes and compression at once; positions are plaintext offsets."""
-    from p2p_copy.resume import Offer
-    from p2p_copy.transfer import ResumeAgreed
+    from p2p_copy.protocol.resume import Offer
+    from p2p_copy.protocol.transfer import ResumeAgreed
 
     block = 1 << 20  # offers are whole MiB (or whole files)
     contents = {"a.csv": csv_text(block + 20_000, 7), "b.csv": csv_text(5_000, 8)}
@@ -1161,7 +1161,7 @@ def test_frame_beyond_the_manifest_is_refused_before_decompressing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The declared size is checked against the room the manifest leaves, from the header."""
-    from p2p_copy.compression import ChunkDecompressor
+    from p2p_copy.protocol.compression import ChunkDecompressor
 
     pair = ProtocolPair([FileEntry("a", 60), FileEntry("b", 40)])
     pair.open()
@@ -1176,7 +1176,7 @@ def test_frame_beyond_the_manifest_is_refused_before_decompressing(
 
 def test_compressed_stream_past_the_policy_limit_is_refused() -> None:
     """max_bytes applies to the plaintext a frame declares, as to raw bytes."""
-    from p2p_copy.policy import ReceivePolicy
+    from p2p_copy.protocol.policy import ReceivePolicy
 
     receiver = Receiver(CODE_HASH, policy=ReceivePolicy(max_bytes=1000))
     receiver.hello()

@@ -24,9 +24,9 @@ import ipywidgets  # type: ignore[import-untyped]  # noqa: F401  (before any fak
 import pytest
 
 import p2p_copy
-from p2p_copy import notebook
-from p2p_copy.notebook import CodeDisplay, WidgetProgress, show_code
-from p2p_copy.progress import (
+from p2p_copy.display import notebook
+from p2p_copy.display.notebook import CodeDisplay, WidgetProgress, show_code
+from p2p_copy.display.progress import (
     JsonProgress,
     NoProgress,
     TqdmProgress,
@@ -440,7 +440,8 @@ def test_unknown_kind_names_widget_among_the_choices(no_env: pytest.MonkeyPatch)
 def test_cli_start_up_imports_no_notebook_libraries() -> None:
     """Importing the CLI and choosing a display loads neither ipywidgets, IPython nor segno."""
     check = (
-        "import sys; import p2p_copy.cli; from p2p_copy.progress import make_progress; "
+        "import sys; import p2p_copy.cli.commands; "
+        "from p2p_copy.display.progress import make_progress; "
         "make_progress('auto', 'send'); "
         "print(sorted({'ipywidgets', 'IPython', 'segno'} & set(sys.modules)))"
     )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from p2p_copy.errors import UnsafePathError
-from p2p_copy.messages import FileEntry
-from p2p_copy.policy import ReceivePolicy, check_policy, windows_name_problem
+from p2p_copy.protocol.messages import FileEntry
+from p2p_copy.protocol.policy import ReceivePolicy, check_policy, windows_name_problem
 
 WINDOWS = ReceivePolicy(windows_names=True)
 POSIX = ReceivePolicy(windows_names=False)

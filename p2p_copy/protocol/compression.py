@@ -25,7 +25,7 @@ from typing import Final, Literal
 
 import zstandard
 
-from .errors import RemoteProtocolError
+from ..errors import RemoteProtocolError
 
 __all__ = [
     "DEFAULT_LEVEL",

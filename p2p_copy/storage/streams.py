@@ -24,8 +24,7 @@ import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import BinaryIO, Final, NoReturn, Protocol
 
-from .digests import NAMES, SHA256, new
-from .errors import (
+from ..errors import (
     IntegrityError,
     LocalProtocolError,
     P2PCopyError,
@@ -33,12 +32,13 @@ from .errors import (
     RemoteProtocolError,
     UsageError,
 )
-from .messages import DataEntry, Entry, FileEntry
-from .objects import ObjectDecoder, object_kind
-from .paths import display_name
-from .results import FileResult
-from .resume import Offer
-from .transfer import FileCompleted, FileData, data_entries
+from ..protocol.digests import NAMES, SHA256, new
+from ..protocol.messages import DataEntry, Entry, FileEntry
+from ..protocol.objects import ObjectDecoder, object_kind
+from ..protocol.paths import display_name
+from ..protocol.resume import Offer
+from ..protocol.transfer import FileCompleted, FileData, data_entries
+from ..results import FileResult
 
 __all__ = [
     "Reader",

@@ -17,13 +17,8 @@ import threading
 from collections.abc import Awaitable, Coroutine, Sequence
 from typing import IO, Any, cast
 
-from ._version import __version__
-from .codes import CODE_ENV, GENERATE, code_from_env
-from .errors import P2PCopyError, UsageError
-from .logs import ADDRESS_MODES
-from .paths import display_name
-from .policy import OfferSummary
-from .progress import (
+from .._version import __version__
+from ..display.progress import (
     JsonProgress,
     Progress,
     is_terminal,
@@ -31,7 +26,12 @@ from .progress import (
     offer_lines,
     with_code_on_stderr,
 )
-from .reconnect import IDLE_TIMEOUT
+from ..errors import P2PCopyError, UsageError
+from ..peer.reconnect import IDLE_TIMEOUT
+from ..protocol.codes import CODE_ENV, GENERATE, code_from_env
+from ..protocol.paths import display_name
+from ..protocol.policy import OfferSummary
+from ..relay.logs import ADDRESS_MODES
 from .tuning import tune_process
 
 __all__ = ["main", "RELAY_TOKEN_ENV"]
@@ -268,7 +268,7 @@ def _command(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace, code: str, progress: Any,
           common: dict[str, Any]) -> Coroutine[Any, Any, Any]:
     """The send coroutine for what the arguments name: files, standard input or a text."""
-    from . import api
+    from ..peer import api
 
     files: list[str] = args.files
     if args.text is not None:
@@ -293,7 +293,7 @@ def _send(args: argparse.Namespace, code: str, progress: Any,
 
 def _receive(args: argparse.Namespace, code: str, common: dict[str, Any]) -> Any:
     """Receive files into --out, a single file or stream to stdout, or a text to print."""
-    from . import api
+    from ..peer import api
 
     kind = _progress(args)
     out = None
@@ -392,7 +392,7 @@ def _print_text(text: str) -> None:
 
 def _relay_limit_options(relay: argparse.ArgumentParser) -> None:
     """The relay's limits (server/README.md explains each); 0 turns a cap off."""
-    from .relay import RelayConfig  # its defaults, not restated here
+    from ..relay.server import RelayConfig  # its defaults, not restated here
 
     defaults = {f.name: f.default for f in dataclasses.fields(RelayConfig)}
     limits = relay.add_argument_group("limits (0 turns a cap off)")
@@ -481,7 +481,7 @@ def _relay_limits(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _policy(args: argparse.Namespace) -> Any:
-    from .policy import ReceivePolicy
+    from ..protocol.policy import ReceivePolicy
 
     limits = {"max_files": args.max_files, "max_bytes": args.max_bytes,
               "max_depth": args.max_depth}
@@ -495,8 +495,8 @@ def _policy(args: argparse.Namespace) -> Any:
 def _run_relay(args: argparse.Namespace) -> int:
     import logging
 
-    from .logs import configure_logging
-    from .relay import RelayConfig, run_relay, server_ssl_context
+    from ..relay.logs import configure_logging
+    from ..relay.server import RelayConfig, run_relay, server_ssl_context
 
     if args.no_tls and (args.certfile or args.keyfile):
         raise UsageError("--no-tls and --certfile/--keyfile exclude each other.")

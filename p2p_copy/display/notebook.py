@@ -18,11 +18,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .errors import CancelledError, P2PCopyError
-from .paths import display_name
-from .policy import OfferSummary
+from ..errors import CancelledError, P2PCopyError
+from ..protocol.paths import display_name
+from ..protocol.policy import OfferSummary
+from ..results import FileResult, TransferResult
 from .progress import NoProgress, human_size, in_jupyter_kernel, offer_lines
-from .results import FileResult, TransferResult
 
 __all__ = ["WidgetProgress", "CodeDisplay", "show_code", "UPDATE_INTERVAL"]
 

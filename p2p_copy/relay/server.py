@@ -38,12 +38,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from ..errors import RemoteProtocolError
+from ..protocol.codes import room_from_path
+from ..protocol.messages import CloseCode, Hello, Ready, Waiting, encode, parse_hello
 from .admission import LOOPBACK, Admission, Limits, Refusal, client_host, parse_networks
-from .codes import room_from_path
-from .errors import RemoteProtocolError
 from .forwarding import Budget, ForwardingConnection, FrameTap, Verdict
 from .logs import AddressMode, event, show_address
-from .messages import CloseCode, Hello, Ready, Waiting, encode, parse_hello
 from .metrics import LATENCY_SAMPLE_MASK, RelayMetrics, RelayStats, relay_metrics
 from .pairing import Outcome, Paired, Phase, Refused, Rooms
 

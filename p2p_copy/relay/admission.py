@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 
-from .messages import CloseCode
+from ..protocol.messages import CloseCode
 
 __all__ = [
     "Limits",

@@ -18,14 +18,14 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
 
+from ..display.progress import Progress, ProgressKind, make_progress
+from ..errors import CancelledError
+from ..protocol.compression import ChooserMode
+from ..protocol.policy import ReceivePolicy
+from ..results import TransferResult
+from ..storage.streams import MEMORY_LIMIT
 from . import api
-from .compression import ChooserMode
-from .errors import CancelledError
-from .policy import ReceivePolicy
-from .progress import Progress, ProgressKind, make_progress
 from .reconnect import IDLE_TIMEOUT
-from .results import TransferResult
-from .streams import MEMORY_LIMIT
 
 __all__ = [
     "send_blocking",

@@ -17,8 +17,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from ..errors import IncompatiblePeerError, RemoteProtocolError
 from .digests import NAMES, SHA256
-from .errors import IncompatiblePeerError, RemoteProtocolError
 from .resume import Offer, Prefix
 
 __all__ = [

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Final
 
-from .errors import PolicyError, UnsafePathError, UsageError
+from ..errors import PolicyError, UnsafePathError, UsageError
 from .messages import DirEntry, Entry, FileEntry, StreamEntry
 from .paths import MAX_COMPONENT_BYTES, check_entries, display_name
 

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["SHA256", "BLAKE3", "NAMES", "DIGESTS_ENV", "Hash", "new", "available",
            "preferred", "choose"]

@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from .errors import UnsafePathError
+from ..errors import UnsafePathError
 from .messages import DirEntry, Entry
 
 __all__ = ["split_safe_path", "check_entries", "display_name", "fold"]

@@ -13,14 +13,14 @@ import os
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import Any, Literal
 
+from ..display.progress import Progress, ProgressKind, make_progress
+from ..errors import CancelledError, UsageError
+from ..protocol.compression import ChooserMode
+from ..protocol.messages import Role
+from ..protocol.policy import OfferSummary, ReceivePolicy
+from ..results import FileResult, TransferResult
 from . import api
-from .compression import ChooserMode
-from .errors import CancelledError, UsageError
-from .messages import Role
-from .policy import OfferSummary, ReceivePolicy
-from .progress import Progress, ProgressKind, make_progress
 from .reconnect import IDLE_TIMEOUT
-from .results import FileResult, TransferResult
 
 __all__ = ["Transfer", "Status", "start_send", "start_receive"]
 

@@ -11,14 +11,13 @@ import contextlib
 from collections.abc import Awaitable
 from typing import Protocol, TypeVar
 
-from .client import RelayLink
-from .errors import (
+from ..errors import (
     EncryptionMismatchError,
     P2PCopyError,
     RemoteProtocolError,
     WrongCodeError,
 )
-from .messages import (
+from ..protocol.messages import (
     Confirm,
     ErrorMessage,
     Manifest,
@@ -27,8 +26,9 @@ from .messages import (
     Waiting,
     parse_message,
 )
-from .secure import TAG_SIZE, Channel, KeyExchange, is_control
-from .transfer import peer_error
+from ..protocol.secure import TAG_SIZE, Channel, KeyExchange, is_control
+from ..protocol.transfer import peer_error
+from .link import RelayLink
 
 __all__ = ["HANDSHAKE_TIMEOUT", "Link", "SealedLink", "handshake"]
 

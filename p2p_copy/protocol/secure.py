@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from spake2 import SPAKE2_A, SPAKE2_B
 
-from .errors import (
+from ..errors import (
     IncompatiblePeerError,
     LocalProtocolError,
     RemoteProtocolError,

@@ -40,9 +40,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .compression import DEFAULT_LEVEL, ChunkCompressor, ChunkDecompressor, CompressionStats
-from .digests import SHA256, available, choose, preferred
-from .errors import (
+from ..errors import (
     EncryptionMismatchError,
     LocalProtocolError,
     P2PCopyError,
@@ -50,6 +48,8 @@ from .errors import (
     RemoteProtocolError,
     error_for_wire_code,
 )
+from .compression import DEFAULT_LEVEL, ChunkCompressor, ChunkDecompressor, CompressionStats
+from .digests import SHA256, available, choose, preferred
 from .messages import (
     DATA_RAW,
     DATA_ZSTD,

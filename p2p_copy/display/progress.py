@@ -11,6 +11,7 @@ ASCII escapes): names and reasons come from the peer or the relay.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -18,10 +19,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import IO, Any, Literal, Protocol, cast
 
-from .errors import UsageError, exit_code_for
-from .paths import display_name
-from .policy import OfferSummary, shown_names
-from .results import FileResult, TransferResult
+from ..errors import CancelledError, P2PCopyError, UsageError
+from ..protocol.paths import display_name
+from ..protocol.policy import OfferSummary, shown_names
+from ..results import FileResult, TransferResult
 
 __all__ = [
     "Progress",
@@ -381,3 +382,12 @@ def is_terminal(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The CLI exit code for ``exc``: its class's, 130 for an interruption, else 1."""
+    if isinstance(exc, P2PCopyError):
+        return exc.exit_code
+    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+        return CancelledError.exit_code
+    return 1

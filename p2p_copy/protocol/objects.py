@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .errors import LocalProtocolError, PolicyError, RemoteProtocolError, UsageError
+from ..errors import LocalProtocolError, PolicyError, RemoteProtocolError, UsageError
 from .messages import MAX_FILE_SIZE
 
 __all__ = [

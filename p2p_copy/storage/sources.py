@@ -21,11 +21,11 @@ from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 from typing import NoReturn
 
-from .digests import SHA256
-from .errors import UnsafePathError, UsageError
-from .messages import DirEntry, Entry, FileEntry
-from .paths import check_entries, display_name
-from .resume import ChainHasher, Offer
+from ..errors import UnsafePathError, UsageError
+from ..protocol.digests import SHA256
+from ..protocol.messages import DirEntry, Entry, FileEntry
+from ..protocol.paths import check_entries, display_name
+from ..protocol.resume import ChainHasher, Offer
 
 __all__ = ["Sources", "collect_sources", "check_names", "StreamReader", "SourceChains",
            "open_scanned"]

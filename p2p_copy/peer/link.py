@@ -17,8 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
-from .codes import room_url
-from .errors import (
+from ..errors import (
     AccessDeniedError,
     CodeInUseError,
     ConnectionLostError,
@@ -30,7 +29,8 @@ from .errors import (
     TransferTimeoutError,
     UsageError,
 )
-from .messages import CloseCode, Role
+from ..protocol.codes import room_url
+from ..protocol.messages import CloseCode, Role
 
 __all__ = ["MAX_MESSAGE_SIZE", "open_link", "closed_error", "client_ssl_context", "RelayLink"]
 

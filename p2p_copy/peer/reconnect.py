@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .errors import (
+from ..errors import (
     CancelledError,
     CodeInUseError,
     ConnectionLostError,

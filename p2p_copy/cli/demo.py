@@ -14,10 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .api import receive, send
-from .codes import generate_code
-from .digests import NAMES
-from .relay import Relay
+from ..peer.api import receive, send
+from ..protocol.codes import generate_code
+from ..protocol.digests import NAMES
+from ..relay.server import Relay
 
 __all__ = ["run_demo", "make_sample"]
 

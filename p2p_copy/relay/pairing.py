@@ -26,7 +26,7 @@ import enum
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .messages import CloseCode, Hello, Role
+from ..protocol.messages import CloseCode, Hello, Role
 
 __all__ = ["Phase", "Outcome", "Wait", "Paired", "Refused", "Rooms"]
 

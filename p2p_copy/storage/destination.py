@@ -31,8 +31,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .digests import NAMES, SHA256
-from .errors import (
+from ..errors import (
     DestinationExistsError,
     DiskFullError,
     IntegrityError,
@@ -40,11 +39,12 @@ from .errors import (
     RemoteProtocolError,
     UnsafePathError,
 )
-from .messages import DataEntry, DirEntry, Entry, FileEntry
-from .paths import display_name, split_safe_path, split_safe_paths
-from .results import FileResult
-from .resume import BLOCK, ChainHasher, Offer, Sidecar, mtime_matches
-from .transfer import FileCompleted, FileData, data_entries
+from ..protocol.digests import NAMES, SHA256
+from ..protocol.messages import DataEntry, DirEntry, Entry, FileEntry
+from ..protocol.paths import display_name, split_safe_path, split_safe_paths
+from ..protocol.resume import BLOCK, ChainHasher, Offer, Sidecar, mtime_matches
+from ..protocol.transfer import FileCompleted, FileData, data_entries
+from ..results import FileResult
 
 __all__ = ["Destination", "TEMP_SUFFIX", "SIDECAR_SUFFIX"]
 

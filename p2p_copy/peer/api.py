@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from .client import RelayLink, open_link
-from .codes import GENERATE, generate_code, room_hash_hex
-from .compression import COMPRESS_MODES, ChooserMode, CompressionChooser
-from .destination import Destination
-from .errors import (
+from ..display.progress import Progress, ProgressKind, make_progress
+from ..errors import (
     CancelledError,
     CodeInUseError,
     ConnectionLostError,
@@ -32,35 +29,14 @@ from .errors import (
     UnsafePathError,
     UsageError,
 )
-from .handshake import HANDSHAKE_TIMEOUT, Link, handshake
-from .messages import Entry, FileEntry, Ready, StreamEntry
-from .objects import encode_object
-from .offload import Offload, in_thread
-from .paths import check_entries, display_name
-from .policy import ReceivePolicy, check_offer, summarize_offer
-from .progress import Progress, ProgressKind, make_progress
-from .reconnect import (
-    DEFAULT_RECONNECT_TIMEOUT,
-    IDLE_TIMEOUT,
-    Reconnect,
-    keeps_partial,
-    reconnect_budget,
-    retryable,
-)
-from .results import FileResult, TransferResult
-from .resume import ChainHasher, Offer, Prefix
-from .sources import SourceChains, Sources, StreamReader, check_names, collect_sources
-from .streams import (
-    MEMORY_LIMIT,
-    ChunkReader,
-    ObjectSink,
-    PipeReader,
-    PipeSink,
-    Reader,
-    Sink,
-    default_name,
-)
-from .transfer import (
+from ..protocol.codes import GENERATE, generate_code, room_hash_hex
+from ..protocol.compression import COMPRESS_MODES, ChooserMode, CompressionChooser
+from ..protocol.messages import Entry, FileEntry, Ready, StreamEntry
+from ..protocol.objects import encode_object
+from ..protocol.paths import check_entries, display_name
+from ..protocol.policy import ReceivePolicy, check_offer, summarize_offer
+from ..protocol.resume import ChainHasher, Offer, Prefix
+from ..protocol.transfer import (
     FileCompleted,
     FileData,
     ManifestReceived,
@@ -70,6 +46,30 @@ from .transfer import (
     Sender,
     SenderState,
     data_entries,
+)
+from ..results import FileResult, TransferResult
+from ..storage.destination import Destination
+from ..storage.sources import SourceChains, Sources, StreamReader, check_names, collect_sources
+from ..storage.streams import (
+    MEMORY_LIMIT,
+    ChunkReader,
+    ObjectSink,
+    PipeReader,
+    PipeSink,
+    Reader,
+    Sink,
+    default_name,
+)
+from .handshake import HANDSHAKE_TIMEOUT, Link, handshake
+from .link import RelayLink, open_link
+from .offload import Offload, in_thread
+from .reconnect import (
+    DEFAULT_RECONNECT_TIMEOUT,
+    IDLE_TIMEOUT,
+    Reconnect,
+    keeps_partial,
+    reconnect_budget,
+    retryable,
 )
 
 __all__ = [

@@ -23,7 +23,7 @@ import re
 import secrets
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = [
     "CODE_ENV",

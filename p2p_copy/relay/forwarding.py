@@ -46,7 +46,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event, State
 
-from .messages import CloseCode
+from ..protocol.messages import CloseCode
 
 __all__ = ["ForwardingConnection", "FrameTap", "Verdict", "Budget", "PRE_PAIR_LIMIT"]
 
