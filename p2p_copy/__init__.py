@@ -48,9 +48,14 @@ _LAZY = {
         ("send", "receive", "send_object", "receive_object", "send_stream", "receive_stream",
          "send_text", "receive_text", "DEFAULT_RECONNECT_TIMEOUT"), "peer.api"),
     **dict.fromkeys(
-        ("send_blocking", "receive_blocking", "send_object_blocking",
+        ("send_blocking", "receive_blocking", "send_stream_blocking", "receive_stream_blocking",
+         "send_text_blocking", "receive_text_blocking", "send_object_blocking",
          "receive_object_blocking"), "peer.blocking"),
-    **dict.fromkeys(("Transfer", "start_send", "start_receive"), "peer.background"),
+    **dict.fromkeys(
+        ("Transfer", "start_send", "start_receive", "start_send_stream", "start_receive_stream",
+         "start_send_text", "start_receive_text", "start_send_object", "start_receive_object"),
+        "peer.background"),
+    "Options": "peer.options",
     **dict.fromkeys(("Relay", "RelayConfig"), "relay.server"),
 }
 
@@ -66,13 +71,28 @@ if TYPE_CHECKING:
         send_stream,
         send_text,
     )
-    from .peer.background import Transfer, start_receive, start_send
+    from .peer.background import (
+        Transfer,
+        start_receive,
+        start_receive_object,
+        start_receive_stream,
+        start_receive_text,
+        start_send,
+        start_send_object,
+        start_send_stream,
+        start_send_text,
+    )
     from .peer.blocking import (
         receive_blocking,
         receive_object_blocking,
+        receive_stream_blocking,
+        receive_text_blocking,
         send_blocking,
         send_object_blocking,
+        send_stream_blocking,
+        send_text_blocking,
     )
+    from .peer.options import Options
     from .relay.server import Relay, RelayConfig
 
 
@@ -94,21 +114,32 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__",
     "DEFAULT_RECONNECT_TIMEOUT",
+    "Options",
     "send",
     "receive",
-    "start_send",
-    "start_receive",
-    "Transfer",
-    "send_blocking",
-    "receive_blocking",
+    "send_stream",
+    "receive_stream",
     "send_text",
     "receive_text",
     "send_object",
     "receive_object",
+    "send_blocking",
+    "receive_blocking",
+    "send_stream_blocking",
+    "receive_stream_blocking",
+    "send_text_blocking",
+    "receive_text_blocking",
     "send_object_blocking",
     "receive_object_blocking",
-    "send_stream",
-    "receive_stream",
+    "Transfer",
+    "start_send",
+    "start_receive",
+    "start_send_stream",
+    "start_receive_stream",
+    "start_send_text",
+    "start_receive_text",
+    "start_send_object",
+    "start_receive_object",
     "generate_code",
     "ReceivePolicy",
     "Relay",

@@ -102,7 +102,7 @@ async def test_taken_room_gets_a_new_generated_code(
     src = tmp_path / "a.txt"
     src.write_text("x")
     planned = iter(["5-alpha-bravo-charlie", "6-delta-echo-foxtrot"])
-    monkeypatch.setattr("p2p_copy.peer.api.generate_code", lambda attempt=0: next(planned))
+    monkeypatch.setattr("p2p_copy.peer.sending.generate_code", lambda attempt=0: next(planned))
     async with running_relay() as relay:
         # A stranger waits in room 5 as a receiver: a fresh code must not meet it.
         stranger = asyncio.ensure_future(p2p_copy.receive(

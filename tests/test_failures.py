@@ -615,7 +615,8 @@ async def test_cancel_while_preparing_waits_for_the_worker_thread(relay: Relay, 
     import threading
 
     from p2p_copy.display.progress import NoProgress
-    from p2p_copy.peer import api
+    from p2p_copy.peer.options import Options
+    from p2p_copy.peer.receiving import receive_into
     from p2p_copy.protocol.messages import Entry
     from p2p_copy.storage.destination import Destination
 
@@ -643,11 +644,11 @@ async def test_cancel_while_preparing_waits_for_the_worker_thread(relay: Relay, 
     def sink(entries: Sequence[Entry], digest: str) -> Destination:
         return Slow(dest, entries, algorithm=digest)
 
-    options = api._receiver_options(relay.url, code, None, None, True, None, 0)
+    options = Options(reconnect_timeout=0)
     async with asyncio.timeout(SCENARIO_TIMEOUT):
         async with background(p2p_copy.send(relay.url, code, [src], progress="none",
                                             reconnect_timeout=0)) as sender, \
-                background(api._receive(options, code, sink, None, NoProgress())) as receiver:
+                background(receive_into(relay.url, code, sink, options, NoProgress())) as receiver:
             await asyncio.to_thread(started.wait, SCENARIO_TIMEOUT)
             receiver.cancel()
             # Room for a clean-up that does not wait to run now (it must not).

@@ -20,7 +20,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from p2p_copy import P2PCopyError, PolicyError, UsageError, receive, send
-from p2p_copy.peer import api
+from p2p_copy.peer import sending
 from p2p_copy.protocol.digests import SHA256
 from p2p_copy.protocol.messages import DirEntry, Entry, FileEntry, Manifest, StreamEntry, encode
 from p2p_copy.protocol.policy import ReceivePolicy
@@ -232,14 +232,14 @@ SECRET = b"SECRET-KEY-MATERIAL\n"
 def _swap_after_scan(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], None]) -> None:
     """Make send() run ``swap`` right after its scan, before any file is opened: the
     window a local attacker races for, made deterministic."""
-    real = api.collect_sources
+    real = sending.collect_sources
 
     def scan_then_swap(*args: Any, **kwargs: Any) -> Sources:
         sources = real(*args, **kwargs)
         swap()
         return sources
 
-    monkeypatch.setattr(api, "collect_sources", scan_then_swap)
+    monkeypatch.setattr(sending, "collect_sources", scan_then_swap)
 
 
 def _nothing_secret_arrived(dest: Path) -> None:

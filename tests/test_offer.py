@@ -445,9 +445,9 @@ async def test_an_unanswered_offer_is_declined_after_the_offer_timeout(
     relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Nobody answers within OFFER_TIMEOUT: declined as a timeout on both sides, nothing written."""
-    from p2p_copy.peer import api
+    from p2p_copy.peer import receiving
 
-    monkeypatch.setattr(api, "OFFER_TIMEOUT", 0.5)
+    monkeypatch.setattr(receiving, "OFFER_TIMEOUT", 0.5)
     src = tmp_path / "report.pdf"
     src.write_text("pdf")
     code = _code()

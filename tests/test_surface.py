@@ -18,11 +18,14 @@ import p2p_copy
 
 #: p2p_copy.__all__ as released; a new public name is added here on purpose.
 PUBLIC = [
-    "__version__", "DEFAULT_RECONNECT_TIMEOUT",
-    "send", "receive", "start_send", "start_receive", "Transfer",
-    "send_blocking", "receive_blocking",
-    "send_text", "receive_text", "send_object", "receive_object",
-    "send_object_blocking", "receive_object_blocking", "send_stream", "receive_stream",
+    "__version__", "DEFAULT_RECONNECT_TIMEOUT", "Options",
+    "send", "receive", "send_stream", "receive_stream", "send_text", "receive_text",
+    "send_object", "receive_object",
+    "send_blocking", "receive_blocking", "send_stream_blocking", "receive_stream_blocking",
+    "send_text_blocking", "receive_text_blocking", "send_object_blocking",
+    "receive_object_blocking",
+    "Transfer", "start_send", "start_receive", "start_send_stream", "start_receive_stream",
+    "start_send_text", "start_receive_text", "start_send_object", "start_receive_object",
     "generate_code", "ReceivePolicy", "Relay", "RelayConfig", "TransferResult", "FileResult",
     "P2PCopyError", "UsageError", "RelayUnreachableError", "TransferTimeoutError",
     "CodeInUseError", "PeerGoneError", "ConnectionLostError", "ProtocolError",

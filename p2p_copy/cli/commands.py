@@ -99,6 +99,11 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         help=f"access token of a private relay (default: ${RELAY_TOKEN_ENV})",
     )
     parser.add_argument(
+        "--idle-timeout", type=float, metavar="SECONDS", default=IDLE_TIMEOUT,
+        help="once paired, give up if the other side makes no progress for SECONDS (a "
+        f"receiver that reads nothing, a sender that sends nothing; default {IDLE_TIMEOUT:g})",
+    )
+    parser.add_argument(
         "--reconnect-timeout",
         type=float,
         metavar="SECONDS",
@@ -130,9 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--compress", choices=("auto", "always", "never"), default="auto",
                       help="zstd-compress data: 'auto' (default) while that is measured to "
                       "move it faster than sending it raw (slow links, compressible data)")
-    send.add_argument("--idle-timeout", type=float, metavar="SECONDS", default=IDLE_TIMEOUT,
-                      help="give up if the receiver reads nothing for SECONDS while data "
-                      f"waits to be sent (default {IDLE_TIMEOUT:g})")
     _common_options(send)
 
     receive = sub.add_parser("receive", help="receive files and folders", epilog=EXAMPLES,
@@ -240,24 +242,19 @@ def _command(args: argparse.Namespace) -> int:
         return int(_run(run_demo(size_mib=args.size)))
 
     code = code_from_env() if args.code == "-" else args.code
-    token = args.relay_token or os.environ.get(RELAY_TOKEN_ENV) or None
-    common: dict[str, Any] = dict(cafile=args.cafile, wait_timeout=args.wait_timeout,
-                                  encrypt=not args.no_encrypt, relay_token=token)
-    if args.reconnect_timeout is not None:
-        common["reconnect_timeout"] = args.reconnect_timeout
     if args.no_encrypt:
         print("p2p-copy: warning: --no-encrypt: the relay can read and change everything, and "
               "anyone who knows the room part of the code can take the other side's place.",
               file=sys.stderr)
     if args.command == "send":
-        common["idle_timeout"] = args.idle_timeout
         progress = _progress(args)
         if code == GENERATE:
             # Whatever the display, the person running this must learn the generated code.
             progress = with_code_on_stderr(make_progress(progress, "send"))
-        result = _run(_send(args, code, progress, common))
+        result = _run(_send(args, code, _options(args, progress=progress,
+                                                 compress=args.compress)))
     else:
-        result = _receive(args, code, common)
+        result = _receive(args, code)
     if not args.json and sys.stderr.isatty():
         verb = "Sent" if args.command == "send" else "Received"
         print(f"{verb} {len(result.files)} file(s), {result.bytes:,} bytes in "
@@ -265,8 +262,21 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send(args: argparse.Namespace, code: str, progress: Any,
-          common: dict[str, Any]) -> Coroutine[Any, Any, Any]:
+def _options(args: argparse.Namespace, **side: Any) -> Any:
+    """The one Options object of a send or receive: the flags both commands share, and
+    ``side``'s own. Every entry point the command may call takes all of them."""
+    from ..peer.options import Options
+
+    token = args.relay_token or os.environ.get(RELAY_TOKEN_ENV) or None
+    common: dict[str, Any] = dict(cafile=args.cafile, wait_timeout=args.wait_timeout,
+                                  encrypt=not args.no_encrypt, relay_token=token,
+                                  idle_timeout=args.idle_timeout)
+    if args.reconnect_timeout is not None:
+        common["reconnect_timeout"] = args.reconnect_timeout
+    return Options(**common, **side)
+
+
+def _send(args: argparse.Namespace, code: str, options: Any) -> Coroutine[Any, Any, Any]:
     """The send coroutine for what the arguments name: files, standard input or a text."""
     from ..peer import api
 
@@ -275,7 +285,7 @@ def _send(args: argparse.Namespace, code: str, progress: Any,
         if files:
             raise UsageError("Give either FILEs or --text, not both.")
         return api.send_text(args.server, code, args.text, name=args.name or "text.txt",
-                             progress=progress, **common)
+                             options=options)
     if not files:
         raise UsageError("Nothing to send: give files or folders, '-' for standard input, "
                          "or --text TEXT.")
@@ -283,15 +293,14 @@ def _send(args: argparse.Namespace, code: str, progress: Any,
         if len(files) > 1:
             raise UsageError("'-' (standard input) is sent on its own, without other FILEs.")
         return api.send_stream(args.server, code, sys.stdin.buffer, name=args.name or "stdin",
-                               progress=progress, compress=args.compress, **common)
+                               options=options)
     if args.name is not None:
         raise UsageError("--name names standard input ('-') or a --text; files keep their "
                          "own names.")
-    return api.send(args.server, code, files, progress=progress, compress=args.compress,
-                    **common)
+    return api.send(args.server, code, files, options=options)
 
 
-def _receive(args: argparse.Namespace, code: str, common: dict[str, Any]) -> Any:
+def _receive(args: argparse.Namespace, code: str) -> Any:
     """Receive files into --out, a single file or stream to stdout, or a text to print."""
     from ..peer import api
 
@@ -308,11 +317,12 @@ def _receive(args: argparse.Namespace, code: str, common: dict[str, Any]) -> Any
     if not (args.yes or isinstance(progress, JsonProgress)) and is_terminal(sys.stdin) \
             and is_terminal(sys.stderr):
         progress = _AskOnTerminal(progress, args.out).display()
+    side: dict[str, Any] = dict(progress=progress, overwrite=args.overwrite,
+                                policy=_policy(args))
     if args.max_text is not None:
-        common["max_text_bytes"] = args.max_text
+        side["max_memory"] = args.max_text
     result, text = _run(api.receive_any(args.server, code, args.out, out=out,
-                                        overwrite=args.overwrite, progress=progress,
-                                        policy=_policy(args), **common))
+                                        options=_options(args, **side)))
     if text is not None:
         _print_text(text)
     return result

@@ -62,7 +62,7 @@ class Progress(Protocol):
 
         Show it, and return None if nobody can be asked (the receiver's policy then
         decides: see policy.check_offer), or an awaitable of the person's answer. The
-        sender waits for the answer: see api.OFFER_TIMEOUT. Optional: a display without
+        sender waits for the answer: see peer/session.py OFFER_TIMEOUT. Optional: a display without
         it is treated as returning None. Not called on a reconnect that offers the same.
         """
 

@@ -9,27 +9,43 @@ learns what happens by standing between the transfer and its display.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
-from typing import Any, Literal
+import dataclasses
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast
 
-from ..display.progress import Progress, ProgressKind, make_progress
+from ..display.progress import Progress
 from ..errors import CancelledError, UsageError
-from ..protocol.compression import ChooserMode
 from ..protocol.messages import Role
-from ..protocol.policy import OfferSummary, ReceivePolicy
+from ..protocol.policy import OfferSummary
 from ..results import FileResult, TransferResult
 from . import api
-from .reconnect import IDLE_TIMEOUT
+from .blocking import split_display
+from .options import EntryPoint
 
-__all__ = ["Transfer", "Status", "start_send", "start_receive"]
+__all__ = [
+    "Transfer",
+    "Status",
+    "background_twin",
+    "start_send",
+    "start_receive",
+    "start_send_stream",
+    "start_receive_stream",
+    "start_send_text",
+    "start_receive_text",
+    "start_send_object",
+    "start_receive_object",
+]
 
 Status = Literal["waiting", "transferring", "reconnecting", "verifying", "done", "failed",
                  "cancelled"]
 
+T = TypeVar("T")
+P = ParamSpec("P")
+
 # The loop keeps only weak references to tasks: a handle the caller drops must not
 # take its transfer with it to the garbage collector.
-_RUNNING: set[asyncio.Task[TransferResult]] = set()
+_RUNNING: set[asyncio.Task[Any]] = set()
 
 
 def _optional(display: object, name: str, *args: object) -> None:
@@ -98,16 +114,17 @@ class _Tracker:
         self.inner.failed(error)
 
 
-class Transfer:
+class Transfer(Generic[T]):
     """A send or receive running as a task in the loop that started it.
 
-    ``await t`` gives the TransferResult or raises the transfer's error; a cancelled
+    ``await t`` gives the transfer's result (a TransferResult; the object or text for
+    start_receive_object and start_receive_text) or raises the transfer's error; a cancelled
     transfer raises p2p_copy.CancelledError, however early it was cancelled. Cancelling
     the task that awaits ``t`` cancels the transfer too, as with any task.
     """
 
     def __init__(
-        self, role: Role, work: Coroutine[Any, Any, TransferResult], tracker: _Tracker
+        self, role: Role, work: Coroutine[Any, Any, T], tracker: _Tracker
     ) -> None:
         self.role: Role = role
         self._tracker = tracker
@@ -116,7 +133,7 @@ class Transfer:
         _RUNNING.add(self._task)
         self._task.add_done_callback(self._settle)
 
-    def _settle(self, task: asyncio.Task[TransferResult]) -> None:
+    def _settle(self, task: asyncio.Task[T]) -> None:
         _RUNNING.discard(task)
         # Retrieving the error here spares a caller who never awaits the handle asyncio's
         # "Task exception was never retrieved"; exception() still returns it.
@@ -155,7 +172,7 @@ class Transfer:
         return self._tracker.inner
 
     @property
-    def task(self) -> asyncio.Task[TransferResult]:
+    def task(self) -> asyncio.Task[T]:
         """The asyncio task, for asyncio.wait and friends."""
         return self._task
 
@@ -168,13 +185,13 @@ class Transfer:
         return self._task.done()
 
     def cancel(self) -> bool:
-        """Stop the transfer: the peer is told and nothing partial is kept.
-
-        False if it had already ended.
+        """Stop the transfer: the peer is told; a receiver keeps the files that arrived in
+        part, hidden as ``.NAME.p2p-copy-part``, so that the same receive run again
+        continues them. False if it had already ended.
         """
         return self._task.cancel()
 
-    def result(self) -> TransferResult:
+    def result(self) -> T:
         """The result, or the transfer's error raised; InvalidStateError while it runs."""
         error = self.exception()
         if error is not None:
@@ -187,10 +204,10 @@ class Transfer:
             raise asyncio.InvalidStateError("The transfer has not finished yet: await it.")
         return self._final_error()
 
-    def __await__(self) -> Generator[Any, None, TransferResult]:
+    def __await__(self) -> Generator[Any, None, T]:
         return self._outcome().__await__()
 
-    async def _outcome(self) -> TransferResult:
+    async def _outcome(self) -> T:
         me = asyncio.current_task()
         before = me.cancelling() if me is not None else 0
         try:
@@ -255,50 +272,40 @@ def _running_loop(name: str, twin: str) -> None:
         ) from None
 
 
-def start_send(
-    server: str,
-    code: str | None,
-    paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
-    *,
-    cafile: str | None = None,
-    progress: ProgressKind | Progress | None = None,
-    wait_timeout: float | None = None,
-    chunk_size: int = api.DEFAULT_CHUNK_SIZE,
-    encrypt: bool = True,
-    relay_token: str | None = None,
-    reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
-    idle_timeout: float = IDLE_TIMEOUT,
-    compress: ChooserMode = "auto",
-) -> Transfer:
-    """Start ``p2p_copy.send(...)`` in the background of the running loop; return its handle."""
-    _running_loop("start_send", "send_blocking")
-    tracker = _Tracker(make_progress(progress, "send"))
-    work = api.send(server, code, paths, cafile=cafile, progress=tracker,
-                    wait_timeout=wait_timeout, chunk_size=chunk_size, encrypt=encrypt,
-                    relay_token=relay_token, reconnect_timeout=reconnect_timeout,
-                    compress=compress, idle_timeout=idle_timeout)
-    return Transfer("sender", work, tracker)
+def background_twin(entry: EntryPoint, coroutine: Callable[P, Coroutine[Any, Any, T]],
+                    side: Literal["send", "receive"]) -> Callable[P, Transfer[T]]:
+    """``coroutine`` started in the background of the running loop: the same arguments,
+    and it returns a Transfer handle at once."""
+    blocking = f"{entry}_blocking"
+
+    @functools.wraps(coroutine)
+    def twin(*args: P.args, **kwargs: P.kwargs) -> Transfer[T]:
+        _running_loop(twin.__name__, blocking)
+        options, rest = split_display(entry, side, kwargs)
+        tracker = _Tracker(cast(Progress, options.progress))
+        call = cast(Callable[..., Coroutine[Any, Any, T]], coroutine)
+        work = call(*args, **rest, options=dataclasses.replace(options, progress=tracker))
+        return Transfer("sender" if side == "send" else "receiver", work, tracker)
+
+    twin.__name__ = twin.__qualname__ = _START_NAMES[entry]
+    twin.__doc__ = (f"Start ``p2p_copy.{entry}(...)`` in the background of the running loop; "
+                    f"return its handle (await it for the result).\n\n{coroutine.__doc__ or ''}")
+    return twin
 
 
-def start_receive(
-    server: str,
-    code: str,
-    dest: str | os.PathLike[str] = ".",
-    *,
-    overwrite: bool = False,
-    cafile: str | None = None,
-    progress: ProgressKind | Progress | None = None,
-    wait_timeout: float | None = None,
-    encrypt: bool = True,
-    relay_token: str | None = None,
-    policy: ReceivePolicy | None = None,
-    reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
-) -> Transfer:
-    """Start ``p2p_copy.receive(...)`` in the background of the running loop; return its handle."""
-    _running_loop("start_receive", "receive_blocking")
-    tracker = _Tracker(make_progress(progress, "receive"))
-    work = api.receive(server, code, dest, overwrite=overwrite, cafile=cafile,
-                       progress=tracker, wait_timeout=wait_timeout, encrypt=encrypt,
-                       relay_token=relay_token, policy=policy,
-                       reconnect_timeout=reconnect_timeout)
-    return Transfer("receiver", work, tracker)
+#: start_send and start_receive came first; the others follow their pattern.
+_START_NAMES: dict[EntryPoint, str] = {
+    "send": "start_send", "receive": "start_receive",
+    "send_stream": "start_send_stream", "receive_stream": "start_receive_stream",
+    "send_text": "start_send_text", "receive_text": "start_receive_text",
+    "send_object": "start_send_object", "receive_object": "start_receive_object",
+}
+
+start_send = background_twin("send", *api.ENTRY_POINTS["send"])
+start_receive = background_twin("receive", *api.ENTRY_POINTS["receive"])
+start_send_stream = background_twin("send_stream", *api.ENTRY_POINTS["send_stream"])
+start_receive_stream = background_twin("receive_stream", *api.ENTRY_POINTS["receive_stream"])
+start_send_text = background_twin("send_text", *api.ENTRY_POINTS["send_text"])
+start_receive_text = background_twin("receive_text", *api.ENTRY_POINTS["receive_text"])
+start_send_object = background_twin("send_object", *api.ENTRY_POINTS["send_object"])
+start_receive_object = background_twin("receive_object", *api.ENTRY_POINTS["receive_object"])

@@ -4,35 +4,39 @@ Each call runs the coroutine on a private event loop in a worker thread and wait
 the thread. The calling thread's own loop, if it runs one (a Jupyter kernel, a loop that
 nest_asyncio patched), is never touched, only blocked: so the relay and the peer must not
 run on that loop. Ctrl-C while waiting cancels the transfer as a Cancel button would (the
-peer is told, nothing partial is kept), waits a moment for that (a second Ctrl-C stops
-the wait), and raises KeyboardInterrupt.
+peer is told; a receiver keeps its partial files, hidden, for a later run to resume),
+waits a moment for that (a second Ctrl-C stops the wait), and raises KeyboardInterrupt.
+
+Every public coroutine has its twin here, made from api.ENTRY_POINTS by blocking_twin().
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import dataclasses
+import functools
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast
 
-from ..display.progress import Progress, ProgressKind, make_progress
+from ..display.progress import make_progress
 from ..errors import CancelledError
-from ..protocol.compression import ChooserMode
-from ..protocol.policy import ReceivePolicy
-from ..results import TransferResult
-from ..storage.streams import MEMORY_LIMIT
 from . import api
-from .reconnect import IDLE_TIMEOUT
+from .options import EntryPoint, OptionFields, Options, resolve
 
 __all__ = [
+    "CANCEL_GRACE",
+    "blocking_twin",
     "send_blocking",
     "receive_blocking",
+    "send_stream_blocking",
+    "receive_stream_blocking",
+    "send_text_blocking",
+    "receive_text_blocking",
     "send_object_blocking",
     "receive_object_blocking",
-    "CANCEL_GRACE",
 ]
 
 #: Seconds a cancelled transfer gets to tidy up. Removing partial files and telling the
@@ -43,6 +47,7 @@ CANCEL_GRACE = 5.0
 _POLL = 0.2
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class _Worker(Generic[T]):
@@ -143,92 +148,39 @@ def _run(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return worker.outcome()
 
 
-def send_blocking(
-    server: str,
-    code: str | None,
-    paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
-    *,
-    cafile: str | None = None,
-    progress: ProgressKind | Progress | None = None,
-    wait_timeout: float | None = None,
-    chunk_size: int = api.DEFAULT_CHUNK_SIZE,
-    encrypt: bool = True,
-    relay_token: str | None = None,
-    reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
-    idle_timeout: float = IDLE_TIMEOUT,
-    compress: ChooserMode = "auto",
-) -> TransferResult:
-    """``p2p_copy.send(...)`` for code that does not await: returns when the transfer ends."""
-    display = make_progress(progress, "send")  # here: a widget belongs to the caller's thread
-    return _run(lambda: api.send(server, code, paths, cafile=cafile, progress=display,
-                                 wait_timeout=wait_timeout, chunk_size=chunk_size,
-                                 encrypt=encrypt, relay_token=relay_token,
-                                 reconnect_timeout=reconnect_timeout, compress=compress,
-                                 idle_timeout=idle_timeout))
+def blocking_twin(entry: EntryPoint, coroutine: Callable[P, Coroutine[Any, Any, T]],
+                  side: Literal["send", "receive"]) -> Callable[P, T]:
+    """``coroutine`` for code that does not await: the same arguments, and it returns when
+    the transfer ends. The display is made here, in the caller's thread (a widget belongs
+    to it), and the transfer runs on a private loop in a worker thread."""
+
+    @functools.wraps(coroutine)
+    def twin(*args: P.args, **kwargs: P.kwargs) -> T:
+        options, rest = split_display(entry, side, kwargs)
+        call = cast(Callable[..., Coroutine[Any, Any, T]], coroutine)
+        return _run(lambda: call(*args, **rest, options=options))
+
+    twin.__name__ = twin.__qualname__ = f"{entry}_blocking"
+    twin.__doc__ = (f"``p2p_copy.{entry}(...)`` for code that does not await: returns when "
+                    f"the transfer ends.\n\n{coroutine.__doc__ or ''}")
+    return twin
 
 
-def receive_blocking(
-    server: str,
-    code: str,
-    dest: str | os.PathLike[str] = ".",
-    *,
-    overwrite: bool = False,
-    cafile: str | None = None,
-    progress: ProgressKind | Progress | None = None,
-    wait_timeout: float | None = None,
-    encrypt: bool = True,
-    relay_token: str | None = None,
-    policy: ReceivePolicy | None = None,
-    reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
-) -> TransferResult:
-    """``p2p_copy.receive(...)`` for code that does not await: returns when the transfer ends."""
-    display = make_progress(progress, "receive")
-    return _run(lambda: api.receive(server, code, dest, overwrite=overwrite, cafile=cafile,
-                                    progress=display, wait_timeout=wait_timeout,
-                                    encrypt=encrypt, relay_token=relay_token, policy=policy,
-                                    reconnect_timeout=reconnect_timeout))
+def split_display(entry: EntryPoint, side: Literal["send", "receive"],
+                  kwargs: Mapping[str, Any]) -> tuple[Options, dict[str, Any]]:
+    """The options of a call (with its display made now) and its other keywords."""
+    fields = OptionFields.__annotations__
+    options = resolve(entry, kwargs.get("options"),
+                      {k: v for k, v in kwargs.items() if k in fields})
+    rest = {k: v for k, v in kwargs.items() if k not in fields and k != "options"}
+    return dataclasses.replace(options, progress=make_progress(options.progress, side)), rest
 
 
-def send_object_blocking(
-    server: str,
-    code: str | None,
-    obj: object,
-    *,
-    name: str | None = None,
-    cafile: str | None = None,
-    progress: ProgressKind | Progress | None = None,
-    wait_timeout: float | None = None,
-    chunk_size: int = api.DEFAULT_CHUNK_SIZE,
-    encrypt: bool = True,
-    relay_token: str | None = None,
-    reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
-    idle_timeout: float = IDLE_TIMEOUT,
-) -> TransferResult:
-    """``p2p_copy.send_object(...)`` for code that does not await."""
-    display = make_progress(progress, "send")
-    return _run(lambda: api.send_object(server, code, obj, name=name, cafile=cafile,
-                                        progress=display, wait_timeout=wait_timeout,
-                                        chunk_size=chunk_size, encrypt=encrypt,
-                                        relay_token=relay_token,
-                                        reconnect_timeout=reconnect_timeout,
-                                        idle_timeout=idle_timeout))
-
-
-def receive_object_blocking(
-    server: str,
-    code: str,
-    *,
-    max_bytes: int | None = MEMORY_LIMIT,
-    cafile: str | None = None,
-    progress: ProgressKind | Progress | None = None,
-    wait_timeout: float | None = None,
-    encrypt: bool = True,
-    relay_token: str | None = None,
-    reconnect_timeout: float = api.DEFAULT_RECONNECT_TIMEOUT,
-) -> object:
-    """``p2p_copy.receive_object(...)`` for code that does not await."""
-    display = make_progress(progress, "receive")
-    return _run(lambda: api.receive_object(server, code, max_bytes=max_bytes, cafile=cafile,
-                                           progress=display, wait_timeout=wait_timeout,
-                                           encrypt=encrypt, relay_token=relay_token,
-                                           reconnect_timeout=reconnect_timeout))
+send_blocking = blocking_twin("send", *api.ENTRY_POINTS["send"])
+receive_blocking = blocking_twin("receive", *api.ENTRY_POINTS["receive"])
+send_stream_blocking = blocking_twin("send_stream", *api.ENTRY_POINTS["send_stream"])
+receive_stream_blocking = blocking_twin("receive_stream", *api.ENTRY_POINTS["receive_stream"])
+send_text_blocking = blocking_twin("send_text", *api.ENTRY_POINTS["send_text"])
+receive_text_blocking = blocking_twin("receive_text", *api.ENTRY_POINTS["receive_text"])
+send_object_blocking = blocking_twin("send_object", *api.ENTRY_POINTS["send_object"])
+receive_object_blocking = blocking_twin("receive_object", *api.ENTRY_POINTS["receive_object"])
