@@ -1,0 +1,1 @@
+"""The benchmark behind ``python benchmarks/bench.py`` (see benchmarks/README.md)."""
