@@ -36,6 +36,8 @@ def git_short_hash() -> str:
         if not head.startswith("ref:"):
             return head[:10]
         ref = head.split(":", 1)[1].strip()
+        if (git / "commondir").is_file():  # a worktree's branches live in the main .git
+            git = (git / (git / "commondir").read_text().strip()).resolve()
         if (git / ref).is_file():
             return (git / ref).read_text().strip()[:10]
         for line in (git / "packed-refs").read_text().splitlines():
