@@ -1,0 +1,202 @@
+"""Ours: this repository's package, measured as a user gets it (installed non-editable
+from the working tree into .cache/ours-venv), or with --no-install from the current
+interpreter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import CACHE, OURS_STAMP, OURS_VENV, REPO, SCRIPT
+from .measure import free_port, wait_listening
+from .tools import RelaySet, Tool, clean_env, ensure_venv, isolated_env, venv_lock
+
+if TYPE_CHECKING:
+    from .cases import Bench
+
+
+def _our_cli() -> list[str]:
+    script = Path(sys.executable).parent / "p2p-copy"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "p2p_copy"]
+
+
+def git_short_hash() -> str:
+    """The checked-out commit (read from .git without running git), or ""."""
+    try:
+        git = REPO / ".git"
+        if git.is_file():  # a worktree: "gitdir: PATH"
+            git = (REPO / git.read_text().split(":", 1)[1].strip()).resolve()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head[:10]
+        ref = head.split(":", 1)[1].strip()
+        if (git / "commondir").is_file():  # a worktree's branches live in the main .git
+            git = (git / (git / "commondir").read_text().strip()).resolve()
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()[:10]
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0][:10]
+    except (OSError, IndexError):
+        pass
+    return ""
+
+
+def source_digest(tree: Path) -> str:
+    """SHA-256 over pyproject.toml and every file under p2p_copy/ (names and contents;
+    bytecode caches left out)."""
+    h = hashlib.sha256()
+    files = [tree / "pyproject.toml", *sorted(
+        f for f in (tree / "p2p_copy").rglob("*")
+        if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc")]
+    for f in files:
+        h.update(f.relative_to(tree).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def snapshot_tree(dest: Path) -> Path:
+    """A copy of what the package is built from (pyproject.toml, README.md, p2p_copy/), so
+    that pip builds from a fixed snapshot and writes no build/ into the working tree."""
+    dest.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        if (REPO / name).is_file():
+            shutil.copy2(REPO / name, dest / name)
+    shutil.copytree(REPO / "p2p_copy", dest / "p2p_copy",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
+def _pip(python: Path, *args: str, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(python), "-m", "pip", *args], capture_output=True, text=True,
+        cwd=CACHE, env=isolated_env(Path("/tmp")), timeout=timeout)
+
+
+def ensure_ours_venv() -> tuple[str, str]:
+    """OURS_VENV holding the working tree's package, installed non-editable like a user's
+    ``pip install p2p-copy`` (dependencies from the package index). Our package is
+    reinstalled (--no-deps --force-reinstall) only when pyproject.toml or p2p_copy/
+    changed. Returns (source digest, installed version)."""
+    python = OURS_VENV / "bin" / "python"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ours-src-", dir=CACHE) as tmp:
+        src = snapshot_tree(Path(tmp) / "p2p-copy")
+        digest = source_digest(src)
+        fresh = ensure_venv(OURS_VENV, [str(src)], "p2p-copy", None, False)
+        stamp = OURS_VENV / OURS_STAMP
+        with venv_lock(OURS_VENV):
+            old = stamp.read_text().strip() if stamp.is_file() else ""
+            if fresh or old != digest:
+                if not fresh:
+                    print(f"  reinstalling p2p-copy from the working tree into {OURS_VENV} ...",
+                          flush=True)
+                    run = _pip(python, "install", "--quiet", "--no-input", "--no-deps",
+                               "--force-reinstall", str(src))
+                    if run.returncode == 0 and _pip(python, "check").returncode != 0:
+                        # pyproject.toml gained a dependency: let pip fetch what is missing.
+                        run = _pip(python, "install", "--quiet", "--no-input", str(src))
+                    if run.returncode != 0:
+                        stamp.unlink(missing_ok=True)
+                        tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-5:])
+                        raise RuntimeError(f"pip install {src} into {OURS_VENV} failed: {tail}")
+                # pip compiles bytecode when it installs; make sure (a missing __pycache__
+                # would cost every process ~0.1 s of compiling).
+                for pkg in OURS_VENV.glob("lib/python*/site-packages/p2p_copy"):
+                    sources = {f.stem for f in pkg.glob("*.py")}
+                    compiled = {f.name.split(".")[0] for f in pkg.glob("__pycache__/*.pyc")}
+                    if not sources <= compiled:
+                        subprocess.run([str(python), "-m", "compileall", "-q", str(pkg)],
+                                       capture_output=True, timeout=120, cwd=CACHE,
+                                       env=isolated_env(Path("/tmp")))
+                stamp.write_text(digest + "\n")
+    out = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('p2p-copy'))"],
+        capture_output=True, text=True, timeout=60, env=isolated_env(Path("/tmp")), cwd=OURS_VENV)
+    if out.returncode != 0:
+        raise RuntimeError(f"{OURS_VENV}: p2p-copy not importable: {out.stderr.strip()[-300:]}")
+    return digest, out.stdout.strip()
+
+
+class Ours(Tool):
+    name = "ours"
+    label = "p2p-copy (this repo)"
+
+    def __init__(self, bench: Bench) -> None:
+        super().__init__(bench)
+        self.venv = not bench.args.no_install
+        commands = ("run-relay-server 127.0.0.1 PORT --no-tls; send ws://127.0.0.1:PORT CODE "
+                    "PATH; receive ws://127.0.0.1:PORT CODE --out DIR (default settings; "
+                    "pairs: N p2p_copy.send()/receive() coroutines in one sender and one "
+                    "receiver process")
+        if self.venv:
+            self.python = str(OURS_VENV / "bin" / "python")
+            self.cli = [str(OURS_VENV / "bin" / "p2p-copy")]
+            commit = git_short_hash()
+            try:
+                digest, version = ensure_ours_venv()
+                self.version = (f"p2p-copy {version} in {OURS_VENV}, installed from the working "
+                                f"tree at {commit or 'an unknown commit'} (sources sha256 "
+                                f"{digest[:12]})")
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                self.available, self.reason = False, str(exc)[-500:]
+            self.description = (
+                f"{self.cli[0]} {commands}, run with {self.python}); the working tree "
+                f"(pyproject.toml, README.md, p2p_copy/ at {commit or '?'} plus any uncommitted "
+                f"changes) installed non-editable with pip into its own virtualenv {OURS_VENV} "
+                "(python -m venv, no system site-packages, dependencies from the package "
+                "index, bytecode compiled by pip), reinstalled only when the sources' SHA-256 "
+                "changes; run from the venv directory with PYTHONPATH etc. removed, like seed"
+            )
+            return
+        # --no-install: the current interpreter's install (today's editable one).
+        self.python = sys.executable
+        self.cli = _our_cli()
+        probe = subprocess.run(
+            [sys.executable, "-c", "import p2p_copy; print(p2p_copy.__version__, "
+             "p2p_copy.__file__)"], capture_output=True, text=True, timeout=60,
+            env=clean_env(Path("/tmp")), cwd=REPO)
+        if probe.returncode != 0:
+            self.available, self.reason = False, probe.stderr.strip()[-500:]
+        self.version = probe.stdout.strip() + " (--no-install: the current interpreter's install)"
+        # pip compiles a package's bytecode when it installs it (the seed's and
+        # magic-wormhole's venvs have theirs); an editable install under
+        # PYTHONDONTWRITEBYTECODE never gets it and would compile ~0.1 s of source at
+        # every start. Compile once, like an install would.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "p2p_copy")],
+                       capture_output=True, timeout=120, cwd=REPO)
+        self.description = (
+            f"{' '.join(self.cli)} {commands}); --no-install was given, so NOT the clean "
+            f"venv {OURS_VENV}: the console script next to {sys.executable} (whatever install "
+            "it has, e.g. editable, with its site-packages' .pth files paid at every start), "
+            "bytecode compiled with compileall"
+        )
+
+    def env(self, tmp: Path) -> dict[str, str]:
+        return isolated_env(tmp) if self.venv else clean_env(tmp)
+
+    def cwd(self, work: Path) -> Path:
+        # From the venv directory, so that the repository's p2p_copy can never be imported.
+        return OURS_VENV if self.venv else work
+
+    def start_relay(self, work: Path, case: str) -> RelaySet:
+        port = free_port()
+        relay = self.bench.proc(
+            "relay", [*self.cli, "run-relay-server", "127.0.0.1", str(port), "--no-tls",
+                      "--log-level", "WARNING"], self.cwd(work), self.env(self.bench.tmp))
+        wait_listening(port, [relay])
+        return RelaySet(relay, ports={"relay": port}, url=f"ws://127.0.0.1:{port}")
+
+    def commands(self, relays: RelaySet, code: str, src: Path,
+                 out: Path, case: str) -> tuple[list[str], list[str]]:
+        return ([*self.cli, "send", relays.url, code, str(src)],
+                [*self.cli, "receive", relays.url, code, "--out", str(out)])
+
+    def pairs_client(self) -> list[str]:
+        return [self.python, SCRIPT, "_pairs-client", "--impl", "ours"]
