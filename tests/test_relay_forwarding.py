@@ -232,6 +232,9 @@ class _Server:
     async def handler(self, connection: object) -> None:
         pass
 
+    def start_connection_handler(self, connection: object) -> None:
+        """websockets 16 starts the handler through this (17: handler, handler_tasks)."""
+
 
 def _open_connection() -> tuple[ForwardingConnection, _Transport]:
     protocol = ServerProtocol()

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -696,3 +698,25 @@ async def test_per_address_bookkeeping_forgets_closed_addresses() -> None:
             assert await http_status(relay.url, source=f"127.0.1.{i}") == 101
         await wait_until(lambda: relay.admission.connections == 0)
         assert len(relay.admission) == 0
+
+
+def test_cli_defaults_are_relay_config_defaults() -> None:
+    """run-relay-server without options builds RelayConfig() itself, and its help shows
+    every option's default: the CLI restates no default of its own."""
+    from p2p_copy.cli.commands import _RELAY_LIMITS, _RELAY_OPTIONS
+
+    args = build_parser().parse_args(["run-relay-server", "127.0.0.1", "0", "--no-tls"])
+    assert RelayConfig(**_relay_limits(args)) == RelayConfig()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args(["run-relay-server", "--help"])
+    # One entry per option: its name, then its help, rewrapped onto one line.
+    entries = {entry.split()[0]: " ".join(entry.split())
+               for entry in re.split(r"\n  (?=--)", out.getvalue())[1:]}
+    defaults = RelayConfig()
+    for name, _, _ in (*_RELAY_OPTIONS, *_RELAY_LIMITS):
+        value = getattr(defaults, name)
+        shown = (f"{value:g}" if isinstance(value, float)
+                 else ",".join(value) if isinstance(value, tuple) else str(value))
+        entry = entries[f"--{name.replace('_', '-')}"]
+        assert re.search(rf"(default|here) {re.escape(shown)}\b", entry), (name, entry)

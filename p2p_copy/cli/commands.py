@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import re
 import signal
@@ -178,20 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument("--certfile", help="TLS certificate chain (PEM)")
     relay.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
     relay.add_argument("--no-tls", action="store_true", help="serve plain ws:// (local use only)")
-    relay.add_argument("--hello-timeout", type=float, default=10.0, metavar="SECONDS")
-    relay.add_argument("--peer-timeout", type=float, default=600.0, metavar="SECONDS",
-                       help="how long a peer may wait for its partner (default 600)")
-    relay.add_argument("--max-message-size", type=int, default=2**21, metavar="BYTES")
-    relay.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
-                       help="on SIGTERM, how long running pairs may finish before they are "
-                       "closed with 4005 (default 60)")
     relay.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     relay.add_argument("--log-json", action="store_true",
                        help="log one JSON object per line (never codes or code hashes)")
-    relay.add_argument("--log-addresses", choices=ADDRESS_MODES, default="blur",
-                       help="peer addresses in logs: full, blur (/24 or /48, default) or none")
-    _relay_limit_options(relay)
+    _relay_config_options(relay)
 
     demo = sub.add_parser("demo", help="start a local relay and copy a sample folder through it")
     demo.add_argument("--size", type=int, default=64, metavar="MIB",
@@ -400,55 +390,85 @@ def _print_text(text: str) -> None:
     print("\n".join(display_name(line) for line in text.split("\n")))
 
 
-def _relay_limit_options(relay: argparse.ArgumentParser) -> None:
-    """The relay's limits (server/README.md explains each); 0 turns a cap off."""
+#: run-relay-server's options that set a RelayConfig field: the field, its metavar and its
+#: help (server/README.md explains each limit). Each option's default is the field's
+#: default and the help shows it, at the end or where "{default}" stands: nothing here
+#: restates a value.
+_RELAY_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("hello_timeout", "SECONDS", "how long a new connection has to send its hello"),
+    ("peer_timeout", "SECONDS", "how long a peer may wait for its partner"),
+    ("max_message_size", "BYTES", "the largest message a peer may send"),
+    ("drain_timeout", "SECONDS",
+     "on SIGTERM, how long running pairs may finish before they are closed with 4005"),
+    ("log_addresses", "MODE",
+     "peer addresses in logs: full, blur (their /24 or /48) or none"),
+)
+_RELAY_LIMITS: tuple[tuple[str, str, str], ...] = (
+    ("max_connections", "N",
+     "open connections in all; over it, handshakes get HTTP 503 (default: the open-file "
+     "limit minus 100, here {default})"),
+    ("max_connections_per_address", "N",
+     "open connections from one address or IPv6 /64, hello or not; over it, HTTP 429"),
+    ("max_waiting", "N", "peers waiting for a partner, in all; over it, close 4007"),
+    ("max_waiting_per_address", "N", "peers waiting from one address; over it, close 4007"),
+    ("max_connections_per_network", "N",
+     "open connections from one IPv6 /48 or IPv4 /24; over it, HTTP 429"),
+    ("max_waiting_per_network", "N",
+     "peers waiting from one IPv6 /48 or IPv4 /24; over it, close 4007"),
+    ("max_queued_bytes", "BYTES",
+     "bytes held for peers in all connections; over it, close 4009 (default: a quarter "
+     "of the memory, 64 MiB to 1 GiB, here {default})"),
+    ("max_pairs", "N", "pairs relaying at once; over it, close 4007"),
+    ("join_rate", "N",
+     "connections one address may open per --join-window; over it, close 4006"),
+    ("join_window", "SECONDS", "the window of --join-rate"),
+    ("max_pair_bytes", "BYTES",
+     "bytes a pair may forward, both directions (0: no limit); over it, close 4008 to both"),
+    ("max_pair_seconds", "SECONDS",
+     "how long a pair may relay (0: no limit); then close 4008 to both"),
+    ("trusted_proxies", "LIST",
+     "comma-separated addresses or networks whose X-Forwarded-For names the client "
+     "('' for none)"),
+    ("exempt_addresses", "LIST",
+     "comma-separated addresses or networks with no per-address limits ('' for none)"),
+)
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    """A comma-separated list of addresses or networks (argparse type)."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _add_config_options(group: Any, table: tuple[tuple[str, str, str], ...],
+                        defaults: Any) -> None:
+    """An option per RelayConfig field in ``table``, with the field's default in its help."""
+    for name, metavar, text in table:
+        default = getattr(defaults, name)
+        kind: Any = type(default)
+        extra: dict[str, Any] = {}
+        if isinstance(default, tuple):
+            kind, default = _networks, ",".join(default)
+        elif name == "log_addresses":
+            extra["choices"] = ADDRESS_MODES
+        shown = f"{default:g}" if isinstance(default, float) else str(default) or "''"
+        # Computed defaults (from the machine) say how, in the text; the others at the end.
+        text = text.format(default=shown) if "{default}" in text else f"{text} (default {shown})"
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
+                           metavar=metavar, help=text.replace("%", "%%"), **extra)
+
+
+def _relay_config_options(relay: argparse.ArgumentParser) -> None:
+    """The options that make the relay's RelayConfig; 0 turns a cap off."""
     from ..relay.server import RelayConfig  # its defaults, not restated here
 
-    defaults = {f.name: f.default for f in dataclasses.fields(RelayConfig)}
+    defaults = RelayConfig()
+    _add_config_options(relay, _RELAY_OPTIONS, defaults)
     limits = relay.add_argument_group("limits (0 turns a cap off)")
-    add = limits.add_argument
-    add("--max-connections", type=int, metavar="N",
-        help="open connections in all; over it, handshakes get HTTP 503 "
-        "(default: the open-file limit minus 100)")
-    add("--max-connections-per-address", type=int, default=64, metavar="N",
-        help="open connections from one address or IPv6 /64, hello or not; over it, "
-        "HTTP 429 (default 64)")
-    add("--max-waiting", type=int, default=10_000, metavar="N",
-        help="peers waiting for a partner, in all (default 10000; over it, close 4007)")
-    add("--max-waiting-per-address", type=int, default=32, metavar="N",
-        help="peers waiting from one address (default 32; over it, close 4007)")
-    add("--max-connections-per-network", type=int, metavar="N",
-        default=defaults["max_connections_per_network"],
-        help="open connections from one IPv6 /48 or IPv4 /24; over it, HTTP 429 "
-        "(default %(default)s)")
-    add("--max-waiting-per-network", type=int, metavar="N",
-        default=defaults["max_waiting_per_network"],
-        help="peers waiting from one IPv6 /48 or IPv4 /24 (default %(default)s; "
-        "over it, close 4007)")
-    add("--max-queued-bytes", type=int, metavar="BYTES",
-        help="bytes held for peers in all connections; over it, close 4009 "
-        "(default: a quarter of the memory, 64 MiB to 1 GiB)")
-    add("--max-pairs", type=int, default=10_000, metavar="N",
-        help="pairs relaying at once (default 10000; over it, close 4007)")
-    add("--join-rate", type=int, default=30, metavar="N",
-        help="connections one address may open per --join-window (default 30; "
-        "over it, close 4006)")
-    add("--join-window", type=float, default=10.0, metavar="SECONDS",
-        help="the window of --join-rate (default 10)")
-    add("--max-pair-bytes", type=int, default=0, metavar="BYTES",
-        help="bytes a pair may forward, both directions (default 0: no limit; "
-        "over it, close 4008 to both)")
-    add("--max-pair-seconds", type=float, default=0.0, metavar="SECONDS",
-        help="how long a pair may relay (default 0: no limit; then close 4008 to both)")
-    add("--access-token-file", metavar="FILE",
+    _add_config_options(limits, _RELAY_LIMITS, defaults)
+    limits.add_argument(
+        "--access-token-file", metavar="FILE",
         help="make the relay private: clients must send one of the tokens in FILE (one per "
         "line) as 'Authorization: Bearer TOKEN'; others get HTTP 401")
-    add("--trusted-proxies", default="127.0.0.1,::1", metavar="LIST",
-        help="comma-separated addresses or networks whose X-Forwarded-For names the client "
-        "(default 127.0.0.1,::1; '' for none)")
-    add("--exempt-addresses", default="127.0.0.1,::1", metavar="LIST",
-        help="comma-separated addresses or networks with no per-address limits "
-        "(default 127.0.0.1,::1; '' for none)")
 
 
 def _read_tokens(path: str) -> frozenset[str]:
@@ -467,24 +487,8 @@ def _read_tokens(path: str) -> frozenset[str]:
 
 
 def _relay_limits(args: argparse.Namespace) -> dict[str, Any]:
-    """RelayConfig fields from the limit options."""
-    def networks(value: str) -> tuple[str, ...]:
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-
-    fields: dict[str, Any] = dict(
-        max_connections_per_address=args.max_connections_per_address,
-        max_waiting=args.max_waiting, max_waiting_per_address=args.max_waiting_per_address,
-        max_connections_per_network=args.max_connections_per_network,
-        max_waiting_per_network=args.max_waiting_per_network,
-        max_pairs=args.max_pairs, join_rate=args.join_rate, join_window=args.join_window,
-        max_pair_bytes=args.max_pair_bytes, max_pair_seconds=args.max_pair_seconds,
-        trusted_proxies=networks(args.trusted_proxies),
-        exempt_addresses=networks(args.exempt_addresses),
-    )
-    if args.max_connections is not None:
-        fields["max_connections"] = args.max_connections
-    if args.max_queued_bytes is not None:
-        fields["max_queued_bytes"] = args.max_queued_bytes
+    """RelayConfig fields from run-relay-server's options."""
+    fields = {name: getattr(args, name) for name, _, _ in (*_RELAY_OPTIONS, *_RELAY_LIMITS)}
     if args.access_token_file:
         fields["access_tokens"] = _read_tokens(args.access_token_file)
     return fields
@@ -524,10 +528,7 @@ def _run_relay(args: argparse.Namespace) -> int:
     if args.drain_timeout < 0:
         raise UsageError("--drain-timeout must not be negative.")
     try:
-        config = RelayConfig(hello_timeout=args.hello_timeout, peer_timeout=args.peer_timeout,
-                             max_message_size=args.max_message_size,
-                             drain_timeout=args.drain_timeout, log_addresses=args.log_addresses,
-                             **_relay_limits(args))
+        config = RelayConfig(**_relay_limits(args))
     except ValueError as exc:
         raise UsageError(f"Invalid relay limit: {exc}.") from None
     configure_logging(args.log_level, json_lines=args.log_json)

@@ -33,6 +33,7 @@ from http import HTTPStatus
 from typing import Final
 
 from ..protocol.messages import CloseCode
+from .lifecycle import Reason
 
 __all__ = [
     "Limits",
@@ -153,35 +154,39 @@ class Limits:
 class Refusal:
     """Why a peer is turned away: a metrics label, and what the peer is told."""
 
-    reason: str
+    reason: Reason
     message: str
     close_code: CloseCode = CloseCode.RELAY_FULL
     http_status: HTTPStatus = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 CONNECTIONS_FULL: Final = Refusal(
-    "connections_full", "The relay is full (too many open connections). Try again later.\n")
+    Reason.CONNECTIONS_FULL,
+    "The relay is full (too many open connections). Try again later.\n")
 CONNECTIONS_PER_ADDRESS: Final = Refusal(
-    "connections_per_address",
+    Reason.CONNECTIONS_PER_ADDRESS,
     "Too many open connections from your address. Close some, then try again.\n",
     http_status=HTTPStatus.TOO_MANY_REQUESTS)
 RATE_LIMITED: Final = Refusal(
-    "rate_limited", "too many connections from your address in a short time; wait, then retry",
+    Reason.RATE_LIMITED,
+    "too many connections from your address in a short time; wait, then retry",
     close_code=CloseCode.RATE_LIMITED, http_status=HTTPStatus.TOO_MANY_REQUESTS)
 WAITING_FULL: Final = Refusal(
-    "waiting_full", "the relay is full (too many peers waiting); try again later")
+    Reason.WAITING_FULL, "the relay is full (too many peers waiting); try again later")
 WAITING_PER_ADDRESS: Final = Refusal(
-    "waiting_per_address", "too many peers from your address are waiting; try again later",
+    Reason.WAITING_PER_ADDRESS,
+    "too many peers from your address are waiting; try again later",
     http_status=HTTPStatus.TOO_MANY_REQUESTS)
 CONNECTIONS_PER_NETWORK: Final = Refusal(
-    "connections_per_network",
+    Reason.CONNECTIONS_PER_NETWORK,
     "Too many open connections from your network. Close some, then try again.\n",
     http_status=HTTPStatus.TOO_MANY_REQUESTS)
 WAITING_PER_NETWORK: Final = Refusal(
-    "waiting_per_network", "too many peers from your network are waiting; try again later",
+    Reason.WAITING_PER_NETWORK,
+    "too many peers from your network are waiting; try again later",
     http_status=HTTPStatus.TOO_MANY_REQUESTS)
 PAIRS_FULL: Final = Refusal(
-    "pairs_full", "the relay is full (too many transfers running); try again later")
+    Reason.PAIRS_FULL, "the relay is full (too many transfers running); try again later")
 
 
 class _Address:

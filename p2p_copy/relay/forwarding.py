@@ -30,9 +30,19 @@ Memory (protocol.md §5.1, §5.11):
   once per read, not per frame; a connection whose read takes the total over the limit
   is closed with 4009 (its pair, by the relay).
 
-The hook is ``Connection.process_event``, which websockets documents as the method its
-subclasses override. Should a release rename it, every frame would take the handler's
-path again: still correct, only slower, and tests/test_relay_forwarding.py would fail.
+Hooks. websockets has no public way to take frames as they are parsed on its asyncio
+connection, so this class uses its internals: it overrides ``process_event`` (every parsed
+frame) and calls ``send_data`` (writes the protocol's output), replaces the assembler's
+``recv_messages.resume`` callback, reads ``protocol.reader.buffer``, the ``paused`` flag
+and ``connection_lost_waiter``, and lowers ``protocol.max_message_size`` until pairing.
+Should one of them change, frames could take the slow path or, worse, reading might never
+resume. So pyproject.toml bounds websockets to the majors the relay tests passed with, and
+tests/test_relay_websockets_hooks.py checks each hook's shape and behaviour: run it, and
+the relay tests, before raising the bound. The alternative, a connection of our own on
+websockets' sans-I/O ``Protocol`` (``receive_data``, ``events_received``,
+``data_to_send``), would mean owning the opening handshake, the HTTP answers, keepalive and
+the closing handshake that websockets' asyncio server does for the relay now; what the
+public ``recv()``/``send()`` path costs instead is measured in benchmarks/README.md.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from .lifecycle import PAIR_OUTCOMES, Outcome, Reason
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import CounterMetricFamily
@@ -33,34 +35,10 @@ __all__ = [
     "LATENCY_SAMPLE_MASK",
 ]
 
-#: How a pair ended: both sides closed cleanly, one side failed, or the relay closed it
-#: because it was draining or stopping.
-PAIR_OUTCOMES: Final = ("happy", "errory", "drained", "limited")
-#: How a connection ended (pairing.Outcome values).
-CONNECTION_OUTCOMES: Final = (
-    "happy", "lonely", "impatient", "redundant", "errory", "drained", "limited")
-#: Why the relay turned a peer away.
-REJECTION_REASONS: Final = (
-    "bad_path",  # the request path is neither / nor .../<code_hash_hex> (HTTP 404)
-    "bad_hello",  # close 4000, including a hello that disagrees with the path
-    "hello_timeout",  # close 4001
-    "code_in_use",  # close 4002
-    "peer_timeout",  # close 4003
-    "too_big",  # close 1009
-    "draining",  # HTTP 503 or close 4005 for a peer that was not yet paired
-    "access_denied",  # HTTP 401: a private relay, and no valid access token
-    "connections_full",  # HTTP 503: too many open connections in all
-    "connections_per_address",  # HTTP 429: too many open connections from one address
-    "connections_per_network",  # HTTP 429: too many open connections from one /48 or /24
-    "rate_limited",  # close 4006: too many connections from one address in a short time
-    "waiting_full",  # close 4007: too many waiting peers in all
-    "waiting_per_address",  # close 4007: too many waiting peers from one address
-    "waiting_per_network",  # close 4007: too many waiting peers from one /48 or /24
-    "pairs_full",  # close 4007: too many pairs relaying
-    "pair_bytes",  # close 4008 to both peers (counted once per pair): byte cap reached
-    "pair_duration",  # close 4008 to both peers (counted once per pair): time cap reached
-    "memory_full",  # close 4009 (to both peers of a pair, counted once): queued-bytes budget
-)
+#: The label values of the outcome and reason metrics, all shown from the start (zeros
+#: too): lifecycle.py's enums, whose values dashboards use (server/README.md).
+CONNECTION_OUTCOMES: Final[tuple[str, ...]] = tuple(Outcome)
+REJECTION_REASONS: Final[tuple[str, ...]] = tuple(Reason)
 #: Forward latency is measured for a message when ``messages_forwarded & MASK == 0``.
 LATENCY_SAMPLE_MASK: Final = 63
 
@@ -81,11 +59,11 @@ class RelayStats:
     messages_forwarded: int = 0
     bytes_forwarded: int = 0
     waiting: int = 0
-    #: Finished connections by pairing.Outcome value.
+    #: Finished connections by Outcome (a str, so plain label strings read it too).
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
-    #: Finished pairs by PAIR_OUTCOMES value.
+    #: Finished pairs by Outcome (one of PAIR_OUTCOMES).
     pairs: collections.Counter[str] = field(default_factory=collections.Counter)
-    #: Refused peers by REJECTION_REASONS value.
+    #: Refused peers by Reason.
     rejections: collections.Counter[str] = field(default_factory=collections.Counter)
 
 

@@ -16,38 +16,20 @@ Rules:
   (p2p-copy 0.1.x, no ``version``) are told nothing, as before.
 - A waiting peer that leaves or times out frees its room.
 
-Each connection also moves through ``Phase`` and ends with one ``Outcome`` for logs
-and metrics (after magic-wormhole's transit relay).
+What a connection goes through around this table, and how it ends, is lifecycle.py's.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from ..protocol.messages import CloseCode, Hello, Role
+from .lifecycle import Reason
 
-__all__ = ["Phase", "Outcome", "Wait", "Paired", "Refused", "Rooms"]
+__all__ = ["Wait", "Paired", "Refused", "Rooms"]
 
 Conn = TypeVar("Conn")
-
-
-class Phase(enum.IntEnum):
-    AWAIT_HELLO = 0
-    WAITING = 1
-    RELAYING = 2
-    CLOSED = 3
-
-
-class Outcome(enum.Enum):
-    HAPPY = "happy"  # paired, and both sides closed cleanly
-    LONELY = "lonely"  # no partner joined in time
-    IMPATIENT = "impatient"  # left while still waiting for a partner
-    REDUNDANT = "redundant"  # its role was already taken for this code, or the code was fresh
-    ERRORY = "errory"  # bad or missing hello, or a dropped connection while relaying
-    DRAINED = "drained"  # the relay closed it because it was draining or stopping
-    LIMITED = "limited"  # a relay limit refused it (4006, 4007) or ended its pair (4008, 4009)
 
 
 @dataclass(frozen=True)
@@ -71,7 +53,7 @@ class Refused:
 
     code: CloseCode
     reason: str
-    label: str = "code_in_use"
+    label: Reason = Reason.CODE_IN_USE
 
 
 class Rooms(Generic[Conn]):

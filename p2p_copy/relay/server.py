@@ -43,9 +43,10 @@ from ..protocol.codes import room_from_path
 from ..protocol.messages import CloseCode, Hello, Ready, Waiting, encode, parse_hello
 from .admission import LOOPBACK, Admission, Limits, Refusal, client_host, parse_networks
 from .forwarding import Budget, ForwardingConnection, FrameTap, Verdict
+from .lifecycle import Event, Lifecycle, Reason, closed
 from .logs import AddressMode, event, show_address
 from .metrics import LATENCY_SAMPLE_MASK, RelayMetrics, RelayStats, relay_metrics
-from .pairing import Outcome, Paired, Phase, Refused, Rooms
+from .pairing import Paired, Refused, Rooms
 
 __all__ = ["RelayConfig", "RelayStats", "Relay", "run_relay", "server_ssl_context",
            "default_max_connections", "default_max_queued_bytes"]
@@ -219,10 +220,10 @@ class _Connection(ForwardingConnection):
         super().over_budget()
         pair = self.peer.pair if self.peer is not None else None
         if pair is None:
-            self.relay.stats.rejections["memory_full"] += 1
+            self.relay.stats.rejections[Reason.MEMORY_FULL] += 1
         else:
             # Its partner learns why as well (4009), with a closing handshake.
-            self.relay._end_pair(pair, *pair.peers, "memory_full",
+            self.relay._end_pair(pair, *pair.peers, Reason.MEMORY_FULL,
                                  "the relay is short of memory; try again later",
                                  CloseCode.RELAY_MEMORY)
 
@@ -233,8 +234,8 @@ class _Pair:
     def __init__(self, peers: tuple[_Peer, _Peer]) -> None:
         self.peers = peers
         self.bytes = 0
-        #: The rejection label of the limit that ended the pair, once one did.
-        self.limited: str | None = None
+        #: The limit that ended the pair, once one did.
+        self.limited: Reason | None = None
         self.members = 2
         self.deadline: asyncio.Task[None] | None = None
         #: Both peers' closes once a limit ended the pair: held so that the event loop's
@@ -243,12 +244,12 @@ class _Pair:
 
 
 class _Peer:
-    """One connection's place in the relay: its hello, phase and partner."""
+    """One connection's place in the relay: its hello, lifecycle and partner."""
 
-    def __init__(self, ws: ServerConnection, hello: Hello) -> None:
+    def __init__(self, ws: ServerConnection, hello: Hello, life: Lifecycle) -> None:
         self.ws = ws
         self.hello = hello
-        self.phase = Phase.WAITING
+        self.life = life
         self.partner: asyncio.Future[_Peer] = asyncio.get_running_loop().create_future()
         self.pair: _Pair | None = None
         #: Counted in the admission's waiting peers.
@@ -365,7 +366,7 @@ class Relay:
             event(log, logging.INFO, "drain_start", timeout=timeout,
                   active_pairs=self.stats.active_pairs, waiting=self.stats.waiting)
             for ws in list(self._unannounced):
-                self.stats.rejections["draining"] += 1
+                self.stats.rejections[Reason.DRAINING] += 1
                 task = asyncio.ensure_future(ws.close(CloseCode.RELAY_DRAINING, _DRAINING_REASON))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
@@ -420,7 +421,7 @@ class Relay:
         if path == "/metrics":
             return self._metrics_response(connection, request.headers.get("Accept", ""))
         if self._tokens and not self._authorized(request.headers.get_all("Authorization")):
-            self.stats.rejections["access_denied"] += 1
+            self.stats.rejections[Reason.ACCESS_DENIED] += 1
             response = connection.respond(
                 HTTPStatus.UNAUTHORIZED,
                 "This relay is private: pass its access token (p2p-copy --relay-token).\n")
@@ -429,10 +430,10 @@ class Relay:
         try:
             room_from_path(path)
         except ValueError as exc:
-            self.stats.rejections["bad_path"] += 1
+            self.stats.rejections[Reason.BAD_PATH] += 1
             return connection.respond(HTTPStatus.NOT_FOUND, f"Not a p2p-copy relay path: {exc}.\n")
         if self.draining:
-            self.stats.rejections["draining"] += 1
+            self.stats.rejections[Reason.DRAINING] += 1
             return connection.respond(
                 HTTPStatus.SERVICE_UNAVAILABLE, "The relay is restarting; reconnect.\n")
         return self._admit(connection, request)
@@ -489,35 +490,43 @@ class Relay:
         self.stats.open_connections += 1
         self._connections.add(ws)
         self._idle.clear()
-        outcome = Outcome.ERRORY
+        life = Lifecycle(time.monotonic())
         try:
-            outcome = await self._serve_peer(ws)
+            await self._serve_peer(ws, life)
         finally:
             self._connections.discard(ws)
             self._unannounced.discard(ws)
             if not self._connections:
                 self._idle.set()
             self.stats.open_connections -= 1
-            if _refused_as_too_big(ws):
-                self.stats.rejections["too_big"] += 1
-            self.stats.outcomes[outcome.value] += 1
+            if _relay_closed_with(ws) == CloseCode.MESSAGE_TOO_BIG:
+                self.stats.rejections[Reason.TOO_BIG] += 1
+            outcome = life.finish(time.monotonic())
+            self.stats.outcomes[outcome] += 1
             event(log, logging.DEBUG, "connection_end", outcome=outcome.value,
                   address=self._address(ws))
 
-    async def _serve_peer(self, ws: ServerConnection) -> Outcome:
+    async def _turn_away(self, ws: ServerConnection, life: Lifecycle, reason: Reason,
+                         code: CloseCode, text: str) -> None:
+        """Close ``ws`` with ``code``: counted as ``reason``, ended as the code says."""
+        self.stats.rejections[reason] += 1
+        life.handle(closed(code), time.monotonic())
+        await ws.close(code, _reason(text))
+
+    async def _serve_peer(self, ws: ServerConnection, life: Lifecycle) -> None:
         key = ws.key if isinstance(ws, _Connection) else None
         if isinstance(ws, _Connection) and ws.refusal is not None:
-            self.stats.rejections[ws.refusal.reason] += 1
-            await ws.close(ws.refusal.close_code, ws.refusal.message)
-            return Outcome.LIMITED
-        hello = await self._read_hello(ws)
-        if isinstance(hello, Outcome):
-            return hello
+            refusal = ws.refusal
+            await self._turn_away(ws, life, refusal.reason, refusal.close_code, refusal.message)
+            return
+        hello = await self._read_hello(ws, life)
+        if hello is None:
+            return
         if self.draining:
-            self.stats.rejections["draining"] += 1
-            await ws.close(CloseCode.RELAY_DRAINING, _DRAINING_REASON)
-            return Outcome.DRAINED
-        peer = _Peer(ws, hello)
+            await self._turn_away(ws, life, Reason.DRAINING, CloseCode.RELAY_DRAINING,
+                                  _DRAINING_REASON)
+            return
+        peer = _Peer(ws, hello, life)
         if isinstance(ws, _Connection):
             ws.peer = peer
         admission = self.admission
@@ -527,9 +536,8 @@ class Relay:
             refuse_pair=_refused(admission.check_pair()),
         )
         if isinstance(joined, Refused):
-            self.stats.rejections[joined.label] += 1
-            await ws.close(joined.code, joined.reason)
-            return Outcome.REDUNDANT if joined.code == CloseCode.CODE_IN_USE else Outcome.LIMITED
+            await self._turn_away(ws, life, joined.label, joined.code, joined.reason)
+            return
         if isinstance(joined, Paired):
             partner: _Peer = joined.partner
             self._stop_waiting(partner)
@@ -539,18 +547,20 @@ class Relay:
                 await sender.ws.send(_READY)
             partner.partner.set_result(peer)
         else:
+            life.handle(Event.WAIT, time.monotonic())
             admission.start_waiting(key, time.monotonic())
             peer.waiting = True
             if joined.confirm:
                 with contextlib.suppress(ConnectionClosed):
                     await ws.send(_WAITING)
             waited = await self._wait_for_partner(peer)
-            if isinstance(waited, Outcome):
-                return waited
+            if waited is None:
+                return
             partner = waited
-        return await self._relay(peer, partner)
+        await self._relay(peer, partner)
 
-    async def _read_hello(self, ws: ServerConnection) -> Hello | Outcome:
+    async def _read_hello(self, ws: ServerConnection, life: Lifecycle) -> Hello | None:
+        """The connection's valid hello; None once it ended without one."""
         self._unannounced.add(ws)
         try:
             async with asyncio.timeout(self.config.hello_timeout):
@@ -558,32 +568,33 @@ class Relay:
             if isinstance(ws, ForwardingConnection):
                 ws.handed_on(len(first) if isinstance(first, bytes) else len(first.encode()))
         except TimeoutError:
-            self.stats.rejections["hello_timeout"] += 1
-            await ws.close(CloseCode.HELLO_TIMEOUT, "no hello arrived in time")
-            return Outcome.ERRORY
+            await self._turn_away(ws, life, Reason.HELLO_TIMEOUT, CloseCode.HELLO_TIMEOUT,
+                                  "no hello arrived in time")
+            return None
         except ConnectionClosed:
-            return Outcome.DRAINED if _shut_by_relay(ws) else Outcome.ERRORY
+            life.handle(_how_closed(ws), time.monotonic())
+            return None
         finally:
             self._unannounced.discard(ws)
         try:
             hello = parse_hello(first)
         except RemoteProtocolError as exc:
-            self.stats.rejections["bad_hello"] += 1
-            await ws.close(CloseCode.BAD_HELLO, _reason(str(exc)))
-            return Outcome.ERRORY
+            await self._turn_away(ws, life, Reason.BAD_HELLO, CloseCode.BAD_HELLO, str(exc))
+            return None
         room = _room(ws)
         if room is not None and room != hello.code_hash_hex:
-            self.stats.rejections["bad_hello"] += 1
-            await ws.close(CloseCode.BAD_HELLO,
-                           "the room in the URL path and the hello's code_hash_hex disagree")
-            return Outcome.ERRORY
+            await self._turn_away(
+                ws, life, Reason.BAD_HELLO, CloseCode.BAD_HELLO,
+                "the room in the URL path and the hello's code_hash_hex disagree")
+            return None
         return hello
 
-    async def _wait_for_partner(self, peer: _Peer) -> _Peer | Outcome:
+    async def _wait_for_partner(self, peer: _Peer) -> _Peer | None:
+        """The partner that joined; None once ``peer`` ended without one."""
         self.stats.waiting += 1
-        closed = asyncio.ensure_future(peer.ws.wait_closed())
+        closing = asyncio.ensure_future(peer.ws.wait_closed())
         assert self._drain_started is not None
-        either: set[asyncio.Future[Any]] = {peer.partner, closed, self._drain_started}
+        either: set[asyncio.Future[Any]] = {peer.partner, closing, self._drain_started}
         try:
             await asyncio.wait(
                 either,
@@ -591,26 +602,22 @@ class Relay:
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
-            closed.cancel()
+            closing.cancel()
             self.stats.waiting -= 1
             self._stop_waiting(peer)
         if peer.partner.done() or not self._rooms.leave(peer.hello, peer):
             # Paired, possibly at the last moment: the partner is about to hand itself over.
             return await peer.partner
-        if closed.done() and not closed.cancelled():
-            if _shut_by_relay(peer.ws):
-                return Outcome.DRAINED
-            refused = _refused_code(peer.ws)
-            if refused == CloseCode.RELAY_MEMORY:
-                return Outcome.LIMITED
-            return Outcome.IMPATIENT if refused is None else Outcome.ERRORY
-        if self.draining:
-            self.stats.rejections["draining"] += 1
-            await peer.ws.close(CloseCode.RELAY_DRAINING, _DRAINING_REASON)
-            return Outcome.DRAINED
-        self.stats.rejections["peer_timeout"] += 1
-        await peer.ws.close(CloseCode.PEER_TIMEOUT, "no partner joined with this code in time")
-        return Outcome.LONELY
+        if closing.done() and not closing.cancelled():
+            peer.life.handle(_how_closed(peer.ws), time.monotonic())
+        elif self.draining:
+            await self._turn_away(peer.ws, peer.life, Reason.DRAINING,
+                                  CloseCode.RELAY_DRAINING, _DRAINING_REASON)
+        else:
+            await self._turn_away(peer.ws, peer.life, Reason.PEER_TIMEOUT,
+                                  CloseCode.PEER_TIMEOUT,
+                                  "no partner joined with this code in time")
+        return None
 
     def _stop_waiting(self, peer: _Peer) -> None:
         """Free ``peer``'s waiting slot (once), when it pairs or leaves."""
@@ -620,6 +627,9 @@ class Relay:
             self.admission.stop_waiting(key, time.monotonic())
 
     def _start_pair(self, peer: _Peer, partner: _Peer) -> None:
+        now = time.monotonic()
+        peer.life.handle(Event.PAIR, now)
+        partner.life.handle(Event.PAIR, now)
         pair = _Pair((peer, partner))
         peer.pair = partner.pair = pair
         for ws in (peer.ws, partner.ws):
@@ -632,10 +642,10 @@ class Relay:
     async def _pair_deadline(self, pair: _Pair, peer: _Peer, partner: _Peer) -> None:
         seconds = self.config.max_pair_seconds
         await asyncio.sleep(seconds)
-        self._end_pair(pair, peer, partner, "pair_duration",
+        self._end_pair(pair, peer, partner, Reason.PAIR_DURATION,
                        f"the relay allows a transfer {seconds:g} s at most")
 
-    def _end_pair(self, pair: _Pair, peer: _Peer, partner: _Peer, label: str,
+    def _end_pair(self, pair: _Pair, peer: _Peer, partner: _Peer, label: Reason,
                   reason: str, code: CloseCode = CloseCode.PAIR_LIMIT) -> None:
         """Close both peers with ``code`` (once): a limit of the relay ended their pair.
 
@@ -645,7 +655,7 @@ class Relay:
             return
         pair.limited = label
         self.stats.rejections[label] += 1
-        event(log, logging.INFO, "pair_limit", limit=label, bytes=pair.bytes)
+        event(log, logging.INFO, "pair_limit", limit=label.value, bytes=pair.bytes)
         pair.closing = asyncio.gather(
             peer.ws.close(code, _reason(reason)),
             partner.ws.close(code, _reason(reason)),
@@ -662,7 +672,7 @@ class Relay:
             if pair.limited is not None:
                 return Verdict.STOP
             if max_bytes and pair.bytes + size > max_bytes:
-                self._end_pair(pair, peer, partner, "pair_bytes",
+                self._end_pair(pair, peer, partner, Reason.PAIR_BYTES,
                                f"the relay allows a transfer {max_bytes:,} bytes at most")
                 return Verdict.STOP
             pair.bytes += size
@@ -676,13 +686,12 @@ class Relay:
 
         return tap
 
-    async def _relay(self, peer: _Peer, partner: _Peer) -> Outcome:
+    async def _relay(self, peer: _Peer, partner: _Peer) -> None:
         """Forward what ``peer`` sends to ``partner``; the partner's handler does the reverse.
 
         Binary frames go straight to the partner whenever order allows (forwarding.py);
         this loop passes on the rest: text, and what was queued before the pair formed.
         """
-        peer.phase = Phase.RELAYING
         pair, source = peer.pair, peer.ws
         assert pair is not None
         # Relay.start() has websockets make every connection a _Connection.
@@ -691,7 +700,6 @@ class Relay:
         is_sender = peer.hello.role == "sender"
         if is_sender:
             self.stats.active_pairs += 1
-        started = time.monotonic()
         observe = self.metrics.observe_forward if self.metrics is not None else None
         tap = self._tap(pair, peer, partner)
         source.forward_to(partner.ws, tap, observe)
@@ -715,7 +723,6 @@ class Relay:
         finally:
             if is_sender:
                 self.stats.active_pairs -= 1
-            peer.phase = Phase.CLOSED
             pair.members -= 1
             if pair.members == 0:
                 self.admission.end_pair()
@@ -723,38 +730,38 @@ class Relay:
                 pair.deadline.cancel()  # a no-op if the deadline itself ended the pair
         if pair.limited is not None:
             await peer.ws.wait_closed()
-            outcome = Outcome.LIMITED
+            ending = Event.OVER_LIMIT
         else:
-            outcome = await self._ending(peer, partner)
-        if is_sender:
-            self.stats.pairs[outcome.value] += 1
+            ending = await self._ending(peer, partner)
+        outcome = peer.life.handle(ending, time.monotonic())
+        if is_sender and outcome is not None:
+            self.stats.pairs[outcome] += 1
             event(log, logging.INFO, "pair_end", outcome=outcome.value,
-                  seconds=round(time.monotonic() - started, 3), bytes=peer.forwarded,
+                  seconds=round(peer.life.relayed_seconds(), 3), bytes=peer.forwarded,
                   sender=self._address(peer.ws), receiver=self._address(partner.ws))
-        return outcome
 
-    async def _ending(self, peer: _Peer, partner: _Peer) -> Outcome:
-        """Tell the partner how ``peer``'s connection ended; the outcome for ``peer``."""
+    async def _ending(self, peer: _Peer, partner: _Peer) -> Event:
+        """Tell the partner how ``peer``'s connection ended; how the pair ended for ``peer``."""
         if peer.ws.close_code is None:
             # The partner went first; its handler closes this side with the right code.
             await peer.ws.wait_closed()
-            if _shut_by_relay(peer.ws):
-                return Outcome.DRAINED
-            return Outcome.HAPPY if partner.ws.close_code == CloseCode.NORMAL else Outcome.ERRORY
-        if _shut_by_relay(peer.ws):
-            return Outcome.DRAINED  # drain() or stop() closes the partner as well
+            if _how_closed(peer.ws) is Event.SHUT:
+                return Event.SHUT
+            return _partner_ended(partner)
+        if _how_closed(peer.ws) is Event.SHUT:
+            return Event.SHUT  # drain() or stop() closes the partner as well
         # A clean close that the peer started stays clean; anything else (a crash, a
         # dropped network, a close the relay had to start, e.g. for an oversized
         # message) becomes PEER_GONE.
         if peer.ws.close_code == CloseCode.NORMAL and peer.ws.protocol.close_rcvd_then_sent:
             await partner.ws.close(CloseCode.NORMAL, "the peer closed the connection")
-            return Outcome.HAPPY
+            return Event.FINISHED
         if peer.ws.protocol.close_rcvd_then_sent is False:
             # The relay closed this side first (the partner's handler did): it ended as
             # its partner did, and the partner needs no word from here.
-            return Outcome.HAPPY if partner.ws.close_code == CloseCode.NORMAL else Outcome.ERRORY
+            return _partner_ended(partner)
         await partner.ws.close(CloseCode.PEER_GONE, "the peer disconnected")
-        return Outcome.ERRORY
+        return Event.LEFT
 
     def _address(self, ws: ServerConnection) -> str | None:
         if isinstance(ws, _Connection):
@@ -790,17 +797,7 @@ def _room(ws: ServerConnection) -> str | None:
         return None
 
 
-def _shut_by_relay(ws: ServerConnection) -> bool:
-    """Whether the relay closed ``ws`` first because it drains or stops."""
-    sent = ws.protocol.close_sent
-    return (
-        sent is not None
-        and sent.code in (CloseCode.GOING_AWAY, CloseCode.RELAY_DRAINING)
-        and ws.protocol.close_rcvd_then_sent is not True
-    )
-
-
-def _refused_code(ws: ServerConnection) -> int | None:
+def _relay_closed_with(ws: ServerConnection) -> int | None:
     """The code the relay closed ``ws`` with first (not an echo of the peer's), if it did."""
     sent = ws.protocol.close_sent
     if sent is None or ws.protocol.close_rcvd_then_sent is True:
@@ -808,9 +805,14 @@ def _refused_code(ws: ServerConnection) -> int | None:
     return sent.code
 
 
-def _refused_as_too_big(ws: ServerConnection) -> bool:
-    """Whether the relay closed ``ws`` for a message over its size limit (not an echo)."""
-    return _refused_code(ws) == CloseCode.MESSAGE_TOO_BIG
+def _how_closed(ws: ServerConnection) -> Event:
+    """The lifecycle event that the close of ``ws`` makes."""
+    return closed(_relay_closed_with(ws))
+
+
+def _partner_ended(partner: _Peer) -> Event:
+    """How a pair ended that the partner's side ended: cleanly, or not."""
+    return Event.FINISHED if partner.ws.close_code == CloseCode.NORMAL else Event.LEFT
 
 
 async def run_relay(
