@@ -65,11 +65,13 @@ def check_result(data: dict, cases: frozenset[str] = frozenset(RATE),
     json.dumps(data)  # plain JSON types throughout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_quick_run_with_socat_or_its_fallback(tmp_path: Path) -> None:
     check_result(run_bench(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_quick_run_with_the_python_baseline_and_launcher(tmp_path: Path) -> None:
     data = run_bench(tmp_path, "--baseline", "python", "--launcher", "python",

@@ -137,6 +137,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_blocking_calls_after_nest_asyncio(
     processes: Processes, tmp_path: Path, code: str
 ) -> None:

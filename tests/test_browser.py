@@ -339,6 +339,7 @@ def _open_notebook(context: Any, lab: Lab, name: str, copy: Path = SCREENSHOT_CO
     return page
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_quickstart_runs_in_jupyterlab(jupyter_lab: Lab, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
@@ -462,6 +463,7 @@ PANEL_CANCELLED = (
 CELL_DONE = "/^\\[\\d+\\]:$/.test(s.prompt)"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_cancel_button_in_a_live_notebook(jupyter_lab: Lab, tmp_path: Path) -> None:
     """The Cancel button ends (a) a transfer its cell is still awaiting: the kernel handles

@@ -160,6 +160,7 @@ async def _raw_pair(url: str, room: str) -> tuple[ClientConnection, ClientConnec
     return sender, receiver
 
 
+@pytest.mark.slow
 async def test_sixty_pairs_through_nginx_spread_over_three_relays(
         cluster: LocalCluster, tmp_path: Path) -> None:
     """60 concurrent pairs through nginx all arrive intact, and all three relays carry some."""
@@ -188,6 +189,7 @@ async def test_sixty_pairs_through_nginx_spread_over_three_relays(
     assert per_relay == [predicted[i] for i in range(3)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reconnect", [0.0, 60.0], ids=["reconnect-off", "reconnect-on"])
 async def test_killed_relay_costs_only_its_own_pairs(
         cluster: LocalCluster, tmp_path: Path, reconnect: float) -> None:
@@ -250,6 +252,7 @@ async def test_killed_relay_costs_only_its_own_pairs(
         assert stats['p2p_copy_relay_pairs_finished_total{outcome="errory"}'] == 0
 
 
+@pytest.mark.slow
 async def test_new_rooms_of_a_dead_relay_fail_over_together(
         cluster: LocalCluster, tmp_path: Path) -> None:
     """After a relay dies, both peers of its rooms move to the same next relay and pair there."""
@@ -266,6 +269,7 @@ async def test_new_rooms_of_a_dead_relay_fail_over_together(
         assert (tmp_path / "dst" / code / src.name).read_bytes() == src.read_bytes()
 
 
+@pytest.mark.slow
 async def test_draining_relay_hands_its_new_rooms_to_the_next_one(
         cluster: LocalCluster, tmp_path: Path) -> None:
     """SIGTERM: the relay finishes its pairs while nginx sends its new rooms, both peers, on."""
@@ -316,6 +320,7 @@ async def test_clients_without_a_room_path_all_meet_on_one_relay(
     assert connections == [0, 0, 2 * len(rooms)]
 
 
+@pytest.mark.slow
 async def test_wss_through_nginx(tmp_path: Path) -> None:
     """With a certificate, nginx serves wss:// (shipped TLS settings) and pairs still meet."""
     ca = trustme.CA()

@@ -127,6 +127,7 @@ async def test_taken_room_gets_a_new_generated_code(
     assert not (tmp_path / "stranger").exists() or not any((tmp_path / "stranger").iterdir())
 
 
+@pytest.mark.slow
 def test_cli_auto_prints_the_code_even_without_a_terminal(
         processes: Processes, tmp_path: Path) -> None:
     """``send SERVER auto FILE`` prints the code on stderr; the receiver uses it; both exit 0."""
@@ -163,6 +164,7 @@ def test_cli_json_reports_the_generated_code(processes: Processes, tmp_path: Pat
     assert sender.wait(timeout=30) == 0
 
 
+@pytest.mark.slow
 def test_cli_wrong_secret_exits_14_on_both_sides(processes: Processes, tmp_path: Path) -> None:
     """Same room, different secret: both sides exit 14 at once with one line each."""
     _, url = processes.start_relay()
@@ -179,6 +181,7 @@ def test_cli_wrong_secret_exits_14_on_both_sides(processes: Processes, tmp_path:
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_cli_encryption_mismatch_exits_15(processes: Processes, tmp_path: Path) -> None:
     """--no-encrypt on one side only: both sides exit 15 naming the option; the plain side
     was warned."""
@@ -195,6 +198,7 @@ def test_cli_encryption_mismatch_exits_15(processes: Processes, tmp_path: Path) 
     assert "warning: --no-encrypt" in r_err  # the plain side is told what it gives up
 
 
+@pytest.mark.slow
 def test_cli_receive_policy_exits_19(processes: Processes, tmp_path: Path) -> None:
     """--max-files refuses a larger offer before any byte: exit 19, the sender is told."""
     _, url = processes.start_relay()

@@ -309,6 +309,7 @@ _hostile = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_hostile)
 def test_fuzzed_frames_only_raise_remote_protocol_error(data):

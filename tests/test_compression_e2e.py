@@ -115,6 +115,7 @@ async def test_an_unknown_mode_is_a_usage_error(tmp_path: Path) -> None:
                    compress="sometimes")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_cli_compress_always(tmp_path: Path, processes: Processes) -> None:
     _, url = processes.start_relay()
     src = tmp_path / "readings.csv"

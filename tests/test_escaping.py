@@ -82,6 +82,7 @@ async def _cli(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("command", ["receive", "send"])
 async def test_a_hostile_close_reason_reaches_json_and_stderr_escaped(

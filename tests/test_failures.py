@@ -386,6 +386,7 @@ async def test_done_before_eof_is_refused(relay: Relay, tmp_path: Path, code: st
     assert_one_line(info.value)
 
 
+@pytest.mark.slow
 async def test_a_receiver_that_stops_reading_does_not_hold_the_sender_forever(
         relay: Relay, tmp_path: Path, code: str) -> None:
     """A receiver that accepts and then reads nothing (issue 17, finding 12): once the relay
@@ -464,6 +465,7 @@ async def test_second_peer_with_same_role_gets_code_in_use(
     assert not (tmp_path / "dest2").exists()
 
 
+@pytest.mark.slow
 async def test_cli_second_sender_exits_5(
     relay: Relay, processes: Processes, tmp_path: Path, code: str
 ) -> None:
@@ -491,6 +493,7 @@ BIG = 300 * 2**20
 KEPT = {".big.bin.p2p-copy-part", ".big.bin.p2p-copy-resume"}
 
 
+@pytest.mark.slow
 def test_receiver_killed_mid_transfer(processes: Processes, tmp_path: Path, code: str) -> None:
     """SIGKILL on the receiver while bytes arrive: the sender exits 6 (PeerGoneError), no
     process exits 0, and nothing appears under the file's final name."""
@@ -513,6 +516,7 @@ def test_receiver_killed_mid_transfer(processes: Processes, tmp_path: Path, code
                                                 ".big.bin.p2p-copy-resume"}
 
 
+@pytest.mark.slow
 def test_sender_killed_mid_transfer(processes: Processes, tmp_path: Path, code: str) -> None:
     """SIGKILL on the sender while bytes flow (reconnect off): the receiver exits 6, never
     0, and leaves no file under its final name, only what a re-run resumes from."""
@@ -531,6 +535,7 @@ def test_sender_killed_mid_transfer(processes: Processes, tmp_path: Path, code: 
     assert tree(dest) <= {".big.bin.p2p-copy-part", ".big.bin.p2p-copy-resume"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cli_receiver_interrupted(processes: Processes, tmp_path: Path, code: str,
                                   sig: signal.Signals) -> None:
@@ -568,6 +573,7 @@ async def test_cancelled_receive(relay: Relay, tmp_path: Path, code: str) -> Non
     assert tree(dest) <= KEPT
 
 
+@pytest.mark.slow
 async def test_cancelled_receive_of_many_small_files(relay: Relay, tmp_path: Path,
                                                      code: str) -> None:
     """Cancelling while a worker thread is creating many small files still leaves no
@@ -664,6 +670,7 @@ async def test_cancel_while_preparing_waits_for_the_worker_thread(relay: Relay, 
 # --- codes that never pair ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_wrong_room_never_pairs(tmp_path: Path, code: str) -> None:
     """A sender and a receiver whose codes differ in the room part never meet: both give up
     with TransferTimeoutError once the relay's peer timeout passes. (A typo in the secret
@@ -698,6 +705,7 @@ async def test_wait_timeout(relay: Relay, tmp_path: Path, code: str, role: str) 
     assert not (tmp_path / "dest").exists()
 
 
+@pytest.mark.slow
 def test_cli_wrong_code_exits_4(processes: Processes, tmp_path: Path, code: str) -> None:
     """With a relay whose peer timeout is 1 s, send and receive whose codes differ in the room
     both exit 4; so does ``--wait-timeout`` on its own."""

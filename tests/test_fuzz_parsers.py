@@ -355,6 +355,7 @@ def parse_all(text: str) -> None:
 # --- the parsers ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @fuzz
 @given(st.text(max_size=60))
 def test_parsers_survive_random_text(text: str) -> None:
@@ -373,6 +374,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @fuzz
 @given(st.sampled_from(TYPES), json_values)
 def test_parsers_survive_random_json(kind: str, value: Any) -> None:
@@ -382,6 +384,7 @@ def test_parsers_survive_random_json(kind: str, value: Any) -> None:
         parse_all(json.dumps({**value, "type": kind}))
 
 
+@pytest.mark.slow
 @fuzz
 @given(choices)
 def test_parsers_survive_mutated_messages(source: Choices) -> None:
@@ -389,6 +392,7 @@ def test_parsers_survive_mutated_messages(source: Choices) -> None:
     parse_all(source.mutated())
 
 
+@pytest.mark.slow
 @fuzz
 @given(choices)
 def test_policy_on_generated_manifests(source: Choices) -> None:
@@ -433,6 +437,7 @@ def _check_events(receiver: Receiver, events: list[Any], policy: ReceivePolicy) 
             assert isinstance(event, (FileData, FileCompleted))
 
 
+@pytest.mark.slow
 @fuzz
 @given(choices)
 def test_receiver_survives_any_message_sequence(source: Choices) -> None:
@@ -451,6 +456,7 @@ def test_receiver_survives_any_message_sequence(source: Choices) -> None:
         _check_events(receiver, events, policy)
 
 
+@pytest.mark.slow
 @fuzz
 @given(choices)
 def test_sender_survives_any_message_sequence(source: Choices) -> None:

@@ -153,6 +153,7 @@ async def test_awaiting_task_cancelled_takes_the_transfer_along(
     assert isinstance(t.exception(), CancelledError)
 
 
+@pytest.mark.slow
 async def test_failed_background_transfer_is_not_logged(tmp_path: Path, code: str) -> None:
     """A handle whose transfer fails and that nobody ever looks into again ends "failed",
     and asyncio never complains "Task exception was never retrieved"."""

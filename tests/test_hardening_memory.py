@@ -305,6 +305,7 @@ async def test_a_kind_that_is_not_a_string_is_a_protocol_error_and_the_sender_is
 # --- finding 9: a piped stream that stops leaves nothing ---------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["sender killed", "receiver cancelled"])
 async def test_an_interrupted_stream_leaves_no_part_file(
     relay: Relay, processes: Processes, tmp_path: Path, how: str,

@@ -96,6 +96,7 @@ def _finish(proc: subprocess.Popen[str], timeout: float = TIMEOUT) -> tuple[str,
 # --- (a) 0.1.1 peers through our relay -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_seed_peers_through_our_relay(
     processes: Processes, seed_procs: seed.SeedProcesses, tmp_path: Path
 ) -> None:
@@ -117,6 +118,7 @@ def test_seed_peers_through_our_relay(
 # --- (b) our peers through a 0.1.1 relay ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_our_peers_through_seed_relay(
     processes: Processes, seed_procs: seed.SeedProcesses, tmp_path: Path
 ) -> None:
@@ -140,6 +142,7 @@ def test_our_peers_through_seed_relay(
 # --- (c) a 0.1.1 sender and our receiver ---------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("json_output", [False, True], ids=["plain", "json"])
 def test_seed_sender_and_our_receiver_never_meet(
     processes: Processes, seed_procs: seed.SeedProcesses, tmp_path: Path, json_output: bool
@@ -184,6 +187,7 @@ async def _exited(proc: subprocess.Popen[str], timeout: float = TIMEOUT) -> tupl
     return proc.communicate(timeout=10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("role", ["sender", "receiver"])
 async def test_our_relay_refuses_a_duplicate_seed_peer(
     processes: Processes, seed_procs: seed.SeedProcesses, tmp_path: Path, role: str

@@ -547,6 +547,7 @@ def test_fuzz_arbitrary_text(text: str) -> None:
     _parse_both(text)
 
 
+@pytest.mark.slow
 @fuzz
 @given(json_values)
 def test_fuzz_arbitrary_json(value: Any) -> None:
@@ -554,6 +555,7 @@ def test_fuzz_arbitrary_json(value: Any) -> None:
     _parse_both(json.dumps(value))
 
 
+@pytest.mark.slow
 @fuzz
 @given(message_like)
 def test_fuzz_message_shaped_json(obj: dict[str, Any]) -> None:
@@ -561,6 +563,7 @@ def test_fuzz_message_shaped_json(obj: dict[str, Any]) -> None:
     _parse_both(json.dumps(obj))
 
 
+@pytest.mark.slow
 @fuzz
 @given(st.lists(entry_like, min_size=1, max_size=4), st.booleans())
 def test_fuzz_manifest_entries(entry_objs: list[dict[str, Any]], more: bool) -> None:

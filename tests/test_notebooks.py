@@ -201,6 +201,7 @@ def test_notebook_is_committed_clean(path: Path) -> None:
             assert cell.execution_count is None, f"{path.name}: clear the execution counts"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path: Path, executed: Callable[[str], Any]) -> None:
     """Every cell runs without an error or a warning, and every copy arrived identical."""

@@ -295,6 +295,7 @@ def test_ndarray_subclasses_are_refused():
         encode_object(np.ma.masked_array([1, 2], mask=[0, 1]))
 
 
+@pytest.mark.slow
 def test_large_array_peak_memory_stays_below_twice_its_size():
     """A 200 MB array round-trips with one receiving buffer: peak well below 2x extra."""
     array = np.arange(25_000_000, dtype="<f8")  # 200 MB

@@ -406,6 +406,7 @@ PIPE_BYTES = 200 * 2**20
 RSS_LIMIT = 150 * 2**20
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc for RSS")
 def test_cli_pipes_200_mb_identically_in_bounded_memory(

@@ -288,6 +288,7 @@ class Terminal:
         return self.proc.returncode, self.seen.decode(errors="replace")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("keys", [b"n\n", b"\n", b"\x04"], ids=["no", "enter", "end-of-input"])
 def test_terminal_shows_the_offer_and_a_no_writes_nothing(
@@ -339,6 +340,7 @@ def test_terminal_yes_receives_everything_offered(processes: Processes, tmp_path
     assert (home / ".ssh" / "authorized_keys").exists() and (home / "report.pdf").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_yes_option_skips_the_question_but_not_the_hidden_rule(
     processes: Processes, tmp_path: Path

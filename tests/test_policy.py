@@ -271,6 +271,7 @@ def test_names_in_messages_are_escaped(entries: list[Entry], policy: ReceivePoli
 # --- size -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_200k_entries_checked() -> None:
     """A 200,000-entry manifest in a folder tree passes (linear: pytest-timeout guards it)."""
     entries: list[Entry] = []
@@ -283,6 +284,7 @@ def test_200k_entries_checked() -> None:
         check_policy(entries, ReceivePolicy(max_files=199_799))
 
 
+@pytest.mark.slow
 def test_200k_deep_entries_checked() -> None:
     """200,000 entries 20 levels deep are checked without per-level string rebuilding."""
     stem = deep(19)

@@ -394,6 +394,7 @@ async def test_stop_closes_waiting_and_paired_with_1001() -> None:
         assert relay.stats.open_connections == 0
 
 
+@pytest.mark.slow
 async def test_stop_ends_despite_a_receiver_that_does_not_read() -> None:
     """Relay.stop() returns though a paired receiver stopped reading; the sender still gets 1001."""
     async with asyncio.timeout(9), running_relay() as relay, Peers(relay.url) as peers:
@@ -491,6 +492,7 @@ def chunk(i: int) -> bytes:
     return i.to_bytes(4, "big") * (CHUNK // 4)
 
 
+@pytest.mark.slow
 async def test_receiver_that_does_not_read_blocks_sender(relay: Relay, peers: Peers) -> None:
     """A sender facing a receiver that does not read stalls after a bounded amount; all arrives."""
     count = 800  # 200 MiB attempted
@@ -531,6 +533,7 @@ async def test_receiver_that_does_not_read_blocks_sender(relay: Relay, peers: Pe
 # --- statistics -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_stats_count_connections_pairs_traffic_and_outcomes() -> None:
     """RelayStats counts connections, the active pair, forwarded messages/bytes and each outcome."""
     async with asyncio.timeout(8), running_relay(peer_timeout=1.0) as relay, \
@@ -573,6 +576,7 @@ async def test_stats_count_connections_pairs_traffic_and_outcomes() -> None:
 # --- many pairs ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_hundred_concurrent_pairs_without_cross_talk(relay: Relay, peers: Peers) -> None:
     """100 pairs joining concurrently in random order each talk only to their own partner."""
     pairs = 100

@@ -172,6 +172,7 @@ async def probe(url: str, messages: list[str | bytes]) -> int | None:
             return exc.rcvd.code if exc.rcvd else None
 
 
+@pytest.mark.slow
 @fuzz(150)
 @given(st.lists(message, min_size=1, max_size=4))
 def test_fuzzed_first_messages_get_the_close_code_they_deserve(
@@ -210,6 +211,7 @@ async def until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
             await writer.wait_closed()
 
 
+@pytest.mark.slow
 @fuzz(80)
 @given(st.binary(min_size=1, max_size=512))
 def test_garbage_frames_after_the_handshake_end_the_connection(
@@ -247,6 +249,7 @@ def test_garbage_instead_of_http_ends_the_connection(
     assert errors.messages == []
 
 
+@pytest.mark.slow  # it checks what the fuzzing tests (slow) left behind
 def test_after_the_fuzzing_a_real_pair_still_works(
     fuzz_relay: tuple[Relay, HandlerErrors], frame_relay: tuple[Relay, HandlerErrors]
 ) -> None:
@@ -293,6 +296,7 @@ async def test_announced_giant_frame_is_refused_before_it_arrives() -> None:
         await transfer(relay.url)
 
 
+@pytest.mark.slow
 async def test_slow_loris_without_hello_is_closed_and_capped() -> None:
     """Connections that never say hello fill their address's cap (429), then get 4001."""
     async with asyncio.timeout(30), running_relay(
@@ -352,6 +356,7 @@ async def junk_connection(url: str, host: str, port: int, source: str, kind: int
         return f"http {exc.response.status_code}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)  # the load test: bounded on its own, never skipped
 async def test_thousands_of_junk_connections_do_not_stop_twenty_real_pairs() -> None:
     """2000 junk clients (idle TCP, silent or garbage WebSockets) from 20 addresses while
@@ -408,6 +413,7 @@ async def test_thousands_of_junk_connections_do_not_stop_twenty_real_pairs() -> 
     assert grown_mib < 500
 
 
+@pytest.mark.slow
 async def test_many_addresses_are_forgotten_after_their_window() -> None:
     """Per-address state for 200 addresses that came and went is dropped once it refilled."""
     async with asyncio.timeout(30), running_relay(exempt_addresses=(), join_window=0.2) as relay:

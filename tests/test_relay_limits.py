@@ -627,6 +627,7 @@ async def closed_after_data(ws: ClientConnection) -> tuple[int | None, str]:
             return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
 
 
+@pytest.mark.slow
 async def test_pair_duration_cap_closes_both_peers_with_4008() -> None:
     """A pair older than max_pair_seconds: both get 4008 naming the time limit."""
     async with asyncio.timeout(30), running_relay(max_pair_seconds=1.0) as relay:

@@ -472,6 +472,7 @@ async def test_drain_deadline_closes_a_running_pair_with_4005() -> None:
     assert relay.stats.open_connections == 0
 
 
+@pytest.mark.slow
 async def test_drain_deadline_makes_our_clients_raise_connection_lost(
         tmp_path: Path, gate: Gate) -> None:
     """With reconnect off, a transfer cut by the drain deadline ends in ConnectionLostError
@@ -505,6 +506,7 @@ async def test_drain_deadline_makes_our_clients_raise_connection_lost(
     assert all(p.name.startswith(".big.bin.p2p-copy-") for p in (tmp_path / "out").rglob("*"))
 
 
+@pytest.mark.slow
 async def test_drain_deadline_cut_is_resumed_through_the_next_relay(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """4005 at the drain deadline is worth a reconnect: both peers go on through a relay
@@ -579,6 +581,7 @@ def _start_big_pair(processes: Processes, tmp_path: Path, size: int,
     return relay, sender, receiver, port
 
 
+@pytest.mark.slow
 def test_sigterm_drains_the_relay_process_and_a_cut_transfer_exits_7(
         processes: Processes, tmp_path: Path) -> None:
     """SIGTERM during a long transfer with reconnect off: after --drain-timeout both CLIs
@@ -598,6 +601,7 @@ def test_sigterm_drains_the_relay_process_and_a_cut_transfer_exits_7(
     assert not (tmp_path / "out" / "big.bin").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_mid_transfer_continues_after_reconnect(
         processes: Processes, tmp_path: Path) -> None:
     """SIGTERM during a transfer (reconnect on, the default): the relay drains and exits 0,

@@ -100,6 +100,7 @@ async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 12
         raise AssertionError(f"waited {timeout} s for {what}") from None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_relay_killed_and_restarted_mid_transfer(processes: Processes, tmp_path: Path,
                                                       code: str) -> None:
@@ -135,6 +136,7 @@ async def test_relay_killed_and_restarted_mid_transfer(processes: Processes, tmp
     assert not leftovers(dest)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_receiver_killed_and_run_again(relay: Relay, processes: Processes,
                                              tmp_path: Path, code: str) -> None:
@@ -166,6 +168,7 @@ async def test_receiver_killed_and_run_again(relay: Relay, processes: Processes,
     assert not leftovers(dest)
 
 
+@pytest.mark.slow
 async def test_changed_source_is_sent_again_never_spliced(relay: Relay, processes: Processes,
                                                           tmp_path: Path, code: str) -> None:
     """A partial file from a run cut short is not continued when the source changed since,
@@ -253,6 +256,7 @@ def test_cli_reconnect_timeout_flag(tmp_path: Path) -> None:
     assert "reconnect_timeout" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["receiver", "sender"])
 async def test_cancelled_transfer_resumes_when_run_again(relay: Relay, tmp_path: Path,
                                                          code: str, side: str) -> None:

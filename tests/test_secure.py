@@ -164,6 +164,7 @@ def test_is_control_tells_json_from_data() -> None:
     assert not is_control(b"")
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None)
 @given(st.binary(max_size=300))
 def test_opening_random_bytes_only_raises_tampering(data: bytes) -> None:
@@ -184,6 +185,7 @@ def channels_cached() -> tuple[Channel, Channel]:
     return _CACHED[0]
 
 
+@pytest.mark.slow
 def test_points_off_the_curve_are_a_remote_protocol_error() -> None:
     """Random bytes as a SPAKE2 element are the peer's fault, never a crash.
 

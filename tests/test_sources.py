@@ -42,6 +42,7 @@ def test_walk_order_links_and_paths(tmp_path: Path) -> None:
     assert [Path(f).relative_to(tmp_path).as_posix() for f in sources.files] == sent
 
 
+@pytest.mark.slow
 def test_a_very_deep_folder_is_walked(tmp_path: Path) -> None:
     """Deeper than Python's recursion limit: the walk keeps a stack of its own."""
     deepest = tmp_path / "top"

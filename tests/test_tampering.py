@@ -160,6 +160,7 @@ def replay_first(_d: str, i: int, m: Message) -> list[Message]:
     return [_held[0]] if i == TARGET else [m]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tamper", [flip, drop, duplicate, reorder, truncate_message,
                                     inject_binary, inject_text, replay_first],
                          ids=lambda f: f.__name__)
@@ -218,6 +219,7 @@ async def test_wrong_code_is_reported_to_both_sides(tmp_path: Path) -> None:
     assert all(isinstance(m, str) for _, m in mitm.recorded)
 
 
+@pytest.mark.slow
 async def test_recording_relay_learns_nothing_by_trying_every_code(tmp_path: Path) -> None:
     """A relay that stores all traffic, then tries each code of the space, gains only the room.
 

@@ -155,6 +155,7 @@ def tls_relay_process(processes: Processes, pki: Pki) -> str:
     return f"wss://127.0.0.1:{port}"
 
 
+@pytest.mark.slow
 def test_cli_transfer_over_wss_with_cafile(
     processes: Processes, tls_relay_process: str, pki: Pki, tmp_path: Path
 ) -> None:
@@ -173,6 +174,7 @@ def test_cli_transfer_over_wss_with_cafile(
     _assert_same(src, out / "src")
 
 
+@pytest.mark.slow
 def test_cli_without_cafile_exits_3_with_a_hint(
     processes: Processes, tls_relay_process: str, pki: Pki, tmp_path: Path
 ) -> None:

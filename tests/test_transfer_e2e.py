@@ -591,6 +591,7 @@ def test_cli_send_and_receive(processes: Processes, tmp_path: Path) -> None:
     assert not leftovers(dest)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
 def test_cli_memory_stays_bounded_for_a_large_file(processes: Processes,
                                                    tmp_path: Path) -> None:

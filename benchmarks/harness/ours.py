@@ -81,7 +81,7 @@ def _pip(python: Path, *args: str, timeout: float = 600.0) -> subprocess.Complet
 
 def ensure_ours_venv() -> tuple[str, str]:
     """OURS_VENV holding the working tree's package, installed non-editable like a user's
-    ``pip install p2p-copy`` (dependencies from the package index). Our package is
+    ``pip install .`` of a checkout (dependencies from the package index). Our package is
     reinstalled (--no-deps --force-reinstall) only when pyproject.toml or p2p_copy/
     changed. Returns (source digest, installed version)."""
     python = OURS_VENV / "bin" / "python"

@@ -244,7 +244,7 @@ async def _send_once(
                 reply = await link.recv(
                     ACCEPT_TIMEOUT,
                     "the receiver to answer the list of files (a receiver running p2p-copy "
-                    "0.1.x never answers: ask them to upgrade with pip install -U p2p-copy)",
+                    "0.1.x never answers: ask them to upgrade)",
                 )
             finally:
                 if checking is not None:

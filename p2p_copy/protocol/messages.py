@@ -494,7 +494,7 @@ def _parse_manifest(obj: dict[str, Any]) -> Manifest:
         # p2p-copy 0.1.x sends a manifest without a version and a message per file.
         raise IncompatiblePeerError(
             "The sender runs an old p2p-copy (0.1.x) that this version cannot receive from. "
-            "Ask them to upgrade: pip install -U p2p-copy"
+            "Ask them to upgrade p2p-copy."
         )
     version = obj["version"]
     if type(version) is not int or version != PROTOCOL_VERSION:  # true == 1 in Python

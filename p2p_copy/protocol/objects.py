@@ -28,7 +28,7 @@ uncompressed (a small compressed body could expand to any size) and are fully va
 The receiver checks ``meta`` before it allocates anything: a shape, dtype or size that
 does not add up is a ``RemoteProtocolError``, and more than ``max_bytes`` a ``PolicyError``.
 NumPy, pandas and pyarrow are imported only when an object needs them
-(``pip install p2p-copy[objects]``).
+(the ``objects`` extra: numpy, pandas, pyarrow).
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ _SUPPORTED: Final = (
     "bool, None), NumPy arrays and scalars (not of object dtype), pandas DataFrames, "
     "pyarrow Tables and RecordBatches"
 )
-_INSTALL: Final = "install the optional dependencies with: pip install 'p2p-copy[objects]'"
+_INSTALL: Final = ("install the optional dependencies of p2p-copy[objects]: "
+                   "pip install numpy pandas pyarrow")
 
 # Same limit as numpy 1.x; numpy 2 allows 64 but a peer on numpy 1.x could not build more.
 _MAX_NDIM: Final = 32

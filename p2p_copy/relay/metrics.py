@@ -4,7 +4,7 @@ Forwarding only bumps plain ints in ``RelayStats`` (as the relay did before it h
 metrics); a collector turns them into metric families when ``/metrics`` is scraped. So
 metrics cost the hot path nothing but one forward-latency sample per 64 messages.
 
-prometheus_client is optional (``pip install 'p2p-copy[relay]'``): without it the relay
+prometheus_client is optional (the ``relay`` extra): without it the relay
 runs with metrics off. Each relay has its own CollectorRegistry, so that several relays
 in one process (tests, the in-process API) never share or clash over metrics.
 """
