@@ -28,7 +28,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 
 import p2p_copy
-import p2p_copy.peer.api
+import p2p_copy.peer.receiving
 from p2p_copy import ConnectionLostError, RelayUnreachableError
 from p2p_copy.display.progress import NoProgress
 from p2p_copy.peer.offload import SLOW_CALL, Offload
@@ -125,7 +125,7 @@ class Gate:
             def __init__(self, slow: float = SLOW_CALL, *, threaded: bool = False) -> None:
                 super().__init__(slow, threaded=True)
 
-        monkeypatch.setattr(p2p_copy.peer.api, "Offload", Threaded)
+        monkeypatch.setattr(p2p_copy.peer.receiving, "Offload", Threaded)
 
     async def reached(self) -> None:
         assert await asyncio.to_thread(self.entered.wait, 10), "the transfer never got going"
