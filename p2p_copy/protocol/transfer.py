@@ -171,8 +171,8 @@ class ReceiverState(enum.IntEnum):
 #   call) and what it receives ("receive ready": receive()), named by the message's
 #   ``type``; a binary data message is "data".
 # - An input not listed under the current state is illegal: one received is the peer's
-#   fault (RemoteProtocolError), one sent is ours (LocalProtocolError). Either way the
-#   machine is then FAILED and stays so.
+#   fault (RemoteProtocolError; the machine is then FAILED and stays so), one sent is
+#   ours (LocalProtocolError, a bug in the driver; the state does not change).
 # - Where a message's content leads elsewhere, the input says which: "receive accept
 #   with held", "receive accept with resume" (an older receiver's digests, §6.5.2),
 #   "receive manifest with more" (a part that is not the last).
