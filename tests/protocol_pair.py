@@ -11,6 +11,10 @@ forwards every message verbatim, binary messages as ``bytes`` as a WebSocket wou
 Each step is also available on its own (``connect``, ``open``, ``accept``, ``send_data``,
 ``send_checksums``, ``finish``) so that a test can stop anywhere and inject a message
 with ``to_receiver`` or ``to_sender``.
+
+The receiver's SenderJoined, which only tells a driver that the sender is there, is
+checked (at most once, first) and left out of the events that the pair returns and
+records; ``sender_joined`` says whether it came.
 """
 
 from __future__ import annotations
@@ -24,13 +28,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from p2p_copy.protocol import digests
 from p2p_copy.protocol.digests import SHA256
 from p2p_copy.protocol.messages import (
-    Accept,
-    Done,
     Entry,
     FileEntry,
     Ready,
-    Resume,
-    Waiting,
     encode,
     parse_hello,
 )
@@ -42,7 +42,11 @@ from p2p_copy.protocol.transfer import (
     ManifestReceived,
     Receiver,
     ReceiverEvent,
+    ReceiverJoined,
     Sender,
+    SenderEvent,
+    SenderJoined,
+    TransferConfirmed,
     TransferFinished,
 )
 from p2p_copy.relay.pairing import Paired, Rooms, Wait
@@ -125,8 +129,10 @@ class ProtocolPair:
         self.sender = Sender(code_hash_hex, self.entries, manifest_part_bytes=manifest_part_bytes,
                              digests=digests)
         self.receiver = Receiver(code_hash_hex, max_entries=max_entries)
-        #: Every event the receiver returned, in order.
+        #: Every event the receiver returned, in order (SenderJoined left out).
         self.events: list[ReceiverEvent] = []
+        #: The receiver reported SenderJoined.
+        self.sender_joined = False
         #: The hellos the relay received (the receiver's first), and every message forwarded
         #: to the receiver / to the sender afterwards, in order (``ready`` included).
         self.hello_log: list[str] = []
@@ -144,11 +150,16 @@ class ProtocolPair:
         delivered = message if isinstance(message, str) else bytes(message)
         self.to_receiver_log.append(delivered)
         events = self.receiver.receive(delivered)
+        if events and events[0] == SenderJoined():
+            assert not self.sender_joined, "SenderJoined twice"
+            self.sender_joined = True
+            events = events[1:]
+        assert SenderJoined() not in events, events
         self.events.extend(events)
         return events
 
-    def to_sender(self, message: str) -> Ready | Waiting | Accept | Resume | Done:
-        """Deliver one message to the sender; return what the sender made of it."""
+    def to_sender(self, message: str) -> list[SenderEvent]:
+        """Deliver one message to the sender; return its events."""
         self.to_sender_log.append(message)
         return self.sender.receive(message)
 
@@ -163,7 +174,7 @@ class ProtocolPair:
         assert isinstance(rooms.join(receiver_hello, "receiver"), Wait)
         paired = rooms.join(sender_hello, "sender")
         assert isinstance(paired, Paired) and paired.partner == "receiver", paired
-        self.to_sender(encode(Ready()))
+        assert self.to_sender(encode(Ready())) == [ReceiverJoined()]
 
     def open(self) -> ManifestReceived:
         """``connect``, then every manifest part; return the receiver's ManifestReceived."""
@@ -207,7 +218,7 @@ class ProtocolPair:
         """Eof to the receiver and, if it reports TransferFinished, its ``done`` to the sender."""
         events = self.to_receiver(self.sender.eof())
         if events and isinstance(events[-1], TransferFinished):
-            assert isinstance(self.to_sender(self.receiver.done()), Done)
+            assert self.to_sender(self.receiver.done()) == [TransferConfirmed()]
         return events
 
     def transfer(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from p2p_copy.errors import RemoteProtocolError, UsageError
+from p2p_copy.peer.session import digests_from_environment
 from p2p_copy.protocol import digests
 from p2p_copy.protocol.digests import BLAKE3, SHA256
 from p2p_copy.protocol.messages import (
@@ -69,17 +70,25 @@ def test_the_receiver_picks_the_senders_first_offer_it_has(
 ])
 def test_the_environment_limits_what_a_peer_offers_and_picks(
         monkeypatch: pytest.MonkeyPatch, value: str, expected: tuple[str, ...]) -> None:
+    """The driver reads $P2P_COPY_DIGESTS once and hands the machines what it says."""
     monkeypatch.setenv(digests.DIGESTS_ENV, value)
-    assert digests.preferred() == expected
-    assert Sender(CODE_HASH, ENTRIES).digests_offered == expected
-    assert Receiver(CODE_HASH).digests_allowed == expected
+    assert digests_from_environment() == digests.preferred(value) == expected
+    assert Sender(CODE_HASH, ENTRIES, digests=expected).digests_offered == expected
+    assert Receiver(CODE_HASH, digests=expected).digests_allowed == expected
+
+
+def test_the_machines_do_not_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sender and Receiver take what they may hash as an argument: without it, all we have."""
+    monkeypatch.setenv(digests.DIGESTS_ENV, "sha256")
+    assert Sender(CODE_HASH, ENTRIES).digests_offered == digests.available()
+    assert Receiver(CODE_HASH).digests_allowed == digests.available()
 
 
 def test_an_unknown_name_in_the_environment_is_a_usage_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(digests.DIGESTS_ENV, "sha256,md5")
     with pytest.raises(UsageError, match="'md5'"):
-        Sender(CODE_HASH, ENTRIES)
+        digests_from_environment()
 
 
 def test_two_peers_with_blake3_check_every_file_with_it() -> None:

@@ -25,7 +25,7 @@ from p2p_copy.protocol.digests import SHA256
 from p2p_copy.protocol.messages import DirEntry, Entry, FileEntry, Manifest, StreamEntry, encode
 from p2p_copy.protocol.policy import ReceivePolicy
 from p2p_copy.protocol.resume import Offer
-from p2p_copy.protocol.transfer import ManifestReceived, Receiver, ReceiverState
+from p2p_copy.protocol.transfer import ManifestReceived, Receiver, ReceiverState, SenderJoined
 from p2p_copy.relay import Relay
 from p2p_copy.storage.destination import Destination
 from p2p_copy.storage.sources import SourceChains, Sources, collect_sources
@@ -162,7 +162,7 @@ def test_receiver_refuses_at_the_first_part_over_a_limit(
 ) -> None:
     """The part that crosses a limit is refused when it arrives, though more would follow."""
     receiver = _receiver_with(policy)
-    assert receiver.receive(_part(first, more=True)) == []
+    assert receiver.receive(_part(first, more=True)) == [SenderJoined()]  # nothing more
     with pytest.raises(PolicyError, match=limit):
         receiver.receive(_part(second, more=True))
     assert receiver.state is ReceiverState.FAILED
@@ -172,7 +172,7 @@ def test_a_stream_counts_as_a_file() -> None:
     """A stream (only ever last) is one more file for max_files (a check that moved into
     policy.ManifestLimits; the entry cap was and is Receiver's max_entries, part by part)."""
     receiver = _receiver_with(ReceivePolicy(max_files=1))
-    assert receiver.receive(_part([FileEntry("a", 0)], more=True)) == []
+    assert receiver.receive(_part([FileEntry("a", 0)], more=True)) == [SenderJoined()]
     with pytest.raises(PolicyError, match="--max-files"):
         receiver.receive(_part([StreamEntry("pipe")], more=False))
 
@@ -180,7 +180,7 @@ def test_a_stream_counts_as_a_file() -> None:
 def test_a_part_within_the_limits_waits_for_the_rest() -> None:
     """Parts that keep within the limits are taken; the whole manifest is judged at the end."""
     receiver = _receiver_with(ReceivePolicy(max_files=2, max_bytes=3))
-    assert receiver.receive(_part([FileEntry("a", 1)], more=True)) == []
+    assert receiver.receive(_part([FileEntry("a", 1)], more=True)) == [SenderJoined()]
     events = receiver.receive(_part([FileEntry("b", 2)], more=False))
     assert events == [ManifestReceived((FileEntry("a", 1), FileEntry("b", 2)))]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -20,46 +22,52 @@ from p2p_copy.peer import reconnect
 from p2p_copy.peer.reconnect import Reconnect, keeps_partial, reconnect_budget, retryable
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(reconnect.time, "monotonic", c)
-    return c
-
-
-def test_backoff_doubles_up_to_the_cap_within_the_budget(clock: Clock) -> None:
+def test_backoff_doubles_up_to_the_cap_within_the_budget() -> None:
     retry = Reconnect(30.0)
     assert not retry.reconnecting
+    now = 1000.0
     delays = []
-    while (delay := retry.next_delay()) is not None:
+    while (delay := retry.next_delay(now)) is not None:
         delays.append(delay)
-        clock.now += delay
+        now += delay
     assert delays[:5] == [0.5, 1.0, 2.0, 4.0, 8.0]
     assert all(d <= 8.0 for d in delays) and sum(delays) == pytest.approx(30.0)
     assert retry.attempt == len(delays)
 
 
-def test_reaching_the_peer_renews_the_budget(clock: Clock) -> None:
+def test_reaching_the_peer_renews_the_budget() -> None:
     retry = Reconnect(10.0)
-    assert retry.next_delay() == 0.5
-    clock.now += 9.0
-    assert retry.reconnecting and retry.wait_timeout(None) == pytest.approx(1.0)
+    now = 1000.0
+    assert retry.next_delay(now) == 0.5
+    now += 9.0
+    assert retry.reconnecting and retry.wait_timeout(None, now) == pytest.approx(1.0)
     retry.connected()
-    assert not retry.reconnecting and retry.wait_timeout(5.0) == 5.0
-    clock.now += 100.0
-    assert retry.next_delay() == 0.5  # a new outage, a new budget, the first delay again
+    assert not retry.reconnecting and retry.wait_timeout(5.0, now) == 5.0
+    now += 100.0
+    assert retry.next_delay(now) == 0.5  # a new outage, a new budget, the first delay again
 
 
-def test_no_budget_means_no_retry(clock: Clock) -> None:
-    assert Reconnect(0.0).next_delay() is None
+def test_no_budget_means_no_retry() -> None:
+    assert Reconnect(0.0).next_delay(1000.0) is None
+
+
+def test_the_policy_reads_no_clock() -> None:
+    """Time is an argument, as in relay/admission.py: the same inputs, the same answers."""
+    source = Path(reconnect.__file__).read_text("utf-8")
+    assert "time" not in {n.split(".")[0] for n in _imported(source)}
+    first, second = Reconnect(10.0), Reconnect(10.0)
+    assert [first.next_delay(t) for t in (5.0, 9.0, 16.0)] == [
+        second.next_delay(t) for t in (5.0, 9.0, 16.0)] == [0.5, 1.0, None]
+
+
+def _imported(source: str) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
 
 
 @pytest.mark.parametrize(("timeout", "budget"), [(None, 0.0), (0, 0.0), (2.5, 2.5)])

@@ -16,6 +16,7 @@ from p2p_copy.errors import (
     RemoteProtocolError,
     UnsafePathError,
 )
+from p2p_copy.protocol.digests import SHA256
 from p2p_copy.protocol.messages import (
     Accept,
     DirEntry,
@@ -36,13 +37,16 @@ from p2p_copy.protocol.resume import (
     check_offers,
 )
 from p2p_copy.protocol.transfer import (
+    AcceptReceived,
     FileCompleted,
     FileData,
     ManifestReceived,
     Receiver,
     ReceiverState,
     ResumeAgreed,
+    Send,
     Sender,
+    SenderJoined,
     SenderState,
 )
 from p2p_copy.storage.destination import LIST_FROM, SIDECAR_SUFFIX, TEMP_SUFFIX, Destination
@@ -165,7 +169,7 @@ def _pair(entries: list[FileEntry | StreamEntry]) -> tuple[Sender, Receiver]:
     events: list[object] = []
     for part in sender.manifest():
         events += receiver.receive(part)
-    assert isinstance(events[0], ManifestReceived)
+    assert events[0] == SenderJoined() and isinstance(events[1], ManifestReceived)
     return sender, receiver
 
 
@@ -177,8 +181,8 @@ def test_the_receiver_never_sends_its_digests() -> None:
     accept = receiver.accept([ours])
     assert ours.digest not in accept
     assert json.loads(accept)["held"] == [[0, BLOCK]]
-    sender.receive(accept)
-    assert sender.state is SenderState.PROVING and sender.held == (Prefix(0, BLOCK),)
+    assert sender.receive(accept) == [AcceptReceived(receiver.digest, held=(Prefix(0, BLOCK),))]
+    assert sender.state is SenderState.PROVING
 
 
 def test_resumed_files_stream_only_their_rest() -> None:
@@ -189,14 +193,16 @@ def test_resumed_files_stream_only_their_rest() -> None:
     # The receiver holds a's first block, and a block of some other b.
     held = [Offer(0, BLOCK, sha(a[:BLOCK])), Offer(1, BLOCK, sha(b"x" * BLOCK))]
     sender.receive(receiver.accept(held))
-    assert receiver.state is ReceiverState.WAIT_RESUME
+    assert receiver.state is ReceiverState.WAIT_PREFIX_DIGESTS
     shown = sender.prefix_digests([Offer(0, BLOCK, sha(a[:BLOCK])),
                                    Offer(1, BLOCK, sha(b[:BLOCK]))])
     events = receiver.receive(shown)
-    assert events == [ResumeAgreed({0: BLOCK}, frozenset({1}))]  # b's digest differs
+    resume = encode(Resume(files=((0, BLOCK),)))
+    # b's digest differs; the machine answers on its own.
+    assert events == [ResumeAgreed({0: BLOCK}, frozenset({1})), Send(resume)]
     assert sender.state is SenderState.WAIT_RESUME
-    assert sender.receive(receiver.resume()) == Resume(files=((0, BLOCK),))
-    assert sender.state is SenderState.STREAMING and sender.starts == {0: BLOCK}
+    assert sender.receive(resume) == [ResumeAgreed({0: BLOCK}, frozenset({1}))]
+    assert sender.state is SenderState.STREAMING
     rest = a[BLOCK:] + b
     buffer = bytearray(1 + len(rest))
     buffer[1:] = rest
@@ -215,9 +221,9 @@ def test_a_prefix_the_sender_does_not_show_is_not_compared() -> None:
     different: everything of that file comes from 0."""
     sender, receiver = _pair([FileEntry("a", 3 * BLOCK)])
     sender.receive(receiver.accept([Offer(0, BLOCK, "a" * 64)]))
-    assert receiver.receive(sender.prefix_digests([])) == [ResumeAgreed({})]
-    sender.receive(receiver.resume())
-    assert sender.starts == {}
+    agreed, reply = receiver.receive(sender.prefix_digests([]))
+    assert agreed == ResumeAgreed({}) and isinstance(reply, Send)
+    assert sender.receive(reply.message) == [ResumeAgreed({})]
 
 
 def test_only_held_prefixes_can_be_shown_and_resumed() -> None:
@@ -247,12 +253,16 @@ def test_an_older_receivers_offers_are_checked_by_the_sender() -> None:
     a = os.urandom(2 * BLOCK)
     sender, _ = _pair([FileEntry("a", len(a))])
     offer = Offer(0, BLOCK, sha(a[:BLOCK]))
-    sender.receive(encode(Accept(resume=(offer,))))
-    assert sender.state is SenderState.VERIFYING and sender.offers == (offer,)
+    assert sender.receive(encode(Accept(resume=(offer,)))) == [
+        AcceptReceived(SHA256, offers=(offer,))]
+    assert sender.state is SenderState.VERIFYING
     with pytest.raises(LocalProtocolError):
         sender.resume([Offer(0, 2 * BLOCK, "a" * 64)])
     assert json.loads(sender.resume([offer])) == {"type": "resume", "files": [[0, BLOCK]]}
-    assert sender.starts == {0: BLOCK}
+    # Only the rest of the file is sent: the first BLOCK bytes were agreed.
+    sender.frame_data(bytearray(1 + BLOCK), BLOCK)
+    with pytest.raises(LocalProtocolError, match="more data than the manifest announced"):
+        sender.frame_data(bytearray(2), 1)
 
 
 def test_sender_refuses_offers_out_of_range() -> None:
@@ -273,8 +283,7 @@ def test_data_from_a_sender_that_ignores_offers_starts_from_zero() -> None:
     events = receiver.receive(b"\x00abcd")
     assert events[0] == ResumeAgreed({}, frozenset())
     assert isinstance(events[1], FileData) and events[1].offset == 0
-    with pytest.raises(LocalProtocolError):
-        receiver.resume()  # nothing to answer
+    assert not any(isinstance(e, Send) for e in events)  # nothing to answer
 
 
 def test_sidecar_round_trip_and_garbage() -> None:
@@ -647,8 +656,9 @@ def test_worked_resume_example_is_what_the_machines_send() -> None:
         sender.receive(message)
 
     to_sender(receiver.accept([Offer(0, 14, sha(a))]))
-    assert to_receiver(sender.prefix_digests([Offer(0, 14, sha(a))])) == [ResumeAgreed({0: 14})]
-    to_sender(receiver.resume())
+    agreed, reply = to_receiver(sender.prefix_digests([Offer(0, 14, sha(a))]))
+    assert agreed == ResumeAgreed({0: 14}) and isinstance(reply, Send)
+    to_sender(reply.message)
     buffer = bytearray(1 + len(b))
     buffer[1:] = b
     to_receiver(bytes(sender.frame_data(buffer, len(b))))

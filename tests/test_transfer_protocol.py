@@ -45,18 +45,24 @@ from p2p_copy.protocol.messages import (
     Manifest,
     Ready,
     StreamEntry,
+    Waiting,
     encode,
     encode_manifest,
     parse_message,
 )
 from p2p_copy.protocol.transfer import (
+    AcceptReceived,
     FileCompleted,
     FileData,
     ManifestReceived,
     Receiver,
     ReceiverEvent,
+    ReceiverJoined,
     ReceiverState,
+    RelayWaiting,
+    Send,
     Sender,
+    SenderJoined,
     SenderState,
     TransferFinished,
 )
@@ -190,7 +196,6 @@ _WORKED_ROOM_HASH = "4db57ad8f4f2ce91aca47e419715faf52e952b614d41f7cb6d28cb7684b
 
 def _worked_example(digests: tuple[str, ...] = (SHA256,)) -> ProtocolPair:
     """The transfer of docs/protocol.md §12.1, run in memory."""
-    from p2p_copy.protocol.messages import Waiting
 
     room_hash = _WORKED_ROOM_HASH
     entries: list[Entry] = [
@@ -610,12 +615,13 @@ def test_sender_refuses_out_of_order_messages(
 
 
 def test_sender_returns_what_it_received() -> None:
-    """Sender.receive hands back the parsed message of each allowed step."""
+    """Sender.receive hands back the event of each allowed step, as Receiver.receive does."""
     pair = ProtocolPair(ENTRIES)
     pair.sender.hello()
-    assert pair.sender.receive(encode(Ready())) == Ready()
+    assert pair.sender.receive(encode(Waiting())) == [RelayWaiting()]
+    assert pair.sender.receive(encode(Ready())) == [ReceiverJoined()]
     pair.sender.manifest()
-    assert pair.sender.receive(encode(Accept())) == Accept()
+    assert pair.sender.receive(encode(Accept())) == [AcceptReceived(SHA256)]
 
 
 # --- local misuse -----------------------------------------------------------------------
@@ -901,7 +907,7 @@ def check_receiver(messages: list[str | bytes]) -> bool:
                 assert event.file == digests
                 assert received[event.file] == sizes[event.file]
                 digests += 1
-            else:
+            elif not isinstance(event, SenderJoined):
                 assert isinstance(event, TransferFinished)
                 assert received == sizes and digests == len(sizes)
                 receiver.done()
@@ -952,9 +958,8 @@ def test_relay_waiting_is_not_the_sender_speaking() -> None:
     receiver = Receiver("ab" * 32)
     receiver.hello()
     assert receiver.receive('{"type":"waiting"}') == []
-    assert not receiver.sender_spoke
-    receiver.receive('{"type":"manifest","version":1,"entries":[]}')
-    assert receiver.sender_spoke
+    events = receiver.receive('{"type":"manifest","version":1,"entries":[]}')
+    assert events[0] == SenderJoined() and isinstance(events[1], ManifestReceived)
 
 
 # --- compressed data messages (DATA_ZSTD, docs/protocol.md §6.6.1) ---------------------
@@ -1059,11 +1064,12 @@ def test_compressed_data_after_resume_counts_from_the_offsets() -> None:
     assert json.loads(accept)["compression"] == ["zstd"]
     pair.to_sender(accept)
     assert pair.sender.peer_accepts_zstd
-    pair.to_receiver(pair.sender.prefix_digests([offer]))
-    pair.to_sender(pair.receiver.resume())
+    agreed, reply = pair.to_receiver(pair.sender.prefix_digests([offer]))
+    assert isinstance(reply, Send)
+    pair.to_sender(reply.message)
     pair.send_data(contents["a.csv"][block:] + contents["b.csv"])
     assert data_kinds(pair) == [DATA_ZSTD]
-    assert pair.events[1] == ResumeAgreed({0: block})
+    assert agreed == pair.events[1] == ResumeAgreed({0: block})
     assert data_events(pair.events) == [(0, block, contents["a.csv"][block:]),
                                         (1, 0, contents["b.csv"])]
     for message in pair.sender.checksums([sha256_hex(d) for d in contents.values()]):

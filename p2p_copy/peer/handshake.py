@@ -1,8 +1,9 @@
 """The asyncio side of secure.py: run the key exchange over the relay, then seal everything.
 
 ``handshake()`` turns a paired RelayLink into a SealedLink, which has the same
-``send``/``recv``/``tell_peer`` as RelayLink, so that api.py drives the transfer state
-machines the same way with or without encryption (``--no-encrypt``).
+``send``/``recv``/``tell_peer`` as RelayLink, so that the drivers (sending.py,
+receiving.py) run the transfer state machines the same way with or without encryption
+(``--no-encrypt``): the handshake is not a state of those machines (docs/protocol.md §6.2).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ HANDSHAKE_TIMEOUT = 60.0
 
 
 class Link(Protocol):
-    """What api.py needs of a connection to the peer: RelayLink or SealedLink."""
+    """What the drivers need of a connection to the peer: RelayLink or SealedLink."""
 
     role: Role
 

@@ -29,8 +29,10 @@ from ..protocol.transfer import (
     FileData,
     ManifestReceived,
     Receiver,
-    ReceiverState,
     ResumeAgreed,
+    Send,
+    SenderJoined,
+    TransferFinished,
 )
 from ..results import TransferResult
 from ..storage.destination import Destination
@@ -44,6 +46,7 @@ from .session import (
     OFFER_TIMEOUT,
     Run,
     backoff,
+    digests_from_environment,
     fail_politely,
     give_up_with_the_drop,
     optional,
@@ -69,7 +72,9 @@ async def receive_into(
     sink finds on disk what the last one kept (Sink.suspend) and offers it.
     """
     room_hash_hex(code)  # a malformed code is a usage error before anything starts
-    run = Run(Reconnect(options.reconnect_budget), started_at=time.monotonic())
+    # The environment is read once, here: the machine takes what it says as an argument.
+    run = Run(Reconnect(options.reconnect_budget), started_at=time.monotonic(),
+              digests=digests_from_environment())
     while True:
         try:
             return await _receive_once(server, code, make_sink, options, display, run)
@@ -91,7 +96,7 @@ async def _receive_once(
 ) -> TransferResult:
     room = room_hash_hex(code)
     policy = options.policy
-    proto = Receiver(room, policy=policy)
+    proto = Receiver(room, policy=policy, digests=run.digests)
     destination: Sink | None = None
     offload = Offload(threaded=True)
     first = not run.paired
@@ -103,7 +108,7 @@ async def _receive_once(
             await plain.send(proto.hello())
             if first:
                 display.waiting()
-            timeout = run.retry.wait_timeout(options.wait_timeout)
+            timeout = run.retry.wait_timeout(options.wait_timeout, time.monotonic())
             waiting_for = "a sender to join"
             if options.encrypt:
                 link = await handshake(plain, code, timeout=timeout, waiting_for=waiting_for)
@@ -112,21 +117,21 @@ async def _receive_once(
             finished = False
             while not finished:
                 message = await link.recv(timeout, waiting_for)
-                events = proto.receive(message)
-                if proto.sender_spoke:
-                    run.paired = True
-                    # Once paired, a sender that stays connected but sends nothing is stuck.
-                    timeout, waiting_for = options.idle_timeout, "the sender to send more"
                 batch: list[FileData | FileCompleted] = []
-                for event in events:
+                for event in proto.receive(message):
                     if isinstance(event, (FileData, FileCompleted)):
                         batch.append(event)
                         continue
                     assert not batch  # the other events never follow data in one message
-                    if isinstance(event, ManifestReceived):
+                    if isinstance(event, SenderJoined):
+                        run.paired = True
+                        # Once paired, a sender that stays connected but sends nothing is
+                        # stuck.
+                        timeout, waiting_for = options.idle_timeout, "the sender to send more"
+                    elif isinstance(event, ManifestReceived):
                         if first:
                             run.started_at = time.monotonic()
-                        sink = make_sink(event.entries, proto.digest)
+                        sink = make_sink(event.entries, event.digest)
                         # Before any byte reaches the disk; once per offer, not per attempt.
                         if isinstance(sink, Destination) and not (
                                 isinstance(run.sink, Destination)
@@ -141,16 +146,19 @@ async def _receive_once(
                         if not run.started:
                             run.started = True
                             display.started(event.total_bytes, len(event.data))
-                        if not proto.starts and run.retry.attempt:
+                        if run.retry.attempt:
                             optional(display, "resumed", 0)
                         run.retry.connected()
                     elif isinstance(event, ResumeAgreed):
                         assert destination is not None
                         await in_thread(destination.resume, event.starts, event.differs)
-                        if proto.state is ReceiverState.ANSWER_RESUME:
-                            await link.send(proto.resume())
                         optional(display, "resumed", sum(event.starts.values()))
+                    elif isinstance(event, Send):
+                        # The machine's own reply (the ``resume`` after prefix_digests),
+                        # after the destination has taken the agreement.
+                        await link.send(event.message)
                     else:
+                        assert isinstance(event, TransferFinished)
                         assert destination is not None
                         display.verifying()
                         await in_thread(destination.finish)

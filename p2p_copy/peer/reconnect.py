@@ -1,15 +1,16 @@
 """When to reconnect after a drop, and what a stopped receiver keeps (no sockets, no files).
 
-The asyncio layer (api.py) asks ``Reconnect`` how long to wait before the next attempt
-and how long an attempt may wait for the peer, ``retryable`` whether an error is a drop
-that a new connection can get past, and ``keeps_partial`` whether a receiver stopped by
-an error keeps its partial data for a later run to resume.
+The drivers (peer/sending.py, peer/receiving.py, peer/session.py) ask ``Reconnect`` how
+long to wait before the next attempt and how long an attempt may wait for the peer,
+``retryable`` whether an error is a drop that a new connection can get past, and
+``keeps_partial`` whether a receiver stopped by an error keeps its partial data for a
+later run to resume. Time comes in as ``now`` (seconds, monotonic) from the caller, as in
+relay/admission.py; nothing here reads a clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 from ..errors import (
     CancelledError,
@@ -65,11 +66,10 @@ class Reconnect:
         self._deadline = None
         self._delay = RECONNECT_FIRST_DELAY
 
-    def next_delay(self) -> float | None:
+    def next_delay(self, now: float) -> float | None:
         """Seconds to wait before the next attempt, or None once the budget is spent."""
         if self.timeout <= 0:
             return None
-        now = time.monotonic()
         if self._deadline is None:
             self._deadline = now + self.timeout
         left = self._deadline - now
@@ -80,11 +80,11 @@ class Reconnect:
         self.attempt += 1
         return delay
 
-    def wait_timeout(self, default: float | None) -> float | None:
+    def wait_timeout(self, default: float | None, now: float) -> float | None:
         """How long an attempt may wait for the peer: the budget left, while reconnecting."""
         if self._deadline is None:
             return default
-        return max(self._deadline - time.monotonic(), 0.1)
+        return max(self._deadline - now, 0.1)
 
 
 def retryable(exc: BaseException, reconnecting: bool) -> bool:

@@ -27,10 +27,17 @@ from ..errors import (
 )
 from ..protocol.codes import GENERATE, generate_code, room_hash_hex
 from ..protocol.compression import ChooserMode, CompressionChooser
-from ..protocol.messages import Entry, FileEntry, Ready, StreamEntry
+from ..protocol.messages import Entry, FileEntry, StreamEntry
 from ..protocol.paths import check_entries, display_name
 from ..protocol.resume import ChainHasher, Offer, Prefix
-from ..protocol.transfer import Sender, SenderState, data_entries
+from ..protocol.transfer import (
+    AcceptReceived,
+    ReceiverJoined,
+    ResumeAgreed,
+    Sender,
+    TransferConfirmed,
+    data_entries,
+)
 from ..results import FileResult, TransferResult
 from ..storage.sources import SourceChains, Sources, StreamReader, check_names, collect_sources
 from ..storage.streams import PipeReader, Reader
@@ -43,6 +50,7 @@ from .session import (
     OFFER_TIMEOUT,
     Run,
     backoff,
+    digests_from_environment,
     fail_politely,
     give_up_with_the_drop,
     optional,
@@ -152,7 +160,9 @@ async def send_outgoing(
 ) -> TransferResult:
     """Send ``outgoing`` with ``code`` (None or "auto": generated) through ``server``."""
     generated = code is None or code == GENERATE
-    run = Run(Reconnect(options.reconnect_budget), started_at=time.monotonic())
+    # The environment is read once, here: the machine takes what it says as an argument.
+    run = Run(Reconnect(options.reconnect_budget), started_at=time.monotonic(),
+              digests=digests_from_environment())
     for attempt in range(MAX_CODE_ATTEMPTS):
         current = generate_code(attempt) if generated else str(code)
         try:
@@ -193,15 +203,15 @@ async def _wait_for_receiver(
     while True:
         grace = wait_timeout if shown else min(WAITING_GRACE, wait_timeout or WAITING_GRACE)
         try:
-            reply = proto.receive(await link.recv(grace, "a receiver to join"))
+            events = proto.receive(await link.recv(grace, "a receiver to join"))
         except TransferTimeoutError:
             if shown:
                 raise
-            reply = None  # a relay too old to confirm rooms: the code is probably ours
+            events = []  # a relay too old to confirm rooms: the code is probably ours
         if not shown:
             show()
             shown = True
-        if isinstance(reply, Ready):
+        if any(isinstance(event, ReceiverJoined) for event in events):
             return
 
 
@@ -218,7 +228,7 @@ async def _send_once(
     # Only the first connection of a generated code asks for a fresh room: a reconnect
     # goes back to the room the receiver knows.
     first = not run.paired
-    proto = Sender(room, outgoing.entries, fresh=generated and first)
+    proto = Sender(room, outgoing.entries, fresh=generated and first, digests=run.digests)
     async with open_link(server, room=room, cafile=options.cafile,
                          token=options.relay_token) as ws:
         plain = RelayLink(ws, "sender")
@@ -230,7 +240,8 @@ async def _send_once(
             await _wait_for_receiver(
                 plain, proto,
                 (lambda: display.showing_code(server, code)) if first else lambda: None,
-                generated and first, run.retry.wait_timeout(options.wait_timeout))
+                generated and first,
+                run.retry.wait_timeout(options.wait_timeout, time.monotonic()))
             if first:
                 run.started_at = time.monotonic()
             run.paired = True
@@ -250,42 +261,47 @@ async def _send_once(
                 if checking is not None:
                     # A name we cannot send is the cause, whatever the receiver answered.
                     await checking
-            proto.receive(reply)
+            # WAIT_ACCEPT admits only an accept, and then WAIT_RESUME only a resume: the
+            # one event each can bring.
+            [accepted] = proto.receive(reply)
+            assert isinstance(accepted, AcceptReceived)
+            digest = accepted.digest
+            #: The agreed prefixes: file number -> our hasher, which holds them.
             starts: dict[int, ChainHasher] = {}
-            if proto.state is SenderState.PROVING:
+            if accepted.held:
                 # We show our digests; the receiver compares and says which prefixes match.
-                chains = await asyncio.to_thread(outgoing.prefixes, proto.held, proto.digest)
+                chains = await asyncio.to_thread(outgoing.prefixes, accepted.held, digest)
                 await link.send(proto.prefix_digests(
                     [Offer(f, c.position, c.hexdigest()) for f, c in chains.items()]))
-                proto.receive(await link.recv(
+                [agreed] = proto.receive(await link.recv(
                     RESUME_TIMEOUT, "the receiver to compare the parts it already holds"))
-                starts = {file: chains[file] for file in proto.starts}
-            elif proto.state is SenderState.VERIFYING:
+                assert isinstance(agreed, ResumeAgreed)
+                starts = {file: chains[file] for file in agreed.starts}
+            elif accepted.offers is not None:
                 # A receiver before ``held`` showed its digests: we compare.
-                starts = await asyncio.to_thread(outgoing.check_offers, proto.offers,
-                                                 proto.digest)
-                await link.send(proto.resume([o for o in proto.offers if o.file in starts]))
+                starts = await asyncio.to_thread(outgoing.check_offers, accepted.offers,
+                                                 digest)
+                await link.send(proto.resume([o for o in accepted.offers if o.file in starts]))
             run.retry.connected()
             files = data_entries(outgoing.entries)
             if not run.started:
                 run.started = True
                 display.started(outgoing.known_bytes, len(files))
-            resumed = sum(proto.starts.values())
+            resumed = sum(chain.position for chain in starts.values())
             if resumed or run.retry.attempt:
                 optional(display, "resumed", resumed)
 
             def results(digests: list[str]) -> tuple[FileResult, ...]:
                 # A stream's size is what was sent after the files before it.
-                stream_size = proto.bytes_sent - (outgoing.known_bytes
-                                                  - sum(proto.starts.values()))
+                stream_size = proto.bytes_sent - (outgoing.known_bytes - resumed)
                 return tuple(
                     FileResult(f.path, f.size if isinstance(f, FileEntry) else stream_size, d,
-                               proto.digest)
+                               digest)
                     for f, d in zip(files, digests, strict=True)
                 )
 
             done = await _stream_with_watch(
-                link, proto, lambda: outgoing.reader(starts, proto.digest), display,
+                link, proto, lambda: outgoing.reader(starts, digest), display,
                 options, results)
         except BaseException as exc:
             await fail_politely(link, proto, exc)
@@ -322,7 +338,8 @@ async def _stream_with_watch(
         if pump.done() and pump.exception() is None:
             result = outcome(pump.result())
             async with asyncio.timeout(DONE_TIMEOUT):
-                proto.receive(await incoming)
+                [confirmed] = proto.receive(await incoming)
+            assert isinstance(confirmed, TransferConfirmed)  # WAIT_DONE admits only done
             return result
         if not incoming.done() and isinstance(pump.exception(), (PeerGoneError,
                                                                  ConnectionLostError)):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ from ..errors import (
     PeerGoneError,
     TransferTimeoutError,
 )
+from ..protocol.digests import DIGESTS_ENV, preferred
 from ..protocol.transfer import Receiver, Sender
 from ..results import TransferResult
 from ..storage.streams import Sink
@@ -32,11 +35,18 @@ __all__ = [
     "OFFER_TIMEOUT",
     "Run",
     "backoff",
+    "digests_from_environment",
     "fail_politely",
     "give_up_with_the_drop",
     "optional",
     "shown",
 ]
+
+def digests_from_environment() -> tuple[str, ...]:
+    """The hashes this process may offer and pick: $P2P_COPY_DIGESTS read once per run
+    (UsageError if it names one we do not know), so that the machines take it as input."""
+    return preferred(os.environ.get(DIGESTS_ENV))
+
 
 def optional(display: Progress, name: str, *args: object) -> None:
     """Call a Progress method added with resume if ``display`` has it (older ones do not)."""
@@ -47,7 +57,7 @@ def optional(display: Progress, name: str, *args: object) -> None:
 
 async def backoff(retry: Reconnect, exc: P2PCopyError, display: Progress) -> None:
     """Wait before the next attempt, or re-raise ``exc`` once the budget is spent."""
-    delay = retry.next_delay()
+    delay = retry.next_delay(time.monotonic())
     if delay is None:
         raise exc
     optional(display, "reconnecting", retry.attempt, delay, str(exc))
@@ -124,6 +134,9 @@ class Run:
     sink: Sink | None = None
     #: The error that started the current outage.
     drop: P2PCopyError | None = None
+    #: The hash algorithms the machine may offer or pick (digests.preferred(), which reads
+    #: the environment: once per run, by the driver). None: all this peer has.
+    digests: tuple[str, ...] | None = None
 
 
 def give_up_with_the_drop(run: Run, exc: P2PCopyError) -> None:

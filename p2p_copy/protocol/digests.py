@@ -15,7 +15,6 @@ results with ``sha256sum``, say).
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
@@ -52,10 +51,11 @@ def available() -> tuple[str, ...]:
     return (BLAKE3, SHA256) if _blake3 is not None else (SHA256,)
 
 
-def preferred() -> tuple[str, ...]:
+def preferred(setting: str | None) -> tuple[str, ...]:
     """What this peer offers (as sender) and may pick (as receiver): available(), limited
-    by $P2P_COPY_DIGESTS. SHA-256 stays the protocol's fallback either way."""
-    wanted = os.environ.get(DIGESTS_ENV, "").strip()
+    by ``setting``, the value of $P2P_COPY_DIGESTS (the driver reads it: nothing in this
+    package reads the environment). SHA-256 stays the protocol's fallback either way."""
+    wanted = (setting or "").strip()
     if not wanted:
         return available()
     names = {name.strip().lower() for name in wanted.split(",")}

@@ -21,9 +21,16 @@ message gives the digests of files whose last byte has been sent: SHA-256, or BL
 the manifest offered it and the receiver's accept picked it (digests.py). Either side may
 send ``error`` at any time and then close.
 
-Each machine is fed what arrived (``receive``) and asked for what to send (``hello``,
-``manifest``, ...). A call in the wrong state raises LocalProtocolError; a message in the
-wrong state raises RemoteProtocolError. The asyncio layer in api.py does the I/O.
+Both machines have one interface, after h11 and websockets' sans-I/O protocol: what
+arrives goes into ``receive(message)``, which returns events (``ManifestReceived``,
+``AcceptReceived``, ``FileData``, ...), among them ``Send(message)`` for a reply the
+machine makes on its own; what the program decides to send (``hello()``, ``manifest()``,
+``accept()``, ``frame_data()``, ``checksums()``, ``eof()``, ``done()``, ``error()``, ...) is
+a method that returns the wire message(s), as h11's ``send``. A call in the wrong state
+raises LocalProtocolError; a message in the wrong state raises RemoteProtocolError. The
+transitions are the tables SENDER_TRANSITIONS and RECEIVER_TRANSITIONS below. The asyncio
+layer (peer/sending.py, peer/receiving.py) does the I/O and reads no machine's state:
+it reacts to the events. Nothing here reads a clock or the environment.
 
 Compression: the receiver's ``accept`` lists ``"zstd"`` in ``compression``; a sender that
 reads it may then send a chunk as one zstd frame (DATA_ZSTD) instead of raw bytes
@@ -37,8 +44,9 @@ import bisect
 import enum
 import hmac
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Final
 
 from ..errors import (
     EncryptionMismatchError,
@@ -49,7 +57,7 @@ from ..errors import (
     error_for_wire_code,
 )
 from .compression import DEFAULT_LEVEL, ChunkCompressor, ChunkDecompressor, CompressionStats
-from .digests import SHA256, available, choose, preferred
+from .digests import SHA256, available, choose
 from .messages import (
     DATA_RAW,
     DATA_ZSTD,
@@ -83,13 +91,23 @@ from .resume import Offer, Prefix, check_offers
 __all__ = [
     "SenderState",
     "ReceiverState",
+    "SENDER_TRANSITIONS",
+    "RECEIVER_TRANSITIONS",
+    "TRANSITIONS",
     "Sender",
     "Receiver",
+    "Send",
+    "RelayWaiting",
+    "ReceiverJoined",
+    "AcceptReceived",
+    "TransferConfirmed",
+    "SenderJoined",
     "ManifestReceived",
     "FileData",
     "FileCompleted",
     "TransferFinished",
     "ResumeAgreed",
+    "SenderEvent",
     "ReceiverEvent",
     "data_entries",
     "MANIFEST_PART_BYTES",
@@ -139,18 +157,149 @@ class ReceiverState(enum.IntEnum):
     FINISHING = 4
     DONE = 5
     FAILED = 6
-    #: Prefixes were offered: the sender's ``prefix_digests`` (or, from a sender that
-    #: ignores them, data) is next.
-    WAIT_RESUME = 7
-    #: The sender's prefix digests were compared: call resume() to tell it the result.
-    ANSWER_RESUME = 8
+    #: Prefixes were offered (``held``): the sender's ``prefix_digests`` (or, from a
+    #: sender that ignores them, data, checksums or eof) is next.
+    WAIT_PREFIX_DIGESTS = 7
+
+
+# --- The transitions -------------------------------------------------------------------
+#
+# Rules (docs/protocol.md §6.2 and §6.3 print these tables; tests/test_state_tables.py
+# fails when the two differ):
+#
+# - A machine is in one state. Its inputs are what it sends ("send hello": a method
+#   call) and what it receives ("receive ready": receive()), named by the message's
+#   ``type``; a binary data message is "data".
+# - An input not listed under the current state is illegal: one received is the peer's
+#   fault (RemoteProtocolError; the machine is then FAILED and stays so), one sent is
+#   ours (LocalProtocolError, a bug in the driver; the state does not change).
+# - Where a message's content leads elsewhere, the input says which: "receive accept
+#   with held", "receive accept with resume" (an older receiver's digests, §6.5.2),
+#   "receive manifest with more" (a part that is not the last).
+# - Sending or receiving ``error``, and any failure, lead from every state to FAILED;
+#   those rows are not listed.
+# - The table says which inputs a state admits; the rules about their content (sizes,
+#   the order of checksums, eof only after every byte, the relay's ``waiting`` only once
+#   and before anything from the peer) are checked by the code that takes the input.
+# - The encryption handshake (§6.0) is not a state: peer/handshake.py runs it on the
+#   link below these machines (sender: after ``ready``; receiver: after ``hello``), and
+#   they only see the messages inside it.
+#
+# The tables are built once, here; receive() and the methods only look them up.
+
+_S = SenderState
+_R = ReceiverState
+
+#: state -> input -> next state, for the sender.
+SENDER_TRANSITIONS: Final[Mapping[SenderState, Mapping[str, SenderState]]] = {
+    _S.START: {"send hello": _S.WAIT_READY},
+    _S.WAIT_READY: {"receive waiting": _S.WAIT_READY, "receive ready": _S.SEND_MANIFEST},
+    _S.SEND_MANIFEST: {"send manifest": _S.WAIT_ACCEPT},
+    _S.WAIT_ACCEPT: {
+        "receive accept": _S.STREAMING,
+        "receive accept with held": _S.PROVING,
+        "receive accept with resume": _S.VERIFYING,
+    },
+    _S.PROVING: {"send prefix_digests": _S.WAIT_RESUME},
+    _S.WAIT_RESUME: {"receive resume": _S.STREAMING},
+    _S.VERIFYING: {"send resume": _S.STREAMING},
+    _S.STREAMING: {
+        "send data": _S.STREAMING,
+        "send checksums": _S.STREAMING,
+        "send eof": _S.WAIT_DONE,
+    },
+    _S.WAIT_DONE: {"receive done": _S.DONE},
+    _S.DONE: {},
+    _S.FAILED: {},
+}
+
+#: state -> input -> next state, for the receiver.
+RECEIVER_TRANSITIONS: Final[Mapping[ReceiverState, Mapping[str, ReceiverState]]] = {
+    _R.START: {"send hello": _R.WAIT_MANIFEST},
+    _R.WAIT_MANIFEST: {
+        "receive waiting": _R.WAIT_MANIFEST,
+        "receive manifest with more": _R.WAIT_MANIFEST,
+        "receive manifest": _R.DECIDING,
+    },
+    _R.DECIDING: {"send accept": _R.STREAMING, "send accept with held": _R.WAIT_PREFIX_DIGESTS},
+    # A sender that does not know ``held`` goes on as if nothing were held.
+    _R.WAIT_PREFIX_DIGESTS: {
+        "receive prefix_digests": _R.STREAMING,
+        "receive data": _R.STREAMING,
+        "receive checksums": _R.STREAMING,
+        "receive eof": _R.FINISHING,
+    },
+    _R.STREAMING: {
+        "receive data": _R.STREAMING,
+        "receive checksums": _R.STREAMING,
+        "receive eof": _R.FINISHING,
+    },
+    _R.FINISHING: {"send done": _R.DONE},
+    _R.DONE: {},
+    _R.FAILED: {},
+}
+
+#: Both tables by role, as h11 keeps them.
+TRANSITIONS: Final[Mapping[Role, Mapping[SenderState, Mapping[str, SenderState]]
+                           | Mapping[ReceiverState, Mapping[str, ReceiverState]]]] = {
+    "sender": SENDER_TRANSITIONS,
+    "receiver": RECEIVER_TRANSITIONS,
+}
+
+
+# --- Events ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``message`` to the peer: a reply the machine made on its own."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class RelayWaiting:
+    """The relay confirmed that the room is ours; ``ready`` follows when a receiver joins."""
+
+
+@dataclass(frozen=True)
+class ReceiverJoined:
+    """``ready``: the receiver is there; send the manifest (after the handshake, if any)."""
+
+
+@dataclass(frozen=True)
+class AcceptReceived:
+    """The receiver accepted the manifest and picked ``digest``, the hash of the checksums.
+
+    ``held``: prefixes it holds; show our digests of them with prefix_digests(). ``offers``
+    (not None): an older receiver's prefixes with its digests (§6.5.2), maybe none; answer
+    with resume(). Neither: stream every file from 0.
+    """
+
+    digest: str
+    held: tuple[Prefix, ...] = ()
+    offers: tuple[Offer, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TransferConfirmed:
+    """``done``: the receiver has every file, verified and under its final name."""
+
+
+@dataclass(frozen=True)
+class SenderJoined:
+    """The first message from the sender arrived (the relay's ``waiting`` is not one)."""
 
 
 @dataclass(frozen=True)
 class ManifestReceived:
-    """The whole manifest arrived and its paths are safe; call accept() or error()."""
+    """The whole manifest arrived and its paths are safe; call accept() or error().
+
+    ``digest``: the hash this receiver picked from the manifest's offer (SHA-256 if none).
+    """
 
     entries: tuple[Entry, ...]
+    digest: str = SHA256
 
     @property
     def files(self) -> tuple[FileEntry, ...]:
@@ -192,16 +341,20 @@ class TransferFinished:
 class ResumeAgreed:
     """Files continue from these offsets (file number -> bytes already held); others from 0.
 
-    Comes before any FileData of the transfer whenever prefixes were offered. ``differs``:
-    offered files whose prefix the sender showed to be other than ours (an offered file in
-    neither was not compared: the sender ignored the offer or could not read its prefix).
+    Both sides get it once the ``resume`` is known. The receiver gets it before any
+    FileData of the transfer whenever prefixes were offered. ``differs``: files whose
+    prefix the sender showed (in ``prefix_digests``) to be other than the receiver's; a
+    held file in neither was not compared (the sender ignored the offer or could not
+    read its prefix).
     """
 
     starts: dict[int, int]
     differs: frozenset[int] = frozenset()
 
 
-ReceiverEvent = ManifestReceived | ResumeAgreed | FileData | FileCompleted | TransferFinished
+SenderEvent = RelayWaiting | ReceiverJoined | AcceptReceived | ResumeAgreed | TransferConfirmed
+ReceiverEvent = (SenderJoined | ManifestReceived | ResumeAgreed | FileData | FileCompleted
+                 | TransferFinished | Send)
 
 
 class _Stream:
@@ -280,7 +433,12 @@ def peer_error(message: ErrorMessage, peer: Role) -> P2PCopyError:
 
 
 class Sender:
-    """The sending peer: announces the entries, streams their bytes, waits for ``done``."""
+    """The sending peer: announces the entries, streams their bytes, waits for ``done``.
+
+    Read-only for its driver: ``state``, ``digest`` (the agreed hash), ``bytes_sent`` and
+    ``compression_stats`` (counters a display shows); everything else it learns from the
+    events of receive().
+    """
 
     def __init__(
         self,
@@ -292,27 +450,26 @@ class Sender:
         digests: Sequence[str] | None = None,
     ) -> None:
         self.state = SenderState.START
-        #: The hash algorithms the manifest offers, best first: digests.preferred(), or those
-        #: of ``digests`` this peer can hash (SHA-256 if none).
-        self.digests_offered = preferred() if digests is None else (
+        #: The hash algorithms the manifest offers, best first: those of ``digests`` this
+        #: peer can hash (SHA-256 if none), by default all it can (digests.available(); the
+        #: driver passes digests.preferred(), which the environment may limit).
+        self.digests_offered = available() if digests is None else (
             tuple(name for name in digests if name in available()) or (SHA256,))
         #: The one the receiver picked in its accept (SHA-256 until then, and if it says none).
         self.digest = SHA256
         self.code_hash_hex = code_hash_hex
         #: The code was just generated: the relay must not pair it with anyone waiting.
         self.fresh = fresh
-        self.waiting_confirmed = False
+        self._waiting_seen = False
         self.entries = tuple(entries)
         self._part_bytes = manifest_part_bytes
         self._stream = _Stream(_sizes(self.entries))
         #: What an older receiver offered in its accept (state VERIFYING), checked for shape.
-        self.offers: tuple[Offer, ...] = ()
+        self._offers: tuple[Offer, ...] = ()
         #: The prefixes the receiver holds (state PROVING), checked for shape.
-        self.held: tuple[Prefix, ...] = ()
+        self._held: tuple[Prefix, ...] = ()
         #: What prefix_digests told the receiver, by file number.
         self._claims: dict[int, Offer] = {}
-        #: The agreed offsets: file number -> first byte sent.
-        self.starts: dict[int, int] = {}
         #: The receiver's accept listed "zstd": frame_data may send DATA_ZSTD messages.
         self.peer_accepts_zstd = False
         self._compressor: ChunkCompressor | None = None
@@ -327,13 +484,15 @@ class Sender:
         """Bytes of file data framed so far (resumed prefixes are not sent, so not counted)."""
         return self._stream.position
 
-    def _expect(self, *states: SenderState) -> None:
-        if self.state not in states:
+    def _next(self, action: str) -> SenderState:
+        """The state after sending ``action``, or LocalProtocolError if it is not allowed."""
+        following = SENDER_TRANSITIONS[self.state].get(action)
+        if following is None:
             raise LocalProtocolError(f"sender cannot do that in state {self.state.name}")
+        return following
 
     def hello(self) -> str:
-        self._expect(SenderState.START)
-        self.state = SenderState.WAIT_READY
+        self.state = self._next("send hello")
         return encode(Hello(code_hash_hex=self.code_hash_hex, role="sender",
                             version=HELLO_VERSION, fresh=self.fresh or None))
 
@@ -342,111 +501,101 @@ class Sender:
 
         Send each part as it comes: the next is encoded meanwhile (see encode_manifest).
         """
-        self._expect(SenderState.SEND_MANIFEST)
-        self.state = SenderState.WAIT_ACCEPT
+        self.state = self._next("send manifest")
         # Only SHA-256: no offer, and the manifest is what a peer before BLAKE3 sends.
         offer = None if self.digests_offered == (SHA256,) else self.digests_offered
         return encode_manifest(self.entries, self._part_bytes, offer)
 
-    def receive(self, message: str | bytes) -> Ready | Waiting | Accept | Resume | Done:
-        """Feed a message from the relay or the receiver; return what it was."""
+    def receive(self, message: str | bytes) -> list[SenderEvent]:
+        """Feed a message from the relay or the receiver; return what it means."""
         if isinstance(message, (bytes, bytearray, memoryview)):
             raise self._fail(RemoteProtocolError("the receiver sent binary data to the sender"))
         try:
             parsed = parse_message(message)
+            if isinstance(parsed, ErrorMessage):
+                raise peer_error(parsed, "receiver")
+            following = SENDER_TRANSITIONS[self.state].get(_sender_input(parsed))
+            if following is None or (isinstance(parsed, Waiting) and self._waiting_seen):
+                raise RemoteProtocolError(
+                    f"'{parsed.type}' arrived while the sender was in state {self.state.name}")
+            events = _SENDER_TAKES[type(parsed)](self, parsed)
         except P2PCopyError as exc:
             raise self._fail(exc) from None
-        if isinstance(parsed, ErrorMessage):
-            raise self._fail(peer_error(parsed, "receiver"))
-        if (isinstance(parsed, Waiting) and self.state is SenderState.WAIT_READY
-                and not self.waiting_confirmed):
-            # The relay confirms that the room is ours; ``ready`` follows when a receiver joins.
-            self.waiting_confirmed = True
-            return parsed
-        expected: dict[SenderState, type[Ready | Accept | Resume | Done]] = {
-            SenderState.WAIT_READY: Ready,
-            SenderState.WAIT_ACCEPT: Accept,
-            SenderState.WAIT_RESUME: Resume,
-            SenderState.WAIT_DONE: Done,
-        }
-        wanted = expected.get(self.state)
-        if wanted is None or not isinstance(parsed, wanted):
-            raise self._fail(
-                RemoteProtocolError(
-                    f"'{parsed.type}' arrived while the sender was in state {self.state.name}"
-                )
-            )
-        self.state = {
-            Ready: SenderState.SEND_MANIFEST,
-            Accept: SenderState.STREAMING,
-            Resume: SenderState.STREAMING,
-            Done: SenderState.DONE,
-        }[wanted]
-        if isinstance(parsed, Resume):
-            self._agreed(parsed)
-        if isinstance(parsed, Accept):
-            # Names we do not know are ignored: the receiver may decode more than we send.
-            self.peer_accepts_zstd = ZSTD in (parsed.compression or ())
-            # Only a missing field means SHA-256 (§6.5); "" is a name nobody offered.
-            digest = SHA256 if parsed.digest is None else parsed.digest
-            if digest != SHA256 and digest not in self.digests_offered:
-                raise self._fail(RemoteProtocolError(
-                    f"The receiver broke the protocol: it picked the hash {digest!r}, which "
-                    "the manifest did not offer."))
-            self.digest = digest
-        if isinstance(parsed, Accept) and (parsed.held or parsed.resume is not None):
-            offers = parsed.held or parsed.resume or ()
-            problem = check_offers(offers, _sizes(self.entries))
-            if problem:
-                raise self._fail(
-                    RemoteProtocolError(f"The receiver broke the protocol: {problem}."))
-            if parsed.held:
-                self.held = parsed.held
-                self.state = SenderState.PROVING
-            else:
-                # A receiver before ``held`` showed its digests; nothing to hide any more.
-                self.offers = parsed.resume or ()
-                self.state = SenderState.VERIFYING
-        return parsed
+        self.state = following
+        return events
 
-    def prefix_digests(self, digests: Sequence[Offer]) -> str:
-        """The ``prefix_digests`` message: our digest of each held prefix we could read.
+    def _take_waiting(self, message: Waiting) -> list[SenderEvent]:
+        # The relay confirms that the room is ours; ``ready`` follows when a receiver joins.
+        self._waiting_seen = True
+        return [RelayWaiting()]
 
-        ``digests`` must name prefixes among ``held``; the others are sent from 0.
-        """
-        self._expect(SenderState.PROVING)
-        held = set(self.held)
-        claims = {o.file: o for o in digests}
-        if len(claims) != len(digests) or not all(o.prefix in held for o in digests):
-            raise LocalProtocolError("only prefixes the receiver holds can be shown, once")
-        self._claims = claims
-        self.state = SenderState.WAIT_RESUME
-        return encode(PrefixDigests(files=tuple(digests)))
+    def _take_ready(self, message: Ready) -> list[SenderEvent]:
+        return [ReceiverJoined()]
 
-    def _agreed(self, message: Resume) -> None:
-        """Take the receiver's ``resume``: prefixes we showed and it found equal."""
+    def _take_accept(self, message: Accept) -> list[SenderEvent]:
+        # Names we do not know are ignored: the receiver may decode more than we send.
+        self.peer_accepts_zstd = ZSTD in (message.compression or ())
+        # Only a missing field means SHA-256 (§6.5); "" is a name nobody offered.
+        digest = SHA256 if message.digest is None else message.digest
+        if digest != SHA256 and digest not in self.digests_offered:
+            raise RemoteProtocolError(
+                f"The receiver broke the protocol: it picked the hash {digest!r}, which "
+                "the manifest did not offer.")
+        self.digest = digest
+        offers = message.held or message.resume or ()
+        problem = check_offers(offers, _sizes(self.entries))
+        if problem:
+            raise RemoteProtocolError(f"The receiver broke the protocol: {problem}.")
+        if message.held:
+            self._held = message.held
+            return [AcceptReceived(digest, held=message.held)]
+        if message.resume is not None:
+            # A receiver before ``held`` showed its digests; nothing to hide any more.
+            self._offers = message.resume
+            return [AcceptReceived(digest, offers=message.resume)]
+        return [AcceptReceived(digest)]
+
+    def _take_resume(self, message: Resume) -> list[SenderEvent]:
+        """The receiver's ``resume``: prefixes we showed and it found equal."""
         starts: dict[int, int] = {}
         for file, offset in message.files:
             claim = self._claims.get(file)
             if claim is None or claim.offset != offset or file in starts:
-                raise self._fail(RemoteProtocolError(
+                raise RemoteProtocolError(
                     f"The receiver broke the protocol: it resumes file {file} at {offset}, "
-                    "which the sender did not show a digest for."))
+                    "which the sender did not show a digest for.")
             starts[file] = offset
-        self.starts = starts
         self._stream = _Stream(_remaining(_sizes(self.entries), starts))
+        return [ResumeAgreed(starts, frozenset(self._claims) - frozenset(starts))]
+
+    def _take_done(self, message: Done) -> list[SenderEvent]:
+        return [TransferConfirmed()]
+
+    def prefix_digests(self, digests: Sequence[Offer]) -> str:
+        """The ``prefix_digests`` message: our digest of each held prefix we could read.
+
+        ``digests`` must name prefixes among AcceptReceived.held; the others are sent from 0.
+        """
+        following = self._next("send prefix_digests")
+        held = set(self._held)
+        claims = {o.file: o for o in digests}
+        if len(claims) != len(digests) or not all(o.prefix in held for o in digests):
+            raise LocalProtocolError("only prefixes the receiver holds can be shown, once")
+        self._claims = claims
+        self.state = following
+        return encode(PrefixDigests(files=tuple(digests)))
 
     def resume(self, accepted: Sequence[Offer]) -> str:
         """The ``resume`` message for the offers whose prefixes match our sources.
 
-        ``accepted`` must be among ``offers``; every other file is sent from 0.
+        ``accepted`` must be among AcceptReceived.offers; every other file is sent from 0.
         """
-        self._expect(SenderState.VERIFYING)
-        if not set(accepted) <= set(self.offers):
+        following = self._next("send resume")
+        if not set(accepted) <= set(self._offers):
             raise LocalProtocolError("only offers the receiver made can be accepted")
-        self.starts = {o.file: o.offset for o in accepted}
-        self._stream = _Stream(_remaining(_sizes(self.entries), self.starts))
-        self.state = SenderState.STREAMING
+        starts = {o.file: o.offset for o in accepted}
+        self._stream = _Stream(_remaining(_sizes(self.entries), starts))
+        self.state = following
         return encode(Resume(files=tuple((o.file, o.offset) for o in accepted)))
 
     def frame_data(
@@ -459,7 +608,7 @@ class Sender:
         the chunk is offered to the compressor first and, if it shrinks enough, sent as a
         new DATA_ZSTD message instead. Either way ``length`` plaintext bytes are sent.
         """
-        self._expect(SenderState.STREAMING)
+        self.state = self._next("send data")
         if length <= 0:
             raise LocalProtocolError("a data message must carry at least one byte")
         if len(buffer) < 1 + length:
@@ -484,7 +633,7 @@ class Sender:
 
         ``digests`` are in the agreed algorithm (``digest``).
         """
-        self._expect(SenderState.STREAMING)
+        self.state = self._next("send checksums")
         problem = self._stream.check_checksums(self._stream.checksummed, len(digests))
         if problem or not digests:
             raise LocalProtocolError(problem or "no checksums given")
@@ -497,10 +646,10 @@ class Sender:
         return messages
 
     def eof(self) -> str:
-        self._expect(SenderState.STREAMING)
+        following = self._next("send eof")
         if not self._stream.finished():
             raise LocalProtocolError("eof before every byte and checksum was sent")
-        self.state = SenderState.WAIT_DONE
+        self.state = following
         return encode(Eof())
 
     def error(self, exc: P2PCopyError) -> str:
@@ -513,12 +662,36 @@ class Sender:
         return exc
 
 
+def _sender_input(message: object) -> str:
+    """The row of SENDER_TRANSITIONS that receiving ``message`` is."""
+    if isinstance(message, Accept):
+        if message.held:
+            return "receive accept with held"
+        if message.resume is not None:
+            return "receive accept with resume"
+    return "receive " + getattr(message, "type", "?")
+
+
+_SenderTake = Callable[[Sender, Any], list[SenderEvent]]
+#: Who takes each message the sender may receive; the table has said it is in turn.
+_SENDER_TAKES: Final[Mapping[type, _SenderTake]] = {
+    Waiting: Sender._take_waiting,
+    Ready: Sender._take_ready,
+    Accept: Sender._take_accept,
+    Resume: Sender._take_resume,
+    Done: Sender._take_done,
+}
+
+
 class Receiver:
     """The receiving peer: checks the manifest, splits the stream into files, confirms.
 
     With ``compression`` (the default) its accept offers zstd and DATA_ZSTD messages are
     decoded, each bounded by MAX_ZSTD_CONTENT and by what the manifest and policy leave;
     without it they are a protocol violation.
+
+    Read-only for its driver: ``state``, ``digest``, ``entries``, ``bytes_received`` and
+    ``compression_stats``; everything else it learns from the events of receive().
     """
 
     def __init__(
@@ -531,8 +704,9 @@ class Receiver:
         digests: Sequence[str] | None = None,
     ) -> None:
         self.state = ReceiverState.START
-        #: The hash algorithms it may pick from the manifest's offer (default: preferred()).
-        self.digests_allowed = tuple(digests) if digests is not None else preferred()
+        #: The hash algorithms it may pick from the manifest's offer (default: all this peer
+        #: has, digests.available(); the driver passes digests.preferred()).
+        self.digests_allowed = tuple(digests) if digests is not None else available()
         #: The one picked (SHA-256 unless the manifest offered one we prefer).
         self.digest = SHA256
         self._digest_offered = False
@@ -551,7 +725,7 @@ class Receiver:
         self._stream = _Stream(())
         self._offers: dict[int, Offer] = {}
         #: The agreed offsets: file number -> first byte that arrives.
-        self.starts: dict[int, int] = {}
+        self._starts: dict[int, int] = {}
 
     @property
     def bytes_received(self) -> int:
@@ -562,23 +736,22 @@ class Receiver:
         """What the DATA_ZSTD messages carried so far, or None if none arrived."""
         return None if self._decompressor is None else self._decompressor.stats
 
-    @property
-    def sender_spoke(self) -> bool:
-        """Whether anything but the relay's ``waiting`` arrived: the sender is there."""
-        return self._sender_spoke
+    def _next(self, action: str, why: str) -> ReceiverState:
+        """The state after sending ``action``, or LocalProtocolError(``why``)."""
+        following = RECEIVER_TRANSITIONS[self.state].get(action)
+        if following is None:
+            raise LocalProtocolError(why)
+        return following
 
     def hello(self) -> str:
-        if self.state is not ReceiverState.START:
-            raise LocalProtocolError("hello is sent once, first")
-        self.state = ReceiverState.WAIT_MANIFEST
+        self.state = self._next("send hello", "hello is sent once, first")
         return encode(Hello(code_hash_hex=self.code_hash_hex, role="receiver",
                             version=HELLO_VERSION))
 
     def receive(self, message: str | bytes) -> list[ReceiverEvent]:
-        """Feed a message from the sender; return what it means, in order."""
+        """Feed a message from the sender (or the relay); return what it means, in order."""
         try:
             if isinstance(message, (bytes, bytearray, memoryview)):
-                self._sender_spoke = True
                 return self._receive_data(memoryview(message))
             return self._receive_control(parse_message(message))
         except P2PCopyError as exc:
@@ -588,48 +761,36 @@ class Receiver:
     def _receive_control(self, msg: object) -> list[ReceiverEvent]:
         if isinstance(msg, ErrorMessage):
             raise peer_error(msg, "sender")
-        waiting = self.state is ReceiverState.WAIT_MANIFEST and not self._parts
-        if waiting and isinstance(msg, Waiting) and not self._waiting_seen:
+        following = RECEIVER_TRANSITIONS[self.state].get(_receiver_input(msg))
+        # Only before anything else from the sender (its manifest may come in parts).
+        first = self.state is ReceiverState.WAIT_MANIFEST and not self._parts
+        if (isinstance(msg, Waiting) and first and following is not None
+                and not self._waiting_seen):
             self._waiting_seen = True  # the relay's word that no sender is there yet
             return []
-        self._sender_spoke = True
-        if waiting and isinstance(msg, Pake):
+        if isinstance(msg, Pake) and first:
             raise EncryptionMismatchError(
                 "The sender encrypts, but the receiver was started with --no-encrypt. "
                 "Run both sides with encryption (the default)."
             )
-        if self.state is ReceiverState.WAIT_MANIFEST and isinstance(msg, Manifest):
-            return self._receive_manifest(msg)
-        if self.state is ReceiverState.WAIT_RESUME and isinstance(msg, PrefixDigests):
-            return [self._compare(msg.files)]
-        if self.state is ReceiverState.WAIT_RESUME and isinstance(msg, (Checksums, Eof)):
+        if following is None or isinstance(msg, Waiting):
+            kind = getattr(msg, "type", "?")
+            raise RemoteProtocolError(
+                f"The sender broke the protocol: '{kind}' arrived in state {self.state.name}."
+            )
+        events: list[ReceiverEvent] = []
+        if not self._sender_spoke:
+            self._sender_spoke = True
+            events.append(SenderJoined())
+        if self.state is ReceiverState.WAIT_PREFIX_DIGESTS and not isinstance(
+                msg, PrefixDigests):
             # A sender from before resume ignores the offers: everything comes from 0.
-            return [self._agree({}), *self._receive_control(msg)]
-        if self.state is ReceiverState.STREAMING and isinstance(msg, Checksums):
-            problem = self._stream.check_checksums(msg.first, len(msg.digests))
-            if msg.algorithm != self.digest:
-                problem = f"it sent {msg.algorithm} checksums, not the agreed {self.digest}"
-            if problem:
-                raise RemoteProtocolError(f"The sender broke the protocol: {problem}.")
-            self._stream.checksummed += len(msg.digests)
-            return [FileCompleted(msg.first + i, d) for i, d in enumerate(msg.digests)]
-        if self.state is ReceiverState.STREAMING and isinstance(msg, Eof):
-            stream = self._stream
-            if not stream.finished():
-                total = "a stream of unknown length" if stream.open_end else stream.total
-                raise RemoteProtocolError(
-                    f"The sender ended the transfer early: {stream.position} of "
-                    f"{total} bytes and {stream.checksummed} of "
-                    f"{stream.count} checksums arrived."
-                )
-            self.state = ReceiverState.FINISHING
-            return [TransferFinished()]
-        kind = getattr(msg, "type", "?")
-        raise RemoteProtocolError(
-            f"The sender broke the protocol: '{kind}' arrived in state {self.state.name}."
-        )
+            events.append(self._agree({}))
+        events += _RECEIVER_TAKES[type(msg)](self, msg)
+        self.state = following
+        return events
 
-    def _receive_manifest(self, part: Manifest) -> list[ReceiverEvent]:
+    def _take_manifest(self, part: Manifest) -> list[ReceiverEvent]:
         self._manifest_parts += 1
         if self._manifest_parts == 1 and part.digests is not None:
             self._digest_offered = True
@@ -649,14 +810,14 @@ class Receiver:
         # paths.check_entries' rules included; the counts were kept part by part.
         check_policy(self.entries, self.policy, self._limits)
         self._stream = _Stream(_sizes(self.entries))
-        self.state = ReceiverState.DECIDING
-        return [ManifestReceived(self.entries)]
+        return [ManifestReceived(self.entries, self.digest)]
 
-    def _compare(self, claims: Sequence[Offer]) -> ResumeAgreed:
-        """The sender's digests of the prefixes we hold, against ours: equal ones resume."""
+    def _take_prefix_digests(self, message: PrefixDigests) -> list[ReceiverEvent]:
+        """The sender's digests of the prefixes we hold, against ours: equal ones resume,
+        and the ``resume`` that says so goes back."""
         starts: dict[int, int] = {}
         differs: set[int] = set()
-        for claim in claims:
+        for claim in message.files:
             ours = self._offers.get(claim.file)
             if (ours is None or ours.offset != claim.offset or claim.file in starts
                     or claim.file in differs):
@@ -669,31 +830,47 @@ class Receiver:
                 starts[claim.file] = claim.offset
             else:
                 differs.add(claim.file)
-        agreed = self._agree(starts, frozenset(differs))
-        self.state = ReceiverState.ANSWER_RESUME
-        return agreed
+        return [self._agree(starts, frozenset(differs)),
+                Send(encode(Resume(files=tuple(starts.items()))))]
 
     def _agree(self, starts: dict[int, int],
                differs: frozenset[int] = frozenset()) -> ResumeAgreed:
-        self.starts = starts
+        self._starts = starts
         self._stream = _Stream(_remaining(_sizes(self.entries), starts))
-        self.state = ReceiverState.STREAMING
         return ResumeAgreed(dict(starts), differs)
 
-    def resume(self) -> str:
-        """The ``resume`` message: which prefixes the sender showed to be equal to ours."""
-        if self.state is not ReceiverState.ANSWER_RESUME:
-            raise LocalProtocolError("resume answers the sender's prefix digests")
-        self.state = ReceiverState.STREAMING
-        return encode(Resume(files=tuple(self.starts.items())))
+    def _take_checksums(self, msg: Checksums) -> list[ReceiverEvent]:
+        problem = self._stream.check_checksums(msg.first, len(msg.digests))
+        if msg.algorithm != self.digest:
+            problem = f"it sent {msg.algorithm} checksums, not the agreed {self.digest}"
+        if problem:
+            raise RemoteProtocolError(f"The sender broke the protocol: {problem}.")
+        self._stream.checksummed += len(msg.digests)
+        return [FileCompleted(msg.first + i, d) for i, d in enumerate(msg.digests)]
+
+    def _take_eof(self, msg: Eof) -> list[ReceiverEvent]:
+        stream = self._stream
+        if not stream.finished():
+            total = "a stream of unknown length" if stream.open_end else stream.total
+            raise RemoteProtocolError(
+                f"The sender ended the transfer early: {stream.position} of "
+                f"{total} bytes and {stream.checksummed} of "
+                f"{stream.count} checksums arrived."
+            )
+        return [TransferFinished()]
 
     def _receive_data(self, data: memoryview) -> list[ReceiverEvent]:
-        if self.state is ReceiverState.WAIT_RESUME:
-            return [self._agree({}), *self._receive_data(data)]
-        if self.state is not ReceiverState.STREAMING:
+        # The per-chunk path: one table lookup, one list of FileData, nothing more.
+        following = RECEIVER_TRANSITIONS[self.state].get("receive data")
+        if following is None:
             raise RemoteProtocolError(
                 f"The sender broke the protocol: data arrived in state {self.state.name}."
             )
+        events: list[ReceiverEvent] = []
+        if self.state is ReceiverState.WAIT_PREFIX_DIGESTS:
+            # A sender from before resume ignores the offers: everything comes from 0.
+            events.append(self._agree({}))
+        self.state = following
         kind = data[0] if len(data) >= 2 else None
         payload = data[1:]
         if kind == DATA_ZSTD and self.compression:
@@ -712,7 +889,6 @@ class Receiver:
         else:
             raise RemoteProtocolError("The sender sent a data message of unknown format.")
         stream = self._stream
-        events: list[ReceiverEvent] = []
         file = stream.files_complete()
         while payload:
             if file == len(stream.sizes):  # the open stream: it takes everything
@@ -722,7 +898,8 @@ class Receiver:
             offset = stream.position - start
             take = min(len(payload), size - offset)
             if take:
-                events.append(FileData(file, self.starts.get(file, 0) + offset, payload[:take]))
+                events.append(FileData(file, self._starts.get(file, 0) + offset,
+                                       payload[:take]))
                 payload = payload[take:]
                 stream.position += take
             file += 1
@@ -751,29 +928,43 @@ class Receiver:
         let a sender that guessed a file's name, size and time test guesses of its
         content offline.
         """
-        if self.state is not ReceiverState.DECIDING:
-            raise LocalProtocolError("accept answers a manifest")
+        following = self._next("send accept with held" if offers else "send accept",
+                               "accept answers a manifest")
         problem = check_offers(offers, _sizes(self.entries))
         if problem:
             raise LocalProtocolError(problem)
         compression = (ZSTD,) if self.compression else None
         # Named whenever the manifest offered a choice; a sender before BLAKE3 gets none.
         digest = self.digest if self._digest_offered else None
+        self.state = following
         if not offers:
-            self.state = ReceiverState.STREAMING
             return encode(Accept(compression=compression, digest=digest))
         self._offers = {o.file: o for o in offers}
-        self.state = ReceiverState.WAIT_RESUME
         return encode(Accept(compression=compression, digest=digest,
                              held=tuple(o.prefix for o in offers)))
 
     def done(self) -> str:
-        if self.state is not ReceiverState.FINISHING:
-            raise LocalProtocolError("done answers eof")
-        self.state = ReceiverState.DONE
+        self.state = self._next("send done", "done answers eof")
         return encode(Done())
 
     def error(self, exc: P2PCopyError) -> str:
         """The error message that tells the sender why we stop (its peer-safe text)."""
         self.state = ReceiverState.FAILED
         return encode(ErrorMessage(code=exc.wire_code, message=exc.peer_text))
+
+
+def _receiver_input(message: object) -> str:
+    """The row of RECEIVER_TRANSITIONS that receiving ``message`` is."""
+    if isinstance(message, Manifest) and message.more:
+        return "receive manifest with more"
+    return "receive " + getattr(message, "type", "?")
+
+
+_ReceiverTake = Callable[[Receiver, Any], list[ReceiverEvent]]
+#: Who takes each message the receiver may receive; the table has said it is in turn.
+_RECEIVER_TAKES: Final[Mapping[type, _ReceiverTake]] = {
+    Manifest: Receiver._take_manifest,
+    PrefixDigests: Receiver._take_prefix_digests,
+    Checksums: Receiver._take_checksums,
+    Eof: Receiver._take_eof,
+}
