@@ -386,6 +386,31 @@ def test_a_sender_that_gives_up_ends_the_question(processes: Processes, tmp_path
     assert _tree(home) == before
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_connection_lost_while_asked_is_not_reconnected(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """A drop while the person reads the question declines the offer instead of
+    reconnecting: on a new attempt a sender could offer something else, which an answer
+    being typed for this offer must not accept (review of issue 17, finding 3)."""
+    _, url = processes.start_relay()
+    src = tmp_path / "report.pdf"
+    src.write_text("pdf")
+    home, before = _fake_home(tmp_path)
+    code = _code()
+    terminal = Terminal(processes, "receive", url, code, "--reconnect-timeout", "120",
+                        cwd=home, env=cli_env(HOME=str(home)))
+    sender = processes.start("send", url, code, str(src))
+    terminal.read_until("[y/N]")
+    sender.kill()  # no goodbye: the relay reports the peer gone, as a drop would look
+    sender.communicate(timeout=TIMEOUT)
+    code_, shown = terminal.finish()  # before: reconnected and waited for a new offer
+    assert code_ == CancelledError.exit_code, shown
+    assert "declined" in shown and "reconnect" not in shown.lower()
+    assert _tree(home) == before
+
+
 @pytest.mark.timeout(120)
 def test_ctrl_c_while_asked_cancels_and_writes_nothing(
     processes: Processes, tmp_path: Path

@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from ..display.progress import Progress
 from ..errors import (
     CancelledError,
+    ConnectionLostError,
     P2PCopyError,
+    PeerGoneError,
     PolicyError,
     RemoteProtocolError,
     TransferTimeoutError,
@@ -209,7 +211,16 @@ async def _answer(question: Awaitable[bool], link: Link, proto: Receiver) -> boo
         if asking in done:
             return bool(asking.result())
         if incoming in done:
-            proto.receive(incoming.result())  # nothing but the sender's error may come now
+            try:
+                message = incoming.result()
+            except (ConnectionLostError, PeerGoneError):
+                # Not a drop to reconnect after: the next attempt may offer something else,
+                # and an answer being typed for this offer must not take that one.
+                raise CancelledError(
+                    "The connection ended while you were asked whether to take the offer, "
+                    "so it was declined; nothing was written. Run both sides again."
+                ) from None
+            proto.receive(message)  # nothing but the sender's error may come now
             raise RemoteProtocolError("The sender spoke before its offer was answered.")
         raise TransferTimeoutError(
             f"Nobody answered within {OFFER_TIMEOUT:g} s whether to take the offer, so it "
