@@ -32,6 +32,7 @@ from .errors import (
     RelayUnreachableError,
     RemoteProtocolError,
     TamperingError,
+    TransferCancelledError,
     TransferTimeoutError,
     UnsafePathError,
     UsageError,
@@ -136,5 +137,6 @@ __all__ = [
     "RelayLimitError",
     "AccessDeniedError",
     "PolicyError",
+    "TransferCancelledError",
     "CancelledError",
 ]
