@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ..errors import IncompatiblePeerError, RemoteProtocolError
-from .digests import NAMES, SHA256
+from .digests import HEX_DIGEST, NAMES, SHA256
 from .resume import Offer, Prefix
 
 __all__ = [
@@ -71,7 +71,6 @@ MAX_ZSTD_CONTENT: Final = 2**20
 Role = Literal["sender", "receiver"]
 ROLES: Final = ("sender", "receiver")
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX_RUN = re.compile(r"[0-9a-f]*")
 _MAX_MODE: Final = 0o7777
 # Far beyond any real file, small enough that arithmetic on sums stays exact in JSON doubles.
@@ -416,7 +415,7 @@ def parse_hello(text: str | bytes) -> Hello:
     if obj["type"] != "hello":
         raise RemoteProtocolError(f"the first message must be 'hello', not {obj['type']!r}")
     code_hash = obj.get("code_hash_hex")
-    if not isinstance(code_hash, str) or not _HEX64.fullmatch(code_hash):
+    if not isinstance(code_hash, str) or not HEX_DIGEST.fullmatch(code_hash):
         raise RemoteProtocolError("'code_hash_hex' must be 64 lowercase hex digits")
     role = obj.get("role")
     if role not in ROLES:
@@ -601,7 +600,7 @@ def _offers(obj: dict[str, Any], key: str) -> tuple[Offer, ...]:
     offers = []
     for item in _pairs(obj, key, 3):
         file, offset = _index_offset(item)
-        if not isinstance(item[2], str) or not _HEX64.fullmatch(item[2]):
+        if not isinstance(item[2], str) or not HEX_DIGEST.fullmatch(item[2]):
             raise RemoteProtocolError("a prefix digest must be 64 lowercase hex digits")
         offers.append(Offer(file, offset, item[2]))
     return tuple(offers)

@@ -108,8 +108,6 @@ MANIFEST_PART_BYTES = 256 * 1024
 MAX_ERROR_TEXT = 1000
 #: Digests per checksums message: about 280 KiB of JSON, well under any message limit.
 MAX_CHECKSUMS_PER_MESSAGE = 4096
-#: A receiver refuses manifests with more entries than this unless told otherwise.
-DEFAULT_MAX_ENTRIES = 1_000_000
 
 
 class SenderState(enum.IntEnum):
@@ -284,7 +282,7 @@ class Sender:
 
     def __init__(
         self,
-        code_hash_hex: str,
+        room_hash: str,
         entries: Sequence[Entry],
         *,
         manifest_part_bytes: int = MANIFEST_PART_BYTES,
@@ -298,7 +296,8 @@ class Sender:
             tuple(name for name in digests if name in available()) or (SHA256,))
         #: The one the receiver picked in its accept (SHA-256 until then, and if it says none).
         self.digest = SHA256
-        self.code_hash_hex = code_hash_hex
+        #: codes.room_hash_hex() of the code: the room the hello asks the relay for.
+        self.room_hash = room_hash
         #: The code was just generated: the relay must not pair it with anyone waiting.
         self.fresh = fresh
         self.waiting_confirmed = False
@@ -334,7 +333,7 @@ class Sender:
     def hello(self) -> str:
         self._expect(SenderState.START)
         self.state = SenderState.WAIT_READY
-        return encode(Hello(code_hash_hex=self.code_hash_hex, role="sender",
+        return encode(Hello(code_hash_hex=self.room_hash, role="sender",
                             version=HELLO_VERSION, fresh=self.fresh or None))
 
     def manifest(self) -> Iterator[str]:
@@ -523,7 +522,7 @@ class Receiver:
 
     def __init__(
         self,
-        code_hash_hex: str,
+        room_hash: str,
         *,
         max_entries: int | None = None,
         policy: ReceivePolicy | None = None,
@@ -543,7 +542,8 @@ class Receiver:
         self.policy = policy or ReceivePolicy()
         self._waiting_seen = False
         self._sender_spoke = False
-        self.code_hash_hex = code_hash_hex
+        #: codes.room_hash_hex() of the code: the room the hello asks the relay for.
+        self.room_hash = room_hash
         self.max_entries = self.policy.max_entries if max_entries is None else max_entries
         self.entries: tuple[Entry, ...] = ()
         self._parts: list[Entry] = []
@@ -571,7 +571,7 @@ class Receiver:
         if self.state is not ReceiverState.START:
             raise LocalProtocolError("hello is sent once, first")
         self.state = ReceiverState.WAIT_MANIFEST
-        return encode(Hello(code_hash_hex=self.code_hash_hex, role="receiver",
+        return encode(Hello(code_hash_hex=self.room_hash, role="receiver",
                             version=HELLO_VERSION))
 
     def receive(self, message: str | bytes) -> list[ReceiverEvent]:
