@@ -559,22 +559,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console_main() -> None:
-    """The ``p2p-copy`` command: main(), then, after a success, exit without teardown.
-
-    Once a transfer has succeeded nothing is left to do but free memory and unload
-    modules, which takes a CLI that handled 10,000 files ~50 ms; the kernel does it at
-    once. Worker threads are joined by then (asyncio.run shuts its executor down), and
-    output is flushed here. Any other exit code takes the normal way out.
-    """
-    code = main()
-    if code == 0:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):  # a closed pipe: let the usual exit report it
-            pass
-        else:
-            if "logging" in sys.modules:
-                sys.modules["logging"].shutdown()
-            os._exit(0)
-    sys.exit(code)
+    """The ``p2p-copy`` command: main()'s return value becomes the exit status."""
+    sys.exit(main())
