@@ -7,6 +7,8 @@ under its old name but is not mistaken for asyncio's.
 
 from __future__ import annotations
 
+import argparse
+import ast
 import asyncio
 import re
 from pathlib import Path
@@ -62,3 +64,39 @@ def test_cancelled_error_keeps_its_old_name_and_is_not_asyncios() -> None:
     assert not issubclass(p2p_copy.TransferCancelledError, asyncio.CancelledError)
     assert issubclass(p2p_copy.TransferCancelledError, p2p_copy.P2PCopyError)
     assert "TransferCancelledError" in p2p_copy.__all__
+
+
+def _module_assignments(name: str) -> list[str]:
+    """The modules of the package that assign ``name`` at their top level."""
+    found = []
+    for path in sorted((REPO / "p2p_copy").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AnnAssign) else [])
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                found.append(path.relative_to(REPO).as_posix())
+    return found
+
+
+def test_shared_constants_are_defined_once() -> None:
+    """Limits and patterns several modules use have one definition, which the others import."""
+    for name, home in (("DEFAULT_MAX_ENTRIES", "p2p_copy/protocol/policy.py"),
+                       ("DEFAULT_RECONNECT_TIMEOUT", "p2p_copy/peer/reconnect.py"),
+                       ("HEX_DIGEST", "p2p_copy/protocol/digests.py"),
+                       ("MAX_COMPONENT_BYTES", "p2p_copy/protocol/paths.py")):
+        assert _module_assignments(name) == [home], name
+    sources = "".join(path.read_text(encoding="utf-8")
+                      for path in (REPO / "p2p_copy").rglob("*.py"))
+    assert sources.count("[0-9a-f]{64}") == 1  # a digest or room hash in hex: HEX_DIGEST
+
+
+def test_help_states_the_reconnect_default_of_the_api() -> None:
+    """``--reconnect-timeout``'s help gives the default the API uses, not a copy of it."""
+    from p2p_copy.cli.commands import build_parser
+    from p2p_copy.peer.reconnect import DEFAULT_RECONNECT_TIMEOUT
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = " ".join(sub.choices["send"].format_help().split())
+    assert f"(default {DEFAULT_RECONNECT_TIMEOUT:g}; 0 turns it off)" in text
