@@ -32,6 +32,7 @@ from .errors import (
     RelayUnreachableError,
     RemoteProtocolError,
     TamperingError,
+    TransferCancelledError,
     TransferTimeoutError,
     UnsafePathError,
     UsageError,
@@ -167,5 +168,6 @@ __all__ = [
     "RelayLimitError",
     "AccessDeniedError",
     "PolicyError",
+    "TransferCancelledError",
     "CancelledError",
 ]

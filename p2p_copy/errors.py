@@ -21,7 +21,8 @@
     ├── RelayLimitError               exit 17  the relay refused us: over one of its limits
     ├── AccessDeniedError             exit 18  the relay is private and our access token is wrong
     ├── PolicyError                   exit 19  the offer exceeds a limit the receiver set
-    └── CancelledError                exit 130 the user interrupted the transfer
+    └── TransferCancelledError        exit 130 the user interrupted the transfer
+                                               (also named CancelledError, as before 0.7)
 
 Each class carries its ``exit_code`` and a ``wire_code``: the name a peer puts in an
 ``error`` message so that the other side raises the same class (see docs/protocol.md).
@@ -57,8 +58,10 @@ __all__ = [
     "RelayLimitError",
     "AccessDeniedError",
     "PolicyError",
+    "TransferCancelledError",
     "CancelledError",
     "error_for_wire_code",
+    "exit_codes",
 ]
 
 
@@ -215,11 +218,32 @@ class PolicyError(P2PCopyError):
     wire_code = "policy"
 
 
-class CancelledError(P2PCopyError):
-    """The transfer was cancelled on this side (Ctrl-C, a Cancel button, task cancellation)."""
+class TransferCancelledError(P2PCopyError):
+    """The transfer was cancelled on this side (Ctrl-C, a Cancel button, task cancellation).
+
+    Not asyncio.CancelledError (a BaseException that asks a task to stop): this one
+    reports, like every P2PCopyError, how a transfer ended.
+    """
 
     exit_code = 130
     wire_code = "cancelled"
+
+
+#: The name this class had up to 0.6, kept so that code catching it keeps working; it
+#: shadowed asyncio.CancelledError in ``from p2p_copy import *``.
+CancelledError = TransferCancelledError
+
+
+def exit_codes() -> dict[int, type[P2PCopyError]]:
+    """Each exit code and the class of this module that sets it, in order of the code.
+
+    The one table of exit codes: the CLI's --help lists it, README.md's table is checked
+    against it (tests/test_rules_once.py). Subclasses that inherit a code are left out.
+    """
+    classes = (value for value in globals().values()
+               if isinstance(value, type) and issubclass(value, P2PCopyError))
+    own = {cls.exit_code: cls for cls in classes if "exit_code" in vars(cls)}
+    return dict(sorted(own.items()))
 
 
 _BY_WIRE_CODE: dict[str, type[P2PCopyError]] = {

@@ -34,8 +34,8 @@ from p2p_copy.protocol.messages import (
     encode,
     parse_hello,
 )
+from p2p_copy.protocol.policy import DEFAULT_MAX_ENTRIES
 from p2p_copy.protocol.transfer import (
-    DEFAULT_MAX_ENTRIES,
     MANIFEST_PART_BYTES,
     FileCompleted,
     FileData,

@@ -32,7 +32,7 @@ PUBLIC = [
     "RemoteProtocolError", "LocalProtocolError", "IntegrityError", "UnsafePathError",
     "DestinationExistsError", "DiskFullError", "IncompatiblePeerError", "WrongCodeError",
     "EncryptionMismatchError", "TamperingError", "RelayLimitError", "AccessDeniedError",
-    "PolicyError", "CancelledError",
+    "PolicyError", "TransferCancelledError", "CancelledError",
 ]
 
 

@@ -30,6 +30,8 @@ from p2p_copy.errors import (
 from p2p_copy.protocol import codes, secure
 from p2p_copy.protocol.messages import Confirm, Pake, parse_message
 
+from .thirdparty_peer import whole_code_hash_hex
+
 pytestmark = pytest.mark.timeout(60)
 
 Message = str | bytes
@@ -240,7 +242,7 @@ async def test_recording_relay_learns_nothing_by_trying_every_code(tmp_path: Pat
     assert len(room) == 1
     matching = [c for c in space if codes.room_hash_hex(c) in room]
     assert matching == space  # every code of room 7 fits equally well
-    assert codes.code_hash_hex(code) not in room  # the whole code's hash is never sent
+    assert whole_code_hash_hex(code) not in room  # the whole code's hash is never sent
 
     # 2. What the traffic tells: no file name, no content, no code in the clear.
     for _, message in mitm.recorded:

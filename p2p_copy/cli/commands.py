@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Awaitable, Coroutine, Sequence
 from typing import IO, Any, cast
@@ -25,8 +26,8 @@ from ..display.progress import (
     offer_lines,
     with_code_on_stderr,
 )
-from ..errors import P2PCopyError, UsageError
-from ..peer.reconnect import IDLE_TIMEOUT
+from ..errors import P2PCopyError, TransferCancelledError, UsageError, exit_codes
+from ..peer.reconnect import DEFAULT_RECONNECT_TIMEOUT, IDLE_TIMEOUT
 from ..protocol.codes import CODE_ENV, GENERATE, code_from_env
 from ..protocol.paths import display_name
 from ..protocol.policy import OfferSummary
@@ -37,6 +38,20 @@ __all__ = ["main", "RELAY_TOKEN_ENV"]
 
 #: Environment variable with a private relay's access token (keeps it out of `ps`).
 RELAY_TOKEN_ENV = "P2P_COPY_RELAY_TOKEN"
+
+
+def _exit_code_lines() -> str:
+    """errors.py's exit codes as --help lists them: each class's name in words."""
+    labels = ["0 ok", f"{P2PCopyError.exit_code} other error"]
+    for code, cls in exit_codes().items():
+        if cls is not P2PCopyError:
+            words = re.sub(r"(?<!^)(?=[A-Z])", " ", cls.__name__.removesuffix("Error"))
+            labels.append(f"{code} {words.lower()}")
+    # No break inside a label (textwrap does not break at U+00A0).
+    text = textwrap.fill(", ".join(label.replace(" ", "\xa0") for label in labels),
+                         width=88, initial_indent="exit codes: ", subsequent_indent="  ")
+    return text.replace("\xa0", " ")
+
 
 EXAMPLES = f"""\
 examples:
@@ -49,11 +64,7 @@ examples:
   p2p-copy send ws://127.0.0.1:8765 auto --text "see you at 5"   (receive prints it)
   p2p-copy demo
 
-exit codes: 0 ok, 1 other error, 2 usage, 3 relay unreachable, 4 timeout, 5 code in use,
-  6 peer gone, 7 connection lost, 8 protocol error, 9 integrity, 10 unsafe path,
-  11 destination exists, 12 disk full, 13 incompatible peer, 14 wrong code,
-  15 encryption mismatch, 16 tampering, 17 relay limit, 18 access denied,
-  19 policy, 130 cancelled
+{_exit_code_lines()}
 """
 
 
@@ -107,7 +118,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SECONDS",
         help="when the connection drops, keep reconnecting and resume for up to SECONDS "
-        "(default 120; 0 turns it off)",
+        f"(default {DEFAULT_RECONNECT_TIMEOUT:g}; 0 turns it off)",
     )
 
 
@@ -555,26 +566,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM (see _run)
         print("p2p-copy: cancelled.", file=sys.stderr)
-        return 130
+        return TransferCancelledError.exit_code
 
 
 def console_main() -> None:
-    """The ``p2p-copy`` command: main(), then, after a success, exit without teardown.
-
-    Once a transfer has succeeded nothing is left to do but free memory and unload
-    modules, which takes a CLI that handled 10,000 files ~50 ms; the kernel does it at
-    once. Worker threads are joined by then (asyncio.run shuts its executor down), and
-    output is flushed here. Any other exit code takes the normal way out.
-    """
-    code = main()
-    if code == 0:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):  # a closed pipe: let the usual exit report it
-            pass
-        else:
-            if "logging" in sys.modules:
-                sys.modules["logging"].shutdown()
-            os._exit(0)
-    sys.exit(code)
+    """The ``p2p-copy`` command: main()'s return value becomes the exit status."""
+    sys.exit(main())

@@ -19,11 +19,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import re
 import secrets
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import UsageError
+from .digests import HEX_DIGEST
 
 __all__ = [
     "CODE_ENV",
@@ -31,7 +31,6 @@ __all__ = [
     "WORDS_PER_CODE",
     "split_code",
     "room_hash_hex",
-    "code_hash_hex",
     "generate_code",
     "wordlist",
     "code_from_env",
@@ -51,7 +50,6 @@ WORDS_PER_CODE = 3
 #: is quiet, longer after a collision.
 ROOM_RANGES = (999, 9_999, 99_999, 999_999)
 
-_ROOM = re.compile(r"[0-9a-f]{64}")
 _ROOM_DOMAIN = b"p2p-copy room v2\x00"
 
 CODE_FORMAT_HELP = (
@@ -71,20 +69,11 @@ def split_code(code: str) -> tuple[str, str]:
 
 
 def room_hash_hex(code: str) -> str:
-    """The hello's ``code_hash_hex``: a domain-separated SHA-256 of the code's room part."""
+    """The room hash, sent in the hello's ``code_hash_hex`` field (its name since 0.1.x,
+    whose peers put a SHA-256 of the whole code there: anyone holding that could try every
+    short code offline). A domain-separated SHA-256 of the code's room part only."""
     room, _ = split_code(code)
     return hashlib.sha256(_ROOM_DOMAIN + room.encode("utf-8")).hexdigest()
-
-
-def code_hash_hex(code: str) -> str:
-    """SHA-256 of the whole code, as p2p-copy 0.1.x peers put it in their hello.
-
-    Only for talking about (and to) those peers: it lets anyone holding the hash try
-    every short code offline, which is why this version sends ``room_hash_hex`` instead.
-    """
-    if not code:
-        raise UsageError("The code must not be empty.")
-    return hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
 @functools.cache
@@ -138,6 +127,6 @@ def room_from_path(path: str) -> str | None:
     if path == "/":
         return None
     room = path.rpartition("/")[2]
-    if not path.startswith("/") or not _ROOM.fullmatch(room):
+    if not path.startswith("/") or not HEX_DIGEST.fullmatch(room):
         raise ValueError("the path must be / or end in /<code_hash_hex> (64 lowercase hex digits)")
     return room

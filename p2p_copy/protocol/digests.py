@@ -15,13 +15,14 @@ results with ``sha256sum``, say).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 from ..errors import UsageError
 
-__all__ = ["SHA256", "BLAKE3", "NAMES", "DIGESTS_ENV", "Hash", "new", "available",
-           "preferred", "choose"]
+__all__ = ["SHA256", "BLAKE3", "NAMES", "DIGESTS_ENV", "HEX_DIGEST", "Hash", "new",
+           "available", "preferred", "choose"]
 
 SHA256: Final = "sha256"
 BLAKE3: Final = "blake3"
@@ -29,6 +30,8 @@ BLAKE3: Final = "blake3"
 NAMES: Final = {SHA256: "SHA-256", BLAKE3: "BLAKE3"}
 #: Comma-separated algorithms this process may offer and pick (default: all it has).
 DIGESTS_ENV: Final = "P2P_COPY_DIGESTS"
+#: A digest of either as the wire carries it (and the room hash, a SHA-256): fullmatch it.
+HEX_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 
 
 class Hash(Protocol):

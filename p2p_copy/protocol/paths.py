@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from ..errors import UnsafePathError
@@ -22,15 +23,6 @@ __all__ = ["split_safe_path", "check_entries", "display_name", "fold"]
 
 MAX_PATH_CHARS: Final = 4096
 MAX_COMPONENT_BYTES: Final = 255
-# C0 controls, DEL and C1 controls: a name holding one could rewrite the user's terminal.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-# Lone surrogates are not characters: they cannot be encoded as UTF-8 file names.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_DRIVE = re.compile(r"[A-Za-z]:")
-# An empty, "." or ".." component; the whole path is searched at once, not part by part.
-_BAD_COMPONENT = re.compile(r"(?:^|/)\.{0,2}(?:/|$)")
-# Components that may exceed 255 bytes: a code point is at most 4 bytes of UTF-8.
-_LONG_COMPONENT = re.compile(f"[^/]{{{MAX_COMPONENT_BYTES // 4 + 1},}}")
 # Shown escaped: controls, lone surrogates, invisible format characters (bidi overrides
 # such as U+202E that make "txt.exe" look like "exe.txt", zero-width spaces and joiners
 # that make two different names look alike) and the line and paragraph separators.
@@ -59,55 +51,48 @@ def _escape(char: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-#: Names the receiver gives its partial data and resume sidecars (destination.py): an entry
-#: named like one could be overwritten by, or overwrite, another entry's partial file.
-_PARTIAL_NAME = re.compile(r"\.p2p-copy-(part|resume)(\.new)?(/|$)", re.IGNORECASE)
+@dataclass(frozen=True)
+class _Rule:
+    """One rule for a path: where ``pattern`` matches, the path may break it."""
+
+    pattern: str
+    #: What the sender sent, for the error message ("The sender sent <what>: 'name'").
+    what: str
+    #: Whether the matched text does break the rule (most patterns say it themselves).
+    breaks: Callable[[str], bool] = lambda matched: True
 
 
-# Anything any rule below might refuse; most names match none of it and skip the rules.
-_SUSPECT = re.compile(
-    "[\x00-\x1f\x7f-\x9f\ud800-\udfff]"  # controls and lone surrogates
-    r"|\\|^/|^[A-Za-z]:|(?:^|/)\.{0,2}(?:/|$)|\.p2p-copy-"
-    f"|[^/]{{{MAX_COMPONENT_BYTES // 4 + 1},}}",
-    re.IGNORECASE,
+def _too_long(component: str) -> bool:
+    return len(component.encode()) > MAX_COMPONENT_BYTES
+
+
+# Every rule a non-empty path of at most MAX_PATH_CHARS characters must pass, each written
+# once: split_safe_path() screens a path with all of them in one search and goes rule by
+# rule (for the message) only on a hit. Patterns are searched in the whole path.
+_RULES: Final = (
+    # C0 controls, DEL and C1 controls: a name holding one could rewrite the user's terminal.
+    _Rule("[\x00-\x1f\x7f-\x9f]", "a name with control characters"),
+    # Lone surrogates are not characters: they cannot be encoded as UTF-8 file names.
+    _Rule("[\ud800-\udfff]", "a name that is not valid Unicode"),
+    _Rule(r"\\", "a name with a backslash"),
+    _Rule("^/", "an absolute path"),
+    _Rule("^[A-Za-z]:", "a path with a drive letter"),
+    _Rule(r"(?:^|/)\.{0,2}(?:/|$)", "a path with an empty, '.' or '..' component"),
+    # The names the receiver gives its partial data and resume sidecars (destination.py):
+    # an entry named like one could be overwritten by, or overwrite, another's partial file.
+    _Rule(r"(?i:\.p2p-copy-(part|resume)(\.new)?(/|$))",
+          "a name that p2p-copy keeps for its own partial files"),
+    # A component that may exceed 255 bytes (a code point is at most 4 bytes of UTF-8).
+    _Rule(f"[^/]{{{MAX_COMPONENT_BYTES // 4 + 1},}}", "a name longer than 255 bytes",
+          _too_long),
 )
-
-
-# The parts of _SUSPECT that plain string methods cannot check, for split_safe_paths().
-_SUSPECT_CHARS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]")  # \n: counted
-_SUSPECT_PARTIAL = re.compile(r"\.p2p-copy-", re.IGNORECASE)
-_LINE_DRIVE = re.compile(r"\n[A-Za-z]:")
-
-
-def _all_plain(paths: Sequence[str]) -> bool:
-    """True only if no path matches _SUSPECT (False may be wrong: then each is judged).
-
-    _SUSPECT's alternatives are tried at every character; over a manifest's names, string
-    methods and single-purpose searches of the joined text take a fifth of the time.
-    """
-    text = "\n".join(paths)
-    if text.count("\n") != len(paths) - 1 or max(map(len, paths)) > MAX_PATH_CHARS:
-        return False
-    if "\\" in text or _SUSPECT_CHARS.search(text) or _SUSPECT_PARTIAL.search(text):
-        return False
-    if _LINE_DRIVE.search("\n" + text):
-        return False
-    # Each path's components between slashes: an empty, "." or ".." one shows as "//",
-    # "/./" or "/../"; an absolute path as "//", an empty path as "//".
-    slashed = "/" + text.replace("\n", "/") + "/"
-    if "//" in slashed or "/./" in slashed or "/../" in slashed:
-        return False
-    return max(map(len, slashed.split("/"))) <= MAX_COMPONENT_BYTES // 4
+_COMPILED: Final = tuple((re.compile(rule.pattern), rule) for rule in _RULES)
+# All of them at once: most names match none and need no rule-by-rule look.
+_SUSPECT: Final = re.compile("|".join(rule.pattern for rule in _RULES))
 
 
 def split_safe_paths(paths: Sequence[str]) -> list[tuple[str, ...]]:
-    """split_safe_path() of each path, screened all at once when none is suspect.
-
-    If anything is suspect, each name is judged alone, so the error is the one
-    split_safe_path() gives for the first bad name.
-    """
-    if paths and _all_plain(paths):
-        return [tuple(path.split("/")) for path in paths]
+    """split_safe_path() of each path: the error is the one for the first bad name."""
     return [split_safe_path(path) for path in paths]
 
 
@@ -119,35 +104,16 @@ def split_safe_path(path: str) -> tuple[str, ...]:
 
 
 def _split_checked(path: str) -> tuple[str, ...]:
-    """split_safe_path() rule by rule, for the error message (and tests of the fast path)."""
+    """split_safe_path() rule by rule, for the error message (and tests of the screen)."""
     shown = display_name(path[:200]) + ("..." if len(path) > 200 else "")
     if not path:
         raise UnsafePathError("The sender sent an empty file name.")
     if len(path) > MAX_PATH_CHARS:
         raise UnsafePathError(f"The sender sent a path longer than {MAX_PATH_CHARS} characters.")
-    if _CONTROL.search(path):
-        raise UnsafePathError(f"The sender sent a name with control characters: {shown!r}")
-    if _SURROGATE.search(path):
-        raise UnsafePathError(f"The sender sent a name that is not valid Unicode: {shown!r}")
-    if "\\" in path:
-        raise UnsafePathError(f"The sender sent a name with a backslash: {shown!r}")
-    if path.startswith("/"):
-        raise UnsafePathError(f"The sender sent an absolute path: {shown!r}")
-    parts = tuple(path.split("/"))
-    if _DRIVE.match(parts[0]):
-        raise UnsafePathError(f"The sender sent a path with a drive letter: {shown!r}")
-    if _BAD_COMPONENT.search(path):
-        raise UnsafePathError(
-            f"The sender sent a path with an empty, '.' or '..' component: {shown!r}"
-        )
-    if _PARTIAL_NAME.search(path):
-        raise UnsafePathError(
-            f"The sender sent a name that p2p-copy keeps for its own partial files: {shown!r}"
-        )
-    for long in _LONG_COMPONENT.finditer(path):
-        if len(long.group().encode()) > MAX_COMPONENT_BYTES:
-            raise UnsafePathError(f"The sender sent a name longer than 255 bytes: {shown!r}")
-    return parts
+    for pattern, rule in _COMPILED:
+        if any(rule.breaks(match.group()) for match in pattern.finditer(path)):
+            raise UnsafePathError(f"The sender sent {rule.what}: {shown!r}")
+    return tuple(path.split("/"))
 
 
 def fold(path: str) -> str:

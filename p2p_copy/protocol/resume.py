@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .digests import SHA256, Hash, available, new
+from .digests import HEX_DIGEST, SHA256, Hash, available, new
 
 __all__ = [
     "BLOCK",
@@ -49,7 +48,6 @@ SIDECAR_VERSION = 1
 #: Tolerance when comparing an announced mtime with a file's (utime may round it).
 MTIME_TOLERANCE = 0.01
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class Prefix(NamedTuple):
@@ -205,7 +203,7 @@ class Sidecar:
         if not isinstance(size, int) or not isinstance(offset, int) or isinstance(
                 size, bool) or isinstance(offset, bool):
             return None
-        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+        if not isinstance(digest, str) or not HEX_DIGEST.fullmatch(digest):
             return None
         if mtime is not None and (not isinstance(mtime, (int, float)) or isinstance(mtime, bool)
                                   or not math.isfinite(mtime)):

@@ -126,8 +126,6 @@ MANIFEST_PART_BYTES = 256 * 1024
 MAX_ERROR_TEXT = 1000
 #: Digests per checksums message: about 280 KiB of JSON, well under any message limit.
 MAX_CHECKSUMS_PER_MESSAGE = 4096
-#: A receiver refuses manifests with more entries than this unless told otherwise.
-DEFAULT_MAX_ENTRIES = 1_000_000
 
 
 class SenderState(enum.IntEnum):
@@ -442,7 +440,7 @@ class Sender:
 
     def __init__(
         self,
-        code_hash_hex: str,
+        room_hash: str,
         entries: Sequence[Entry],
         *,
         manifest_part_bytes: int = MANIFEST_PART_BYTES,
@@ -457,7 +455,8 @@ class Sender:
             tuple(name for name in digests if name in available()) or (SHA256,))
         #: The one the receiver picked in its accept (SHA-256 until then, and if it says none).
         self.digest = SHA256
-        self.code_hash_hex = code_hash_hex
+        #: codes.room_hash_hex() of the code: the room the hello asks the relay for.
+        self.room_hash = room_hash
         #: The code was just generated: the relay must not pair it with anyone waiting.
         self.fresh = fresh
         self._waiting_seen = False
@@ -493,7 +492,7 @@ class Sender:
 
     def hello(self) -> str:
         self.state = self._next("send hello")
-        return encode(Hello(code_hash_hex=self.code_hash_hex, role="sender",
+        return encode(Hello(code_hash_hex=self.room_hash, role="sender",
                             version=HELLO_VERSION, fresh=self.fresh or None))
 
     def manifest(self) -> Iterator[str]:
@@ -696,7 +695,7 @@ class Receiver:
 
     def __init__(
         self,
-        code_hash_hex: str,
+        room_hash: str,
         *,
         max_entries: int | None = None,
         policy: ReceivePolicy | None = None,
@@ -717,7 +716,8 @@ class Receiver:
         self.policy = policy or ReceivePolicy()
         self._waiting_seen = False
         self._sender_spoke = False
-        self.code_hash_hex = code_hash_hex
+        #: codes.room_hash_hex() of the code: the room the hello asks the relay for.
+        self.room_hash = room_hash
         self.max_entries = self.policy.max_entries if max_entries is None else max_entries
         self.entries: tuple[Entry, ...] = ()
         self._parts: list[Entry] = []
@@ -745,7 +745,7 @@ class Receiver:
 
     def hello(self) -> str:
         self.state = self._next("send hello", "hello is sent once, first")
-        return encode(Hello(code_hash_hex=self.code_hash_hex, role="receiver",
+        return encode(Hello(code_hash_hex=self.room_hash, role="receiver",
                             version=HELLO_VERSION))
 
     def receive(self, message: str | bytes) -> list[ReceiverEvent]:

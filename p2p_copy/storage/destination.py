@@ -311,38 +311,23 @@ class _Open:
     """A file being received: its folder, temporary name, descriptor and running hash."""
 
     def __init__(self, dirs: _Dirs, parts: tuple[str, ...], entry: DataEntry,
-                 start: _Found | None = None, *, clean: bool = False,
-                 whole: bool = False, algorithm: str) -> None:
+                 start: _Found | None = None, *, algorithm: str) -> None:
         self.dirs = dirs
         self.folder, self.name = parts[:-1], parts[-1]
         self.entry = entry
         self.temp = _hidden_name(self.name, TEMP_SUFFIX)
-        #: Whether a sidecar may be beside it (prepare() saw one, or we wrote one).
-        self.has_sidecar = not clean
+        #: Whether a sidecar may be beside it (one we resume from, or one we wrote).
+        self.has_sidecar = start is not None
         self.synced = 0
-        #: Created with its final mode (the kernel applies the umask): seal() keeps it.
-        self.moded = whole
         at = dirs.fd(self.folder)
         if start is None:
             # A fresh start: whatever has this name goes (never written through), and
-            # O_EXCL makes sure that the file written is the one created here. Names that
-            # prepare() did not see are not removed first; if one appeared since, it goes.
-            # A file that arrives whole in one write gets its mode now (one fchmod less a
-            # file); one that may stay partial is private until sealed.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-            mode = stat.S_IMODE(entry.mode) & 0o777 if whole else 0o600
-            if not clean:
-                _unlink_at(self.sidecar, at)
-                _unlink_at(self.temp, at)
-            try:
-                self.fd = os.open(self.temp, flags, mode, dir_fd=at)
-            except FileExistsError:
-                if not clean:
-                    raise
-                self.has_sidecar = True
-                _unlink_at(self.sidecar, at)
-                _unlink_at(self.temp, at)
-                self.fd = os.open(self.temp, flags, mode, dir_fd=at)
+            # O_EXCL makes sure that the file written is the one created here. It stays
+            # private until seal() gives it its mode.
+            _unlink_at(self.sidecar, at)
+            _unlink_at(self.temp, at)
+            self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                              0o600, dir_fd=at)
             self.chain = ChainHasher(algorithm=algorithm)
         else:
             self.fd = os.open(self.temp, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=at)
@@ -385,8 +370,7 @@ class _Open:
     def seal(self) -> None:
         """Give the complete temporary file its mode and time, and close it."""
         if self.fd >= 0:
-            if not self.moded:
-                os.fchmod(self.fd, stat.S_IMODE(self.entry.mode) & 0o777 & ~_umask())
+            os.fchmod(self.fd, stat.S_IMODE(self.entry.mode) & 0o777 & ~_umask())
             if self.entry.mtime is not None:
                 _set_mtime(self.fd, self.entry.mtime)
             os.close(self.fd)
@@ -454,8 +438,6 @@ class Destination:
         self._dirs = _Dirs(root, self._made_dirs, self.made_folders)
         #: Path components of each entry, by path (checked once).
         self._parts: dict[str, tuple[str, ...]] = {}
-        #: Files whose temporary and sidecar names prepare() found free.
-        self._clean: set[int] = set()
         self.results: list[FileResult] = []
         #: Prefixes found by prepare(), by file number: what offers() offers.
         self._found: dict[int, _Found] = {}
@@ -483,20 +465,11 @@ class Destination:
         # One listing per folder says which names exist; only those are looked at.
         listings: dict[tuple[str, ...], frozenset[str] | None] = {}
         folders: set[tuple[str, ...]] = set()
-        # Nothing exists below a top-level name the destination lacks (a new folder, or a
-        # destination just made): its entries need no look.
-        absent: set[str] = set()
-        if len(self.entries) >= LIST_FROM:
-            tops = {parts[0] for parts in self._parts.values()}
-            absent = {top for top in tops if not self._may_exist((), top, listings)}
         for entry in self.entries:
-            if self._parts[entry.path][0] not in absent:
-                self._check_target(entry, listings, folders)
+            self._check_target(entry, listings, folders)
         deadline = time.monotonic() + HASH_BUDGET
         for file, entry in enumerate(self.files):
-            if self._parts[entry.path][0] in absent:
-                self._clean.add(file)  # no part to resume, nothing to remove first
-            elif isinstance(entry, FileEntry):
+            if isinstance(entry, FileEntry):
                 self._find(file, entry, listings, deadline)
         # A stream's size is unknown: it can only fail when the disk fills up.
         needed = sum(f.size for f in self.files if isinstance(f, FileEntry))
@@ -598,14 +571,10 @@ class Destination:
         """
         parts = self._split(entry)
         folder, name = parts[:-1], parts[-1]
-        if not (self._may_exist(folder, _hidden_name(name, TEMP_SUFFIX), listings)
-                or self._may_exist(folder, _hidden_name(name, SIDECAR_SUFFIX), listings)):
-            self._clean.add(file)  # no part to resume, nothing to remove first
-            if not self._may_exist(folder, name, listings):
-                return
-        final = self._final_path(entry)
-        st = _lone_regular(final)
-        if st is not None and self._same_stat(entry, st):
+        # Listings (when there are many entries) spare a look at names that are not there.
+        final = self._final_path(entry) if self._may_exist(folder, name, listings) else None
+        st = None if final is None else _lone_regular(final)
+        if final is not None and st is not None and self._same_stat(entry, st):
             if entry.size == 0:
                 # Nothing to offer, nothing to differ.
                 self._kept[file] = ChainHasher(algorithm=self.algorithm)
@@ -618,8 +587,10 @@ class Destination:
             if hashed is not None:
                 self._found[file] = _Found(file, hashed[0], final=True)
             return
-        if file in self._clean:
-            return
+        if not (self._may_exist(folder, _hidden_name(name, TEMP_SUFFIX), listings)
+                and self._may_exist(folder, _hidden_name(name, SIDECAR_SUFFIX), listings)):
+            return  # no part with a sidecar from an earlier attempt
+        final = self._final_path(entry)
         part, sidecar_path = _hidden(final, TEMP_SUFFIX), _hidden(final, SIDECAR_SUFFIX)
         part_stat = _lone_regular(part)
         sidecar_stat = _lone_regular(sidecar_path)
@@ -691,7 +662,7 @@ class Destination:
     def _write(self, event: FileData) -> None:
         current = self._open.get(event.file)
         if current is None:
-            current = self._open[event.file] = self._start(event.file, event)
+            current = self._open[event.file] = self._start(event.file)
         data = event.data
         try:
             while data:
@@ -710,15 +681,12 @@ class Destination:
         except OSError as exc:
             raise _os_error(exc, current.final, self.root) from None
 
-    def _start(self, file: int, first: FileData | None = None) -> _Open:
+    def _start(self, file: int) -> _Open:
         entry = self.files[file]
         parts = self._split(entry)
         start = self._starts.pop(file, None)
-        whole = (start is None and first is not None and first.offset == 0
-                 and isinstance(entry, FileEntry) and len(first.data) == entry.size)
         try:
-            return _Open(self._dirs, parts, entry, start, clean=file in self._clean,
-                         whole=whole, algorithm=self.algorithm)
+            return _Open(self._dirs, parts, entry, start, algorithm=self.algorithm)
         except OSError as exc:
             raise _os_error(exc, self.root.joinpath(*parts), self.root) from None
 

@@ -64,6 +64,7 @@ class Sources:
 
 
 def _entry(name: str, st: os.stat_result) -> Entry:
+    """The manifest entry for a file or folder ``st`` (an lstat, or a stat the user named)."""
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISDIR(st.st_mode):
         return DirEntry(path=name, mode=mode, mtime=st.st_mtime)
@@ -148,22 +149,17 @@ def _walk(top: str, prefix: str, entries: list[Entry], files: list[str],
                 st = item.stat(follow_symlinks=False)
             except OSError as exc:
                 _raise(exc)
-            mode = st.st_mode
-            # As _entry() makes them, inline: this loop runs once per file. Only what is
-            # sent must have a UTF-8 name (skipped links, sockets, ... need not).
-            if S_ISREG(mode):
-                if not name.isascii():
-                    _utf8(item.path, name)
-                entries.append(FileEntry(name, st.st_size, mode & 0o7777, st.st_mtime))
-                files.append(item.path)
-                identities.append((st.st_dev, st.st_ino))
-            elif S_ISDIR(mode):
-                if not name.isascii():
-                    _utf8(item.path, name)
-                entries.append(DirEntry(name, mode & 0o7777, st.st_mtime))
+            if not (S_ISREG(st.st_mode) or S_ISDIR(st.st_mode)):
+                skipped.append(name)  # a link, socket...: its name need not be UTF-8
+                continue
+            _utf8(item.path, name)
+            entry = _entry(name, st)
+            entries.append(entry)
+            if isinstance(entry, DirEntry):
                 folders.append((item.path, name))
             else:
-                skipped.append(name)
+                files.append(item.path)
+                identities.append((st.st_dev, st.st_ino))
         stack.extend(reversed(folders))
 
 
