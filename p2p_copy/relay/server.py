@@ -333,7 +333,7 @@ class Relay:
         event(log, logging.INFO, "listening", url=self.url)
         if self.metrics is None:
             log.warning("metrics are off: prometheus_client is not installed "
-                        "(the relay extra: pip install prometheus-client); /metrics answers 404")
+                        "(pip install prometheus-client, the p2p-copy[relay] extra); /metrics answers 404")
 
     async def stop(self) -> None:
         """Close every connection (code 1001) and wait for the handlers to end."""
@@ -477,7 +477,7 @@ class Relay:
         if self.metrics is None:
             return connection.respond(
                 HTTPStatus.NOT_FOUND,
-                "Metrics are off: install prometheus-client (the relay extra).\n",
+                "Metrics are off: install prometheus-client (the p2p-copy[relay] extra).\n",
             )
         body, content_type = self.metrics.exposition(accept)
         response = connection.respond(HTTPStatus.OK, body.decode())
