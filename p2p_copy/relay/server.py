@@ -333,7 +333,8 @@ class Relay:
         event(log, logging.INFO, "listening", url=self.url)
         if self.metrics is None:
             log.warning("metrics are off: prometheus_client is not installed "
-                        "(pip install prometheus-client, the p2p-copy[relay] extra); /metrics answers 404")
+                        "(pip install prometheus-client, the p2p-copy[relay] extra); "
+                        "/metrics answers 404")
 
     async def stop(self) -> None:
         """Close every connection (code 1001) and wait for the handlers to end."""
