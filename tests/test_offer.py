@@ -109,6 +109,16 @@ def test_a_git_checkout_without_hidden_top_level_names_passes_unasked() -> None:
     check_offer(summary, ReceivePolicy())
 
 
+@pytest.mark.parametrize("name", ["\u200c.ssh", "\ufeff.bashrc", "\u200e.config"])
+def test_a_dot_behind_an_ignored_code_point_is_still_hidden(name: str) -> None:
+    """HFS+ drops U+200C and its kin, so "\u200c.ssh" lands as ".ssh": it is hidden and
+    refused where nobody is asked (review of issue 17, finding 3)."""
+    summary = summarize_offer([DirEntry(name), FileEntry(name + "/authorized_keys", 1)])
+    assert summary.hidden == (name + "/",)
+    with pytest.raises(PolicyError):
+        check_offer(summary, ReceivePolicy())
+
+
 def test_offer_lines_escape_the_names_the_sender_chose() -> None:
     """Bidi overrides and zero-width characters in offered names reach a terminal escaped."""
     lines = offer_lines(summarize_offer([FileEntry(BIDI_NAME, 1, mode=0o755),

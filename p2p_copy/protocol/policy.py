@@ -25,7 +25,7 @@ from typing import Final
 
 from ..errors import PolicyError, UnsafePathError, UsageError
 from .messages import DirEntry, Entry, FileEntry, StreamEntry
-from .paths import MAX_COMPONENT_BYTES, check_entries, display_name
+from .paths import MAX_COMPONENT_BYTES, check_entries, display_name, fold
 
 __all__ = [
     "ReceivePolicy",
@@ -329,13 +329,13 @@ def summarize_offer(entries: Sequence[Entry]) -> OfferSummary:
                 stream = True
             if entry.mode & 0o111:
                 executables.append(entry.path)
-        hidden_inside += any(part.startswith(".") for part in parts[1:])
+        hidden_inside += any(_hidden(part) for part in parts[1:])
         if not is_dir and _in_git_hooks(parts):
             git_hooks.append(entry.path)
     shown = tuple(name + "/" if folder else name for name, folder in tops.items())
     return OfferSummary(
         top_level=shown, files=files, folders=folders, total_bytes=total, stream=stream,
-        hidden=tuple(name for name in shown if name.startswith(".")),
+        hidden=tuple(name for name in shown if _hidden(name)),
         executables=tuple(executables), git_hooks=tuple(git_hooks),
         hidden_inside=hidden_inside,
     )
@@ -360,6 +360,12 @@ def shown_names(names: Sequence[str], limit: int = _SHOWN_NAMES) -> str:
     if len(names) > limit:
         text += f" and {len(names) - limit:,} more"
     return text
+
+
+def _hidden(name: str) -> bool:
+    """Whether ``name`` is hidden where it lands: judged on its folded form, so that a
+    code point a file system ignores (HFS+ drops U+200C) cannot hide the leading dot."""
+    return fold(name).startswith(".")
 
 
 def check_offer(summary: OfferSummary, policy: ReceivePolicy) -> None:
