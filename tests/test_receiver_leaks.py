@@ -272,3 +272,46 @@ def test_a_source_that_cannot_be_read_is_not_named_to_the_receiver(tmp_path: Pat
     with pytest.raises(UsageError) as info:
         StreamReader([str(src)], [3]).read_into(bytearray(65))
     assert str(tmp_path) not in info.value.peer_text
+
+
+@pytest.mark.parametrize("left", ["final file, --overwrite", "part of an earlier run"])
+async def test_a_sender_that_comes_back_gets_no_second_guess(
+        relay: Relay, tmp_path: Path, left: str) -> None:
+    """A sender whose guess was answered "no" hangs up and reconnects: the receiver, still
+    in the same run, does not offer that content again (review of issue 17, finding 7: four
+    guesses in one run were answered before)."""
+    dest = tmp_path / "in"
+    dest.mkdir()
+    if left.startswith("final"):
+        name, size, offset = "pin.txt", len(PIN), len(PIN)
+        (dest / name).write_bytes(PIN)
+        os.utime(dest / name, (PIN_MTIME, PIN_MTIME))
+    else:
+        name, size, offset = "big.bin", 3 * BLOCK, BLOCK
+        earlier = b"S" * BLOCK
+        part = dest / f".{name}.p2p-copy-part"
+        part.write_bytes(earlier)
+        sidecar = dest / f".{name}.p2p-copy-resume"
+        sidecar.write_bytes(Sidecar(size=size, mtime=PIN_MTIME, offset=BLOCK,
+                                    digest=sha256_hex(earlier)).encode())
+        for path in (part, sidecar):
+            path.chmod(0o600)
+    code = "7-no-second-guess"
+    held: list[object] = []
+    async with asyncio.timeout(SCENARIO_TIMEOUT), _background(p2p_copy.receive(
+            relay.url, code, dest, progress="none", overwrite=left.startswith("final"),
+            reconnect_timeout=60)):
+        for guess in (b"0000\n", b"1111\n"):
+            async with handmade_peer(relay.url, code, "sender") as peer:
+                await peer.expect("ready")
+                await peer.send_manifest([file_entry(name, size, mtime=PIN_MTIME)])
+                accept = await peer.expect("accept")
+                held.append(accept.get("held"))
+                if accept.get("held"):
+                    wrong = sha256_hex((guess * BLOCK)[:offset])
+                    await peer.send_json({"type": "prefix_digests",
+                                          "files": [[0, offset, wrong]]})
+                    assert (await peer.expect("resume"))["files"] == []
+            await asyncio.sleep(0.3)  # the receiver notices and reconnects
+    assert held[0] == [[0, offset]]  # one guess, answered "no"
+    assert not held[1]  # and no second one in the same run

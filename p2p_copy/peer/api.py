@@ -289,13 +289,15 @@ async def _received(server: str, code: str, sink: MakeSink, options: Options) ->
 
 
 def _folder(root: Path, options: Options) -> MakeSink:
-    """A sink maker for files into ``root``; folders made by any attempt of this run get
-    their modes when it finishes (storage/destination.py)."""
+    """A sink maker for files into ``root``. What one attempt learns lasts the run: the
+    folders it made get their modes when the run finishes, and a file the sender did not
+    take is not offered again (storage/destination.py)."""
     made: set[Path] = set()
+    refused: set[str] = set()
 
     def sink(entries: Sequence[Entry], digest: str) -> Sink:
         return Destination(root, entries, overwrite=options.overwrite, algorithm=digest,
-                           made_folders=made)
+                           made_folders=made, refused=refused)
 
     return sink
 

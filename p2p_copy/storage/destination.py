@@ -422,7 +422,8 @@ class Destination:
     """Writes one transfer's files into ``root``."""
 
     def __init__(self, root: Path, entries: Sequence[Entry], *, overwrite: bool = False,
-                 algorithm: str = SHA256, made_folders: set[Path] | None = None) -> None:
+                 algorithm: str = SHA256, made_folders: set[Path] | None = None,
+                 refused: set[str] | None = None) -> None:
         self.root = root
         #: The transfer's hash (digests.py): what files are checked and prefixes offered with.
         self.algorithm = algorithm
@@ -436,6 +437,10 @@ class Destination:
         #: shared by the caller across attempts): the only ones finish() gives a mode and time.
         self.made_folders: set[Path] = set() if made_folders is None else made_folders
         self._dirs = _Dirs(root, self._made_dirs, self.made_folders)
+        #: Final files the sender did not take in an earlier attempt of this run, to be
+        #: replaced (``refused``, shared by the caller like ``made_folders``): never offered
+        #: again, so that a sender learns at most one yes or no about each file per run.
+        self.refused: set[str] = set() if refused is None else refused
         #: Path components of each entry, by path (checked once).
         self._parts: dict[str, tuple[str, ...]] = {}
         self.results: list[FileResult] = []
@@ -569,6 +574,8 @@ class Destination:
         Past ``deadline`` nothing more is offered: a part starts over, and a final file
         is compared when it arrives again.
         """
+        if entry.path in self.refused:
+            return  # answered once this run: it will be replaced (--overwrite)
         parts = self._split(entry)
         folder, name = parts[:-1], parts[-1]
         # Listings (when there are many entries) spare a look at names that are not there.
@@ -630,7 +637,15 @@ class Destination:
                     self._kept[file] = found.chain
                 else:
                     self._starts[file] = found
-            elif found.final and not self.overwrite:
+                continue
+            # Not taken. A sender that hangs up now and comes back must not get a second
+            # guess at the same content: a part goes at once (a new one holds only what
+            # this run wrote), a final file that will be replaced is not offered again.
+            if not found.final:
+                self._drop_part(file)
+            elif self.overwrite:
+                self.refused.add(self.files[file].path)
+            else:
                 if file not in differs:
                     # The sender did not compare it (it ignored the offer, or could not
                     # read its own prefix): compared when it arrives, like one not hashed.
@@ -638,6 +653,12 @@ class Destination:
                     continue
                 raise self._differs(self._final_path(self.files[file]))
         self._found.clear()
+
+    def _drop_part(self, file: int) -> None:
+        """Remove file ``file``'s part and sidecar from an earlier attempt."""
+        final = self._final_path(self.files[file])
+        _unlink(_hidden(final, TEMP_SUFFIX))
+        _unlink(_hidden(final, SIDECAR_SUFFIX))
 
     def _differs(self, path: Path) -> DestinationExistsError:
         return DestinationExistsError(
@@ -812,13 +833,9 @@ class Destination:
         self._dirs.close()
         for file, found in [*self._found.items()]:
             if not found.final:
-                final = self._final_path(self.files[file])
-                _unlink(_hidden(final, TEMP_SUFFIX))
-                _unlink(_hidden(final, SIDECAR_SUFFIX))
+                self._drop_part(file)
         for file in self._starts:
-            final = self._final_path(self.files[file])
-            _unlink(_hidden(final, TEMP_SUFFIX))
-            _unlink(_hidden(final, SIDECAR_SUFFIX))
+            self._drop_part(file)
         self._found.clear()
         self._starts.clear()
         for path in reversed(self._made_dirs):
