@@ -84,6 +84,9 @@ def test_shared_constants_are_defined_once() -> None:
     for name, home in (("DEFAULT_MAX_ENTRIES", "p2p_copy/protocol/policy.py"),
                        ("DEFAULT_RECONNECT_TIMEOUT", "p2p_copy/peer/reconnect.py"),
                        ("HEX_DIGEST", "p2p_copy/protocol/digests.py"),
+                       ("DEFAULT_CHUNK_SIZE", "p2p_copy/protocol/messages.py"),
+                       ("MAX_CHUNK_SIZE", "p2p_copy/protocol/messages.py"),
+                       ("OFFER_TIMEOUT", "p2p_copy/peer/session.py"),
                        ("MAX_COMPONENT_BYTES", "p2p_copy/protocol/paths.py")):
         assert _module_assignments(name) == [home], name
     sources = "".join(path.read_text(encoding="utf-8")

@@ -22,6 +22,7 @@ from ..results import FileResult, TransferResult
 from . import api
 from .blocking import split_display
 from .options import EntryPoint
+from .session import optional
 
 __all__ = [
     "Transfer",
@@ -48,11 +49,6 @@ P = ParamSpec("P")
 _RUNNING: set[asyncio.Task[Any]] = set()
 
 
-def _optional(display: object, name: str, *args: object) -> None:
-    """Call a Progress method added after 0.3 if ``display`` has it (older ones do not)."""
-    method = getattr(display, name, None)
-    if method is not None:
-        method(*args)
 
 
 class _Tracker:
@@ -97,12 +93,12 @@ class _Tracker:
 
     def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
         self.status = "reconnecting"
-        _optional(self.inner, "reconnecting", attempt, delay, reason)
+        optional(self.inner, "reconnecting", attempt, delay, reason)
 
     def resumed(self, bytes_done: int) -> None:
         self.status = "transferring"
         self.bytes_done = bytes_done
-        _optional(self.inner, "resumed", bytes_done)
+        optional(self.inner, "resumed", bytes_done)
 
     def finished(self, result: TransferResult) -> None:
         self.status = "done"

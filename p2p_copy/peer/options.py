@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from ..errors import UsageError
 from ..protocol.compression import COMPRESS_MODES, ChooserMode
+from ..protocol.messages import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from ..protocol.policy import ReceivePolicy
 from ..storage.streams import MEMORY_LIMIT
 from .reconnect import DEFAULT_RECONNECT_TIMEOUT, IDLE_TIMEOUT, reconnect_budget
@@ -32,11 +33,6 @@ __all__ = [
     "Options",
     "resolve",
 ]
-
-#: Bytes of file data per message. 64-256 KiB beat 1 MiB and more on loopback here.
-DEFAULT_CHUNK_SIZE = 256 * 1024
-MAX_CHUNK_SIZE = 2**20
-
 
 @dataclass(frozen=True, kw_only=True)
 class Options:

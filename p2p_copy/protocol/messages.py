@@ -63,9 +63,13 @@ DATA_RAW: Final = 0x00
 DATA_ZSTD: Final = 0x01
 #: Name of the zstd algorithm in ``accept.compression``.
 ZSTD: Final = "zstd"
+#: Bytes of file data per data message our senders use by default, and the most they
+#: may be set to. 64-256 KiB beat 1 MiB and more on loopback (benchmarks/README.md).
+DEFAULT_CHUNK_SIZE: Final = 256 * 1024
+MAX_CHUNK_SIZE: Final = 2**20
 #: Most bytes of the file stream one DATA_ZSTD message may carry (its frame's content
-#: size): 1 MiB, our senders' largest chunk (api.MAX_CHUNK_SIZE).
-MAX_ZSTD_CONTENT: Final = 2**20
+#: size): our senders' largest chunk.
+MAX_ZSTD_CONTENT: Final = MAX_CHUNK_SIZE
 
 Role = Literal["sender", "receiver"]
 ROLES: Final = ("sender", "receiver")

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..errors import LocalProtocolError, PolicyError, RemoteProtocolError, UsageError
-from .messages import MAX_FILE_SIZE
+from .messages import DEFAULT_CHUNK_SIZE, MAX_FILE_SIZE
 
 __all__ = [
     "KINDS",
@@ -66,7 +66,6 @@ KINDS: Final = (
     "arrow.RecordBatch",
 )
 
-DEFAULT_CHUNK_SIZE: Final = 256 * 1024
 
 _SUPPORTED: Final = (
     "bytes, bytearray, memoryview, str, JSON values (dict with str keys, list, int, float, "
