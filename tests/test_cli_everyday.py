@@ -19,11 +19,16 @@ import trustme
 
 from p2p_copy.cli.report import Tally, summary
 from p2p_copy.display.progress import NoProgress
+from p2p_copy.errors import RelayUnreachableError
+from p2p_copy.peer.link import open_link
 from p2p_copy.protocol.codes import CODE_ENV
+from p2p_copy.relay.server import Relay, server_ssl_context
 from p2p_copy.results import FileResult, TransferResult
+from p2p_copy.testing import TEST_CONFIG
 
 from .conftest import Processes, cli_env, free_port, run_cli, wait_for_port
 from .test_offer import Terminal
+from .test_tls import _write_pki
 
 TIMEOUT = 60
 GENERATED = re.compile(r"[1-9][0-9]*(-[a-z]+){3}")
@@ -428,3 +433,14 @@ def test_completion_scripts_come_from_the_parser() -> None:
         result = run_cli("completion", shell, timeout=TIMEOUT)
         assert result.returncode == 0, result.stderr
         assert "run-relay-server" in result.stdout and "--relay" in result.stdout
+
+
+async def test_ws_to_a_tls_relay_says_to_use_wss(tmp_path: Path) -> None:
+    """ws:// to a relay that serves TLS fails with exit 3 and the wss:// URL to use."""
+    pki = _write_pki(trustme.CA(), tmp_path, "127.0.0.1")
+    context = server_ssl_context(str(pki.combined_pem))
+    async with Relay("127.0.0.1", 0, ssl_context=context, config=TEST_CONFIG) as relay:
+        plain = relay.url.replace("wss://", "ws://")
+        with pytest.raises(RelayUnreachableError, match="use wss://127.0.0.1:"):
+            async with open_link(plain, room="0" * 64):
+                pass
