@@ -105,7 +105,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SECONDS",
         help="give up if the other side has not joined within SECONDS (default: as long "
-        "as the relay keeps a waiting peer, 600 s on ours)",
+        "as the relay keeps a waiting peer: its --peer-timeout)",
     )
     parser.add_argument(
         "--no-encrypt",
