@@ -404,8 +404,10 @@ def _check_sources(files: list[str]) -> None:
     try:
         check_entries(DirEntry(name) for name in names if name)
     except P2PCopyError as exc:
-        raise UsageError(f"Cannot send these together: {exc}. Rename one, or send them "
-                         "in their parent folder.") from None
+        # The receiver's rule (paths.check_entries), checked here on the top-level names
+        # only: the walk and the full check come after the code was shown.
+        raise UsageError(f"Cannot send these names, the receiver would refuse them ({exc}). "
+                         "Rename one, or send their parent folder.") from None
 
 
 def _receive_arguments(args: argparse.Namespace) -> tuple[Relay, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -69,6 +68,8 @@ class Relay:
 
 def load_defaults(path: Path | None = None) -> Defaults:
     """The config file's values; a missing file is no defaults, a bad one a UsageError."""
+    import tomllib  # only a send or receive reads it, not --help or the relay
+
     path = path or config_path()
     try:
         with open(path, "rb") as f:
