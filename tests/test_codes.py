@@ -216,3 +216,51 @@ def test_cli_receive_policy_exits_19(processes: Processes, tmp_path: Path) -> No
     assert "--max-files" in r_err
     assert sender.returncode == 19, sender.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# --- normalisation and weak codes (issue 19) -----------------------------------------
+
+
+@pytest.mark.parametrize("typed", ["7-Crossover-Clockwork-Puma", "  7-crossover-clockwork-puma\n",
+                                   "7-CROSSOVER-clockwork-puma "])
+def test_case_and_surrounding_spaces_do_not_change_room_or_key(typed: str) -> None:
+    """A code typed with capitals or spaces gives the same room hash and SPAKE2 key as its
+    normalised form, which is what 0.6.0 peers use when the code is typed as shown."""
+    from .test_secure import confirm, exchange
+
+    shown = "7-crossover-clockwork-puma"
+    assert codes.room_hash_hex(typed) == codes.room_hash_hex(shown)
+    sender, receiver = exchange(typed, shown)
+    sender.check(confirm(receiver))  # WrongCodeError if the keys differ
+    receiver.check(confirm(sender))
+
+
+def test_inner_spaces_and_other_letters_still_differ() -> None:
+    """Only case and the ends are normalised: other differences are other rooms."""
+    assert codes.room_hash_hex("7 a-b") != codes.room_hash_hex("7a-b")
+    assert codes.room_hash_hex("ä-b") != codes.room_hash_hex("a-b")
+
+
+@pytest.mark.parametrize("code", ["1-a", "9-test", "lab-bob", "7-1234"])
+def test_weak_chosen_codes_get_a_warning(code: str) -> None:
+    """A short chosen secret is warned about; the warning says what to do."""
+    warning = codes.weak_code_warning(code)
+    assert warning is not None and "generated" in warning
+
+
+@pytest.mark.parametrize("code", ["7-crossover-clockwork-aftermath", "lab-correct-horse-battery",
+                                  "9-wrong-words"])
+def test_strong_or_generated_codes_get_none(code: str) -> None:
+    """Three words of the list, or a long enough phrase, pass quietly; so do generated codes."""
+    assert codes.weak_code_warning(code) is None
+    assert codes.weak_code_warning(codes.generate_code()) is None
+
+
+def test_tab_completes_the_word_after_the_last_dash() -> None:
+    """The prompt's completer offers words of the list for the part being typed."""
+    from p2p_copy.cli.prompt import completer
+
+    complete = completer(codes.wordlist())
+    assert complete("7-crossover-clockw", 0) == "7-crossover-clockwork"
+    assert complete("7-crossover-clockw", 1) is None
+    assert complete("7", 0) is None  # the room number: nothing to complete

@@ -10,11 +10,13 @@ import argparse
 import asyncio
 import os
 import re
+import shlex
 import signal
 import sys
 import textwrap
 import threading
 from collections.abc import Awaitable, Coroutine, Sequence
+from pathlib import Path
 from typing import IO, Any, cast
 
 from .._version import __version__
@@ -24,20 +26,32 @@ from ..display.progress import (
     is_terminal,
     make_progress,
     offer_lines,
-    with_code_on_stderr,
 )
 from ..errors import P2PCopyError, TransferCancelledError, UsageError, exit_codes
 from ..peer.reconnect import DEFAULT_RECONNECT_TIMEOUT, IDLE_TIMEOUT
-from ..protocol.codes import CODE_ENV, GENERATE, code_from_env
+from ..protocol.codes import (
+    CODE_ENV,
+    GENERATE,
+    code_from_env,
+    looks_like_code,
+    split_code,
+    weak_code_warning,
+)
 from ..protocol.paths import display_name
-from ..protocol.policy import OfferSummary
+from ..protocol.policy import DEFAULT_MAX_DEPTH, OfferSummary
 from ..relay.logs import ADDRESS_MODES
+from .config import RELAY_ENV, Relay, choose_relay, is_relay_url
+from .report import Tally, kept_partial, summary
 from .tuning import tune_process
 
 __all__ = ["main", "RELAY_TOKEN_ENV"]
 
 #: Environment variable with a private relay's access token (keeps it out of `ps`).
 RELAY_TOKEN_ENV = "P2P_COPY_RELAY_TOKEN"
+#: The config file as help texts show it (config.config_path() is where it really is).
+_CONFIG_SHOWN = "~/.config/p2p-copy/config.toml"
+#: The subcommands: a first argument that is none of them may be a code or a file (main).
+COMMANDS = ("send", "receive", "run-relay-server", "demo", "completion")
 
 
 def _exit_code_lines() -> str:
@@ -55,6 +69,13 @@ def _exit_code_lines() -> str:
 
 EXAMPLES = f"""\
 examples:
+  p2p-copy send report.pdf data/          (prints a code; the relay from --relay,
+                                           ${RELAY_ENV} or {_CONFIG_SHOWN})
+  p2p-copy receive 7-crossover-clockwork-puma --out incoming/
+  p2p-copy 7-crossover-clockwork-puma     (the same: a code alone receives)
+  p2p-copy receive                        (asks for the code; Tab completes its words)
+  p2p-copy send --relay wss://relay.example.org --cafile ca.pem --qr report.pdf
+the relay typed first, as in p2p-copy 0.1 (a ws:// or wss:// URL, then the code):
   p2p-copy run-relay-server 127.0.0.1 8765 --no-tls
   p2p-copy send ws://127.0.0.1:8765 auto report.pdf data/      (prints a code)
   p2p-copy receive ws://127.0.0.1:8765 7-crossover-clockwork-puma --out incoming/
@@ -63,27 +84,25 @@ examples:
   p2p-copy receive ws://127.0.0.1:8765 7-crossover-clockwork-puma --stdout | tar x
   p2p-copy send ws://127.0.0.1:8765 auto --text "see you at 5"   (receive prints it)
   p2p-copy demo
+  p2p-copy completion bash > ~/.local/share/bash-completion/completions/p2p-copy
 
 {_exit_code_lines()}
 """
 
 
-def _code_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "code",
-        metavar="CODE",
-        help=f"the shared code, ROOM-SECRET (e.g. 7-crossover-clockwork-puma); 'auto' (send) "
-        f"generates one; '-' reads it from ${CODE_ENV} so it stays out of the process list",
-    )
-
-
-def _client_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("server", metavar="SERVER", help="relay URL: wss://host[:port] or ws://...")
-    _code_arg(parser)
+_CODE_HELP = (f"the shared code, ROOM-SECRET (e.g. 7-crossover-clockwork-puma), in any case; "
+              f"'-' reads it from ${CODE_ENV} so that it stays out of the process list")
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cafile", help="CA certificate (PEM) to trust for a private wss:// relay")
+    parser.add_argument(
+        "--relay", metavar="URL", dest="server",
+        help=f"the relay, wss://HOST[:PORT][/PATH] or ws://... (default: ${RELAY_ENV}, else "
+        f"relay in {_CONFIG_SHOWN}, which may also hold cafile and relay_token for it)")
+    parser.add_argument(
+        "--cafile", metavar="PEM",
+        help="CA certificate to trust for a private wss:// relay (default: the system's "
+        "certificates, or cafile in the config file when the relay is its relay)")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON event per line instead of a bar"
     )
@@ -96,7 +115,8 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         "--wait-timeout",
         type=float,
         metavar="SECONDS",
-        help="give up if the other side has not joined within SECONDS",
+        help="give up if the other side has not joined within SECONDS (default: as long "
+        "as the relay keeps a waiting peer: its --peer-timeout)",
     )
     parser.add_argument(
         "--no-encrypt",
@@ -106,7 +126,8 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--relay-token",
         metavar="TOKEN",
-        help=f"access token of a private relay (default: ${RELAY_TOKEN_ENV})",
+        help=f"access token of a private relay (default: ${RELAY_TOKEN_ENV}, else "
+        "relay_token in the config file when the relay is its relay)",
     )
     parser.add_argument(
         "--idle-timeout", type=float, metavar="SECONDS", default=IDLE_TIMEOUT,
@@ -133,23 +154,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"p2p-copy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    send = sub.add_parser("send", help="send files and folders", epilog=EXAMPLES,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    _client_args(send)
-    send.add_argument("files", nargs="*", metavar="FILE",
-                      help="files and folders to send; a lone '-' sends standard input")
+    send = sub.add_parser(
+        "send", help="send files and folders", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="p2p-copy send [options] FILE...\n"
+              "       p2p-copy send [options] SERVER CODE|auto FILE...")
+    send.add_argument(
+        "files", nargs="*", metavar="FILE",
+        help="files and folders to send; a lone '-' sends standard input. A first argument "
+        "that is a ws:// or wss:// URL is the relay, and the code follows it ('auto': "
+        "generated)")
+    send.add_argument("--code", metavar="CODE",
+                      help=f"{_CODE_HELP} (default: a generated code, shown once the relay "
+                      "has its room)")
+    send.add_argument("--qr", action="store_true",
+                      help="also show the line to run on the other machine as a QR code")
     send.add_argument("--text", metavar="TEXT",
                       help="send TEXT instead of files (the receiver prints it)")
     send.add_argument("--name", metavar="NAME",
-                      help="with '-' or --text: the file name a receiver saving to disk uses")
+                      help="with '-' or --text: the file name a receiver saving to disk uses "
+                      "(default: stdin, or text.txt)")
     send.add_argument("--compress", choices=("auto", "always", "never"), default="auto",
                       help="zstd-compress data: 'auto' (default) while that is measured to "
                       "move it faster than sending it raw (slow links, compressible data)")
     _common_options(send)
 
-    receive = sub.add_parser("receive", help="receive files and folders", epilog=EXAMPLES,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    _client_args(receive)
+    receive = sub.add_parser(
+        "receive", help="receive files and folders", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="p2p-copy receive [options] [CODE]\n"
+              "       p2p-copy receive [options] SERVER CODE")
+    receive.add_argument(
+        "code", nargs="*", metavar="CODE",
+        help=f"{_CODE_HELP}; asked for on a terminal if left out. A first argument that is "
+        "a ws:// or wss:// URL is the relay")
     receive.add_argument("--out", default=".", metavar="DIR",
                          help="destination folder (default: .)")
     receive.add_argument("--overwrite", action="store_true", help="replace files that exist")
@@ -157,11 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="write the single file or stream to standard output (progress "
                          "goes to stderr); the exit code says whether its digest matched")
     receive.add_argument("--max-files", type=int, metavar="N",
-                         help="refuse an offer of more than N files")
-    receive.add_argument("--max-bytes", type=int, metavar="BYTES",
-                         help="refuse an offer of more than BYTES in all")
+                         help="refuse an offer of more than N files (default: no limit)")
+    receive.add_argument("--max-bytes", type=_size_or_zero, metavar="SIZE",
+                         help="refuse an offer of more than SIZE in all: bytes, or with K, "
+                         "M, G, T (powers of 1024), e.g. 10G (default: no limit)")
     receive.add_argument("--max-depth", type=int, metavar="N",
-                         help="refuse names nested deeper than N folders (default 64)")
+                         help="refuse names nested deeper than N folders (default "
+                         f"{DEFAULT_MAX_DEPTH})")
     receive.add_argument("--max-text", type=_size, metavar="SIZE",
                          help="refuse a text (send --text) of more than SIZE, which is held "
                          "in memory to be printed: bytes, or with K, M, G, T (powers of "
@@ -184,12 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     relay.add_argument("host", metavar="HOST", help="address to listen on, e.g. 0.0.0.0")
-    relay.add_argument("port", metavar="PORT", type=int, help="port to listen on, e.g. 443")
+    relay.add_argument("port", metavar="PORT", type=_port, help="port to listen on, e.g. 443")
     relay.add_argument("--certfile", help="TLS certificate chain (PEM)")
     relay.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
     relay.add_argument("--no-tls", action="store_true", help="serve plain ws:// (local use only)")
     relay.add_argument("--log-level", default="INFO",
-                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="the least important messages logged (default INFO)")
     relay.add_argument("--log-json", action="store_true",
                        help="log one JSON object per line (never codes or code hashes)")
     _relay_config_options(relay)
@@ -197,34 +238,72 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start a local relay and copy a sample folder through it")
     demo.add_argument("--size", type=int, default=64, metavar="MIB",
                       help="size of the large sample file (default 64)")
+
+    completion = sub.add_parser(
+        "completion", help="print a shell completion script (needs the shtab package)",
+        epilog="examples:\n"
+        "  p2p-copy completion bash > ~/.local/share/bash-completion/completions/p2p-copy\n"
+        "  p2p-copy completion zsh > ~/.zfunc/_p2p-copy\n"
+        "  p2p-copy completion fish > ~/.config/fish/completions/p2p-copy.fish\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"), metavar="SHELL",
+                            help="bash, zsh or fish")
     return parser
+
+
+def _port(value: str) -> int:
+    """A TCP port, 0 (any free one) to 65535 (argparse type)."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port: give 1 to 65535")
+    return port
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _SIZE = re.compile(r"([0-9]+)\s*([KMGT]?)(?:I?B)?")
 
 
-def _size(value: str) -> int:
+def _size(value: str, minimum: int = 1) -> int:
     """A size in bytes from ``512M``, ``10G``, ``64KiB`` or ``1000`` (argparse type)."""
     match = _SIZE.fullmatch(value.strip().upper())
-    if match is None or int(match[1]) == 0:
+    if match is None or int(match[1]) < minimum:
+        least = "a positive" if minimum else "a"
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not a size: give a positive number of bytes, or one with K, M, G "
+            f"{value!r} is not a size: give {least} number of bytes, or one with K, M, G "
             "or T, e.g. 512M")
     return int(match[1]) * _UNITS[match[2]]
 
 
+def _size_or_zero(value: str) -> int:
+    """A size that may be 0 (argparse type): ``--max-bytes 0`` takes only empty files."""
+    return _size(value, minimum=0)
+
+
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """asyncio.run, with SIGTERM cancelling the work like Ctrl-C does."""
+    """asyncio.run, with Ctrl-C and SIGTERM cancelling the work.
+
+    Ctrl-C says "cancelling…" at once on a terminal: closing the connection and keeping
+    what arrived for a later run may take a moment, which must not look like a hang.
+    """
 
     async def main() -> Any:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        try:
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        except (NotImplementedError, RuntimeError):
-            pass
+
+        def interrupted() -> None:
+            if is_terminal(sys.stderr):
+                print("\np2p-copy: cancelling…", file=sys.stderr, flush=True)
+            task.cancel()
+
+        for signum, handler in ((signal.SIGTERM, task.cancel), (signal.SIGINT, interrupted)):
+            try:
+                loop.add_signal_handler(signum, handler)
+            except (NotImplementedError, RuntimeError):
+                pass
         return await coro
 
     return asyncio.run(main())
@@ -241,51 +320,175 @@ def _command(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         return int(_run(run_demo(size_mib=args.size)))
+    if args.command == "completion":
+        return _completion(args.shell)
 
-    code = code_from_env() if args.code == "-" else args.code
+    if args.command == "send":
+        relay, code, files = _send_arguments(args)
+    else:
+        relay, code = _receive_arguments(args)
     if args.no_encrypt:
         print("p2p-copy: warning: --no-encrypt: the relay can read and change everything, and "
               "anyone who knows the room part of the code can take the other side's place.",
               file=sys.stderr)
     if args.command == "send":
-        progress = _progress(args)
-        if code == GENERATE:
-            # Whatever the display, the person running this must learn the generated code.
-            progress = with_code_on_stderr(make_progress(progress, "send"))
-        result = _run(_send(args, code, _options(args, progress=progress,
-                                                 compress=args.compress)))
+        # Said to a person at a terminal, who chose the code and can choose another; a
+        # script's stderr stays one line per failure (and its code was chosen on purpose).
+        if code != GENERATE and is_terminal(sys.stderr):
+            weak = weak_code_warning(code)
+            if weak is not None and not args.no_encrypt:
+                print(f"p2p-copy: warning: {weak}", file=sys.stderr)
+        display = make_progress(_progress(args), "send")
+        if args.text is not None and not isinstance(display, JsonProgress):
+            display = _NoBar(display).display()  # a text is one message: no file bar
+        # Whatever the display, the person running this must learn a generated code.
+        shown = relay if code == GENERATE or args.qr else None
+        tally = Tally(display, shown, qr=args.qr)
+        result = _run(_send(args, relay, code, files,
+                            _options(relay, args, progress=tally.display(),
+                                     compress=args.compress)))
+        where = None
     else:
-        result = _receive(args, code)
+        result, tally, where = _receive(args, relay, code)
     if not args.json and sys.stderr.isatty():
-        verb = "Sent" if args.command == "send" else "Received"
-        print(f"{verb} {len(result.files)} file(s), {result.bytes:,} bytes in "
-              f"{result.duration:.1f} s.", file=sys.stderr)
+        print(summary(result, tally, where), file=sys.stderr)
     return 0
 
 
-def _options(args: argparse.Namespace, **side: Any) -> Any:
+def _send_arguments(args: argparse.Namespace) -> tuple[Relay, str, list[str]]:
+    """The relay, the code (GENERATE for a generated one) and the files of a send.
+
+    ``send FILE...`` takes the relay from the defaults; the seed's ``send SERVER CODE
+    FILE...`` (a first argument that is a URL) keeps working, except where a slip would
+    pass silently: a lone file after SERVER is a file (its code generated), and a code
+    that names a file or folder here is refused rather than guessed.
+    """
+    items: list[str] = list(args.files)
+    typed = args.server
+    code: str | None = args.code
+    if items and is_relay_url(items[0]):
+        if args.server:
+            raise UsageError("Give the relay once: as the first argument or with --relay.")
+        typed = items.pop(0)
+        if code is None and items:
+            code = _positional_code(items)
+    _check_sources(items)
+    relay = choose_relay(typed, cafile=args.cafile, token=args.relay_token,
+                         token_env=RELAY_TOKEN_ENV)
+    return relay, _typed_code(code or GENERATE), items
+
+
+def _positional_code(items: list[str]) -> str:
+    """Take the seed form's CODE off ``items`` (FILEs follow it), or GENERATE if it is a file."""
+    first = items[0]
+    if first in (GENERATE, "-"):
+        return items.pop(0)
+    exists = os.path.lexists(first)
+    if looks_like_code(first):
+        if exists:
+            raise UsageError(
+                f"{display_name(first)!r} stands where the code goes, but names a file or "
+                "folder here. To send it, put 'auto' before it (a generated code) or leave "
+                "the relay to --relay; to choose the code, use --code CODE.")
+        return items.pop(0)
+    if exists or len(items) == 1:
+        return GENERATE  # `send SERVER report.txt`: a file, not a code
+    return items.pop(0)  # a code that is malformed: _typed_code says how
+
+
+def _typed_code(code: str) -> str:
+    """The code as given ('-': from the environment), checked; GENERATE passes as it is."""
+    if code == GENERATE:
+        return code
+    if code == "-":
+        code = code_from_env()
+    split_code(code)
+    return code
+
+
+def _check_sources(files: list[str]) -> None:
+    """Refuse, before the code is shown, two sources that would arrive under one name."""
+    from ..protocol.messages import DirEntry
+    from ..protocol.paths import check_entries
+
+    names = [os.path.basename(os.path.abspath(f)) for f in files if f != "-"]
+    try:
+        check_entries(DirEntry(name) for name in names if name)
+    except P2PCopyError as exc:
+        # The receiver's rule (paths.check_entries), checked here on the top-level names
+        # only: the walk and the full check come after the code was shown.
+        raise UsageError(f"Cannot send these names, the receiver would refuse them ({exc}). "
+                         "Rename one, or send their parent folder.") from None
+
+
+def _receive_arguments(args: argparse.Namespace) -> tuple[Relay, str]:
+    """The relay and the code of a receive: typed, from the defaults, or asked for."""
+    items: list[str] = list(args.code)
+    typed = args.server
+    if items and is_relay_url(items[0]):
+        if args.server:
+            raise UsageError("Give the relay once: as the first argument or with --relay.")
+        typed = items.pop(0)
+    code = items.pop(0) if items else None
+    if items:
+        extra = items[0]
+        if is_relay_url(extra):
+            raise UsageError(f"The relay goes before the code: p2p-copy receive {extra} "
+                             f"{code}, or p2p-copy receive --relay {extra} {code}.")
+        raise UsageError(f"receive takes one CODE, and {display_name(extra)!r} is one more: "
+                         "to choose where files go, use --out DIR.")
+    _check_output(args)
+    relay = choose_relay(typed, cafile=args.cafile, token=args.relay_token,
+                         token_env=RELAY_TOKEN_ENV)
+    if code is None:
+        if not (is_terminal(sys.stdin) and is_terminal(sys.stderr)):
+            raise UsageError("Give the code the sender shows: p2p-copy receive CODE (or '-' "
+                             f"to read it from ${CODE_ENV}).")
+        from .prompt import ask_code
+
+        code = ask_code()
+    if code == GENERATE:
+        raise UsageError(f"'{GENERATE}' asks the sending side to generate a code; receive "
+                         "needs the code the sender shows.")
+    return relay, _typed_code(code)
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Refuse before connecting what would fail only after pairing."""
+    if args.stdout:
+        if args.out != "." or args.overwrite:
+            raise UsageError("--stdout writes nothing to disk: leave out --out and --overwrite.")
+        if is_terminal(sys.stdout):
+            raise UsageError("--stdout would print the received bytes onto this terminal: "
+                             "pipe it (… --stdout | tar x) or save to disk with --out DIR.")
+    elif os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {display_name(args.out)!r} is a file: give a folder (made "
+                         "if it does not exist).")
+
+
+def _options(relay: Relay, args: argparse.Namespace, **side: Any) -> Any:
     """The one Options object of a send or receive: the flags both commands share, and
     ``side``'s own. Every entry point the command may call takes all of them."""
     from ..peer.options import Options
 
-    token = args.relay_token or os.environ.get(RELAY_TOKEN_ENV) or None
-    common: dict[str, Any] = dict(cafile=args.cafile, wait_timeout=args.wait_timeout,
-                                  encrypt=not args.no_encrypt, relay_token=token,
+    common: dict[str, Any] = dict(cafile=relay.cafile, wait_timeout=args.wait_timeout,
+                                  encrypt=not args.no_encrypt, relay_token=relay.token,
                                   idle_timeout=args.idle_timeout)
     if args.reconnect_timeout is not None:
         common["reconnect_timeout"] = args.reconnect_timeout
     return Options(**common, **side)
 
 
-def _send(args: argparse.Namespace, code: str, options: Any) -> Coroutine[Any, Any, Any]:
+def _send(args: argparse.Namespace, relay: Relay, code: str, files: list[str],
+          options: Any) -> Coroutine[Any, Any, Any]:
     """The send coroutine for what the arguments name: files, standard input or a text."""
     from ..peer import api
 
-    files: list[str] = args.files
+    server = relay.url
     if args.text is not None:
         if files:
             raise UsageError("Give either FILEs or --text, not both.")
-        return api.send_text(args.server, code, args.text, name=args.name or "text.txt",
+        return api.send_text(server, code, args.text, name=args.name or "text.txt",
                              options=options)
     if not files:
         raise UsageError("Nothing to send: give files or folders, '-' for standard input, "
@@ -293,23 +496,21 @@ def _send(args: argparse.Namespace, code: str, options: Any) -> Coroutine[Any, A
     if "-" in files:
         if len(files) > 1:
             raise UsageError("'-' (standard input) is sent on its own, without other FILEs.")
-        return api.send_stream(args.server, code, sys.stdin.buffer, name=args.name or "stdin",
+        return api.send_stream(server, code, sys.stdin.buffer, name=args.name or "stdin",
                                options=options)
     if args.name is not None:
         raise UsageError("--name names standard input ('-') or a --text; files keep their "
                          "own names.")
-    return api.send(args.server, code, files, options=options)
+    return api.send(server, code, files, options=options)
 
 
-def _receive(args: argparse.Namespace, code: str) -> Any:
+def _receive(args: argparse.Namespace, relay: Relay, code: str) -> tuple[Any, Tally, str]:
     """Receive files into --out, a single file or stream to stdout, or a text to print."""
     from ..peer import api
 
     kind = _progress(args)
     out = None
     if args.stdout:
-        if args.out != "." or args.overwrite:
-            raise UsageError("--stdout writes nothing to disk: leave out --out and --overwrite.")
         out = sys.stdout.buffer
     # Standard output carries the data with --stdout: the events go to stderr then.
     progress = (JsonProgress(sys.stderr) if out is not None and kind == "json"
@@ -318,15 +519,46 @@ def _receive(args: argparse.Namespace, code: str) -> Any:
     if not (args.yes or isinstance(progress, JsonProgress)) and is_terminal(sys.stdin) \
             and is_terminal(sys.stderr):
         progress = _AskOnTerminal(progress, args.out).display()
-    side: dict[str, Any] = dict(progress=progress, overwrite=args.overwrite,
+    tally = Tally(progress)
+    side: dict[str, Any] = dict(progress=tally.display(), overwrite=args.overwrite,
                                 policy=_policy(args))
     if args.max_text is not None:
         side["max_memory"] = args.max_text
-    result, text = _run(api.receive_any(args.server, code, args.out, out=out,
-                                        options=_options(args, **side)))
+    result, text = _run(api.receive_any(relay.url, code, args.out, out=out,
+                                        options=_options(relay, args, **side)))
     if text is not None:
         _print_text(text)
-    return result
+    where = "standard output" if out is not None or text is not None \
+        else str(Path(args.out).resolve())
+    return result, tally, where
+
+
+class _NoBar:
+    """Forwards everything but the bar: for a text, which is one message."""
+
+    def __init__(self, display: Progress) -> None:
+        self._display = display
+
+    def display(self) -> Progress:
+        return cast(Progress, self)
+
+    def started(self, total_bytes: int, total_files: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._display, name)
+
+
+def _completion(shell: str) -> int:
+    """Print the completion script for ``shell``, made from the parser by shtab."""
+    try:
+        import shtab
+    except ImportError:
+        raise UsageError("Shell completion needs the shtab package: install p2p-copy with "
+                         "its completion extra (pip install -e '.[completion]' in the "
+                         "checkout) or run pip install shtab.") from None
+    print(shtab.complete(build_parser(), shell=shell))
+    return 0
 
 
 class _AskOnTerminal:
@@ -532,10 +764,20 @@ def _run_relay(args: argparse.Namespace) -> int:
         )
     context = None
     if not args.no_tls:
+        for flag, path in (("--certfile", args.certfile), ("--keyfile", args.keyfile)):
+            if path is None:
+                continue
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise UsageError(f"Cannot read {flag} {path!r}: {exc.strerror}.") from None
         try:
             context = server_ssl_context(args.certfile, args.keyfile)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"Cannot load the TLS certificate or key: {exc}") from None
+            key = f" with the key {args.keyfile!r}" if args.keyfile else ""
+            raise UsageError(f"Cannot load the TLS certificate {args.certfile!r}{key}: {exc}. "
+                             "Check that they are PEM files and belong together.") from None
     if args.drain_timeout < 0:
         raise UsageError("--drain-timeout must not be negative.")
     try:
@@ -555,17 +797,45 @@ def _run_relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _habits(argv: list[str]) -> list[str]:
+    """croc's habit: ``p2p-copy CODE`` receives. ``p2p-copy FILE`` is a UsageError that
+    gives the send command (sending needs no more than the word, but should be meant)."""
+    if not argv or argv[0].startswith("-") or argv[0] in COMMANDS:
+        return argv
+    first = argv[0]
+    exists = os.path.lexists(first)
+    if looks_like_code(first) and not exists:
+        return ["receive", *argv]
+    if exists:
+        raise UsageError(f"Did you mean to send {display_name(first)!r}? Run: "
+                         f"p2p-copy send {display_name(shlex.join(argv))}")
+    return argv
+
+
+def _kept_note(args: argparse.Namespace | None) -> str | None:
+    """After a receive into a folder stopped: what it kept there and how to go on."""
+    if args is None or getattr(args, "command", None) != "receive" or args.stdout:
+        return None
+    return kept_partial(args.out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``p2p-copy`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    tune_process()
+    args: argparse.Namespace | None = None
     try:
+        args = build_parser().parse_args(_habits(list(sys.argv[1:] if argv is None
+                                                      else argv)))
+        tune_process()
         return _command(args)
     except P2PCopyError as exc:
         print(f"p2p-copy: {display_name(str(exc))}", file=sys.stderr)
+        note = _kept_note(args) if is_terminal(sys.stderr) else None
+        if note is not None:
+            print(f"p2p-copy: {note}", file=sys.stderr)
         return exc.exit_code
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM (see _run)
-        print("p2p-copy: cancelled.", file=sys.stderr)
+        note = _kept_note(args)
+        print("p2p-copy: cancelled." + (f" {note}" if note else ""), file=sys.stderr)
         return TransferCancelledError.exit_code
 
 

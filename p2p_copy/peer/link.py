@@ -14,7 +14,13 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+)
 from websockets.protocol import State
 
 from ..errors import (
@@ -117,8 +123,13 @@ async def open_link(
                 f"The relay at {server} takes no new transfers right now (it is restarting "
                 "or full). Try again in a moment."
             ) from None
+        advice = "Check the address."
+        if scheme == "ws" and (status == 400 or isinstance(exc, InvalidMessage)):
+            # A TLS server hangs up on (or answers with a TLS alert) a plain HTTP request,
+            # and a TLS proxy such as nginx answers 400: the likely slip is the scheme.
+            advice = f"If the relay serves TLS, use wss://{server[len('ws://'):]} instead."
         raise RelayUnreachableError(
-            f"{server} answered, but not as a p2p-copy relay ({exc}). Check the address."
+            f"{server} answered, but not as a p2p-copy relay ({exc}). {advice}"
         ) from None
     except (OSError, TimeoutError) as exc:
         reason = str(exc) or type(exc).__name__
@@ -126,25 +137,34 @@ async def open_link(
             f"Cannot reach the relay at {server} ({reason}). "
             "Check the address and that the relay is running."
         ) from None
+    timeout = CLOSE_TIMEOUT
     try:
         yield ws
+    except asyncio.CancelledError:
+        # Ctrl-C: the person waits for the prompt. What we had to say is sent by now; the
+        # relay's answer to our close may queue behind data it still forwards to us.
+        timeout = CANCEL_CLOSE_TIMEOUT
+        raise
     finally:
-        await _close(ws)
+        await _close(ws, timeout)
 
 
 #: Seconds the closing handshake with the relay may take before the connection is cut.
 CLOSE_TIMEOUT = 3.0
+#: The same after a cancellation (measured: ~0.1 s is what a close takes when nothing
+#: queues; a receiver cancelled mid-transfer waited the whole CLOSE_TIMEOUT).
+CANCEL_CLOSE_TIMEOUT = 0.5
 
 
-async def _close(ws: ClientConnection) -> None:
-    """Close ``ws`` within CLOSE_TIMEOUT, cutting the TCP connection if the handshake stalls.
+async def _close(ws: ClientConnection, timeout: float = CLOSE_TIMEOUT) -> None:
+    """Close ``ws`` within ``timeout``, cutting the TCP connection if the handshake stalls.
 
     websockets' close() first waits, without a deadline, until what we sent has left the
     write buffer; behind a peer that reads nothing (the case that ends a stalled send)
     that takes as long as the relay keeps the connection, ~17 s measured.
     """
     try:
-        async with asyncio.timeout(CLOSE_TIMEOUT):
+        async with asyncio.timeout(timeout):
             await ws.close()
     except TimeoutError:
         ws.transport.abort()

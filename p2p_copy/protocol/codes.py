@@ -29,7 +29,11 @@ __all__ = [
     "CODE_ENV",
     "GENERATE",
     "WORDS_PER_CODE",
+    "normalize_code",
     "split_code",
+    "looks_like_code",
+    "secret_bits",
+    "weak_code_warning",
     "room_hash_hex",
     "generate_code",
     "wordlist",
@@ -58,14 +62,67 @@ CODE_FORMAT_HELP = (
 )
 
 
+def normalize_code(code: str) -> str:
+    """The code as both peers hash it: surrounding whitespace dropped, lower case.
+
+    A code read out loud or typed on a phone comes back as ``7-Crossover-clockwork-puma ``;
+    it must still pair. Generated codes are already in this form, so peers that did not
+    normalise (0.6.0) still pair with ours when the code is typed as shown (protocol.md §4.1).
+    """
+    return code.strip().lower()
+
+
 def split_code(code: str) -> tuple[str, str]:
-    """``(room, secret)`` of a code; UsageError if either is empty."""
-    room, dash, secret = code.partition("-")
-    if not code:
+    """``(room, secret)`` of the normalised code; UsageError if either is empty."""
+    room, dash, secret = normalize_code(code).partition("-")
+    if not code.strip():
         raise UsageError("The code must not be empty.")
     if not dash or not room or not secret:
-        raise UsageError(f"{CODE_FORMAT_HELP} Use CODE '{GENERATE}' to get one generated.")
+        raise UsageError(f"{code.strip()!r} is not a code. {CODE_FORMAT_HELP}")
     return room, secret
+
+
+def looks_like_code(text: str) -> bool:
+    """Whether ``text`` has the ``ROOM-SECRET`` shape (a command line tells codes from files)."""
+    room, dash, secret = normalize_code(text).partition("-")
+    # A path separator or inner space means a file name (codes never hold one).
+    shape = not any(c.isspace() or c in "/\\" for c in text.strip())
+    return bool(dash and room and secret) and shape
+
+
+#: Below this estimate of a chosen secret's bits, the sender is warned (a generated
+#: secret has 27; each run of the handshake lets an attacker test one guess, §4.4).
+WEAK_BITS = 20
+
+
+def secret_bits(code: str) -> float:
+    """A rough estimate of the bits of the secret part a person chose.
+
+    A word of the word list counts 9 bits (what it is worth when drawn at random), a
+    number 3.3 bits per digit, anything else 2 bits per character, about what English
+    text carries: people choose words, not random letters.
+    """
+    _, secret = split_code(code)
+    words = set(wordlist())
+    bits = 0.0
+    for part in secret.split("-"):
+        if part in words:
+            bits += 9
+        elif part.isdigit():
+            bits += 3.32 * len(part)
+        else:
+            bits += 2 * len(part)
+    return bits
+
+
+def weak_code_warning(code: str) -> str | None:
+    """A sentence for the person who chose ``code`` if its secret is easy to guess, else None."""
+    bits = secret_bits(code)
+    if bits >= WEAK_BITS:
+        return None
+    return (f"the secret part of this code is easy to guess (about {bits:.0f} bits; a "
+            f"generated code has {9 * WORDS_PER_CODE}): someone who joins the room first "
+            "gets one guess at it. Leave the code out to get one generated.")
 
 
 def room_hash_hex(code: str) -> str:

@@ -45,6 +45,7 @@ from ..errors import (
     TamperingError,
     WrongCodeError,
 )
+from .codes import normalize_code
 from .messages import Confirm, Pake, Role, encode
 
 __all__ = ["SUITE", "TAG_SIZE", "KeyExchange", "Channel", "is_control"]
@@ -73,7 +74,8 @@ class KeyExchange:
     """One side's SPAKE2 run and key confirmation; ``channel()`` once both checked out."""
 
     def __init__(self, code: str, role: Role) -> None:
-        password = code.encode("utf-8")
+        # The normalised code (codes.py): "7-Foo-bar " and "7-foo-bar" are the same password.
+        password = normalize_code(code).encode("utf-8")
         spake = SPAKE2_A if role == "sender" else SPAKE2_B
         self.role: Role = role
         self._spake = spake(password, idA=_SENDER_ID, idB=_RECEIVER_ID)
