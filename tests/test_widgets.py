@@ -101,9 +101,10 @@ async def test_widgets_follow_a_transfer_to_done(relay: Relay, tmp_path: Path) -
         assert progress.files_done == progress.files_total == 2
         assert "2 of 2 files" in progress.file.value
     assert (tmp_path / "out" / "src" / "sub" / "b.txt").read_bytes() == b"hello"
-    # Only the sender shows the code the receiver needs.
+    # Only the sender shows the code the receiver needs, and only until they are paired:
+    # then it must not invite a second receiver (issue 19).
     assert "widget-ok" in sender.code.value and "<svg" in sender.code.value
-    assert sender.code.layout.display is None
+    assert sender.code.layout.display == "none"
     assert receiver.code.value == "" and receiver.code.layout.display == "none"
 
 
