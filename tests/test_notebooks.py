@@ -54,7 +54,9 @@ class Frontend(NotebookClient):
     background task's messages with the cell that *started* the task (the parent lives in a
     context variable the task copied), so the updates of a widget driven by a task started
     in an earlier cell (``p2p_copy.start_send``) would be dropped and its recorded state would
-    be stale. A browser's widget manager applies them all; so does this client.
+    be stale. A browser's widget manager applies them all; so does this client. Likewise
+    JupyterLab applies an ``update_display_data`` to the output with its display id in any
+    cell (a panel replaced by its summary when a background transfer ends).
     """
 
     kernel_pid: int | None = None
@@ -76,6 +78,10 @@ class Frontend(NotebookClient):
                     return
             elif msg["msg_type"] in ("comm_open", "comm_msg", "comm_close"):
                 self.handle_comm_msg([], msg, cell_index)
+            elif msg["msg_type"] == "update_display_data":
+                display_id = msg["content"].get("transient", {}).get("display_id")
+                if display_id:
+                    self._update_display_id(display_id, msg)
 
 
 def _read(path: Path) -> Any:

@@ -332,24 +332,34 @@ class WidgetProgress(NoProgress):
         return lines
 
     def static_html(self) -> str:
-        """The ended (or current) panel as plain HTML, with no script and no widget."""
-        colour = {"done": "#2e7d32", "cancelled": "#ef6c00"}.get(self.state, "#c62828")
-        if not self.ended:
-            colour = "#1976d2"
+        """The panel as plain HTML (no script, no widget): what lasts once it ended.
+
+        Classes name the state (``p2p-copy-state-done``, ``-cancelled``, ``-failed``,
+        ``-running``) and the bar (``p2p-copy-bar``) for pages and tests that look for them.
+        """
+        if self.ended:
+            state = self.state if self.state in ("done", "cancelled") else "failed"
+        else:
+            state = "running"
+        colour = _COLOURS[state]
         fraction = 1.0 if self.state == "done" else (
             min(self.bytes_done / self.bytes_total, 1.0) if self.bytes_total else 0.0)
         first, *rest = self.lines()
         body = "".join(f"<div>{html.escape(line)}</div>" for line in rest)
         return (
-            '<div class="p2p-copy-summary" style="border-left:4px solid '
-            f'{colour};padding:0.2em 0.6em">'
+            f'<div class="p2p-copy-summary p2p-copy-state-{state}" '
+            f'style="border-left:4px solid {colour};padding:0.2em 0.6em">'
             f"<div><b>{html.escape(first)}</b></div>"
             '<div style="background:#e0e0e0;height:6px;max-width:30em;margin:0.3em 0">'
-            f'<div style="background:{colour};height:6px;width:{fraction:.0%}"></div></div>'
-            f"{body}</div>"
+            f'<div class="p2p-copy-bar" style="background:{colour};height:6px;'
+            f'width:{fraction:.0%}"></div></div>'
+            f'<div style="white-space:pre-wrap">{body}</div></div>'
         )
 
 
+#: The summary's colours, close to ipywidgets' bar styles (success, warning, danger, info).
+_COLOURS = {"done": "#4caf50", "cancelled": "#ff9800", "failed": "#f44336",
+            "running": "#2196f3"}
 #: The Cancel button's tooltip: what cancelling does, and what it keeps.
 CANCEL_TOOLTIP = ("Stop the transfer: the other side is told. A receiver keeps the files that "
                   "arrived in part, hidden as .NAME.p2p-copy-part, so that the same receive run "

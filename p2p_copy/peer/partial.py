@@ -42,8 +42,11 @@ def kept(dest: str | os.PathLike[str], names: Sequence[str] | None = None) -> li
         return sorted(_walk(root)) if root.is_dir() else []
     found: list[Path] = []
     for name in names:
+        bare = name.removesuffix("/")
+        if not bare or bare in (".", "..") or "/" in bare or "\\" in bare:
+            continue  # not a top-level name: nothing of ours can be there
         if name.endswith("/"):
-            folder = root / name.rstrip("/")
+            folder = root / bare
             if folder.is_dir() and not folder.is_symlink():
                 found += _walk(folder)
         else:
