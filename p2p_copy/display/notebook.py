@@ -320,8 +320,10 @@ class WidgetProgress(NoProgress):
         return lines
 
     def _kept_lines(self) -> list[str]:
-        if not self.kept or self._dest is None:
+        if self._dest is None or not self.ended or self.state == "done":
             return []
+        if not self.kept:
+            return [f"No partial file was kept in {display_name(self._dest)}."]
         size = sum(_size(path) for path in self.kept)
         noun = "file" if len(self.kept) == 1 else "files"
         lines = [f"Kept for a later run: {len(self.kept)} partial {noun} ({human_size(size)}), "
