@@ -4,6 +4,9 @@
 change is a comm message to the browser, so while bytes flow the panel is redrawn at
 most once per ``interval``; state changes and the end are always shown. ``CodeDisplay``
 is what a sender shows: the line the receiver runs, a button to copy it, a QR code of it.
+The panel's display bundle also holds its text and a static HTML form, for front ends
+without the widget manager; when the transfer ends the displayed panel is replaced (its
+display id) by that static summary, so that a saved or converted notebook keeps it.
 
 Nothing imports this module (or ipywidgets, or segno) until a notebook display is asked for.
 """

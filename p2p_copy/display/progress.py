@@ -51,6 +51,8 @@ class Progress(Protocol):
     """What a transfer tells its display, in this order.
 
     ``bind_cancel`` comes first; a sender may call ``showing_code`` before ``waiting``.
+    A receive into a folder may also call ``bind_partial(dest, find, discard_call)``
+    (peer/partial.py) on a display that has it, so that a stop can say what was kept.
     """
 
     def bind_cancel(self, cancel: Callable[[], object]) -> None:
