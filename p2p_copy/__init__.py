@@ -53,10 +53,12 @@ _LAZY = {
          "send_text_blocking", "receive_text_blocking", "send_object_blocking",
          "receive_object_blocking"), "peer.blocking"),
     **dict.fromkeys(
-        ("Transfer", "start_send", "start_receive", "start_send_stream", "start_receive_stream",
+        ("Transfer", "transfers", "start_send", "start_receive", "start_send_stream",
+         "start_receive_stream",
          "start_send_text", "start_receive_text", "start_send_object", "start_receive_object"),
         "peer.background"),
     "Options": "peer.options",
+    "discard_partial": "peer.partial",
     **dict.fromkeys(("Relay", "RelayConfig"), "relay.server"),
 }
 
@@ -82,6 +84,7 @@ if TYPE_CHECKING:
         start_send_object,
         start_send_stream,
         start_send_text,
+        transfers,
     )
     from .peer.blocking import (
         receive_blocking,
@@ -94,6 +97,7 @@ if TYPE_CHECKING:
         send_text_blocking,
     )
     from .peer.options import Options
+    from .peer.partial import discard_partial
     from .relay.server import Relay, RelayConfig
 
 
@@ -109,7 +113,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    # The public names only: tab completion must not offer the helpers this module
+    # imports for itself (Any, TYPE_CHECKING, annotations).
+    return sorted(__all__)
 
 
 __all__ = [
@@ -133,6 +139,8 @@ __all__ = [
     "send_object_blocking",
     "receive_object_blocking",
     "Transfer",
+    "transfers",
+    "discard_partial",
     "start_send",
     "start_receive",
     "start_send_stream",

@@ -83,6 +83,17 @@ class P2PCopyError(Exception):
         """The text for the peer's ``error`` message: never a path or figure of this machine."""
         return str(self) if self.peer_message is None else self.peer_message
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython and Jupyter show for this error: its one line, not a traceback.
+
+        An expected failure says what happened and what to do; the frames of api.py and
+        handshake.py under it would only hide that. ``%tb`` or ``raise ... from`` in
+        your own code still reach the traceback. Control characters (a peer's or relay's
+        text may hold some) are shown escaped, never sent to the terminal.
+        """
+        text = "".join(c if c == "\n" or c.isprintable() else ascii(c)[1:-1] for c in str(self))
+        return [f"{type(self).__name__}: {text}"]
+
 
 class UsageError(P2PCopyError):
     """The arguments cannot work: a missing file, a bad URL, a bad option."""

@@ -3,7 +3,8 @@
 JupyterLab is started on 127.0.0.1 (free port, random token, no browser) with its root in a
 temporary copy of ``notebooks/``. Debian's Chromium, driven headless by Playwright, opens the
 quickstart, waits for its kernel, runs all cells from the Run menu and waits until every cell
-has run and the ipywidgets progress bars (the sender's and the receiver's) are full and green.
+has run and the progress panels (the sender's and the receiver's) ended full and green: an
+ended panel is replaced by its static summary, which lasts in the saved notebook.
 A screenshot is kept under ``tmp_path`` and copied to ``.cache/browser/quickstart.png``
 (gitignored) for a person to look at; on a timeout the screenshot of that moment goes there.
 
@@ -259,6 +260,12 @@ PAGE_STATE_JS = """
         bars: all('.widget-hprogress .progress-bar').map(bar => ({
             width: bar.style.width, classes: Array.from(bar.classList),
         })),
+        // An ended panel is replaced by its static summary (display id): state and bar.
+        summaries: all('.p2p-copy-summary').map(summary => ({
+            classes: Array.from(summary.classList),
+            width: summary.querySelector('.p2p-copy-bar')?.style.width ?? null,
+            title: summary.querySelector('b')?.textContent ?? null,
+        })),
         tracebacks: all(
             '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
         ).map(o => o.innerText).filter(text => text.includes('Traceback')),
@@ -268,19 +275,21 @@ PAGE_STATE_JS = """
 }
 """
 
-# Every code cell has run and at least MIN_BARS bars are full and green. A failure ends the
-# wait early, for the assertions to report: Run All stops at a traceback, and a red ("danger")
-# bar is a transfer that failed.
+# Every code cell has run and at least MIN_BARS panels ended full and green (as summaries:
+# an ended panel is replaced by its static summary). A failure ends the wait early, for the
+# assertions to report: Run All stops at a traceback, and a red ("danger") bar or a failed
+# summary is a transfer that failed.
 FINISHED_JS = f"""
 () => {{
     const state = ({PAGE_STATE_JS})();
     if (state.tracebacks.length > 0 || state.widgetErrors.length > 0
-        || state.bars.some(b => b.classes.includes('progress-bar-danger'))) return true;
+        || state.bars.some(b => b.classes.includes('progress-bar-danger'))
+        || state.summaries.some(b => b.classes.includes('p2p-copy-state-failed'))) return true;
     return state.prompts.length > 0
         && state.prompts.every(p => /^\\[\\d+\\]:$/.test(p))
-        && state.bars.length >= {MIN_BARS}
-        && state.bars.every(b => b.width === '100%'
-                                 && b.classes.includes('progress-bar-success'));
+        && state.summaries.length >= {MIN_BARS}
+        && state.summaries.every(b => b.width === '100%'
+                                      && b.classes.includes('p2p-copy-state-done'));
 }}
 """
 
@@ -362,7 +371,7 @@ def test_quickstart_runs_in_jupyterlab(jupyter_lab: Lab, tmp_path: Path) -> None
             # Show the first progress panel (or else the first traceback) at the top.
             page.evaluate("""() => {
                 const notebook = document.querySelector('.jp-Notebook');
-                const first = notebook.querySelector('.widget-hprogress')
+                const first = notebook.querySelector('.p2p-copy-summary')
                     ?? notebook.querySelector('[data-mime-type="application/vnd.jupyter.stderr"]');
                 first?.closest('.jp-Cell')?.scrollIntoView({block: 'start'});
             }""")
@@ -374,11 +383,13 @@ def test_quickstart_runs_in_jupyterlab(jupyter_lab: Lab, tmp_path: Path) -> None
     assert not state["tracebacks"], "\n---\n".join(state["tracebacks"])
     assert not state["widgetErrors"], "\n---\n".join(state["widgetErrors"])
     assert all(p.startswith("[") and p[1:-2].isdigit() for p in state["prompts"]), state["prompts"]
-    bars = state["bars"]
+    bars = state["summaries"]
     assert len(bars) >= MIN_BARS, bars
     for bar in bars:
         assert bar["width"] == "100%", bars
-        assert "progress-bar-success" in bar["classes"], bars
+        assert "p2p-copy-state-done" in bar["classes"], bars
+    assert sorted(b["title"] for b in bars)[:2] == ["p2p-copy receive: done",
+                                                     "p2p-copy send: done"], bars
     assert screenshot.stat().st_size > 0
 
 
@@ -424,6 +435,10 @@ i => {
         title: Array.from(cell.querySelectorAll('.widget-html-content'))
             .map(e => e.textContent.trim()).find(t => t.startsWith('receive ·')) ?? null,
         bar: Array.from(cell.querySelector('.widget-hprogress .progress-bar')?.classList ?? []),
+        summary: (s => s === null ? null : {
+            classes: Array.from(s.classList),
+            title: s.querySelector('b')?.textContent ?? null,
+        })(cell.querySelector('.p2p-copy-summary')),
         button: button === null ? null : {
             text: button.textContent.trim(),
             disabled: button.disabled,
@@ -456,9 +471,9 @@ PANEL_WAITING = (
     "s.title === 'receive · waiting for peer' && s.button !== null"
     " && s.button.text === 'Cancel' && !s.button.disabled && s.button.visible"
 )
-# The panel ended cancelled: state text and a yellow ("warning") bar.
+# The panel ended cancelled: replaced by its summary, which says so (orange).
 PANEL_CANCELLED = (
-    "s.title === 'receive · cancelled' && s.bar.includes('progress-bar-warning')"
+    "s.summary !== null && s.summary.classes.includes('p2p-copy-state-cancelled')"
 )
 CELL_DONE = "/^\\[\\d+\\]:$/.test(s.prompt)"
 
@@ -470,7 +485,7 @@ def test_cancel_button_in_a_live_notebook(jupyter_lab: Lab, tmp_path: Path) -> N
     the click's comm message during the awaited cell, which ends with
     p2p_copy.CancelledError; and (b) a background start_receive whose cell has finished:
     awaiting its handle then raises p2p_copy.CancelledError. Each panel ends with the state
-    "cancelled" and its bar styled "warning" (yellow; empty here, as no byte moved), and the
+    "cancelled" (its static summary, orange; its bar empty here, as no byte moved), and the
     relay is left with no connection open."""
     import nbformat
     from playwright.sync_api import sync_playwright
@@ -541,13 +556,13 @@ def test_cancel_button_in_a_live_notebook(jupyter_lab: Lab, tmp_path: Path) -> N
         awaited
     )
     assert waiting["prompt"] != "[*]:", waiting
-    assert "progress-bar-warning" in background["bar"], background
+    assert "p2p-copy-state-cancelled" in background["summary"]["classes"], background
     assert ending["stdout"].splitlines() == [
         "background: cancelled, CancelledError: The transfer was cancelled.",
         "relay: 0 open, 0 waiting",
     ], ending
     for panel in (awaited, background):
-        assert panel["title"] == "receive · cancelled", panel
-        # An ended panel hides its button.
-        assert panel["button"] is not None and not panel["button"]["visible"], panel
+        assert panel["summary"]["title"] == "p2p-copy receive: cancelled", panel
+        # An ended panel is a static summary: no widget, no button left to click.
+        assert panel["button"] is None and panel["bar"] == [], panel
     assert screenshot.stat().st_size > 0

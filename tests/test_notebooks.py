@@ -54,7 +54,9 @@ class Frontend(NotebookClient):
     background task's messages with the cell that *started* the task (the parent lives in a
     context variable the task copied), so the updates of a widget driven by a task started
     in an earlier cell (``p2p_copy.start_send``) would be dropped and its recorded state would
-    be stale. A browser's widget manager applies them all; so does this client.
+    be stale. A browser's widget manager applies them all; so does this client. Likewise
+    JupyterLab applies an ``update_display_data`` to the output with its display id in any
+    cell (a panel replaced by its summary when a background transfer ends).
     """
 
     kernel_pid: int | None = None
@@ -76,6 +78,10 @@ class Frontend(NotebookClient):
                     return
             elif msg["msg_type"] in ("comm_open", "comm_msg", "comm_close"):
                 self.handle_comm_msg([], msg, cell_index)
+            elif msg["msg_type"] == "update_display_data":
+                display_id = msg["content"].get("transient", {}).get("display_id")
+                if display_id:
+                    self._update_display_id(display_id, msg)
 
 
 def _read(path: Path) -> Any:
@@ -164,23 +170,6 @@ def _widget_state(nb: Any) -> dict[str, Any]:
     return dict(nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {}))
 
 
-def _progress_bars_under(model_id: str, state: dict[str, Any]) -> set[str]:
-    """The progress-bar models in the widget tree of ``model_id`` (a box and its children)."""
-    found: set[str] = set()
-    todo, seen = [model_id], set()
-    while todo:
-        current = todo.pop()
-        if current in seen or current not in state:
-            continue
-        seen.add(current)
-        model = state[current]
-        if model["model_name"] in PROGRESS_MODELS:
-            found.add(current)
-        for child in model["state"].get("children", []):
-            todo.append(str(child).removeprefix("IPY_MODEL_"))
-    return found
-
-
 # --- every notebook --------------------------------------------------------------------------
 
 
@@ -236,15 +225,18 @@ def test_quickstart_shows_two_progress_bars_that_end_in_success(
         assert values.get("value") == values.get("max"), (model_id, values)
         assert values.get("max", 0) > 1  # in bytes, not a placeholder
 
-    # Displayed: the sender's panel in one cell, the receiver's in a later one.
-    shown: dict[int, set[str]] = {}
+    # Displayed: the sender's panel in one cell, the receiver's in a later one; each was
+    # replaced, once its transfer ended, by a summary that needs no kernel (issue 19: a
+    # saved notebook must not show "model not found").
+    summaries: dict[int, list[str]] = {}
     for index, output in _outputs(nb):
-        view = output.get("data", {}).get(WIDGET_VIEW)
-        if view:
-            shown.setdefault(index, set()).update(_progress_bars_under(view["model_id"], state))
-    cells_with_bars = [index for index, found in shown.items() if found]
-    assert len(cells_with_bars) >= 2, shown
-    assert len(set().union(*shown.values())) >= 2
+        data = output.get("data", {})
+        if "p2p-copy-state-done" in data.get("text/html", ""):
+            assert WIDGET_VIEW not in data, data
+            summaries.setdefault(index, []).append(data["text/plain"].splitlines()[0])
+    assert len(summaries) >= 2, summaries
+    roles = sorted(line for lines in summaries.values() for line in lines)
+    assert roles[:1] == ["p2p-copy receive: done"] and "p2p-copy send: done" in roles, roles
 
     text = _stdout(nb)
     assert "sender: done" in text
@@ -320,3 +312,26 @@ def test_readme_launches_the_quickstart_on_binder() -> None:
     assert target and (ROOT / target[1]).is_file()
     for path in NOTEBOOK_PATHS:
         assert f"notebooks/{path.name}" in readme
+
+
+def test_binder_pins_an_ipykernel_that_hears_cancel() -> None:
+    """Cancel during an awaited cell needs ipykernel 7: binder must not pick an older one."""
+    lines = (BINDER / "requirements.txt").read_text().splitlines()
+    assert any(re.fullmatch(r"ipykernel\s*>=\s*7(\b.*)?", line.strip()) for line in lines)
+
+
+#: Claims that were true of older versions and must not come back.
+STALE = [
+    "no end-to-end encryption",  # SPAKE2 + AES-GCM since 0.4 (docs/security.md)
+    "unsalted",  # the relay sees a domain-separated hash of the room part only
+    "no partial file is left behind",  # a cancelled receive keeps .NAME.p2p-copy-part
+    "sender's SHA-256",  # BLAKE3 when both sides have it
+    "then the SHA-256 before",
+]
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.stem)
+def test_notebooks_say_nothing_stale(path: Path) -> None:
+    text = " ".join(" ".join(cell.source.split()) for cell in _read(path).cells)
+    for claim in STALE:
+        assert claim not in text, f"{path.name}: {claim!r}"

@@ -101,9 +101,10 @@ async def test_widgets_follow_a_transfer_to_done(relay: Relay, tmp_path: Path) -
         assert progress.files_done == progress.files_total == 2
         assert "2 of 2 files" in progress.file.value
     assert (tmp_path / "out" / "src" / "sub" / "b.txt").read_bytes() == b"hello"
-    # Only the sender shows the code the receiver needs.
+    # Only the sender shows the code the receiver needs, and only until they are paired:
+    # then it must not invite a second receiver (issue 19).
     assert "widget-ok" in sender.code.value and "<svg" in sender.code.value
-    assert sender.code.layout.display is None
+    assert sender.code.layout.display == "none"
     assert receiver.code.value == "" and receiver.code.layout.display == "none"
 
 
@@ -462,3 +463,145 @@ def test_json_reports_verifying() -> None:
     progress.verifying()
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert events[-1] == {"event": "verifying", "bytes_done": 10, "bytes_total": 10}
+
+
+# --- issue 19: what lasts, what the other side runs, resume figures ------------------------
+
+
+def test_the_panel_bundle_carries_its_text_and_html() -> None:
+    """Displayed without the widget manager, the panel shows text with the code and the
+    receive lines, never ``VBox(children=...)``; once paired the code is gone."""
+    progress = WidgetProgress("send", display=False)
+    progress.waiting()
+    progress.showing_code("ws://127.0.0.1:9", "7-a-b")
+    data = progress.widget._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in data
+    text = data["text/plain"]
+    assert text.splitlines()[:2] == ["p2p-copy send: waiting for peer", "Code: 7-a-b"]
+    assert 'await p2p_copy.receive("ws://127.0.0.1:9", "7-a-b")' in text
+    assert "p2p-copy receive ws://127.0.0.1:9 7-a-b" in text
+    assert "7-a-b" in data["text/html"]
+    progress.started(10, 1)
+    assert "7-a-b" not in progress.widget._repr_mimebundle_()["text/plain"]
+    assert progress.code.layout.display == "none"
+
+
+@pytest.mark.parametrize("entry, call", [
+    ("send", "receive"), ("send_stream", "receive"), ("send_text", "receive_text"),
+    ("send_object", "receive_object"),
+])
+def test_the_code_names_the_call_that_receives_what_is_sent(entry: str, call: str) -> None:
+    """An object comes back with receive_object, a text with receive_text."""
+    progress = WidgetProgress("send", display=False, entry=entry)
+    progress.showing_code("ws://h", "1-x-y")
+    assert f'await p2p_copy.{call}("ws://h", "1-x-y")' in progress.code.value.replace(
+        "&quot;", '"')
+    assert "p2p-copy receive ws://h 1-x-y" in progress.code.value
+    assert str(CodeDisplay("ws://h", "1-x-y", entry)).count(f"p2p_copy.{call}(") == 1
+
+
+def test_a_blocking_panel_says_to_interrupt_instead_of_cancel() -> None:
+    """A *_blocking call holds the kernel: no Cancel button, but how to stop it."""
+    progress = WidgetProgress("receive", display=False, blocking=True)
+    progress.bind_cancel(lambda: None)
+    assert progress.button.layout.display == "none"
+    assert progress.hint.layout.display is None and "interrupt the kernel" in progress.hint.value
+    assert "interrupt the kernel" in "\n".join(progress.lines())
+    assert "nothing partial is kept" not in progress.button.tooltip
+    assert ".p2p-copy-part" in WidgetProgress("receive", display=False).button.tooltip
+
+
+def test_a_failure_before_any_byte_shows_no_byte_count() -> None:
+    """Failing before the manifest is agreed says why, not "0 B of 0 B"."""
+    progress = WidgetProgress("receive", display=False)
+    progress.waiting()
+    progress.failed(p2p_copy.RelayUnreachableError("Cannot reach the relay."))
+    assert progress.stats.value == ""
+    assert "0 B" not in "\n".join(progress.lines()) + progress.static_html()
+    assert "p2p-copy-state-failed" in progress.static_html()
+
+
+def test_a_failure_that_never_waited_still_shows_a_panel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relay that cannot be reached ends before ``waiting``: the ended panel shows anyway."""
+    shown: list[object] = []
+    monkeypatch.setattr(notebook, "_display", shown.append)
+    progress = WidgetProgress("receive", display=True)
+    progress.failed(p2p_copy.RelayUnreachableError("Cannot reach the relay."))
+    [summary] = shown
+    data = summary._repr_mimebundle_()  # type: ignore[attr-defined]
+    assert data["text/plain"] == "p2p-copy receive: failed: Cannot reach the relay."
+    assert "application/vnd.jupyter.widget-view+json" not in data
+
+
+def test_the_rate_after_a_resume_counts_only_what_crossed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """900 of 1000 bytes were there; 10 more in 1 s is 10 B/s, not 910 B/s, and the
+    panel and the JSON events say "resumed"."""
+    clock = [100.0]
+    monkeypatch.setattr(notebook.time, "monotonic", lambda: clock[0])
+    progress = WidgetProgress("receive", display=False, interval=0)
+    progress.started(1000, 1)
+    clock[0] += 5
+    progress.resumed(900)
+    clock[0] += 1
+    progress.advance(10)
+    assert "910 B of 1000 B (resumed from 900 B)" in progress.stats.value
+    assert "10 B/s · ETA 0:09" in progress.stats.value
+    progress.finished(TransferResult("receiver", (FileResult("f", 1000, "0" * 64),), 1000, 10.0))
+    assert "resumed from 900 B" in progress.stats.value and "10 B/s" in progress.stats.value
+
+    from p2p_copy.display import progress as progress_module
+
+    out = io.StringIO()
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock[0])
+    events = JsonProgress(out, interval=0)
+    events.started(1000, 1)
+    events.resumed(900)
+    clock[0] += 2
+    events.advance(20)
+    last = json.loads(out.getvalue().splitlines()[-1])
+    assert last == {"event": "progress", "bytes_done": 920, "bytes_total": 1000, "rate": 10,
+                    "resumed_from": 900}
+
+
+def test_tqdm_restarts_its_rate_at_a_resume() -> None:
+    """The tqdm bar after a resume starts at what was there (initial), and says so."""
+    out = io.StringIO()
+    bar = TqdmProgress("receive", out)
+    bar.started(1000, 1)
+    bar.resumed(900)
+    assert bar.bar.n == bar.bar.initial == 900
+    assert "resumed from 900 B" in bar.bar.desc
+    bar.finished(TransferResult("receiver", (), 1000, 1.0))
+
+
+def test_tqdm_prints_the_code_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In IPython or a script on a terminal the code shows above the bar; the CLI's own
+    line (with_code_on_stderr) replaces it rather than doubling it."""
+    from p2p_copy.display.progress import with_code_on_stderr
+
+    out = io.StringIO()
+    TqdmProgress("send", out, entry="send_text").showing_code("ws://h", "3-a-b")
+    assert out.getvalue().splitlines() == [
+        "Code: 3-a-b",
+        'On the other side run:  await p2p_copy.receive_text("ws://h", "3-a-b")',
+        "or on a command line:   p2p-copy receive ws://h 3-a-b",
+    ]
+    out, err = io.StringIO(), io.StringIO()
+    with_code_on_stderr(TqdmProgress("send", out), err).showing_code("ws://h", "3-a-b")
+    assert out.getvalue() == "" and "3-a-b" in err.getvalue()
+
+
+def test_an_expected_error_renders_as_one_line() -> None:
+    """IPython shows P2PCopyError._render_traceback_() instead of the traceback: one line,
+    controls escaped."""
+    error = p2p_copy.PeerGoneError("The sender left.\x1b[2J")
+    assert error._render_traceback_() == ["PeerGoneError: The sender left.\\x1b[2J"]
+
+
+def test_tab_completion_lists_only_public_names() -> None:
+    """dir(p2p_copy) is the public surface, without Any, TYPE_CHECKING or annotations."""
+    names = dir(p2p_copy)
+    assert not {"Any", "TYPE_CHECKING", "annotations"} & set(names)
+    assert {"send", "transfers", "discard_partial"} <= set(names)

@@ -36,6 +36,11 @@ __all__ = [
     "offer_lines",
     "human_size",
     "is_terminal",
+    "receive_lines",
+    "receiver_call",
+    "receive_snippet",
+    "python_str",
+    "Rate",
 ]
 
 ProgressKind = Literal["auto", "widget", "tqdm", "json", "none"]
@@ -46,6 +51,8 @@ class Progress(Protocol):
     """What a transfer tells its display, in this order.
 
     ``bind_cancel`` comes first; a sender may call ``showing_code`` before ``waiting``.
+    A receive into a folder may also call ``bind_partial(dest, find, discard_call)``
+    (peer/partial.py) on a display that has it, so that a stop can say what was kept.
     """
 
     def bind_cancel(self, cancel: Callable[[], object]) -> None:
@@ -118,12 +125,29 @@ class NoProgress:
 
 
 class TqdmProgress(NoProgress):
-    """A tqdm bar on stderr: bytes, rate, ETA."""
+    """A tqdm bar on stderr (tqdm's notebook bar in a kernel): bytes, rate, ETA.
 
-    def __init__(self, label: str, stream: IO[str] | None = None) -> None:
+    The code a sender shows is printed above the bar, with the call and the command the
+    other side runs (``entry`` says which kind is sent: see receive_lines). The rate and
+    ETA count the bytes that crossed in this run: after a resume the bar starts again at
+    what was already there (tqdm's ``initial``) and says so.
+    """
+
+    def __init__(self, label: str, stream: IO[str] | None = None, *,
+                 entry: str | None = None) -> None:
         self.label = label
         self.stream = stream or sys.stderr
+        self.entry = entry
+        #: Whether showing_code prints; with_code_on_stderr turns it off (it prints its own).
+        self.prints_code = True
         self.bar: Any = None
+        self._total = 0
+        self._files = 0
+
+    def showing_code(self, server: str, code: str) -> None:
+        if self.prints_code:
+            print("\n".join(receive_lines(server, code, self.entry)), file=self.stream,
+                  flush=True)
 
     def waiting(self) -> None:
         print(f"{self.label}: waiting for the other side...", file=self.stream, flush=True)
@@ -133,12 +157,22 @@ class TqdmProgress(NoProgress):
         return None
 
     def started(self, total_bytes: int, total_files: int) -> None:
-        from tqdm import tqdm  # deferred: importing tqdm costs start-up time for every CLI run
+        self._total, self._files = total_bytes, total_files
+        self._open(0, "")
 
-        noun = "file" if total_files == 1 else "files"
+    def _open(self, initial: int, note: str) -> None:
+        # tqdm.auto gives the notebook bar in a kernel; outside one the plain bar, without
+        # importing tqdm.auto (and IPython's checks) on every CLI run.
+        if in_jupyter_kernel():
+            from tqdm.auto import tqdm
+        else:
+            from tqdm import tqdm  # deferred: importing tqdm costs start-up time for every CLI run
+
+        noun = "file" if self._files == 1 else "files"
         self.bar = tqdm(
-            total=total_bytes,
-            desc=f"{self.label} {total_files} {noun}",
+            total=self._total,
+            initial=initial,
+            desc=f"{self.label} {self._files} {noun}{note}",
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
@@ -160,9 +194,14 @@ class TqdmProgress(NoProgress):
             print(line, file=self.stream, flush=True)
 
     def resumed(self, bytes_done: int) -> None:
-        if self.bar is not None:
-            self.bar.n = bytes_done
-            self.bar.refresh()
+        if self.bar is None:
+            return
+        # A new bar from what was already there: tqdm's rate is (n - initial) / elapsed,
+        # so bytes that did not cross in this run do not make it jump.
+        self.bar.leave = False
+        self.bar.close()
+        note = f" (resumed from {human_size(bytes_done)})" if bytes_done else ""
+        self._open(bytes_done, note)
 
     def finished(self, result: TransferResult) -> None:
         self._close()
@@ -176,6 +215,35 @@ class TqdmProgress(NoProgress):
             self.bar = None
 
 
+class Rate:
+    """Bytes per second and ETA over the bytes that crossed since the start or a resume.
+
+    After ``resumed(n)`` the n bytes that were already there count towards done, not
+    towards the rate: a resume of 1 GiB of 1.1 GiB must not show 1.5 GiB/s.
+    """
+
+    def __init__(self, now: float) -> None:
+        self.since = now
+        self.base = 0
+        #: The bytes a resume found already there (0: nothing was resumed).
+        self.resumed_from = 0
+
+    def restart(self, now: float) -> None:
+        self.since, self.base = now, 0
+
+    def resumed(self, bytes_done: int, now: float) -> None:
+        self.since, self.base = now, bytes_done
+        self.resumed_from = bytes_done
+
+    def rate(self, done: int, now: float) -> float:
+        elapsed = now - self.since
+        return max(done - self.base, 0) / elapsed if elapsed > 0 else 0.0
+
+    def eta(self, done: int, total: int, now: float) -> float | None:
+        rate = self.rate(done, now)
+        return (total - done) / rate if rate > 0 and total >= done else None
+
+
 class JsonProgress(NoProgress):
     """One JSON object per line: waiting, started, progress (at most every ``interval`` s),
     file, reconnecting, resumed, verifying, finished, error.
@@ -187,7 +255,7 @@ class JsonProgress(NoProgress):
         self.total = 0
         self.done = 0
         self._last = 0.0
-        self._start = time.monotonic()
+        self._rate = Rate(time.monotonic())
 
     def _emit(self, event: str, **fields: Any) -> None:
         # ASCII only: a name or a relay's close reason holding C1 controls or bidi
@@ -219,7 +287,7 @@ class JsonProgress(NoProgress):
 
     def started(self, total_bytes: int, total_files: int) -> None:
         self.total = total_bytes
-        self._start = time.monotonic()
+        self._rate.restart(time.monotonic())
         self._emit("started", bytes_total=total_bytes, files_total=total_files)
 
     def advance(self, nbytes: int) -> None:
@@ -230,9 +298,10 @@ class JsonProgress(NoProgress):
             self._progress(now)
 
     def _progress(self, now: float) -> None:
-        elapsed = max(now - self._start, 1e-9)
+        # The rate of the bytes that crossed in this run, not of those a resume found.
+        extra = {"resumed_from": self._rate.resumed_from} if self._rate.resumed_from else {}
         self._emit("progress", bytes_done=self.done, bytes_total=self.total,
-                   rate=round(self.done / elapsed))
+                   rate=round(self._rate.rate(self.done, now)), **extra)
 
     def file_done(self, result: FileResult) -> None:
         # ``algorithm`` and ``digest`` for scripts; the digest also under its algorithm's
@@ -249,6 +318,7 @@ class JsonProgress(NoProgress):
 
     def resumed(self, bytes_done: int) -> None:
         self.done = bytes_done
+        self._rate.resumed(bytes_done, time.monotonic())
         self._emit("resumed", bytes_done=bytes_done, bytes_total=self.total)
 
     def finished(self, result: TransferResult) -> None:
@@ -312,12 +382,50 @@ def offer_lines(summary: OfferSummary) -> list[str]:
     return lines
 
 
+#: The call the other side makes for what each sender sends: an object or a text comes
+#: back as a value (``receive`` would save it to a file), files and a stream land in a folder.
+RECEIVER_CALLS = {
+    "send": "receive", "send_stream": "receive",
+    "send_text": "receive_text", "send_object": "receive_object",
+}
+
+
+def receiver_call(entry: str | None) -> str:
+    """The name of the p2p_copy call that receives what ``entry`` (send_object...) sends."""
+    return RECEIVER_CALLS.get(entry or "send", "receive")
+
+
+def python_str(text: str) -> str:
+    """``text`` as a double-quoted Python literal that shows every character it holds."""
+    return '"' + display_name(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
+def receive_snippet(server: str, code: str, entry: str | None) -> str:
+    """The line the other side runs in Python to receive what ``entry`` sends."""
+    return f"await p2p_copy.{receiver_call(entry)}({python_str(server)}, {python_str(code)})"
+
+
+def receive_lines(server: str, code: str, entry: str | None = None) -> list[str]:
+    """The code and what the other side runs (in Python, and on a command line), as text.
+
+    Escaped for a terminal: the server comes from the caller, but a chosen code may hold
+    anything.
+    """
+    shown_server, shown_code = display_name(server), display_name(code)
+    return [f"Code: {shown_code}",
+            f"On the other side run:  {receive_snippet(server, code, entry)}",
+            f"or on a command line:   p2p-copy receive {shown_server} {shown_code}"]
+
+
 class _CodeOnStderr:
     """Shows the code on stderr, then forwards every call to the display it wraps."""
 
     def __init__(self, display: Progress, stream: IO[str] | None = None) -> None:
         self._display = display
         self._stream = stream or sys.stderr
+        # The command's line replaces the one a text display would print itself.
+        if hasattr(display, "prints_code"):
+            display.prints_code = False
 
     def showing_code(self, server: str, code: str) -> None:
         code, server = display_name(code), display_name(server)
@@ -334,8 +442,14 @@ def with_code_on_stderr(display: Progress, stream: IO[str] | None = None) -> Pro
     return cast(Progress, _CodeOnStderr(display, stream))
 
 
-def make_progress(kind: ProgressKind | Progress | None, label: str) -> Progress:
-    """The display to use: an object is used as it is; a name, the env or auto decide otherwise."""
+def make_progress(kind: ProgressKind | Progress | None, label: str, *,
+                  entry: str | None = None, blocking: bool = False) -> Progress:
+    """The display to use: an object is used as it is; a name, the env or auto decide otherwise.
+
+    ``entry`` (send_object, ...) says which call the other side needs; ``blocking``, that
+    the kernel's loop is blocked while the transfer runs, so a widget button would never
+    be heard (notebook.py).
+    """
     if kind is not None and not isinstance(kind, str):
         return kind
     chosen = kind or os.environ.get(PROGRESS_ENV) or "auto"
@@ -347,9 +461,9 @@ def make_progress(kind: ProgressKind | Progress | None, label: str) -> Progress:
     if chosen == "widget":
         from .notebook import WidgetProgress  # deferred: ipywidgets takes ~0.3 s to import
 
-        return WidgetProgress(label)
+        return WidgetProgress(label, entry=entry, blocking=blocking)
     if chosen == "tqdm":
-        return TqdmProgress(label)
+        return TqdmProgress(label, entry=entry)
     if chosen == "json":
         return JsonProgress()
     if chosen == "none":

@@ -26,6 +26,7 @@ from ..results import TransferResult
 from ..storage.destination import Destination
 from ..storage.streams import ChunkReader, ObjectSink, PipeReader, PipeSink, Sink, default_name
 from .options import DEFAULT_CHUNK_SIZE, EntryPoint, OptionFields, Options, resolve
+from .partial import tell_display
 from .receiving import MakeSink, object_sink, receive_into
 from .reconnect import DEFAULT_RECONNECT_TIMEOUT
 from .sending import Outgoing, entry_name, send_files, send_outgoing
@@ -96,7 +97,7 @@ async def receive(
     a definitive error (integrity, unsafe path, policy, wrong code, tampering) removes them.
     """
     opts = _receiver("receive", code, options, keywords)
-    return await _received(server, code, _folder(Path(dest), opts), opts)
+    return await _received(server, code, _folder(Path(dest), opts), opts, dest)
 
 
 async def send_stream(
@@ -119,7 +120,7 @@ async def send_stream(
     # A pipe is read once: after a drop mid-stream there is nothing to send again.
     outgoing = Outgoing((StreamEntry(entry_name(name)),),
                         lambda _, digest: PipeReader(source, digest), once=True)
-    display = make_progress(opts.progress, "send")
+    display = make_progress(opts.progress, "send", entry="send_stream")
     return await shown(display, send_outgoing(server, code, outgoing, opts, display))
 
 
@@ -283,8 +284,11 @@ def _receiver(entry: EntryPoint, code: str, options: Options | None,
     return resolve(entry, options, keywords)
 
 
-async def _received(server: str, code: str, sink: MakeSink, options: Options) -> TransferResult:
+async def _received(server: str, code: str, sink: MakeSink, options: Options,
+                    dest: str | os.PathLike[str] | None = None) -> TransferResult:
     display = make_progress(options.progress, "receive")
+    if dest is not None:
+        tell_display(display, dest)  # so that a stop can say what it kept, and where
     return await shown(display, receive_into(server, code, sink, options, display))
 
 
@@ -311,7 +315,7 @@ async def _send_object(entry: EntryPoint, server: str, code: str | None, obj: ob
     # An object starts over from its first byte after a drop (each chunks() call does).
     outgoing = Outgoing((FileEntry(path, encoded.size, meta=encoded.meta),),
                         lambda _, digest: ChunkReader(encoded.chunks(), encoded.size, digest))
-    display = make_progress(opts.progress, "send")
+    display = make_progress(opts.progress, "send", entry=entry)
     return await shown(display, send_outgoing(server, code, outgoing, opts, display))
 
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import inspect
+import sys
+import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast
 
 from ..display.progress import Progress
 from ..errors import CancelledError, UsageError
 from ..protocol.messages import Role
+from ..protocol.paths import display_name
 from ..protocol.policy import OfferSummary
 from ..results import FileResult, TransferResult
 from . import api
@@ -27,6 +31,7 @@ from .session import optional
 __all__ = [
     "Transfer",
     "Status",
+    "transfers",
     "background_twin",
     "start_send",
     "start_receive",
@@ -45,8 +50,8 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 # The loop keeps only weak references to tasks: a handle the caller drops must not
-# take its transfer with it to the garbage collector.
-_RUNNING: set[asyncio.Task[Any]] = set()
+# take its transfer with it to the garbage collector. In start order, for transfers().
+_RUNNING: dict[asyncio.Task[Any], Transfer[Any]] = {}
 
 
 
@@ -59,11 +64,16 @@ class _Tracker:
         self.status: Status = "waiting"
         self.bytes_done = 0
         self.bytes_total = 0
+        self.code: str | None = None
 
     def bind_cancel(self, cancel: Callable[[], object]) -> None:
         self.inner.bind_cancel(cancel)
 
+    def bind_partial(self, *args: Any) -> None:
+        _optional(self.inner, "bind_partial", *args)
+
     def showing_code(self, server: str, code: str) -> None:
+        self.code = code
         self.inner.showing_code(server, code)
 
     def waiting(self) -> None:
@@ -120,17 +130,19 @@ class Transfer(Generic[T]):
     """
 
     def __init__(
-        self, role: Role, work: Coroutine[Any, Any, T], tracker: _Tracker
+        self, role: Role, work: Coroutine[Any, Any, T], tracker: _Tracker,
+        cell: str | None = None,
     ) -> None:
         self.role: Role = role
         self._tracker = tracker
+        self._cell = cell
         self._cancelled: CancelledError | None = None
         self._task = asyncio.get_running_loop().create_task(work, name=f"p2p-copy {role}")
-        _RUNNING.add(self._task)
+        _RUNNING[self._task] = self
         self._task.add_done_callback(self._settle)
 
     def _settle(self, task: asyncio.Task[T]) -> None:
-        _RUNNING.discard(task)
+        _RUNNING.pop(task, None)
         # Retrieving the error here spares a caller who never awaits the handle asyncio's
         # "Task exception was never retrieved"; exception() still returns it.
         error = self._final_error()
@@ -152,6 +164,12 @@ class Transfer(Generic[T]):
     def status(self) -> Status:
         """waiting, transferring, verifying, done, failed or cancelled."""
         return self._tracker.status
+
+    @property
+    def code(self) -> str | None:
+        """The code, once known: the receiver's; the sender's once shown (a generated one
+        once the relay confirmed its room)."""
+        return self._tracker.code
 
     @property
     def bytes_done(self) -> int:
@@ -221,12 +239,15 @@ class Transfer(Generic[T]):
             raise
 
     def summary(self) -> str:
-        """One line: role, state and bytes, or the error."""
+        """One line: role, state and bytes, or the error (and a waiting sender's code)."""
         text = f"p2p-copy {self.role}: {self.status}"
         if self.status in ("failed", "cancelled") and self.error is not None:
             return f"{text} ({type(self.error).__name__}: {self.error})"
         if self.bytes_total or self.status != "waiting":
             text += f", {self.bytes_done:,} of {self.bytes_total:,} bytes"
+        elif self.role == "sender" and self.code is not None:
+            # The code a sender waits with is what the other side needs.
+            text += f", code {display_name(self.code)}"
         return text
 
     def __repr__(self) -> str:
@@ -245,6 +266,54 @@ class Transfer(Generic[T]):
             show()
         else:
             _show(widget)
+
+
+def transfers() -> list[Transfer[Any]]:
+    """The transfers started with ``start_*`` in this process that have not ended yet,
+    oldest first: to see them, or cancel the ones a re-run cell left behind."""
+    return list(_RUNNING.values())
+
+
+def _current_cell() -> str | None:
+    """The id of the notebook cell running now, else None.
+
+    JupyterLab and Notebook 7 put it in an execute request's metadata (``cellId``); the
+    kernel keeps the request it is handling as its parent. Looks only at an IPython that
+    is already imported, as progress.in_jupyter_kernel does.
+    """
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    try:
+        kernel = getattr(get_ipython(), "kernel", None) if get_ipython is not None else None
+        parent = kernel.get_parent() if kernel is not None else None
+    except Exception:  # a foreign or half-initialised kernel: no cell to tell
+        return None
+    metadata = parent.get("metadata") if isinstance(parent, dict) else None
+    cell = metadata.get("cellId") if isinstance(metadata, dict) else None
+    return cell if isinstance(cell, str) else None
+
+
+def _replace_earlier(cell: str | None) -> None:
+    """A cell run again replaces what it started before.
+
+    A transfer from an earlier run of this cell that is still waiting is cancelled: its
+    panel (and the code on it) went with the cell's old output, so nobody can join it,
+    and it would hold its relay room until the wait times out. One that is under way
+    is left alone, with a warning: someone is receiving it, and stopping it is their
+    call (``p2p_copy.transfers()`` lists it, ``.cancel()`` stops it).
+    """
+    if cell is None:
+        return
+    for transfer in transfers():
+        if transfer._cell != cell:
+            continue
+        if transfer.status == "waiting":
+            transfer.cancel()
+        else:
+            warnings.warn(
+                f"An earlier run of this cell is still transferring ({transfer.summary()}); "
+                "it goes on. p2p_copy.transfers() lists it; its .cancel() stops it.",
+                RuntimeWarning, stacklevel=3)
 
 
 def _is_cancellation(error: BaseException) -> bool:
@@ -279,14 +348,27 @@ def background_twin(entry: EntryPoint, coroutine: Callable[P, Coroutine[Any, Any
         _running_loop(twin.__name__, blocking)
         options, rest = split_display(entry, side, kwargs)
         tracker = _Tracker(cast(Progress, options.progress))
+        if side == "receive":
+            tracker.code = _given_code(coroutine, args, kwargs)
         call = cast(Callable[..., Coroutine[Any, Any, T]], coroutine)
         work = call(*args, **rest, options=dataclasses.replace(options, progress=tracker))
-        return Transfer("sender" if side == "send" else "receiver", work, tracker)
+        cell = _current_cell()
+        _replace_earlier(cell)
+        return Transfer("sender" if side == "send" else "receiver", work, tracker, cell)
 
     twin.__name__ = twin.__qualname__ = _START_NAMES[entry]
     twin.__doc__ = (f"Start ``p2p_copy.{entry}(...)`` in the background of the running loop; "
                     f"return its handle (await it for the result).\n\n{coroutine.__doc__ or ''}")
     return twin
+
+
+def _given_code(coroutine: Callable[..., Any], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> str | None:
+    try:
+        code = inspect.signature(coroutine).bind_partial(*args, **kwargs).arguments.get("code")
+    except TypeError:
+        return None  # the call itself says what is wrong with its arguments
+    return code if isinstance(code, str) else None
 
 
 #: start_send and start_receive came first; the others follow their pattern.

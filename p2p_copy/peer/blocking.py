@@ -156,7 +156,10 @@ def blocking_twin(entry: EntryPoint, coroutine: Callable[P, Coroutine[Any, Any, 
 
     @functools.wraps(coroutine)
     def twin(*args: P.args, **kwargs: P.kwargs) -> T:
-        options, rest = split_display(entry, side, kwargs)
+        # The kernel's loop is blocked until this returns: a widget's click would not be
+        # heard (ipykernel handles comm messages on that loop), so the panel says to
+        # interrupt the kernel instead, which cancels (see _run).
+        options, rest = split_display(entry, side, kwargs, blocking=True)
         call = cast(Callable[..., Coroutine[Any, Any, T]], coroutine)
         return _run(lambda: call(*args, **rest, options=options))
 
@@ -167,13 +170,15 @@ def blocking_twin(entry: EntryPoint, coroutine: Callable[P, Coroutine[Any, Any, 
 
 
 def split_display(entry: EntryPoint, side: Literal["send", "receive"],
-                  kwargs: Mapping[str, Any]) -> tuple[Options, dict[str, Any]]:
+                  kwargs: Mapping[str, Any], *,
+                  blocking: bool = False) -> tuple[Options, dict[str, Any]]:
     """The options of a call (with its display made now) and its other keywords."""
     fields = OptionFields.__annotations__
     options = resolve(entry, kwargs.get("options"),
                       {k: v for k, v in kwargs.items() if k in fields})
     rest = {k: v for k, v in kwargs.items() if k not in fields and k != "options"}
-    return dataclasses.replace(options, progress=make_progress(options.progress, side)), rest
+    display = make_progress(options.progress, side, entry=entry, blocking=blocking)
+    return dataclasses.replace(options, progress=display), rest
 
 
 send_blocking = blocking_twin("send", *api.ENTRY_POINTS["send"])
