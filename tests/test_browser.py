@@ -552,13 +552,12 @@ def test_cancel_button_in_a_live_notebook(jupyter_lab: Lab, tmp_path: Path) -> N
         finally:
             context.close()
 
-    assert awaited["stdout"].strip() == "awaited: CancelledError: The transfer was cancelled.", (
-        awaited
-    )
+    expected = "awaited: TransferCancelledError: The transfer was cancelled."
+    assert awaited["stdout"].strip() == expected, awaited
     assert waiting["prompt"] != "[*]:", waiting
     assert "p2p-copy-state-cancelled" in background["summary"]["classes"], background
     assert ending["stdout"].splitlines() == [
-        "background: cancelled, CancelledError: The transfer was cancelled.",
+        "background: cancelled, TransferCancelledError: The transfer was cancelled.",
         "relay: 0 open, 0 waiting",
     ], ending
     for panel in (awaited, background):

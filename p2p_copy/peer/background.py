@@ -70,7 +70,7 @@ class _Tracker:
         self.inner.bind_cancel(cancel)
 
     def bind_partial(self, *args: Any) -> None:
-        _optional(self.inner, "bind_partial", *args)
+        optional(self.inner, "bind_partial", *args)
 
     def showing_code(self, server: str, code: str) -> None:
         self.code = code
