@@ -185,7 +185,7 @@ class ForwardingConnection(ServerConnection):
         """This read left answers (pongs) on a socket already over its high-water mark."""
         if self._early is not None and self.protocol.state is State.OPEN:
             # Not paired: the relay sent it nothing but `waiting` and its own answers, so
-            # it reads nothing at all. A compliant peer pings every few seconds (§3.1).
+            # it reads nothing at all. A compliant peer reads them (ours ping every 20 s).
             self.refuse(CloseCode.MESSAGE_TOO_BIG,
                         "a peer that is not paired must read the relay's answers to its pings")
             return
