@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.client import ClientConnection
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
@@ -217,6 +216,15 @@ class _Transport(asyncio.Transport):
         if before <= 32 * KiB < self.buffered:
             self.protocol.pause_writing()
 
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
     def drain(self) -> None:
         assert self.protocol is not None
         self.buffered = 0
@@ -238,12 +246,19 @@ class _Server:
 
 def _open_connection() -> tuple[ForwardingConnection, _Transport]:
     protocol = ServerProtocol()
-    protocol.state = State.OPEN  # as after the opening handshake
+    protocol.receive_data(b"GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    [request] = protocol.events_received()
+    assert isinstance(request, Request)
+    protocol.send_response(protocol.accept(request))  # the opening handshake, done
+    protocol.data_to_send()
+    assert protocol.state is State.OPEN
     connection = ForwardingConnection(protocol, _Server(), max_queue=4)  # type: ignore[arg-type]
     transport = _Transport()
     transport.protocol = connection
     connection.connection_made(transport)
-    connection.request = Request("/", Headers())
+    connection.request = request
     return connection, transport
 
 
@@ -293,3 +308,42 @@ async def test_discard_reads_on_though_the_queue_is_full() -> None:
     assert reading_a.reading
     a.process_event(Frame(Opcode.BINARY, b"late"))  # dropped, not queued
     assert len(a.recv_messages.frames) == 6
+
+
+#: 300 pings of 125 bytes, masked as a client's: their answers pass the 32 KiB mark.
+PINGS = Frame(Opcode.PING, b"x" * 125).serialize(mask=True, extensions=[]) * 300
+
+
+async def test_answers_a_paired_peer_leaves_unread_hold_its_reading_until_taken() -> None:
+    """Pongs over the high-water mark hold reading like a full partner does, and each
+    hold is let go on its own: reading resumes only when neither holds it."""
+    a, socket_a = _open_connection()
+    b, socket_b = _open_connection()
+    a.forward_to(b, lambda size, fin: Verdict.PASS)
+    a.data_received(PINGS)
+    assert socket_a.buffered > 32 * KiB and not socket_a.reading
+    socket_a.drain()  # the peer read its answers
+    assert socket_a.reading
+    a.data_received(PINGS[:131])  # one answer, under the mark: read on
+    assert socket_a.reading
+    a.process_event(Frame(Opcode.BINARY, bytes(40 * KiB)))  # the partner is full
+    a.data_received(PINGS)
+    socket_b.drain()
+    assert not socket_a.reading, "its own unread answers must keep reading paused"
+    a.process_event(Frame(Opcode.BINARY, bytes(40 * KiB)))
+    socket_a.drain()
+    assert not socket_a.reading, "the partner's full buffer must keep reading paused"
+    socket_b.drain()
+    assert socket_a.reading
+    a.discard()
+
+
+async def test_answers_a_peer_not_yet_paired_leaves_unread_close_it_with_1009() -> None:
+    """Not paired, such a peer is closed at once, and what it sends next is dropped."""
+    a, socket_a = _open_connection()
+    a.data_received(PINGS)
+    assert a.protocol.close_sent is not None
+    assert a.protocol.close_sent.code == CloseCode.MESSAGE_TOO_BIG
+    written = socket_a.buffered
+    a.data_received(PINGS)
+    assert socket_a.buffered == written and socket_a.reading

@@ -20,6 +20,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side, State
 
 from p2p_copy.errors import RelayLimitError, RemoteProtocolError
 from p2p_copy.peer.link import closed_error
@@ -159,8 +160,10 @@ async def test_a_hello_over_4_kib_is_refused_with_1009() -> None:
 # --- the budget for all connections -------------------------------------------------------
 
 
-async def silent_receiver(port: int, room: str) -> tuple[asyncio.StreamWriter, Any]:
-    """A receiver that says hello and then never reads: a slow reader at its slowest.
+async def silent_peer(port: int, room: str, role: str | None = "receiver"
+                      ) -> tuple[asyncio.StreamWriter, asyncio.StreamReader]:
+    """A peer that says hello as ``role`` (None: says nothing) and then never reads: a slow
+    reader at its slowest.
 
     A raw socket with small kernel buffers, so that what piles up does so in the relay.
     """
@@ -171,9 +174,10 @@ async def silent_receiver(port: int, room: str) -> tuple[asyncio.StreamWriter, A
                  "Sec-WebSocket-Version: 13\r\n\r\n".encode())
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
-    writer.write(Frame(Opcode.TEXT, hello(room, "receiver").encode()).serialize(
-        mask=True, extensions=[]))
-    await writer.drain()
+    if role is not None:
+        writer.write(Frame(Opcode.TEXT, hello(room, role).encode()).serialize(
+            mask=True, extensions=[]))
+        await writer.drain()
     return writer, reader
 
 
@@ -192,7 +196,7 @@ async def test_pairs_pushing_into_silent_receivers_stay_within_the_budget(
         receivers, senders = [], []
         for _ in range(32):
             room = new_hash()
-            receivers.append(await silent_receiver(port, room))
+            receivers.append(await silent_peer(port, room))
             sender = await client(url, room, sock=await small_socket(port))
             await sender.send(hello(room, "sender"))
             assert json.loads(await sender.recv()) == READY
@@ -229,7 +233,7 @@ async def test_the_bytes_held_for_a_stalled_pair_are_counted_and_released() -> N
     metrics show); when the pair ends the count is back at zero: nothing leaks."""
     async with asyncio.timeout(30), running_relay() as relay:
         room = new_hash()
-        writer, _ = await silent_receiver(relay.port, room)
+        writer, _ = await silent_peer(relay.port, room)
         sender = await client(relay.url, room, sock=await small_socket(relay.port))
         await sender.send(hello(room, "sender"))
         assert json.loads(await sender.recv()) == READY
@@ -250,6 +254,128 @@ def _gauge(metrics: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+# --- pings whose answers a peer does not read -------------------------------------------
+
+#: A ping with the largest payload a control frame carries (125 bytes), masked as a client's.
+PING = Frame(Opcode.PING, b"x" * 125).serialize(mask=True, extensions=[])
+#: What the relay may grow by while one peer floods it with pings (0.6.0: +374 MiB in 15 s).
+PING_GROWTH_BOUND = 32 * MiB
+METRICS = b"GET /metrics HTTP/1.1\r\nHost: r\r\n\r\n"
+
+
+async def flood_pings(writer: asyncio.StreamWriter, total: int = 48 * MiB) -> str:
+    """Send ``total`` bytes of pings without reading a byte of the answers. How it ended:
+    ``sent``, ``stalled`` (the relay took nothing for 2 s: it stopped reading us) or
+    ``closed``."""
+    burst = PING * 512
+    for _ in range(total // len(burst)):
+        writer.write(burst)
+        try:
+            async with asyncio.timeout(2):
+                await writer.drain()
+        except TimeoutError:
+            return "stalled"
+        except ConnectionError:
+            return "closed"
+    return "sent"
+
+
+async def close_frame(reader: asyncio.StreamReader) -> int | None:
+    """Read what the relay sent until it hung up: the code of its close frame, if any."""
+    protocol = Protocol(Side.CLIENT, state=State.OPEN, max_size=None)
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(64 * KiB):
+            protocol.receive_data(data)
+    return protocol.close_rcvd.code if protocol.close_rcvd is not None else None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("role", [None, "receiver"], ids=["before-hello", "waiting"])
+async def test_a_peer_not_yet_paired_that_pings_without_reading_is_closed(
+        processes: Processes, role: str | None) -> None:
+    """Pings are answered; a peer that is not paired and leaves the answers unread is
+    closed with 1009 once they pass the write buffer's high-water mark, and the relay
+    grows by far less than 32 MiB (0.6.0: read on and queued every pong, never closed)."""
+    proc, url = await asyncio.to_thread(processes.start_relay)
+    async with asyncio.timeout(50):
+        before = status_kib(proc.pid, "VmRSS") * KiB
+        writer, reader = await silent_peer(int(url.rsplit(":", 1)[1]), new_hash(), role)
+        try:
+            outcome = await flood_pings(writer)
+            grown = status_kib(proc.pid, "VmHWM") * KiB - before
+            print(f"flood {outcome}; relay grew {grown / MiB:.1f} MiB")
+            assert grown < PING_GROWTH_BOUND, f"the relay grew by {grown / MiB:.0f} MiB"
+            assert await close_frame(reader) == CloseCode.MESSAGE_TOO_BIG
+        finally:
+            writer.transport.abort()
+    assert proc.poll() is None, "the relay must survive"
+
+
+async def test_answers_held_for_a_peer_not_yet_paired_count_in_the_budget() -> None:
+    """What waits for a refused flooder until its connection ends is counted, then freed."""
+    async with asyncio.timeout(20), running_relay() as relay:
+        writer, _ = await silent_peer(relay.port, new_hash())
+        try:
+            await flood_pings(writer)
+            await wait_until(lambda: relay.budget.used > 32 * KiB)
+        finally:
+            writer.transport.abort()
+        await wait_until(lambda: relay.budget.used == 0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_paired_peer_that_pings_without_reading_is_no_longer_read(
+        processes: Processes) -> None:
+    """Once paired, such a peer is not closed (a slow receiver pings with a full buffer
+    too) but no longer read until it reads: the relay grows by far less than 32 MiB, the
+    answers waiting for it count in the budget (/metrics), and its partner learns of its
+    end as usual (4004)."""
+    proc, url = await asyncio.to_thread(processes.start_relay)
+    port = int(url.rsplit(":", 1)[1])
+    async with asyncio.timeout(50):
+        before = status_kib(proc.pid, "VmRSS") * KiB
+        receiver = await client(url, room := new_hash())
+        await receiver.send(hello(room, "receiver"))
+        assert json.loads(await receiver.recv()) == {"type": "waiting"}
+        writer, _ = await silent_peer(port, room, "sender")
+        try:
+            outcome = await flood_pings(writer)
+            grown = status_kib(proc.pid, "VmHWM") * KiB - before
+            metrics = (await http_request(port, METRICS)).decode()
+            queued = _gauge(metrics, "p2p_copy_relay_queued_bytes")
+            print(f"flood {outcome}; relay grew {grown / MiB:.1f} MiB; {queued:.0f} bytes queued")
+            assert grown < PING_GROWTH_BOUND, f"the relay grew by {grown / MiB:.0f} MiB"
+            assert outcome == "stalled"
+            assert queued >= 32 * KiB, "the answers waiting for the peer must count in the budget"
+        finally:
+            writer.transport.abort()
+        assert (await closed(receiver))[0] == CloseCode.PEER_GONE
+        while queued:  # released when the relay has seen both connections end
+            await asyncio.sleep(0.05)
+            metrics = (await http_request(port, METRICS)).decode()
+            queued = _gauge(metrics, "p2p_copy_relay_queued_bytes")
+    assert proc.poll() is None, "the relay must survive"
+
+
+async def test_a_paired_peer_whose_unread_answers_pass_the_budget_is_closed_with_4009() -> None:
+    """The answers waiting for a paired flooder are charged to the budget at once: over it,
+    the flooder is refused (4009) and its partner told the same."""
+    async with asyncio.timeout(20), running_relay(max_queued_bytes=64 * KiB) as relay:
+        receiver = await client(relay.url, room := new_hash())
+        await receiver.send(hello(room, "receiver"))
+        assert json.loads(await receiver.recv()) == {"type": "waiting"}
+        writer, reader = await silent_peer(relay.port, room, "sender")
+        try:
+            await flood_pings(writer)
+            assert (await closed(receiver))[0] == CloseCode.RELAY_MEMORY
+            assert await close_frame(reader) == CloseCode.RELAY_MEMORY
+        finally:
+            writer.transport.abort()
+        await wait_until(lambda: relay.budget.used == 0)
 
 
 # --- caps per network ---------------------------------------------------------------------
@@ -388,7 +514,7 @@ async def test_our_client_reports_4009_as_a_relay_limit_while_it_sends() -> None
     async with asyncio.timeout(30), running_relay(max_queued_bytes=4 * MiB) as relay:
         for _ in range(5):  # the close can race the send in several ways; each must hold
             room = new_hash()
-            writer, _ = await silent_receiver(relay.port, room)
+            writer, _ = await silent_peer(relay.port, room)
             async with open_link(relay.url, room=room) as ws:
                 link = RelayLink(ws, "sender")
                 await link.send(hello(room, "sender"))

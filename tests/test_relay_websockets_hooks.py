@@ -90,6 +90,16 @@ def test_the_protocols_parser_reads_its_size_limit_per_frame() -> None:
         assert callable(getattr(protocol, name))
 
 
+def test_a_ping_is_answered_inside_data_received() -> None:
+    """forwarding.py sees the answers a read leaves on a peer's socket (pongs) by the size
+    of its write buffer before and after data_received: the answer must be written there."""
+    assert "self.send_data()" in inspect.getsource(Connection.data_received)
+    protocol = Protocol(Side.SERVER, state=State.OPEN)
+    protocol.receive_data(Frame(Opcode.PING, b"p").serialize(mask=True, extensions=[]))
+    assert protocol.data_to_send() == [
+        Frame(Opcode.PONG, b"p").serialize(mask=False, extensions=[])]
+
+
 def test_pyproject_bounds_websockets_to_a_tested_major() -> None:
     """The installed websockets (the one these tests ran with) is inside the bound, and
     the bound stops before the next major, whose internals nobody has checked."""

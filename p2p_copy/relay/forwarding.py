@@ -24,25 +24,37 @@ Memory (protocol.md §5.1, §5.11):
   bytes of messages from it, hello included: websockets refuses a larger frame from its
   header alone (1009), and more small ones close the connection with 1009 too. A waiting
   peer therefore holds a few KiB, not ``max_queue`` messages of the full size.
+- Pings are answered, and the answers (PONG frames, written by websockets inside
+  ``data_received``) wait on the peer's own socket until it reads them. A read that leaves
+  answers on a socket whose write buffer is over its high-water mark stops reading from
+  that peer until the buffer drains (``resume_writing``), the same pause as for a full
+  partner: a peer that does not read what it asked for gets nothing more read. A peer not
+  yet paired is closed with 1009 instead; it has nothing to wait for (§5.1). So a peer
+  that floods pings and reads nothing makes the relay hold the high-water mark plus the
+  answers to one read (256 KiB), not all of them.
 - Every connection keeps what it holds for its peer (an unfinished frame in the reader,
   messages in the assembler's queue, what it wrote to the partner and the partner has not
-  taken) counted in one ``Budget`` shared by the relay. The count is brought up to date
-  once per read, not per frame; a connection whose read takes the total over the limit
-  is closed with 4009 (its pair, by the relay).
+  taken; before pairing, what waits on its own socket) counted in one ``Budget`` shared by
+  the relay. The count is brought up to date once per read, not per frame (a read that
+  leaves answers piling up on a paired peer's socket updates the partner's count of that
+  socket as well); a connection whose read takes the total over the limit is closed with
+  4009 (its pair, by the relay).
 
 Hooks. websockets has no public way to take frames as they are parsed on its asyncio
 connection, so this class uses its internals: it overrides ``process_event`` (every parsed
 frame) and calls ``send_data`` (writes the protocol's output), replaces the assembler's
 ``recv_messages.resume`` callback, reads ``protocol.reader.buffer``, the ``paused`` flag
-and ``connection_lost_waiter``, and lowers ``protocol.max_message_size`` until pairing.
-Should one of them change, frames could take the slow path or, worse, reading might never
-resume. So pyproject.toml bounds websockets to the majors the relay tests passed with, and
-tests/test_relay_websockets_hooks.py checks each hook's shape and behaviour: run it, and
-the relay tests, before raising the bound. The alternative, a connection of our own on
-websockets' sans-I/O ``Protocol`` (``receive_data``, ``events_received``,
-``data_to_send``), would mean owning the opening handshake, the HTTP answers, keepalive and
-the closing handshake that websockets' asyncio server does for the relay now; what the
-public ``recv()``/``send()`` path costs instead is measured in benchmarks/README.md.
+and ``connection_lost_waiter``, lowers ``protocol.max_message_size`` until pairing, and
+counts on ``data_received`` writing the answers to pings before it returns. Should one of
+them change, frames could take the slow path, answers could pile up unseen or, worse,
+reading might never resume. So pyproject.toml bounds websockets to the majors the relay
+tests passed with, and tests/test_relay_websockets_hooks.py checks each hook's shape and
+behaviour: run it, and the relay tests, before raising the bound. The alternative, a
+connection of our own on websockets' sans-I/O ``Protocol`` (``receive_data``,
+``events_received``, ``data_to_send``), would mean owning the opening handshake, the HTTP
+answers, keepalive and the closing handshake that websockets' asyncio server does for the
+relay now; what the public ``recv()``/``send()`` path costs instead is measured in
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -121,6 +133,8 @@ class ForwardingConnection(ServerConnection):
     _early: int | None = None
     #: The message size limit that applies once paired.
     _max_size: int | None = None
+    #: Reading waits until the answers to this peer's own frames (pongs) are taken.
+    _unread_answers = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -138,7 +152,13 @@ class ForwardingConnection(ServerConnection):
             self.protocol.max_message_size = self._max_size
 
     def _queue_drained(self) -> None:
-        if self._paused_by is None:
+        self._read_if_free()
+
+    def _read_if_free(self) -> None:
+        """Read again unless something still holds reading: the partner's full write
+        buffer, answers this peer has not read, or the assembler's full queue."""
+        if (self._paused_by is None and not self._unread_answers
+                and not self.recv_messages.paused):
             self.transport.resume_reading()
 
     def forward_to(self, target: ForwardingConnection, tap: FrameTap,
@@ -154,23 +174,51 @@ class ForwardingConnection(ServerConnection):
         self._account()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        transport = self.transport
+        queued = transport.get_write_buffer_size()
+        super().data_received(data)  # parses, answers pings (and a close), passes frames on
+        if self.paused and transport.get_write_buffer_size() > queued:
+            self._answers_pile_up()
         self._account()
+
+    def _answers_pile_up(self) -> None:
+        """This read left answers (pongs) on a socket already over its high-water mark."""
+        if self._early is not None and self.protocol.state is State.OPEN:
+            # Not paired: the relay sent it nothing but `waiting` and its own answers, so
+            # it reads nothing at all. A compliant peer reads them (ours ping every 20 s).
+            self.refuse(CloseCode.MESSAGE_TOO_BIG,
+                        "a peer that is not paired must read the relay's answers to its pings")
+            return
+        # Paired, or closing: a slow receiver pings with a full buffer too, so wait for it
+        # to read rather than close it. Until then its answers count in the budget.
+        self._unread_answers = True
+        self.transport.pause_reading()
+        target = self._target
+        if target is not None and target._recount():  # the partner counts this socket
+            self.over_budget()  # this read asked for the answers: this peer is refused
 
     def _account(self) -> None:
         """Bring this connection's share of the budget up to date; refuse it if over."""
+        if self._recount():
+            self.over_budget()
+
+    def _recount(self) -> bool:
+        """Bring this connection's share of the budget up to date: whether it grew and the
+        relay now holds more than it allows."""
         budget = self.budget
         if budget is None or self._released:
-            return
+            return False
         held = len(self.protocol.reader.buffer) + self._queued
         target = self._target
         if target is not None:
             # What went direct and the partner has not taken yet: its write buffer.
             held += target.transport.get_write_buffer_size()
+        elif self._early is not None:
+            # Not paired: only the relay's own answers wait on this peer's socket.
+            held += self.transport.get_write_buffer_size()
         grown, self._held = held - self._held, held
         budget.used += grown
-        if grown > 0 and budget.limit and budget.used > budget.limit:
-            self.over_budget()
+        return grown > 0 and 0 < budget.limit < budget.used
 
     def over_budget(self) -> None:
         """The relay holds all it allows, and this connection asks for more: close it."""
@@ -197,6 +245,7 @@ class ForwardingConnection(ServerConnection):
         any more, and the handler may never empty it, but the close frame must get through.
         """
         self._discarding = True
+        self._unread_answers = False  # a read that answers again holds it again
         self._unhold()
         self.transport.resume_reading()
 
@@ -251,6 +300,9 @@ class ForwardingConnection(ServerConnection):
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        if self._unread_answers:  # the peer read its answers: read it again
+            self._unread_answers = False
+            self._read_if_free()
         self._release_source(timed=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -270,12 +322,11 @@ class ForwardingConnection(ServerConnection):
         self.transport.pause_reading()
 
     def _unhold(self) -> None:
-        """Read again, unless the assembler's queue is full: it resumes once drained."""
+        """The partner's buffer drained: read again, unless something else holds reading."""
         target, self._paused_by = self._paused_by, None
         if target is not None and target._held_source is self:
             target._held_source = None
-        if not self.recv_messages.paused:
-            self.transport.resume_reading()
+        self._read_if_free()
 
     def _release_source(self, *, timed: bool) -> None:
         source, self._held_source = self._held_source, None
