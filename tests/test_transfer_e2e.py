@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -645,6 +646,10 @@ def test_demo_command() -> None:
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     assert "OK" in proc.stderr, proc.stderr
     assert "MISMATCH" not in proc.stderr
+    # It shows what it stands for: the relay and the two commands of real use.
+    assert "p2p-copy run-relay-server 127.0.0.1 " in proc.stderr
+    assert re.search(r"p2p-copy send ws://127\.0\.0\.1:\d+ \d+-\S+ ", proc.stderr)
+    assert re.search(r"p2p-copy receive ws://127\.0\.0\.1:\d+ \d+-\S+ --out ", proc.stderr)
 
 
 async def test_long_names_sharing_their_first_bytes_keep_their_own_bytes(

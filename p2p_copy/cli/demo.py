@@ -52,9 +52,13 @@ async def run_demo(size_mib: int = 64) -> int:
         sample = await asyncio.to_thread(make_sample, root, size_mib)
         out = root / "received"
         async with Relay("127.0.0.1", 0) as relay:
-            print(f"Relay running at {relay.url}", file=sys.stderr)
-            print("Sending a sample folder to a receiver through it...", file=sys.stderr)
             code = generate_code()
+            # What the demo stands for: the commands two machines would run.
+            print(f"A relay runs at {relay.url}, as if started with\n"
+                  f"  p2p-copy run-relay-server 127.0.0.1 {relay.port} --no-tls\n"
+                  f"and a sample folder goes through it with the code {code}, as with\n"
+                  f"  p2p-copy send {relay.url} {code} {sample}\n"
+                  f"  p2p-copy receive {relay.url} {code} --out {out}", file=sys.stderr)
             sent, got = await asyncio.gather(
                 send(relay.url, code, [sample], progress="none"),
                 receive(relay.url, code, out),

@@ -331,10 +331,6 @@ class Relay:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         event(log, logging.INFO, "listening", url=self.url)
-        if self.metrics is None:
-            log.warning("metrics are off: prometheus_client is not installed "
-                        "(pip install prometheus-client, the p2p-copy[relay] extra); "
-                        "/metrics answers 404")
 
     async def stop(self) -> None:
         """Close every connection (code 1001) and wait for the handlers to end."""
@@ -836,6 +832,12 @@ async def run_relay(
         loop.add_signal_handler(signal.SIGTERM, terminate.set)
     try:
         await relay.start()
+        if relay.metrics is None:
+            # Said by the server only: a relay embedded in a demo or a notebook has no
+            # operator to monitor it.
+            log.warning("metrics are off: prometheus_client is not installed "
+                        "(pip install prometheus-client, the p2p-copy[relay] extra); "
+                        "/metrics answers 404")
         if announce:
             print(f"Relay listening on {relay.url}", flush=True)
         await terminate.wait()
