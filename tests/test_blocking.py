@@ -107,6 +107,20 @@ async def test_blocking_call_inside_a_running_loop(
     await asyncio.sleep(0)
 
 
+async def test_a_blocking_call_to_a_relay_on_its_own_loop_says_so_at_once(
+        relay: Relay, tmp_path: Path, code: str) -> None:
+    """A relay started in this loop (a Relay() in one notebook cell) and a blocking call
+    made on the same loop (the next cell) would wait for each other until the call gives
+    up (~20 s before): the call refuses at once, naming what to use instead."""
+    (tmp_path / "a.txt").write_text("x")
+    for call in (lambda: p2p_copy.send_blocking(relay.url, code, [tmp_path / "a.txt"],
+                                                progress="none"),
+                 lambda: p2p_copy.receive_object_blocking(relay.url, code, progress="none")):
+        with pytest.raises(UsageError, match=r"runs in this event loop.*await p2p_copy\."):
+            call()
+    assert relay.stats.connections == 0  # refused before connecting
+
+
 NEST_ASYNCIO_SCRIPT = """
 import asyncio, sys, threading
 import nest_asyncio

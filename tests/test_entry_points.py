@@ -23,11 +23,8 @@ from p2p_copy.peer.options import APPLIES, OptionFields, resolve
 from p2p_copy.relay import Relay
 
 KINDS = sorted(api.ENTRY_POINTS)
-START = {"send": "start_send", "receive": "start_receive"}
-
-
 def _twins(entry: str) -> tuple[str, str]:
-    return f"{entry}_blocking", START.get(entry, f"start_{entry}")
+    return f"{entry}_blocking", f"start_{entry}"
 
 
 @pytest.mark.parametrize("entry", KINDS)

@@ -274,6 +274,12 @@ ENTRY_POINTS: Mapping[EntryPoint, tuple[Callable[..., Coroutine[Any, Any, Any]],
 }
 
 
+def twin_names(entry: EntryPoint) -> tuple[str, str]:
+    """The names of ``entry``'s blocking and background twins (start_send and start_receive
+    came first; the others follow their pattern)."""
+    return f"{entry}_blocking", f"start_{entry}"
+
+
 # --- shared by the entry points above ------------------------------------------------------
 
 

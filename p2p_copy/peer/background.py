@@ -341,7 +341,7 @@ def background_twin(entry: EntryPoint, coroutine: Callable[P, Coroutine[Any, Any
                     side: Literal["send", "receive"]) -> Callable[P, Transfer[T]]:
     """``coroutine`` started in the background of the running loop: the same arguments,
     and it returns a Transfer handle at once."""
-    blocking = f"{entry}_blocking"
+    blocking = api.twin_names(entry)[0]
 
     @functools.wraps(coroutine)
     def twin(*args: P.args, **kwargs: P.kwargs) -> Transfer[T]:
@@ -356,7 +356,7 @@ def background_twin(entry: EntryPoint, coroutine: Callable[P, Coroutine[Any, Any
         _replace_earlier(cell)
         return Transfer("sender" if side == "send" else "receiver", work, tracker, cell)
 
-    twin.__name__ = twin.__qualname__ = _START_NAMES[entry]
+    twin.__name__ = twin.__qualname__ = api.twin_names(entry)[1]
     twin.__doc__ = (f"Start ``p2p_copy.{entry}(...)`` in the background of the running loop; "
                     f"return its handle (await it for the result).\n\n{coroutine.__doc__ or ''}")
     return twin
@@ -371,13 +371,6 @@ def _given_code(coroutine: Callable[..., Any], args: tuple[Any, ...],
     return code if isinstance(code, str) else None
 
 
-#: start_send and start_receive came first; the others follow their pattern.
-_START_NAMES: dict[EntryPoint, str] = {
-    "send": "start_send", "receive": "start_receive",
-    "send_stream": "start_send_stream", "receive_stream": "start_receive_stream",
-    "send_text": "start_send_text", "receive_text": "start_receive_text",
-    "send_object": "start_send_object", "receive_object": "start_receive_object",
-}
 
 start_send = background_twin("send", *api.ENTRY_POINTS["send"])
 start_receive = background_twin("receive", *api.ENTRY_POINTS["receive"])

@@ -20,9 +20,11 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast
+from urllib.parse import urlsplit
 
+from .. import inprocess
 from ..display.progress import make_progress
-from ..errors import CancelledError
+from ..errors import CancelledError, UsageError
 from . import api
 from .options import EntryPoint, OptionFields, Options, resolve
 
@@ -159,14 +161,30 @@ def blocking_twin(entry: EntryPoint, coroutine: Callable[P, Coroutine[Any, Any, 
         # The kernel's loop is blocked until this returns: a widget's click would not be
         # heard (ipykernel handles comm messages on that loop), so the panel says to
         # interrupt the kernel instead, which cancels (see _run).
+        _refuse_own_relay(entry, args[0] if args else kwargs.get("server"))
         options, rest = split_display(entry, side, kwargs, blocking=True)
         call = cast(Callable[..., Coroutine[Any, Any, T]], coroutine)
         return _run(lambda: call(*args, **rest, options=options))
 
-    twin.__name__ = twin.__qualname__ = f"{entry}_blocking"
+    twin.__name__ = twin.__qualname__ = api.twin_names(entry)[0]
     twin.__doc__ = (f"``p2p_copy.{entry}(...)`` for code that does not await: returns when "
                     f"the transfer ends.\n\n{coroutine.__doc__ or ''}")
     return twin
+
+
+def _refuse_own_relay(entry: EntryPoint, server: object) -> None:
+    """A UsageError at once if the relay at ``server`` runs on the loop this call blocks."""
+    loop = asyncio._get_running_loop()  # None outside a loop: nothing to block
+    if loop is None or not isinstance(server, str):
+        return
+    with contextlib.suppress(ValueError):
+        if inprocess.served_here(loop, urlsplit(server).port):
+            raise UsageError(
+                f"The relay at {server} runs in this event loop, which {entry}_blocking() "
+                f"would block until it gives up. Use await p2p_copy.{entry}(...) or "
+                f"p2p_copy.{api.twin_names(entry)[1]}(...) here, or run the "
+                "relay in another process."
+            )
 
 
 def split_display(entry: EntryPoint, side: Literal["send", "receive"],

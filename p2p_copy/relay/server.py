@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from .. import inprocess
 from ..errors import RemoteProtocolError
 from ..protocol.codes import room_from_path
 from ..protocol.messages import CloseCode, Hello, Ready, Waiting, encode, parse_hello
@@ -330,11 +331,13 @@ class Relay:
             logger=logging.getLogger("p2p_copy.relay.websockets"),
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        inprocess.serving(asyncio.get_running_loop(), self.port, True)
         event(log, logging.INFO, "listening", url=self.url)
 
     async def stop(self) -> None:
         """Close every connection (code 1001) and wait for the handlers to end."""
         if self._server is not None:
+            inprocess.serving(asyncio.get_running_loop(), self.port, False)
             self._server.close()
             try:
                 async with asyncio.timeout(_STOP_GRACE):
