@@ -6,11 +6,13 @@ Every relay here is real and bound to 127.0.0.1: in-process (``running_relay``) 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -684,3 +686,29 @@ def test_json_logs_parse_and_never_hold_a_code_or_its_hash(
     assert pair[0]["sender"] == pair[0]["receiver"] == "127.0.0.0/24"
     assert pair[0]["bytes"] > len("logged?\n")
     assert any(r.get("event") == "drain_end" for r in records)
+
+
+def test_relay_requirements_cover_its_imports() -> None:
+    """server/requirements-relay.txt (what the relay container installs instead of all of
+    p2p-copy's dependencies) lists pyproject's own requirements, and the relay process
+    imports no other third-party module."""
+    import tomllib
+
+    repo = Path(__file__).resolve().parent.parent
+    wanted = [line.strip() for line in
+              (repo / "server" / "requirements-relay.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    known = set(project["dependencies"]) | set(project["optional-dependencies"]["relay"])
+    assert set(wanted) <= known, set(wanted) - known
+    listing = "print(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)))"
+
+    def third_party(imports: str) -> set[str]:
+        out = subprocess.run([sys.executable, "-c", f"import sys{imports}; {listing}"],
+                             capture_output=True, text=True, timeout=60, check=True)
+        return set(ast.literal_eval(out.stdout.strip()))
+
+    # Minus what this interpreter loads before any import of ours (its site hooks).
+    imported = third_party(", p2p_copy.cli.commands, p2p_copy.relay.server") - third_party("")
+    names = {re.split(r"[<>=!~ ]", w)[0].replace("-", "_") for w in wanted}
+    assert imported - {"p2p_copy"} <= names, imported - names
