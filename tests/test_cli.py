@@ -211,7 +211,7 @@ def test_progress_bar_on_a_terminal(processes: Processes, tmp_path: Path) -> Non
     assert "waiting for the other side" in terminal
     assert "100%" in terminal
     assert re.search(r"3\.00M/3\.00M", terminal), terminal  # bytes done / total, in binary units
-    assert re.search(r"[\d.?]+[kMG]?B/s", terminal), terminal  # the rate
+    assert re.search(r"[\d.?]+[kMG]?i?B/s", terminal), terminal  # the rate (MiB/s)
     assert "Sent 1 file(s)" in terminal
 
 

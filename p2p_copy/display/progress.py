@@ -173,7 +173,7 @@ class TqdmProgress(NoProgress):
             total=self._total,
             initial=initial,
             desc=f"{self.label} {self._files} {noun}{note}",
-            unit="B",
+            unit="iB",  # with 1024: KiB, MiB, GiB, as every other size p2p-copy prints
             unit_scale=True,
             unit_divisor=1024,
             file=self.stream,
