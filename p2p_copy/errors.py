@@ -30,11 +30,19 @@ Messages are written for the person at the keyboard: what happened, what to do n
 An error whose text names local details (an absolute path, free space, an OS error) also
 carries ``peer_message``, the text the peer is told instead (``peer_text``): only names
 the peer sent itself, so that nothing about this machine's folders reaches it.
+
+An error that tells someone to set an option carries a ``Hint`` naming it, spelled where
+the text is shown (``P2PCopyError.render``): ``str(error)`` in Python (``overwrite=True``),
+the command line's (``--overwrite``) in the CLI, and both for the peer, as what the
+receiver must do. The spellings are in one table, ``SPELLINGS``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import ClassVar, Final, Literal
 
 __all__ = [
     "P2PCopyError",
@@ -63,6 +71,77 @@ __all__ = [
     "error_for_wire_code",
     "exit_codes",
 ]
+# Hint, Spelling, SPELLINGS and Style are for p2p-copy's own modules: __all__ names the
+# exception tree and its two functions.
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How one thing a user can do is written on the command line and in Python."""
+
+    #: None: the command line has no way to do it (its text then leaves the hint out).
+    cli: str | None
+    python: str
+
+
+#: What messages may tell a user to set, by name. All are the receiver's: the peer's text
+#: (the sender's) says "The receiver must ...". A new hint adds its row here.
+SPELLINGS: Final[Mapping[str, Spelling]] = MappingProxyType({
+    "overwrite": Spelling("--overwrite", "overwrite=True"),
+    "allow_hidden": Spelling("--allow-hidden", "ReceivePolicy(allow_hidden=True)"),
+    "max_files": Spelling("--max-files N", "ReceivePolicy(max_files=...)"),
+    "max_bytes": Spelling("--max-bytes SIZE", "ReceivePolicy(max_bytes=...)"),
+    "max_depth": Spelling("--max-depth N", "ReceivePolicy(max_depth=...)"),
+    "max_entries": Spelling("--max-entries N", "ReceivePolicy(max_entries=...)"),
+    "max_name_bytes": Spelling(None, "ReceivePolicy(max_name_bytes=...)"),
+    "max_path_bytes": Spelling(None, "ReceivePolicy(max_path_bytes=...)"),
+    "windows_names": Spelling(None, "ReceivePolicy(windows_names=False)"),
+    # The CLI's receive of a text (api.receive_any) and receive_text()/receive_object().
+    "max_text": Spelling("--max-text SIZE", "Options(max_memory=...)"),
+    "max_memory": Spelling(None, "max_bytes=... (or Options(max_memory=...))"),
+    "into_folder": Spelling("--out DIR instead of --stdout", "p2p_copy.receive()"),
+})
+
+#: Where a message is shown: ``str()`` (the Python API, a notebook), the CLI, the peer.
+Style = Literal["python", "cli", "peer"]
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What to do about an error, as a verb phrase with ``{}`` where the option goes.
+
+    ``Hint("overwrite", "pass {} to replace it")`` reads "Pass --overwrite to replace
+    it." on the command line and "The receiver must pass --overwrite (overwrite=True in
+    Python) to replace it." for the peer.
+    """
+
+    option: str
+    advice: str
+
+    def __post_init__(self) -> None:
+        if self.option not in SPELLINGS or self.advice.count("{}") != 1:
+            raise ValueError(f"not a hint: {self!r}")  # a bug in p2p-copy
+
+    def render(self, style: Style) -> str | None:
+        """The sentence for ``style``, or None where there is no way to do it."""
+        spelling = SPELLINGS[self.option]
+        if style == "cli":
+            if spelling.cli is None:
+                return None
+            named = spelling.cli
+        elif style == "python":
+            # The command line's spelling stays beside Python's: the same person may
+            # use both, and str() is what logs and tests of the protocol layer see.
+            named = spelling.python + ("" if spelling.cli is None
+                                       else f" ({spelling.cli} on the command line)")
+        else:
+            named = spelling.python + " in Python" if spelling.cli is None \
+                else f"{spelling.cli} ({spelling.python} in Python)"
+        # replace(), not format(): the advice may quote a name that holds braces.
+        advice = self.advice.replace("{}", named)
+        if style == "peer":
+            return f"The receiver must {advice}."
+        return f"{advice[:1].upper()}{advice[1:]}."
 
 
 class P2PCopyError(Exception):
@@ -73,15 +152,33 @@ class P2PCopyError(Exception):
     #: True when the peer reported this error in an ``error`` message (so we do not echo it).
     from_peer: bool = False
 
-    def __init__(self, *args: object, peer_message: str | None = None) -> None:
+    def __init__(self, *args: object, peer_message: str | None = None,
+                 hint: Hint | None = None) -> None:
         super().__init__(*args)
         #: What the peer is told instead of the local text, when that names local details.
         self.peer_message = peer_message
+        #: What to do, spelled where the text is shown (render()); None: nothing to set.
+        self.hint = hint
+
+    def render(self, style: Style) -> str:
+        """The message as shown in ``style``: its hint spelled for Python, the CLI or the peer.
+
+        ``str(error)`` is ``render("python")``; the CLI prints ``render("cli")``.
+        """
+        text = super().__str__()
+        if style == "peer" and self.peer_message is not None:
+            text = self.peer_message
+        advice = self.hint.render(style) if self.hint is not None else None
+        return text if advice is None else f"{text} {advice}"
+
+    def __str__(self) -> str:
+        return self.render("python")
 
     @property
     def peer_text(self) -> str:
-        """The text for the peer's ``error`` message: never a path or figure of this machine."""
-        return str(self) if self.peer_message is None else self.peer_message
+        """The text for the peer's ``error`` message: never a path or figure of this machine,
+        and what the receiver must do in the receiver's spellings."""
+        return self.render("peer")
 
     def _render_traceback_(self) -> list[str]:
         """What IPython and Jupyter show for this error: its one line, not a traceback.

@@ -38,7 +38,7 @@ from ..protocol.codes import (
     weak_code_warning,
 )
 from ..protocol.paths import display_name
-from ..protocol.policy import DEFAULT_MAX_DEPTH, OfferSummary
+from ..protocol.policy import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, OfferSummary
 from ..relay.logs import ADDRESS_MODES
 from .config import RELAY_ENV, Relay, choose_relay, is_relay_url
 from .report import Tally, kept_partial, summary
@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     receive.add_argument("--max-depth", type=int, metavar="N",
                          help="refuse names nested deeper than N folders (default "
                          f"{DEFAULT_MAX_DEPTH})")
+    # Without it a tree of more entries than the default could not be received at all.
+    receive.add_argument("--max-entries", type=int, metavar="N",
+                         help="refuse an offer of more than N files and folders together "
+                         f"(default {DEFAULT_MAX_ENTRIES:,})")
     receive.add_argument("--max-text", type=_size, metavar="SIZE",
                          help="refuse a text (send --text) of more than SIZE, which is held "
                          "in memory to be printed: bytes, or with K, M, G, T (powers of "
@@ -741,7 +745,7 @@ def _policy(args: argparse.Namespace) -> Any:
     from ..protocol.policy import ReceivePolicy
 
     limits = {"max_files": args.max_files, "max_bytes": args.max_bytes,
-              "max_depth": args.max_depth}
+              "max_depth": args.max_depth, "max_entries": args.max_entries}
     for name, value in limits.items():
         if value is not None and value < (1 if name == "max_depth" else 0):
             raise UsageError(f"--{name.replace('_', '-')} must be a positive number.")
@@ -828,7 +832,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tune_process()
         return _command(args)
     except P2PCopyError as exc:
-        print(f"p2p-copy: {display_name(str(exc))}", file=sys.stderr)
+        # Options in the command line's spelling (--overwrite), not Python's (errors.Hint).
+        print(f"p2p-copy: {display_name(exc.render('cli'))}", file=sys.stderr)
         note = _kept_note(args) if is_terminal(sys.stderr) else None
         if note is not None:
             print(f"p2p-copy: {note}", file=sys.stderr)

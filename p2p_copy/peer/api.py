@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, Unpack
 
 from ..display.progress import make_progress
-from ..errors import UsageError
+from ..errors import Hint, UsageError
 from ..protocol.codes import GENERATE
 from ..protocol.messages import Entry, FileEntry, StreamEntry
 from ..protocol.objects import encode_object
@@ -248,8 +248,7 @@ async def receive_any(
                 and entries[0].meta.get("kind") == "str":
             texts.append(object_sink(
                 entries, opts.max_memory, "str", digest,
-                "raise the limit: --max-text on the command line, "
-                "Options(max_memory=...) in Python"))
+                Hint("max_text", "raise the limit with {} to accept it")))
             return texts[-1]
         return to_folder(entries, digest)
 
@@ -335,8 +334,8 @@ async def _receive_object(entry: EntryPoint, server: str, code: str, kind: str |
     sinks: list[ObjectSink] = []
 
     def sink(entries: Sequence[Entry], digest: str) -> Sink:
-        sinks.append(object_sink(entries, opts.max_memory, kind, digest,
-                                 f"pass a larger max_bytes to {entry}() (Options.max_memory)"))
+        raise_with = Hint("max_memory", f"pass a larger {{}} to {entry}() to accept it")
+        sinks.append(object_sink(entries, opts.max_memory, kind, digest, raise_with))
         return sinks[-1]
 
     # The sink caps a stream itself, with a message about objects rather than files.

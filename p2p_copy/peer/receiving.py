@@ -17,6 +17,7 @@ from ..display.progress import Progress
 from ..errors import (
     CancelledError,
     ConnectionLostError,
+    Hint,
     P2PCopyError,
     PeerGoneError,
     PolicyError,
@@ -243,7 +244,7 @@ async def _write(
 
 
 def object_sink(entries: Sequence[Entry], limit: int | None, kind: str | None,
-                digest: str, raise_with: str) -> ObjectSink:
+                digest: str, raise_with: Hint) -> ObjectSink:
     """A sink that holds the one object offered, refused unless it is of ``kind`` (None:
     any) and at most ``limit`` bytes; ``raise_with`` says how to raise the limit."""
     sink = ObjectSink(entries, limit, digest, raise_with=raise_with)

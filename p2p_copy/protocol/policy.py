@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Final
 
-from ..errors import PolicyError, UnsafePathError, UsageError
+from ..errors import Hint, PolicyError, UnsafePathError, UsageError
 from .messages import DirEntry, Entry, FileEntry, StreamEntry
 from .paths import MAX_COMPONENT_BYTES, check_entries, display_name, fold
 
@@ -60,9 +60,8 @@ _SHORT_NAME = re.compile(r"[^.~]{1,7}~[0-9]{1,7}(?:\.[^.]{0,3})?")
 # Path separators a compatibility character becomes in NFKC ("／", "＼").
 _SEPARATORS = re.compile(r"[/\\]")
 # On Windows there is no way round; elsewhere the check was asked for and can be dropped.
-_WINDOWS_HOW_TO: Final = "." if os.name == "nt" else (
-    ", or receive without Windows name checks (ReceivePolicy(windows_names=False) in Python)."
-)
+_WINDOWS_HOW_TO: Final = None if os.name == "nt" else Hint(
+    "windows_names", "turn off Windows name checks with {} to accept it")
 # The ReceivePolicy fields that are switches, not limits.
 _SWITCHES: Final = frozenset({"windows_names", "allow_hidden"})
 # Names shown in a one-line message before "and N more".
@@ -176,12 +175,17 @@ def _windows_problem(name: str, given: str) -> str | None:
     return None
 
 
+def _raise(option: str) -> Hint:
+    """How to raise the limit ``option`` (a ReceivePolicy field) to accept an offer."""
+    return Hint(option, "raise the limit with {} to accept it")
+
+
 def _too_many(what: str, offered: int, limit: int, option: str, *, more: bool) -> PolicyError:
     at_least = "at least " if more else ""
     return PolicyError(
         f"The sender offers {at_least}{offered:,} {what}, more than this receiver accepts "
-        f"({limit:,}). To accept it, raise the limit: --{option.replace('_', '-')} on the "
-        f"command line, ReceivePolicy({option}=...) in Python."
+        f"({limit:,}).",
+        hint=_raise(option),
     )
 
 
@@ -222,9 +226,8 @@ class ManifestLimits:
             if depth > policy.max_depth:
                 raise PolicyError(
                     f"The sender offers {_shown(entry.path)}, {depth} levels deep; this "
-                    f"receiver accepts at most {policy.max_depth}. To accept it, raise the "
-                    "limit: --max-depth on the command line, ReceivePolicy(max_depth=...) "
-                    "in Python."
+                    f"receiver accepts at most {policy.max_depth}.",
+                    hint=_raise("max_depth"),
                 )
 
 
@@ -256,23 +259,28 @@ def _check_names(
     if path_bytes > policy.max_path_bytes:
         raise UnsafePathError(
             f"The sender offers a path of {path_bytes:,} bytes, {_shown(path)}; this receiver "
-            f"accepts at most {policy.max_path_bytes:,} (ReceivePolicy(max_path_bytes=...) "
-            "in Python). Ask the sender to shorten it."
+            f"accepts at most {policy.max_path_bytes:,}. Ask the sender to shorten it.",
+            hint=_raise("max_path_bytes"),
         )
     for part in names:
         name_bytes = len(part.encode()) if len(part) * 4 > policy.max_name_bytes else 0
         if name_bytes > policy.max_name_bytes:
             raise UnsafePathError(
                 f"The sender offers a name of {name_bytes} bytes, {_shown(part)} in "
-                f"{_shown(path)}; names here may have at most {policy.max_name_bytes} "
-                "(ReceivePolicy(max_name_bytes=...) in Python). Ask the sender to rename it."
+                f"{_shown(path)}; names here may have at most {policy.max_name_bytes}. "
+                "Ask the sender to rename it.",
+                # No file system stores longer names than the default: only a lowered
+                # limit can be raised.
+                hint=_raise("max_name_bytes")
+                if policy.max_name_bytes < MAX_COMPONENT_BYTES else None,
             )
         if policy.windows_names:
             problem = windows_name_problem(part)
             if problem:
                 raise UnsafePathError(
                     f"The sender offers {_shown(path)}, whose name {_shown(part)} {problem}. "
-                    f"Ask the sender to rename it{_WINDOWS_HOW_TO}"
+                    "Ask the sender to rename it.",
+                    hint=_WINDOWS_HOW_TO,
                 )
 
 
@@ -377,7 +385,7 @@ def check_offer(summary: OfferSummary, policy: ReceivePolicy) -> None:
         noun = "entry" if len(summary.hidden) == 1 else "entries"
         raise PolicyError(
             f"The sender offers hidden {noun} at the top level, {shown_names(summary.hidden)}, "
-            "which could change how programs here behave; nothing was written. To accept "
-            "them, receive on a terminal and answer yes, or pass --allow-hidden "
-            "(ReceivePolicy(allow_hidden=True) in Python)."
+            "which could change how programs here behave; nothing was written.",
+            hint=Hint("allow_hidden",
+                      "receive on a terminal and answer yes, or pass {}, to accept them"),
         )

@@ -50,6 +50,7 @@ from typing import Any, Final
 
 from ..errors import (
     EncryptionMismatchError,
+    Hint,
     LocalProtocolError,
     P2PCopyError,
     PolicyError,
@@ -916,8 +917,8 @@ class Receiver:
             # Only a stream gets here: the sizes of files were checked with the manifest.
             raise PolicyError(
                 f"The sender's stream grew past {limit:,} bytes, the most this receiver "
-                "accepts; what arrived was discarded. To accept more, raise the limit: "
-                "--max-bytes on the command line, ReceivePolicy(max_bytes=...) in Python."
+                "accepts; what arrived was discarded.",
+                hint=Hint("max_bytes", "raise the limit with {} to accept more"),
             )
 
     def accept(self, offers: Sequence[Offer] = ()) -> str:

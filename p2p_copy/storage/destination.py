@@ -34,6 +34,7 @@ from pathlib import Path
 from ..errors import (
     DestinationExistsError,
     DiskFullError,
+    Hint,
     IntegrityError,
     P2PCopyError,
     RemoteProtocolError,
@@ -65,6 +66,8 @@ DIRS_KEPT = 64
 #: From this many entries on, prepare() lists each folder once instead of looking up each
 #: name (a single file received into a folder of thousands lists nothing).
 LIST_FROM = 64
+#: What to do about a file that exists (in the receiver's spellings: errors.SPELLINGS).
+_REPLACE = Hint("overwrite", "pass {} to replace it, or receive into another folder")
 
 
 def _set_mtime(target: int | Path, mtime: float) -> None:
@@ -543,10 +546,10 @@ class Destination:
                     return  # maybe this very file from an earlier run: prepare() checks
                 if stat.S_ISDIR(st.st_mode) or not self.overwrite:
                     raise DestinationExistsError(
-                        f"{display_name(str(path))!r} already exists. Pass --overwrite "
-                        "(overwrite=True) to replace it, or receive into another folder.",
+                        f"{display_name(str(path))!r} already exists.",
                         peer_message=f"{_peer_name(path, self.root)} already exists on the "
-                        "receiver's side, which does not allow replacing it.",
+                        "receiver's side.",
+                        hint=_REPLACE,
                     )
 
     def _not_a_folder(self, path: Path) -> DestinationExistsError:
@@ -662,10 +665,10 @@ class Destination:
 
     def _differs(self, path: Path) -> DestinationExistsError:
         return DestinationExistsError(
-            f"{display_name(str(path))!r} already exists and differs from the sender's. "
-            "Pass --overwrite (overwrite=True) to replace it, or receive into another folder.",
+            f"{display_name(str(path))!r} already exists and differs from the sender's.",
             peer_message=f"{_peer_name(path, self.root)} already exists on the receiver's "
-            "side and differs from the sender's; the receiver does not allow replacing it.",
+            "side and differs from the sender's.",
+            hint=_REPLACE,
         )
 
     # --- while data arrives ------------------------------------------------------

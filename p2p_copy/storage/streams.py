@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import BinaryIO, Final, NoReturn, Protocol
 
 from ..errors import (
+    Hint,
     IntegrityError,
     LocalProtocolError,
     P2PCopyError,
@@ -201,8 +202,8 @@ def single_entry(entries: Sequence[Entry], what: str) -> DataEntry:
     if len(data) != 1 or len(entries) != 1:
         raise PolicyError(
             f"The sender offers {len(data):,} files and {len(entries) - len(data):,} folders; "
-            f"{what} takes exactly one file, stream or object. Receive into a folder instead "
-            "(p2p-copy receive --out DIR, or p2p_copy.receive())."
+            f"{what} takes exactly one file, stream or object.",
+            hint=Hint("into_folder", "receive into a folder with {}"),
         )
     return data[0]
 
@@ -302,6 +303,10 @@ class PipeSink:
         return self._file.size == 0
 
 
+#: How to hold a larger object in memory (the receive_*() functions name themselves).
+_RAISE_MEMORY = Hint("max_memory", "pass a larger {} to accept it")
+
+
 class ObjectSink:
     """Rebuilds the one object of a transfer in memory; ``value`` once verified.
 
@@ -313,7 +318,7 @@ class ObjectSink:
 
     def __init__(self, entries: Sequence[Entry], max_bytes: int | None,
                  algorithm: str = SHA256, *,
-                 raise_with: str = "pass a larger max_bytes") -> None:
+                 raise_with: Hint = _RAISE_MEMORY) -> None:
         entry = single_entry(entries, "receive_object()")
         self._file = _Verified(entry, algorithm)
         self.meta = entry.meta
@@ -372,7 +377,8 @@ class ObjectSink:
             offered = f"a {kind} of {size:,} bytes" if announced else f"more than {limit:,} bytes"
             raise PolicyError(
                 f"The sender offers {offered} to hold in memory; this receiver holds at "
-                f"most {limit:,}, so nothing was kept. To accept it, {self._raise_with}."
+                f"most {limit:,}, so nothing was kept.",
+                hint=self._raise_with,
             )
 
     def _decode(self) -> object:
