@@ -11,6 +11,8 @@ import asyncio
 import hashlib
 import os
 import shlex
+import signal
+import socket
 import ssl
 import stat
 import tempfile
@@ -20,7 +22,7 @@ import pytest
 import trustme
 
 from p2p_copy.cli.serve import parse_serve, serve
-from p2p_copy.errors import RelayUnreachableError, UsageError
+from p2p_copy.errors import RelayUnreachableError, TransferCancelledError, UsageError
 from p2p_copy.peer.link import open_link
 from p2p_copy.peer.pinning import fingerprint_of, parse_fingerprint
 from p2p_copy.relay import server
@@ -235,3 +237,22 @@ def test_the_key_reaches_the_disk_only_encrypted_and_briefly(
     assert list(tmp_path.iterdir()) == []
     assert served.guessed and served.local_url == "wss://127.0.0.1:8765"
     assert served.fingerprint.startswith("sha256:")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_transfer_and_the_relay(processes: Processes,
+                                                 tmp_path: Path) -> None:
+    """Ctrl-C while the serving sender waits: it says cancelled, exits with the cancel
+    code, and nothing listens on its port any more."""
+    src = tmp_path / "a.txt"
+    src.write_text("x")
+    port = free_port()
+    sender = processes.start("send", "--serve", f"127.0.0.1:{port}", str(src),
+                             env=_env(tmp_path))
+    _lines_until(sender, RUN)
+    sender.send_signal(signal.SIGINT)
+    _, err = sender.communicate(timeout=TIMEOUT)
+    assert sender.returncode == TransferCancelledError.exit_code, err
+    assert "cancelled" in err and "Traceback" not in err
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
