@@ -75,7 +75,7 @@ def test_an_options_object_and_keywords_combine() -> None:
 #: Flags of ``p2p-copy send`` and ``receive`` that are not options of a transfer: what to
 #: send, where it goes, how the command itself shows and asks.
 COMMAND_ONLY = {"command", "server", "code", "files", "text", "name", "out", "stdout", "json",
-                "progress", "yes", "qr"}
+                "progress", "yes", "qr", "serve"}
 #: Flags that become a field of Options by another name or by building a value.
 FLAG_TO_FIELD = {"no_encrypt": "encrypt", "max_files": "policy", "max_bytes": "policy",
                  "max_depth": "policy", "allow_hidden": "policy", "max_text": "max_memory"}

@@ -15,7 +15,7 @@ import signal
 import sys
 import textwrap
 import threading
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -33,6 +33,7 @@ from ..protocol.codes import (
     CODE_ENV,
     GENERATE,
     code_from_env,
+    generate_code,
     looks_like_code,
     split_code,
     weak_code_warning,
@@ -40,8 +41,9 @@ from ..protocol.codes import (
 from ..protocol.paths import display_name
 from ..protocol.policy import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, OfferSummary
 from ..relay.logs import ADDRESS_MODES
-from .config import RELAY_ENV, Relay, choose_relay, is_relay_url
-from .report import Tally, kept_partial, summary
+from .config import RELAY_ENV, Relay, choose_relay, is_relay_url, served_relay
+from .report import Tally, kept_partial, receive_lines, summary
+from .serve import DEFAULT_HOST, parse_serve
 from .tuning import tune_process
 
 __all__ = ["main", "RELAY_TOKEN_ENV"]
@@ -103,6 +105,17 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         "--cafile", metavar="PEM",
         help="CA certificate to trust for a private wss:// relay (default: the system's "
         "certificates, or cafile in the config file when the relay is its relay)")
+    parser.add_argument(
+        "--fingerprint", metavar="sha256:HEX",
+        help="trust the relay by its certificate's SHA-256 instead of a CA, as the line "
+        "printed by a side that serves the relay (--serve) gives it; any other "
+        "certificate is refused")
+    parser.add_argument(
+        "--serve", metavar="[HOST:]PORT", type=parse_serve,
+        help="no relay? serve one here for this transfer: listen on HOST (default "
+        f"{DEFAULT_HOST}, every interface, since the other machine must reach this one) "
+        "at PORT, with TLS under a certificate made now. The line printed for the other "
+        "side carries its fingerprint; the relay stops when the transfer ends")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON event per line instead of a bar"
     )
@@ -345,12 +358,13 @@ def _command(args: argparse.Namespace) -> int:
         display = make_progress(_progress(args), "send")
         if args.text is not None and not isinstance(display, JsonProgress):
             display = _NoBar(display).display()  # a text is one message: no file bar
-        # Whatever the display, the person running this must learn a generated code.
-        shown = relay if code == GENERATE or args.qr else None
+        # Whatever the display, the person running this must learn a generated code, and
+        # the other side needs a served relay's address and fingerprint.
+        shown = relay if code == GENERATE or args.qr or relay.served else None
         tally = Tally(display, shown, qr=args.qr)
-        result = _run(_send(args, relay, code, files,
-                            _options(relay, args, progress=tally.display(),
-                                     compress=args.compress)))
+        result = _run(_hosted(relay, _send(args, relay, code, files,
+                                           _options(relay, args, progress=tally.display(),
+                                                    compress=args.compress))))
         where = None
     else:
         result, tally, where = _receive(args, relay, code)
@@ -377,9 +391,7 @@ def _send_arguments(args: argparse.Namespace) -> tuple[Relay, str, list[str]]:
         if code is None and items:
             code = _positional_code(items)
     _check_sources(items)
-    relay = choose_relay(typed, cafile=args.cafile, token=args.relay_token,
-                         token_env=RELAY_TOKEN_ENV)
-    return relay, _typed_code(code or GENERATE), items
+    return _relay(args, typed), _typed_code(code or GENERATE), items
 
 
 def _positional_code(items: list[str]) -> str:
@@ -442,8 +454,10 @@ def _receive_arguments(args: argparse.Namespace) -> tuple[Relay, str]:
         raise UsageError(f"receive takes one CODE, and {display_name(extra)!r} is one more: "
                          "to choose where files go, use --out DIR.")
     _check_output(args)
-    relay = choose_relay(typed, cafile=args.cafile, token=args.relay_token,
-                         token_env=RELAY_TOKEN_ENV)
+    relay = _relay(args, typed)
+    if relay.served is not None and code in (None, GENERATE):
+        # This side tells the sender where to connect, so it chooses the code too.
+        code = generate_code()
     if code is None:
         if not (is_terminal(sys.stdin) and is_terminal(sys.stderr)):
             raise UsageError("Give the code the sender shows: p2p-copy receive CODE (or '-' "
@@ -455,6 +469,32 @@ def _receive_arguments(args: argparse.Namespace) -> tuple[Relay, str]:
         raise UsageError(f"'{GENERATE}' asks the sending side to generate a code; receive "
                          "needs the code the sender shows.")
     return relay, _typed_code(code)
+
+
+def _relay(args: argparse.Namespace, typed: str | None) -> Relay:
+    """The relay of a send or receive: the one named or the default, or one served here."""
+    if args.serve is None:
+        return choose_relay(typed, cafile=args.cafile, token=args.relay_token,
+                            token_env=RELAY_TOKEN_ENV, fingerprint=args.fingerprint)
+    given = [what for what, value in (("the relay address", typed), ("--cafile", args.cafile),
+                                      ("--fingerprint", args.fingerprint),
+                                      ("--relay-token", args.relay_token)) if value]
+    if given:
+        raise UsageError(f"--serve runs the relay here, with its own certificate: leave out "
+                         f"{' and '.join(given)}.")
+    from .serve import serve
+
+    return served_relay(serve(*args.serve))
+
+
+def _hosted(relay: Relay, work: Coroutine[Any, Any, Any],
+            listening: Callable[[], None] | None = None) -> Coroutine[Any, Any, Any]:
+    """``work``, with the relay served here (--serve) running around it."""
+    if relay.served is None:
+        return work
+    from .serve import hosting
+
+    return hosting(relay.served, work, listening)
 
 
 def _check_output(args: argparse.Namespace) -> None:
@@ -475,7 +515,8 @@ def _options(relay: Relay, args: argparse.Namespace, **side: Any) -> Any:
     ``side``'s own. Every entry point the command may call takes all of them."""
     from ..peer.options import Options
 
-    common: dict[str, Any] = dict(cafile=relay.cafile, wait_timeout=args.wait_timeout,
+    common: dict[str, Any] = dict(cafile=relay.cafile, fingerprint=relay.fingerprint,
+                                  wait_timeout=args.wait_timeout,
                                   encrypt=not args.no_encrypt, relay_token=relay.token,
                                   idle_timeout=args.idle_timeout)
     if args.reconnect_timeout is not None:
@@ -528,8 +569,15 @@ def _receive(args: argparse.Namespace, relay: Relay, code: str) -> tuple[Any, Ta
                                 policy=_policy(args))
     if args.max_text is not None:
         side["max_memory"] = args.max_text
-    result, text = _run(api.receive_any(relay.url, code, args.out, out=out,
-                                        options=_options(relay, args, **side)))
+
+    def listening() -> None:
+        # The sender needs this relay's address and fingerprint, and the code chosen here.
+        print("\n".join(receive_lines(relay, display_name(code), "send")[0]),
+              file=sys.stderr, flush=True)
+
+    result, text = _run(_hosted(relay, api.receive_any(relay.url, code, args.out, out=out,
+                                                       options=_options(relay, args, **side)),
+                                listening))
     if text is not None:
         _print_text(text)
     where = "standard output" if out is not None or text is not None \

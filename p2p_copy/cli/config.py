@@ -14,20 +14,24 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import UsageError
 
+if TYPE_CHECKING:
+    from .serve import Served
+
 __all__ = ["RELAY_ENV", "Defaults", "Relay", "choose_relay", "config_path", "is_relay_url",
-           "load_defaults"]
+           "load_defaults", "served_relay"]
 
 #: Environment variable with the default relay's URL.
 RELAY_ENV = "P2P_COPY_RELAY"
 #: The keys a config file may hold, each a string.
 KEYS = ("relay", "cafile", "relay_token")
 
-#: Where the relay came from: typed on this command line, or a default of this user.
-Source = Literal["argument", "env", "config"]
+#: Where the relay came from: typed on this command line, a default of this user, or
+#: served by this process for the transfer (--serve).
+Source = Literal["argument", "env", "config", "served"]
 
 
 def is_relay_url(text: str) -> bool:
@@ -59,11 +63,15 @@ class Relay:
     source: Source
     cafile: str | None
     token: str | None
+    #: The pinned certificate's SHA-256 (--fingerprint, or our own served relay's).
+    fingerprint: str | None = None
+    #: The relay this process serves (--serve); ``url`` is how this side reaches it.
+    served: Served | None = None
 
     @property
     def is_default(self) -> bool:
         """Whether the user did not type it (it came from the environment or the config)."""
-        return self.source != "argument"
+        return self.source in ("env", "config")
 
 
 def load_defaults(path: Path | None = None) -> Defaults:
@@ -103,7 +111,7 @@ def load_defaults(path: Path | None = None) -> Defaults:
 
 
 def choose_relay(typed: str | None, *, cafile: str | None, token: str | None,
-                 token_env: str) -> Relay:
+                 token_env: str, fingerprint: str | None = None) -> Relay:
     """The relay to use and its CA and token: typed ones first, then the user's defaults."""
     env = os.environ.get(RELAY_ENV) or None
     defaults = load_defaults()
@@ -122,6 +130,12 @@ def choose_relay(typed: str | None, *, cafile: str | None, token: str | None,
         raise UsageError(f"The relay must be a ws:// or wss:// URL, not {url!r}.")
     token = token or os.environ.get(token_env) or None
     if defaults.relay is not None and defaults.relay.rstrip("/") == url.rstrip("/"):
-        cafile = cafile or defaults.cafile
+        # A pinned certificate needs no CA (and the two together are refused).
+        cafile = cafile or (None if fingerprint else defaults.cafile)
         token = token or defaults.relay_token
-    return Relay(url, source, cafile, token)
+    return Relay(url, source, cafile, token, fingerprint)
+
+
+def served_relay(served: Served) -> Relay:
+    """The relay this process serves, as its own peer reaches it: on loopback, pinned."""
+    return Relay(served.local_url, "served", None, None, served.fingerprint, served)

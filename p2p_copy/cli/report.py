@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TextIO, cast
+from urllib.parse import urlsplit
 
 from ..display.progress import Progress, human_size
 from ..protocol.paths import display_name
@@ -21,7 +22,7 @@ __all__ = ["Tally", "receive_lines", "summary", "kept_partial"]
 _TOKEN_ENV = "P2P_COPY_RELAY_TOKEN"
 
 
-def receive_lines(relay: Relay, code: str) -> tuple[list[str], str]:
+def receive_lines(relay: Relay, code: str, command: str = "receive") -> tuple[list[str], str]:
     """What to run on the other machine, and the one line a QR code should carry.
 
     The short form ``p2p-copy receive CODE`` works only where the relay is the default
@@ -29,11 +30,19 @@ def receive_lines(relay: Relay, code: str) -> tuple[list[str], str]:
     relay was a default here (likely the same set-up there: a team's config file), and
     the whole line is given too; a relay typed here gets the whole line only. The whole
     line uses the positional relay that every p2p-copy version understands, with
-    ``--cafile`` as an absolute path (right on this machine and on a shared file system).
-    The token itself is never printed: the line says where to put it.
+    ``--cafile`` as an absolute path (right on this machine and on a shared file system)
+    or the pinned certificate's ``--fingerprint``. The token itself is never printed: the
+    line says where to put it. A relay served here (--serve) is given by the address the
+    other side uses, and ``command`` is "send" when the receiver serves it.
     """
-    cafile = f" --cafile {shlex.quote(os.path.abspath(relay.cafile))}" if relay.cafile else ""
-    whole = f"p2p-copy receive{cafile} {shlex.quote(relay.url)} {code}"
+    served = relay.served
+    url = served.public_url if served is not None else relay.url
+    trust = f" --cafile {shlex.quote(os.path.abspath(relay.cafile))}" if relay.cafile else ""
+    if relay.fingerprint:
+        trust = f" --fingerprint {shlex.quote(relay.fingerprint)}"
+    whole = f"p2p-copy {command}{trust} {shlex.quote(url)} {code}"
+    if command == "send":
+        whole += " FILE..."
     lines = [f"Code: {code}"]
     if relay.is_default:
         short = f"p2p-copy receive {code}"
@@ -43,6 +52,10 @@ def receive_lines(relay: Relay, code: str) -> tuple[list[str], str]:
     else:
         short = whole
         lines.append(f"On the other machine run: {display_name(whole)}")
+    if served is not None and served.guessed:
+        host = urlsplit(url).hostname
+        lines.append(f"  ({display_name(str(host))} is this machine's name: if the other "
+                     "machine cannot reach it by that name, use an address it can reach.)")
     if relay.token:
         lines.append(f"  The relay needs its access token there too: ${_TOKEN_ENV}, "
                      "--relay-token, or relay_token in the config file.")

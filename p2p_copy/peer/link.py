@@ -37,6 +37,7 @@ from ..errors import (
 )
 from ..protocol.codes import room_url
 from ..protocol.messages import CloseCode, Role
+from .pinning import PinMismatchError, parse_fingerprint, pinned_context, shown
 
 __all__ = ["MAX_MESSAGE_SIZE", "open_link", "closed_error", "client_ssl_context", "RelayLink"]
 
@@ -44,8 +45,14 @@ __all__ = ["MAX_MESSAGE_SIZE", "open_link", "closed_error", "client_ssl_context"
 MAX_MESSAGE_SIZE = 2**21 + 2**16
 
 
-def client_ssl_context(cafile: str | None) -> ssl.SSLContext:
-    """Verify the relay against the system's trust store, or against ``cafile`` if given."""
+def client_ssl_context(cafile: str | None, fingerprint: str | None = None) -> ssl.SSLContext:
+    """Verify the relay against the system's trust store, or against ``cafile`` if given;
+    with ``fingerprint``, accept only the certificate it names (pinning.py)."""
+    if fingerprint is not None:
+        if cafile is not None:
+            raise UsageError("--fingerprint and --cafile exclude each other: the fingerprint "
+                             "names the relay's certificate itself, no CA is needed.")
+        return pinned_context(parse_fingerprint(fingerprint))
     try:
         return ssl.create_default_context(cafile=cafile)
     except (OSError, ssl.SSLError) as exc:
@@ -68,6 +75,7 @@ async def open_link(
     *,
     room: str | None = None,
     cafile: str | None = None,
+    fingerprint: str | None = None,
     token: str | None = None,
     open_timeout: float = 20.0,
 ) -> AsyncIterator[ClientConnection]:
@@ -76,9 +84,13 @@ async def open_link(
     With ``room`` (the hello's code_hash_hex) the URL gets it as its last path segment,
     so that a proxy in front of several relays can route both peers of a room alike.
     ``token`` is a private relay's access token, sent as ``Authorization: Bearer``.
+    ``fingerprint`` pins the relay's certificate (a relay served for one transfer).
     """
     scheme = _check_url(server)
-    context = client_ssl_context(cafile) if scheme == "wss" else None
+    if fingerprint is not None and scheme != "wss":
+        raise UsageError(f"--fingerprint names a TLS certificate, but {server} is not TLS: "
+                         f"use wss://{server.partition('://')[2]}.")
+    context = client_ssl_context(cafile, fingerprint) if scheme == "wss" else None
     try:
         ws = await connect(
             room_url(server, room) if room is not None else server,
@@ -91,13 +103,21 @@ async def open_link(
             max_size=MAX_MESSAGE_SIZE,
             additional_headers={"Authorization": f"Bearer {token}"} if token else None,
         )
+    except PinMismatchError as exc:
+        raise RelayUnreachableError(
+            f"The relay's certificate is not the one the other side announced: its SHA-256 is "
+            f"{shown(exc.got)}, not {fingerprint}. Check that the address "
+            "and --fingerprint were copied whole from the same receive line; otherwise "
+            "something between you and the relay is answering in its place."
+        ) from None
     except ssl.SSLCertVerificationError as exc:
         advice = (
             "Check that the relay's certificate is issued for this host name and signed by "
             "the CA in --cafile."
             if cafile
             else "If the relay uses a private certificate authority, pass its certificate "
-            "with --cafile."
+            "with --cafile; if the other side serves it (--serve), pass the --fingerprint "
+            "its line shows."
         )
         raise RelayUnreachableError(
             f"The relay's TLS certificate is not trusted ({exc.verify_message}). {advice}"

@@ -19,6 +19,7 @@ from ..protocol.compression import COMPRESS_MODES, ChooserMode
 from ..protocol.messages import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from ..protocol.policy import ReceivePolicy
 from ..storage.streams import MEMORY_LIMIT
+from .pinning import parse_fingerprint
 from .reconnect import DEFAULT_RECONNECT_TIMEOUT, IDLE_TIMEOUT, reconnect_budget
 
 if TYPE_CHECKING:
@@ -38,7 +39,9 @@ __all__ = [
 class Options:
     """How a transfer runs; every field has the default an entry point uses without it.
 
-    Both sides: ``cafile`` (a CA to trust for ``wss://``), ``relay_token`` (a private
+    Both sides: ``cafile`` (a CA to trust for ``wss://``), ``fingerprint`` (instead of a
+    CA: the SHA-256 of the relay's certificate, ``sha256:...``, as a relay served for
+    the transfer announces it; only that certificate is accepted), ``relay_token`` (a private
     relay's access token), ``progress`` (a display, or "auto", "widget", "tqdm", "json",
     "none"), ``wait_timeout`` (seconds to wait for the other side to join; None: the
     relay's), ``reconnect_timeout`` (seconds to keep reconnecting after a drop; 0 or None:
@@ -55,6 +58,7 @@ class Options:
     """
 
     cafile: str | None = None
+    fingerprint: str | None = None
     relay_token: str | None = None
     progress: ProgressKind | Progress | None = None
     wait_timeout: float | None = None
@@ -77,6 +81,8 @@ class Options:
         if not self.idle_timeout > 0:  # NaN too
             raise UsageError("idle_timeout must be a positive number of seconds.")
         reconnect_budget(self.reconnect_timeout)  # raises for a negative or NaN budget
+        if self.fingerprint is not None:
+            parse_fingerprint(self.fingerprint)
 
     @property
     def reconnect_budget(self) -> float:
@@ -88,6 +94,7 @@ class OptionFields(TypedDict, total=False):
     """The keywords every entry point takes, one per field of Options (typed for callers)."""
 
     cafile: str | None
+    fingerprint: str | None
     relay_token: str | None
     progress: ProgressKind | Progress | None
     wait_timeout: float | None
@@ -104,8 +111,8 @@ class OptionFields(TypedDict, total=False):
 EntryPoint = Literal["send", "receive", "send_stream", "receive_stream", "send_text",
                      "receive_text", "send_object", "receive_object"]
 
-_BOTH = frozenset({"cafile", "relay_token", "progress", "wait_timeout", "reconnect_timeout",
-                   "encrypt", "idle_timeout"})
+_BOTH = frozenset({"cafile", "fingerprint", "relay_token", "progress", "wait_timeout",
+                   "reconnect_timeout", "encrypt", "idle_timeout"})
 _SENDING = _BOTH | {"chunk_size", "compress"}
 
 #: The fields of Options each entry point uses: the one statement of which option goes where.

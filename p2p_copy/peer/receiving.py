@@ -104,7 +104,7 @@ async def _receive_once(
     offload = Offload(threaded=True)
     first = not run.paired
     async with open_link(server, room=room, cafile=options.cafile,
-                         token=options.relay_token) as ws:
+                         fingerprint=options.fingerprint, token=options.relay_token) as ws:
         plain = RelayLink(ws, "receiver")
         link: Link = plain
         try:

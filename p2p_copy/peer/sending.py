@@ -230,7 +230,7 @@ async def _send_once(
     first = not run.paired
     proto = Sender(room, outgoing.entries, fresh=generated and first, digests=run.digests)
     async with open_link(server, room=room, cafile=options.cafile,
-                         token=options.relay_token) as ws:
+                         fingerprint=options.fingerprint, token=options.relay_token) as ws:
         plain = RelayLink(ws, "sender")
         link: Link = plain
         try:

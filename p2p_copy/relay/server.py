@@ -259,11 +259,13 @@ class _Peer:
         self.forwarded = 0
 
 
-def server_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
-    """A TLS context for serving wss:// with the given PEM certificate chain and key."""
+def server_ssl_context(certfile: str, keyfile: str | None = None,
+                       password: bytes | None = None) -> ssl.SSLContext:
+    """A TLS context for serving wss:// with the given PEM certificate chain and key
+    (``password``: the key's, if it is encrypted)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile, keyfile)
+    context.load_cert_chain(certfile, keyfile, password)
     return context
 
 
