@@ -78,7 +78,8 @@ COMMAND_ONLY = {"command", "server", "code", "files", "text", "name", "out", "st
                 "progress", "yes", "qr", "serve"}
 #: Flags that become a field of Options by another name or by building a value.
 FLAG_TO_FIELD = {"no_encrypt": "encrypt", "max_files": "policy", "max_bytes": "policy",
-                 "max_depth": "policy", "allow_hidden": "policy", "max_text": "max_memory"}
+                 "max_depth": "policy", "max_entries": "policy", "allow_hidden": "policy",
+                 "max_text": "max_memory"}
 #: Entry points each command may call with the one Options object it builds, and whether
 #: a flag must reach all of them (a send's flags hold whatever is sent) or one (a receive
 #: takes what arrives: --max-files for files, --max-text for a text).
