@@ -24,9 +24,9 @@ import contextlib
 import hmac
 import logging
 import os
-import resource
 import signal
 import ssl
+import sys
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -70,13 +70,19 @@ _SPARE_DESCRIPTORS = 100
 
 def default_max_connections() -> int:
     """The process's open-file limit minus some spare: beyond it accept() would fail."""
+    if sys.platform == "win32":  # no per-process descriptor limit there, and no resource
+        return 10_000
+    try:
+        import resource
+    except ImportError:  # another system without it
+        return 10_000
     try:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (OSError, ValueError):  # pragma: no cover - every POSIX system has it
         return 10_000
     if soft == resource.RLIM_INFINITY:
         return 1_000_000
-    return max(soft - _SPARE_DESCRIPTORS, 16)
+    return max(int(soft) - _SPARE_DESCRIPTORS, 16)
 
 
 def default_max_queued_bytes() -> int:
@@ -85,8 +91,9 @@ def default_max_queued_bytes() -> int:
     A quarter, because what is counted is payload: the process's own overhead, the
     allocator's slack and the kernel's socket buffers come on top.
     """
+    sysconf = getattr(os, "sysconf", None)  # not on Windows
     try:
-        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = int(sysconf("SC_PHYS_PAGES") * sysconf("SC_PAGE_SIZE")) if sysconf else 2**30
     except (OSError, ValueError):  # pragma: no cover - Linux and macOS have both
         return 2**28
     return min(max(memory // 4, 2**26), 2**30)

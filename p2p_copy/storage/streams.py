@@ -434,7 +434,8 @@ def memory_limit() -> int | None:
 
     The cap of a receiver that was told to hold anything (``max_bytes=None``).
     """
+    sysconf = getattr(os, "sysconf", None)  # not on Windows
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
+        return int(sysconf("SC_PHYS_PAGES") * sysconf("SC_PAGE_SIZE")) if sysconf else None
+    except (ValueError, OSError):
         return None
