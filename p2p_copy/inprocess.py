@@ -9,24 +9,46 @@ peer/ alike: it knows neither.
 
 from __future__ import annotations
 
+import ipaddress
 import weakref
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["serving", "served_here"]
 
-#: Loop -> the ports relays of this process listen on in that loop.
-_PORTS: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
+#: Loop -> the (host, port) pairs relays of this process listen on in that loop.
+_LISTENING: weakref.WeakKeyDictionary[Any, set[tuple[str, int]]] = weakref.WeakKeyDictionary()
+#: Bound to one of these, a relay is reached through any loopback name of this machine.
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+_DEFAULT_PORTS = {"ws": 80, "wss": 443}
 
 
-def serving(loop: Any, port: int, listening: bool) -> None:
-    """Note that a relay on ``loop`` started (or, not ``listening``, stopped) on ``port``."""
-    ports = _PORTS.setdefault(loop, set())
+def serving(loop: Any, host: str, port: int, listening: bool) -> None:
+    """Note that a relay on ``loop`` started (or, not ``listening``, stopped) on host:port."""
+    where = _LISTENING.setdefault(loop, set())
     if listening:
-        ports.add(port)
+        where.add((host, port))
     else:
-        ports.discard(port)
+        where.discard((host, port))
 
 
-def served_here(loop: Any, port: int | None) -> bool:
-    """Whether a relay of this process listens on ``port`` in ``loop``."""
-    return port is not None and port in _PORTS.get(loop, ())
+def served_here(loop: Any, url: str) -> bool:
+    """Whether ``url`` reaches a relay that this process serves in ``loop``."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    return any(port == bound_port and (host == bound or _local(host) and
+                                       (bound in _WILDCARDS or _local(bound)))
+               for bound, bound_port in _LISTENING.get(loop, ()))
+
+
+def _local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

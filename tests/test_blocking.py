@@ -297,3 +297,22 @@ def test_errors_keep_their_class(processes: Processes, tmp_path: Path, code: str
 def test_blocking_takes_what_the_coroutine_takes(blocking: Any, coroutine: Any) -> None:
     """send_blocking/receive_blocking accept exactly the parameters of send/receive."""
     assert inspect.signature(blocking).parameters == inspect.signature(coroutine).parameters
+
+
+def test_only_a_relay_of_this_loop_at_that_address_is_refused() -> None:
+    """The check behind the refusal above matches host and port (a scheme's default port
+    included), not the port alone: another machine's relay on the same port is not ours."""
+    from p2p_copy.inprocess import served_here, serving
+
+    loop, other = asyncio.new_event_loop(), asyncio.new_event_loop()
+    serving(loop, "127.0.0.1", 8765, True)
+    serving(loop, "0.0.0.0", 443, True)
+    assert served_here(loop, "ws://127.0.0.1:8765") and served_here(loop, "ws://localhost:8765")
+    assert served_here(loop, "wss://localhost")  # 443 by default, any loopback name
+    assert not served_here(loop, "wss://relay.example.org:8765")
+    assert not served_here(loop, "ws://127.0.0.1:8766")
+    assert not served_here(other, "ws://127.0.0.1:8765")
+    serving(loop, "127.0.0.1", 8765, False)
+    assert not served_here(loop, "ws://127.0.0.1:8765")
+    loop.close()
+    other.close()

@@ -264,3 +264,23 @@ def test_tab_completes_the_word_after_the_last_dash() -> None:
     assert complete("7-crossover-clockw", 0) == "7-crossover-clockwork"
     assert complete("7-crossover-clockw", 1) is None
     assert complete("7", 0) is None  # the room number: nothing to complete
+
+
+async def test_a_chosen_code_is_shown_as_both_sides_use_it(tmp_path: Path) -> None:
+    """A chosen code with capitals and spaces is shown and returned normalised, so that a
+    peer older than 0.6 (which uses the code as typed) pairs when its user types it as
+    shown (review of issue 19)."""
+    src = tmp_path / "a.txt"
+    src.write_text("x")
+    shown: list[str] = []
+
+    class Shows(NoProgress):
+        def showing_code(self, server: str, code: str) -> None:
+            shown.append(code)
+
+    async with running_relay() as relay, asyncio.timeout(30):
+        sent, _ = await asyncio.gather(
+            p2p_copy.send(relay.url, " 7-Blue-Harbor-Kite ", [src], progress=Shows()),
+            p2p_copy.receive(relay.url, "7-blue-harbor-kite", tmp_path / "out",
+                             progress="none"))
+    assert shown == [sent.code] == ["7-blue-harbor-kite"]

@@ -17,6 +17,8 @@ from p2p_copy.peer.partial import kept, tell_display
 from p2p_copy.protocol.policy import OfferSummary
 from p2p_copy.relay import Relay
 
+from .handmade_peer import handmade_peer
+
 TIMEOUT = 30.0
 
 
@@ -49,21 +51,48 @@ async def test_a_cell_run_again_cancels_its_waiting_transfer(
     """Re-running a start_send cell cancels the sender its earlier run left waiting (its
     code went with the old output); one from another cell is left alone."""
     (tmp_path / "f.txt").write_text("hi")
-    cell = ["cell-1"]
+    cell = [("cell-1", "run-1")]
     monkeypatch.setattr(background, "_current_cell", lambda: cell[0])
     async with asyncio.timeout(TIMEOUT):
         first = p2p_copy.start_send(relay.url, None, tmp_path / "f.txt", progress="none")
-        cell[0] = "cell-2"
+        # The same run starting a second transfer (a loop) replaces nothing.
+        sibling = p2p_copy.start_send(relay.url, None, tmp_path / "f.txt", progress="none")
+        cell[0] = ("cell-2", "run-a")
         other = p2p_copy.start_send(relay.url, None, tmp_path / "f.txt", progress="none")
-        await until(lambda: first.code is not None and other.code is not None)
-        cell[0] = "cell-1"
+        await until(lambda: None not in (first.code, sibling.code, other.code))
+        assert p2p_copy.transfers() == [first, sibling, other]
+        cell[0] = ("cell-1", "run-2")
         second = p2p_copy.start_send(relay.url, None, tmp_path / "f.txt", progress="none")
-        with pytest.raises(p2p_copy.CancelledError):
-            await first
+        for earlier in (first, sibling):
+            with pytest.raises(p2p_copy.CancelledError):
+                await earlier
+        await asyncio.sleep(0)  # their done-callbacks take them off the list
         assert p2p_copy.transfers() == [other, second]
         other.cancel()
         second.cancel()
         await asyncio.gather(other.task, second.task, return_exceptions=True)
+
+
+async def test_a_cell_run_again_leaves_a_paired_transfer_alone(
+    relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender whose receiver has joined (and is, say, reading the offer) still reports
+    "waiting", but is not cancelled by a re-run: its peer is there (review of issue 19)."""
+    (tmp_path / "f.txt").write_text("hi")
+    cell = [("cell-1", "run-1")]
+    monkeypatch.setattr(background, "_current_cell", lambda: cell[0])
+    code = "7-paired-already"
+    async with asyncio.timeout(TIMEOUT):
+        first = p2p_copy.start_send(relay.url, code, tmp_path / "f.txt", progress="none")
+        async with handmade_peer(relay.url, code, "receiver") as peer:
+            await peer.expect("manifest")  # paired, keys exchanged; no answer yet
+            assert first.status == "waiting"
+            cell[0] = ("cell-1", "run-2")
+            with pytest.warns(RuntimeWarning, match="still"):
+                background._replace_earlier(cell[0])
+            assert not first.done()
+            first.cancel()
+            await asyncio.gather(first.task, return_exceptions=True)
 
 
 async def test_a_cell_run_again_warns_about_a_transfer_under_way(
@@ -71,7 +100,7 @@ async def test_a_cell_run_again_warns_about_a_transfer_under_way(
 ) -> None:
     """A transfer of the earlier run that is under way is not stopped: a warning says how."""
     class Busy:
-        _cell = "cell-1"
+        _cell = ("cell-1", "run-1")
         status = "transferring"
         cancelled = False
 
@@ -84,7 +113,7 @@ async def test_a_cell_run_again_warns_about_a_transfer_under_way(
     busy = Busy()
     monkeypatch.setattr(background, "transfers", lambda: [busy])
     with pytest.warns(RuntimeWarning, match="still transferring.*transfers"):
-        background._replace_earlier("cell-1")
+        background._replace_earlier(("cell-1", "run-2"))
     assert not busy.cancelled
 
 

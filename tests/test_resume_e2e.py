@@ -253,7 +253,7 @@ def test_cli_reconnect_timeout_flag(tmp_path: Path) -> None:
     proc = run_cli("receive", "ws://127.0.0.1:9", "abc-def", "--reconnect-timeout", "-1",
                    "--out", str(tmp_path))
     assert proc.returncode == 2, proc.stderr
-    assert "reconnect_timeout" in proc.stderr
+    assert "--reconnect-timeout" in proc.stderr  # the flag, not the Python spelling (issue 19)
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ from ..protocol.codes import (
     code_from_env,
     generate_code,
     looks_like_code,
+    normalize_code,
     split_code,
     weak_code_warning,
 )
@@ -96,6 +97,21 @@ _CODE_HELP = (f"the shared code, ROOM-SECRET (e.g. 7-crossover-clockwork-puma), 
               f"'-' reads it from ${CODE_ENV} so that it stays out of the process list")
 
 
+def _seconds(*, zero: bool) -> Callable[[str], float]:
+    """An argparse type for a number of seconds: positive (or also 0, ``zero``), not NaN, so
+    that the flag's own name is in the error, not the Python option's."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not (value >= 0 if zero else value > 0):  # NaN too
+            raise argparse.ArgumentTypeError(
+                f"must be {'0 or more' if zero else 'more than 0'} seconds, not {text!r}")
+        return value
+    return parse
+
+
 def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--relay", metavar="URL", dest="server",
@@ -126,7 +142,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait-timeout",
-        type=float,
+        type=_seconds(zero=False),
         metavar="SECONDS",
         help="give up if the other side has not joined within SECONDS (default: as long "
         "as the relay keeps a waiting peer: its --peer-timeout)",
@@ -143,13 +159,13 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         "relay_token in the config file when the relay is its relay)",
     )
     parser.add_argument(
-        "--idle-timeout", type=float, metavar="SECONDS", default=IDLE_TIMEOUT,
+        "--idle-timeout", type=_seconds(zero=False), metavar="SECONDS", default=IDLE_TIMEOUT,
         help="once paired, give up if the other side makes no progress for SECONDS (a "
         f"receiver that reads nothing, a sender that sends nothing; default {IDLE_TIMEOUT:g})",
     )
     parser.add_argument(
         "--reconnect-timeout",
-        type=float,
+        type=_seconds(zero=True),
         metavar="SECONDS",
         help="when the connection drops, keep reconnecting and resume for up to SECONDS "
         f"(default {DEFAULT_RECONNECT_TIMEOUT:g}; 0 turns it off)",
@@ -347,6 +363,11 @@ def _command(args: argparse.Namespace) -> int:
     if args.no_encrypt:
         print("p2p-copy: warning: --no-encrypt: the relay can read and change everything, and "
               "anyone who knows the room part of the code can take the other side's place.",
+              file=sys.stderr)
+    if code != GENERATE and code != normalize_code(code) and is_terminal(sys.stderr):
+        # Peers before 0.6 use the code as typed: with them, only the lower-case form pairs.
+        print(f"p2p-copy: note: the code is used as {normalize_code(code)!r} (lower case, no "
+              "surrounding spaces); a peer older than p2p-copy 0.6 must type it that way.",
               file=sys.stderr)
     if args.command == "send":
         # Said to a person at a terminal, who chose the code and can choose another; a

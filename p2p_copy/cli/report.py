@@ -40,12 +40,13 @@ def receive_lines(relay: Relay, code: str, command: str = "receive") -> tuple[li
     trust = f" --cafile {shlex.quote(os.path.abspath(relay.cafile))}" if relay.cafile else ""
     if relay.fingerprint:
         trust = f" --fingerprint {shlex.quote(relay.fingerprint)}"
-    whole = f"p2p-copy {command}{trust} {shlex.quote(url)} {code}"
+    whole = f"p2p-copy {command}{trust} {shlex.quote(url)} {shlex.quote(code)}"
     if command == "send":
         whole += " FILE..."
     lines = [f"Code: {code}"]
-    if relay.is_default:
-        short = f"p2p-copy receive {code}"
+    # A pinned certificate must travel with the line, so the short form never stands alone.
+    if relay.is_default and not relay.fingerprint:
+        short = f"p2p-copy receive {shlex.quote(code)}"
         lines += [f"On the other machine run: {short}",
                   f"  (if its default relay is not {display_name(relay.url)}: "
                   f"{display_name(whole)})"]

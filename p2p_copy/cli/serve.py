@@ -138,8 +138,11 @@ async def hosting(served: Served, work: Coroutine[Any, Any, Any],
         await relay.start()
     except OSError as exc:
         work.close()
+        # A name that does not resolve is not a busy port: say which it is.
+        advice = ("Give an address of this machine (or leave the host out)."
+                  if isinstance(exc, socket.gaierror) else "Choose another port.")
         raise UsageError(f"--serve cannot listen on {served.host}:{served.port}: "
-                         f"{exc.strerror or exc}. Choose another port.") from None
+                         f"{exc.strerror or exc}. {advice}") from None
     ended = False
     try:
         if listening is not None:

@@ -141,9 +141,11 @@ async def receive_stream(
     file, or more than ``max_bytes`` (short for ``policy=ReceivePolicy(max_bytes=...)``),
     is refused (PolicyError).
     """
-    if max_bytes is not None:
-        keywords["policy"] = ReceivePolicy(max_bytes=max_bytes)
     opts = _receiver("receive_stream", code, options, keywords)
+    if max_bytes is not None:
+        # Short for the policy's max_bytes: the policy's other limits stay as they were.
+        opts = dataclasses.replace(opts, policy=dataclasses.replace(
+            opts.policy or ReceivePolicy(), max_bytes=max_bytes))
     return await _received(server, code, lambda entries, digest: PipeSink(entries, out, digest),
                            opts)
 
@@ -328,6 +330,9 @@ async def _receive_object(entry: EntryPoint, server: str, code: str, kind: str |
                           max_bytes: int | None | Literal["default"], options: Options | None,
                           keywords: Mapping[str, Any]) -> object:
     if max_bytes != "default":
+        if "max_memory" in keywords:
+            raise UsageError(f"{entry}() takes max_bytes or max_memory, not both "
+                             "(max_bytes is its older name).")
         keywords = {**keywords, "max_memory": max_bytes}
     # An object is held in memory, capped by max_memory; the folder policy does not apply.
     opts = dataclasses.replace(_receiver(entry, code, options, keywords), policy=None)

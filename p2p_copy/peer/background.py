@@ -64,6 +64,8 @@ class _Tracker:
         self.status: Status = "waiting"
         self.bytes_done = 0
         self.bytes_total = 0
+        #: The peer was reached (paired() was called), whatever the status says.
+        self.joined = False
         self.code: str | None = None
 
     def bind_cancel(self, cancel: Callable[[], object]) -> None:
@@ -75,6 +77,11 @@ class _Tracker:
     def showing_code(self, server: str, code: str) -> None:
         self.code = code
         self.inner.showing_code(server, code)
+
+    def paired(self) -> None:
+        # Still "waiting" for the peer's answer, but no longer for a peer: someone is there.
+        self.joined = True
+        optional(self.inner, "paired")
 
     def waiting(self) -> None:
         self.status = "waiting"
@@ -131,7 +138,7 @@ class Transfer(Generic[T]):
 
     def __init__(
         self, role: Role, work: Coroutine[Any, Any, T], tracker: _Tracker,
-        cell: str | None = None,
+        cell: tuple[str, str] | None = None,
     ) -> None:
         self.role: Role = role
         self._tracker = tracker
@@ -274,7 +281,7 @@ def transfers() -> list[Transfer[Any]]:
     return list(_RUNNING.values())
 
 
-def _current_cell() -> str | None:
+def _current_cell() -> tuple[str, str] | None:
     """The id of the notebook cell running now, else None.
 
     JupyterLab and Notebook 7 put it in an execute request's metadata (``cellId``); the
@@ -290,13 +297,18 @@ def _current_cell() -> str | None:
         return None
     metadata = parent.get("metadata") if isinstance(parent, dict) else None
     cell = metadata.get("cellId") if isinstance(metadata, dict) else None
-    return cell if isinstance(cell, str) else None
+    header = parent.get("header") if isinstance(parent, dict) else None
+    run = header.get("msg_id") if isinstance(header, dict) else None
+    # The cell, and which run of it: transfers one run starts together do not replace
+    # each other (a loop, or a send and a receive in one cell).
+    return (cell, str(run)) if isinstance(cell, str) else None
 
 
-def _replace_earlier(cell: str | None) -> None:
+def _replace_earlier(cell: tuple[str, str] | None) -> None:
     """A cell run again replaces what it started before.
 
-    A transfer from an earlier run of this cell that is still waiting is cancelled: its
+    A transfer from an earlier run of this cell that still waits for its peer to join
+    (not one whose peer is there, answering the offer, say) is cancelled: its
     panel (and the code on it) went with the cell's old output, so nobody can join it,
     and it would hold its relay room until the wait times out. One that is under way
     is left alone, with a warning: someone is receiving it, and stopping it is their
@@ -305,9 +317,9 @@ def _replace_earlier(cell: str | None) -> None:
     if cell is None:
         return
     for transfer in transfers():
-        if transfer._cell != cell:
-            continue
-        if transfer.status == "waiting":
+        if transfer._cell is None or transfer._cell[0] != cell[0] or transfer._cell == cell:
+            continue  # another cell, or this same run of it
+        if transfer.status == "waiting" and not transfer._tracker.joined:
             transfer.cancel()
         else:
             warnings.warn(

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast
-from urllib.parse import urlsplit
 
 from .. import inprocess
 from ..display.progress import make_progress
@@ -177,14 +176,13 @@ def _refuse_own_relay(entry: EntryPoint, server: object) -> None:
     loop = asyncio._get_running_loop()  # None outside a loop: nothing to block
     if loop is None or not isinstance(server, str):
         return
-    with contextlib.suppress(ValueError):
-        if inprocess.served_here(loop, urlsplit(server).port):
-            raise UsageError(
-                f"The relay at {server} runs in this event loop, which {entry}_blocking() "
-                f"would block until it gives up. Use await p2p_copy.{entry}(...) or "
-                f"p2p_copy.{api.twin_names(entry)[1]}(...) here, or run the "
-                "relay in another process."
-            )
+    if inprocess.served_here(loop, server):
+        raise UsageError(
+            f"The relay at {server} runs in this event loop, which {entry}_blocking() "
+            f"would block until it gives up. Use await p2p_copy.{entry}(...) or "
+            f"p2p_copy.{api.twin_names(entry)[1]}(...) here, or run the "
+            "relay in another process."
+        )
 
 
 def split_display(entry: EntryPoint, side: Literal["send", "receive"],

@@ -80,6 +80,9 @@ class Options:
                              f"not {self.compress!r}.")
         if not self.idle_timeout > 0:  # NaN too
             raise UsageError("idle_timeout must be a positive number of seconds.")
+        if self.wait_timeout is not None and not self.wait_timeout > 0:
+            raise UsageError("wait_timeout must be a positive number of seconds, or None "
+                             "for the relay's own limit.")
         reconnect_budget(self.reconnect_timeout)  # raises for a negative or NaN budget
         if self.fingerprint is not None:
             parse_fingerprint(self.fingerprint)

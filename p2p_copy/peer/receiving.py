@@ -115,7 +115,7 @@ async def _receive_once(
             waiting_for = "a sender to join"
             if options.encrypt:
                 link = await handshake(plain, code, timeout=timeout, waiting_for=waiting_for)
-                run.paired = True
+                run.pair(display)
                 timeout, waiting_for = options.idle_timeout, "the sender to send more"
             finished = False
             while not finished:
@@ -127,7 +127,7 @@ async def _receive_once(
                         continue
                     assert not batch  # the other events never follow data in one message
                     if isinstance(event, SenderJoined):
-                        run.paired = True
+                        run.pair(display)
                         # Once paired, a sender that stays connected but sends nothing is
                         # stuck.
                         timeout, waiting_for = options.idle_timeout, "the sender to send more"

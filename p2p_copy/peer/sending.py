@@ -25,7 +25,7 @@ from ..errors import (
     UnsafePathError,
     UsageError,
 )
-from ..protocol.codes import GENERATE, generate_code, room_hash_hex
+from ..protocol.codes import GENERATE, generate_code, normalize_code, room_hash_hex
 from ..protocol.compression import ChooserMode, CompressionChooser
 from ..protocol.messages import Entry, FileEntry, StreamEntry
 from ..protocol.paths import check_entries, display_name
@@ -160,6 +160,10 @@ async def send_outgoing(
 ) -> TransferResult:
     """Send ``outgoing`` with ``code`` (None or "auto": generated) through ``server``."""
     generated = code is None or code == GENERATE
+    if not generated:
+        # Shown and returned as both sides use it, so that a peer older than 0.6, which
+        # does not normalise, pairs when its user types the code as shown (protocol §4.1).
+        code = normalize_code(str(code))
     # The environment is read once, here: the machine takes what it says as an argument.
     run = Run(Reconnect(options.reconnect_budget), started_at=time.monotonic(),
               digests=digests_from_environment())
@@ -244,7 +248,7 @@ async def _send_once(
                 run.retry.wait_timeout(options.wait_timeout, time.monotonic()))
             if first:
                 run.started_at = time.monotonic()
-            run.paired = True
+            run.pair(display)
             if options.encrypt:
                 link = await handshake(plain, code, timeout=HANDSHAKE_TIMEOUT,
                                        waiting_for="the receiver's key exchange")

@@ -138,6 +138,12 @@ class Run:
     #: the environment: once per run, by the driver). None: all this peer has.
     digests: tuple[str, ...] | None = None
 
+    def pair(self, display: Progress) -> None:
+        """The peer was reached; the display hears of it the first time (``paired``)."""
+        if not self.paired:
+            self.paired = True
+            optional(display, "paired")
+
 
 def give_up_with_the_drop(run: Run, exc: P2PCopyError) -> None:
     """Note the first error of an outage; if the peer never came back, raise that one."""

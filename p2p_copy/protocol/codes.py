@@ -66,8 +66,9 @@ def normalize_code(code: str) -> str:
     """The code as both peers hash it: surrounding whitespace dropped, lower case.
 
     A code read out loud or typed on a phone comes back as ``7-Crossover-clockwork-puma ``;
-    it must still pair. Generated codes are already in this form, so peers that did not
-    normalise (0.6.0) still pair with ours when the code is typed as shown (protocol.md §4.1).
+    it must still pair. Generated codes are already in this form, and a chosen one is shown
+    in it, so peers that did not normalise (0.5.1 and older) pair with ours when the code
+    is typed as shown (protocol.md §4.1).
     """
     return code.strip().lower()
 

@@ -340,13 +340,13 @@ class Relay:
             logger=logging.getLogger("p2p_copy.relay.websockets"),
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        inprocess.serving(asyncio.get_running_loop(), self.port, True)
+        inprocess.serving(asyncio.get_running_loop(), self.host, self.port, True)
         event(log, logging.INFO, "listening", url=self.url)
 
     async def stop(self) -> None:
         """Close every connection (code 1001) and wait for the handlers to end."""
         if self._server is not None:
-            inprocess.serving(asyncio.get_running_loop(), self.port, False)
+            inprocess.serving(asyncio.get_running_loop(), self.host, self.port, False)
             self._server.close()
             try:
                 async with asyncio.timeout(_STOP_GRACE):
