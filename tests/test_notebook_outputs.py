@@ -21,8 +21,6 @@ from typing import Any
 
 import nbformat
 import pytest
-from nbclient.exceptions import CellExecutionComplete
-from nbclient.util import ensure_async
 
 from .conftest import free_port, wait_for_port
 from .test_notebooks import WIDGET_VIEW, Frontend
@@ -63,25 +61,9 @@ class Recorder(Frontend):
 
     displays: list[tuple[int, str, dict[str, Any]]]
 
-    async def _async_poll_output_msg(
-        self, parent_msg_id: str, cell: Any, cell_index: int
-    ) -> None:
-        assert self.kc is not None
-        while True:
-            msg = await ensure_async(self.kc.iopub_channel.get_msg(timeout=None))
-            if msg["msg_type"] in ("display_data", "update_display_data"):
-                self.displays.append((cell_index, msg["msg_type"], msg["content"]["data"]))
-            if msg["parent_header"].get("msg_id") == parent_msg_id:
-                try:
-                    self.process_message(msg, cell, cell_index)
-                except CellExecutionComplete:
-                    return
-            elif msg["msg_type"] in ("comm_open", "comm_msg", "comm_close"):
-                self.handle_comm_msg([], msg, cell_index)
-            elif msg["msg_type"] == "update_display_data":
-                display_id = msg["content"].get("transient", {}).get("display_id")
-                if display_id:
-                    self._update_display_id(display_id, msg)
+    def seen(self, msg: dict[str, Any], cell_index: int) -> None:
+        if msg["msg_type"] in ("display_data", "update_display_data"):
+            self.displays.append((cell_index, msg["msg_type"], msg["content"]["data"]))
 
 
 @pytest.fixture(scope="module")

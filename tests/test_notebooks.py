@@ -65,12 +65,16 @@ class Frontend(NotebookClient):
         await super().async_start_new_kernel(**kwargs)
         self.kernel_pid = getattr(getattr(self.km, "provisioner", None), "pid", None)
 
+    def seen(self, msg: dict[str, Any], cell_index: int) -> None:
+        """Every iopub message, whichever cell it belongs to, before it is handled."""
+
     async def _async_poll_output_msg(
         self, parent_msg_id: str, cell: Any, cell_index: int
     ) -> None:
         assert self.kc is not None
         while True:
             msg = await ensure_async(self.kc.iopub_channel.get_msg(timeout=None))
+            self.seen(msg, cell_index)
             if msg["parent_header"].get("msg_id") == parent_msg_id:
                 try:
                     self.process_message(msg, cell, cell_index)
