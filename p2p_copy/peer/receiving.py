@@ -41,7 +41,6 @@ from ..results import TransferResult
 from ..storage.destination import Destination
 from ..storage.streams import ObjectSink, PipeSink, Sink
 from .handshake import Link, handshake
-from .link import RelayLink, open_link
 from .offload import Offload, in_thread
 from .options import Options
 from .reconnect import Reconnect, keeps_partial, retryable
@@ -53,6 +52,7 @@ from .session import (
     fail_politely,
     give_up_with_the_drop,
     optional,
+    relay_link,
 )
 
 __all__ = ["MakeSink", "object_sink", "receive_into"]
@@ -103,9 +103,7 @@ async def _receive_once(
     destination: Sink | None = None
     offload = Offload(threaded=True)
     first = not run.paired
-    async with open_link(server, room=room, cafile=options.cafile,
-                         fingerprint=options.fingerprint, token=options.relay_token) as ws:
-        plain = RelayLink(ws, "receiver")
+    async with relay_link(server, room, options, "receiver") as plain:
         link: Link = plain
         try:
             await plain.send(proto.hello())

@@ -42,7 +42,7 @@ from ..results import FileResult, TransferResult
 from ..storage.sources import SourceChains, Sources, StreamReader, check_names, collect_sources
 from ..storage.streams import PipeReader, Reader
 from .handshake import HANDSHAKE_TIMEOUT, Link, handshake
-from .link import RelayLink, open_link
+from .link import RelayLink
 from .offload import Offload
 from .options import Options
 from .reconnect import Reconnect, retryable
@@ -54,6 +54,7 @@ from .session import (
     fail_politely,
     give_up_with_the_drop,
     optional,
+    relay_link,
 )
 
 __all__ = ["Outgoing", "entry_name", "send_files", "send_outgoing"]
@@ -233,9 +234,7 @@ async def _send_once(
     # goes back to the room the receiver knows.
     first = not run.paired
     proto = Sender(room, outgoing.entries, fresh=generated and first, digests=run.digests)
-    async with open_link(server, room=room, cafile=options.cafile,
-                         fingerprint=options.fingerprint, token=options.relay_token) as ws:
-        plain = RelayLink(ws, "sender")
+    async with relay_link(server, room, options, "sender") as plain:
         link: Link = plain
         try:
             await plain.send(proto.hello())

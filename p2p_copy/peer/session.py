@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 from ..display.progress import Progress
@@ -20,10 +20,13 @@ from ..errors import (
     TransferTimeoutError,
 )
 from ..protocol.digests import DIGESTS_ENV, preferred
+from ..protocol.messages import Role
 from ..protocol.transfer import Receiver, Sender
 from ..results import TransferResult
 from ..storage.streams import Sink
 from .handshake import Link
+from .link import RelayLink, open_link
+from .options import Options
 from .reconnect import Reconnect
 
 #: How long a receiver's user has to answer whether to take an offer (Progress.offer);
@@ -33,6 +36,7 @@ OFFER_TIMEOUT = 300.0
 
 __all__ = [
     "OFFER_TIMEOUT",
+    "relay_link",
     "Run",
     "backoff",
     "digests_from_environment",
@@ -152,3 +156,12 @@ def give_up_with_the_drop(run: Run, exc: P2PCopyError) -> None:
     elif isinstance(exc, TransferTimeoutError) and run.drop is not None:
         # "No peer joined in time" would hide why we were waiting at all.
         raise run.drop from exc
+
+
+@contextlib.asynccontextmanager
+async def relay_link(server: str, room: str, options: Options,
+                     role: Role) -> AsyncIterator[RelayLink]:
+    """One attempt's connection to the relay, with the options' CA, pin and token."""
+    async with open_link(server, room=room, cafile=options.cafile,
+                         fingerprint=options.fingerprint, token=options.relay_token) as ws:
+        yield RelayLink(ws, role)
