@@ -80,3 +80,26 @@ def test_only_names_that_are_sent_must_be_utf8(tmp_path: Path) -> None:
         bad.write(b"y")
     with pytest.raises(UsageError, match="not UTF-8"):
         collect_sources([top])
+
+
+def test_files_read_the_same_without_readv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where os.readv is missing (Windows), files are read with os.read and a copy: the same
+    bytes and digests reach the stream (issue 23)."""
+    from p2p_copy.storage import sources
+
+    src = tmp_path / "a.bin"
+    src.write_bytes(os.urandom(300_000))
+
+    def stream() -> tuple[bytes, list[str]]:
+        reader = sources.StreamReader([str(src)], [src.stat().st_size])
+        out, digests, buffer = b"", [], bytearray(65537)
+        while not reader.exhausted:
+            length, finished = reader.read_into(buffer)
+            out += bytes(buffer[1:1 + length])
+            digests += finished
+        reader.close()
+        return out, digests
+
+    with_readv = stream()
+    monkeypatch.setattr(sources, "_READV", None)
+    assert stream() == with_readv and with_readv[0] == src.read_bytes()

@@ -36,17 +36,8 @@ def ask_code() -> str:
     """
     try:
         if sys.stdout.isatty():
-            try:
-                import readline
-            except ImportError:  # e.g. Windows: no completion, the question still works
-                line = input(PROMPT)
-            else:
-                readline.set_completer(completer(wordlist()))
-                readline.set_completer_delims(" \t\n")
-                # macOS's Python links libedit, which spells the binding its own way.
-                libedit = "libedit" in (readline.__doc__ or "")
-                readline.parse_and_bind("bind ^I rl_complete" if libedit else "tab: complete")
-                line = input(PROMPT)
+            _complete_words()
+            line = input(PROMPT)
         else:
             sys.stderr.write(PROMPT)
             sys.stderr.flush()
@@ -57,3 +48,19 @@ def ask_code() -> str:
         print(file=sys.stderr)
         raise UsageError("No code given: type the code the sender shows.")
     return line.strip()
+
+
+def _complete_words() -> None:
+    """Tab completes the wordlist's words where readline exists (not on Windows, where the
+    question works without it)."""
+    if sys.platform == "win32":
+        return
+    try:
+        import readline
+    except ImportError:
+        return
+    readline.set_completer(completer(wordlist()))
+    readline.set_completer_delims(" \t\n")
+    # macOS's Python links libedit, which spells the binding its own way.
+    libedit = "libedit" in (readline.__doc__ or "")
+    readline.parse_and_bind("bind ^I rl_complete" if libedit else "tab: complete")

@@ -15,7 +15,7 @@ import collections
 import errno
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
@@ -217,6 +217,23 @@ def _swapped(path: str) -> UsageError:
     )
 
 
+def _read_into(fd: int, into: memoryview) -> int:
+    """Read from ``fd`` straight into ``into``; the number of bytes read (0 at the end).
+
+    os.readv fills the buffer without a copy; Windows has no readv, so there the bytes are
+    read and copied (the only place that differs).
+    """
+    if _READV is not None:
+        return _READV(fd, [into])
+    data = os.read(fd, len(into))
+    into[: len(data)] = data
+    return len(data)
+
+
+#: os.readv where the system has it (not Windows).
+_READV: Callable[[int, Sequence[memoryview]], int] | None = getattr(os, "readv", None)
+
+
 class SourceChains:
     """What a sender remembers of its sources across reconnects: their prefix hashes.
 
@@ -306,7 +323,7 @@ class StreamReader:
                 self._open()
             if self._remaining:
                 want = min(len(view) - filled, self._remaining)
-                got = os.readv(self._handle, [view[filled : filled + want]])  # type: ignore[arg-type]
+                got = _read_into(self._handle, view[filled : filled + want])  # type: ignore[arg-type]
                 if got == 0:
                     self._changed("shrank")
                 self._hash.update(view[filled : filled + got])
