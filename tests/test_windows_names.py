@@ -73,3 +73,19 @@ def test_ordinary_cjk_and_accented_names_pass(name: str) -> None:
     """Fullwidth punctuation common in CJK names (？ ： （ ）) and accents stay allowed."""
     assert windows_name_problem(name) is None
     check_policy([FileEntry(name, 1)], WINDOWS)
+
+
+@pytest.mark.parametrize("policy, entry", [
+    (WINDOWS, FileEntry("docs/CON.txt", 1)),
+    (ReceivePolicy(max_name_bytes=8), FileEntry("docs/a-long-name.txt", 1)),
+    (ReceivePolicy(max_path_bytes=8), FileEntry("docs/a.txt", 1)),
+])
+def test_a_refused_name_tells_the_sender_what_to_do(policy: ReceivePolicy,
+                                                    entry: FileEntry) -> None:
+    """The receiver's user reads "ask the sender to rename it"; the sender, who gets the
+    peer text, is told to rename or shorten it itself."""
+    with pytest.raises(UnsafePathError) as info:
+        check_policy([entry], policy)
+    assert "Ask the sender" in str(info.value)
+    assert "Ask the sender" not in info.value.peer_text
+    assert "ename it" in info.value.peer_text or "shorten it" in info.value.peer_text

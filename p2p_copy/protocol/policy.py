@@ -260,6 +260,9 @@ def _check_names(
         raise UnsafePathError(
             f"The sender offers a path of {path_bytes:,} bytes, {_shown(path)}; this receiver "
             f"accepts at most {policy.max_path_bytes:,}. Ask the sender to shorten it.",
+            # The peer reading this is that sender: what to do is said to it.
+            peer_message=f"The receiver accepts paths of at most {policy.max_path_bytes:,} "
+            f"bytes; {_shown(path)} has {path_bytes:,}: shorten it.",
             hint=_raise("max_path_bytes"),
         )
     for part in names:
@@ -269,6 +272,8 @@ def _check_names(
                 f"The sender offers a name of {name_bytes} bytes, {_shown(part)} in "
                 f"{_shown(path)}; names here may have at most {policy.max_name_bytes}. "
                 "Ask the sender to rename it.",
+                peer_message=f"The receiver accepts names of at most {policy.max_name_bytes} "
+                f"bytes; {_shown(part)} in {_shown(path)} has {name_bytes}: rename it.",
                 # No file system stores longer names than the default: only a lowered
                 # limit can be raised.
                 hint=_raise("max_name_bytes")
@@ -280,6 +285,8 @@ def _check_names(
                 raise UnsafePathError(
                     f"The sender offers {_shown(path)}, whose name {_shown(part)} {problem}. "
                     "Ask the sender to rename it.",
+                    peer_message=f"{_shown(path)} cannot be stored on the receiver's side: "
+                    f"its name {_shown(part)} {problem}. Rename it.",
                     hint=_WINDOWS_HOW_TO,
                 )
 
