@@ -377,17 +377,25 @@ def test_yes_option_skips_the_question_but_not_the_hidden_rule(
     assert _tree(home) == before | {"report.pdf", ".bashrc"}
 
 
-@pytest.mark.timeout(120)
-def test_a_sender_that_gives_up_ends_the_question(processes: Processes, tmp_path: Path) -> None:
-    """While the person reads, the sender may leave: the question ends with its reason."""
+def _asked(processes: Processes, tmp_path: Path,
+           *receive_options: str) -> tuple[Terminal, subprocess.Popen[str], Path, set[str]]:
+    """A receiver in a pty (a fake $HOME as its folder) asked about a sender's report.pdf."""
     _, url = processes.start_relay()
     src = tmp_path / "report.pdf"
     src.write_text("pdf")
     home, before = _fake_home(tmp_path)
     code = _code()
-    terminal = Terminal(processes, "receive", url, code, cwd=home, env=cli_env(HOME=str(home)))
+    terminal = Terminal(processes, "receive", url, code, *receive_options, cwd=home,
+                        env=cli_env(HOME=str(home)))
     sender = processes.start("send", url, code, str(src))
     terminal.read_until("[y/N]")
+    return terminal, sender, home, before
+
+
+@pytest.mark.timeout(120)
+def test_a_sender_that_gives_up_ends_the_question(processes: Processes, tmp_path: Path) -> None:
+    """While the person reads, the sender may leave: the question ends with its reason."""
+    terminal, sender, home, before = _asked(processes, tmp_path)
     sender.send_signal(signal.SIGTERM)  # cancels: the sender says so before it leaves
     sender.communicate(timeout=TIMEOUT)
     code_, shown = terminal.finish()
@@ -404,15 +412,7 @@ def test_a_connection_lost_while_asked_is_not_reconnected(
     """A drop while the person reads the question declines the offer instead of
     reconnecting: on a new attempt a sender could offer something else, which an answer
     being typed for this offer must not accept (review of issue 17, finding 3)."""
-    _, url = processes.start_relay()
-    src = tmp_path / "report.pdf"
-    src.write_text("pdf")
-    home, before = _fake_home(tmp_path)
-    code = _code()
-    terminal = Terminal(processes, "receive", url, code, "--reconnect-timeout", "120",
-                        cwd=home, env=cli_env(HOME=str(home)))
-    sender = processes.start("send", url, code, str(src))
-    terminal.read_until("[y/N]")
+    terminal, sender, home, before = _asked(processes, tmp_path, "--reconnect-timeout", "120")
     sender.kill()  # no goodbye: the relay reports the peer gone, as a drop would look
     sender.communicate(timeout=TIMEOUT)
     code_, shown = terminal.finish()  # before: reconnected and waited for a new offer
@@ -426,14 +426,7 @@ def test_ctrl_c_while_asked_cancels_and_writes_nothing(
     processes: Processes, tmp_path: Path
 ) -> None:
     """Ctrl-C (SIGINT) at the question cancels: exit 130, nothing written, the sender told."""
-    _, url = processes.start_relay()
-    src = tmp_path / "report.pdf"
-    src.write_text("pdf")
-    home, before = _fake_home(tmp_path)
-    code = _code()
-    terminal = Terminal(processes, "receive", url, code, cwd=home, env=cli_env(HOME=str(home)))
-    sender = processes.start("send", url, code, str(src))
-    terminal.read_until("[y/N]")
+    terminal, sender, home, before = _asked(processes, tmp_path)
     terminal.proc.send_signal(signal.SIGINT)
     code_, shown = terminal.finish()
     _, s_err = sender.communicate(timeout=TIMEOUT)

@@ -13,11 +13,9 @@ its digests in ``accept`` (both as older p2p-copy versions do) still work.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ from p2p_copy.relay import Relay
 
 from .conftest import Processes
 from .handmade_peer import HandmadePeer, file_entry, handmade_peer, sha256_hex
-from .test_failures import CLI_TIMEOUT, communicate
+from .test_failures import CLI_TIMEOUT, background, communicate
 
 SCENARIO_TIMEOUT = 60.0
 _HEX64 = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
@@ -46,17 +44,6 @@ def _digests(data: bytes) -> set[str]:
         h.update(data)
         found.add(h.hexdigest())
     return found
-
-
-@contextlib.asynccontextmanager
-async def _background(coro: Coroutine[Any, Any, Any]) -> AsyncIterator[asyncio.Task[Any]]:
-    task = asyncio.ensure_future(coro)
-    try:
-        yield task
-    finally:
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def _pin_destination(tmp_path: Path) -> Path:
@@ -84,7 +71,7 @@ async def test_hostile_sender_learns_no_digest_of_an_existing_file(relay: Relay,
     dest = _pin_destination(tmp_path)
     async with asyncio.timeout(SCENARIO_TIMEOUT):
         async with handmade_peer(relay.url, "leak-1-pin", "sender") as peer:
-            async with _background(p2p_copy.receive(relay.url, "leak-1-pin", dest,
+            async with background(p2p_copy.receive(relay.url, "leak-1-pin", dest,
                                                     progress="none")) as task:
                 accept = await _offer_pin_file(peer)
                 assert not _HEX64.search(json.dumps(accept)), accept
@@ -109,7 +96,7 @@ async def test_a_right_guess_only_confirms_what_the_sender_knew(relay: Relay,
     dest = _pin_destination(tmp_path)
     async with asyncio.timeout(SCENARIO_TIMEOUT):
         async with handmade_peer(relay.url, "leak-2-pin", "sender") as peer:
-            async with _background(p2p_copy.receive(relay.url, "leak-2-pin", dest,
+            async with background(p2p_copy.receive(relay.url, "leak-2-pin", dest,
                                                     progress="none")) as task:
                 accept = await _offer_pin_file(peer, digests=False)
                 assert "digest" not in accept and not _HEX64.search(json.dumps(accept))
@@ -143,7 +130,7 @@ async def test_hostile_sender_learns_no_digest_of_a_part_left_by_an_earlier_run(
     sent: list[str | bytes] = []
     async with asyncio.timeout(SCENARIO_TIMEOUT):
         async with handmade_peer(relay.url, "leak-3-part", "sender") as peer:
-            async with _background(p2p_copy.receive(relay.url, "leak-3-part", dest,
+            async with background(p2p_copy.receive(relay.url, "leak-3-part", dest,
                                                     progress="none")) as task:
                 await peer.expect("ready")
                 await peer.send_manifest([file_entry("big.bin", size, mtime=mtime)])
@@ -170,7 +157,7 @@ async def test_a_sender_that_ignores_held_gets_an_existing_equal_file_kept(
     dest = _pin_destination(tmp_path)
     async with asyncio.timeout(SCENARIO_TIMEOUT):
         async with handmade_peer(relay.url, "leak-4-old", "sender") as peer:
-            async with _background(p2p_copy.receive(relay.url, "leak-4-old", dest,
+            async with background(p2p_copy.receive(relay.url, "leak-4-old", dest,
                                                     progress="none")) as task:
                 await _offer_pin_file(peer, digests=False)
                 await peer.send_data(PIN)
@@ -191,7 +178,7 @@ async def test_our_sender_still_resumes_with_a_receiver_that_shows_digests(
     src.write_bytes(data)
     async with asyncio.timeout(SCENARIO_TIMEOUT):
         async with handmade_peer(relay.url, "leak-5-older", "receiver") as peer:
-            async with _background(p2p_copy.send(relay.url, "leak-5-older", src,
+            async with background(p2p_copy.send(relay.url, "leak-5-older", src,
                                                  progress="none")) as task:
                 manifest = await peer.expect("manifest")
                 assert manifest["entries"][0]["size"] == len(data)
@@ -219,7 +206,7 @@ async def test_error_texts_to_the_sender_name_no_local_path_or_free_space(
     dest = tmp_path / "incoming"
     async with asyncio.timeout(SCENARIO_TIMEOUT):
         async with handmade_peer(relay.url, "leak-6-full", "sender") as peer:
-            async with _background(p2p_copy.receive(relay.url, "leak-6-full", dest,
+            async with background(p2p_copy.receive(relay.url, "leak-6-full", dest,
                                                     progress="none")) as task:
                 await peer.expect("ready")
                 await peer.send_manifest([file_entry("huge.bin", 2**52)])
@@ -298,7 +285,7 @@ async def test_a_sender_that_comes_back_gets_no_second_guess(
             path.chmod(0o600)
     code = "7-no-second-guess"
     held: list[object] = []
-    async with asyncio.timeout(SCENARIO_TIMEOUT), _background(p2p_copy.receive(
+    async with asyncio.timeout(SCENARIO_TIMEOUT), background(p2p_copy.receive(
             relay.url, code, dest, progress="none", overwrite=left.startswith("final"),
             reconnect_timeout=60)):
         for guess in (b"0000\n", b"1111\n"):
