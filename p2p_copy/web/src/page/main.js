@@ -1,0 +1,93 @@
+// @ts-check
+// The page the relay serves at its root: a send view and a receive view. #CODE in the
+// address opens the receive view with that code (the fragment never reaches the server);
+// #send and #receive pick a view.
+
+import * as core from "../index.js";
+import { codeFromHash } from "./format.js";
+import { insecureContextMessage } from "./messages.js";
+import { setupReceive } from "./receive.js";
+import { setupSend } from "./send.js";
+import { registerServiceWorker } from "../storage/download.js";
+import { $, show, wireCopyButtons } from "./ui.js";
+
+let transfers = 0;
+
+/** Ask before leaving while bytes are on their way: closing the tab ends the transfer. */
+function busy(on) {
+  transfers += on ? 1 : -1;
+}
+window.addEventListener("beforeunload", (event) => {
+  if (transfers > 0) {
+    event.preventDefault();
+    event.returnValue = "";
+  }
+});
+
+function showView(name) {
+  const send = name === "send";
+  show("send-view", send);
+  show("receive-view", !send);
+  $(send ? "nav-send" : "nav-receive").setAttribute("aria-current", "page");
+  $(send ? "nav-receive" : "nav-send").removeAttribute("aria-current");
+  document.title = send ? "Send files · p2p-copy" : "Receive files · p2p-copy";
+}
+
+/** The page cannot work without WebCrypto: say why, plainly, and switch the buttons off. */
+function secureEnough() {
+  if (window.isSecureContext && globalThis.crypto && globalThis.crypto.subtle) return true;
+  const problem = $("problem");
+  problem.textContent = insecureContextMessage(window.location);
+  problem.hidden = false;
+  for (const el of document.querySelectorAll("main button, main input")) el.disabled = true;
+  return false;
+}
+
+async function showVersion() {
+  try {
+    const response = await fetch("static/config.json", { cache: "no-store" });
+    if (!response.ok) return;
+    const config = await response.json();
+    if (typeof config.version === "string") $("version").textContent = `p2p-copy ${config.version}`;
+  } catch {
+    // the version line is a courtesy; the page works without it
+  }
+}
+
+function main() {
+  const relay = core.relayUrlFromLocation(window.location);
+  const send = setupSend({ core, relay, busy, showView });
+  const receive = setupReceive({ core, relay, busy });
+  wireCopyButtons();
+  $("trust-link").addEventListener("click", (event) => {
+    event.preventDefault();
+    const more = $("trust");
+    more.hidden = !more.hidden;
+    $("trust-link").setAttribute("aria-expanded", String(!more.hidden));
+  });
+  $("trust-link").setAttribute("aria-expanded", "false");
+  $("trust-link").setAttribute("aria-controls", "trust");
+
+  const route = () => {
+    const hash = window.location.hash;
+    const code = codeFromHash(hash);
+    if (code) {
+      showView("receive");
+      // The code is used once: keep it out of the address (and the history) from now on.
+      history.replaceState(null, "", `${window.location.pathname}${window.location.search}#receive`);
+      if (secure) receive.start(code);
+    } else if (hash === "#receive") {
+      showView("receive");
+      receive.focus();
+    } else if (!send.running || hash === "#send") {
+      showView("send");
+    }
+  };
+  const secure = secureEnough();
+  window.addEventListener("hashchange", route);
+  route();
+  if (secure) registerServiceWorker();
+  showVersion();
+}
+
+main();
