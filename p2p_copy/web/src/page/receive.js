@@ -140,16 +140,16 @@ export function setupReceive({ core, relay, busy }) {
     try {
       code = core.normalizeCode(text);
     } catch (error) {
-      setState("recv-state", describeError(error), "bad");
-      show("recv-progress");
-      show("recv-cancel", false);
-      show("recv-again", false);
+      $("code-error").textContent = describeError(error);
+      show("code-error");
+      show("recv-progress", false);
       input.setAttribute("aria-invalid", "true");
       input.focus();
       announce(describeError(error), true);
       return;
     }
     input.removeAttribute("aria-invalid");
+    show("code-error", false);
     input.value = code;
     const controller = new AbortController();
     running = controller;
