@@ -8,7 +8,7 @@ import { codeFromHash } from "./format.js";
 import { insecureContextMessage } from "./messages.js";
 import { setupReceive } from "./receive.js";
 import { setupSend } from "./send.js";
-import { registerServiceWorker } from "../storage/download.js";
+import { registerServiceWorker, startingDownload } from "../storage/download.js";
 import { $, show, wireCopyButtons } from "./ui.js";
 
 let transfers = 0;
@@ -18,7 +18,7 @@ function busy(on) {
   transfers += on ? 1 : -1;
 }
 window.addEventListener("beforeunload", (event) => {
-  if (transfers > 0) {
+  if (transfers > 0 && !startingDownload()) {
     event.preventDefault();
     event.returnValue = "";
   }

@@ -20,11 +20,26 @@ export function downloadName(path) {
   return path.split("/").join("_");
 }
 
-/** Click a link to start a download, without leaving the page. */
-function startDownload(url, name, doc = document) {
+let unloadQuietUntil = 0;
+
+/**
+ * Whether a beforeunload now comes from a download this page started (a navigation to a
+ * download URL, which leaves the page in place): the "leave the page?" question must not
+ * be asked then.
+ */
+export function startingDownload() {
+  return Date.now() < unloadQuietUntil;
+}
+
+/**
+ * Start a download without leaving the page. ``navigate``: a service-worker URL must be
+ * opened as a navigation: Chromium fetches <a download> links without asking the worker.
+ */
+function startDownload(url, name, { navigate = false } = {}, doc = document) {
   const a = doc.createElement("a");
   a.href = url;
-  a.download = name;
+  if (navigate) unloadQuietUntil = Date.now() + 2000;
+  else a.download = name;
   a.hidden = true;
   doc.body.append(a);
   a.click();
@@ -106,7 +121,7 @@ async function openDownload(worker, name, size) {
   worker.postMessage({ type: "download", id, name, size }, [channel.port2]);
   await ready;
   const scope = new URL("static/", document.baseURI);
-  startDownload(new URL(`dl/${id}/${encodeURIComponent(name)}`, scope).href, name);
+  startDownload(new URL(`dl/${id}/${encodeURIComponent(name)}`, scope).href, name, { navigate: true });
   const ping = setInterval(() => worker.postMessage({ type: "ping" }), KEEP_ALIVE_MS);
   let ended = false;
   const finish = () => {
