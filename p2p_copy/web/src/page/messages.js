@@ -15,6 +15,11 @@ const FALLBACK = {
   declined: "The receiver declined the files.",
   cancelled: "Cancelled.",
   insecure_context: "This page needs a secure (https://) connection for its cryptography.",
+  integrity: "A file arrived damaged (its digest did not match the sender's): nothing of it was kept. Try again.",
+  unsafe_path: "The sender offered a name this page will not save (outside the folder, or not allowed here).",
+  exists: "A file of that name is already there; nothing was replaced.",
+  incompatible: "The other side runs a version of p2p-copy this page cannot talk to: update it.",
+  storage: "The file could not be saved.",
   disk_full: "Not enough space on the disk: free some space and try again.",
 };
 
@@ -31,6 +36,12 @@ export function describeError(error) {
 
 function firstLine(text) {
   return text.split("\n")[0];
+}
+
+/** The kind of an error: the core's P2PError.kind, a storage error's kind, or "error". */
+export function errorKind(error) {
+  if (error && error.cause && error.cause.name === "StorageError") return error.cause.kind;
+  return (error && typeof error.kind === "string" && error.kind) || "error";
 }
 
 /** Whether ``error`` is the person's own cancel (shown quietly, not as a failure). */

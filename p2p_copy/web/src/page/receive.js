@@ -3,7 +3,7 @@
 // the transfer.
 
 import { describeCounts, formatBytes, progressLine, Speedometer } from "./format.js";
-import { describeError, isCancel } from "./messages.js";
+import { describeError, errorKind, isCancel } from "./messages.js";
 import { directoryTarget, fileTarget, fsaUsable } from "../storage/fsa.js";
 import { downloadTarget, MEMORY_LIMIT, memoryTarget, serviceWorkerReady } from "../storage/download.js";
 import { storageError } from "../storage/errors.js";
@@ -11,7 +11,7 @@ import { $, announce, fillList, setState, show } from "./ui.js";
 
 /** One file and nothing else: saved with the save-file picker rather than into a folder. */
 function isSingleFile(summary) {
-  return summary.files === 1 && !summary.dirs && summary.names?.length === 1;
+  return summary.files === 1 && !summary.dirs && summary.names?.length === 1 && !summary.names[0].endsWith("/");
 }
 
 /**
@@ -86,7 +86,7 @@ export function setupReceive({ core, relay, busy }) {
         return; // the offer stays open
       }
       const error = storageError(e);
-      setState("recv-state", error.message, "bad");
+      setState("recv-state", error.message, "bad", error.kind);
       show("recv-progress");
       return;
     }
@@ -124,6 +124,10 @@ export function setupReceive({ core, relay, busy }) {
       announce(`The sender offers ${describeCounts(summary.files, summary.dirs, summary.bytes)}. Accept or decline.`);
       return new Promise((resolve) => { answerOffer = resolve; });
     },
+    async held(files) {
+      return target.held ? target.held(files) : [];
+    },
+    prefix: (index, offset) => target.prefix(index, offset),
     mkdir: (path) => target.mkdir(path),
     open: (path, size, options) => target.open(path, size, options ?? {}),
     async done() {
@@ -193,12 +197,12 @@ export function setupReceive({ core, relay, busy }) {
       bar.value = 1;
       const what = offered ? describeCounts(offered.files, offered.dirs, offered.bytes) : "everything";
       const text = `Received and checked: ${what}.`;
-      setState("recv-state", text, "ok");
+      setState("recv-state", text, "ok", "done");
       $("recv-detail").textContent = "";
       announce(text);
     } catch (error) {
       const text = describeError(error);
-      setState("recv-state", text, isCancel(error) ? "" : "bad");
+      setState("recv-state", text, isCancel(error) ? "" : "bad", errorKind(error));
       announce(text, true);
       show("offer", false);
       answerOffer = null;

@@ -4,7 +4,7 @@
 
 import { describeCounts, formatBytes, progressLine, receiveLines, receiveLink, Speedometer } from "./format.js";
 import { countEntries, entriesFromDirectoryHandle, entriesFromDrop, entriesFromFiles, mergeEntries, topLevel } from "./pick.js";
-import { describeError, isCancel } from "./messages.js";
+import { describeError, errorKind, isCancel } from "./messages.js";
 import { qrElement } from "./qr.js";
 import { $, announce, fillList, setState, show } from "./ui.js";
 
@@ -174,12 +174,12 @@ export function setupSend({ core, relay, busy, showView }) {
       bar.value = 1;
       show("share", false);
       const text = `Sent and checked by the receiver: ${describeCounts(files, dirs, bytes)}.`;
-      setState("send-state", text, "ok");
+      setState("send-state", text, "ok", "done");
       $("send-detail").textContent = "";
       announce(text);
     } catch (error) {
       const text = describeError(error);
-      setState("send-state", text, isCancel(error) ? "" : "bad");
+      setState("send-state", text, isCancel(error) ? "" : "bad", errorKind(error));
       announce(text, true);
     } finally {
       running = null;

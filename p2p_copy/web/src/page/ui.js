@@ -70,10 +70,15 @@ export function wireCopyButtons(root = document) {
   }
 }
 
-/** Set a status heading's text and its ok/bad colour. */
-export function setState(id, text, tone = "") {
+/**
+ * Set a status heading's text and its ok/bad colour; ``kind`` (an error's kind, or "done")
+ * goes to data-kind for scripts and tests.
+ */
+export function setState(id, text, tone = "", kind = "") {
   const el = $(id);
   el.textContent = text;
+  if (kind) el.dataset.kind = kind;
+  else delete el.dataset.kind;
   el.classList.toggle("state-ok", tone === "ok");
   el.classList.toggle("state-bad", tone === "bad");
 }

@@ -5,9 +5,10 @@
 //
 // A file in a folder is written under a hidden part name (.NAME.p2p-copy-part, the name
 // the CLI gives its partial files, protocol.md §11) and moved to NAME only once the core
-// closes it, i.e. after its digest matched; where handles cannot move(), it is written
-// under NAME (the browser's createWritable keeps the bytes in a swap file until close())
-// and removed again on abort. An existing name is never replaced.
+// closes it, i.e. after its digest matched; a cut transfer leaves the parts for a resume.
+// Where handles cannot move(), a file is written under NAME (the browser's createWritable
+// keeps the bytes in a swap file until close()) and removed again on abort. An existing
+// name is never replaced.
 
 import { StorageError, storageError } from "./errors.js";
 
@@ -30,7 +31,7 @@ export function fsaUsable(win = globalThis) {
 }
 
 /** A writer over a FileSystemWritableFileStream. */
-function writerOf(writable, what, { onClose, onAbort }) {
+function writerOf(writable, what, { onClose, onAbort, keepOnAbort = false }) {
   let closed = false;
   return {
     async write(chunk) {
@@ -54,7 +55,9 @@ function writerOf(writable, what, { onClose, onAbort }) {
       if (closed) return;
       closed = true;
       try {
-        await writable.abort();
+        // A kept part holds what arrived (close() commits it); otherwise nothing is kept.
+        if (keepOnAbort) await writable.close();
+        else await writable.abort();
       } catch {
         // already failed or closed; the clean-up below still runs
       }
@@ -106,15 +109,28 @@ async function exists(dir, name) {
   return false;
 }
 
+/** Resume works in whole blocks of this size (protocol.md §6.5.1). */
+const BLOCK = 1024 * 1024;
+/** Failures after which the part files stay, for the next attempt to resume from. */
+const RESUMABLE = new Set(["connection_lost", "timeout", "cancelled", "relay_refused"]);
+
 /**
  * Storage for a folder chosen with showDirectoryPicker({mode: "readwrite"}).
+ * Where handles can move(), a file is written as .NAME.p2p-copy-part and moved to NAME
+ * once verified; parts left by a transfer that was cut are offered for resume (held)
+ * when the same files are received into the same folder again.
  * @param {any} root FileSystemDirectoryHandle
  */
-export function directoryTarget(root) {
+export function directoryTarget(root, { canMove = "move" in (globalThis.FileSystemHandle?.prototype ?? {}) } = {}) {
   /** @type {Map<string, any>} */
   const dirs = new Map([["", root]]);
+  /** Parts written in this transfer: kept or removed when it fails. */
+  const parts = new Map();
+  /** Held prefixes by file number: {path, size, offset, file}. */
+  const held = new Map();
+  const opened = new Set();
 
-  async function folder(parts) {
+  async function folder(parts, create = true) {
     let path = "";
     let dir = root;
     for (const part of parts) {
@@ -122,8 +138,9 @@ export function directoryTarget(root) {
       let next = dirs.get(path);
       if (!next) {
         try {
-          next = await dir.getDirectoryHandle(part, { create: true });
+          next = await dir.getDirectoryHandle(part, { create });
         } catch (e) {
+          if (!create && e && e.name === "NotFoundError") return null;
           if (e && e.name === "TypeMismatchError") {
             throw new StorageError("exists", `${path} already exists in ${root.name} and is not a folder: choose another folder.`);
           }
@@ -136,49 +153,99 @@ export function directoryTarget(root) {
     return dir;
   }
 
+  const split = (path) => {
+    const names = path.split("/");
+    const name = /** @type {string} */ (names.pop());
+    return { names, name, partName: canMove ? `.${name}${PART_SUFFIX}` : name };
+  };
+
+  async function finish(dir, name, partName, path) {
+    if (!canMove) return;
+    if (await exists(dir, name)) {
+      throw new StorageError("exists", `${path} appeared in ${root.name} during the transfer; the received copy is kept as ${partName}.`);
+    }
+    const handle = await dir.getFileHandle(partName);
+    await handle.move(name);
+  }
+
   return {
     kind: "fsa-dir",
     describe: () => `Saving into the folder ${root.name}`,
+    async held(files) {
+      if (!canMove) return [];
+      const out = [];
+      for (const [index, file] of files.entries()) {
+        const { names, name, partName } = split(file.path);
+        try {
+          const dir = await folder(names, false);
+          if (!dir || (await exists(dir, name))) continue;
+          const part = await (await dir.getFileHandle(partName)).getFile();
+          const offset = part.size >= file.size ? file.size : Math.floor(part.size / BLOCK) * BLOCK;
+          if (offset > 0) {
+            held.set(index, { path: file.path, size: file.size, offset, file: part });
+            out.push([index, offset]);
+          }
+        } catch {
+          // no part of this file here
+        }
+      }
+      return out;
+    },
+    async prefix(index) {
+      return held.get(index).file;
+    },
     async mkdir(path) {
       await folder(path.split("/"));
     },
     async open(path, _size, { offset = 0 } = {}) {
-      const parts = path.split("/");
-      const name = /** @type {string} */ (parts.pop());
-      const dir = await folder(parts);
+      const { names, name, partName } = split(path);
+      const dir = await folder(names);
+      opened.add(path);
       if (await exists(dir, name)) {
         throw new StorageError("exists",
           `${path} already exists in ${root.name}; nothing was replaced. Choose an empty folder, or move it away first.`);
       }
-      const canMove = typeof dir.getFileHandle === "function" && "move" in (globalThis.FileSystemHandle?.prototype ?? {});
-      const partName = canMove ? `.${name}${PART_SUFFIX}` : name;
-      let handle;
       let writable;
       try {
-        handle = await dir.getFileHandle(partName, { create: true });
+        const handle = await dir.getFileHandle(partName, { create: true });
         writable = await handle.createWritable({ keepExistingData: offset > 0 });
-        if (offset > 0) await writable.seek(offset);
+        if (offset > 0) {
+          await writable.truncate(offset);
+          await writable.seek(offset);
+        }
       } catch (e) {
         throw storageError(e, path);
       }
+      parts.set(path, { dir, partName });
       return writerOf(writable, path, {
         async onClose() {
-          if (!canMove) return;
-          if (await exists(dir, name)) {
-            throw new StorageError("exists", `${path} appeared in ${root.name} during the transfer; the received copy is kept as ${partName}.`);
-          }
-          await handle.move(name);
+          parts.delete(path);
+          await finish(dir, name, partName, path);
         },
-        async onAbort() {
-          try {
-            await dir.removeEntry(partName);
-          } catch {
-            // nothing to remove
-          }
-        },
+        // What arrived stays in the part until the transfer's end decides (sink.abort).
+        keepOnAbort: canMove,
+        async onAbort() {},
       });
     },
-    async done() {},
-    async abort() {},
+    async done() {
+      // Files held whole were verified by their prefix digests and never opened.
+      for (const { path, size, offset } of held.values()) {
+        if (offset !== size || opened.has(path)) continue;
+        const { names, name, partName } = split(path);
+        await finish(await folder(names), name, partName, path);
+      }
+    },
+    async abort(error) {
+      const keep = canMove && error && RESUMABLE.has(error.kind);
+      if (keep) return;
+      for (const { dir, partName } of parts.values()) {
+        try {
+          await dir.removeEntry(partName);
+        } catch {
+          // nothing to remove
+        }
+      }
+      parts.clear();
+    },
   };
 }
