@@ -154,7 +154,7 @@ class Page:
         if init_script:
             self.page.add_init_script(init_script)
         self.page.goto(url)
-        self.page.wait_for_selector("#send-view:not([hidden]), #receive-view:not([hidden])")
+        self.wait("#send-view:not([hidden]), #receive-view:not([hidden])", "the page")
 
     def state(self, which: str) -> tuple[str, str]:
         """(data-kind, text) of the send or receive status line once it has ended."""
@@ -246,24 +246,25 @@ def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str
 
 
 def _renderer_rss(profile: Path) -> int:
-    """Resident bytes of this browser's renderer processes (the page and its worker)."""
+    """Resident bytes of this browser's biggest renderer process: the page's (its service
+    worker runs in the same process, the site being the same)."""
     browsers = set()
     renderers: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            # Chromium's children rewrite their command line into one string: search bytes.
+            cmd = (entry / "cmdline").read_bytes()
             status = (entry / "status").read_text()
         except OSError:
             continue
-        own = f"--user-data-dir={profile}".encode()
-        if own in cmd and not any(arg.startswith(b"--type=") for arg in cmd):
+        if f"--user-data-dir={profile}".encode() in cmd and b"--type=" not in cmd:
             browsers.add(int(entry.name))
-        if b"--type=renderer" in cmd:
-            rss = next((int(line.split()[1]) * 1024 for line in status.splitlines()
-                        if line.startswith("VmRSS:")), 0)
-            renderers[int(entry.name)] = rss
+        elif b"--type=renderer" in cmd:
+            renderers[int(entry.name)] = next(
+                (int(line.split()[1]) * 1024 for line in status.splitlines()
+                 if line.startswith("VmRSS:")), 0)
     # Renderers are the zygote's grandchildren: keep those whose ancestry reaches our browser.
     total = 0
     for pid, rss in renderers.items():
@@ -275,7 +276,7 @@ def _renderer_rss(profile: Path) -> int:
                 break
             seen += 1
             if at in browsers:
-                total += rss
+                total = max(total, rss)
                 break
     return total
 
@@ -449,7 +450,7 @@ def test_a_small_folder_through_service_worker_downloads(
     page = Page(browser, f"{url}#{code}", NO_FSA)
     page.wait("#offer:not([hidden])", "the offer")
     downloads: list[Any] = []
-    page.page.on("download", downloads.append)
+    page.page.on("download", lambda d: downloads.append(d))
     page.page.click("#accept")
     kind, text = page.state("receive")
     assert kind == "done", text
@@ -623,12 +624,14 @@ def test_views_at_desktop_and_phone_width(web_relay: tuple[str, str], browser: A
     source = _folder(tmp_path / "src")
     for name, width, height in (("desktop", 1280, 900), ("phone", 390, 844)):
         page = Page(browser, url)
-        page.page.set_viewport_size({"width": width, "height": height})
-        page.page.screenshot(path=str(SHOTS / f"send-{name}.png"), full_page=True)
-        # Keyboard: Tab reaches the drop zone, Enter opens the chooser.
+        # Keyboard: the drop zone takes focus, Enter opens the chooser. (First: after a
+        # viewport change or a screenshot, Playwright's key press opened no chooser.)
+        page.page.bring_to_front()
         page.page.focus("#drop")
         with page.page.expect_file_chooser() as chooser:
             page.page.keyboard.press("Enter")
+        page.page.set_viewport_size({"width": width, "height": height})
+        page.page.screenshot(path=str(SHOTS / f"send-{name}.png"), full_page=True)
         chooser.value.set_files([str(source / "empty.txt"), str(source / "名前 é.bin")])
         page.wait("#selection:not([hidden])", "the chosen files")
         page.page.screenshot(path=str(SHOTS / f"send-chosen-{name}.png"), full_page=True)

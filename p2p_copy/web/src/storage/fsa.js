@@ -89,7 +89,19 @@ export function fileTarget(fileHandle) {
       } catch (e) {
         throw storageError(e, fileHandle.name);
       }
-      return writerOf(writable, fileHandle.name, { onClose: async () => {}, onAbort: async () => {} });
+      return writerOf(writable, fileHandle.name, {
+        onClose: async () => {},
+        async onAbort() {
+          // The picker created the file; an empty one left under the chosen name would look
+          // like a received file. (A file that was there keeps its bytes: createWritable
+          // wrote to a swap file, which abort() dropped.)
+          try {
+            if ((await fileHandle.getFile()).size === 0) await fileHandle.remove?.();
+          } catch {
+            // gone already, or the browser cannot remove it
+          }
+        },
+      });
     },
     async done() {},
     async abort() {},
