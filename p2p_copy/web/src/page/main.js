@@ -40,6 +40,9 @@ function secureEnough() {
   problem.textContent = insecureContextMessage(window.location);
   problem.hidden = false;
   for (const el of document.querySelectorAll("main button, main input")) el.disabled = true;
+  // Nothing to choose or type that could not work; the notice says what to do instead.
+  $("choose").hidden = true;
+  $("code-form").hidden = true;
   return false;
 }
 

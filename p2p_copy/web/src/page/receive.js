@@ -197,6 +197,7 @@ export function setupReceive({ core, relay, busy }) {
       bar.value = 1;
       const what = offered ? describeCounts(offered.files, offered.dirs, offered.bytes) : "everything";
       const text = `Received and checked: ${what}.`;
+      if (target) $("recv-where").textContent = target.describe(true);
       setState("recv-state", text, "ok", "done");
       $("recv-detail").textContent = "";
       announce(text);

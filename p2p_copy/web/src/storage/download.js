@@ -155,7 +155,7 @@ async function openDownload(worker, name, size) {
 export function downloadTarget(worker) {
   return {
     kind: "download",
-    describe: () => "Saving to your downloads folder",
+    describe: (done = false) => (done ? "Saved to your downloads folder" : "Saving to your downloads folder"),
     async mkdir() {
       // Downloads have no folders; the files' names carry their folder (a_b.txt).
     },
@@ -176,7 +176,7 @@ export function downloadTarget(worker) {
 export function memoryTarget() {
   return {
     kind: "memory",
-    describe: () => "Saving to your downloads folder (kept in memory until complete)",
+    describe: (done = false) => (done ? "Saved to your downloads folder" : "Saving to your downloads folder (kept in memory until complete)"),
     async mkdir() {},
     async open(path, _size, { offset = 0 } = {}) {
       if (offset) throw new StorageError("io", "A download cannot be resumed.");

@@ -75,7 +75,7 @@ export function fileTarget(fileHandle) {
   let opened = false;
   return {
     kind: "fsa-file",
-    describe: () => `Saving as ${fileHandle.name}`,
+    describe: (done = false) => `${done ? "Saved" : "Saving"} as ${fileHandle.name}`,
     async mkdir() {
       throw new StorageError("io", "The sender sent a folder, but a single file was expected.");
     },
@@ -182,7 +182,7 @@ export function directoryTarget(root, { canMove = "move" in (globalThis.FileSyst
 
   return {
     kind: "fsa-dir",
-    describe: () => `Saving into the folder ${root.name}`,
+    describe: (done = false) => `${done ? "Saved" : "Saving"} into the folder ${root.name}`,
     async held(files) {
       if (!canMove) return [];
       const out = [];
