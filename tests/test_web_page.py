@@ -35,7 +35,7 @@ import pytest
 import p2p_copy
 from p2p_copy.protocol.codes import generate_code
 
-from .conftest import Processes
+from .conftest import Processes, cli_env
 from .test_browser import CHROMIUM, CHROMIUM_ARGS, browser_tools  # noqa: F401 (a fixture)
 from .test_tampering import ManInTheMiddle, flip
 
@@ -493,6 +493,47 @@ def test_browser_sends_to_a_kernel(web_relay: tuple[str, str], browser: Any,
     assert (tmp_path / "grüße.txt").read_text() == "hallo, Kernel"
     kind, text = page.state("send")
     assert kind == "done", text
+
+
+def test_a_cut_transfer_resumes_into_the_same_folder(
+        web_relay: tuple[str, str], browser: Any, processes: Processes, tmp_path: Path) -> None:
+    """The sender dies mid-file: the page keeps the hidden part in the chosen folder and says
+    the connection was lost; received again into that folder, the file resumes from the
+    part's whole blocks and ends complete, the part gone."""
+    relay, url = web_relay
+    # A folder: resume works where the page saves into a folder (one file goes to the
+    # save-file picker's file, which has no place for a part).
+    (tmp_path / "run1").mkdir()
+    source = tmp_path / "run1" / "big.bin"
+    source.write_bytes(os.urandom(160 * 2**20))
+    code = generate_code()
+    proc = processes.start("send", relay, code, str(source.parent))
+    page = Page(browser, f"{url}#{code}", OPFS_PICKERS)
+    page.wait("#offer:not([hidden])", "the offer")
+    page.page.click("#accept")
+    page.page.wait_for_function(
+        "() => { const b = document.querySelector('#recv-bar'); return b.value > b.max / 4; }",
+        timeout=STATE_TIMEOUT_MS, polling=50)
+    proc.kill()
+    kind, text = page.state("receive")
+    assert kind == "connection_lost", text
+    [_dir, (_kind, part, size, _digest)] = page.page.evaluate(OPFS_TREE, "picked")
+    assert part == "run1/.big.bin.p2p-copy-part" and 0 < size < source.stat().st_size
+    code = generate_code()
+    proc = processes.start("send", relay, code, str(source.parent),
+                           env=cli_env(P2P_COPY_PROGRESS="json"))
+    page.page.click("#recv-again")
+    page.page.fill("#code-input", code)
+    page.page.press("#code-input", "Enter")
+    page.wait("#offer:not([hidden])", "the second offer")
+    page.page.click("#accept")
+    kind, text = page.state("receive")
+    assert kind == "done", text
+    rc, out, err = _finish(proc)
+    assert rc == 0, err
+    assert '"event": "resumed"' in out + err, out + err
+    assert page.page.evaluate(OPFS_TREE, "picked") == [
+        ["dir", "run1", 0, ""], ["file", "run1/big.bin", source.stat().st_size, _sha256(source)]]
 
 
 def _wrong(code: str) -> str:

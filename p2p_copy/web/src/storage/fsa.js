@@ -133,7 +133,7 @@ const RESUMABLE = new Set(["connection_lost", "timeout", "cancelled", "relay_ref
  * when the same files are received into the same folder again.
  * @param {any} root FileSystemDirectoryHandle
  */
-export function directoryTarget(root, { canMove = "move" in (globalThis.FileSystemHandle?.prototype ?? {}) } = {}) {
+export function directoryTarget(root, { canMove = "move" in (globalThis.FileSystemFileHandle?.prototype ?? {}) } = {}) {
   /** @type {Map<string, any>} */
   const dirs = new Map([["", root]]);
   /** Parts written in this transfer: kept or removed when it fails. */
