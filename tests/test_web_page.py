@@ -384,6 +384,30 @@ def test_cli_sends_a_folder_to_the_browser(web_relay: tuple[str, str], browser: 
     page.no_csp_violations()
 
 
+def test_an_existing_file_in_the_chosen_folder_is_kept(
+        web_relay: tuple[str, str], browser: Any, processes: Processes, tmp_path: Path) -> None:
+    """A name that exists in the chosen folder stops the transfer with one line; the file
+    there keeps its bytes and the sender is told (exit status: destination exists)."""
+    relay, url = web_relay
+    source = _folder(tmp_path / "src")
+    code = generate_code()
+    proc = processes.start("send", relay, code, str(source))
+    page = Page(browser, f"{url}#{code}", OPFS_PICKERS)
+    mine = base64.b64encode(b"mine").decode()
+    page.page.evaluate(OPFS_WRITE, ["picked", [["dir", source.name, ""],
+                                               ["file", f"{source.name}/empty.txt", mine]]])
+    page.wait("#offer:not([hidden])", "the offer")
+    page.page.click("#accept")
+    kind, text = page.state("receive")
+    assert kind == "exists", text
+    assert "empty.txt already exists" in text
+    tree = page.page.evaluate(OPFS_TREE, "picked")
+    assert ["file", f"{source.name}/empty.txt", 4, hashlib.sha256(b"mine").hexdigest()] in tree
+    assert not [e for e in tree if e[1].endswith(".p2p-copy-part")]
+    rc, _out, err = _finish(proc)
+    assert rc == 11, err
+
+
 def test_one_gib_from_the_browser_to_the_cli(web_relay: tuple[str, str], browser: Any,
                                             processes: Processes, tmp_path: Path) -> None:
     """1 GiB chosen with <input type=file> goes to the CLI intact; the page reads it by

@@ -1,12 +1,25 @@
 // @ts-check
-// One line for each way saving can fail, in the words the person needs.
+// One line for each way saving can fail, in the words the person needs. A StorageError is
+// a P2PError, so the core passes it on as it is and the sender reads the matching wire
+// code (protocol.md §8: disk_full, exists; internal for the rest).
 
-export class StorageError extends Error {
+import { P2PError } from "../protocol/errors.js";
+
+const WIRE = { disk_full: "disk_full", exists: "exists" };
+const PEER = {
+  disk_full: "The receiver's disk is full (a web page's storage).",
+  exists: "A file of that name already exists where the receiver (a web page) saves; nothing was replaced. The receiver must move it away, or choose another folder.",
+};
+
+export class StorageError extends P2PError {
   /** @param {string} kind "disk_full" | "exists" | "denied" | "unavailable" | "cancelled" | "io" */
   constructor(kind, message, cause = undefined) {
-    super(message, cause === undefined ? undefined : { cause });
+    super(kind, message, {
+      cause,
+      wire: WIRE[kind] ?? "internal",
+      peerMessage: PEER[kind] ?? "The receiver (a web page) could not save the files.",
+    });
     this.name = "StorageError";
-    this.kind = kind;
   }
 }
 
