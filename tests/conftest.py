@@ -23,8 +23,9 @@ os.environ["NO_PROXY"] = "*"
 
 @pytest.fixture
 async def relay() -> AsyncIterator[Relay]:
-    """An in-process relay on 127.0.0.1 with a free port (see p2p_copy.testing)."""
-    async with running_relay() as r:
+    """An in-process relay on 127.0.0.1 with a free port (see p2p_copy.testing), without
+    the web page: these tests see the relay's own paths (tests/test_web.py, the page's)."""
+    async with running_relay(web=False) as r:
         yield r
 
 

@@ -28,7 +28,9 @@ ALLOWED: dict[str, set[str]] = {
     "storage": {"storage", "protocol", "errors", "results"},
     "display": {"display", "protocol", "errors", "results"},
     "inprocess": set(),
-    "relay": {"relay", "protocol", "errors", "inprocess"},
+    "relay": {"relay", "protocol", "errors", "inprocess", "web", "_version"},
+    # The browser peer's page: data only (relay/web.py serves it).
+    "web": set(),
     "peer": {"peer", "protocol", "storage", "display", "errors", "results", "inprocess"},
     "cli": {"cli", "peer", "protocol", "storage", "display", "relay", "errors", "results",
             "_version"},

@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     relay = sub.add_parser(
         "run-relay-server",
         help="run a relay (TLS unless --no-tls)",
+        description="Run a relay: peers connect with WebSocket to / or /ROOM_HASH. Plain "
+        "HTTP GETs: / and /static/NAME (the web page, unless --no-web), /healthz, /readyz, "
+        "/metrics.",
         epilog="examples:\n  p2p-copy run-relay-server 0.0.0.0 443 --certfile cert.pem "
         "--keyfile key.pem\n  p2p-copy run-relay-server 127.0.0.1 8765 --no-tls\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -785,6 +788,23 @@ def _relay_config_options(relay: argparse.ArgumentParser) -> None:
         "--access-token-file", metavar="FILE",
         help="make the relay private: clients must send one of the tokens in FILE (one per "
         "line) as 'Authorization: Bearer TOKEN'; others get HTTP 401")
+    web = relay.add_argument_group("web page (send and receive in a browser, at https://HOST/)")
+    web.add_argument("--no-web", dest="web", action="store_false",
+                     help="serve no web page: GET / and /static/ are answered as other paths")
+    web.add_argument("--web-connect", metavar="URL", action="append", default=[],
+                     type=_web_url,
+                     help="another relay (wss://...) the page may connect to besides this "
+                     "one; repeatable")
+
+
+def _web_url(value: str) -> str:
+    from ..relay.web import connect_source
+
+    try:
+        connect_source(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def _read_tokens(path: str) -> frozenset[str]:
@@ -807,6 +827,7 @@ def _relay_limits(args: argparse.Namespace) -> dict[str, Any]:
     fields = {name: getattr(args, name) for name, _, _ in (*_RELAY_OPTIONS, *_RELAY_LIMITS)}
     if args.access_token_file:
         fields["access_tokens"] = _read_tokens(args.access_token_file)
+    fields["web"], fields["web_connect"] = args.web, tuple(args.web_connect)
     return fields
 
 
