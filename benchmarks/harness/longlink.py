@@ -17,7 +17,8 @@ caps are not modelled: the question is what a window-limited path costs one conn
     python benchmarks/harness/longlink.py --upstream 127.0.0.1:PORT --rtt 100ms
 
 prints ``listening 127.0.0.1:LPORT`` and forwards every connection to ``PORT`` until
-killed. Only loopback addresses are accepted, both ways.
+killed (``bench.py _longlink ARGS`` runs the same, with a line per ``--upstream``).
+Only loopback addresses are accepted, both ways.
 """
 
 from __future__ import annotations
@@ -99,13 +100,14 @@ class LongLink:
     """The proxy: ``await start()``, then connect to ``port`` instead of the upstream."""
 
     def __init__(self, upstream: tuple[str, int], rtt: float,
-                 window: int = DEFAULT_WINDOW) -> None:
+                 window: int = DEFAULT_WINDOW, retry_refused: float = 0.0) -> None:
         for host in (upstream[0],):
             if not ipaddress.ip_address(host).is_loopback:
                 raise ValueError(f"{host} is not a loopback address")
         self.upstream = upstream
         self.rtt = rtt
         self.window = window
+        self.retry_refused = retry_refused
         self.directions: list[Direction] = []
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -124,11 +126,23 @@ class LongLink:
 
     async def _connection(self, down_r: asyncio.StreamReader,
                           down_w: asyncio.StreamWriter) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            down_w.close()
-            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_refused
+        while True:
+            try:
+                up_r, up_w = await asyncio.open_connection(*self.upstream)
+                break
+            except ConnectionRefusedError:
+                # A peer may connect before its relay listens (socat opens its second port
+                # only after the first accepted); without a link it would retry the refused
+                # connect, which the link's accepted one hides: retry for it.
+                if loop.time() >= deadline:
+                    down_w.close()
+                    return
+                await asyncio.sleep(0.005)
+            except OSError:
+                down_w.close()
+                return
         there, back = Direction(self.rtt, self.window), Direction(self.rtt, self.window)
         self.directions += [there, back]
         try:
@@ -153,21 +167,30 @@ def _bytes(text: str) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    host, _, port = args.upstream.rpartition(":")
-    link = LongLink((host, int(port)), _seconds(args.rtt), _bytes(args.window))
     lhost, _, lport = args.listen.rpartition(":")
-    bound = await link.start(lhost, int(lport))
-    print(f"listening {lhost}:{bound}", flush=True)
+    for upstream in args.upstream:
+        host, _, port = upstream.rpartition(":")
+        link = LongLink((host, int(port)), _seconds(args.rtt), _bytes(args.window),
+                        args.retry_refused)
+        bound = await link.start(lhost, int(lport) if len(args.upstream) == 1 else 0)
+        print(f"listening {lhost}:{bound}", flush=True)
     await asyncio.Event().wait()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--upstream", required=True, help="HOST:PORT on loopback")
-    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (default: a free port)")
+    parser.add_argument("--upstream", required=True, action="append",
+                        help="HOST:PORT on loopback; repeated: one link (and one 'listening' "
+                        "line, in order) each")
+    parser.add_argument("--listen", default="127.0.0.1:0",
+                        help="HOST:PORT (default: a free port; always free ones for several "
+                        "upstreams)")
     parser.add_argument("--rtt", default="100ms", help="round-trip time, e.g. 100ms (default)")
     parser.add_argument("--window", default="4MiB",
                         help="bytes in flight per direction and connection (default 4MiB)")
+    parser.add_argument("--retry-refused", type=float, default=0.0, metavar="SECONDS",
+                        help="retry a refused upstream this long before closing the peer's "
+                        "connection (default 0)")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))
