@@ -57,13 +57,12 @@ NOT_IN_CASE = {
                "pairing relay)",
     "wsmin": " (a reference for one stream of bytes: its relay pairs only the first /send "
              "with the first /recv, no codes, and it has no format for many files)",
-    "socat-tls": " (socat cannot pair by code; longlink compares ours with the raw relay "
-                 "through the same emulated path)",
-    "ours-wss": " (pairs: its reference socat-tls cannot pair by code; longlink: one tool "
-                "over the emulated path is ours, over ws://)",
-    "ours-nginx-tls": " (as ours-wss)",
-    "seed": " (longlink compares ours with the raw relay through the same emulated path)",
+    "socat-tls": " (socat cannot pair by code)",
+    "ours-wss": " (its reference, socat-tls, cannot pair by code)",
+    "ours-nginx-tls": " (its reference, socat-tls, cannot pair by code)",
 }
+LONGLINK_WHY = (" (it compares ours, one lane today, with the raw relay through the same "
+                "emulated path)")
 
 
 def parse_size(text: str) -> int:
@@ -199,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
                         if noisy and r.get("ok"):
                             status += (" - noisy, " + ("measured again" if attempt < args.retries
                                                        else "no retries left"))
-                        print(f"  rep {rep + 1}/{args.repeat} {case:<12} {tool.name:<9} "
+                        print(f"  rep {rep + 1}/{args.repeat} {case:<12} {tool.name:<14} "
                               f"{fmt(rate, 1):>9} in {r.get('wall_s', 0):.2f} s "
                               f"({time.monotonic() - t:.1f} s; others took "
                               f"{100 * r['noise']:.0f} % of the CPUs) {status}", flush=True)
@@ -227,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
                     c["results"][name] = {"skipped": "not available: "
                                           + results["tools"][name].get("reason", "")[:300]}
                 else:
-                    why = NOT_IN_CASE.get(name, "")
+                    why = (LONGLINK_WHY if base_case(case) == "longlink"
+                           else NOT_IN_CASE.get(name, ""))
                     c["results"][name] = {"skipped": f"{name} does not take part in "
                                                      f"{base_case(case)}{why}"}
             add_ratios(c, references)
