@@ -319,6 +319,8 @@ class Bench:
             link.terminate()
             u = link.rusage()
             result["link_cpu_s"], result["link_maxrss_kb"] = u.get("cpu_s"), u.get("maxrss_kb")
+            carried = re.search(r"^carried (\d+) bytes$", link.log_path.read_text(), re.M)
+            result["link_bytes"] = int(carried.group(1)) if carried else None
         for p in (sender, receiver):
             u = p.rusage()
             result[f"{p.name}_exit"] = u.get("exit")

@@ -17,7 +17,8 @@ caps are not modelled: the question is what a window-limited path costs one conn
     python benchmarks/harness/longlink.py --upstream 127.0.0.1:PORT --rtt 100ms
 
 prints ``listening 127.0.0.1:LPORT`` and forwards every connection to ``PORT`` until
-killed (``bench.py _longlink ARGS`` runs the same, with a line per ``--upstream``).
+stopped (on SIGTERM it prints ``carried N bytes``, both ways of every connection;
+``bench.py _longlink ARGS`` runs the same, with a line per ``--upstream``).
 Only loopback addresses are accepted, both ways.
 """
 
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import signal
 import sys
 from collections import deque
 
@@ -168,13 +170,20 @@ def _bytes(text: str) -> int:
 
 async def _serve(args: argparse.Namespace) -> None:
     lhost, _, lport = args.listen.rpartition(":")
+    links = []
     for upstream in args.upstream:
         host, _, port = upstream.rpartition(":")
         link = LongLink((host, int(port)), _seconds(args.rtt), _bytes(args.window),
                         args.retry_refused)
         bound = await link.start(lhost, int(lport) if len(args.upstream) == 1 else 0)
+        links.append(link)
         print(f"listening {lhost}:{bound}", flush=True)
-    await asyncio.Event().wait()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    # What went through, so that a benchmark can tell its peers really took the link.
+    carried = sum(d.carried for link in links for d in link.directions)
+    print(f"carried {carried} bytes", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
