@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 class Baseline(Tool):
     name = "baseline"
     label = "raw TCP relay"
-    cases = (*LOOPBACK_CASES, "longlink")
+    cases: tuple[str, ...] = (*LOOPBACK_CASES, "longlink")
     buffer = SOCAT_BUFFER
 
     def __init__(self, bench: Bench) -> None:

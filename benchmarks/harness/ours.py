@@ -129,7 +129,7 @@ def ensure_ours_venv() -> tuple[str, str]:
 class Ours(Tool):
     name = "ours"
     label = "p2p-copy (this repo)"
-    cases = (*LOOPBACK_CASES, "longlink")
+    cases: tuple[str, ...] = (*LOOPBACK_CASES, "longlink")
 
     def __init__(self, bench: Bench) -> None:
         super().__init__(bench)

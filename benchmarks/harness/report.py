@@ -74,8 +74,9 @@ def print_roles(name: str, case: dict[str, Any]) -> None:
             if any(key in res.get("median", {}) for _, key in ROLE_METRICS)]
     if not rows or name == "pairs":
         return
-    print(f"  per role, CPU-s/GB (x the same role of the reference: socat-tls for "
-          f"{', '.join(TLS_TOOLS[1:])}, else baseline)")
+    print("  per role, CPU-s/GB (x the same role of the tool's reference in this run: "
+          f"socat-tls for {', '.join(t for t in TLS_TOOLS if t != 'socat-tls')}, else "
+          "baseline)")
     print(f"  {'tool':<20}{'reference':<11}" + "".join(f"{r:>17}" for r, _ in ROLE_METRICS))
     for tool, res in rows:
         print(f"  {tool:<20}{res.get('reference', '-'):<11}"
