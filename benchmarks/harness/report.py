@@ -59,27 +59,31 @@ def print_case(name: str, case: dict[str, Any]) -> None:
         print(line)
 
 
-def _role_cell(res: dict[str, Any], key: str) -> str:
-    """'0.62 (2.38x)': CPU-s/GB, and × the same role of the tool's reference."""
+def _role_cell(res: dict[str, Any], key: str, digits: int = 2) -> str:
+    """'0.62 (2.38x)': the median, and × that of the tool's reference."""
     value = res.get("median", {}).get(key)
     if value is None:
         return "-"
     ratio = res.get("ratio_to_reference", {}).get(key)
-    return f"{value:.2f}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
+    return f"{value:,.{digits}f}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
 
 
 def print_roles(name: str, case: dict[str, Any]) -> None:
-    """CPU per GB of each role, and its ratio to the same role of the tool's reference."""
+    """CPU per GB of each role, and its ratio to the same role of the tool's reference
+    (the rate too, against the reference's)."""
     rows = [(tool, res) for tool, res in case["results"].items()
             if any(key in res.get("median", {}) for _, key in ROLE_METRICS)]
     if not rows or name == "pairs":
         return
+    rate = "files_s" if name == "files" else "mb_s"
     print("  per role, CPU-s/GB (x the same role of the tool's reference in this run: "
           f"socat-tls for {', '.join(t for t in TLS_TOOLS if t != 'socat-tls')}, else "
           "baseline)")
-    print(f"  {'tool':<20}{'reference':<11}" + "".join(f"{r:>17}" for r, _ in ROLE_METRICS))
+    unit = {"mb_s": "MB/s", "files_s": "files/s"}[rate]
+    print(f"  {'tool':<20}{'reference':<11}{unit:>17}"
+          + "".join(f"{r:>17}" for r, _ in ROLE_METRICS))
     for tool, res in rows:
-        print(f"  {tool:<20}{res.get('reference', '-'):<11}"
+        print(f"  {tool:<20}{res.get('reference', '-'):<11}{_role_cell(res, rate, 0):>17}"
               + "".join(f"{_role_cell(res, key):>17}" for _, key in ROLE_METRICS))
 
 
@@ -164,9 +168,10 @@ def markdown(results: dict[str, Any]) -> str:
                  if any(key in res.get("median", {}) for _, key in ROLE_METRICS)]
         if roles and name != "pairs":
             lines += ["Per role, CPU-s/GB (× the same role of the reference):", "",
-                      "| tool | reference | " + " | ".join(r for r, _ in ROLE_METRICS) + " |",
-                      "| --- | --- |" + " ---: |" * len(ROLE_METRICS)]
-            lines += [f"| {tool} | {res.get('reference', '-')} | "
+                      f"| tool | reference | {unit} | "
+                      + " | ".join(r for r, _ in ROLE_METRICS) + " |",
+                      "| --- | --- |" + " ---: |" * (1 + len(ROLE_METRICS))]
+            lines += [f"| {tool} | {res.get('reference', '-')} | {_role_cell(res, rate, 0)} | "
                       + " | ".join(_role_cell(res, key) for _, key in ROLE_METRICS) + " |"
                       for tool, res in roles]
             lines.append("")
