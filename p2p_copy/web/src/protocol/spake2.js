@@ -78,8 +78,10 @@ function times(point, s) {
  * @param {"A" | "B"} side  A = sender, B = receiver
  * @param {Uint8Array} password  UTF-8 of the normalised code
  * @param {bigint} scalar  x (side A) or y (side B)
+ * @param {{idA?: Uint8Array, idB?: Uint8Array}} [ids]  p2p-copy's identities unless given
+ *   (python-spake2's own vectors use empty ones)
  */
-export function startWithScalar(side, password, scalar) {
+export function startWithScalar(side, password, scalar, { idA = ID_A, idB = ID_B } = {}) {
   const w = passwordScalar(password);
   const [own, other] = side === "A" ? [M, N] : [N, M];
   const element = times(Point.BASE, scalar).add(times(own, w));
@@ -100,7 +102,7 @@ export function startWithScalar(side, password, scalar) {
     if (bytesToHex(theirBytes) === bytesToHex(elementBytes)) throw new Error("the SPAKE2 message was reflected");
     const z = times(theirs.subtract(times(other, w)), scalar).toBytes();
     const [xStar, yStar] = side === "A" ? [elementBytes, theirBytes] : [theirBytes, elementBytes];
-    return sha256(concatBytes(sha256(password), sha256(ID_A), sha256(ID_B), xStar, yStar, z));
+    return sha256(concatBytes(sha256(password), sha256(idA), sha256(idB), xStar, yStar, z));
   }
   return { message, finish };
 }
