@@ -128,8 +128,11 @@ export class Link {
       this.queue.push(item);
       this.notify();
     };
+    /** @type {P2PError | null} what the relay's close means, once it came */
+    this.closed = null;
     ws.onclose = (event) => {
-      if (!this.ended) this.ended = closedError(event.code, event.reason ?? "", role);
+      this.closed = closedError(event.code, event.reason ?? "", role);
+      if (!this.ended) this.ended = this.closed;
       this.notify();
     };
     ws.onerror = () => {};
@@ -178,6 +181,7 @@ export class Link {
   async next(timeout = 0, waitingFor = "the other side") {
     const deadline = timeout ? Date.now() + timeout : 0;
     for (;;) {
+      if (this.signal?.aborted) throw abortError();
       const item = this.queue.shift();
       if (item) {
         this.queuedBytes -= "text" in item ? item.text.length : item.data.length;
@@ -203,7 +207,7 @@ export class Link {
   sendData(bytes) { this.checkOpen(); this.ws.send(bytes); }
 
   checkOpen() {
-    if (this.ended) throw this.ended;
+    if (this.closed) throw this.closed;
     if (this.ws.readyState !== 1) throw closedError(1006, "", this.role);
   }
 
@@ -307,7 +311,7 @@ export class Channel {
   async fail(error) {
     if (this.failed) return;
     this.failed = true;
-    if (error.wire && !this.link.ended) {
+    if (error.wire && !this.link.closed) {
       try {
         await this.send({ type: "error", code: error.wire, message: error.peerMessage ?? error.message });
       } catch { /* the connection is gone: nothing to tell */ }

@@ -170,8 +170,14 @@ class Receiving {
     return agreed;
   }
 
-  /** The digest of the first `offset` bytes the sink holds of file `file`; leaves the hasher fed with them. */
+  /** The digest of the first `offset` bytes the sink holds of file `file`. */
   async prefixDigest(file, offset) {
+    await this.feedPrefix(file, offset);
+    return /** @type {string} */ (this.hasher.digest("hex"));
+  }
+
+  /** Starts the hasher over with the first `offset` bytes the sink holds of file `file`. */
+  async feedPrefix(file, offset) {
     const hasher = this.hasher;
     hasher.init();
     const source = await this.sink.prefix(file, offset);
@@ -188,7 +194,6 @@ class Receiving {
         hasher.update(new Uint8Array(await source.slice(at, Math.min(offset, at + BLOCK)).arrayBuffer()));
       }
     }
-    return /** @type {string} */ (hasher.digest("hex"));
   }
 
   /** The data stream, checksums, eof (§6.6-6.8); `first` is a message already read. */
@@ -207,7 +212,7 @@ class Receiving {
       while (current < files.length) {
         const file = files[current];
         left = file.size - offsets[current];
-        if (offsets[current] > 0) await this.prefixDigest(current, offsets[current]);
+        if (offsets[current] > 0) await this.feedPrefix(current, offsets[current]);
         else hasher.init();
         if (left > 0) {
           writer = await this.sink.open(file.path, file.size, { offset: offsets[current] });

@@ -180,14 +180,47 @@ async function transfer(channel, entries, files, onEvent) {
     }
     await channel.send({ type: "resume", files: agreed });
   }
-  const window = accept.window;
-  const total = files.reduce((sum, file, i) => sum + file.size - offsets[i], 0);
-  const state = { sent: 0, acked: 0, done: false, failure: null, wake: null };
-  const reader = readWhileSending(channel, state, window);
+  const state = { sent: 0, acked: 0, window: accept.window, eofSent: false, done: false, failure: null, wake: null };
+  const reader = readWhileSending(channel, state, accept.window);
   let progress = 0;
-  /** Digests of complete files not sent yet: flushed after the data message that completes a file. */
+  try {
+    progress = await streamFiles(channel, files, offsets, hasher, digest, state, onEvent);
+  } catch (error) {
+    // The relay's close often follows the receiver's `error`, which then says why.
+    if (channel.link.closed) await reader;
+    throw state.failure ?? error;
+  }
+  await channel.send({ type: "eof" });
+  state.eofSent = true;
+  let timer;
+  await Promise.race([reader, new Promise((resolve) => { timer = setTimeout(resolve, DONE_TIMEOUT); })]);
+  clearTimeout(timer);
+  if (state.failure) throw state.failure;
+  if (!state.done) {
+    throw new P2PError("timeout", `No confirmation from the receiver in ${DONE_TIMEOUT / 1000} s.`, { wire: "timeout" });
+  }
+  return { files: files.length, dirs: entries.length - files.length, bytes: progress, digest };
+}
+
+/**
+ * The data stream (§6.6) from the agreed offsets, with each file's digest sent right after
+ * the data message that completes it (§6.7); zero-byte files ride along with the next.
+ * Returns the stream bytes sent.
+ */
+async function streamFiles(channel, files, offsets, hasher, digest, state, onEvent) {
+  const window = state.window;
+  const total = files.reduce((sum, file, i) => sum + file.size - offsets[i], 0);
   let pending = [];
   let completed = 0;
+  const flush = async () => {
+    if (state.failure) throw state.failure;
+    const first = completed - pending.length;
+    // 4096 digests per message at most (§6.7 rule 4).
+    for (let k = 0; k < pending.length; k += 4096) {
+      await channel.send({ type: "checksums", first: first + k, [digest]: pending.slice(k, k + 4096) });
+    }
+    pending = [];
+  };
   for (let i = 0; i < files.length; i++) {
     const file = files[i];
     hasher.init();
@@ -203,35 +236,16 @@ async function transfer(channel, entries, files, onEvent) {
       hasher.update(bytes);
       await channel.sendData(message);
       state.sent += bytes.length;
-      progress += bytes.length;
       wrote = true;
-      onEvent({ type: "progress", bytes: progress, total });
+      onEvent({ type: "progress", bytes: state.sent, total });
     }
     completed = i + 1;
-    pending.push({ digest: /** @type {string} */ (hasher.digest("hex")) });
-    if (wrote) await flushChecked();
+    pending.push(/** @type {string} */ (hasher.digest("hex")));
+    if (wrote) await flush();
     onEvent({ type: "file", path: file.path, verified: false });
   }
-  async function flushChecked() {
-    if (state.failure) throw state.failure;
-    const first = completed - pending.length;
-    // 4096 digests per message at most (§6.7 rule 4).
-    for (let k = 0; k < pending.length; k += 4096) {
-      await channel.send({ type: "checksums", first: first + k, [digest]: pending.slice(k, k + 4096).map((p) => p.digest) });
-    }
-    pending = [];
-  }
-  await flushChecked();
-  await channel.send({ type: "eof" });
-  state.eofSent = true;
-  let timer;
-  await Promise.race([reader, new Promise((resolve) => { timer = setTimeout(resolve, DONE_TIMEOUT); })]);
-  clearTimeout(timer);
-  if (state.failure) throw state.failure;
-  if (!state.done) {
-    throw new P2PError("timeout", `No confirmation from the receiver in ${DONE_TIMEOUT / 1000} s.`, { wire: "timeout" });
-  }
-  return { files: files.length, dirs: entries.length - files.length, bytes: progress, digest };
+  await flush();
+  return state.sent;
 }
 
 /** Validates held prefixes (§6.5.1) against our files; a violation otherwise. */
