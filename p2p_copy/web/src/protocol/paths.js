@@ -78,13 +78,14 @@ const IGNORED_BY_HFS = /[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]/gu;
 
 /**
  * Full case folding of a string (Python's str.casefold()), which JavaScript lacks:
- * upper- then lower-casing twice reaches the folded form for every cased letter ("ẞ" needs
- * the second round), and the final sigma, which toLowerCase() keeps by context, is the
- * plain sigma when folded. test/paths.test.mjs checks this against Python for every code
- * point Python cases.
+ * upper- then lower-casing twice reaches the folded form of every cased letter ("ẞ" needs
+ * the second round) but two: the final sigma, which toLowerCase() keeps by context, folds
+ * to the plain sigma, and the dotless ı, which upper-cases to I, folds to itself.
+ * test/paths.test.mjs checks this against Python for every code point Python cases.
  */
 function casefold(text) {
-  return text.toUpperCase().toLowerCase().toUpperCase().toLowerCase().replace(/ς/gu, "σ");
+  const round = (run) => run.toUpperCase().toLowerCase().toUpperCase().toLowerCase();
+  return text.split("ı").map(round).join("ı").replace(/ς/gu, "σ");
 }
 
 /**
