@@ -284,7 +284,7 @@ class Receiving {
     for (const dir of [...dirs].sort((a, b) => b.path.split("/").length - a.path.split("/").length)) await this.sink.mkdir(dir.path, dir);
     await this.sink.done?.();
     await this.channel.send({ type: "done" });
-    return { files: files.length, dirs: dirs.length, bytes: received, digest: this.digest };
+    return { files: files.length, dirs: dirs.length, bytes: received, digest: this.digest, window };
   }
 
   /** Discard every unverified file; tell the sink why. */
