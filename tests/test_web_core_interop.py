@@ -20,19 +20,18 @@ import pytest
 import p2p_copy
 from p2p_copy.errors import TamperingError
 
-from .conftest import Processes, cli_env
+from .conftest import WEB, Processes, cli_env, need_node_packages
 from .test_tampering import ManInTheMiddle, Message
 
-WEB = Path(__file__).resolve().parent.parent / "p2p_copy" / "web"
 CLI_PEER = WEB / "test" / "cli-peer.mjs"
 NODE = shutil.which("node")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(NODE is None or not (WEB / "node_modules").is_dir(),
-                       reason="needs Node and `npm install` in p2p_copy/web"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(autouse=True)
+def _node() -> None:
+    need_node_packages()
 
 
 def node_args(mode: str, url: str, code: str, path: Path) -> list[str]:
