@@ -42,6 +42,7 @@ from ..protocol.codes import (
 from ..protocol.paths import display_name
 from ..protocol.policy import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, OfferSummary
 from ..relay.logs import ADDRESS_MODES
+from ..signals import INTERRUPTS, on_signals
 from .config import RELAY_ENV, Relay, choose_relay, is_relay_url, served_relay
 from .report import Tally, kept_partial, receive_lines, summary
 from .serve import DEFAULT_HOST, parse_serve
@@ -253,7 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run-relay-server",
         help="run a relay (TLS unless --no-tls)",
         epilog="examples:\n  p2p-copy run-relay-server 0.0.0.0 443 --certfile cert.pem "
-        "--keyfile key.pem\n  p2p-copy run-relay-server 127.0.0.1 8765 --no-tls\n",
+        "--keyfile key.pem\n  p2p-copy run-relay-server 127.0.0.1 8765 --no-tls\n\n"
+        "stopping:\n  SIGTERM (kill, systemctl stop, docker stop) drains: running pairs may "
+        "finish\n  for --drain-timeout seconds, new peers are turned away. On Windows, "
+        "where no\n  other process can send SIGTERM, Ctrl-Break in the relay's console "
+        "drains.\n  Ctrl-C stops at once, closing every connection.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     relay.add_argument("host", metavar="HOST", help="address to listen on, e.g. 0.0.0.0")
@@ -316,7 +321,7 @@ def _size_or_zero(value: str) -> int:
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """asyncio.run, with Ctrl-C and SIGTERM cancelling the work.
+    """asyncio.run, with Ctrl-C (Ctrl-Break on Windows) and SIGTERM cancelling the work.
 
     Ctrl-C says "cancelling…" at once on a terminal: closing the connection and keeping
     what arrived for a later run may take a moment, which must not look like a hang.
@@ -325,19 +330,16 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     async def main() -> Any:
         task = asyncio.current_task()
         assert task is not None
-        loop = asyncio.get_running_loop()
 
         def interrupted() -> None:
             if is_terminal(sys.stderr):
                 print("\np2p-copy: cancelling…", file=sys.stderr, flush=True)
             task.cancel()
 
-        for signum, handler in ((signal.SIGTERM, task.cancel), (signal.SIGINT, interrupted)):
-            try:
-                loop.add_signal_handler(signum, handler)
-            except (NotImplementedError, RuntimeError):
-                pass
-        return await coro
+        handlers: dict[int, Callable[[], object]] = {signal.SIGTERM: task.cancel}
+        handlers.update(dict.fromkeys(INTERRUPTS, interrupted))
+        with on_signals(handlers):
+            return await coro
 
     return asyncio.run(main())
 
@@ -715,7 +717,8 @@ _RELAY_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("peer_timeout", "SECONDS", "how long a peer may wait for its partner"),
     ("max_message_size", "BYTES", "the largest message a peer may send"),
     ("drain_timeout", "SECONDS",
-     "on SIGTERM, how long running pairs may finish before they are closed with 4005"),
+     "on SIGTERM (Ctrl-Break on Windows), how long running pairs may finish before "
+     "they are closed with 4005"),
     ("log_addresses", "MODE",
      "peer addresses in logs: full, blur (their /24 or /48) or none"),
 )
@@ -859,7 +862,8 @@ def _run_relay(args: argparse.Namespace) -> int:
         raise UsageError(f"Invalid relay limit: {exc}.") from None
     configure_logging(args.log_level, json_lines=args.log_json)
     try:
-        # Not _run: SIGTERM drains the relay (run_relay handles it) instead of cancelling.
+        # Not _run: SIGTERM (Ctrl-Break on Windows) drains the relay (run_relay handles
+        # it) instead of cancelling.
         asyncio.run(run_relay(args.host, args.port, ssl_context=context, config=config,
                               announce=not args.log_json))
     except (KeyboardInterrupt, asyncio.CancelledError):

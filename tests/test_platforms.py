@@ -1,0 +1,179 @@
+"""Windows and macOS, as far as Linux can show them (issue 23, docs/platforms.md).
+
+Windows' default event loop has no ``add_signal_handler`` and Windows has Ctrl-Break
+(SIGBREAK), which Linux has not. The CLI and the relay run here in a process where asyncio's
+signal handlers raise NotImplementedError, as on Windows, and SIGUSR1 stands for SIGBREAK:
+what they do must not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from p2p_copy import signals
+from p2p_copy.errors import TransferCancelledError
+
+from .conftest import Processes, free_port, wait_for_port
+from .test_offer import Terminal
+
+TIMEOUT = 60
+
+#: What stands for Ctrl-Break in the processes below.
+CTRL_BREAK = signal.SIGUSR1
+
+#: ``python -c WINDOWS_LIKE ARGS`` runs the CLI as ``p2p-copy ARGS`` would, but with
+#: asyncio's signal handlers missing, as on Windows' Proactor loop, and a SIGBREAK.
+WINDOWS_LIKE = f"""
+import asyncio, signal
+loop = asyncio.unix_events._UnixSelectorEventLoop
+loop.add_signal_handler = asyncio.AbstractEventLoop.add_signal_handler
+loop.remove_signal_handler = asyncio.AbstractEventLoop.remove_signal_handler
+signal.SIGBREAK = signal.Signals({int(CTRL_BREAK)})
+from p2p_copy.cli import console_main
+console_main()
+"""
+
+
+def _argv(windows_like: bool, *args: str) -> list[str]:
+    if windows_like:
+        return [sys.executable, "-c", WINDOWS_LIKE, *args]
+    return [sys.executable, "-m", "p2p_copy", *args]
+
+
+class _Terminal(Terminal):
+    """Terminal (tests/test_offer.py), running the CLI Windows-like if asked."""
+
+    def __init__(self, processes: Processes, windows_like: bool, *args: str,
+                 cwd: Path) -> None:
+        import pty
+
+        self.master, slave = pty.openpty()
+        try:
+            self.proc = subprocess.Popen(_argv(windows_like, *args), stdin=slave,
+                                         stderr=slave, stdout=subprocess.PIPE, cwd=cwd)
+        finally:
+            os.close(slave)
+        processes.procs.append(self.proc)  # type: ignore[arg-type]
+        self.seen = b""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("windows_like", "sig"), [
+    (False, signal.SIGINT),
+    (True, signal.SIGINT),
+    (True, CTRL_BREAK),
+    (True, signal.SIGTERM),
+], ids=["ctrl-c", "ctrl-c-windows-like", "ctrl-break-windows-like", "sigterm-windows-like"])
+def test_an_interrupt_cancels_a_receive_as_on_linux(
+    processes: Processes, tmp_path: Path, windows_like: bool, sig: signal.Signals
+) -> None:
+    """Ctrl-C and Ctrl-Break on a receiver waiting for its sender say "cancelling…" at once,
+    then "cancelled.", exit 130 and write nothing, with or without asyncio's signal
+    handlers (SIGTERM the same without the "cancelling…")."""
+    _, url = processes.start_relay()
+    out = tmp_path / "out"
+    term = _Terminal(processes, windows_like, "receive", url, "7-signal-test-code",
+                     "--out", str(out), cwd=tmp_path)
+    term.read_until("waiting for the other side")
+    term.proc.send_signal(sig)
+    status, shown = term.finish()
+    assert status == TransferCancelledError.exit_code, shown
+    after = shown.split("waiting for the other side", 1)[1]
+    interrupt = sig != signal.SIGTERM
+    assert ("p2p-copy: cancelling…" in after) == interrupt, shown
+    assert after.strip().splitlines()[-1] == "p2p-copy: cancelled.", shown
+    assert "Traceback" not in shown
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, CTRL_BREAK], ids=["sigterm", "ctrl-break"])
+def test_the_relay_drains_on_sigterm_and_ctrl_break_without_asyncio_signal_handlers(
+    processes: Processes, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A relay whose loop has no signal handlers (Windows) drains on SIGTERM and on
+    Ctrl-Break, and exits 0."""
+    port = free_port()
+    relay = subprocess.Popen(
+        _argv(True, "run-relay-server", "127.0.0.1", str(port), "--no-tls"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    processes.procs.append(relay)
+    wait_for_port(port, relay)
+    relay.send_signal(sig)
+    _, err = relay.communicate(timeout=TIMEOUT)
+    assert relay.returncode == 0, err
+    assert "drain_start" in err and "drain_end" in err, err
+
+
+def _without_asyncio_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop_class = asyncio.unix_events._UnixSelectorEventLoop  # type: ignore[attr-defined]
+    for name in ("add_signal_handler", "remove_signal_handler"):
+        monkeypatch.setattr(loop_class, name, getattr(asyncio.AbstractEventLoop, name))
+
+
+@pytest.mark.parametrize("windows_like", [False, True], ids=["asyncio", "signal.signal"])
+def test_on_signals_runs_the_handler_on_the_loop_and_then_restores(
+    monkeypatch: pytest.MonkeyPatch, windows_like: bool
+) -> None:
+    """A caught signal runs its handler in the loop's thread; after the block the signal is
+    handled as before it."""
+    if windows_like:
+        _without_asyncio_handlers(monkeypatch)
+    before = signal.getsignal(CTRL_BREAK)
+    seen: list[int] = []
+
+    async def main() -> None:
+        got = asyncio.Event()
+
+        def handler() -> None:
+            seen.append(threading.get_ident())
+            got.set()
+
+        with signals.on_signals({CTRL_BREAK: handler}):
+            assert signal.getsignal(CTRL_BREAK) != before
+            os.kill(os.getpid(), CTRL_BREAK)
+            await asyncio.wait_for(got.wait(), TIMEOUT)
+
+    asyncio.run(main())
+    assert seen == [threading.get_ident()]
+    assert signal.getsignal(CTRL_BREAK) == before
+
+
+def test_on_signals_outside_the_main_thread_changes_nothing() -> None:
+    """A loop in another thread (a relay in a notebook's thread) cannot catch signals:
+    on_signals leaves them as they are instead of failing."""
+    before = signal.getsignal(signal.SIGTERM)
+    failed: list[BaseException] = []
+
+    async def main() -> None:
+        with signals.on_signals({signal.SIGTERM: lambda: None}):
+            assert signal.getsignal(signal.SIGTERM) == before
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(TIMEOUT)
+    assert not failed, failed
+
+
+def test_interrupts_and_drain_name_ctrl_break_where_it_exists() -> None:
+    """SIGBREAK, where the system has it, cancels like Ctrl-C and drains like SIGTERM."""
+    assert signal.SIGINT in signals.INTERRUPTS and signal.SIGTERM in signals.DRAIN
+    code = ("import signal; signal.SIGBREAK = 21\n"
+            "from p2p_copy import signals\n"
+            "print(signals.INTERRUPTS[-1], signals.DRAIN[-1])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=TIMEOUT, check=True)
+    assert done.stdout.split() == ["21", "21"]
