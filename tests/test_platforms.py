@@ -1,4 +1,5 @@
-"""Windows and macOS, as far as Linux can show them (issue 23, docs/platforms.md).
+"""Windows and macOS, as far as Linux can show them (issue 23, docs/platforms.md): signals
+without asyncio's handlers, paths with the system's separator.
 
 Windows' default event loop has no ``add_signal_handler`` and Windows has Ctrl-Break
 (SIGBREAK), which Linux has not. The CLI and the relay run here in a process where asyncio's
@@ -9,6 +10,7 @@ what they do must not change.
 from __future__ import annotations
 
 import asyncio
+import ntpath
 import os
 import signal
 import subprocess
@@ -19,7 +21,11 @@ from pathlib import Path
 import pytest
 
 from p2p_copy import signals
+from p2p_copy.cli import report
+from p2p_copy.cli.config import Relay
+from p2p_copy.display.progress import NoProgress
 from p2p_copy.errors import TransferCancelledError
+from p2p_copy.results import FileResult, TransferResult
 
 from .conftest import Processes, free_port, wait_for_port
 from .test_offer import Terminal
@@ -177,3 +183,66 @@ def test_interrupts_and_drain_name_ctrl_break_where_it_exists() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=TIMEOUT, check=True)
     assert done.stdout.split() == ["21", "21"]
+
+
+# --- paths as the receiving system writes them ---------------------------------------
+
+
+@pytest.fixture
+def on_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cli/report.py writes paths as Windows does (ntpath's separators and quoting)."""
+    monkeypatch.setattr(report, "_PATHS", ntpath)
+
+
+def test_shown_path_uses_this_systems_separator(on_windows: None) -> None:
+    """A name from the transfer ('/'-separated) and a local path are shown with
+    backslashes on Windows, quoted without repr()'s doubled backslashes, still escaped."""
+    assert report.shown_path("src/sub/a.txt") == r"src\sub\a.txt"
+    assert report.shown_path(r"C:\Users\me/out", quoted=True) == r"'C:\Users\me\out'"
+    assert report.shown_path("a/\x1b[2Jb") == r"a\\x1b[2Jb"
+
+
+def test_shown_path_keeps_posix_paths() -> None:
+    """On a POSIX system a path is shown as it is (a backslash is part of a name there)."""
+    assert report.shown_path("src/a\\b.txt") == "src/a\\b.txt"
+    assert report.shown_path(Path("/tmp/x"), quoted=True) == "'/tmp/x'"
+
+
+def test_summary_names_the_folder_with_windows_separators(on_windows: None) -> None:
+    """The last line of a receive on Windows: the destination and the folders that arrived
+    as Windows writes them."""
+    result = TransferResult("receiver", (FileResult("src/a.txt", 3, "0" * 64),
+                                         FileResult("b.txt", 1, "0" * 64)), 4, 1.0)
+    line = report.summary(result, report.Tally(NoProgress()), r"C:\Users\me\out")
+    assert line.startswith(r"Received 2 file(s), 4 B, into C:\Users\me\out: src\, b.txt."), line
+
+
+def test_the_command_lines_shown_follow_the_system(on_windows: None, tmp_path: Path) -> None:
+    """On Windows, the line to run elsewhere quotes a CA path for cmd and PowerShell alike,
+    and a stopped receive's discard command is PowerShell's (there is no find -delete)."""
+    relay = Relay("wss://relay.example:443", "argument", r"C:\Program Files\ca.pem", None)
+    lines, _ = report.receive_lines(relay, "7-amber-crossover-wayside")
+    assert r'--cafile "C:\Program Files\ca.pem" ' in lines[-1], lines
+    out = tmp_path / "it's here"
+    out.mkdir()
+    (out / ".big.bin.p2p-copy-part").write_bytes(b"x" * 10)
+    note = report.kept_partial(str(out))
+    assert note is not None and "Get-ChildItem -LiteralPath '" in note, note
+    assert "it''s here' -Recurse" in note and "find " not in note, note
+
+
+def test_the_discard_command_on_posix_deletes_only_what_a_receive_kept(
+        tmp_path: Path) -> None:
+    """The find(1) command kept_partial gives, run as it is, deletes the part file and the
+    sidecar and nothing else."""
+    out = tmp_path / "a folder"
+    (out / "sub").mkdir(parents=True)
+    for name in (".f.p2p-copy-part", "sub/.g.p2p-copy-part", "sub/.g.p2p-copy-resume",
+                 "keep.txt", ".keep"):
+        (out / name).write_bytes(b"x")
+    note = report.kept_partial(str(out))
+    assert note is not None
+    command = note.split("discard it with: ", 1)[1]
+    subprocess.run(["sh", "-c", command], check=True, timeout=TIMEOUT)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        ".keep", "keep.txt", "sub"]

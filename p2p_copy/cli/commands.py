@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import os
 import re
-import shlex
 import signal
 import sys
 import textwrap
@@ -44,7 +43,7 @@ from ..protocol.policy import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, OfferSumma
 from ..relay.logs import ADDRESS_MODES
 from ..signals import INTERRUPTS, on_signals
 from .config import RELAY_ENV, Relay, choose_relay, is_relay_url, served_relay
-from .report import Tally, kept_partial, receive_lines, summary
+from .report import Tally, kept_partial, receive_lines, shell_word, shown_path, summary
 from .serve import DEFAULT_HOST, parse_serve
 from .tuning import tune_process
 
@@ -53,7 +52,7 @@ __all__ = ["main", "RELAY_TOKEN_ENV"]
 #: Environment variable with a private relay's access token (keeps it out of `ps`).
 RELAY_TOKEN_ENV = "P2P_COPY_RELAY_TOKEN"
 #: The config file as help texts show it (config.config_path() is where it really is).
-_CONFIG_SHOWN = "~/.config/p2p-copy/config.toml"
+_CONFIG_SHOWN = os.path.join("~", ".config", "p2p-copy", "config.toml")
 #: The subcommands: a first argument that is none of them may be a code or a file (main).
 COMMANDS = ("send", "receive", "run-relay-server", "demo", "completion")
 
@@ -426,7 +425,7 @@ def _positional_code(items: list[str]) -> str:
     if looks_like_code(first):
         if exists:
             raise UsageError(
-                f"{display_name(first)!r} stands where the code goes, but names a file or "
+                f"{shown_path(first, quoted=True)} stands where the code goes, but names a file or "
                 "folder here. To send it, put 'auto' before it (a generated code) or leave "
                 "the relay to --relay; to choose the code, use --code CODE.")
         return items.pop(0)
@@ -529,8 +528,8 @@ def _check_output(args: argparse.Namespace) -> None:
             raise UsageError("--stdout would print the received bytes onto this terminal: "
                              "pipe it (… --stdout | tar x) or save to disk with --out DIR.")
     elif os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {display_name(args.out)!r} is a file: give a folder (made "
-                         "if it does not exist).")
+        raise UsageError(f"--out {shown_path(args.out, quoted=True)} is a file: give a folder "
+                         "(made if it does not exist).")
 
 
 def _options(relay: Relay, args: argparse.Namespace, **side: Any) -> Any:
@@ -655,7 +654,7 @@ class _AskOnTerminal:
 
     def offer(self, summary: OfferSummary) -> Awaitable[bool]:
         lines = offer_lines(summary)
-        lines.append(f"Receive into {display_name(self._dest)}? [y/N] ")
+        lines.append(f"Receive into {shown_path(self._dest)}? [y/N] ")
         self._stream.write("\n".join(lines))
         self._stream.flush()
         return self._answer()
@@ -790,18 +789,26 @@ def _relay_config_options(relay: argparse.ArgumentParser) -> None:
         "line) as 'Authorization: Bearer TOKEN'; others get HTTP 401")
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without the path (an OSError's str() repeats it as repr(), which
+    doubles a Windows path's backslashes)."""
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).rstrip(".")
+
+
 def _read_tokens(path: str) -> frozenset[str]:
     """The access tokens in ``path``: one per line; blank lines and # comments are skipped."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"Cannot read the access token file {path!r}: {exc}") from None
+        raise UsageError(f"Cannot read the access token file {shown_path(path, quoted=True)}: "
+                         f"{_reason(exc)}.") from None
     tokens = frozenset(line.strip() for line in lines
                        if line.strip() and not line.lstrip().startswith("#"))
     if not tokens:
         raise UsageError(
-            f"The access token file {path!r} holds no token. Put one token per line in it.")
+            f"The access token file {shown_path(path, quoted=True)} holds no token. Put one "
+            "token per line in it.")
     return tokens
 
 
@@ -847,12 +854,14 @@ def _run_relay(args: argparse.Namespace) -> int:
                 with open(path, "rb"):
                     pass
             except OSError as exc:
-                raise UsageError(f"Cannot read {flag} {path!r}: {exc.strerror}.") from None
+                raise UsageError(f"Cannot read {flag} {shown_path(path, quoted=True)}: "
+                                 f"{exc.strerror}.") from None
         try:
             context = server_ssl_context(args.certfile, args.keyfile)
         except (OSError, ValueError) as exc:
-            key = f" with the key {args.keyfile!r}" if args.keyfile else ""
-            raise UsageError(f"Cannot load the TLS certificate {args.certfile!r}{key}: {exc}. "
+            key = f" with the key {shown_path(args.keyfile, quoted=True)}" if args.keyfile else ""
+            raise UsageError("Cannot load the TLS certificate "
+                             f"{shown_path(args.certfile, quoted=True)}{key}: {exc}. "
                              "Check that they are PEM files and belong together.") from None
     if args.drain_timeout < 0:
         raise UsageError("--drain-timeout must not be negative.")
@@ -884,8 +893,8 @@ def _habits(argv: list[str]) -> list[str]:
     if looks_like_code(first) and not exists:
         return ["receive", *argv]
     if exists:
-        raise UsageError(f"Did you mean to send {display_name(first)!r}? Run: "
-                         f"p2p-copy send {display_name(shlex.join(argv))}")
+        raise UsageError(f"Did you mean to send {shown_path(first, quoted=True)}? Run: "
+                         f"p2p-copy send {display_name(' '.join(map(shell_word, argv)))}")
     return argv
 
 
