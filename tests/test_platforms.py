@@ -27,7 +27,7 @@ from p2p_copy.display.progress import NoProgress
 from p2p_copy.errors import TransferCancelledError
 from p2p_copy.results import FileResult, TransferResult
 
-from .conftest import Processes, free_port, wait_for_port
+from .conftest import Processes, cli_env, free_port, wait_for_port
 from .test_offer import Terminal
 
 TIMEOUT = 60
@@ -55,16 +55,23 @@ def _argv(windows_like: bool, *args: str) -> list[str]:
 
 
 class _Terminal(Terminal):
-    """Terminal (tests/test_offer.py), running the CLI Windows-like if asked."""
+    """Terminal (tests/test_offer.py) of 80 x 24, running the CLI Windows-like if asked,
+    with stdout on the terminal too if ``stdout``."""
 
     def __init__(self, processes: Processes, windows_like: bool, *args: str,
-                 cwd: Path) -> None:
+                 cwd: Path, env: dict[str, str] | None = None, stdout: bool = False) -> None:
+        import fcntl
         import pty
+        import struct
+        import termios
 
         self.master, slave = pty.openpty()
         try:
-            self.proc = subprocess.Popen(_argv(windows_like, *args), stdin=slave,
-                                         stderr=slave, stdout=subprocess.PIPE, cwd=cwd)
+            # A terminal of no size gets no progress bar from tqdm.
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+            self.proc = subprocess.Popen(
+                _argv(windows_like, *args), stdin=slave, stderr=slave,
+                stdout=slave if stdout else subprocess.PIPE, cwd=cwd, env=env)
         finally:
             os.close(slave)
         processes.procs.append(self.proc)  # type: ignore[arg-type]
@@ -246,3 +253,34 @@ def test_the_discard_command_on_posix_deletes_only_what_a_receive_kept(
     subprocess.run(["sh", "-c", command], check=True, timeout=TIMEOUT)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
         ".keep", "keep.txt", "sub"]
+
+
+# --- escapes -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_transfer_on_a_terminal_writes_no_escape_sequences(
+        processes: Processes, tmp_path: Path) -> None:
+    """Sender (with its QR code) and receiver on terminals, with FORCE_COLOR set: the bar,
+    the code, the offer and the summaries hold no escape sequence (the bar redraws with
+    a carriage return only), so no terminal shows them as garbage: a legacy Windows
+    console, TERM=dumb, or with NO_COLOR. A colour added one day must follow
+    _colorize.can_colorize's rules (docs/platforms.md)."""
+    _, url = processes.start_relay()
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "big.bin", "wb") as f:  # sparse: quick to make and to read
+        f.truncate(64 * 2**20)
+    env = cli_env(FORCE_COLOR="1", TERM="xterm-256color")
+    env.pop("NO_COLOR", None)
+    code = "7-escape-free-terminal"
+    sender = _Terminal(processes, False, "send", url, code, str(src), "--qr", cwd=tmp_path,
+                       env=env, stdout=True)
+    receiver = _Terminal(processes, False, "receive", url, code, "--out", str(tmp_path / "out"),
+                         "--yes", cwd=tmp_path, env=env, stdout=True)
+    receiver.read_until("100%")
+    r_status, received = receiver.finish()
+    s_status, sent = sender.finish()
+    assert (r_status, s_status) == (0, 0), received + sent
+    assert "\u2580" in sent or "\u2584" in sent  # the QR code was drawn
+    assert "\x1b" not in sent and "\x1b" not in received, repr(sent + received)
