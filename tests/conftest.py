@@ -29,6 +29,24 @@ async def relay() -> AsyncIterator[Relay]:
         yield r
 
 
+#: The browser peer's sources: its JavaScript tests run Node there after ``npm ci``.
+WEB = Path(__file__).resolve().parent.parent / "p2p_copy" / "web"
+
+
+def need_node_packages() -> str:
+    """The node binary for tests of the browser peer's JavaScript. Skips where Node or
+    p2p_copy/web/node_modules is missing; fails instead on CI, where .ci/run installs both."""
+    import shutil  # only these tests need it
+
+    node = shutil.which("node")
+    if node is None or not (WEB / "node_modules").is_dir():
+        reason = "needs Node and `npm ci` in p2p_copy/web"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, and .ci/run should have done it")
+        pytest.skip(reason)
+    return node
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -25,7 +25,6 @@ import contextlib
 import hmac
 import logging
 import os
-import signal
 import ssl
 import sys
 import time
@@ -44,6 +43,7 @@ from .. import inprocess
 from ..errors import RemoteProtocolError
 from ..protocol.codes import room_from_path
 from ..protocol.messages import CloseCode, Hello, Ready, Waiting, encode, parse_hello
+from ..signals import DRAIN, on_signals
 from .admission import LOOPBACK, Admission, Limits, Refusal, client_host, parse_networks
 from .forwarding import Budget, ForwardingConnection, FrameTap, Verdict
 from .lifecycle import Event, Lifecycle, Reason, closed
@@ -859,29 +859,26 @@ async def run_relay(
     config: RelayConfig | None = None,
     announce: bool = True,
 ) -> None:
-    """Serve until SIGTERM, then drain and return; cancelling (Ctrl-C) stops at once.
+    """Serve until SIGTERM (or Ctrl-Break on Windows: signals.DRAIN), then drain and
+    return; cancelling (Ctrl-C) stops at once.
 
     ``announce`` prints the URL on stdout once listening (not for JSON-only output).
     """
     relay = Relay(host, port, ssl_context=ssl_context, config=config)
-    loop = asyncio.get_running_loop()
     terminate = asyncio.Event()
     # Before listening: a SIGTERM as soon as the port is open must drain, not kill.
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGTERM, terminate.set)
-    try:
-        await relay.start()
-        if relay.metrics is None:
-            # Said by the server only: a relay embedded in a demo or a notebook has no
-            # operator to monitor it.
-            log.warning("metrics are off: prometheus_client is not installed "
-                        "(pip install prometheus-client, the p2p-copy[relay] extra); "
-                        "/metrics answers 404")
-        if announce:
-            print(f"Relay listening on {relay.url}", flush=True)
-        await terminate.wait()
-        await relay.drain()
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
-        await relay.stop()
+    with on_signals(dict.fromkeys(DRAIN, terminate.set)):
+        try:
+            await relay.start()
+            if relay.metrics is None:
+                # Said by the server only: a relay embedded in a demo or a notebook has no
+                # operator to monitor it.
+                log.warning("metrics are off: prometheus_client is not installed "
+                            "(pip install prometheus-client, the p2p-copy[relay] extra); "
+                            "/metrics answers 404")
+            if announce:
+                print(f"Relay listening on {relay.url}", flush=True)
+            await terminate.wait()
+            await relay.drain()
+        finally:
+            await relay.stop()
