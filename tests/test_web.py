@@ -245,3 +245,67 @@ def test_the_package_ships_the_page_and_not_its_sources(tmp_path: Path) -> None:
     assert "p2p_copy/web/static/index.html" in names and "p2p_copy/web/__init__.py" in names
     assert not [n for n in names if "/web/src/" in n or "node_modules" in n
                 or n.endswith("package.json")]
+
+
+# --- the headers in a real browser -------------------------------------------------------
+
+PROBE_PAGE = b"""<!doctype html><title>loading</title>
+<script>window.inlineRan = true;</script>
+<script type="module" src="static/app.js"></script>
+"""
+#: Connects to this relay (allowed: 'self'), to an allowed other relay and to one that is
+#: not allowed; says in the title what got through and what the CSP blocked.
+PROBE_SCRIPT = b"""
+const blocked = [];
+document.addEventListener("securitypolicyviolation", (e) => blocked.push(e.blockedURI));
+const room = "c".repeat(64);
+const ws = new WebSocket(location.origin.replace(/^http/, "ws") + "/" + room);
+ws.onopen = () => ws.send(JSON.stringify({type: "hello", code_hash_hex: room,
+                                          role: "sender", version: 2}));
+ws.onmessage = async (event) => {
+  for (const port of [OTHER, STRANGER]) {
+    try { new WebSocket(`ws://127.0.0.1:${port}/`).onerror = () => {}; } catch (e) {}
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  document.title = "relay said " + JSON.parse(event.data).type + "; inline " +
+    Boolean(window.inlineRan) + "; blocked " + JSON.stringify(blocked);
+};
+"""
+
+
+@pytest.mark.slow
+async def test_the_csp_holds_in_chromium(tmp_path: Path) -> None:
+    """In real Chromium: the page's script runs and reaches its relay over ws:// ('self'),
+    and a --web-connect relay; an inline script does not run; a WebSocket to any other
+    relay is blocked by the CSP."""
+    from .conftest import free_port
+    from .test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"needs {CHROMIUM}")
+    async_api = pytest.importorskip("playwright.async_api")
+    other, stranger = free_port(), free_port()
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "index.html").write_bytes(PROBE_PAGE)
+    (static / "app.js").write_bytes(PROBE_SCRIPT.replace(b"OTHER", str(other).encode())
+                                    .replace(b"STRANGER", str(stranger).encode()))
+    async with asyncio.timeout(60), running_relay(
+            web_folder=str(static), web_connect=(f"ws://127.0.0.1:{other}",)) as relay:
+        async with async_api.async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                               args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                await page.goto(f"http://127.0.0.1:{relay.port}/")
+                # Not wait_for_function: it evaluates its predicate with eval, which this
+                # CSP forbids; title() goes through the debugger protocol.
+                title = await page.title()
+                while not title.startswith("relay said"):
+                    await asyncio.sleep(0.05)
+                    title = await page.title()
+            finally:
+                await browser.close()
+    assert title.startswith("relay said waiting; inline false; blocked "), title
+    blocked = json.loads(title.removeprefix("relay said waiting; inline false; blocked "))
+    assert blocked == [f"ws://127.0.0.1:{stranger}/"]
