@@ -252,9 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     relay = sub.add_parser(
         "run-relay-server",
         help="run a relay (TLS unless --no-tls)",
-        description="Run a relay: peers connect with WebSocket to / or /ROOM_HASH. Plain "
-        "HTTP GETs: / and /static/NAME (the web page, unless --no-web), /healthz, /readyz, "
-        "/metrics.",
+        description="Run a relay: peers connect with WebSocket to / or /ROOM_HASH.\n"
+        "Plain HTTP GETs: / and /static/NAME (the web page, unless --no-web),\n"
+        "/healthz, /readyz, /metrics.",
         epilog="examples:\n  p2p-copy run-relay-server 0.0.0.0 443 --certfile cert.pem "
         "--keyfile key.pem\n  p2p-copy run-relay-server 127.0.0.1 8765 --no-tls\n\n"
         "stopping:\n  SIGTERM (kill, systemctl stop, docker stop) drains: running pairs may "
