@@ -122,7 +122,7 @@ def test_a_folder_made_by_an_earlier_attempt_gets_its_mode(tmp_path: Path) -> No
     made: set[Path] = set()
     first = Destination(tmp_path, entries, algorithm=SHA256, made_folders=made)
     first.prepare()
-    first._dirs.fd(("d",))  # the first file's folder is made, then the connection drops
+    first._dirs.folder(("d",))  # the first file's folder is made, then the connection drops
     first.suspend()
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o700
     second = Destination(tmp_path, entries, algorithm=SHA256, made_folders=made)
