@@ -123,20 +123,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.definition.get_closest_marker("both_backends") is None:
-        return
-    if "storage_backend" not in metafunc.fixturenames:
-        metafunc.fixturenames.append("storage_backend")
-    metafunc.parametrize("storage_backend", STORAGE_BACKENDS, indirect=True)
+    if metafunc.definition.get_closest_marker("both_backends") is not None:
+        metafunc.parametrize("storage_backend", STORAGE_BACKENDS, indirect=True)
 
 
-@pytest.fixture
-def storage_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The storage backend this test runs with ("dirfd" or "portable"), set for the
-    in-process Destination and for CLI subprocesses alike."""
+# Autouse so that every test has it to parametrise (a fixture name added to a test in
+# pytest_generate_tests is parametrised but never set up); unmarked tests leave it alone.
+@pytest.fixture(autouse=True)
+def storage_backend(request: pytest.FixtureRequest) -> str | None:
+    """The storage backend a ``both_backends`` test runs with ("dirfd" or "portable"), set
+    for the in-process Destination and for CLI subprocesses alike; None elsewhere."""
+    name: str | None = getattr(request, "param", None)
+    if name is None:
+        return None
     from p2p_copy.storage import destination
 
-    name: str = getattr(request, "param", "dirfd")
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
     portable = name == "portable"
     if not portable and not destination.has_folder_descriptors():
         pytest.skip("this system has no folder descriptors")

@@ -418,8 +418,10 @@ class _PathFolders(_Folders):
     before each use, and again after it: a file opened is the one lstat sees under its
     name (same device and inode), and every folder on the way is still the one checked.
     That narrows a race with a local user who swaps a folder for a link to a short
-    window, and any swap seen fails the transfer; it cannot close it as descriptors do
-    (a file created in that window could land where the link points, and stays there).
+    window, and any swap seen fails the transfer (a file just made through the swapped
+    folder is removed again); it cannot close it as descriptors do: within that window
+    a folder, or a rename or removal of our own hidden files, may reach where the link
+    points.
     """
 
     def _chain(self, parts: tuple[str, ...], *, create: bool) -> tuple[Path, list[tuple[int, int]]]:
@@ -482,6 +484,11 @@ class _PathFolders(_Folders):
         try:
             self._still(folder, identities)
         except P2PCopyError:
+            # A folder was swapped while the file was made: it may have been made where a
+            # link points. It is empty and ours (the one still open): it goes.
+            with contextlib.suppress(OSError):
+                if _identity(os.lstat(where / name)) == _identity(os.fstat(fd)):
+                    os.unlink(where / name)
             os.close(fd)
             raise
         return fd
