@@ -4,6 +4,7 @@ with each (tests/conftest.py); the Destination suites elsewhere are marked the s
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import stat
@@ -15,9 +16,12 @@ from typing import Any
 
 import pytest
 
-from p2p_copy.errors import UnsafePathError
+from p2p_copy import receive, send
+from p2p_copy.errors import DestinationExistsError, UnsafePathError
 from p2p_copy.protocol.messages import FileEntry
+from p2p_copy.protocol.policy import ReceivePolicy
 from p2p_copy.protocol.transfer import FileCompleted, FileData
+from p2p_copy.relay import Relay
 from p2p_copy.storage import destination
 from p2p_copy.storage.destination import TEMP_SUFFIX, Destination
 
@@ -195,3 +199,79 @@ def test_cli_transfer_by_path_refuses_a_link_trap_and_an_existing_file(
     assert receive(existing, "5-overwrite", "--overwrite")[0] == 0
     assert (existing / "proj" / "a.txt").read_bytes() == b"new a"
 
+
+
+# --- names that a folding file system would take for one (ReceivePolicy.fold_names) -------
+
+NFD_CAFE, NFC_CAFE = "cafe\u0301", "caf\u00e9"
+
+
+@both_backends
+@pytest.mark.parametrize(("existing", "received"), [
+    ("readme", "README"), (NFD_CAFE, NFC_CAFE), ("Docs/", "docs/x"),
+], ids=["case", "normalisation", "folder"])
+@pytest.mark.parametrize("overwrite", [False, True], ids=["default", "overwrite"])
+def test_a_name_only_case_or_unicode_form_away_from_an_existing_one_is_refused(
+    tmp_path: Path, existing: str, received: str, overwrite: bool,
+) -> None:
+    """With fold_names, ``README`` is refused where ``readme`` exists (and a composed name
+    where it is decomposed, a folder name in another case): on macOS or Windows they would
+    be one file. Overwrite cannot make them one here. The existing entry is untouched."""
+    root = tmp_path / "dest"
+    if existing.endswith("/"):
+        (root / existing).mkdir(parents=True)
+    else:
+        make_file(root / existing, b"mine")
+    before = sorted(os.listdir(root))
+    dest = Destination(root, [FileEntry(received, 3)], fold_names=True, overwrite=overwrite)
+    with pytest.raises(DestinationExistsError, match="differ only in case or Unicode form"):
+        dest.prepare()
+    assert sorted(os.listdir(root)) == before
+    if not existing.endswith("/"):
+        assert (root / existing).read_bytes() == b"mine"
+    # Without the switch they are two names, as this file system keeps them.
+    dest = Destination(root, [FileEntry(received, 3)], fold_names=False)
+    dest.prepare()
+    _receive(dest, b"new")
+    dest.finish()
+    assert (root / received).read_bytes() == b"new"
+
+
+@both_backends
+def test_the_same_name_with_fold_names_is_the_usual_existing_file(tmp_path: Path) -> None:
+    """The very name that exists is judged by the usual rules: refused without overwrite,
+    replaced with it (fold_names only adds the names this file system tells apart)."""
+    make_file(tmp_path / "README", b"old")
+    with pytest.raises(DestinationExistsError, match="already exists"):
+        Destination(tmp_path, [FileEntry("README", 3)], fold_names=True).prepare()
+    dest = Destination(tmp_path, [FileEntry("README", 3)], fold_names=True, overwrite=True)
+    dest.prepare()
+    _receive(dest, b"new")
+    assert (tmp_path / "README").read_bytes() == b"new"
+
+
+async def test_fold_names_reaches_the_receiver_through_the_policy(
+    relay: Relay, tmp_path: Path,
+) -> None:
+    """receive(policy=ReceivePolicy(fold_names=True)) refuses README where readme exists;
+    the sender is told it exists on the receiver's side. The default on Linux receives it."""
+    make_file(tmp_path / "src" / "README", b"new")
+    dest = tmp_path / "dest"
+    make_file(dest / "readme", b"mine")
+
+    async def transfer(code: str, policy: ReceivePolicy) -> list[Any]:
+        async with asyncio.timeout(60):
+            return await asyncio.gather(
+                send(relay.url, code, [str(tmp_path / "src" / "README")], progress="none"),
+                receive(relay.url, code, dest, progress="none", policy=policy),
+                return_exceptions=True)
+
+    sent, got = await transfer("5-fold-names", ReceivePolicy(fold_names=True))
+    assert isinstance(got, DestinationExistsError), repr(got)
+    assert isinstance(sent, DestinationExistsError) and "receiver's side" in str(sent)
+    assert tree(dest) == {"readme"}
+    assert ReceivePolicy().fold_names is (sys.platform in ("darwin", "win32"))
+    if not ReceivePolicy().fold_names:
+        sent, got = await transfer("6-fold-names", ReceivePolicy())
+        assert not isinstance(got, BaseException), repr(got)
+        assert tree(dest) == {"readme", "README"}

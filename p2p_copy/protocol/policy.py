@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -63,7 +64,7 @@ _SEPARATORS = re.compile(r"[/\\]")
 _WINDOWS_HOW_TO: Final = None if os.name == "nt" else Hint(
     "windows_names", "turn off Windows name checks with {} to accept it")
 # The ReceivePolicy fields that are switches, not limits.
-_SWITCHES: Final = frozenset({"windows_names", "allow_hidden"})
+_SWITCHES: Final = frozenset({"windows_names", "fold_names", "allow_hidden"})
 # Names shown in a one-line message before "and N more".
 _SHOWN_NAMES: Final = 10
 # Longest name shown in a message: enough to recognise it, short enough to read.
@@ -89,6 +90,15 @@ class ReceivePolicy:
     ``aux.c``), so refusing them by default would refuse honest transfers; turn it on to
     receive onto a disk or share that a Windows machine will read.
 
+    ``fold_names`` refuses a received name that differs from a name already in the
+    destination folder only in case or Unicode form (``README`` where ``readme`` is,
+    ``café`` composed where it is decomposed): on a file system that folds names the two
+    are one file, so a receive onto a disk that such a system will read, or into a
+    case-folding folder the receiver cannot tell apart, would mix them up. On by default on
+    macOS and Windows, whose usual file systems fold names; there the file system finds the
+    existing file itself and the usual rules apply (refused, replaced with ``overwrite``).
+    Two names in one offer that differ only so are refused everywhere (paths.check_entries).
+
     ``allow_hidden``: accept hidden entries at the top level (``.ssh/``, ``.bashrc``) when
     nobody is asked about the offer (scripts, the Python API, a notebook). Received into a
     home folder such names change what programs do there, so they are refused unless
@@ -102,6 +112,7 @@ class ReceivePolicy:
     max_name_bytes: int = MAX_COMPONENT_BYTES
     max_path_bytes: int = DEFAULT_MAX_PATH_BYTES
     windows_names: bool = os.name == "nt"
+    fold_names: bool = sys.platform in ("darwin", "win32")
     allow_hidden: bool = False
 
     def __post_init__(self) -> None:

@@ -42,7 +42,7 @@ from ..errors import (
 )
 from ..protocol.digests import NAMES, SHA256
 from ..protocol.messages import DataEntry, DirEntry, Entry, FileEntry
-from ..protocol.paths import display_name, split_safe_path, split_safe_paths
+from ..protocol.paths import display_name, fold, split_safe_path, split_safe_paths
 from ..protocol.resume import BLOCK, ChainHasher, Offer, Sidecar, mtime_matches
 from ..protocol.transfer import FileCompleted, FileData, data_entries
 from ..results import FileResult
@@ -760,6 +760,11 @@ class Destination:
         # Files and a final stream, by file number.
         self.files = data_entries(self.entries)
         self.overwrite = overwrite
+        #: Refuse names an existing one differs from only in case or Unicode form
+        #: (ReceivePolicy.fold_names).
+        self.fold_names = fold_names
+        #: The names in a folder by their folded key (fold_names only, read when needed).
+        self._folded: dict[tuple[str, ...], dict[str, str]] = {}
         self._open: dict[int, _Open] = {}
         self._made_dirs: list[Path] = []
         #: Every folder this run made, in this attempt or an earlier one (``made_folders``,
@@ -847,13 +852,15 @@ class Destination:
             last = i == len(parts) - 1
             if not last and parts[: i + 1] in folders:
                 continue  # a folder already checked for an earlier entry
-            if not self._may_exist(parts[:i], part, listings):
-                return  # nothing there yet, nor below it
             path = self.root.joinpath(*parts[: i + 1])
-            try:
-                st = path.lstat()
-            except FileNotFoundError:
-                return
+            st = None
+            if self._may_exist(parts[:i], part, listings):
+                with contextlib.suppress(FileNotFoundError):
+                    st = path.lstat()
+            if st is None:
+                if self.fold_names:
+                    self._check_folded(parts[:i], part, path)
+                return  # nothing there yet, nor below it
             if _is_link(st):
                 raise UnsafePathError(
                     f"{display_name(str(path))!r} is a symbolic link; p2p-copy never writes "
@@ -877,6 +884,31 @@ class Destination:
                         "receiver's side.",
                         hint=_REPLACE,
                     )
+
+    def _check_folded(self, folder: tuple[str, ...], name: str, path: Path) -> None:
+        """Refuse ``name`` if ``folder`` holds a name only case or Unicode form away from it.
+
+        Reached only when this file system did not find ``name`` itself (it tells them
+        apart): the two would be two files here, one on a system that folds names, and no
+        ``overwrite`` can make them one here.
+        """
+        names = self._folded.get(folder)
+        if names is None:
+            try:
+                listed = os.listdir(self.root.joinpath(*folder))
+            except OSError:
+                listed = []  # no folder yet: nothing to collide with
+            names = self._folded[folder] = {fold(n): n for n in listed}
+        other = names.get(fold(name))
+        if other is None or other == name:
+            return
+        raise DestinationExistsError(
+            f"{display_name(str(path))!r} and the existing {display_name(other)!r} differ only "
+            "in case or Unicode form: a system that ignores the difference sees one name. "
+            "Receive into another folder, or rename one of them.",
+            peer_message=f"{_peer_name(path, self.root)} differs only in case or Unicode form "
+            f"from {display_name(other)!r}, which exists on the receiver's side.",
+        )
 
     def _not_a_folder(self, path: Path) -> DestinationExistsError:
         return DestinationExistsError(
