@@ -85,8 +85,9 @@ class ReceivePolicy:
     com1, ...), the characters <>:"|?*, names ending in a dot or a space, names of 8.3
     short-name form (GIT~1) and names whose NFKC form breaks one of these rules (ＣＯＮ,
     ..／x: see windows_name_problem). It is on by
-    default on Windows, where such a name would open a device or be silently trimmed into
-    another file's name. Elsewhere they are ordinary names (a Linux tree may well hold
+    default on Windows, where such a name would open a device, write into another
+    file's data stream or be silently trimmed into another file's name; there it stays on
+    even when turned off. Elsewhere they are ordinary names (a Linux tree may well hold
     ``aux.c``), so refusing them by default would refuse honest transfers; turn it on to
     receive onto a disk or share that a Windows machine will read.
 
@@ -290,7 +291,9 @@ def _check_names(
                 hint=_raise("max_name_bytes")
                 if policy.max_name_bytes < MAX_COMPONENT_BYTES else None,
             )
-        if policy.windows_names:
+        # On Windows such a name opens a device, or a stream of another (maybe existing)
+        # file ("a.txt:x"), whatever the caller asked: the switch only matters elsewhere.
+        if policy.windows_names or os.name == "nt":
             problem = windows_name_problem(part)
             if problem:
                 raise UnsafePathError(

@@ -13,6 +13,13 @@ and when a transfer stops for a reason worth retrying (``suspend``). The next at
 offers that prefix, after rehashing it, and a final file that already has the announced
 size and time; the sender accepts only what matches its own bytes.
 
+Two ways to reach the disk, with the same rules (only _Folders differs): through folder
+descriptors (openat, O_NOFOLLOW, fchmod: Linux, macOS, the BSDs), and by path where the
+system lacks them (Windows), every component checked with lstat just before each use and
+again after, links, junctions and mount points refused alike. The choice is made once, at
+import, by what the system has (has_folder_descriptors()). Testing switch:
+P2P_COPY_PORTABLE_STORAGE=1 forces the path backend, so that Linux runs it too.
+
 All methods block: the asyncio layer calls them from a worker thread.
 """
 
