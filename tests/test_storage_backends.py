@@ -275,3 +275,27 @@ async def test_fold_names_reaches_the_receiver_through_the_policy(
         sent, got = await transfer("6-fold-names", ReceivePolicy())
         assert not isinstance(got, BaseException), repr(got)
         assert tree(dest) == {"readme", "README"}
+
+
+def test_a_read_only_file_is_received_where_read_only_files_cannot_be_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Windows refuses to remove a read-only file, and a received file is sealed with the
+    sender's mode (0444: read-only) before its hidden name goes: the path backend makes its
+    own hidden file writable to remove it. Emulated here: os.unlink refuses as Windows does."""
+    real_unlink = os.unlink
+
+    def unlink_as_windows(path: Any, *args: Any, **kwargs: Any) -> None:
+        if not os.lstat(path).st_mode & stat.S_IWRITE:
+            raise PermissionError(13, "Access is denied", str(path))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink_as_windows)
+    dest = Destination(tmp_path, [FileEntry("ro.txt", 3, mode=0o444)],
+                       folders=destination._PathFolders)
+    dest.prepare()
+    _receive(dest, b"abc")
+    dest.finish()
+    assert (tmp_path / "ro.txt").read_bytes() == b"abc"
+    assert os.listdir(tmp_path) == ["ro.txt"]
+    assert not (tmp_path / "ro.txt").stat().st_mode & stat.S_IWRITE

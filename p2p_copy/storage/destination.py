@@ -540,9 +540,38 @@ class _PathFolders(_Folders):
 
     def unlink(self, folder: tuple[str, ...], name: str) -> None:
         where, identities = self._chain(folder, create=False)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(where / name)
+        path = where / name
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            # Windows removes no read-only file, and a sealed file has the sender's mode
+            # (0444 is the read-only flag there): our own hidden file is made writable
+            # first, if it has no other name (whose mode would change with it).
+            st = os.lstat(path)
+            if (_is_link(st) or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1
+                    or st.st_mode & stat.S_IWRITE):
+                raise
+            os.chmod(path, stat.S_IREAD | stat.S_IWRITE)
+            os.unlink(path)
         self._still(folder, identities)
+
+    def link(self, folder: tuple[str, ...], temp: str, name: str) -> bool:
+        where, _ = self._chain(folder, create=False)
+        mode = stat.S_IMODE(os.lstat(where / temp).st_mode)
+        if mode & stat.S_IWRITE:
+            return super().link(folder, temp, name)
+        # Read-only: Windows could not remove the hidden name once the final one is made,
+        # so it is writable while it has two names, then read-only again under one.
+        os.chmod(where / temp, mode | stat.S_IWRITE)
+        linked = False
+        try:
+            linked = super().link(folder, temp, name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(where / (name if linked else temp), mode)
+        return linked
 
     def _link(self, folder: tuple[str, ...], temp: str, name: str) -> None:
         where, identities = self._chain(folder, create=False)
