@@ -165,11 +165,6 @@ def _hidden(final: Path, suffix: str) -> Path:
     return final.with_name(_hidden_name(final.name, suffix))
 
 
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
 # The flags and calls of the descriptor backend, looked up by name: Windows has none of
 # them, and a missing one leaves 0 or None (then _Folders.choose() never picks it).
 _O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
@@ -1054,9 +1049,11 @@ class Destination:
 
     def _drop_part(self, file: int) -> None:
         """Remove file ``file``'s part and sidecar from an earlier attempt."""
-        final = self._final_path(self.files[file])
-        _unlink(_hidden(final, TEMP_SUFFIX))
-        _unlink(_hidden(final, SIDECAR_SUFFIX))
+        parts = self._split(self.files[file])
+        folder, name = parts[:-1], parts[-1]
+        with contextlib.suppress(P2PCopyError):  # its folder is gone, or no longer ours
+            self._dirs.unlink(folder, _hidden_name(name, TEMP_SUFFIX))
+            self._dirs.unlink(folder, _hidden_name(name, SIDECAR_SUFFIX))
 
     def _differs(self, path: Path) -> DestinationExistsError:
         return DestinationExistsError(
@@ -1228,7 +1225,6 @@ class Destination:
         for current in list(self._open.values()):
             current.discard()
         self._open.clear()
-        self._dirs.close()
         for file, found in [*self._found.items()]:
             if not found.final:
                 self._drop_part(file)
@@ -1236,6 +1232,7 @@ class Destination:
             self._drop_part(file)
         self._found.clear()
         self._starts.clear()
+        self._dirs.close()
         for path in reversed(self._made_dirs):
             try:
                 path.rmdir()
