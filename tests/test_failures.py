@@ -1020,7 +1020,6 @@ async def test_existing_file_where_folder_is_needed(relay: Relay, tmp_path: Path
     assert (dest / "a").read_bytes() == b"a file"
 
 
-@both_backends
 def test_cli_existing_file_exits_11(processes: Processes, tmp_path: Path, code: str) -> None:
     """Both CLIs exit 11 when the receiver's file exists; the file keeps its content."""
     _relay, url = processes.start_relay()
