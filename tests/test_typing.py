@@ -21,9 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("platform", [
     None,
-    pytest.param("win32", marks=pytest.mark.xfail(
-        strict=False,
-        reason="storage/destination.py: the portable backend lands in branch portable")),
+    "win32",
     "darwin",
 ], ids=["this-system", "windows", "macos"])
 def test_mypy_strict_is_clean(platform: str | None) -> None:
