@@ -23,9 +23,28 @@ os.environ["NO_PROXY"] = "*"
 
 @pytest.fixture
 async def relay() -> AsyncIterator[Relay]:
-    """An in-process relay on 127.0.0.1 with a free port (see p2p_copy.testing)."""
-    async with running_relay() as r:
+    """An in-process relay on 127.0.0.1 with a free port (see p2p_copy.testing), without
+    the web page: these tests see the relay's own paths (tests/test_web.py, the page's)."""
+    async with running_relay(web=False) as r:
         yield r
+
+
+#: The browser peer's sources: its JavaScript tests run Node there after ``npm ci``.
+WEB = Path(__file__).resolve().parent.parent / "p2p_copy" / "web"
+
+
+def need_node_packages() -> str:
+    """The node binary for tests of the browser peer's JavaScript. Skips where Node or
+    p2p_copy/web/node_modules is missing; fails instead on CI, where .ci/run installs both."""
+    import shutil  # only these tests need it
+
+    node = shutil.which("node")
+    if node is None or not (WEB / "node_modules").is_dir():
+        reason = "needs Node and `npm ci` in p2p_copy/web"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, and .ci/run should have done it")
+        pytest.skip(reason)
+    return node
 
 
 def free_port() -> int:
@@ -104,6 +123,51 @@ def processes() -> Iterator[Processes]:
         yield procs
     finally:
         procs.cleanup()
+
+
+# --- the two ways to write a destination (storage/destination.py) -----------------------
+#
+# A test or module marked ``both_backends`` runs twice: with the descriptor backend
+# (openat and friends: Linux, macOS) and with the path backend Windows uses, forced here.
+# The switch also reaches CLI subprocesses, through P2P_COPY_PORTABLE_STORAGE.
+
+#: Mark a test (or a module, with ``pytestmark``) to run it with each storage backend.
+both_backends = pytest.mark.both_backends
+STORAGE_BACKENDS = ("dirfd", "portable")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_backends: run once per storage backend (tests/conftest.py)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_backends") is not None:
+        metafunc.parametrize("storage_backend", STORAGE_BACKENDS, indirect=True)
+
+
+# Autouse so that every test has it to parametrise (a fixture name added to a test in
+# pytest_generate_tests is parametrised but never set up); unmarked tests leave it alone.
+@pytest.fixture(autouse=True)
+def storage_backend(request: pytest.FixtureRequest) -> str | None:
+    """The storage backend a ``both_backends`` test runs with ("dirfd" or "portable"), set
+    for the in-process Destination and for CLI subprocesses alike; None elsewhere."""
+    name: str | None = getattr(request, "param", None)
+    if name is None:
+        return None
+    from p2p_copy.storage import destination
+
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    portable = name == "portable"
+    if not portable and not destination.has_folder_descriptors():
+        pytest.skip("this system has no folder descriptors")
+    monkeypatch.setattr(destination, "FOLDERS", destination._PathFolders if portable
+                        else destination._DirFdFolders)
+    if portable:
+        monkeypatch.setenv(destination.PORTABLE_ENV, "1")
+    else:
+        monkeypatch.delenv(destination.PORTABLE_ENV, raising=False)
+    return name
 
 
 # A hypothesis profile for the parser fuzzing in tests/test_fuzz_parsers.py, applied there

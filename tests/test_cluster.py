@@ -372,6 +372,25 @@ def test_health_through_nginx_and_metrics_only_from_the_machine(
     assert _get(cluster.port, "/metrics")[0] == 404  # per relay only: /metrics/PORT
 
 
+def test_the_web_page_passes_through_nginx(cluster: LocalCluster) -> None:
+    """/ (no upgrade) and /static/ reach a relay through nginx, headers intact: the page
+    where it is built (404 with one line where not), and the generated config.json."""
+    built = (ROOT / "p2p_copy" / "web" / "static" / "index.html").exists()
+    for path, status in (("/", 200 if built else 404), ("/static/config.json", 200)):
+        conn = http.client.HTTPConnection("127.0.0.1", cluster.port, timeout=5)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        assert response.status == status, (path, body)
+        assert "connect-src 'self'" in response.headers["Content-Security-Policy"]
+    assert json.loads(body) == {"version": p2p_copy.__version__, "relays": []}
+    # nginx resolves the dots itself: /server.py, no relay path and no file of the page.
+    assert _get(cluster.port, "/static/../server.py")[0] == 404
+
+
 def test_shipped_production_config_passes_nginx_t(tmp_path: Path) -> None:
     """server/nginx/p2p-copy.conf as shipped (TLS, 4 relays) is valid for Debian's nginx."""
     ca = trustme.CA()

@@ -32,6 +32,7 @@ from p2p_copy.protocol.transfer import FileCompleted, FileData, Receiver, Sender
 from p2p_copy.results import FileResult
 from p2p_copy.storage.destination import SIDECAR_SUFFIX, TEMP_SUFFIX, Destination
 
+from .conftest import both_backends
 from .protocol_pair import CODE_HASH, ProtocolPair, hex_digest
 
 #: BLAKE3 of nothing, from the BLAKE3 reference (its test vectors' empty input).
@@ -186,6 +187,7 @@ def test_file_results_say_which_hash_they_carry() -> None:
     assert FileResult("a", 0, "e" * 64).sha256 == "e" * 64
 
 
+@both_backends
 def test_a_sidecar_records_its_algorithm(tmp_path: Path) -> None:
     car = Sidecar(size=3 * BLOCK, mtime=2.0, offset=BLOCK, digest="c" * 64, algorithm=BLAKE3)
     assert json.loads(car.encode())[BLAKE3] == "c" * 64
@@ -194,6 +196,7 @@ def test_a_sidecar_records_its_algorithm(tmp_path: Path) -> None:
     assert Sidecar.parse(old) == Sidecar(5, None, 5, "c" * 64, SHA256)
 
 
+@both_backends
 def test_a_part_kept_with_one_hash_resumes_with_it_and_starts_over_with_the_other(
         tmp_path: Path) -> None:
     data = os.urandom(BLOCK + 300)

@@ -43,7 +43,7 @@ from p2p_copy import (
 from p2p_copy.relay import Relay
 from p2p_copy.testing import running_relay
 
-from .conftest import Processes, free_port, run_cli
+from .conftest import Processes, both_backends, free_port, run_cli
 from .handmade_peer import (
     HandmadePeer,
     file_entry,
@@ -553,6 +553,7 @@ def test_cli_receiver_interrupted(processes: Processes, tmp_path: Path, code: st
     assert tree(dest) <= KEPT
 
 
+@both_backends
 async def test_cancelled_receive(relay: Relay, tmp_path: Path, code: str) -> None:
     """Cancelling the receive task mid-transfer stays an asyncio cancellation (so timeouts
     and task groups work around receive()), the sender learns it as PeerGoneError, and only
@@ -725,6 +726,7 @@ def test_cli_wrong_code_exits_4(processes: Processes, tmp_path: Path, code: str)
 # --- tampered bytes -----------------------------------------------------------------------
 
 
+@both_backends
 async def test_wrong_checksum_discards_the_file(relay: Relay, tmp_path: Path, code: str) -> None:
     """A checksum that does not match the bytes gives IntegrityError: the damaged file never
     gets its final name, the earlier, verified file stays, no temporary file remains."""
@@ -739,6 +741,7 @@ async def test_wrong_checksum_discards_the_file(relay: Relay, tmp_path: Path, co
     assert (dest / "a.bin").read_bytes() == good
 
 
+@both_backends
 async def test_flipped_bit_in_data(relay: Relay, tmp_path: Path, code: str) -> None:
     """One data bit flipped after its checksum was computed gives IntegrityError."""
     data = bytes(range(256)) * 40
@@ -821,6 +824,7 @@ UNSAFE_MANIFESTS: dict[str, list[dict[str, Any]]] = {
 }
 
 
+@both_backends
 @pytest.mark.parametrize("case", list(UNSAFE_MANIFESTS))
 async def test_unsafe_path_is_refused(relay: Relay, tmp_path: Path, code: str, case: str) -> None:
     """A manifest with a name that could escape or damage the destination gives
@@ -885,6 +889,7 @@ async def test_cli_control_characters_are_escaped(relay: Relay, processes: Proce
 # --- links and existing files in the destination ----------------------------------------
 
 
+@both_backends
 async def test_symlinked_folder_in_destination(relay: Relay, tmp_path: Path, code: str) -> None:
     """A manifest writing ``sub/x`` where ``sub`` is a link to another folder is refused with
     UnsafePathError; nothing appears in the link's target."""
@@ -899,6 +904,7 @@ async def test_symlinked_folder_in_destination(relay: Relay, tmp_path: Path, cod
     assert tree(dest) == {"sub"} and (dest / "sub").is_symlink()
 
 
+@both_backends
 @pytest.mark.parametrize("overwrite", [False, True])
 async def test_symlinked_file_in_destination(relay: Relay, tmp_path: Path, code: str,
                                              overwrite: bool) -> None:
@@ -915,6 +921,7 @@ async def test_symlinked_file_in_destination(relay: Relay, tmp_path: Path, code:
     assert (dest / "x").is_symlink()
 
 
+@both_backends
 async def test_symlink_planted_after_accept(relay: Relay, tmp_path: Path, code: str) -> None:
     """A link planted in the destination after the manifest was checked is still never
     written through: UnsafePathError, and the link's target stays empty."""
@@ -937,6 +944,7 @@ async def test_symlink_planted_after_accept(relay: Relay, tmp_path: Path, code: 
     assert tree(dest) == {"sub"}
 
 
+@both_backends
 async def test_file_planted_after_accept_is_kept(relay: Relay, tmp_path: Path,
                                                  code: str) -> None:
     """A file (or link) that appears under the final name while receiving is left as it is:
@@ -960,6 +968,7 @@ async def test_file_planted_after_accept_is_kept(relay: Relay, tmp_path: Path,
     assert temp_files(dest) == []
 
 
+@both_backends
 async def test_existing_file_is_kept(relay: Relay, tmp_path: Path, code: str) -> None:
     """An existing file is not replaced without overwrite: the receiver raises
     DestinationExistsError, the sender gets the same class, the file keeps its content."""
@@ -981,6 +990,7 @@ async def test_existing_file_is_kept(relay: Relay, tmp_path: Path, code: str) ->
     assert tree(dest) == {"a.txt"}
 
 
+@both_backends
 async def test_existing_file_replaced_with_overwrite(relay: Relay, tmp_path: Path,
                                                      code: str) -> None:
     """With overwrite=True the same transfer succeeds and replaces the file."""
@@ -996,6 +1006,7 @@ async def test_existing_file_replaced_with_overwrite(relay: Relay, tmp_path: Pat
     assert tree(dest) == {"a.txt"}
 
 
+@both_backends
 async def test_existing_file_where_folder_is_needed(relay: Relay, tmp_path: Path,
                                                     code: str) -> None:
     """A file in the destination where the manifest needs a folder is refused with
@@ -1106,6 +1117,7 @@ async def test_hostile_error_message_cannot_control_the_terminal(
 # --- disk space ----------------------------------------------------------------------------
 
 
+@both_backends
 async def test_announced_size_beyond_free_space(relay: Relay, tmp_path: Path, code: str) -> None:
     """A manifest announcing 2**50 bytes gives DiskFullError before ``accept`` and before
     any write."""
@@ -1117,6 +1129,7 @@ async def test_announced_size_beyond_free_space(relay: Relay, tmp_path: Path, co
     assert tree(dest) == set()
 
 
+@both_backends
 async def test_cli_disk_full_exits_12(relay: Relay, processes: Processes, tmp_path: Path,
                                       code: str) -> None:
     """The receive CLI exits 12 when the announced bytes cannot fit."""
@@ -1145,6 +1158,7 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30, check=False)
 
 
+@both_backends
 async def test_small_disk_refused_up_front(relay: Relay, tmp_path: Path, code: str) -> None:
     """Sending 4 MiB to a 1 MiB file system gives DiskFullError on both sides and leaves
     the small disk empty."""
@@ -1163,6 +1177,7 @@ async def test_small_disk_refused_up_front(relay: Relay, tmp_path: Path, code: s
         assert temp_files(small) == []
 
 
+@both_backends
 async def test_disk_filling_up_while_writing(relay: Relay, tmp_path: Path, code: str) -> None:
     """When the disk fills up after the space check (ENOSPC while writing), receive()
     raises DiskFullError, tells the sender, and removes its temporary file."""
@@ -1247,6 +1262,7 @@ def test_cli_relay_unreachable_and_bad_url(tmp_path: Path) -> None:
 # --- more hostile manifests --------------------------------------------------------------
 
 
+@both_backends
 @pytest.mark.parametrize("kind", ["file", "dir"])
 async def test_mtime_the_system_cannot_store(relay: Relay, tmp_path: Path, code: str,
                                              kind: str) -> None:
@@ -1269,6 +1285,7 @@ async def test_mtime_the_system_cannot_store(relay: Relay, tmp_path: Path, code:
         assert (dest / "d" / "a.bin").read_bytes() == data
 
 
+@both_backends
 async def test_damaged_file_keeps_the_old_one_with_overwrite(relay: Relay, tmp_path: Path,
                                                              code: str) -> None:
     """With overwrite, a file that arrives damaged does not replace the existing one."""
@@ -1281,6 +1298,7 @@ async def test_damaged_file_keeps_the_old_one_with_overwrite(relay: Relay, tmp_p
     assert tree(dest) == {"a.bin"}
 
 
+@both_backends
 async def test_folder_where_a_file_goes(relay: Relay, tmp_path: Path, code: str) -> None:
     """A folder in the destination where the manifest has a file is refused with
     DestinationExistsError even with overwrite, and the folder keeps its content."""

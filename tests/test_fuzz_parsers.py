@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 
 from p2p_copy.errors import P2PCopyError, PolicyError, UnsafePathError
 from p2p_copy.protocol.messages import (
+    MIN_WINDOW,
     Accept,
+    Ack,
     Checksums,
     Confirm,
     DirEntry,
@@ -45,6 +47,7 @@ from p2p_copy.protocol.paths import check_entries
 from p2p_copy.protocol.policy import ReceivePolicy, check_policy
 from p2p_copy.protocol.transfer import (
     AcceptReceived,
+    Acked,
     FileCompleted,
     FileData,
     ManifestReceived,
@@ -142,10 +145,10 @@ def judge(entries: Sequence[Entry], policy: ReceivePolicy) -> None:
 # --- what the inputs are made of -------------------------------------------------------
 
 TYPES = ["hello", "ready", "waiting", "pake", "confirm", "manifest", "accept", "checksums",
-         "eof", "done", "error", "nope", "", "Manifest"]
+         "eof", "done", "ack", "error", "nope", "", "Manifest"]
 FIELDS = ["type", "code_hash_hex", "role", "version", "fresh", "suite", "msg", "mac",
           "entries", "more", "path", "size", "mode", "mtime", "kind", "first", "sha256",
-          "code", "message"]
+          "code", "message", "ack", "window", "bytes"]
 SCALARS: list[Any] = [
     None, True, False, 0, 1, -1, 2, 420, 4095, 4096, 2**31, 2**53, 2**53 + 1, 2**63, 10**400,
     -(10**400), 0.5, -2.0, 1e308, 1e-320, "", "a", "file", "dir", "link", "sender", "receiver",
@@ -176,7 +179,11 @@ VALID: list[Message] = [
     Manifest(entries=(DirEntry("d", mode=0o700, mtime=1.5), FileEntry("d/a", 3, mtime=-2.0),
                       FileEntry("e", 0)), more=True),
     Manifest(entries=(FileEntry("x", 1),)),
+    Manifest(entries=(FileEntry("x", 1),), ack=True),
     Accept(),
+    Accept(window=MIN_WINDOW),
+    Ack(bytes=0),
+    Ack(bytes=2**18),
     Checksums(first=0, digests=(HEX, EMPTY_SHA256)),
     Eof(),
     Done(),
@@ -417,7 +424,8 @@ RECEIVER_SCRIPT: list[str | bytes] = [
     encode(Checksums(first=2, digests=(hashlib.sha256(b"de").hexdigest(),))),
     encode(Eof()),
 ]
-SENDER_SCRIPT = [encode(Waiting()), encode(Ready()), encode(Accept()), encode(Done())]
+SENDER_SCRIPT = [encode(Waiting()), encode(Ready()), encode(Accept(window=MIN_WINDOW)),
+                 encode(Ack(bytes=0)), encode(Done())]
 
 
 def _next_or_hostile(source: Choices, script: list[Any]) -> Any:
@@ -477,7 +485,7 @@ def test_sender_survives_any_message_sequence(source: Choices) -> None:
             assert sender.state is SenderState.FAILED
             continue
         assert len(answer) == 1 and isinstance(
-            answer[0], (RelayWaiting, ReceiverJoined, AcceptReceived, TransferConfirmed))
+            answer[0], (RelayWaiting, ReceiverJoined, AcceptReceived, Acked, TransferConfirmed))
         if sender.state is SenderState.SEND_MANIFEST:
             assert len(list(sender.manifest())) == 1
         elif sender.state is SenderState.STREAMING:

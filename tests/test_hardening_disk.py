@@ -30,7 +30,7 @@ from p2p_copy.relay import Relay
 from p2p_copy.storage.destination import Destination
 from p2p_copy.storage.sources import SourceChains, Sources, collect_sources
 
-from .conftest import Processes
+from .conftest import Processes, both_backends
 from .handmade_peer import handmade_peer
 from .protocol_pair import CODE_HASH
 from .test_transfer_e2e import start_measured
@@ -84,6 +84,7 @@ def _sender_tree(src: Path) -> Path:
     return top
 
 
+@both_backends
 @pytest.mark.parametrize("overwrite", [False, True], ids=["default", "overwrite"])
 async def test_existing_folders_keep_their_mode_and_time(relay: Relay, tmp_path: Path,
                                                          overwrite: bool) -> None:
@@ -115,6 +116,7 @@ def _umask() -> int:
     return mask
 
 
+@both_backends
 def test_a_folder_made_by_an_earlier_attempt_gets_its_mode(tmp_path: Path) -> None:
     """Folders made by an attempt that was cut off still count as made by this run (the
     caller shares ``made_folders``), so the attempt that finishes gives them their mode."""
@@ -122,7 +124,7 @@ def test_a_folder_made_by_an_earlier_attempt_gets_its_mode(tmp_path: Path) -> No
     made: set[Path] = set()
     first = Destination(tmp_path, entries, algorithm=SHA256, made_folders=made)
     first.prepare()
-    first._dirs.fd(("d",))  # the first file's folder is made, then the connection drops
+    first._dirs.folder(("d",))  # the first file's folder is made, then the connection drops
     first.suspend()
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o700
     second = Destination(tmp_path, entries, algorithm=SHA256, made_folders=made)

@@ -15,8 +15,11 @@ from p2p_copy.protocol.messages import (
     DATA_RAW,
     DATA_ZSTD,
     MAX_FILE_SIZE,
+    MAX_WINDOW,
+    MIN_WINDOW,
     PROTOCOL_VERSION,
     Accept,
+    Ack,
     Checksums,
     CloseCode,
     DirEntry,
@@ -29,6 +32,7 @@ from p2p_copy.protocol.messages import (
     Message,
     Ready,
     encode,
+    encode_manifest,
     parse_hello,
     parse_message,
 )
@@ -61,6 +65,11 @@ ALL_MESSAGES: list[Message] = [
     Checksums(first=41, digests=(HEX, OTHER_HEX, HEX)),
     Eof(),
     Done(),
+    Manifest(entries=(FileEntry("a", 1),), digests=("sha256",), ack=True),
+    Accept(window=MIN_WINDOW, compression=("zstd",)),
+    Accept(window=MAX_WINDOW, held=()),
+    Ack(bytes=0),
+    Ack(bytes=MAX_FILE_SIZE),
     ErrorMessage(code="integrity", message="file 'a' differs\nsee \"b\" ✓"),
 ]
 
@@ -609,3 +618,47 @@ def test_a_walked_file_entry_is_encoded_as_the_json_encoder_would(
 
     entry = FileEntry(path, size, mode, mtime)
     assert _entry_text(entry) == _dumps(_entry_to_json(entry))
+
+
+# --- flow control: manifest ack, accept window, ack (protocol.md §6.6.2) ------------------
+
+
+def test_flow_control_on_the_wire() -> None:
+    """The manifest's ``ack`` before the entries, accept's ``window``, ``ack``'s ``bytes``."""
+    assert encode(Ack(bytes=5)) == '{"type":"ack","bytes":5}'
+    assert encode(Accept(window=2**20)) == '{"type":"accept","window":1048576}'
+    assert encode(Manifest(entries=(), ack=True)) == (
+        '{"type":"manifest","version":1,"ack":true,"entries":[]}')
+    assert parse_message('{"type":"accept","window":null}') == Accept()
+    assert parse_message(manifest_json(ack=None)).ack is None
+
+
+@pytest.mark.parametrize("window", [MIN_WINDOW - 1, MAX_WINDOW + 1, 0, -1, True, 262144.0,
+                                    "262144", [262144]], ids=repr)
+def test_accept_window_out_of_range_is_refused(window: Any) -> None:
+    """A window must be an integer from 256 KiB to 2^31 (a bool or float is not one)."""
+    with pytest.raises(RemoteProtocolError, match="window"):
+        parse_message(json.dumps({"type": "accept", "window": window}))
+
+
+@pytest.mark.parametrize("bytes_", [-1, MAX_FILE_SIZE + 1, 1.0, True, "5", None], ids=repr)
+def test_ack_bytes_must_be_a_count(bytes_: Any) -> None:
+    """``bytes`` must be an integer from 0 to 2^53, and is required."""
+    with pytest.raises(RemoteProtocolError, match="bytes"):
+        parse_message(json.dumps({"type": "ack", "bytes": bytes_}))
+    with pytest.raises(RemoteProtocolError, match="bytes"):
+        parse_message('{"type":"ack"}')
+
+
+@pytest.mark.parametrize("ack", [1, 0, "true", [], {}], ids=repr)
+def test_manifest_ack_must_be_boolean(ack: Any) -> None:
+    with pytest.raises(RemoteProtocolError, match="'ack'"):
+        parse_message(manifest_json(ack=ack))
+
+
+def test_only_the_first_manifest_part_says_ack() -> None:
+    """encode_manifest puts ``ack`` in the first part only, as with ``digests``."""
+    parts = list(encode_manifest([FileEntry(f"f{i:03}", i) for i in range(200)], 1024,
+                                 ack=True))
+    assert len(parts) > 2
+    assert [json.loads(p).get("ack") for p in parts] == [True] + [None] * (len(parts) - 1)

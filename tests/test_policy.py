@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import unicodedata
 
 import pytest
@@ -39,6 +40,37 @@ def test_defaults() -> None:
     assert (policy.max_depth, policy.max_entries) == (64, 1_000_000)
     assert (policy.max_name_bytes, policy.max_path_bytes) == (255, 4096)
     assert policy.windows_names is (os.name == "nt")
+
+
+def test_fold_names_is_on_where_the_usual_file_systems_fold_names() -> None:
+    """fold_names defaults to on for macOS and Windows only, and is a switch."""
+    assert ReceivePolicy().fold_names is (sys.platform in ("darwin", "win32"))
+    with pytest.raises(UsageError, match="fold_names"):
+        ReceivePolicy(fold_names=1)  # type: ignore[arg-type]
+
+
+def test_the_cli_and_the_api_keep_the_systems_name_rules() -> None:
+    """What the CLI builds from its flags and what the API uses without a policy leave
+    windows_names and fold_names at the defaults above (on for Windows, and for macOS and
+    Windows): neither has a flag, nothing turns them off on the way."""
+    from p2p_copy.cli.commands import _policy, build_parser
+    from p2p_copy.protocol.transfer import Receiver
+
+    args = build_parser().parse_args(["receive", "ws://127.0.0.1:9", "1-some-code"])
+    assert _policy(args) == ReceivePolicy()
+    args = build_parser().parse_args(["receive", "ws://127.0.0.1:9", "1-some-code",
+                                      "--max-files", "3", "--allow-hidden"])
+    cli = _policy(args)
+    assert (cli.windows_names, cli.fold_names) == (os.name == "nt", ReceivePolicy().fold_names)
+    assert Receiver("ab" * 32).policy == ReceivePolicy()
+
+
+def test_two_names_that_fold_together_are_refused_whatever_the_switches() -> None:
+    """README and readme in one offer are refused even with fold_names and windows_names
+    off: a receiver never knows which system will read the files later."""
+    entries = [FileEntry("README", 1), FileEntry("readme", 1)]
+    with pytest.raises(UnsafePathError, match="same file"):
+        check_policy(entries, ReceivePolicy(fold_names=False, windows_names=False))
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,10 @@ from p2p_copy.protocol.transfer import (
 from p2p_copy.storage.destination import LIST_FROM, SIDECAR_SUFFIX, TEMP_SUFFIX, Destination
 from p2p_copy.storage.sources import SourceChains
 
+# Every Destination test here runs with each storage backend (tests/conftest.py); the
+# protocol-only ones are cheap enough not to be told apart.
+pytestmark = pytest.mark.both_backends
+
 ROOM = "ab" * 32
 
 
@@ -496,9 +500,11 @@ def test_a_big_manifest_still_sees_what_its_top_folder_holds(
     assert [(root / "top" / f"f{i}").read_bytes() for i in range(len(files))] == files
 
 
-def test_folder_swapped_for_a_link_mid_transfer_is_not_followed(tmp_path: Path) -> None:
+def test_folder_swapped_for_a_link_mid_transfer_is_not_followed(tmp_path: Path,
+                                                                storage_backend: str) -> None:
     """Once a folder has been made, later files go into that folder even if its name is
-    swapped for a link to elsewhere: nothing is written outside the destination."""
+    swapped for a link to elsewhere: nothing is written outside the destination. (By
+    path, with no folder descriptor to hold on to, the swap fails the transfer instead.)"""
     outside = tmp_path / "outside"
     outside.mkdir()
     root = tmp_path / "dest"
@@ -508,6 +514,13 @@ def test_folder_swapped_for_a_link_mid_transfer_is_not_followed(tmp_path: Path) 
     dest.apply([FileData(0, 0, memoryview(files[0])), FileCompleted(0, sha(files[0]))])
     (root / "d").rename(tmp_path / "moved")
     (root / "d").symlink_to(outside)
+    if storage_backend == "portable":
+        with pytest.raises(UnsafePathError, match="is a link"):
+            dest.apply([FileData(1, 0, memoryview(files[1])), FileCompleted(1, sha(files[1]))])
+        dest.abort()
+        assert list(outside.iterdir()) == []
+        assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == ["f0"]
+        return
     dest.apply([FileData(1, 0, memoryview(files[1])), FileCompleted(1, sha(files[1]))])
     dest.finish()
     assert list(outside.iterdir()) == []

@@ -20,7 +20,7 @@ import p2p_copy
 from p2p_copy.display.progress import NoProgress
 from p2p_copy.relay import Relay
 from p2p_copy.storage.destination import SIDECAR_SUFFIX, TEMP_SUFFIX
-from tests.conftest import Processes, free_port, run_cli
+from tests.conftest import Processes, both_backends, free_port, run_cli
 
 MiB = 2**20
 BIG = 300 * MiB
@@ -202,6 +202,7 @@ async def test_changed_source_is_sent_again_never_spliced(relay: Relay, processe
     assert not leftovers(dest)
 
 
+@both_backends
 async def test_complete_files_are_skipped(relay: Relay, tmp_path: Path, code: str) -> None:
     """Sending a folder again into a destination that holds some of its files complete:
     those are checked and kept, only the others cross."""
@@ -226,6 +227,7 @@ async def test_complete_files_are_skipped(relay: Relay, tmp_path: Path, code: st
     assert not leftovers(dest)
 
 
+@both_backends
 async def test_existing_different_file_still_needs_overwrite(relay: Relay, tmp_path: Path,
                                                              code: str) -> None:
     """A final file with the announced size and time but other bytes is not taken as

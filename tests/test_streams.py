@@ -38,6 +38,7 @@ from p2p_copy.protocol.transfer import (
 )
 from p2p_copy.storage.destination import Destination
 from p2p_copy.storage.streams import ChunkReader, ObjectSink, PipeReader, PipeSink
+from tests.conftest import both_backends
 from tests.protocol_pair import CODE_HASH, ProtocolPair, sha256_hex
 
 
@@ -316,6 +317,7 @@ def test_object_sink_caps_a_plain_stream() -> None:
         sink.apply([FileData(0, 0, memoryview(b"12345"))])
 
 
+@both_backends
 def test_destination_writes_a_stream_to_disk(tmp_path: Path) -> None:
     """A stream saved to disk gets its final name only after its checksum, with its size."""
     destination = Destination(tmp_path, [FileEntry("a", 1), StreamEntry("pipe")])

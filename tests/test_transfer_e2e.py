@@ -27,7 +27,7 @@ from p2p_copy.protocol.digests import BLAKE3, SHA256
 from p2p_copy.relay import Relay
 from p2p_copy.storage.destination import TEMP_SUFFIX
 
-from .conftest import Processes, cli_env, free_port, run_cli, wait_for_port
+from .conftest import Processes, both_backends, cli_env, free_port, run_cli, wait_for_port
 from .protocol_pair import hex_digest
 
 #: Bound for one in-process transfer; the data in these tests is small.
@@ -208,6 +208,7 @@ async def test_several_files_and_folders_at_once(relay: Relay, tmp_path: Path) -
     }, dest)
 
 
+@both_backends
 async def test_recursive_folders(relay: Relay, tmp_path: Path) -> None:
     """A deep tree with files at every level and several branches arrives identical."""
     top = tmp_path / "src" / "tree"
@@ -225,6 +226,7 @@ async def test_recursive_folders(relay: Relay, tmp_path: Path) -> None:
     check_results(sent, got, expected, dest)
 
 
+@both_backends
 async def test_empty_files_and_empty_folders(relay: Relay, tmp_path: Path) -> None:
     """Empty files and empty folders (nested or not) arrive, as do an empty folder alone."""
     top = tmp_path / "src" / "top"
@@ -287,6 +289,7 @@ async def test_only_empty_things(relay: Relay, tmp_path: Path) -> None:
     assert got.files == (FileResult("void", 0, hex_digest(BLAKE3, b""), BLAKE3),)
 
 
+@both_backends
 async def test_unicode_names(relay: Relay, tmp_path: Path) -> None:
     """NFC accents, emoji, CJK and spaces in names arrive as exactly the same names."""
     names = [
@@ -314,6 +317,7 @@ async def test_unicode_names(relay: Relay, tmp_path: Path) -> None:
     check_results(sent, got, expected, dest)
 
 
+@both_backends
 async def test_mode_and_mtime_kept(relay: Relay, tmp_path: Path) -> None:
     """Files keep their permission bits and mtime; folders keep their mtime (and mode)."""
     top = tmp_path / "src" / "meta"
@@ -351,6 +355,7 @@ async def test_mode_and_mtime_kept(relay: Relay, tmp_path: Path) -> None:
         assert abs(path.stat().st_mtime - mtime) < 1, rel
 
 
+@both_backends
 async def test_names_as_given(relay: Relay, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     """``send dir/sub`` arrives as ``sub/...``; a trailing slash and ``.`` name the folder too."""
@@ -482,6 +487,7 @@ async def test_file_boundaries_inside_messages(relay: Relay, tmp_path: Path) -> 
 # --- existing files ------------------------------------------------------------------------
 
 
+@both_backends
 async def test_existing_file_is_refused_then_overwritten(relay: Relay, tmp_path: Path) -> None:
     """An existing target stops both sides with DestinationExistsError; overwrite replaces it."""
     top = tmp_path / "src" / "folder"
@@ -652,6 +658,7 @@ def test_demo_command() -> None:
     assert re.search(r"p2p-copy receive ws://127\.0\.0\.1:\d+ \d+-\S+ --out ", proc.stderr)
 
 
+@both_backends
 async def test_long_names_sharing_their_first_bytes_keep_their_own_bytes(
         relay: Relay, tmp_path: Path) -> None:
     """Two long names alike in their first 200 characters, both in one data message: each
@@ -666,6 +673,7 @@ async def test_long_names_sharing_their_first_bytes_keep_their_own_bytes(
     assert (dest / "long" / two.name).read_bytes() == b"B" * 1000
 
 
+@both_backends
 def test_existing_files_are_offered_only_against_an_announced_mtime(tmp_path: Path) -> None:
     """Without an announced mtime an existing file is never hashed into a resume offer: a
     hostile sender could otherwise learn the digest of any file it can name and size."""

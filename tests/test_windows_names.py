@@ -3,9 +3,12 @@ device there (8.3 short names, fullwidth forms) are refused under ``windows_name
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from p2p_copy.errors import UnsafePathError
+from p2p_copy.protocol import policy
 from p2p_copy.protocol.messages import FileEntry
 from p2p_copy.protocol.policy import ReceivePolicy, check_policy, windows_name_problem
 
@@ -89,3 +92,16 @@ def test_a_refused_name_tells_the_sender_what_to_do(policy: ReceivePolicy,
     assert "Ask the sender" in str(info.value)
     assert "Ask the sender" not in info.value.peer_text
     assert "ename it" in info.value.peer_text or "shorten it" in info.value.peer_text
+
+
+@pytest.mark.parametrize("name", ["a.txt:hidden", "NUL.txt", "notes."])
+def test_on_windows_turning_the_check_off_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, name: str,
+) -> None:
+    """Issue 23: on Windows such a name would write into a stream of another (maybe
+    existing) file, open a device or be trimmed onto another name, so windows_names=False
+    does not let it through there; elsewhere it does."""
+    check_policy([FileEntry(name, 1)], POSIX)
+    monkeypatch.setattr(policy, "os", SimpleNamespace(name="nt"))  # what policy.py asks
+    with pytest.raises(UnsafePathError, match="rename it"):
+        check_policy([FileEntry(name, 1)], POSIX)

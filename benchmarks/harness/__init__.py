@@ -3,8 +3,12 @@
 - run.py: the command line, the interleaved repetitions, the results file;
 - cases.py: the data of each case, and one measurement of one tool on one case;
 - tools.py: what a tool is (its relay, its two commands) and the virtualenvs;
-- ours.py: this repository's package, installed from the working tree into a venv;
-- baselines.py: socat (256 KiB and 8 KiB), wsmin, p2p-copy 0.1.1, magic-wormhole;
+- ours.py: this repository's package, installed from the working tree into a venv, over
+  ws://, over wss:// (the relay terminating TLS) and behind the shipped nginx (TLS);
+- baselines.py: socat (256 KiB, 8 KiB, and with OpenSSL on both legs), wsmin,
+  p2p-copy 0.1.1, magic-wormhole;
+- tls.py: the run's certificates (trustme if importable, else openssl req);
+- longlink.py: a long, window-limited link in user space (the longlink case);
 - measure.py: the launcher, the measured processes, /proc, medians and ratios;
 - report.py: the printed tables, the Markdown tables, the plot;
 - helpers.py: the processes bench.py runs for the Python baselines and the pairs clients.
@@ -36,7 +40,20 @@ DEFAULT_JSON = BENCHMARKS / "results" / "latest.json"
 #: socat's -b (bytes per read/write). Its default, 8192, runs at ~40 % of what the
 #: machine can do; 256 KiB (= our message size) makes the baseline a fair upper bar.
 SOCAT_BUFFER = 262144
-ALL_TOOLS = ("baseline", "socat8k", "wsmin", "ours", "seed", "wormhole")
-ALL_CASES = ("random", "compressible", "files", "pairs")
+ALL_TOOLS = ("baseline", "socat8k", "socat-tls", "wsmin", "ours", "ours-wss", "ours-nginx-tls",
+             "seed", "wormhole")
+#: the tools measured over TLS: their per-role ratios are against socat-tls, not baseline
+TLS_TOOLS = ("socat-tls", "ours-wss", "ours-nginx-tls")
+#: the loopback cases, which every tool takes part in unless it says otherwise
+LOOPBACK_CASES = ("random", "compressible", "files", "pairs")
+ALL_CASES = (*LOOPBACK_CASES, "longlink")
+#: longlink: round-trip times (s) and window (bytes in flight per direction and
+#: connection: Linux's default cap on a socket's send buffer, 4 MiB)
+LONGLINK_RTTS = (0.0, 0.02, 0.05, 0.1, 0.15)
+LONGLINK_WINDOW = 4 << 20
+#: longlink's transfer: --size, but at most this by default. 1 GiB at 150 ms through a
+#: 4 MiB window (28 MB/s) would take ~40 s a run; 256 MiB is still ~60 windows, so the
+#: handshake's few round trips are a few per cent of it.
+LONGLINK_MAX_SIZE = 256 << 20
 MB = 1e6
 GB = 1e9

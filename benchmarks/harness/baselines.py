@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import (
     BENCHMARKS,
+    LOOPBACK_CASES,
     SCRIPT,
     SEED_VENV,
     SEED_VERSION,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 class Baseline(Tool):
     name = "baseline"
     label = "raw TCP relay"
+    cases: tuple[str, ...] = (*LOOPBACK_CASES, "longlink")
     buffer = SOCAT_BUFFER
 
     def __init__(self, bench: Bench) -> None:
@@ -68,9 +70,7 @@ class Baseline(Tool):
             return RelaySet(relay, ports={"relay": port})
         p1, p2 = free_port(), free_port()
         if self.socat:
-            argv = [self.socat, "-b", str(self.buffer),
-                    f"TCP-LISTEN:{p1},bind=127.0.0.1,reuseaddr",
-                    f"TCP-LISTEN:{p2},bind=127.0.0.1,reuseaddr"]
+            argv = [self.socat, "-b", str(self.buffer), self.listen(p1), self.listen(p2)]
         else:
             argv = [sys.executable, SCRIPT, "_forward", str(p1), str(p2)]
         relay = b.proc("relay", argv, work, self.env(b.tmp))
@@ -83,16 +83,16 @@ class Baseline(Tool):
         bs = str(self.buffer)
         if self.socat:
             if case == "files":
+                to_relay, from_relay = self.connect('"$2"'), self.connect('"$1"')
                 send = ["sh", "-c", f'tar -C "$1" -cf - . | {self.socat} -u -b {bs} - '
-                        f'TCP:127.0.0.1:"$2"', "sh", str(src), str(p1)]
+                        f'{to_relay}', "sh", str(src), str(p1)]
                 recv = ["sh", "-c", f'{self.socat} -u -b {bs} '
-                        f'TCP:127.0.0.1:"$1",retry=2000,interval=0.005 - | tar -C "$2" -xf -',
+                        f'{from_relay},retry=2000,interval=0.005 - | tar -C "$2" -xf -',
                         "sh", str(p2), str(out)]
             else:
-                send = [self.socat, "-u", "-b", bs, f"OPEN:{src},rdonly",
-                        f"TCP:127.0.0.1:{p1}"]
+                send = [self.socat, "-u", "-b", bs, f"OPEN:{src},rdonly", self.connect(str(p1))]
                 recv = [self.socat, "-u", "-b", bs,
-                        f"TCP:127.0.0.1:{p2},retry=2000,interval=0.005",
+                        f"{self.connect(str(p2))},retry=2000,interval=0.005",
                         f"CREATE:{out / src.name}"]
             return send, recv
         py = [sys.executable, SCRIPT]
@@ -105,6 +105,14 @@ class Baseline(Tool):
             send = [*py, "_tcp-send", str(p1), str(src)]
             recv = [*py, "_tcp-recv", str(p2), str(out / src.name)]
         return send, recv
+
+    def listen(self, port: int) -> str:
+        """socat's address for the relay's side of a peer."""
+        return f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"
+
+    def connect(self, port: str) -> str:
+        """socat's address for a peer (``port`` may be a shell word such as '"$1"')."""
+        return f"TCP:127.0.0.1:{port}"
 
     def pairs_client(self) -> list[str]:
         return [sys.executable, SCRIPT, "_pairs-client", "--impl", "tcp"]
@@ -124,6 +132,41 @@ class SocatDefault(Baseline):
             self.available, self.reason = False, "socat is not installed (or --baseline python)"
         else:
             self.description = "the baseline with socat's default buffer (-b 8192) everywhere"
+
+
+class SocatTls(Baseline):
+    """The raw relay with TLS on both legs (socat with OpenSSL): what TLS costs a C relay
+    and C peers, the reference for the tools measured over TLS."""
+
+    name = "socat-tls"
+    label = "raw TCP relay, socat OpenSSL"
+    cases = ("random", "compressible", "files")
+    reference = "socat-tls"
+
+    def __init__(self, bench: Bench) -> None:
+        super().__init__(bench)
+        if not self.socat:
+            self.available, self.reason = False, "socat is not installed (or --baseline python)"
+            return
+        try:
+            self.certs = bench.certificates()
+        except RuntimeError as exc:
+            self.available, self.reason = False, str(exc)
+            return
+        b = self.buffer
+        self.description = (
+            f"the baseline with OpenSSL on both legs: relay socat -b {b} "
+            "OPENSSL-LISTEN:P1,cert=CHAIN,key=KEY,verify=0 OPENSSL-LISTEN:P2,... (peers are "
+            f"not asked for certificates); peers socat -u -b {b} ... OPENSSL:127.0.0.1:Pn,"
+            "cafile=CA (the relay's certificate verified, as our peers do with --cafile); "
+            f"files through tar as in the baseline; certificates: {self.certs.how}")
+
+    def listen(self, port: int) -> str:
+        return (f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,cert={self.certs.chain},"
+                f"key={self.certs.key},verify=0")
+
+    def connect(self, port: str) -> str:
+        return f"OPENSSL:127.0.0.1:{port},cafile={self.certs.ca}"
 
 
 class WsMin(Tool):

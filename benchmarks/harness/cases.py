@@ -1,21 +1,25 @@
-"""The cases: their data (random, CSV, many files, pair payloads), how an output is
-verified, and one measurement of one tool on one case (``Bench.measure``).
+"""The cases: their data (random, CSV, many files, pair payloads, the longlink file), how
+an output is verified, and one measurement of one tool on one case (``Bench.measure``),
+with the peers' connections through a long link (longlink.py) in the longlink case.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import random
+import re
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import MB
+from . import LONGLINK_RTTS, MB, SCRIPT
 from .measure import (
     Proc,
     add_noise,
@@ -24,10 +28,30 @@ from .measure import (
     cpu_times,
     kill_everything,
     wait_all,
+    wait_listening,
 )
+from .tls import Certificates, make_certificates
+from .tools import clean_env
 
 if TYPE_CHECKING:
     from .tools import RelaySet, Tool
+
+
+def longlink_key(rtt: float) -> str:
+    """The results' name of the longlink case at one round-trip time: longlink-100ms."""
+    return f"longlink-{rtt * 1000:g}ms"
+
+
+def case_keys(cases: Sequence[str], rtts: Sequence[float] = LONGLINK_RTTS) -> list[str]:
+    """The measured cases: longlink becomes one per round-trip time."""
+    keys: list[str] = []
+    for case in cases:
+        keys += [longlink_key(r) for r in rtts] if case == "longlink" else [case]
+    return keys
+
+
+def base_case(key: str) -> str:
+    return "longlink" if key.startswith("longlink-") else key
 
 
 def sha256_file(path: Path) -> str:
@@ -148,6 +172,13 @@ class Bench:
         self.counter = 0
         self.tools: dict[str, Tool] = {}
         self.results: dict[str, Any] = {}
+        self._certificates: Certificates | None = None
+
+    def certificates(self) -> Certificates:
+        """The run's certificates for 127.0.0.1 (made at the first call)."""
+        if self._certificates is None:
+            self._certificates = make_certificates(self.tmp / "tls")
+        return self._certificates
 
     def proc(self, name: str, argv: Sequence[str], work: Path,
              env: dict[str, str]) -> Proc:
@@ -163,6 +194,7 @@ class Bench:
         a = self.args
         info: dict[str, Any] = {}
         need = (sum(a.size for c in ("random", "compressible") if c in cases) + 2 * a.size
+                + 3 * a.longlink_size * ("longlink" in cases)
                 + 3 * a.files * max(a.file_size, 4096) + 3 * a.pairs * a.pair_payload)
         free = shutil.disk_usage(self.root).free
         if free < need:
@@ -187,6 +219,16 @@ class Bench:
             for i in range(a.pairs):
                 (path / f"pair-{i}.bin").write_bytes(os.urandom(a.pair_payload))
             info["pairs"] = {"path": path, "bytes": a.pairs * a.pair_payload, "pairs": a.pairs}
+        if "longlink" in cases:
+            if "random" in info and a.longlink_size == a.size:
+                file = {k: info["random"][k] for k in ("path", "bytes", "sha256")}
+            else:
+                path = self.data / "longlink.bin"
+                file = {"path": path, "bytes": a.longlink_size,
+                        "sha256": write_random(path, a.longlink_size)}
+            for rtt in a.rtts:
+                info[longlink_key(rtt)] = {**file, "rtt": rtt, "window": a.window,
+                                           "cap_mb_s": a.window / rtt / MB if rtt else None}
         print(f"data ready in {time.monotonic() - t:.1f} s under {self.data}", flush=True)
         return info
 
@@ -199,6 +241,8 @@ class Bench:
             return 60.0 + float(data["files"]) * 0.02
         if case == "pairs":
             return 120.0 + float(data["pairs"]) * 0.3
+        if "rtt" in data:  # 4 MiB at 150 ms is 28 MB/s at best, and a link may do less
+            return 60.0 + float(data["bytes"]) / (2 * MB)
         return 60.0 + float(data["bytes"]) / (10 * MB)
 
     def measure(self, tool: Tool, case: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -225,8 +269,19 @@ class Bench:
             "relay_maxrss_kb": usage.get("maxrss_kb"),
             "relay_rss_idle_kb": relays.rss_idle_kb,
         }
-        if "cpu_s" in usage:
-            result["relay_cpu_s"] = max(0.0, usage["cpu_s"] - relays.cpu_ready)
+        # The relay role's CPU: every process of it (nginx, each relay), each counted from
+        # the moment the relay was ready; the parts stay in the JSON.
+        parts: dict[str, float] = {}
+        for p in relays.role():
+            u = usage if p is relays.main else p.rusage()
+            if "cpu_s" in u:
+                parts[p.name] = max(0.0, u["cpu_s"] - relays.cpu_ready.get(p.name, 0.0))
+        if relays.main.name in parts:
+            result["relay_cpu_s"] = sum(parts.values())
+        if relays.parts:
+            result["relay_parts_cpu_s"] = parts
+            result["relay_parts_maxrss_kb"] = {p.name: p.rusage().get("maxrss_kb")
+                                               for p in relays.role()}
         for p in relays.others:
             u = p.rusage()
             result[f"{p.name}_cpu_s"] = u.get("cpu_s")
@@ -234,16 +289,21 @@ class Bench:
         return result
 
     def _ready(self, relays: RelaySet) -> None:
-        relays.cpu_ready = relays.main.cpu_now() or 0.0
+        relays.cpu_ready = {p.name: p.cpu_now() or 0.0 for p in relays.role()}
         relays.rss_idle_kb = relays.main.status_kb("VmRSS")
         relays.fd_idle = relays.main.fd_count()
 
     def _measure_transfer(self, tool: Tool, case: str, work: Path, out: Path,
                           data: dict[str, Any]) -> dict[str, Any]:
-        relays = tool.start_relay(work, case)
+        relays = tool.start_relay(work, base_case(case))
         self._ready(relays)
         src: Path = data["path"]
-        send_argv, recv_argv = tool.commands(relays, tool.code(self.counter), src, out, case)
+        link = None
+        peers_see = relays
+        if "rtt" in data:
+            link, peers_see = self._start_link(relays, work, data)
+        send_argv, recv_argv = tool.commands(peers_see, tool.code(self.counter), src, out,
+                                             base_case(case))
         env, cwd = tool.env(self.tmp), tool.cwd(work)
         before = cpu_times()
         t0 = time.monotonic()
@@ -255,6 +315,12 @@ class Bench:
             p.terminate(grace=2)
         result: dict[str, Any] = {"wall_s": wall}
         result.update(self._stop_relays(relays))
+        if link is not None:
+            link.terminate()
+            u = link.rusage()
+            result["link_cpu_s"], result["link_maxrss_kb"] = u.get("cpu_s"), u.get("maxrss_kb")
+            carried = re.search(r"^carried (\d+) bytes$", link.log_path.read_text(), re.M)
+            result["link_bytes"] = int(carried.group(1)) if carried else None
         for p in (sender, receiver):
             u = p.rusage()
             result[f"{p.name}_exit"] = u.get("exit")
@@ -287,6 +353,34 @@ class Bench:
             result["mb_s"] = data["bytes"] / MB / wall
             add_per_gb(result, data["bytes"])
         return result
+
+    def _start_link(self, relays: RelaySet, work: Path,
+                    data: dict[str, Any]) -> tuple[Proc, RelaySet]:
+        """One process (``bench.py _longlink``, this interpreter) with a long link in front
+        of each of the relay's ports; returns it and the relays as the peers see them (every
+        port, and the URL's, replaced by its link's)."""
+        ports = list(relays.ports.items())
+        argv = [sys.executable, SCRIPT, "_longlink", "--rtt", f"{data['rtt']}",
+                "--window", str(data["window"]), "--retry-refused", "30"]
+        for _, port in ports:
+            argv += ["--upstream", f"127.0.0.1:{port}"]
+        link = Proc(self.launcher, "link", argv, logdir=work, env=clean_env(self.tmp),
+                    cwd=work)
+        deadline = time.monotonic() + 30
+        found: list[int] = []
+        while len(found) < len(ports):
+            found = [int(m) for m in re.findall(r"^listening 127\.0\.0\.1:(\d+)$",
+                                                link.log_path.read_text(), re.M)]
+            if not link.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the long link did not start: {link.log_tail()}")
+            time.sleep(0.01)
+        for port in found:
+            wait_listening(port, [link])
+        mapped = {name: new for (name, _), new in zip(ports, found, strict=True)}
+        url = relays.url
+        for (_, old), new in zip(ports, found, strict=True):
+            url = url.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+        return link, dataclasses.replace(relays, ports=mapped, url=url)
 
     def _measure_pairs(self, tool: Tool, work: Path, out: Path,
                        data: dict[str, Any]) -> dict[str, Any]:

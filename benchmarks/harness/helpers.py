@@ -1,6 +1,7 @@
 """Processes that bench.py runs for the Python baselines and the pairs case: the raw
 TCP sender, receiver, forwarder and pairing relay (without socat), the pairs clients of
-ours, 0.1.1 and raw TCP, and wsmin's relay, sender and receiver. bench.py starts them as
+ours, 0.1.1 and raw TCP, wsmin's relay, sender and receiver, and the long link
+(longlink.py, the longlink case's emulated long path). bench.py starts them as
 ``python bench.py _NAME ARGS`` and imports only this module for them.
 """
 
@@ -287,6 +288,10 @@ def helper_main(argv: list[str]) -> int:
         return asyncio.run(helper_forward(int(argv[1]), int(argv[2])))
     if cmd == "_pairing-relay":
         return asyncio.run(helper_pairing_relay(int(argv[1])))
+    if cmd == "_longlink":
+        from .longlink import main as longlink_main
+
+        return longlink_main(argv[1:])
     if cmd == "_pairs-client":
         p = argparse.ArgumentParser(prog="bench.py _pairs-client")
         p.add_argument("--impl", choices=["ours", "seed", "tcp"], required=True)

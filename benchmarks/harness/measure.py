@@ -297,7 +297,8 @@ def add_noise(result: dict[str, Any], before: tuple[float, float]) -> None:
     """CPU that other processes used on this machine while we measured (noise)."""
     busy, steal = cpu_times()
     ours = sum(v for k, v in result.items() if k.endswith("_cpu_s") and k.split("_")[0] in
-               ("sender", "receiver", "relay", "mailbox") and isinstance(v, (int, float)))
+               ("sender", "receiver", "relay", "mailbox", "link")
+               and isinstance(v, (int, float)))
     result["other_cpu_s"] = max(0.0, busy - before[0] - ours)
     result["steal_s"] = steal - before[1]
 
@@ -361,11 +362,17 @@ def machine_facts() -> dict[str, Any]:
             "loadavg_start": list(os.getloadavg())}
 
 
+#: the three roles whose CPU per GB is reported, each against the same role of a reference
+ROLES = ("sender", "receiver", "relay")
+
+
 def add_per_gb(result: dict[str, Any], nbytes: int) -> None:
-    """relay CPU per GB forwarded, and all processes' CPU per GB (what 2 cores must do)."""
+    """Each role's CPU per GB moved (ROLE_cpu_s_per_gb), and all processes' together (what
+    2 cores must do; the long link's process is not one of them)."""
     gb = nbytes / GB
-    if result.get("relay_cpu_s") is not None:
-        result["relay_cpu_s_per_gb"] = result["relay_cpu_s"] / gb
+    for role in ROLES:
+        if isinstance(result.get(f"{role}_cpu_s"), (int, float)):
+            result[f"{role}_cpu_s_per_gb"] = result[f"{role}_cpu_s"] / gb
     parts = [result.get(k) for k in ("sender_cpu_s", "receiver_cpu_s", "relay_cpu_s",
                                      "mailbox_cpu_s")]
     if all(isinstance(v, (int, float)) for v in parts[:3]):
@@ -373,8 +380,8 @@ def add_per_gb(result: dict[str, Any], nbytes: int) -> None:
 
 #: metrics summarised as medians, and whether bigger is better (for the printed ratio).
 METRICS = ["mb_s", "files_s", "pairs_s", "wall_s", "connect_s", "transfer_s",
-           "sender_cpu_s", "receiver_cpu_s", "relay_cpu_s", "relay_cpu_s_per_gb",
-           "all_cpu_s_per_gb",
+           "sender_cpu_s", "receiver_cpu_s", "relay_cpu_s", "sender_cpu_s_per_gb",
+           "receiver_cpu_s_per_gb", "relay_cpu_s_per_gb", "all_cpu_s_per_gb", "link_cpu_s",
            "mailbox_cpu_s", "sender_maxrss_kb", "receiver_maxrss_kb", "relay_maxrss_kb",
            "relay_rss_idle_kb", "mailbox_maxrss_kb", "relay_kb_per_pair", "peak_connections",
            "intact_pairs", "sender_user_s", "sender_sys_s", "receiver_user_s",
@@ -395,11 +402,14 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "median": median}
 
 
-def add_ratios(case: dict[str, Any]) -> None:
-    """ratio_to_baseline (and ratio_to_wsmin where wsmin ran): each median ÷ theirs."""
+def add_ratios(case: dict[str, Any], references: dict[str, str] | None = None) -> None:
+    """ratio_to_baseline (and ratio_to_wsmin where wsmin ran): each median ÷ theirs; and
+    ratio_to_reference: each median ÷ that of the tool's reference (``references``: tool
+    -> reference; the raw baseline for tools over plain TCP or ws://, socat-tls for those
+    over TLS), with ``reference`` naming it, where the reference ran."""
     base = case["results"].get("baseline", {}).get("median", {})
     wsmin = case["results"].get("wsmin", {}).get("median", {})
-    for res in case["results"].values():
+    for name, res in case["results"].items():
         res["ratio_to_baseline"] = {
             m: res["median"][m] / base[m]
             for m in res.get("median", {}) if base.get(m)
@@ -409,3 +419,9 @@ def add_ratios(case: dict[str, Any]) -> None:
                 m: res["median"][m] / wsmin[m]
                 for m in res.get("median", {}) if wsmin.get(m)
             }
+        ref_name = (references or {}).get(name, "baseline")
+        ref = case["results"].get(ref_name, {}).get("median", {})
+        if ref and "median" in res:
+            res["reference"] = ref_name
+            res["ratio_to_reference"] = {m: res["median"][m] / ref[m]
+                                         for m in res["median"] if ref.get(m)}

@@ -6,14 +6,16 @@ interpreter.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
-from . import CACHE, OURS_STAMP, OURS_VENV, REPO, SCRIPT
+from . import CACHE, LOOPBACK_CASES, OURS_STAMP, OURS_VENV, REPO, SCRIPT
 from .measure import free_port, wait_listening
 from .tools import RelaySet, Tool, clean_env, ensure_venv, isolated_env, venv_lock
 
@@ -127,6 +129,7 @@ def ensure_ours_venv() -> tuple[str, str]:
 class Ours(Tool):
     name = "ours"
     label = "p2p-copy (this repo)"
+    cases: tuple[str, ...] = (*LOOPBACK_CASES, "longlink")
 
     def __init__(self, bench: Bench) -> None:
         super().__init__(bench)
@@ -200,3 +203,115 @@ class Ours(Tool):
 
     def pairs_client(self) -> list[str]:
         return [self.python, SCRIPT, "_pairs-client", "--impl", "ours"]
+
+
+def _local_cluster() -> ModuleType:
+    """server/local_cluster.py (not a package: loaded by path, as tests/test_cluster.py
+    does), whose nginx configuration is the shipped one."""
+    module = sys.modules.get("local_cluster")
+    if module is None:
+        spec = importlib.util.spec_from_file_location(
+            "local_cluster", REPO / "server" / "local_cluster.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["local_cluster"] = module  # dataclasses look their module up by name
+        spec.loader.exec_module(module)
+    return module
+
+
+class OursWss(Ours):
+    """Ours as users run it: wss://, the relay terminating TLS itself."""
+
+    name = "ours-wss"
+    label = "p2p-copy, wss:// (relay TLS)"
+    cases = ("random", "compressible", "files")
+    reference = "socat-tls"
+
+    def __init__(self, bench: Bench) -> None:
+        super().__init__(bench)
+        self.ours_description = self.description
+        try:
+            self.certs = bench.certificates()
+        except RuntimeError as exc:
+            self.available, self.reason = False, str(exc)
+            return
+        self.description = (
+            "the same venv and commands as ours over TLS: run-relay-server 127.0.0.1 PORT "
+            "--certfile CHAIN --keyfile KEY --log-level WARNING; send wss://127.0.0.1:PORT "
+            "CODE PATH --cafile CA; receive wss://127.0.0.1:PORT CODE --out DIR --cafile CA "
+            f"(certificates for 127.0.0.1 made once per run: {self.certs.how}). "
+            "Ours: " + self.ours_description)
+
+    def start_relay(self, work: Path, case: str) -> RelaySet:
+        port = free_port()
+        relay = self.bench.proc(
+            "relay", [*self.cli, "run-relay-server", "127.0.0.1", str(port),
+                      "--certfile", str(self.certs.chain), "--keyfile", str(self.certs.key),
+                      "--log-level", "WARNING"], self.cwd(work), self.env(self.bench.tmp))
+        wait_listening(port, [relay])
+        return RelaySet(relay, ports={"relay": port}, url=f"wss://127.0.0.1:{port}")
+
+    def commands(self, relays: RelaySet, code: str, src: Path,
+                 out: Path, case: str) -> tuple[list[str], list[str]]:
+        send, recv = super().commands(relays, code, src, out, case)
+        cafile = ["--cafile", str(self.certs.ca)]
+        return [*send, *cafile], [*recv, *cafile]
+
+
+class OursNginxTls(OursWss):
+    """Ours behind the shipped nginx configuration, which terminates TLS in front of two
+    relays speaking plain ws:// (the room hash picks the relay)."""
+
+    name = "ours-nginx-tls"
+    label = "p2p-copy, wss:// via nginx"
+    relays = 2
+
+    def __init__(self, bench: Bench) -> None:
+        super().__init__(bench)
+        lc = _local_cluster()
+        self.nginx = lc.find_nginx()
+        if self.nginx is None:
+            self.available, self.reason = False, ("nginx is not installed (Debian: apt-get "
+                                                  "install nginx)")
+            return
+        if not self.available:
+            return
+        self.version += "; " + subprocess.run(
+            [self.nginx, "-v"], capture_output=True, text=True, timeout=30).stderr.strip()
+        self.description = (
+            f"{self.nginx} with the shipped configuration (server/nginx/local.conf.template "
+            "around p2p-copy-http.conf, p2p-copy-locations.conf and p2p-copy-tls.conf, "
+            "rendered by server/local_cluster.py: worker_processes 1, listen 127.0.0.1:PORT "
+            f"ssl) in front of {self.relays} relays (run-relay-server 127.0.0.1 Pn --no-tls "
+            "--log-level WARNING from the ours venv); peers as ours-wss (wss:// to nginx, "
+            f"--cafile; certificates: {self.certs.how}). The relay role's CPU is nginx's "
+            "(master and worker) plus every relay's. Ours: " + self.ours_description)
+
+    def start_relay(self, work: Path, case: str) -> RelaySet:
+        lc = _local_cluster()
+        b = self.bench
+        ports = [free_port() for _ in range(self.relays)]
+        relays = [b.proc("relay" if i == 0 else f"relay{i + 1}",
+                         [*self.cli, "run-relay-server", "127.0.0.1", str(port), "--no-tls",
+                          "--log-level", "WARNING"], self.cwd(work), self.env(b.tmp))
+                  for i, port in enumerate(ports)]
+        prefix = work / "nginx"
+        conf = prefix / "conf"
+        (conf / "p2p-copy").mkdir(parents=True)
+        for sub in ("logs", "tmp"):
+            (prefix / sub).mkdir()
+        for snippet in lc.SNIPPETS:
+            shutil.copyfile(lc.NGINX_DIR / snippet, conf / "p2p-copy" / snippet)
+        port = free_port()
+        (conf / "nginx.conf").write_text(lc.render_nginx_conf(
+            prefix=prefix, port=port, relay_ports=ports, certfile=str(self.certs.chain),
+            keyfile=str(self.certs.key)))
+        argv = [str(self.nginx), "-p", str(prefix), "-c", str(conf / "nginx.conf")]
+        if lc.nginx_version(self.nginx) >= (1, 19, 5):
+            argv += ["-e", str(prefix / "logs" / "error.log")]
+        nginx = b.proc("nginx", argv, work, self.env(b.tmp))
+        for p, procs in zip((*ports, port), (*[[r] for r in relays], [nginx]), strict=True):
+            wait_listening(p, procs)
+        return RelaySet(relays[0], parts=[*relays[1:], nginx],
+                        ports={"relay": port, **{f"relay{i}": p for i, p in enumerate(ports)}},
+                        url=f"wss://127.0.0.1:{port}")

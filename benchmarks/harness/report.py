@@ -6,7 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import ALL_CASES
+from . import ALL_CASES, TLS_TOOLS
+
+#: the per-role CPU figures (CPU-s per GB moved) and their column names
+ROLE_METRICS = (("sender", "sender_cpu_s_per_gb"), ("receiver", "receiver_cpu_s_per_gb"),
+                ("relay", "relay_cpu_s_per_gb"))
 
 
 def fmt(value: float | None, digits: int = 0) -> str:
@@ -27,7 +31,9 @@ def print_case(name: str, case: dict[str, Any]) -> None:
     print(head)
     for tool, res in case["results"].items():
         if "skipped" in res:
-            print(f"{tool:<22}skipped: {res['skipped']}")
+            # Most tools are not in the longlink cases; the JSON says so, once is enough here.
+            if "rtt_s" not in case or "does not take part" not in res["skipped"]:
+                print(f"{tool:<22}skipped: {res['skipped']}")
             continue
         m, r = res.get("median", {}), res.get("ratio_to_baseline", {})
 
@@ -53,6 +59,67 @@ def print_case(name: str, case: dict[str, Any]) -> None:
         print(line)
 
 
+def _role_cell(res: dict[str, Any], key: str, digits: int = 2) -> str:
+    """'0.62 (2.38x)': the median, and × that of the tool's reference."""
+    value = res.get("median", {}).get(key)
+    if value is None:
+        return "-"
+    ratio = res.get("ratio_to_reference", {}).get(key)
+    return f"{value:,.{digits}f}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
+
+
+def print_roles(name: str, case: dict[str, Any]) -> None:
+    """CPU per GB of each role, and its ratio to the same role of the tool's reference
+    (the rate too, against the reference's)."""
+    rows = [(tool, res) for tool, res in case["results"].items()
+            if any(key in res.get("median", {}) for _, key in ROLE_METRICS)]
+    if not rows or name == "pairs":
+        return
+    rate = "files_s" if name == "files" else "mb_s"
+    print("  per role, CPU-s/GB (x the same role of the tool's reference in this run: "
+          f"socat-tls for {', '.join(t for t in TLS_TOOLS if t != 'socat-tls')}, else "
+          "baseline)")
+    unit = {"mb_s": "MB/s", "files_s": "files/s"}[rate]
+    print(f"  {'tool':<20}{'reference':<11}{unit:>17}"
+          + "".join(f"{r:>17}" for r, _ in ROLE_METRICS))
+    for tool, res in rows:
+        print(f"  {tool:<20}{res.get('reference', '-'):<11}{_role_cell(res, rate, 0):>17}"
+              + "".join(f"{_role_cell(res, key):>17}" for _, key in ROLE_METRICS))
+
+
+def longlink_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The longlink cases side by side: RTT, the one-connection cap W/RTT, every tool's
+    MB/s (and × baseline). A tool added to the case (adaptive lanes) gets its column."""
+    cases = [(name, c) for name, c in results["cases"].items() if "rtt_s" in c]
+    tools = [t for t in dict.fromkeys(t for _, c in cases for t in c["results"])
+             if any("mb_s" in c["results"][t].get("median", {}) for _, c in cases)]
+    head = ["RTT", "cap W/RTT, MB/s", *(f"{t}, MB/s" for t in tools),
+            *(f"{t} ÷ baseline" for t in tools if t != "baseline")]
+    rows = []
+    for _, c in cases:
+        res = c["results"]
+        rows.append([f"{c['rtt_s'] * 1000:g} ms",
+                     fmt(c["cap_mb_s"], 1) if c["cap_mb_s"] else "-",
+                     *(fmt(res[t].get("median", {}).get("mb_s"), 1) for t in tools),
+                     *(f"{res[t]['ratio_to_baseline']['mb_s']:.2f}"
+                       if "mb_s" in res[t].get("ratio_to_baseline", {}) else "-"
+                       for t in tools if t != "baseline")])
+    return head, rows
+
+
+def print_longlink(results: dict[str, Any]) -> None:
+    head, rows = longlink_rows(results)
+    if not rows:
+        return
+    window = results["config"]["window"] / 2**20
+    print(f"\n== longlink, {window:g} MiB window: MB/s (median) beside one connection's "
+          "cap W/RTT (ours: one lane; adaptive lanes come with issue 22's lanes)")
+    widths = [max(len(h), 8) + 2 for h in head]
+    print("".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
+    for row in rows:
+        print("".join(f"{v:>{w}}" for v, w in zip(row, widths, strict=True)))
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The figures as Markdown tables (for benchmarks/README.md)."""
     lines: list[str] = []
@@ -71,7 +138,8 @@ def markdown(results: dict[str, Any]) -> str:
                   "| --- |" + " ---: |" * len(head)]
         for tool, res in case["results"].items():
             if "skipped" in res:
-                lines.append(f"| {tool} | {res['skipped']} |" + " |" * (len(head) - 1))
+                if "rtt_s" not in case or "does not take part" not in res["skipped"]:
+                    lines.append(f"| {tool} | {res['skipped']} |" + " |" * (len(head) - 1))
                 continue
             m, r = res.get("median", {}), res.get("ratio_to_baseline", {})
 
@@ -96,6 +164,24 @@ def markdown(results: dict[str, Any]) -> str:
                 note += f" ({res['discarded_noisy']} noisy runs redone)"
             lines.append(f"| {tool}{note} | " + " | ".join(cells) + " |")
         lines.append("")
+        roles = [(tool, res) for tool, res in case["results"].items()
+                 if any(key in res.get("median", {}) for _, key in ROLE_METRICS)]
+        if roles and name != "pairs":
+            lines += ["Per role, CPU-s/GB (× the same role of the reference):", "",
+                      f"| tool | reference | {unit} | "
+                      + " | ".join(r for r, _ in ROLE_METRICS) + " |",
+                      "| --- | --- |" + " ---: |" * (1 + len(ROLE_METRICS))]
+            lines += [f"| {tool} | {res.get('reference', '-')} | {_role_cell(res, rate, 0)} | "
+                      + " | ".join(_role_cell(res, key) for _, key in ROLE_METRICS) + " |"
+                      for tool, res in roles]
+            lines.append("")
+    head, rows = longlink_rows(results)
+    if rows:
+        lines += [f"**longlink**, {results['config']['window'] / 2**20:g} MiB window "
+                  "(MB/s, median):", "", "| " + " | ".join(head) + " |",
+                  "| --- |" + " ---: |" * (len(head) - 1)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -107,6 +193,7 @@ def plot(results: dict[str, Any], path: Path) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed: no plot (pip install matplotlib)"
+    # The loopback cases (the longlink ones have their own table).
     cases = [c for c in ALL_CASES if c in results["cases"]]
     fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 4), squeeze=False)
     for ax, name in zip(axes[0], cases, strict=True):
@@ -114,7 +201,8 @@ def plot(results: dict[str, Any], path: Path) -> str:
         rate = {"files": "files_s", "pairs": "pairs_s"}.get(name, "mb_s")
         tools = [t for t, r in case["results"].items() if rate in r.get("median", {})]
         values = [case["results"][t]["median"][rate] for t in tools]
-        colors = {"baseline": "#777", "socat8k": "#aaa", "ours": "#2a7", "seed": "#c73",
+        colors = {"baseline": "#777", "socat8k": "#aaa", "socat-tls": "#555", "ours": "#2a7",
+                  "ours-wss": "#1a5", "ours-nginx-tls": "#083", "seed": "#c73",
                   "wormhole": "#37c", "wsmin": "#a5a"}
         bars = ax.bar(tools, values, color=[colors.get(t, "#999") for t in tools])
         ax.bar_label(bars, fmt="%.0f", fontsize=8)

@@ -15,9 +15,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import ALL_CASES, ALL_TOOLS, DEFAULT_JSON, REPO, SOCAT_BUFFER
-from .baselines import Baseline, Seed, SocatDefault, Wormhole, WsMin
-from .cases import Bench
+from . import (
+    ALL_CASES,
+    ALL_TOOLS,
+    DEFAULT_JSON,
+    LONGLINK_MAX_SIZE,
+    LONGLINK_RTTS,
+    LONGLINK_WINDOW,
+    REPO,
+    SOCAT_BUFFER,
+)
+from .baselines import Baseline, Seed, SocatDefault, SocatTls, Wormhole, WsMin
+from .cases import Bench, base_case, case_keys
 from .measure import (
     Proc,
     add_ratios,
@@ -28,13 +37,32 @@ from .measure import (
     wait_all,
     wait_quiet,
 )
-from .ours import Ours
-from .report import fmt, markdown, plot, print_case
+from .ours import Ours, OursNginxTls, OursWss
+from .report import fmt, markdown, plot, print_case, print_longlink, print_roles
 from .tools import Tool, clean_env
 
 TOOL_CLASSES: dict[str, type[Tool]] = {
-    "baseline": Baseline, "socat8k": SocatDefault, "wsmin": WsMin, "ours": Ours,
-    "seed": Seed, "wormhole": Wormhole}
+    "baseline": Baseline, "socat8k": SocatDefault, "socat-tls": SocatTls, "wsmin": WsMin,
+    "ours": Ours, "ours-wss": OursWss, "ours-nginx-tls": OursNginxTls, "seed": Seed,
+    "wormhole": Wormhole}
+# Issue 22's lanes: "ours-lanes" (ours with adaptive lanes, the same CLI once lanes are
+# on by default or with their flag) joins here, in ALL_TOOLS and with "longlink" in its
+# cases; the longlink table then shows it beside ours' one lane.
+
+#: why a tool is absent from a case (printed and kept in the JSON)
+NOT_IN_CASE = {
+    "wormhole": " (it needs two ~60 MB processes per pair; 1000 pairs would be 2000 "
+                "processes)",
+    "socat8k": " (socat cannot pair by code; the baseline row uses bench.py's asyncio "
+               "pairing relay)",
+    "wsmin": " (a reference for one stream of bytes: its relay pairs only the first /send "
+             "with the first /recv, no codes, and it has no format for many files)",
+    "socat-tls": " (socat cannot pair by code)",
+    "ours-wss": " (its reference, socat-tls, cannot pair by code)",
+    "ours-nginx-tls": " (its reference, socat-tls, cannot pair by code)",
+}
+LONGLINK_WHY = (" (it compares ours, one lane today, with the raw relay through the same "
+                "emulated path)")
 
 
 def parse_size(text: str) -> int:
@@ -69,6 +97,7 @@ def warm_up(bench: Bench, tools: list[Tool], args: argparse.Namespace,
     done = []
     for tool, case in plan:
         t = time.monotonic()
+        case = case if case in data else case_keys([case], args.rtts)[0]
         r = bench.measure(tool, case, data[case])
         done.append({"tool": tool.name, "case": case, "ok": r.get("ok"),
                      "wall_s": r.get("wall_s"), "error": r.get("error")})
@@ -96,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         "machine": machine, "tmpfs": str(args.tmp),
         "launcher": {"kind": bench.launcher_kind},
         "config": {"size": args.size, "files": args.files, "file_size": args.file_size,
+                   "longlink_size": args.longlink_size, "rtts": args.rtts,
+                   "window": args.window,
                    "pairs": args.pairs, "pair_payload": args.pair_payload,
                    "repeat": args.repeat, "warmup": args.warmup, "max_noise": args.max_noise,
                    "retries": args.retries, "quiet_wait": args.quiet_wait, "tools": args.only,
@@ -132,13 +163,23 @@ def run(args: argparse.Namespace) -> int:
             "pairs": f"{args.pairs:,} pairs at once through one relay, "
                      f"{args.pair_payload:,} random bytes each",
         }
-        runs: dict[str, dict[str, list[dict[str, Any]]]] = {c: {} for c in args.cases}
+        keys = case_keys(args.cases, args.rtts)
+        for key in keys:
+            if base_case(key) == "longlink":
+                d = data[key]
+                cap = f"{d['cap_mb_s']:,.1f} MB/s" if d["cap_mb_s"] else "none"
+                descriptions[key] = (
+                    f"one {args.longlink_size / 2**20:g} MiB file of random bytes, every peer "
+                    f"connection through a long link: RTT {d['rtt'] * 1000:g} ms, at most "
+                    f"{args.window / 2**20:g} MiB in flight per direction and connection "
+                    f"(one connection's cap W/RTT: {cap})")
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {c: {} for c in keys}
         results["warmup"] = warm_up(bench, tools, args, data)
         for rep in range(args.repeat):
-            for case in args.cases:
+            for case in keys:
                 order = tools[rep % len(tools):] + tools[:rep % len(tools)] if tools else []
                 for tool in order:
-                    if case not in tool.cases:
+                    if base_case(case) not in tool.cases:
                         continue
                     attempts = []
                     for attempt in range(1 + args.retries):
@@ -157,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
                         if noisy and r.get("ok"):
                             status += (" - noisy, " + ("measured again" if attempt < args.retries
                                                        else "no retries left"))
-                        print(f"  rep {rep + 1}/{args.repeat} {case:<12} {tool.name:<9} "
+                        print(f"  rep {rep + 1}/{args.repeat} {case:<12} {tool.name:<14} "
                               f"{fmt(rate, 1):>9} in {r.get('wall_s', 0):.2f} s "
                               f"({time.monotonic() - t:.1f} s; others took "
                               f"{100 * r['noise']:.0f} % of the CPUs) {status}", flush=True)
@@ -169,11 +210,15 @@ def run(args: argparse.Namespace) -> int:
                         r["counted"] = r is best
                         r["noisy"] = bool(args.max_noise) and r["noise"] > args.max_noise
                     runs[case].setdefault(tool.name, []).extend(attempts)
-        for case in args.cases:
+        references = {t.name: t.reference for t in tools}
+        for case in keys:
             c: dict[str, Any] = {"description": descriptions[case],
                                  "bytes": data[case]["bytes"], "results": {}}
             if case == "compressible":
                 c["zlib1_ratio"] = data[case]["zlib1_ratio"]
+            if "rtt" in data[case]:
+                c.update(rtt_s=data[case]["rtt"], window=data[case]["window"],
+                         cap_mb_s=data[case]["cap_mb_s"])
             for name in args.only:
                 if name in runs[case]:
                     c["results"][name] = summarise(runs[case][name])
@@ -181,20 +226,18 @@ def run(args: argparse.Namespace) -> int:
                     c["results"][name] = {"skipped": "not available: "
                                           + results["tools"][name].get("reason", "")[:300]}
                 else:
-                    why = {"wormhole": " (it needs two ~60 MB processes per pair; 1000 pairs "
-                                       "would be 2000 processes)",
-                           "socat8k": " (socat cannot pair by code; the baseline row uses "
-                                      "bench.py's asyncio pairing relay)",
-                           "wsmin": " (a reference for one stream of bytes: its relay pairs "
-                                    "only the first /send with the first /recv, no codes, and "
-                                    "it has no format for many files)"}.get(name, "")
-                    c["results"][name] = {"skipped": f"{name} does not take part in {case}{why}"}
-            add_ratios(c)
+                    why = (LONGLINK_WHY if base_case(case) == "longlink"
+                           else NOT_IN_CASE.get(name, ""))
+                    c["results"][name] = {"skipped": f"{name} does not take part in "
+                                                     f"{base_case(case)}{why}"}
+            add_ratios(c, references)
             results["cases"][case] = c
         results["machine"]["loadavg_end"] = list(os.getloadavg())
         results["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        for case in args.cases:
+        for case in keys:
             print_case(case, results["cases"][case])
+            print_roles(case, results["cases"][case])
+        print_longlink(results)
         for case in ("random", "compressible"):
             res = results["cases"].get(case, {}).get("results", {})
             ours = res.get("ours", {})
@@ -233,10 +276,23 @@ def _list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
+def _seconds_list(text: str) -> list[float]:
+    """'0,20,50' (milliseconds) -> [0.0, 0.02, 0.05]."""
+    try:
+        values = sorted({float(x) / 1000 for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError("milliseconds, comma-separated: 0,20,50") from None
+    if not values or values[0] < 0:
+        raise argparse.ArgumentTypeError("milliseconds, comma-separated, none negative")
+    return values
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Benchmark p2p-copy against a raw TCP relay, a minimal websockets "
-        "relay, p2p-copy 0.1.1 and magic-wormhole on loopback (see benchmarks/README.md).")
+        description="Benchmark p2p-copy (ws://, wss://, behind nginx) against a raw TCP "
+        "relay (plain and TLS), a minimal websockets relay, p2p-copy 0.1.1 and "
+        "magic-wormhole on loopback, and through an emulated long link (see "
+        "benchmarks/README.md).")
     p.add_argument("--size", type=parse_size, default=None,
                    help="large file size: 1GiB (default), 256MiB, 64M; a bare number is MiB")
     p.add_argument("--files", type=int, default=None, help="small files (default 10000)")
@@ -251,10 +307,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=None,
                    help="interleaved repetitions; medians are reported (default 5, as the issue)")
     p.add_argument("--only", type=_list(ALL_TOOLS), default=list(ALL_TOOLS),
-                   help="tools, comma-separated: baseline,socat8k,wsmin,ours,seed,wormhole "
-                   "(default all)")
+                   help=f"tools, comma-separated: {','.join(ALL_TOOLS)} (default all)")
     p.add_argument("--cases", type=_list(ALL_CASES), default=list(ALL_CASES),
-                   help="cases, comma-separated: random,compressible,files,pairs (default all)")
+                   help=f"cases, comma-separated: {','.join(ALL_CASES)} (default all)")
+    p.add_argument("--longlink-size", type=parse_size, default=None,
+                   help="the longlink case's file (default: --size, at most "
+                   f"{LONGLINK_MAX_SIZE >> 20} MiB)")
+    p.add_argument("--rtts", type=_seconds_list, default=list(LONGLINK_RTTS),
+                   help="the longlink case's round-trip times in ms, comma-separated "
+                   f"(default {','.join(f'{r * 1000:g}' for r in LONGLINK_RTTS)})")
+    p.add_argument("--window", type=parse_size, default=LONGLINK_WINDOW,
+                   help="the longlink case's bytes in flight per direction and connection "
+                   f"(default {LONGLINK_WINDOW >> 20}MiB, Linux's default send-buffer cap)")
     p.add_argument("--warmup", type=int, choices=[0, 1], default=None,
                    help="1: unmeasured warm-up runs first (default; 0 with --quick)")
     p.add_argument("--max-noise", type=float, default=None,
@@ -293,8 +357,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.longlink_size is None:
+        args.longlink_size = min(args.size, LONGLINK_MAX_SIZE)
     if args.repeat < 1 or args.size < 1 or args.files < 1 or args.pairs < 1:
         p.error("--repeat, --size, --files and --pairs must be positive")
+    if args.longlink_size < 1 or args.window < 1:
+        p.error("--longlink-size and --window must be positive")
     return args
 
 

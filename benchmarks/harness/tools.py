@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import ALL_CASES
+from . import LOOPBACK_CASES
 
 if TYPE_CHECKING:
     from .cases import Bench
@@ -46,18 +46,26 @@ def isolated_env(tmpdir: Path) -> dict[str, str]:
 
 @dataclass
 class RelaySet:
-    """The server side of one measurement: the relay (whose CPU is per GB) and helpers."""
+    """The server side of one measurement: the relay (whose CPU is per GB), the other
+    processes of the relay role (nginx, a second relay: their CPU is added to the relay's)
+    and helpers that are not (magic-wormhole's mailbox, reported apart)."""
 
     main: Proc
     others: list[Proc] = field(default_factory=list)
+    parts: list[Proc] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     url: str = ""
-    cpu_ready: float = 0.0
+    #: CPU seconds of each relay-role process (by name) when the relay was ready
+    cpu_ready: dict[str, float] = field(default_factory=dict)
     rss_idle_kb: int | None = None
     fd_idle: int | None = None
 
     def all(self) -> list[Proc]:
-        return [self.main, *self.others]
+        return [self.main, *self.parts, *self.others]
+
+    def role(self) -> list[Proc]:
+        """The processes whose CPU is the relay role's."""
+        return [self.main, *self.parts]
 
 
 class Tool:
@@ -67,7 +75,9 @@ class Tool:
     reason = ""
     version = ""
     description = ""
-    cases: tuple[str, ...] = ALL_CASES
+    cases: tuple[str, ...] = LOOPBACK_CASES
+    #: the tool whose sender, receiver and relay CPU per GB this one's are compared with
+    reference = "baseline"
 
     def __init__(self, bench: Bench) -> None:
         self.bench = bench

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import os
 import re
-import shlex
 import signal
 import sys
 import textwrap
@@ -42,8 +41,9 @@ from ..protocol.codes import (
 from ..protocol.paths import display_name
 from ..protocol.policy import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, OfferSummary
 from ..relay.logs import ADDRESS_MODES
+from ..signals import INTERRUPTS, on_signals
 from .config import RELAY_ENV, Relay, choose_relay, is_relay_url, served_relay
-from .report import Tally, kept_partial, receive_lines, summary
+from .report import Tally, kept_partial, receive_lines, shell_word, shown_path, summary
 from .serve import DEFAULT_HOST, parse_serve
 from .tuning import tune_process
 
@@ -52,7 +52,7 @@ __all__ = ["main", "RELAY_TOKEN_ENV"]
 #: Environment variable with a private relay's access token (keeps it out of `ps`).
 RELAY_TOKEN_ENV = "P2P_COPY_RELAY_TOKEN"
 #: The config file as help texts show it (config.config_path() is where it really is).
-_CONFIG_SHOWN = "~/.config/p2p-copy/config.toml"
+_CONFIG_SHOWN = os.path.join("~", ".config", "p2p-copy", "config.toml")
 #: The subcommands: a first argument that is none of them may be a code or a file (main).
 COMMANDS = ("send", "receive", "run-relay-server", "demo", "completion")
 
@@ -252,8 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     relay = sub.add_parser(
         "run-relay-server",
         help="run a relay (TLS unless --no-tls)",
+        description="Run a relay: peers connect with WebSocket to / or /ROOM_HASH.\n"
+        "Plain HTTP GETs: / and /static/NAME (the web page, unless --no-web),\n"
+        "/healthz, /readyz, /metrics.",
         epilog="examples:\n  p2p-copy run-relay-server 0.0.0.0 443 --certfile cert.pem "
-        "--keyfile key.pem\n  p2p-copy run-relay-server 127.0.0.1 8765 --no-tls\n",
+        "--keyfile key.pem\n  p2p-copy run-relay-server 127.0.0.1 8765 --no-tls\n\n"
+        "stopping:\n  SIGTERM (kill, systemctl stop, docker stop) drains: running pairs may "
+        "finish\n  for --drain-timeout seconds, new peers are turned away. On Windows, "
+        "where no\n  other process can send SIGTERM, Ctrl-Break in the relay's console "
+        "drains.\n  Ctrl-C stops at once, closing every connection.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     relay.add_argument("host", metavar="HOST", help="address to listen on, e.g. 0.0.0.0")
@@ -316,7 +323,7 @@ def _size_or_zero(value: str) -> int:
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """asyncio.run, with Ctrl-C and SIGTERM cancelling the work.
+    """asyncio.run, with Ctrl-C (Ctrl-Break on Windows) and SIGTERM cancelling the work.
 
     Ctrl-C says "cancelling…" at once on a terminal: closing the connection and keeping
     what arrived for a later run may take a moment, which must not look like a hang.
@@ -325,19 +332,16 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     async def main() -> Any:
         task = asyncio.current_task()
         assert task is not None
-        loop = asyncio.get_running_loop()
 
         def interrupted() -> None:
             if is_terminal(sys.stderr):
                 print("\np2p-copy: cancelling…", file=sys.stderr, flush=True)
             task.cancel()
 
-        for signum, handler in ((signal.SIGTERM, task.cancel), (signal.SIGINT, interrupted)):
-            try:
-                loop.add_signal_handler(signum, handler)
-            except (NotImplementedError, RuntimeError):
-                pass
-        return await coro
+        handlers: dict[int, Callable[[], object]] = {signal.SIGTERM: task.cancel}
+        handlers.update(dict.fromkeys(INTERRUPTS, interrupted))
+        with on_signals(handlers):
+            return await coro
 
     return asyncio.run(main())
 
@@ -424,7 +428,7 @@ def _positional_code(items: list[str]) -> str:
     if looks_like_code(first):
         if exists:
             raise UsageError(
-                f"{display_name(first)!r} stands where the code goes, but names a file or "
+                f"{shown_path(first, quoted=True)} stands where the code goes, but names a file or "
                 "folder here. To send it, put 'auto' before it (a generated code) or leave "
                 "the relay to --relay; to choose the code, use --code CODE.")
         return items.pop(0)
@@ -527,8 +531,8 @@ def _check_output(args: argparse.Namespace) -> None:
             raise UsageError("--stdout would print the received bytes onto this terminal: "
                              "pipe it (… --stdout | tar x) or save to disk with --out DIR.")
     elif os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {display_name(args.out)!r} is a file: give a folder (made "
-                         "if it does not exist).")
+        raise UsageError(f"--out {shown_path(args.out, quoted=True)} is a file: give a folder "
+                         "(made if it does not exist).")
 
 
 def _options(relay: Relay, args: argparse.Namespace, **side: Any) -> Any:
@@ -653,7 +657,7 @@ class _AskOnTerminal:
 
     def offer(self, summary: OfferSummary) -> Awaitable[bool]:
         lines = offer_lines(summary)
-        lines.append(f"Receive into {display_name(self._dest)}? [y/N] ")
+        lines.append(f"Receive into {shown_path(self._dest)}? [y/N] ")
         self._stream.write("\n".join(lines))
         self._stream.flush()
         return self._answer()
@@ -715,7 +719,8 @@ _RELAY_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("peer_timeout", "SECONDS", "how long a peer may wait for its partner"),
     ("max_message_size", "BYTES", "the largest message a peer may send"),
     ("drain_timeout", "SECONDS",
-     "on SIGTERM, how long running pairs may finish before they are closed with 4005"),
+     "on SIGTERM (Ctrl-Break on Windows), how long running pairs may finish before "
+     "they are closed with 4005"),
     ("log_addresses", "MODE",
      "peer addresses in logs: full, blur (their /24 or /48) or none"),
 )
@@ -785,6 +790,29 @@ def _relay_config_options(relay: argparse.ArgumentParser) -> None:
         "--access-token-file", metavar="FILE",
         help="make the relay private: clients must send one of the tokens in FILE (one per "
         "line) as 'Authorization: Bearer TOKEN'; others get HTTP 401")
+    web = relay.add_argument_group("web page (send and receive in a browser, at https://HOST/)")
+    web.add_argument("--no-web", dest="web", action="store_false",
+                     help="serve no web page: GET / and /static/ are answered as other paths")
+    web.add_argument("--web-connect", metavar="URL", action="append", default=[],
+                     type=_web_url,
+                     help="another relay (wss://...) the page may connect to besides this "
+                     "one; repeatable")
+
+
+def _web_url(value: str) -> str:
+    from ..relay.web import connect_source
+
+    try:
+        connect_source(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without the path (an OSError's str() repeats it as repr(), which
+    doubles a Windows path's backslashes)."""
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).rstrip(".")
 
 
 def _read_tokens(path: str) -> frozenset[str]:
@@ -793,12 +821,14 @@ def _read_tokens(path: str) -> frozenset[str]:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"Cannot read the access token file {path!r}: {exc}") from None
+        raise UsageError(f"Cannot read the access token file {shown_path(path, quoted=True)}: "
+                         f"{_reason(exc)}.") from None
     tokens = frozenset(line.strip() for line in lines
                        if line.strip() and not line.lstrip().startswith("#"))
     if not tokens:
         raise UsageError(
-            f"The access token file {path!r} holds no token. Put one token per line in it.")
+            f"The access token file {shown_path(path, quoted=True)} holds no token. Put one "
+            "token per line in it.")
     return tokens
 
 
@@ -807,6 +837,7 @@ def _relay_limits(args: argparse.Namespace) -> dict[str, Any]:
     fields = {name: getattr(args, name) for name, _, _ in (*_RELAY_OPTIONS, *_RELAY_LIMITS)}
     if args.access_token_file:
         fields["access_tokens"] = _read_tokens(args.access_token_file)
+    fields["web"], fields["web_connect"] = args.web, tuple(args.web_connect)
     return fields
 
 
@@ -844,12 +875,14 @@ def _run_relay(args: argparse.Namespace) -> int:
                 with open(path, "rb"):
                     pass
             except OSError as exc:
-                raise UsageError(f"Cannot read {flag} {path!r}: {exc.strerror}.") from None
+                raise UsageError(f"Cannot read {flag} {shown_path(path, quoted=True)}: "
+                                 f"{exc.strerror}.") from None
         try:
             context = server_ssl_context(args.certfile, args.keyfile)
         except (OSError, ValueError) as exc:
-            key = f" with the key {args.keyfile!r}" if args.keyfile else ""
-            raise UsageError(f"Cannot load the TLS certificate {args.certfile!r}{key}: {exc}. "
+            key = f" with the key {shown_path(args.keyfile, quoted=True)}" if args.keyfile else ""
+            raise UsageError("Cannot load the TLS certificate "
+                             f"{shown_path(args.certfile, quoted=True)}{key}: {exc}. "
                              "Check that they are PEM files and belong together.") from None
     if args.drain_timeout < 0:
         raise UsageError("--drain-timeout must not be negative.")
@@ -859,7 +892,8 @@ def _run_relay(args: argparse.Namespace) -> int:
         raise UsageError(f"Invalid relay limit: {exc}.") from None
     configure_logging(args.log_level, json_lines=args.log_json)
     try:
-        # Not _run: SIGTERM drains the relay (run_relay handles it) instead of cancelling.
+        # Not _run: SIGTERM (Ctrl-Break on Windows) drains the relay (run_relay handles
+        # it) instead of cancelling.
         asyncio.run(run_relay(args.host, args.port, ssl_context=context, config=config,
                               announce=not args.log_json))
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -880,8 +914,8 @@ def _habits(argv: list[str]) -> list[str]:
     if looks_like_code(first) and not exists:
         return ["receive", *argv]
     if exists:
-        raise UsageError(f"Did you mean to send {display_name(first)!r}? Run: "
-                         f"p2p-copy send {display_name(shlex.join(argv))}")
+        raise UsageError(f"Did you mean to send {shown_path(first, quoted=True)}? Run: "
+                         f"p2p-copy send {display_name(' '.join(map(shell_word, argv)))}")
     return argv
 
 

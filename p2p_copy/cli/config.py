@@ -78,7 +78,10 @@ def load_defaults(path: Path | None = None) -> Defaults:
     """The config file's values; a missing file is no defaults, a bad one a UsageError."""
     import tomllib  # only a send or receive reads it, not --help or the relay
 
+    from .report import shell_word, shown_path  # report imports this module
+
     path = path or config_path()
+    shown = shown_path(path, quoted=True)
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -86,23 +89,26 @@ def load_defaults(path: Path | None = None) -> Defaults:
     except FileNotFoundError:
         return Defaults(path)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"Cannot read the config file {str(path)!r}: {exc}.") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise UsageError(f"Cannot read the config file {shown}: {reason}.") from None
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
-        raise UsageError(f"The config file {str(path)!r} has unknown keys: {', '.join(unknown)}. "
+        raise UsageError(f"The config file {shown} has unknown keys: {', '.join(unknown)}. "
                          f"It may hold: {', '.join(KEYS)}.")
     for key, value in data.items():
         if not isinstance(value, str) or not value:
-            raise UsageError(f"In the config file {str(path)!r}, {key} must be a non-empty "
+            raise UsageError(f"In the config file {shown}, {key} must be a non-empty "
                              f"string in quotes, e.g. {key} = \"...\".")
     relay = data.get("relay")
     if relay is not None and not is_relay_url(relay):
-        raise UsageError(f"In the config file {str(path)!r}, relay must be a ws:// or wss:// "
+        raise UsageError(f"In the config file {shown}, relay must be a ws:// or wss:// "
                          f"URL, not {relay!r}.")
-    if "relay_token" in data and mode & (stat.S_IRWXG | stat.S_IRWXO):
+    # Windows has no such bits (os.stat makes every file look readable by all) and no chmod.
+    if "relay_token" in data and mode & (stat.S_IRWXG | stat.S_IRWXO) \
+            and sys.platform != "win32":
         # As ssh does for keys: a token others can read is a token others can use.
         print(f"p2p-copy: warning: the config file {path} holds a relay token and others may "
-              f"read it: chmod 600 {path}", file=sys.stderr)
+              f"read it: chmod 600 {shell_word(str(path))}", file=sys.stderr)
     cafile = data.get("cafile")
     if cafile is not None:
         # Relative to the file, so that the file works from any folder.

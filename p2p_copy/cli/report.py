@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,10 +17,35 @@ from ..protocol.paths import display_name
 from ..results import TransferResult
 from .config import Relay
 
-__all__ = ["Tally", "receive_lines", "summary", "kept_partial"]
+__all__ = ["Tally", "receive_lines", "summary", "kept_partial", "shown_path", "shell_word"]
 
 #: The variable the other side may set its relay token in (commands.RELAY_TOKEN_ENV).
 _TOKEN_ENV = "P2P_COPY_RELAY_TOKEN"
+
+#: This system's way of writing paths (tests put ntpath here to see what Windows shows).
+_PATHS = os.path
+
+
+def shown_path(path: str | os.PathLike[str], quoted: bool = False) -> str:
+    """A local path, or a name from the transfer (always '/'-separated) that lands here,
+    as this system writes paths: with its separator, escaped for the terminal
+    (display_name), in single quotes if ``quoted``. Never repr(): it doubles every
+    backslash of a Windows path."""
+    text = os.fspath(path)
+    if _PATHS.altsep:
+        text = text.replace(_PATHS.altsep, _PATHS.sep)
+    text = display_name(text)
+    return f"'{text}'" if quoted else text
+
+
+def _windows() -> bool:
+    return _PATHS.sep == "\\"
+
+
+def shell_word(text: str) -> str:
+    """``text`` as one argument on this system's command line: POSIX shell quoting, or on
+    Windows the quoting that cmd and PowerShell both read (double quotes where needed)."""
+    return subprocess.list2cmdline([text]) if _windows() else shlex.quote(text)
 
 
 def receive_lines(relay: Relay, code: str, command: str = "receive") -> tuple[list[str], str]:
@@ -37,16 +63,17 @@ def receive_lines(relay: Relay, code: str, command: str = "receive") -> tuple[li
     """
     served = relay.served
     url = served.public_url if served is not None else relay.url
-    trust = f" --cafile {shlex.quote(os.path.abspath(relay.cafile))}" if relay.cafile else ""
+    cafile = relay.cafile and shown_path(_PATHS.abspath(relay.cafile))
+    trust = f" --cafile {shell_word(cafile)}" if cafile else ""
     if relay.fingerprint:
-        trust = f" --fingerprint {shlex.quote(relay.fingerprint)}"
-    whole = f"p2p-copy {command}{trust} {shlex.quote(url)} {shlex.quote(code)}"
+        trust = f" --fingerprint {shell_word(relay.fingerprint)}"
+    whole = f"p2p-copy {command}{trust} {shell_word(url)} {shell_word(code)}"
     if command == "send":
         whole += " FILE..."
     lines = [f"Code: {code}"]
     # A pinned certificate must travel with the line, so the short form never stands alone.
     if relay.is_default and not relay.fingerprint:
-        short = f"p2p-copy receive {shlex.quote(code)}"
+        short = f"p2p-copy receive {shell_word(code)}"
         lines += [f"On the other machine run: {short}",
                   f"  (if its default relay is not {display_name(relay.url)}: "
                   f"{display_name(whole)})"]
@@ -112,11 +139,11 @@ def _optional(display: Any, name: str, *args: object) -> None:
 
 
 def _names(result: TransferResult, shown: int = 3) -> str:
-    """The top-level names of what moved, folders with a trailing ``/``."""
+    """The top-level names of what moved, folders with a trailing separator."""
     tops: dict[str, None] = {}
     for file in result.files:
         top, slash, _ = file.path.partition("/")
-        tops.setdefault(display_name(top) + slash, None)
+        tops.setdefault(shown_path(top + slash), None)
     names = list(tops)
     text = ", ".join(names[:shown])
     if len(names) > shown:
@@ -129,7 +156,7 @@ def summary(result: TransferResult, tally: Tally, where: str | None) -> str:
     verb = "Sent" if result.role == "sender" else "Received"
     line = f"{verb} {len(result.files)} file(s), {human_size(result.bytes)}"
     if where is not None:
-        line += f", into {display_name(where)}"
+        line += f", into {shown_path(where)}"
     names = _names(result)
     if names:
         line += f": {names}"
@@ -150,7 +177,7 @@ SCAN_LIMIT = 100_000
 def kept_partial(dest: str) -> str | None:
     """After a receive into ``dest`` stopped: what partial data stays there, and how to go
     on or discard it; None if nothing does."""
-    from ..storage.destination import SIDECAR_SUFFIX, TEMP_SUFFIX
+    from ..storage.destination import TEMP_SUFFIX
 
     total = count = seen = 0
     for folder, dirs, files in os.walk(dest):
@@ -166,8 +193,21 @@ def kept_partial(dest: str) -> str | None:
             break
     if not count:
         return None
-    shown = shlex.quote(str(Path(dest).resolve()))
-    return (f"Kept {human_size(total)} of partial data in {display_name(shown)} ({count:,} "
-            f"hidden '*{TEMP_SUFFIX}' file(s)): run the same receive again to continue "
-            f"where it stopped, or discard it with: find {display_name(shown)} -name "
-            f"'.*{TEMP_SUFFIX}' -delete -o -name '.*{SIDECAR_SUFFIX}' -delete")
+    return (f"Kept {human_size(total)} of partial data in {shown_path(Path(dest).resolve())} "
+            f"({count:,} hidden '*{TEMP_SUFFIX}' file(s)): run the same receive again to "
+            f"continue where it stopped, or discard it with: {_discard_command(dest)}")
+
+
+def _discard_command(dest: str) -> str:
+    """The command that deletes the part files and sidecars a stopped receive kept in
+    ``dest``: find(1), or PowerShell on Windows (cmd's wildcards also match 8.3 names)."""
+    from ..storage.destination import SIDECAR_SUFFIX, TEMP_SUFFIX
+
+    where = shown_path(Path(dest).resolve())
+    if _windows():
+        where = where.replace("'", "''")  # PowerShell's quoting inside '...'
+        return (f"Get-ChildItem -LiteralPath '{where}' -Recurse -Force -File | Where-Object "
+                f"{{ $_.Name -like '.*{TEMP_SUFFIX}' -or $_.Name -like '.*{SIDECAR_SUFFIX}' }} "
+                "| Remove-Item -Force")
+    return (f"find {shell_word(where)} -name '.*{TEMP_SUFFIX}' -delete -o -name "
+            f"'.*{SIDECAR_SUFFIX}' -delete")

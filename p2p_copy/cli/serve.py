@@ -131,9 +131,12 @@ async def hosting(served: Served, work: Coroutine[Any, Any, Any],
     printed then, not before). A cancelled ``work`` (Ctrl-C) stops the relay at once.
     """
     from ..errors import UsageError
-    from ..relay.server import Relay
+    from ..relay.server import Relay, RelayConfig
 
-    relay = Relay(served.host, served.port, ssl_context=served.context)
+    # No web page: a browser cannot pin the certificate, and a page loaded past a
+    # certificate warning is code anyone on the way could have swapped.
+    relay = Relay(served.host, served.port, ssl_context=served.context,
+                  config=RelayConfig(web=False))
     try:
         await relay.start()
     except OSError as exc:

@@ -305,10 +305,11 @@ def _folder(root: Path, options: Options) -> MakeSink:
     take is not offered again (storage/destination.py)."""
     made: set[Path] = set()
     refused: set[str] = set()
+    fold_names = (options.policy or ReceivePolicy()).fold_names
 
     def sink(entries: Sequence[Entry], digest: str) -> Sink:
         return Destination(root, entries, overwrite=options.overwrite, algorithm=digest,
-                           made_folders=made, refused=refused)
+                           made_folders=made, refused=refused, fold_names=fold_names)
 
     return sink
 

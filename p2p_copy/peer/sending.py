@@ -32,6 +32,7 @@ from ..protocol.paths import check_entries, display_name
 from ..protocol.resume import ChainHasher, Offer, Prefix
 from ..protocol.transfer import (
     AcceptReceived,
+    Acked,
     ReceiverJoined,
     ResumeAgreed,
     Sender,
@@ -328,28 +329,31 @@ async def _stream_with_watch(
     """Stream all data and eof while listening for the receiver; return ``outcome`` of the
     digests once the receiver confirmed (made while it still writes: 10,000 files' results
     take ~10 ms, which would otherwise follow its ``done``). A send that waits
-    ``options.idle_timeout`` for a receiver that reads nothing ends it."""
-    incoming = asyncio.ensure_future(link.recv())
+    ``options.idle_timeout`` for a receiver that reads nothing (or, with a window, acks
+    nothing) ends it."""
+    acked = asyncio.Event()
+    listener = asyncio.ensure_future(_listen(link, proto, acked))
     watched = _WatchedLink(link)
     pump = asyncio.ensure_future(_stream(watched, proto, open_reader, display,
-                                         options.chunk_size, options.compress))
+                                         options.chunk_size, options.compress, acked))
     stall = asyncio.ensure_future(watched.stalled(options.idle_timeout))
     try:
-        await asyncio.wait({incoming, pump, stall}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({listener, pump, stall}, return_when=asyncio.FIRST_COMPLETED)
         if stall.done():
             stall.result()  # raises: the receiver stopped reading
+        if listener.done() and listener.exception() is None:
+            await pump  # ``done`` overtook the pump on its way out of eof's send
         if pump.done() and pump.exception() is None:
             result = outcome(pump.result())
             async with asyncio.timeout(DONE_TIMEOUT):
-                [confirmed] = proto.receive(await incoming)
-            assert isinstance(confirmed, TransferConfirmed)  # WAIT_DONE admits only done
+                await listener  # returns at ``done``; WAIT_DONE admits only it (and acks)
             return result
-        if not incoming.done() and isinstance(pump.exception(), (PeerGoneError,
+        if not listener.done() and isinstance(pump.exception(), (PeerGoneError,
                                                                  ConnectionLostError)):
             # The receiver may have said why before it left: prefer its own words.
-            await asyncio.wait({incoming}, timeout=2)
-        if incoming.done():
-            proto.receive(incoming.result())  # raises: the receiver spoke out of turn
+            await asyncio.wait({listener}, timeout=2)
+        if listener.done():
+            listener.result()  # raises: the receiver spoke out of turn, or said why it stops
         pump.result()  # raises the pump's error
         raise AssertionError("unreachable: the pump ended first, with an error")
     except TimeoutError:
@@ -357,9 +361,20 @@ async def _stream_with_watch(
             f"The receiver did not confirm within {DONE_TIMEOUT:g} s after the last byte."
         ) from None
     finally:
-        for task in (incoming, pump, stall):
+        for task in (listener, pump, stall):
             task.cancel()
-        await asyncio.gather(incoming, pump, stall, return_exceptions=True)
+        await asyncio.gather(listener, pump, stall, return_exceptions=True)
+
+
+async def _listen(link: Link, proto: Sender, acked: asyncio.Event) -> None:
+    """Take what the receiver says while the data flows, until its ``done``: an ``ack``
+    sets ``acked`` (the window moved); anything out of turn, or its error, raises."""
+    while True:
+        for event in proto.receive(await link.recv()):
+            if isinstance(event, Acked):
+                acked.set()
+            elif isinstance(event, TransferConfirmed):
+                return
 
 
 class _WatchedLink:
@@ -381,6 +396,18 @@ class _WatchedLink:
         await self.link.send(message)
         self.sending = False
         self.sent += 1
+
+    async def window(self, proto: Sender, acked: asyncio.Event) -> None:
+        """Wait until the receiver's window lets the next data message go.
+
+        Counted as a send that waits: a receiver that never acks is, for the watchdog, a
+        receiver that reads nothing.
+        """
+        self.sending = True
+        while not proto.window_open:
+            acked.clear()
+            await acked.wait()
+        self.sending = False
 
     async def stalled(self, idle_timeout: float) -> None:
         """Return never; raise TransferTimeoutError once one send waited ``idle_timeout``."""
@@ -406,6 +433,7 @@ async def _stream(
     display: Progress,
     chunk_size: int,
     compress: ChooserMode,
+    acked: asyncio.Event,
 ) -> list[str]:
     reader = open_reader()
     buffer = bytearray(1 + chunk_size)
@@ -419,6 +447,8 @@ async def _stream(
         while True:
             length, finished = await offload(reader.read_into, buffer)
             if length:
+                if not proto.window_open:
+                    await link.window(proto, acked)
                 # Compressing (~1 ms a chunk) stays on the loop: it is CPU, not waiting.
                 await link.send(proto.frame_data(buffer, length, compress=chooser.compress))
                 chooser.observe(length, time.monotonic())

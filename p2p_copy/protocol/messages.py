@@ -22,6 +22,8 @@ from .resume import Offer, Prefix
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "MIN_WINDOW",
+    "MAX_WINDOW",
     "CloseCode",
     "encode_manifest",
     "DATA_RAW",
@@ -46,6 +48,7 @@ __all__ = [
     "Checksums",
     "Eof",
     "Done",
+    "Ack",
     "ErrorMessage",
     "Message",
     "parse_hello",
@@ -70,6 +73,10 @@ MAX_CHUNK_SIZE: Final = 2**20
 #: Most bytes of the file stream one DATA_ZSTD message may carry (its frame's content
 #: size): our senders' largest chunk.
 MAX_ZSTD_CONTENT: Final = MAX_CHUNK_SIZE
+
+#: The flow-control window a receiver may announce in ``accept``, in bytes (§6.6.2).
+MIN_WINDOW: Final = 2**18
+MAX_WINDOW: Final = 2**31
 
 Role = Literal["sender", "receiver"]
 ROLES: Final = ("sender", "receiver")
@@ -184,6 +191,9 @@ class Manifest:
     #: First part only: the hash algorithms the sender can check files with, best first
     #: (digests.py); None means SHA-256 only. Names we do not know are kept and ignored.
     digests: tuple[str, ...] | None = None
+    #: First part only: true if the sender honours a receiver's flow-control ``window``
+    #: (§6.6.2); None: it does not, and the receiver must send neither window nor ack.
+    ack: bool | None = None
     type: Literal["manifest"] = "manifest"
 
 
@@ -198,13 +208,16 @@ class Accept:
     receiver had). ``compression`` names the algorithms the receiver decodes in data
     messages (``"zstd"``: DATA_ZSTD); names it does not know are kept here and ignored by
     the sender. ``digest`` is the algorithm the receiver picked from the manifest's
-    ``digests`` for checksums and prefix digests (None: SHA-256).
+    ``digests`` for checksums and prefix digests (None: SHA-256). ``window``: the bytes
+    the sender may have sent beyond the receiver's last ``ack`` (§6.6.2); only to a
+    sender whose manifest said ``ack``.
     """
 
     resume: tuple[Offer, ...] | None = None
     compression: tuple[str, ...] | None = None
     digest: str | None = None
     held: tuple[Prefix, ...] | None = None
+    window: int | None = None
     type: Literal["accept"] = "accept"
 
 
@@ -257,6 +270,15 @@ class Done:
 
 
 @dataclass(frozen=True)
+class Ack:
+    """Receiver to sender, after an ``accept`` with ``window``: ``bytes`` of the data stream
+    (decoded) it received and handed to storage on this connection (§6.6.2)."""
+
+    bytes: int
+    type: Literal["ack"] = "ack"
+
+
+@dataclass(frozen=True)
 class ErrorMessage:
     """Either peer: the transfer failed for ``code`` (an errors.py wire code); close follows."""
 
@@ -267,7 +289,7 @@ class ErrorMessage:
 
 Message = (
     Hello | Ready | Waiting | Pake | Confirm | Manifest | Accept | PrefixDigests | Resume
-    | Checksums | Eof | Done | ErrorMessage
+    | Checksums | Eof | Done | Ack | ErrorMessage
 )
 
 
@@ -275,7 +297,7 @@ def encode(message: Message) -> str:
     """The JSON text of a control message, compact, with fields left at None omitted."""
     obj: dict[str, Any]
     if isinstance(message, Manifest):
-        return _manifest_text(_manifest_head(message.version, message.digests),
+        return _manifest_text(_manifest_head(message.version, message.digests, message.ack),
                               [_entry_text(entry) for entry in message.entries], message.more)
     if isinstance(message, Checksums):
         obj = {"type": "checksums", "first": message.first,
@@ -290,6 +312,8 @@ def encode(message: Message) -> str:
             obj["digest"] = message.digest
         if message.held is not None:
             obj["held"] = [list(p) for p in message.held]
+        if message.window is not None:
+            obj["window"] = message.window
     elif isinstance(message, PrefixDigests):
         obj = {"type": "prefix_digests",
                "files": [[o.file, o.offset, o.digest] for o in message.files]}
@@ -306,16 +330,17 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=F
 
 
 def encode_manifest(entries: Sequence[Entry], part_bytes: int,
-                    digests: Sequence[str] | None = None) -> Iterator[str]:
+                    digests: Sequence[str] | None = None,
+                    ack: bool | None = None) -> Iterator[str]:
     """The manifest as text messages of at most ``part_bytes`` UTF-8 bytes where possible.
 
     Each part is exactly ``encode(Manifest(batch, more=...))``, the first with
-    ``digests=digests``; every entry is encoded once, and an entry too long for a part
-    alone still gets a part of its own. Parts are made as they are asked for, so that the
-    first can be on its way (and parsed) while the next is encoded.
+    ``digests=digests`` and ``ack=ack``; every entry is encoded once, and an entry too
+    long for a part alone still gets a part of its own. Parts are made as they are asked
+    for, so that the first can be on its way (and parsed) while the next is encoded.
     """
-    head = _manifest_head(PROTOCOL_VERSION, None)
-    first = head if digests is None else _manifest_head(PROTOCOL_VERSION, digests)
+    head = _manifest_head(PROTOCOL_VERSION, None, None)
+    first = _manifest_head(PROTOCOL_VERSION, digests, ack)
     ending = len(_manifest_text("", [], more=True)) + 1  # the longest ending, and a comma
     batch: list[str] = []
     size = len(first) + ending
@@ -332,10 +357,12 @@ def encode_manifest(entries: Sequence[Entry], part_bytes: int,
 
 # A manifest's text is built around its entries' texts, so that encode_manifest() encodes
 # each entry once however the parts fall; encode() of a Manifest gives the same text.
-def _manifest_head(version: int, digests: Sequence[str] | None) -> str:
+def _manifest_head(version: int, digests: Sequence[str] | None, ack: bool | None) -> str:
     obj: dict[str, Any] = {"type": "manifest", "version": version}
     if digests is not None:
         obj["digests"] = list(digests)
+    if ack is not None:
+        obj["ack"] = ack
     return _dumps(obj)[:-1] + ',"entries":['
 
 
@@ -502,7 +529,10 @@ def _parse_manifest(obj: dict[str, Any]) -> Manifest:
         # A stream ends the whole manifest: nothing follows it, in this part or another.
         if isinstance(entry, StreamEntry) and (more or index != len(parsed) - 1):
             raise RemoteProtocolError("a stream entry must be the manifest's last entry")
-    return Manifest(entries=parsed, more=more, digests=_names(obj, "digests"))
+    ack = obj.get("ack")
+    if ack is not None and not isinstance(ack, bool):
+        raise RemoteProtocolError("the manifest's 'ack' must be true or false")
+    return Manifest(entries=parsed, more=more, digests=_names(obj, "digests"), ack=ack)
 
 
 
@@ -578,11 +608,15 @@ def _parse_accept(obj: dict[str, Any]) -> Accept:
     held = None
     if obj.get("held") is not None:
         held = tuple(Prefix(*_index_offset(item)) for item in _pairs(obj, "held", 2))
+    window = None
+    if obj.get("window") is not None:
+        window = _int(obj, "window", MIN_WINDOW, MAX_WINDOW)
     if obj.get("resume") is None:
-        return Accept(compression=compression, digest=digest, held=held)
+        return Accept(compression=compression, digest=digest, held=held, window=window)
     if held is not None:
         raise RemoteProtocolError("an accept carries 'held' or 'resume', not both")
-    return Accept(resume=_offers(obj, "resume"), compression=compression, digest=digest)
+    return Accept(resume=_offers(obj, "resume"), compression=compression, digest=digest,
+                  window=window)
 
 
 def _offers(obj: dict[str, Any], key: str) -> tuple[Offer, ...]:
@@ -620,6 +654,8 @@ def parse_message(text: str) -> Message:
         return _parse_pake(obj)
     if kind == "confirm":
         return _parse_confirm(obj)
+    if kind == "ack":
+        return Ack(bytes=_int(obj, "bytes", 0, MAX_FILE_SIZE))
     simple: dict[str, Message] = {
         "ready": Ready(),
         "waiting": Waiting(),

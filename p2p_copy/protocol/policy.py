@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -63,7 +64,7 @@ _SEPARATORS = re.compile(r"[/\\]")
 _WINDOWS_HOW_TO: Final = None if os.name == "nt" else Hint(
     "windows_names", "turn off Windows name checks with {} to accept it")
 # The ReceivePolicy fields that are switches, not limits.
-_SWITCHES: Final = frozenset({"windows_names", "allow_hidden"})
+_SWITCHES: Final = frozenset({"windows_names", "fold_names", "allow_hidden"})
 # Names shown in a one-line message before "and N more".
 _SHOWN_NAMES: Final = 10
 # Longest name shown in a message: enough to recognise it, short enough to read.
@@ -84,10 +85,20 @@ class ReceivePolicy:
     com1, ...), the characters <>:"|?*, names ending in a dot or a space, names of 8.3
     short-name form (GIT~1) and names whose NFKC form breaks one of these rules (ＣＯＮ,
     ..／x: see windows_name_problem). It is on by
-    default on Windows, where such a name would open a device or be silently trimmed into
-    another file's name. Elsewhere they are ordinary names (a Linux tree may well hold
+    default on Windows, where such a name would open a device, write into another
+    file's data stream or be silently trimmed into another file's name; there it stays on
+    even when turned off. Elsewhere they are ordinary names (a Linux tree may well hold
     ``aux.c``), so refusing them by default would refuse honest transfers; turn it on to
     receive onto a disk or share that a Windows machine will read.
+
+    ``fold_names`` refuses a received name that differs from a name already in the
+    destination folder only in case or Unicode form (``README`` where ``readme`` is,
+    ``café`` composed where it is decomposed): on a file system that folds names the two
+    are one file, so a receive onto a disk that such a system will read, or into a
+    case-folding folder the receiver cannot tell apart, would mix them up. On by default on
+    macOS and Windows, whose usual file systems fold names; there the file system finds the
+    existing file itself and the usual rules apply (refused, replaced with ``overwrite``).
+    Two names in one offer that differ only so are refused everywhere (paths.check_entries).
 
     ``allow_hidden``: accept hidden entries at the top level (``.ssh/``, ``.bashrc``) when
     nobody is asked about the offer (scripts, the Python API, a notebook). Received into a
@@ -102,6 +113,7 @@ class ReceivePolicy:
     max_name_bytes: int = MAX_COMPONENT_BYTES
     max_path_bytes: int = DEFAULT_MAX_PATH_BYTES
     windows_names: bool = os.name == "nt"
+    fold_names: bool = sys.platform in ("darwin", "win32")
     allow_hidden: bool = False
 
     def __post_init__(self) -> None:
@@ -279,7 +291,9 @@ def _check_names(
                 hint=_raise("max_name_bytes")
                 if policy.max_name_bytes < MAX_COMPONENT_BYTES else None,
             )
-        if policy.windows_names:
+        # On Windows such a name opens a device, or a stream of another (maybe existing)
+        # file ("a.txt:x"), whatever the caller asked: the switch only matters elsewhere.
+        if policy.windows_names or os.name == "nt":
             problem = windows_name_problem(part)
             if problem:
                 raise UnsafePathError(

@@ -11,6 +11,7 @@ Rules, in the order a transfer follows them (docs/protocol.md has the full text)
     prefix_digests (the sender's digest of each) --------------->
           <------------------------------------------------------- resume (those equal)]
     data, data, checksums, data ... ---------------------------->
+          <------------------------------------------------------- [ack, if it set a window]
     eof -------------------------------------------------------->
           <------------------------------------------------------- done
 
@@ -31,6 +32,11 @@ raises LocalProtocolError; a message in the wrong state raises RemoteProtocolErr
 transitions are the tables SENDER_TRANSITIONS and RECEIVER_TRANSITIONS below. The asyncio
 layer (peer/sending.py, peer/receiving.py) does the I/O and reads no machine's state:
 it reacts to the events. Nothing here reads a clock or the environment.
+
+Flow control: the sender's first manifest part says ``ack``; a receiver that then puts a
+``window`` in its accept acknowledges what it stored (``ack``), and the sender frames a
+data message only while what it sent beyond the last ack is under the window
+(``window_open``; ``Acked`` tells the driver when it may go on).
 
 Compression: the receiver's ``accept`` lists ``"zstd"`` in ``compression``; a sender that
 reads it may then send a chunk as one zstd frame (DATA_ZSTD) instead of raw bytes
@@ -65,6 +71,7 @@ from .messages import (
     MAX_ZSTD_CONTENT,
     ZSTD,
     Accept,
+    Ack,
     Checksums,
     DataEntry,
     Done,
@@ -108,6 +115,7 @@ __all__ = [
     "FileCompleted",
     "TransferFinished",
     "ResumeAgreed",
+    "Acked",
     "SenderEvent",
     "ReceiverEvent",
     "data_entries",
@@ -206,8 +214,10 @@ SENDER_TRANSITIONS: Final[Mapping[SenderState, Mapping[str, SenderState]]] = {
         "send data": _S.STREAMING,
         "send checksums": _S.STREAMING,
         "send eof": _S.WAIT_DONE,
+        "receive ack": _S.STREAMING,
     },
-    _S.WAIT_DONE: {"receive done": _S.DONE},
+    # Acks of the last bytes may come after eof has gone.
+    _S.WAIT_DONE: {"receive done": _S.DONE, "receive ack": _S.WAIT_DONE},
     _S.DONE: {},
     _S.FAILED: {},
 }
@@ -281,6 +291,13 @@ class AcceptReceived:
 
 
 @dataclass(frozen=True)
+class Acked:
+    """The receiver stored ``bytes`` of this connection's data stream: the window moved."""
+
+    bytes: int
+
+
+@dataclass(frozen=True)
 class TransferConfirmed:
     """``done``: the receiver has every file, verified and under its final name."""
 
@@ -351,7 +368,8 @@ class ResumeAgreed:
     differs: frozenset[int] = frozenset()
 
 
-SenderEvent = RelayWaiting | ReceiverJoined | AcceptReceived | ResumeAgreed | TransferConfirmed
+SenderEvent = (RelayWaiting | ReceiverJoined | AcceptReceived | ResumeAgreed | Acked
+               | TransferConfirmed)
 ReceiverEvent = (SenderJoined | ManifestReceived | ResumeAgreed | FileData | FileCompleted
                  | TransferFinished | Send)
 
@@ -435,8 +453,8 @@ class Sender:
     """The sending peer: announces the entries, streams their bytes, waits for ``done``.
 
     Read-only for its driver: ``state``, ``digest`` (the agreed hash), ``bytes_sent`` and
-    ``compression_stats`` (counters a display shows); everything else it learns from the
-    events of receive().
+    ``compression_stats`` (counters a display shows), ``window_open`` (whether a data
+    message may go now); everything else it learns from the events of receive().
     """
 
     def __init__(
@@ -473,6 +491,10 @@ class Sender:
         #: The receiver's accept listed "zstd": frame_data may send DATA_ZSTD messages.
         self.peer_accepts_zstd = False
         self._compressor: ChunkCompressor | None = None
+        #: The receiver's flow-control window (§6.6.2); None: it set none.
+        self.window: int | None = None
+        #: The largest ``bytes`` of its acks on this connection.
+        self._acked = 0
 
     @property
     def compression_stats(self) -> CompressionStats | None:
@@ -483,6 +505,12 @@ class Sender:
     def bytes_sent(self) -> int:
         """Bytes of file data framed so far (resumed prefixes are not sent, so not counted)."""
         return self._stream.position
+
+    @property
+    def window_open(self) -> bool:
+        """Whether frame_data() may send now: always, unless the receiver set a window and
+        what was sent beyond its last ack has reached it (then wait for Acked)."""
+        return self.window is None or self._stream.position - self._acked < self.window
 
     def _next(self, action: str) -> SenderState:
         """The state after sending ``action``, or LocalProtocolError if it is not allowed."""
@@ -504,7 +532,8 @@ class Sender:
         self.state = self._next("send manifest")
         # Only SHA-256: no offer, and the manifest is what a peer before BLAKE3 sends.
         offer = None if self.digests_offered == (SHA256,) else self.digests_offered
-        return encode_manifest(self.entries, self._part_bytes, offer)
+        # ack: this sender honours a window (window_open); receivers before it ignore it.
+        return encode_manifest(self.entries, self._part_bytes, offer, ack=True)
 
     def receive(self, message: str | bytes) -> list[SenderEvent]:
         """Feed a message from the relay or the receiver; return what it means."""
@@ -542,6 +571,8 @@ class Sender:
                 f"The receiver broke the protocol: it picked the hash {digest!r}, which "
                 "the manifest did not offer.")
         self.digest = digest
+        # Our manifest said ``ack``, so any receiver may set a window.
+        self.window = message.window
         offers = message.held or message.resume or ()
         problem = check_offers(offers, _sizes(self.entries))
         if problem:
@@ -570,6 +601,19 @@ class Sender:
 
     def _take_done(self, message: Done) -> list[SenderEvent]:
         return [TransferConfirmed()]
+
+    def _take_ack(self, message: Ack) -> list[SenderEvent]:
+        # Counts are of this connection's data stream: _stream starts anew with each Sender.
+        if self.window is None:
+            raise RemoteProtocolError(
+                "The receiver broke the protocol: it sent 'ack' without a 'window' in its "
+                "accept.")
+        if not self._acked <= message.bytes <= self._stream.position:
+            raise RemoteProtocolError(
+                f"The receiver broke the protocol: it acknowledged {message.bytes} bytes "
+                f"after {self._acked}, of {self._stream.position} sent.")
+        self._acked = message.bytes
+        return [Acked(message.bytes)]
 
     def prefix_digests(self, digests: Sequence[Offer]) -> str:
         """The ``prefix_digests`` message: our digest of each held prefix we could read.
@@ -611,6 +655,8 @@ class Sender:
         self.state = self._next("send data")
         if length <= 0:
             raise LocalProtocolError("a data message must carry at least one byte")
+        if not self.window_open:
+            raise LocalProtocolError("the receiver's window is full: wait for its ack")
         if len(buffer) < 1 + length:
             raise LocalProtocolError("the buffer is shorter than the data it should carry")
         room = self._stream.room()
@@ -680,6 +726,7 @@ _SENDER_TAKES: Final[Mapping[type, _SenderTake]] = {
     Accept: Sender._take_accept,
     Resume: Sender._take_resume,
     Done: Sender._take_done,
+    Ack: Sender._take_ack,
 }
 
 

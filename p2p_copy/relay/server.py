@@ -8,7 +8,8 @@ drained, and the incoming queue is small, so a slow receiver slows the sender do
 through TCP instead of filling the relay's memory.
 
 Besides WebSocket, the port answers plain GETs: ``/healthz`` (the process is up),
-``/readyz`` (it takes new peers: 503 while draining) and ``/metrics`` (Prometheus).
+``/readyz`` (it takes new peers: 503 while draining), ``/metrics`` (Prometheus), and
+``/`` and ``/static/NAME``: the browser peer's page (web.py; ``RelayConfig.web``).
 
 Limits (admission.py decides, this module enforces): connection, waiting and pair caps
 per address and per network, a join rate per address, a budget for the bytes held for
@@ -24,12 +25,12 @@ import contextlib
 import hmac
 import logging
 import os
-import signal
 import ssl
 import sys
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -42,12 +43,14 @@ from .. import inprocess
 from ..errors import RemoteProtocolError
 from ..protocol.codes import room_from_path
 from ..protocol.messages import CloseCode, Hello, Ready, Waiting, encode, parse_hello
+from ..signals import DRAIN, on_signals
 from .admission import LOOPBACK, Admission, Limits, Refusal, client_host, parse_networks
 from .forwarding import Budget, ForwardingConnection, FrameTap, Verdict
 from .lifecycle import Event, Lifecycle, Reason, closed
 from .logs import AddressMode, event, show_address
 from .metrics import LATENCY_SAMPLE_MASK, RelayMetrics, RelayStats, relay_metrics
 from .pairing import Paired, Refused, Rooms
+from .web import WebApp, connect_source
 
 __all__ = ["RelayConfig", "RelayStats", "Relay", "run_relay", "server_ssl_context",
            "default_max_connections", "default_max_queued_bytes"]
@@ -153,6 +156,12 @@ class RelayConfig:
     exempt_addresses: tuple[str, ...] = LOOPBACK
     #: Idle addresses remembered for their join rate, at most.
     max_idle_addresses: int = 100_000
+    #: Serve the browser peer's page at ``/`` and ``/static/`` (web.py).
+    web: bool = True
+    #: Other relays (ws:// or wss:// URLs) the page may connect to, besides this one.
+    web_connect: tuple[str, ...] = ()
+    #: The page's folder; None: the one installed with p2p-copy (tests give their own).
+    web_folder: str | None = None
 
     def __post_init__(self) -> None:
         counts = ("max_connections", "max_connections_per_address", "max_waiting",
@@ -171,6 +180,8 @@ class RelayConfig:
                 raise ValueError("access tokens must be printable ASCII without spaces")
         parse_networks(self.trusted_proxies)
         parse_networks(self.exempt_addresses)
+        for url in self.web_connect:
+            connect_source(url)
 
     def limits(self) -> Limits:
         """The admission caps of this configuration."""
@@ -304,6 +315,10 @@ class Relay:
         self.admission = Admission(self.config.limits())
         self._trusted = parse_networks(self.config.trusted_proxies)
         self._tokens = tuple(t.encode() for t in sorted(self.config.access_tokens))
+        #: The page, read once; None with ``config.web`` off.
+        self.web = (WebApp(None if self.config.web_folder is None
+                           else Path(self.config.web_folder), self.config.web_connect)
+                    if self.config.web else None)
         self._server: Server | None = None
         self._connections: set[ServerConnection] = set()
         #: Connected, but no hello yet: drain() closes these at once.
@@ -436,6 +451,10 @@ class Relay:
                 "This relay is private: pass its access token (p2p-copy --relay-token).\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="p2p-copy"'
             return response
+        if self.web is not None and self.web.wants(path, request.headers):
+            # The page is no room: the connection caps apply, the join rate (for peers)
+            # and the room counters do not. Served while draining: it holds no pair.
+            return self._place(connection, request) or self.web.respond(request)
         try:
             room_from_path(path)
         except ValueError as exc:
@@ -459,8 +478,9 @@ class Relay:
                 ok |= hmac.compare_digest(candidate, token)
         return ok
 
-    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Apply the connection caps now, and keep a join-rate refusal for after the upgrade."""
+    def _place(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Count the connection against its client and apply the connection caps: a
+        refusal, or None."""
         if not isinstance(connection, _Connection):  # pragma: no cover - serve() makes ours
             return None
         now = time.monotonic()
@@ -477,9 +497,16 @@ class Relay:
         if refusal is not None:
             self.stats.rejections[refusal.reason] += 1
             return connection.respond(refusal.http_status, refusal.message)
+        return None
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Apply the connection caps now, and keep a join-rate refusal for after the upgrade."""
+        refused = self._place(connection, request)
+        if refused is not None or not isinstance(connection, _Connection):
+            return refused
         # The rate limit answers with a close code (4006) that clients understand, so the
         # handshake goes on and the handler closes the connection at once.
-        connection.refusal = admission.take_join(connection.key, now)
+        connection.refusal = self.admission.take_join(connection.key, time.monotonic())
         return None
 
     def _metrics_response(self, connection: ServerConnection, accept: str) -> Response:
@@ -832,29 +859,26 @@ async def run_relay(
     config: RelayConfig | None = None,
     announce: bool = True,
 ) -> None:
-    """Serve until SIGTERM, then drain and return; cancelling (Ctrl-C) stops at once.
+    """Serve until SIGTERM (or Ctrl-Break on Windows: signals.DRAIN), then drain and
+    return; cancelling (Ctrl-C) stops at once.
 
     ``announce`` prints the URL on stdout once listening (not for JSON-only output).
     """
     relay = Relay(host, port, ssl_context=ssl_context, config=config)
-    loop = asyncio.get_running_loop()
     terminate = asyncio.Event()
     # Before listening: a SIGTERM as soon as the port is open must drain, not kill.
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGTERM, terminate.set)
-    try:
-        await relay.start()
-        if relay.metrics is None:
-            # Said by the server only: a relay embedded in a demo or a notebook has no
-            # operator to monitor it.
-            log.warning("metrics are off: prometheus_client is not installed "
-                        "(pip install prometheus-client, the p2p-copy[relay] extra); "
-                        "/metrics answers 404")
-        if announce:
-            print(f"Relay listening on {relay.url}", flush=True)
-        await terminate.wait()
-        await relay.drain()
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
-        await relay.stop()
+    with on_signals(dict.fromkeys(DRAIN, terminate.set)):
+        try:
+            await relay.start()
+            if relay.metrics is None:
+                # Said by the server only: a relay embedded in a demo or a notebook has no
+                # operator to monitor it.
+                log.warning("metrics are off: prometheus_client is not installed "
+                            "(pip install prometheus-client, the p2p-copy[relay] extra); "
+                            "/metrics answers 404")
+            if announce:
+                print(f"Relay listening on {relay.url}", flush=True)
+            await terminate.wait()
+            await relay.drain()
+        finally:
+            await relay.stop()

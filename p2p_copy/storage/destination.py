@@ -13,6 +13,13 @@ and when a transfer stops for a reason worth retrying (``suspend``). The next at
 offers that prefix, after rehashing it, and a final file that already has the announced
 size and time; the sender accepts only what matches its own bytes.
 
+Two ways to reach the disk, with the same rules (only _Folders differs): through folder
+descriptors (openat, O_NOFOLLOW, fchmod: Linux, macOS, the BSDs), and by path where the
+system lacks them (Windows), every component checked with lstat just before each use and
+again after, links, junctions and mount points refused alike. The choice is made once, at
+import, by what the system has (has_folder_descriptors()). Testing switch:
+P2P_COPY_PORTABLE_STORAGE=1 forces the path backend, so that Linux runs it too.
+
 All methods block: the asyncio layer calls them from a worker thread.
 """
 
@@ -27,7 +34,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +49,7 @@ from ..errors import (
 )
 from ..protocol.digests import NAMES, SHA256
 from ..protocol.messages import DataEntry, DirEntry, Entry, FileEntry
-from ..protocol.paths import display_name, split_safe_path, split_safe_paths
+from ..protocol.paths import display_name, fold, split_safe_path, split_safe_paths
 from ..protocol.resume import BLOCK, ChainHasher, Offer, Sidecar, mtime_matches
 from ..protocol.transfer import FileCompleted, FileData, data_entries
 from ..results import FileResult
@@ -158,17 +165,154 @@ def _hidden(final: Path, suffix: str) -> Path:
     return final.with_name(_hidden_name(final.name, suffix))
 
 
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+# The flags and calls of the descriptor backend, looked up by name: Windows has none of
+# them, and a missing one leaves 0 or None (then _Folders.choose() never picks it).
+_O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
+_O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+# Windows opens files in text mode unless told otherwise: "\n" would become "\r\n".
+_O_BINARY: int = getattr(os, "O_BINARY", 0)
+_fchmod: Callable[[int, int], None] | None = getattr(os, "fchmod", None)
+# Windows' lstat leaves symlinks and junctions unfollowed and marks them with this attribute
+# and a reparse tag that has the "name surrogate" bit (an alias of another path). Other
+# reparse points (OneDrive's cloud files, deduplicated files) are the files themselves.
+_REPARSE_POINT = stat.FILE_ATTRIBUTE_REPARSE_POINT
+_NAME_SURROGATE = 0x20000000
 
 
-def _unlink_at(name: str, dir_fd: int) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name, dir_fd=dir_fd)
+def _is_link(st: os.stat_result) -> bool:
+    """Whether lstat's ``st`` is a link of any kind: symbolic link, junction, mount point."""
+    if stat.S_ISLNK(st.st_mode):
+        return True
+    if not getattr(st, "st_file_attributes", 0) & _REPARSE_POINT:
+        return False
+    tag: int = getattr(st, "st_reparse_tag", 0)
+    return not tag or bool(tag & _NAME_SURROGATE)  # an unknown tag is taken for a link
 
 
-class _Dirs:
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _unsafe_folder(path: Path, root: Path) -> UnsafePathError:
+    return UnsafePathError(
+        f"{display_name(str(path))!r} is not a folder (or is a link).",
+        peer_message=f"{_peer_name(path, root)} is not a folder (or is a link) on the "
+        "receiver's side.",
+    )
+
+
+def _changed(path: Path, root: Path) -> UnsafePathError:
+    return UnsafePathError(
+        f"{display_name(str(path))!r} changed while receiving (a folder or file was "
+        "swapped, maybe for a link); nothing more was written there. Receive again.",
+        peer_message=f"{_peer_name(path, root)} changed on the receiver's side while "
+        "receiving.",
+    )
+
+
+def has_folder_descriptors() -> bool:
+    """Whether this system has every call _DirFdFolders makes (found by capability, so
+    that a system is judged by what it has, not by its name)."""
+    needed = {os.open, os.mkdir, os.unlink, os.stat, os.link, os.rename}
+    return bool(_O_DIRECTORY and _O_NOFOLLOW and _fchmod is not None
+                and needed <= os.supports_dir_fd and os.utime in os.supports_fd)
+
+
+class _Folders:
+    """The file-system calls a Destination makes, relative to a folder of the destination.
+
+    Everything else (names, overwrite rules, sidecars, hashing, abort) is Destination's and
+    _Open's, the same whatever the system. Two implementations: _DirFdFolders works through
+    folder descriptors (openat and friends) where the system has them (Linux, macOS, the
+    BSDs); _PathFolders works by path, checking each component just before each use and
+    again after (Windows, and any system without them). ``folder`` is a tuple of names below
+    ``root``; ``name`` a single name in it.
+    """
+
+    def __init__(self, root: Path, made: list[Path], ours: set[Path]) -> None:
+        self.root = root
+        self._made = made
+        self._ours = ours
+
+    @staticmethod
+    def choose() -> type[_Folders]:
+        """The descriptor backend where every call it needs exists, else the path one.
+
+        P2P_COPY_PORTABLE_STORAGE=1 picks the path backend anyway (a testing switch: the
+        test suites run both on Linux).
+        """
+        if os.environ.get(PORTABLE_ENV, "") not in ("", "0"):
+            return _PathFolders
+        return _DirFdFolders if has_folder_descriptors() else _PathFolders
+
+    def _record_made(self, path: Path) -> None:
+        self._made.append(path)
+        self._ours.add(path)
+
+    # --- what each backend provides ---
+
+    def folder(self, parts: tuple[str, ...], *, create: bool = True) -> None:
+        """Make sure ``root/parts`` is a folder and no link (made, mode 0700, if ``create``)."""
+        raise NotImplementedError
+
+    def create(self, folder: tuple[str, ...], name: str) -> int:
+        """A new private file (0600), opened for writing; FileExistsError if ``name`` exists."""
+        raise NotImplementedError
+
+    def open_write(self, folder: tuple[str, ...], name: str) -> int:
+        """The existing regular file ``name`` (never through a link), opened for writing."""
+        raise NotImplementedError
+
+    def open_read(self, path: Path) -> int:
+        """``path`` (below ``root``) opened for reading, never through a link; OSError if not."""
+        raise NotImplementedError
+
+    def exists(self, folder: tuple[str, ...], name: str) -> bool:
+        raise NotImplementedError
+
+    def unlink(self, folder: tuple[str, ...], name: str) -> None:
+        """Remove ``name`` if it is there (a link itself, never what it points at)."""
+        raise NotImplementedError
+
+    def _link(self, folder: tuple[str, ...], temp: str, name: str) -> None:
+        raise NotImplementedError
+
+    def replace(self, folder: tuple[str, ...], temp: str, name: str) -> None:
+        """Rename ``temp`` to ``name`` in ``folder``, replacing what had that name (atomic)."""
+        raise NotImplementedError
+
+    def seal(self, folder: tuple[str, ...], name: str, fd: int, mode: int,
+             mtime: float | None) -> None:
+        """Give the file open as ``fd`` (named ``name``) its mode and time, and close ``fd``."""
+        raise NotImplementedError
+
+    def set_folder(self, parts: tuple[str, ...], mode: int, mtime: float | None) -> None:
+        """Give folder ``root/parts`` its mode and time."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of what is held open (the next call opens again)."""
+
+    # --- shared ---
+
+    def link(self, folder: tuple[str, ...], temp: str, name: str) -> bool:
+        """Give ``temp`` its final ``name`` unless that name exists (FileExistsError), atomically.
+
+        False if this file system has no hard links: then the caller checks and renames.
+        """
+        try:
+            self._link(folder, temp, name)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+                raise
+            return False
+        self.unlink(folder, temp)
+        return True
+
+
+class _DirFdFolders(_Folders):
     """Descriptors of the folders files are written into, each opened without following links.
 
     Files are created, renamed and removed relative to them: a folder checked once stays
@@ -177,10 +321,11 @@ class _Dirs:
     """
 
     def __init__(self, root: Path, made: list[Path], ours: set[Path]) -> None:
-        self.root = root
-        self._made = made
-        self._ours = ours
+        super().__init__(root, made, ours)
         self._fds: collections.OrderedDict[tuple[str, ...], int] = collections.OrderedDict()
+
+    def folder(self, parts: tuple[str, ...], *, create: bool = True) -> None:
+        self.fd(parts, create=create)
 
     def fd(self, parts: tuple[str, ...], *, create: bool = True) -> int:
         """The descriptor of folder ``root/parts``, made (mode 0700) if missing and ``create``."""
@@ -190,7 +335,7 @@ class _Dirs:
             return fd
         if not parts:
             try:
-                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+                fd = os.open(self.root, os.O_RDONLY | _O_DIRECTORY)
             except OSError as exc:
                 raise _os_error(exc, self.root, self.root) from None
         else:
@@ -199,57 +344,273 @@ class _Dirs:
             if create:
                 try:
                     os.mkdir(name, 0o700, dir_fd=parent)
-                    path = self.root.joinpath(*parts)
-                    self._made.append(path)
-                    self._ours.add(path)
+                    self._record_made(self.root.joinpath(*parts))
                 except FileExistsError:
                     pass
                 except OSError as exc:
                     raise _os_error(exc, self.root.joinpath(*parts), self.root) from None
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+                fd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW, dir_fd=parent)
             except OSError as exc:
                 path = self.root.joinpath(*parts)
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafePathError(
-                        f"{display_name(str(path))!r} is not a folder (or is a link).",
-                        peer_message=f"{_peer_name(path, self.root)} is not a folder (or is "
-                        "a link) on the receiver's side.",
-                    ) from None
+                    raise _unsafe_folder(path, self.root) from None
                 raise _os_error(exc, path, self.root) from None
         self._fds[parts] = fd
         while len(self._fds) > DIRS_KEPT:
             os.close(self._fds.popitem(last=False)[1])
         return fd
 
+    def create(self, folder: tuple[str, ...], name: str) -> int:
+        return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o600,
+                       dir_fd=self.fd(folder))
+
+    def open_write(self, folder: tuple[str, ...], name: str) -> int:
+        return os.open(name, os.O_WRONLY | _O_NOFOLLOW, dir_fd=self.fd(folder))
+
+    def open_read(self, path: Path) -> int:
+        return os.open(path, os.O_RDONLY | _O_NOFOLLOW)
+
+    def exists(self, folder: tuple[str, ...], name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self.fd(folder), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def unlink(self, folder: tuple[str, ...], name: str) -> None:
+        at = self.fd(folder, create=False)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=at)
+
+    def _link(self, folder: tuple[str, ...], temp: str, name: str) -> None:
+        at = self.fd(folder)
+        os.link(temp, name, src_dir_fd=at, dst_dir_fd=at, follow_symlinks=False)
+
+    def replace(self, folder: tuple[str, ...], temp: str, name: str) -> None:
+        at = self.fd(folder)
+        os.replace(temp, name, src_dir_fd=at, dst_dir_fd=at)
+
+    def seal(self, folder: tuple[str, ...], name: str, fd: int, mode: int,
+             mtime: float | None) -> None:
+        try:
+            assert _fchmod is not None  # choose() picks this backend only where it exists
+            _fchmod(fd, mode)
+            if mtime is not None:
+                _set_mtime(fd, mtime)
+        finally:
+            os.close(fd)
+
+    def set_folder(self, parts: tuple[str, ...], mode: int, mtime: float | None) -> None:
+        fd = self.fd(parts)
+        assert _fchmod is not None
+        _fchmod(fd, mode)
+        if mtime is not None:
+            _set_mtime(fd, mtime)
+
     def close(self) -> None:
         while self._fds:
             os.close(self._fds.popitem()[1])
 
 
-def _exists_at(name: str, dir_fd: int) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
+class _PathFolders(_Folders):
+    """Folders reached by path, for systems without folder descriptors (Windows).
 
-
-def _link_at(temp: str, name: str, dir_fd: int) -> bool:
-    """Give ``temp`` its final ``name`` unless that name exists (FileExistsError), atomically.
-
-    False if this file system has no hard links: then the caller checks and renames.
+    Each component is checked (lstat: a folder, no link, junction or other alias) just
+    before each use, and again after it: a file opened is the one lstat sees under its
+    name (same device and inode), and every folder on the way is still the one checked.
+    That narrows a race with a local user who swaps a folder for a link to a short
+    window, and any swap seen fails the transfer (a file just made through the swapped
+    folder is removed again); it cannot close it as descriptors do: within that window
+    a folder, or a rename or removal of our own hidden files, may reach where the link
+    points.
     """
-    try:
-        os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+
+    def _chain(self, parts: tuple[str, ...], *, create: bool) -> tuple[Path, list[tuple[int, int]]]:
+        """``root/parts`` checked component by component, and each one's (device, inode)."""
+        try:
+            st = os.stat(self.root)  # the destination itself may be a link the user chose
+        except OSError as exc:
+            raise _os_error(exc, self.root, self.root) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise _unsafe_folder(self.root, self.root)
+        identities = [_identity(st)]
+        path = self.root
+        for name in parts:
+            path = path / name
+            if create:
+                try:
+                    os.mkdir(path, 0o700)
+                    self._record_made(path)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise _os_error(exc, path, self.root) from None
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                raise _os_error(exc, path, self.root) from None
+            if _is_link(st) or not stat.S_ISDIR(st.st_mode):
+                raise _unsafe_folder(path, self.root)
+            identities.append(_identity(st))
+        return path, identities
+
+    def _still(self, parts: tuple[str, ...], identities: list[tuple[int, int]]) -> None:
+        """Fail if a folder of ``root/parts`` is no longer the one _chain() checked."""
+        try:
+            _, now = self._chain(parts, create=False)
+        except P2PCopyError:
+            now = []
+        if now != identities:
+            raise _changed(self.root.joinpath(*parts), self.root)
+
+    def _opened(self, path: Path, fd: int) -> None:
+        """Fail (closing ``fd``) unless ``fd`` is the regular file lstat finds at ``path``."""
+        try:
+            st, seen = os.fstat(fd), os.lstat(path)
+        except OSError:
+            os.close(fd)
             raise
-        return False
-    os.unlink(temp, dir_fd=dir_fd)
-    return True
+        if _is_link(seen) or not stat.S_ISREG(st.st_mode) or _identity(st) != _identity(seen):
+            os.close(fd)
+            raise _changed(path, self.root)
+
+    def folder(self, parts: tuple[str, ...], *, create: bool = True) -> None:
+        self._chain(parts, create=create)
+
+    def create(self, folder: tuple[str, ...], name: str) -> int:
+        where, identities = self._chain(folder, create=True)
+        # O_EXCL never opens what is there, a link included (CREATE_NEW on Windows).
+        fd = os.open(where / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o600)
+        self._opened(where / name, fd)
+        try:
+            self._still(folder, identities)
+        except P2PCopyError:
+            # A folder was swapped while the file was made: it may have been made where a
+            # link points. It is empty and ours (the one still open): it goes.
+            with contextlib.suppress(OSError):
+                if _identity(os.lstat(where / name)) == _identity(os.fstat(fd)):
+                    os.unlink(where / name)
+            os.close(fd)
+            raise
+        return fd
+
+    def open_write(self, folder: tuple[str, ...], name: str) -> int:
+        where, identities = self._chain(folder, create=False)
+        if _is_link(os.lstat(where / name)):
+            raise _changed(where / name, self.root)
+        fd = os.open(where / name, os.O_WRONLY | _O_BINARY)
+        self._opened(where / name, fd)
+        try:
+            self._still(folder, identities)
+        except P2PCopyError:
+            os.close(fd)
+            raise
+        return fd
+
+    def open_read(self, path: Path) -> int:
+        try:
+            parts = path.relative_to(self.root).parts
+            where, identities = self._chain(parts[:-1], create=False)
+            if _is_link(os.lstat(where / parts[-1])):
+                raise _changed(path, self.root)
+            fd = os.open(where / parts[-1], os.O_RDONLY | _O_BINARY)
+            self._opened(where / parts[-1], fd)
+            try:
+                self._still(parts[:-1], identities)
+            except P2PCopyError:
+                os.close(fd)
+                raise
+        except (P2PCopyError, ValueError, IndexError):
+            raise OSError(errno.ELOOP, "not a file of the destination") from None
+        return fd
+
+    def exists(self, folder: tuple[str, ...], name: str) -> bool:
+        where, _ = self._chain(folder, create=False)
+        try:
+            os.lstat(where / name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def unlink(self, folder: tuple[str, ...], name: str) -> None:
+        where, identities = self._chain(folder, create=False)
+        path = where / name
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            # Windows removes no read-only file, and a sealed file has the sender's mode
+            # (0444 is the read-only flag there): our own hidden file is made writable
+            # first, if it has no other name (whose mode would change with it).
+            st = os.lstat(path)
+            if (_is_link(st) or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1
+                    or st.st_mode & stat.S_IWRITE):
+                raise
+            os.chmod(path, stat.S_IREAD | stat.S_IWRITE)
+            os.unlink(path)
+        self._still(folder, identities)
+
+    def link(self, folder: tuple[str, ...], temp: str, name: str) -> bool:
+        where, _ = self._chain(folder, create=False)
+        mode = stat.S_IMODE(os.lstat(where / temp).st_mode)
+        if mode & stat.S_IWRITE:
+            return super().link(folder, temp, name)
+        # Read-only: Windows could not remove the hidden name once the final one is made,
+        # so it is writable while it has two names, then read-only again under one.
+        os.chmod(where / temp, mode | stat.S_IWRITE)
+        linked = False
+        try:
+            linked = super().link(folder, temp, name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(where / (name if linked else temp), mode)
+        return linked
+
+    def _link(self, folder: tuple[str, ...], temp: str, name: str) -> None:
+        where, identities = self._chain(folder, create=False)
+        os.link(where / temp, where / name)
+        self._still(folder, identities)
+
+    def replace(self, folder: tuple[str, ...], temp: str, name: str) -> None:
+        where, identities = self._chain(folder, create=False)
+        os.replace(where / temp, where / name)
+        self._still(folder, identities)
+
+    def seal(self, folder: tuple[str, ...], name: str, fd: int, mode: int,
+             mtime: float | None) -> None:
+        # Closed first: Windows may date a file written through a handle when it closes.
+        try:
+            identity = _identity(os.fstat(fd))
+        finally:
+            os.close(fd)
+        where, identities = self._chain(folder, create=False)
+        path = where / name
+        seen = os.lstat(path)
+        if _is_link(seen) or _identity(seen) != identity:
+            raise _changed(path, self.root)
+        self._set(path, mode, mtime)
+        self._still(folder, identities)
+
+    def set_folder(self, parts: tuple[str, ...], mode: int, mtime: float | None) -> None:
+        path, identities = self._chain(parts, create=False)
+        self._set(path, mode, mtime)
+        self._still(parts, identities)
+
+    @staticmethod
+    def _set(path: Path, mode: int, mtime: float | None) -> None:
+        # The time first: a mode without write permission is Windows' read-only flag.
+        if mtime is not None:
+            _set_mtime(path, mtime)
+        # Where the system can, not even a link swapped in since the check is followed.
+        os.chmod(path, mode, follow_symlinks=os.chmod not in os.supports_follow_symlinks)
+
+
+#: P2P_COPY_PORTABLE_STORAGE=1: write by path (_PathFolders) even where descriptors exist.
+PORTABLE_ENV = "P2P_COPY_PORTABLE_STORAGE"
+#: The backend every Destination uses unless given another, chosen once at import.
+FOLDERS: type[_Folders] = _Folders.choose()
 
 
 def _lone_regular(path: Path) -> os.stat_result | None:
@@ -265,7 +626,8 @@ class _OutOfTime(Exception):
     """prepare() used up HASH_BUDGET."""
 
 
-def _hash_prefix(path: Path, length: int, algorithm: str, deadline: float | None = None, *,
+def _hash_prefix(folders: _Folders, path: Path, length: int, algorithm: str,
+                 deadline: float | None = None, *,
                  part: bool = False) -> tuple[ChainHasher, tuple[int, int]] | None:
     """The hash of ``path``'s first ``length`` bytes and the (device, inode) it was read
     from, or None if it is shorter, unreadable, or (``part``) not one we may resume.
@@ -274,7 +636,7 @@ def _hash_prefix(path: Path, length: int, algorithm: str, deadline: float | None
     """
     chain = ChainHasher(algorithm=algorithm)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = folders.open_read(path)
     except OSError:
         return None
     try:
@@ -292,7 +654,7 @@ def _hash_prefix(path: Path, length: int, algorithm: str, deadline: float | None
         return None
     finally:
         os.close(fd)
-    return chain, (st.st_dev, st.st_ino)
+    return chain, _identity(st)
 
 
 @dataclass
@@ -313,7 +675,7 @@ class _Found:
 class _Open:
     """A file being received: its folder, temporary name, descriptor and running hash."""
 
-    def __init__(self, dirs: _Dirs, parts: tuple[str, ...], entry: DataEntry,
+    def __init__(self, dirs: _Folders, parts: tuple[str, ...], entry: DataEntry,
                  start: _Found | None = None, *, algorithm: str) -> None:
         self.dirs = dirs
         self.folder, self.name = parts[:-1], parts[-1]
@@ -322,22 +684,21 @@ class _Open:
         #: Whether a sidecar may be beside it (one we resume from, or one we wrote).
         self.has_sidecar = start is not None
         self.synced = 0
-        at = dirs.fd(self.folder)
+        dirs.folder(self.folder)
         if start is None:
             # A fresh start: whatever has this name goes (never written through), and
             # O_EXCL makes sure that the file written is the one created here. It stays
             # private until seal() gives it its mode.
-            _unlink_at(self.sidecar, at)
-            _unlink_at(self.temp, at)
-            self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                              0o600, dir_fd=at)
+            dirs.unlink(self.folder, self.sidecar)
+            dirs.unlink(self.folder, self.temp)
+            self.fd = dirs.create(self.folder, self.temp)
             self.chain = ChainHasher(algorithm=algorithm)
         else:
-            self.fd = os.open(self.temp, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=at)
+            self.fd = dirs.open_write(self.folder, self.temp)
             st = os.fstat(self.fd)
             # The very file prepare() hashed, still ours: not one swapped in since.
             if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not _owned(st)
-                    or (st.st_dev, st.st_ino) != start.identity):
+                    or _identity(st) != start.identity):
                 os.close(self.fd)
                 part = self.final.with_name(self.temp)
                 raise UnsafePathError(
@@ -373,11 +734,9 @@ class _Open:
     def seal(self) -> None:
         """Give the complete temporary file its mode and time, and close it."""
         if self.fd >= 0:
-            os.fchmod(self.fd, stat.S_IMODE(self.entry.mode) & 0o777 & ~_umask())
-            if self.entry.mtime is not None:
-                _set_mtime(self.fd, self.entry.mtime)
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            self.dirs.seal(self.folder, self.temp, fd,
+                           stat.S_IMODE(self.entry.mode) & 0o777 & ~_umask(), self.entry.mtime)
 
     def save_point(self) -> bool:
         """Make what was written durable, then record its last whole-block prefix.
@@ -395,17 +754,15 @@ class _Open:
             return False
         sidecar = Sidecar(size=size, mtime=self.entry.mtime, offset=offset, digest=digest,
                           algorithm=self.chain.algorithm)
-        at = self.dirs.fd(self.folder)
         temp = self.sidecar + ".new"
-        _unlink_at(temp, at)
+        self.dirs.unlink(self.folder, temp)
         self.has_sidecar = True
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
-                     dir_fd=at)
+        fd = self.dirs.create(self.folder, temp)
         try:
             os.write(fd, sidecar.encode())
         finally:
             os.close(fd)
-        os.replace(temp, self.sidecar, src_dir_fd=at, dst_dir_fd=at)
+        self.dirs.replace(self.folder, temp, self.sidecar)
         return True
 
     def discard(self) -> None:
@@ -414,11 +771,10 @@ class _Open:
             os.close(self.fd)
             self.fd = -1
         try:
-            at = self.dirs.fd(self.folder, create=False)
+            self.dirs.unlink(self.folder, self.temp)
+            self.dirs.unlink(self.folder, self.sidecar)
         except P2PCopyError:
-            return  # its folder is gone, and the file with it
-        _unlink_at(self.temp, at)
-        _unlink_at(self.sidecar, at)
+            return  # its folder is gone, and the file with it (or is no longer ours)
 
 
 class Destination:
@@ -426,7 +782,8 @@ class Destination:
 
     def __init__(self, root: Path, entries: Sequence[Entry], *, overwrite: bool = False,
                  algorithm: str = SHA256, made_folders: set[Path] | None = None,
-                 refused: set[str] | None = None) -> None:
+                 refused: set[str] | None = None, fold_names: bool = False,
+                 folders: type[_Folders] | None = None) -> None:
         self.root = root
         #: The transfer's hash (digests.py): what files are checked and prefixes offered with.
         self.algorithm = algorithm
@@ -434,12 +791,17 @@ class Destination:
         # Files and a final stream, by file number.
         self.files = data_entries(self.entries)
         self.overwrite = overwrite
+        #: Refuse names an existing one differs from only in case or Unicode form
+        #: (ReceivePolicy.fold_names).
+        self.fold_names = fold_names
+        #: The names in a folder by their folded key (fold_names only, read when needed).
+        self._folded: dict[tuple[str, ...], dict[str, str]] = {}
         self._open: dict[int, _Open] = {}
         self._made_dirs: list[Path] = []
         #: Every folder this run made, in this attempt or an earlier one (``made_folders``,
         #: shared by the caller across attempts): the only ones finish() gives a mode and time.
         self.made_folders: set[Path] = set() if made_folders is None else made_folders
-        self._dirs = _Dirs(root, self._made_dirs, self.made_folders)
+        self._dirs = (folders or FOLDERS)(root, self._made_dirs, self.made_folders)
         #: Final files the sender did not take in an earlier attempt of this run, to be
         #: replaced (``refused``, shared by the caller like ``made_folders``): never offered
         #: again, so that a sender learns at most one yes or no about each file per run.
@@ -521,14 +883,16 @@ class Destination:
             last = i == len(parts) - 1
             if not last and parts[: i + 1] in folders:
                 continue  # a folder already checked for an earlier entry
-            if not self._may_exist(parts[:i], part, listings):
-                return  # nothing there yet, nor below it
             path = self.root.joinpath(*parts[: i + 1])
-            try:
-                st = path.lstat()
-            except FileNotFoundError:
-                return
-            if stat.S_ISLNK(st.st_mode):
+            st = None
+            if self._may_exist(parts[:i], part, listings):
+                with contextlib.suppress(FileNotFoundError):
+                    st = path.lstat()
+            if st is None:
+                if self.fold_names:
+                    self._check_folded(parts[:i], part, path)
+                return  # nothing there yet, nor below it
+            if _is_link(st):
                 raise UnsafePathError(
                     f"{display_name(str(path))!r} is a symbolic link; p2p-copy never writes "
                     "through links. Remove it or receive into another folder.",
@@ -551,6 +915,31 @@ class Destination:
                         "receiver's side.",
                         hint=_REPLACE,
                     )
+
+    def _check_folded(self, folder: tuple[str, ...], name: str, path: Path) -> None:
+        """Refuse ``name`` if ``folder`` holds a name only case or Unicode form away from it.
+
+        Reached only when this file system did not find ``name`` itself (it tells them
+        apart): the two would be two files here, one on a system that folds names, and no
+        ``overwrite`` can make them one here.
+        """
+        names = self._folded.get(folder)
+        if names is None:
+            try:
+                listed = os.listdir(self.root.joinpath(*folder))
+            except OSError:
+                listed = []  # no folder yet: nothing to collide with
+            names = self._folded[folder] = {fold(n): n for n in listed}
+        other = names.get(fold(name))
+        if other is None or other == name:
+            return
+        raise DestinationExistsError(
+            f"{display_name(str(path))!r} and the existing {display_name(other)!r} differ only "
+            "in case or Unicode form: a system that ignores the difference sees one name. "
+            "Receive into another folder, or rename one of them.",
+            peer_message=f"{_peer_name(path, self.root)} differs only in case or Unicode form "
+            f"from {display_name(other)!r}, which exists on the receiver's side.",
+        )
 
     def _not_a_folder(self, path: Path) -> DestinationExistsError:
         return DestinationExistsError(
@@ -590,7 +979,7 @@ class Destination:
                 self._kept[file] = ChainHasher(algorithm=self.algorithm)
                 return
             try:
-                hashed = _hash_prefix(final, entry.size, self.algorithm, deadline)
+                hashed = _hash_prefix(self._dirs, final, entry.size, self.algorithm, deadline)
             except _OutOfTime:
                 self._unchecked.add(file)
                 return
@@ -616,7 +1005,8 @@ class Destination:
                 or part_stat.st_size < sidecar.offset or sidecar.algorithm != self.algorithm):
             return
         try:
-            hashed = _hash_prefix(part, sidecar.offset, self.algorithm, deadline, part=True)
+            hashed = _hash_prefix(self._dirs, part, sidecar.offset, self.algorithm, deadline,
+                                  part=True)
         except _OutOfTime:
             return
         if hashed is not None and hashed[0].hexdigest() == sidecar.digest:
@@ -659,9 +1049,11 @@ class Destination:
 
     def _drop_part(self, file: int) -> None:
         """Remove file ``file``'s part and sidecar from an earlier attempt."""
-        final = self._final_path(self.files[file])
-        _unlink(_hidden(final, TEMP_SUFFIX))
-        _unlink(_hidden(final, SIDECAR_SUFFIX))
+        parts = self._split(self.files[file])
+        folder, name = parts[:-1], parts[-1]
+        with contextlib.suppress(P2PCopyError):  # its folder is gone, or no longer ours
+            self._dirs.unlink(folder, _hidden_name(name, TEMP_SUFFIX))
+            self._dirs.unlink(folder, _hidden_name(name, SIDECAR_SUFFIX))
 
     def _differs(self, path: Path) -> DestinationExistsError:
         return DestinationExistsError(
@@ -729,20 +1121,20 @@ class Destination:
                 )
             current.seal()
             if event.file in self._unchecked and not self.overwrite:
-                same = _hash_prefix(current.final, current.written, self.algorithm)
+                same = _hash_prefix(self._dirs, current.final, current.written, self.algorithm)
                 if same is not None and same[0].hexdigest() == digest:
                     # The file prepare() had no time to check was this one: it stays.
                     current.discard()
                     result = FileResult(entry.path, current.written, digest, self.algorithm)
                     self.results.append(result)
                     return result
-            at = self._dirs.fd(current.folder)
-            if self.overwrite or not _link_at(current.temp, current.name, at):
-                if not self.overwrite and _exists_at(current.name, at):
+            dirs, folder = self._dirs, current.folder
+            if self.overwrite or not dirs.link(folder, current.temp, current.name):
+                if not self.overwrite and dirs.exists(folder, current.name):
                     raise FileExistsError
-                os.replace(current.temp, current.name, src_dir_fd=at, dst_dir_fd=at)
+                dirs.replace(folder, current.temp, current.name)
             if current.has_sidecar:
-                _unlink_at(current.sidecar, at)
+                dirs.unlink(folder, current.sidecar)
         except FileExistsError:
             current.discard()
             if event.file in self._unchecked:
@@ -788,14 +1180,14 @@ class Destination:
         """
         dirs = [e for e in self.entries if isinstance(e, DirEntry)]
         for entry in sorted(dirs, key=lambda e: e.path.count("/"), reverse=True):
-            fd = self._dirs.fd(self._split(entry))
+            parts = self._split(entry)
+            self._dirs.folder(parts)
             if self._final_path(entry) not in self.made_folders:
                 continue
             try:
                 # The owner keeps full rights so that a later transfer can add to it.
-                os.fchmod(fd, (stat.S_IMODE(entry.mode) & 0o777 & ~_umask()) | 0o700)
-                if entry.mtime is not None:
-                    _set_mtime(fd, entry.mtime)
+                self._dirs.set_folder(
+                    parts, (stat.S_IMODE(entry.mode) & 0o777 & ~_umask()) | 0o700, entry.mtime)
             except OSError as exc:
                 raise _os_error(exc, self._final_path(entry), self.root) from None
         self._dirs.close()
@@ -833,7 +1225,6 @@ class Destination:
         for current in list(self._open.values()):
             current.discard()
         self._open.clear()
-        self._dirs.close()
         for file, found in [*self._found.items()]:
             if not found.final:
                 self._drop_part(file)
@@ -841,6 +1232,7 @@ class Destination:
             self._drop_part(file)
         self._found.clear()
         self._starts.clear()
+        self._dirs.close()
         for path in reversed(self._made_dirs):
             try:
                 path.rmdir()

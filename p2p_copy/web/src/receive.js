@@ -1,0 +1,300 @@
+// @ts-check
+/**
+ * The receiving side of a transfer (protocol.md §6.3): manifest parts checked against
+ * §7 and the default limits, the offer put to the sink, accept (digest, held, window),
+ * prefix digests, the data stream written through the sink as it arrives, each file
+ * verified before the sink may keep it, eof, done.
+ *
+ * Flow control: when the manifest says `"ack": true` we announce WINDOW in accept and
+ * send `ack`s once what storage took since the last one reaches WINDOW / 4, so the
+ * sender never has more than WINDOW bytes in flight towards this page.
+ */
+import { normalizeCode } from "./protocol/codes.js";
+import { createHasher, pickDigest } from "./protocol/digests.js";
+import { P2PError, violation } from "./protocol/errors.js";
+import { BLOCK, DATA_RAW } from "./protocol/messages.js";
+import { checkManifest, displayName, ManifestLimits, summarizeOffer } from "./protocol/paths.js";
+import { equalConstantTime } from "./protocol/secure.js";
+import { Channel, Link, peerError } from "./peer.js";
+import { asP2PError } from "./send.js";
+
+export const WINDOW = 8 * 1024 * 1024;
+const MESSAGE_TIMEOUT = 300_000;
+
+/**
+ * Receive into `sink` (see index.js for its methods).
+ * @param {{relay: string, code: string, sink: any, onEvent?: (e: any) => void, signal?: AbortSignal,
+ *   WebSocket?: any, windowsNames?: boolean, testing?: any}} options
+ */
+export async function receive({ relay, code, sink, onEvent = () => {}, signal = undefined,
+  WebSocket = globalThis.WebSocket, windowsNames = defaultWindowsNames(), testing = {} }) {
+  const theCode = normalizeCode(code);
+  onEvent({ type: "connecting" });
+  const link = await Link.open({ relay, code: theCode, role: "receiver", WebSocket, signal });
+  const channel = new Channel(link);
+  const run = new Receiving(channel, sink, onEvent, windowsNames);
+  try {
+    let first = await channel.receive();
+    if (first.type === "waiting") {
+      onEvent({ type: "waiting", code: theCode });
+      first = await channel.receive();
+    }
+    onEvent({ type: "paired" });
+    onEvent({ type: "verifying" });
+    await channel.handshake("receiver", theCode, { ...testing, first });
+    const result = await run.transfer();
+    await link.close(true);
+    onEvent({ type: "done", result });
+    return result;
+  } catch (error) {
+    const failure = asP2PError(error);
+    await run.abort(failure);
+    await channel.fail(failure);
+    onEvent({ type: "error", error: failure });
+    throw failure;
+  }
+}
+
+/** Names Windows cannot store are refused where the page runs on Windows (policy.py's default). */
+function defaultWindowsNames() {
+  const nav = /** @type {any} */ (globalThis.navigator);
+  const platform = nav?.userAgentData?.platform ?? nav?.platform ?? "";
+  return /^win/i.test(platform);
+}
+
+class Receiving {
+  constructor(channel, sink, onEvent, windowsNames) {
+    this.channel = channel;
+    this.sink = sink;
+    this.onEvent = onEvent;
+    this.windowsNames = windowsNames;
+    /** Writers of files received but not verified yet: aborted if the transfer fails. */
+    this.open = new Map();
+    this.aborted = false;
+  }
+
+  async next() {
+    const message = await this.channel.receive(MESSAGE_TIMEOUT, "the sender");
+    if (message.type === "error") throw peerError(message.code, message.message);
+    return message;
+  }
+
+  async transfer() {
+    const { entries, digests, ack } = await this.manifest();
+    const files = [];
+    const dirs = [];
+    for (const entry of entries) (entry.kind === "dir" ? dirs : files).push(entry);
+    if (files.some((entry) => entry.kind === "stream")) {
+      throw new P2PError("policy", "The sender sends a stream of unknown length, which this receiver does not take.",
+        { wire: "policy", peerMessage: "The receiver (a web page) does not take streams of unknown length." });
+    }
+    const summary = summarizeOffer(entries);
+    this.onEvent({ type: "offer", summary });
+    const taken = await this.sink.offer(summary);
+    if (!taken) {
+      throw new P2PError("declined", "The offer was declined.", { wire: "cancelled", peerMessage: "The receiver declined the offer." });
+    }
+    const digest = pickDigest(digests);
+    const accept = { type: "accept" };
+    if (digests !== null) accept.digest = digest;
+    const held = await this.heldPrefixes(files);
+    if (held.length) accept.held = held;
+    const window = ack ? WINDOW : 0;
+    if (window) accept.window = window;
+    await this.channel.send(accept);
+    this.hasher = await createHasher(digest);
+    this.digest = digest;
+    const offsets = new Array(files.length).fill(0);
+    let first = null;
+    if (held.length) {
+      first = await this.next();
+      if (first.type === "prefix_digests") {
+        const agreed = await this.comparePrefixes(files, held, first.files);
+        for (const [file, offset] of agreed) offsets[file] = offset;
+        await this.channel.send({ type: "resume", files: agreed });
+        first = null;
+      }
+    }
+    return this.stream(files, dirs, offsets, window, first);
+  }
+
+  /** Manifest parts until the last; limits per part, the path rules on the whole (§6.4, §7). */
+  async manifest() {
+    const limits = new ManifestLimits();
+    const entries = [];
+    let digests = null;
+    let ack = false;
+    for (let part = 0; ; part++) {
+      const message = await this.next();
+      if (message.type !== "manifest") throw violation(`expected the manifest, got '${message.type}'`);
+      if (part === 0) { digests = message.digests; ack = message.ack; }
+      limits.add(message.entries, message.more);
+      entries.push(...message.entries);
+      if (!message.more) break;
+    }
+    checkManifest(entries, { windowsNames: this.windowsNames, limits });
+    return { entries, digests, ack };
+  }
+
+  /** The sink's held prefixes, filtered to what §6.5.1 allows. */
+  async heldPrefixes(files) {
+    if (!this.sink.held) return [];
+    const seen = new Set();
+    const held = [];
+    for (const [file, offset] of await this.sink.held(files.map((f) => ({ path: f.path, size: f.size, mtime: f.mtime })))) {
+      const entry = files[file];
+      if (!entry || seen.has(file) || offset <= 0 || offset > entry.size || (offset % BLOCK !== 0 && offset !== entry.size)) continue;
+      seen.add(file);
+      held.push([file, offset]);
+    }
+    return held;
+  }
+
+  async comparePrefixes(files, held, proofs) {
+    const offered = new Map(held);
+    const seen = new Set();
+    const agreed = [];
+    for (const [file, offset, theirs] of proofs) {
+      if (offered.get(file) !== offset || seen.has(file)) throw violation("'prefix_digests' names a prefix that was not held, or one twice");
+      seen.add(file);
+      const ours = await this.prefixDigest(file, offset);
+      if (equalConstantTime(ours, theirs)) {
+        agreed.push([file, offset]);
+      } else if (offset === files[file].size) {
+        const name = displayName(files[file].path);
+        throw new P2PError("exists", `'${name}' already exists here and differs from the sender's.`, { wire: "exists",
+          peerMessage: `'${name}' already exists on the receiver's side and differs from the sender's. The receiver `
+            + "must remove it, or receive into another folder." });
+      }
+    }
+    return agreed;
+  }
+
+  /** The digest of the first `offset` bytes the sink holds of file `file`. */
+  async prefixDigest(file, offset) {
+    await this.feedPrefix(file, offset);
+    return /** @type {string} */ (this.hasher.digest("hex"));
+  }
+
+  /** Starts the hasher over with the first `offset` bytes the sink holds of file `file`. */
+  async feedPrefix(file, offset) {
+    const hasher = this.hasher;
+    hasher.init();
+    const source = await this.sink.prefix(file, offset);
+    if (source instanceof Uint8Array) hasher.update(source);
+    else if (source && typeof source.getReader === "function") {
+      const reader = source.getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        hasher.update(value);
+      }
+    } else {
+      for (let at = 0; at < offset; at += BLOCK) {
+        hasher.update(new Uint8Array(await source.slice(at, Math.min(offset, at + BLOCK)).arrayBuffer()));
+      }
+    }
+  }
+
+  /** The data stream, checksums, eof (§6.6-6.8); `first` is a message already read. */
+  async stream(files, dirs, offsets, window, first) {
+    const total = files.reduce((sum, file, i) => sum + file.size - offsets[i], 0);
+    const digests = [];  // computed digest of each complete file, by file number
+    let verified = 0;    // digests received and compared so far
+    let current = 0;     // the file the next stream byte belongs to
+    let left = 0;        // its bytes still to come
+    let writer = null;
+    let received = 0;
+    let acked = 0;
+    const hasher = this.hasher;
+    const startFile = async () => {
+      // Files with nothing left to come (empty, or held whole) complete at once.
+      while (current < files.length) {
+        const file = files[current];
+        left = file.size - offsets[current];
+        if (offsets[current] > 0) await this.feedPrefix(current, offsets[current]);
+        else hasher.init();
+        if (left > 0) {
+          writer = await this.sink.open(file.path, file.size, { offset: offsets[current] });
+          this.open.set(current, writer);
+          return;
+        }
+        if (offsets[current] === 0) this.open.set(current, await this.sink.open(file.path, file.size, { offset: 0 }));
+        digests.push(/** @type {string} */ (hasher.digest("hex")));
+        current += 1;
+      }
+    };
+    await startFile();
+    for (;;) {
+      const message = first ?? await this.next();
+      first = null;
+      if (message.type === "data") {
+        const data = message.data;
+        if (data.length < 2 || data[0] !== DATA_RAW) throw violation("a data message must be kind 0x00 with at least one byte");
+        if (received + data.length - 1 > total) throw violation("more data than the manifest announced");
+        let at = 1;
+        while (at < data.length) {
+          const piece = data.subarray(at, at + Math.min(left, data.length - at));
+          hasher.update(piece);
+          await /** @type {any} */ (writer).write(piece);
+          at += piece.length;
+          left -= piece.length;
+          if (left === 0) {
+            digests.push(/** @type {string} */ (hasher.digest("hex")));
+            current += 1;
+            writer = null;
+            await startFile();
+          }
+        }
+        received += data.length - 1;
+        this.onEvent({ type: "progress", bytes: received, total });
+        if (window && received - acked >= window / 4) {
+          acked = received;
+          await this.channel.send({ type: "ack", bytes: received });
+        }
+      } else if (message.type === "checksums") {
+        if (message.algorithm !== this.digest) throw violation(`checksums in '${message.algorithm}', not the agreed '${this.digest}'`);
+        if (message.first !== verified) throw violation(`checksums start at file ${message.first}, expected ${verified}`);
+        if (message.first + message.digests.length > digests.length) throw violation("checksums for a file that is not complete");
+        for (const theirs of message.digests) {
+          const index = verified;
+          const file = files[index];
+          const own = this.open.get(index);
+          this.open.delete(index);
+          if (!equalConstantTime(theirs, digests[index])) {
+            await own?.abort();
+            const name = displayName(file.path);
+            throw new P2PError("integrity", `'${name}' arrived damaged: its digest does not match the sender's. Nothing of it was kept.`,
+              { wire: "integrity", peerMessage: `'${name}' did not match its digest on the receiver's side.` });
+          }
+          await own?.close();
+          verified += 1;
+          this.onEvent({ type: "file", path: file.path, verified: true });
+        }
+      } else if (message.type === "eof") {
+        if (received !== total || verified !== files.length) {
+          throw violation(`eof after ${received} of ${total} bytes and ${verified} of ${files.length} digests`);
+        }
+        break;
+      } else {
+        throw violation(`'${message.type}' is not expected while receiving`);
+      }
+    }
+    // Deepest first, as the Python receiver does, so a folder's own time is set last.
+    for (const dir of [...dirs].sort((a, b) => b.path.split("/").length - a.path.split("/").length)) await this.sink.mkdir(dir.path, dir);
+    await this.sink.done?.();
+    await this.channel.send({ type: "done" });
+    return { files: files.length, dirs: dirs.length, bytes: received, digest: this.digest, window };
+  }
+
+  /** Discard every unverified file; tell the sink why. */
+  async abort(error) {
+    if (this.aborted) return;
+    this.aborted = true;
+    for (const writer of this.open.values()) {
+      try { await writer.abort(); } catch { /* already gone */ }
+    }
+    this.open.clear();
+    try { await this.sink.abort?.(error); } catch { /* the sink's own trouble */ }
+  }
+}

@@ -1,0 +1,307 @@
+// @ts-check
+/**
+ * The sending side of a transfer (protocol.md §6.2): manifest, accept (digest, held,
+ * window), prefix digests, the data stream with checksums, eof, done. Files are read by
+ * slices, never whole; what waits in the socket is bounded by `Link.drain`, and by the
+ * receiver's window when it announces one.
+ */
+import { generateCode, normalizeCode } from "./protocol/codes.js";
+import { createHasher, SUPPORTED } from "./protocol/digests.js";
+import { P2PError, violation } from "./protocol/errors.js";
+import { BLOCK, DATA_RAW } from "./protocol/messages.js";
+import { checkEntries } from "./protocol/paths.js";
+import { Channel, Link, peerError } from "./peer.js";
+
+/** Bytes of file data per data message: our Python sender's largest chunk (§3.3). */
+export const CHUNK = 1024 * 1024;
+const MANIFEST_PART = 256 * 1024;
+const ACCEPT_TIMEOUT = 360_000;
+const RESUME_TIMEOUT = 60_000;
+const DONE_TIMEOUT = 300_000;
+const CODE_ATTEMPTS = 8;
+
+/**
+ * Send `entries` (see index.js). With no `code`, one is generated (and reported with an
+ * event `{type: "code", code}`), and a new one drawn each time the relay says the room is
+ * taken.
+ */
+export async function send({ relay, code = undefined, entries, fresh = true, onEvent = () => {}, signal = undefined,
+  WebSocket = globalThis.WebSocket, testing = {} }) {
+  const files = entries.filter((entry) => entry.kind !== "dir");
+  checkOwnEntries(entries);
+  const generated = code === undefined || code === null;
+  for (let attempt = 0; ; attempt++) {
+    const theCode = generated ? generateCode(attempt) : normalizeCode(code);
+    if (generated) onEvent({ type: "code", code: theCode });
+    onEvent({ type: "connecting" });
+    const link = await Link.open({ relay, code: theCode, role: "sender", fresh: generated || fresh, WebSocket, signal });
+    const channel = new Channel(link);
+    try {
+      await waitReady(link, theCode, onEvent);
+    } catch (error) {
+      await link.close();
+      if (generated && error instanceof P2PError && error.closeCode === 4002 && attempt + 1 < CODE_ATTEMPTS) continue;
+      throw error;
+    }
+    try {
+      onEvent({ type: "paired" });
+      onEvent({ type: "verifying" });
+      await channel.handshake("sender", theCode, testing);
+      const result = await transfer(channel, entries, files, onEvent);
+      result.code = theCode;
+      await link.close();
+      onEvent({ type: "done", result });
+      return result;
+    } catch (error) {
+      const failure = asP2PError(error);
+      await channel.fail(failure);
+      onEvent({ type: "error", error: failure });
+      throw failure;
+    }
+  }
+}
+
+/** Our own entries must pass the rules the receiver applies (§7): refuse before connecting. */
+function checkOwnEntries(entries) {
+  try {
+    checkEntries(entries);
+  } catch (error) {
+    if (error instanceof P2PError) throw new P2PError("usage", error.message.replace("The sender sent", "These entries hold"));
+    throw error;
+  }
+  for (const entry of entries) {
+    if (entry.kind !== "dir" && (!Number.isSafeInteger(entry.size) || entry.size < 0)) {
+      throw new P2PError("usage", `The size of '${entry.path}' is not a whole number of bytes.`);
+    }
+  }
+}
+
+async function waitReady(link, code, onEvent) {
+  let waited = false;
+  for (;;) {
+    const item = await link.next();
+    if (!("text" in item)) throw new P2PError("protocol", "The relay sent binary data before pairing.");
+    let message;
+    try { message = JSON.parse(item.text); } catch { message = null; }
+    if (message?.type === "waiting" && !waited) {
+      waited = true;
+      onEvent({ type: "waiting", code });
+      continue;
+    }
+    if (message?.type === "ready") return;
+    throw new P2PError("protocol", "The relay sent something else than 'ready' before pairing.");
+  }
+}
+
+export function asP2PError(error) {
+  if (error instanceof P2PError) return error;
+  return new P2PError("internal", `Unexpected failure: ${/** @type {Error} */ (error)?.message ?? error}`,
+    { wire: "internal", cause: error });
+}
+
+function entryJson(entry) {
+  if (entry.kind === "dir") {
+    const out = { path: entry.path, kind: "dir", mode: entry.mode ?? 0o755 };
+    if (entry.mtime != null) out.mtime = entry.mtime;
+    return out;
+  }
+  const out = { path: entry.path, size: entry.size, mode: entry.mode ?? 0o644 };
+  if (entry.mtime != null) out.mtime = entry.mtime;
+  return out;
+}
+
+/** The manifest parts (§6.4): at most MANIFEST_PART bytes of JSON each, the first with `digests` and `ack`. */
+export function manifestParts(entries) {
+  const parts = [];
+  let current = [];
+  let size = 0;
+  for (const entry of entries) {
+    const text = JSON.stringify(entryJson(entry));
+    const bytes = new TextEncoder().encode(text).length + 1;
+    if (current.length && size + bytes > MANIFEST_PART) {
+      parts.push(current);
+      current = [];
+      size = 0;
+    }
+    current.push(entryJson(entry));
+    size += bytes;
+  }
+  parts.push(current);
+  return parts.map((part, index) => {
+    const message = { type: "manifest", version: 1 };
+    if (index === 0) { message.digests = [...SUPPORTED]; message.ack = true; }
+    message.entries = part;
+    if (index < parts.length - 1) message.more = true;
+    return message;
+  });
+}
+
+/** Bytes of `blob` from `start` to `end`, read in CHUNK slices. */
+async function* slices(blob, start, end) {
+  for (let at = start; at < end; at += CHUNK) {
+    const stop = Math.min(end, at + CHUNK);
+    const bytes = new Uint8Array(await blob.slice(at, stop).arrayBuffer());
+    if (bytes.length !== stop - at) {
+      throw new P2PError("usage", "A file changed while it was being sent.", { wire: "usage" });
+    }
+    yield bytes;
+  }
+}
+
+async function transfer(channel, entries, files, onEvent) {
+  for (const part of manifestParts(entries)) await channel.send(part);
+  const accept = await expectMessage(channel, ACCEPT_TIMEOUT, "the receiver's answer", ["accept"]);
+  const digest = accept.digest ?? "sha256";
+  if (!SUPPORTED.includes(digest)) throw violation(`the receiver picked the digest '${digest}', which was not offered`);
+  const hasher = await createHasher(digest);
+  const offsets = new Array(files.length).fill(0);
+  if (accept.held && accept.held.length) {
+    const sent = new Map();
+    for (const [file, offset] of checkPrefixes(accept.held, files)) {
+      sent.set(file, offset);
+    }
+    const proofs = [];
+    for (const [file, offset] of sent) proofs.push([file, offset, await prefixDigest(hasher, files[file].blob, offset)]);
+    await channel.send({ type: "prefix_digests", files: proofs });
+    const resume = await expectMessage(channel, RESUME_TIMEOUT, "the receiver's resume", ["resume"]);
+    for (const [file, offset] of resume.files) {
+      if (sent.get(file) !== offset) throw violation("'resume' names a prefix we sent no digest for");
+      offsets[file] = offset;
+    }
+  } else if (accept.resume && accept.resume.length) {
+    // A receiver before `held` (§6.5.2): check its digests against ours.
+    const agreed = [];
+    for (const [file, offset, theirs] of accept.resume) {
+      checkPrefixes([[file, offset]], files);
+      if (await prefixDigest(hasher, files[file].blob, offset) === theirs) {
+        agreed.push([file, offset]);
+        offsets[file] = offset;
+      }
+    }
+    await channel.send({ type: "resume", files: agreed });
+  }
+  const state = { sent: 0, acked: 0, window: accept.window, eofSent: false, done: false, failure: null, wake: null };
+  const reader = readWhileSending(channel, state, accept.window);
+  let progress = 0;
+  try {
+    progress = await streamFiles(channel, files, offsets, hasher, digest, state, onEvent);
+  } catch (error) {
+    // The relay's close often follows the receiver's `error`, which then says why.
+    if (channel.link.closed) await reader;
+    throw state.failure ?? error;
+  }
+  await channel.send({ type: "eof" });
+  state.eofSent = true;
+  let timer;
+  await Promise.race([reader, new Promise((resolve) => { timer = setTimeout(resolve, DONE_TIMEOUT); })]);
+  clearTimeout(timer);
+  if (state.failure) throw state.failure;
+  if (!state.done) {
+    throw new P2PError("timeout", `No confirmation from the receiver in ${DONE_TIMEOUT / 1000} s.`, { wire: "timeout" });
+  }
+  return { files: files.length, dirs: entries.length - files.length, bytes: progress, digest };
+}
+
+/**
+ * The data stream (§6.6) from the agreed offsets, with each file's digest sent right after
+ * the data message that completes it (§6.7); zero-byte files ride along with the next.
+ * Returns the stream bytes sent.
+ */
+async function streamFiles(channel, files, offsets, hasher, digest, state, onEvent) {
+  const window = state.window;
+  const total = files.reduce((sum, file, i) => sum + file.size - offsets[i], 0);
+  let pending = [];
+  let completed = 0;
+  const flush = async () => {
+    if (state.failure) throw state.failure;
+    const first = completed - pending.length;
+    // 4096 digests per message at most (§6.7 rule 4).
+    for (let k = 0; k < pending.length; k += 4096) {
+      await channel.send({ type: "checksums", first: first + k, [digest]: pending.slice(k, k + 4096) });
+    }
+    pending = [];
+  };
+  for (let i = 0; i < files.length; i++) {
+    const file = files[i];
+    hasher.init();
+    if (offsets[i] > 0) for await (const bytes of slices(file.blob, 0, offsets[i])) hasher.update(bytes);
+    let wrote = false;
+    for await (const bytes of slices(file.blob, offsets[i], file.size)) {
+      if (window) await waitWindow(state, window);
+      if (state.failure) throw state.failure;
+      await channel.link.drain();
+      const message = new Uint8Array(bytes.length + 1);
+      message[0] = DATA_RAW;
+      message.set(bytes, 1);
+      hasher.update(bytes);
+      await channel.sendData(message);
+      state.sent += bytes.length;
+      wrote = true;
+      onEvent({ type: "progress", bytes: state.sent, total });
+    }
+    completed = i + 1;
+    pending.push(/** @type {string} */ (hasher.digest("hex")));
+    if (wrote) await flush();
+    onEvent({ type: "file", path: file.path, verified: false });
+  }
+  await flush();
+  return state.sent;
+}
+
+/** Validates held prefixes (§6.5.1) against our files; a violation otherwise. */
+function checkPrefixes(held, files) {
+  const seen = new Set();
+  for (const [file, offset] of held) {
+    const entry = files[file];
+    if (!entry || seen.has(file) || offset > entry.size || (offset % BLOCK !== 0 && offset !== entry.size)) {
+      throw violation("the receiver's 'held' names no file of ours, a file twice, or an offset that is not a multiple of 1 MiB or the size");
+    }
+    seen.add(file);
+  }
+  return held;
+}
+
+async function prefixDigest(hasher, blob, offset) {
+  hasher.init();
+  for await (const bytes of slices(blob, 0, offset)) hasher.update(bytes);
+  return /** @type {string} */ (hasher.digest("hex"));
+}
+
+async function expectMessage(channel, timeout, what, types) {
+  const message = await channel.receive(timeout, what);
+  if (message.type === "error") throw peerError(message.code, message.message);
+  if (!types.includes(message.type)) throw violation(`'${message.type}' is not expected now`);
+  return message;
+}
+
+/** Reads the receiver while we stream: `ack`s widen the window, `error` or `done` end it. */
+async function readWhileSending(channel, state, window) {
+  try {
+    for (;;) {
+      const message = await channel.receive();
+      if (message.type === "error") throw peerError(message.code, message.message);
+      if (message.type === "ack" && window) {
+        if (message.bytes < state.acked || message.bytes > state.sent) throw violation("an 'ack' went back or beyond what was sent");
+        state.acked = message.bytes;
+      } else if (message.type === "done" && state.eofSent) {
+        state.done = true;
+        return;
+      } else {
+        throw violation(`'${message.type}' is not expected while sending`);
+      }
+      state.wake?.();
+    }
+  } catch (error) {
+    // After `done` the relay's close 1000 is the normal end; before it, a failure.
+    state.failure = error instanceof P2PError ? error : new P2PError("internal", String(error), { wire: "internal" });
+    state.wake?.();
+  }
+}
+
+async function waitWindow(state, window) {
+  while (!state.failure && state.sent - state.acked >= window) {
+    await new Promise((resolve) => { state.wake = resolve; });
+    state.wake = null;
+  }
+}
+
