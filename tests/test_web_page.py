@@ -733,6 +733,30 @@ def test_views_at_desktop_and_phone_width(web_relay: tuple[str, str], browser: A
         page.no_csp_violations()
 
 
+def test_the_page_sends_through_a_relay_its_own_relay_names(
+        browser: Any, processes: Processes, tmp_path: Path) -> None:
+    """Loaded from one relay (say, one's own), the page sends through another that the
+    first names with --web-connect: the choice appears, the lines and the link name the
+    other relay, and the CLI receives through it."""
+    _other_proc, other = processes.start_relay()
+    _own_proc, own = processes.start_relay(None, "--web-connect", other)
+    source = tmp_path / "a.txt"
+    source.write_text("through the other relay")
+    page = Page(browser, "http" + own[2:] + "/")
+    assert page.page.locator("#relay-choice").is_visible()
+    page.page.select_option("#relay-select", other)
+    page.page.set_input_files("#file-input", str(source))
+    code = page.send()
+    assert page.page.locator("#cli-line").inner_text() == f"p2p-copy receive {other} {code}"
+    link = page.page.locator("#link").inner_text()
+    assert link.endswith(f"#code={code}&relay={other.replace(':', '%3A').replace('/', '%2F')}")
+    dest = tmp_path / "dest"
+    rc, _out, err = _finish(processes.start("receive", other, code, "--out", str(dest)))
+    assert rc == 0, err
+    assert page.state("send")[0] == "done"
+    assert (dest / "a.txt").read_text() == "through the other relay"
+
+
 def test_plain_http_on_a_lan_name_is_explained(web_relay: tuple[str, str], browser: Any) -> None:
     """Opened as http://NAME (not localhost), the browser withholds WebCrypto: the page says
     why and what to do, and offers no button that could not work."""

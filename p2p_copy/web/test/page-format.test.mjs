@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { codeFromHash, describeCounts, formatBytes, progressLine, receiveLines, receiveLink, shownRelay, Speedometer } from "../src/page/format.js";
+import { codeFromHash, describeCounts, parseHash, formatBytes, progressLine, receiveLines, receiveLink, shownRelay, Speedometer } from "../src/page/format.js";
 import { describeError, insecureContextMessage } from "../src/page/messages.js";
 import { contentDisposition } from "../src/storage/disposition.js";
 import { downloadName } from "../src/storage/download.js";
@@ -34,6 +34,11 @@ test("the link carries the code in the fragment only", () => {
   assert.equal(codeFromHash("#receive"), "");
   assert.equal(codeFromHash(""), "");
   assert.equal(codeFromHash("#%E2%82%AC-x"), "€-x");
+  // Through another relay (--web-connect): the relay rides along in the fragment.
+  const other = receiveLink(loc, "7-a-b", "wss://other.example/x/");
+  assert.equal(other, "https://relay.example.org/p2p/#code=7-a-b&relay=wss%3A%2F%2Fother.example%2Fx%2F");
+  assert.deepEqual(parseHash(new URL(other).hash), { code: "7-a-b", relay: "wss://other.example/x/" });
+  assert.deepEqual(parseHash("#7-a-b"), { code: "7-a-b", relay: "" });
 });
 
 test("progress shows bytes, rate and time left", () => {

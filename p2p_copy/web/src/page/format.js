@@ -94,18 +94,32 @@ export function receiveLines(relay, code) {
   };
 }
 
-/** The page's link that opens the receive view with the code: https://RELAY/#CODE. */
-export function receiveLink(location, code) {
-  return `${location.origin}${location.pathname}#${encodeURIComponent(code)}`;
+/**
+ * The page's link that opens the receive view with the code: https://RELAY/#CODE, or
+ * #code=CODE&relay=URL when the transfer goes through another relay than the page's.
+ */
+export function receiveLink(location, code, relay = "") {
+  const base = `${location.origin}${location.pathname}`;
+  if (!relay) return `${base}#${encodeURIComponent(code)}`;
+  return `${base}#code=${encodeURIComponent(code)}&relay=${encodeURIComponent(relay)}`;
 }
 
-/** The code from a location's fragment ("" if none), never sent to the server. */
-export function codeFromHash(hash) {
+/** {code, relay} from a location's fragment ("" where absent); never sent to the server. */
+export function parseHash(hash) {
   const raw = hash.replace(/^#/, "");
-  if (!raw || raw === "send" || raw === "receive") return "";
-  try {
-    return decodeURIComponent(raw).trim();
-  } catch {
-    return raw.trim();
+  if (!raw || raw === "send" || raw === "receive") return { code: "", relay: "" };
+  if (raw.startsWith("code=")) {
+    const params = new URLSearchParams(raw);
+    return { code: (params.get("code") || "").trim(), relay: params.get("relay") || "" };
   }
+  try {
+    return { code: decodeURIComponent(raw).trim(), relay: "" };
+  } catch {
+    return { code: raw.trim(), relay: "" };
+  }
+}
+
+/** The code from a location's fragment ("" if none). */
+export function codeFromHash(hash) {
+  return parseHash(hash).code;
 }

@@ -4,7 +4,7 @@
 // #send and #receive pick a view.
 
 import * as core from "../index.js";
-import { codeFromHash } from "./format.js";
+import { parseHash, shownRelay } from "./format.js";
 import { insecureContextMessage } from "./messages.js";
 import { setupReceive } from "./receive.js";
 import { setupSend } from "./send.js";
@@ -46,21 +46,48 @@ function secureEnough() {
   return false;
 }
 
-async function showVersion() {
+/** The relay's /static/config.json: its version and the other relays the page may use. */
+async function loadConfig() {
   try {
     const response = await fetch("static/config.json", { cache: "no-store" });
-    if (!response.ok) return;
-    const config = await response.json();
-    if (typeof config.version === "string") $("version").textContent = `p2p-copy ${config.version}`;
+    if (response.ok) return await response.json();
   } catch {
-    // the version line is a courtesy; the page works without it
+    // the page works without it: its own relay only
   }
+  return {};
 }
 
-function main() {
-  const relay = core.relayUrlFromLocation(window.location);
-  const send = setupSend({ core, relay, busy, showView });
-  const receive = setupReceive({ core, relay, busy });
+/**
+ * The relay choice: the page's own relay, and those the relay names (--web-connect), which
+ * the page's CSP lets it reach. Shown only when there is a choice.
+ */
+function relayChoice(own, config) {
+  const others = Array.isArray(config.relays) ? config.relays.filter((r) => typeof r === "string" && r !== own) : [];
+  const select = $("relay-select");
+  const option = (url, label) => {
+    const o = document.createElement("option");
+    o.value = url;
+    o.textContent = label;
+    return o;
+  };
+  select.replaceChildren(option(own, `${shownRelay(own)} (this page's relay)`), ...others.map((r) => option(r, shownRelay(r))));
+  $("relay-choice").hidden = others.length === 0;
+  return {
+    allowed: (url) => url === own || others.includes(url),
+    choose(url) {
+      select.value = url;
+    },
+    current: () => ({ url: select.value || own, own: (select.value || own) === own }),
+  };
+}
+
+async function main() {
+  const own = core.relayUrlFromLocation(window.location);
+  const config = await loadConfig();
+  if (typeof config.version === "string") $("version").textContent = `p2p-copy ${config.version}`;
+  const relays = relayChoice(own, config);
+  const send = setupSend({ core, relay: relays.current, busy, showView });
+  const receive = setupReceive({ core, relay: relays.current, busy });
   wireCopyButtons();
   $("trust-link").addEventListener("click", (event) => {
     event.preventDefault();
@@ -73,11 +100,18 @@ function main() {
 
   const route = () => {
     const hash = window.location.hash;
-    const code = codeFromHash(hash);
+    const { code, relay } = parseHash(hash);
     if (code) {
       showView("receive");
       // The code is used once: keep it out of the address (and the history) from now on.
       history.replaceState(null, "", `${window.location.pathname}${window.location.search}#receive`);
+      if (relay && !relays.allowed(relay)) {
+        const problem = $("problem");
+        problem.textContent = `The link names the relay ${relay}, which this page may not reach. Open the page from that relay, or ask the sender for a link to this one.`;
+        problem.hidden = false;
+        return;
+      }
+      relays.choose(relay || own);
       if (secure) receive.start(code);
     } else if (hash === "#receive") {
       showView("receive");
@@ -90,7 +124,6 @@ function main() {
   window.addEventListener("hashchange", route);
   route();
   if (secure) registerServiceWorker();
-  showVersion();
 }
 
 main();

@@ -40,9 +40,9 @@ export async function planSaving(summary, { fsa = fsaUsable(), sw = serviceWorke
 }
 
 /**
- * @param {{core: any, relay: string, busy: (on: boolean) => void}} ctx
+ * @param {{core: any, relay: () => {url: string, own: boolean}, busy: (on: boolean) => void}} ctx
  */
-export function setupReceive({ core, relay, busy }) {
+export function setupReceive({ core, relay: chosenRelay, busy }) {
   /** @type {AbortController | null} */
   let running = null;
   /** @type {((ok: boolean) => void) | null} */
@@ -192,7 +192,7 @@ export function setupReceive({ core, relay, busy }) {
       }
     };
     try {
-      await core.receive({ relay, code, sink, onEvent, signal: controller.signal });
+      await core.receive({ relay: chosenRelay().url, code, sink, onEvent, signal: controller.signal });
       bar.max = 1;
       bar.value = 1;
       const what = offered ? describeCounts(offered.files, offered.dirs, offered.bytes) : "everything";

@@ -9,9 +9,10 @@ import { qrElement } from "./qr.js";
 import { $, announce, fillList, setState, show } from "./ui.js";
 
 /**
- * @param {{core: any, relay: string, busy: (on: boolean) => void, showView: (name: string) => void}} ctx
+ * @param {{core: any, relay: () => {url: string, own: boolean}, busy: (on: boolean) => void,
+ *   showView: (name: string) => void}} ctx
  */
-export function setupSend({ core, relay, busy, showView }) {
+export function setupSend({ core, relay: chosenRelay, busy, showView }) {
   /** @type {import("./pick.js").Entry[]} */
   let entries = [];
   /** @type {AbortController | null} */
@@ -111,9 +112,9 @@ export function setupSend({ core, relay, busy, showView }) {
   });
 
   // Sending ------------------------------------------------------------------------------
-  function showShare(code) {
-    const link = receiveLink(window.location, code);
-    const lines = receiveLines(relay, code);
+  function showShare(code, relay) {
+    const link = receiveLink(window.location, code, relay.own ? "" : relay.url);
+    const lines = receiveLines(relay.url, code);
     $("code").textContent = code;
     const a = $("link");
     a.href = link;
@@ -127,12 +128,13 @@ export function setupSend({ core, relay, busy, showView }) {
   async function start() {
     if (running || entries.length === 0) return;
     const code = core.generateCode();
+    const relay = chosenRelay();
     const controller = new AbortController();
     running = controller;
     busy(true);
     show("choose", false);
     show("selection", false);
-    showShare(code);
+    showShare(code, relay);
     show("send-progress");
     show("send-cancel");
     show("send-again", false);
@@ -169,7 +171,7 @@ export function setupSend({ core, relay, busy, showView }) {
       }
     };
     try {
-      await core.send({ relay, code, entries, onEvent, signal: controller.signal });
+      await core.send({ relay: relay.url, code, entries, onEvent, signal: controller.signal });
       bar.max = 1;
       bar.value = 1;
       show("share", false);
