@@ -385,6 +385,24 @@ def test_cli_sends_a_folder_to_the_browser(web_relay: tuple[str, str], browser: 
     page.no_csp_violations()
 
 
+def test_declining_the_offer(web_relay: tuple[str, str], browser: Any,
+                             processes: Processes, tmp_path: Path) -> None:
+    """Decline: nothing is asked for or written, the page says so and the CLI sender ends
+    with the receiver's refusal."""
+    relay, url = web_relay
+    source = _folder(tmp_path / "src")
+    code = generate_code()
+    proc = processes.start("send", relay, code, str(source))
+    page = Page(browser, f"{url}#{code}", OPFS_PICKERS)
+    page.wait("#offer:not([hidden])", "the offer")
+    page.page.click("#decline")
+    kind, text = page.state("receive")
+    assert kind == "declined", text
+    rc, _out, err = _finish(proc)
+    assert rc == 6 and "declined" in err, (rc, err)
+    assert page.page.evaluate(OPFS_TREE, "picked") == []
+
+
 def test_an_existing_file_in_the_chosen_folder_is_kept(
         web_relay: tuple[str, str], browser: Any, processes: Processes, tmp_path: Path) -> None:
     """A name that exists in the chosen folder stops the transfer with one line; the file
