@@ -91,10 +91,9 @@ sw.addEventListener("fetch", (event) => {
   const id = url.pathname.slice(`${scope.pathname}dl/`.length).split("/")[0];
   const download = pending.get(id);
   if (!download || download.used) {
-    event.respondWith(new Response("This download has ended. Start the transfer again.", {
-      status: 404,
-      headers: { "Content-Type": "text/plain; charset=utf-8" },
-    }));
+    // Unknown here (this worker restarted, or a newer one took over): 204 keeps the page
+    // where it is, and the page, asked for no bytes, says the download did not start.
+    event.respondWith(new Response(null, { status: 204 }));
     return;
   }
   download.used = true;

@@ -14,6 +14,8 @@ export const MEMORY_LIMIT = 256 * 1024 * 1024;
 /** A browser stops an idle service worker after about 30 s; ping well within that. */
 const KEEP_ALIVE_MS = 10_000;
 const READY_TIMEOUT_MS = 4_000;
+/** How long a started download may take to ask for its first bytes. */
+const START_TIMEOUT_MS = 20_000;
 
 /** The name a received path gets as a download: folders flattened into the name. */
 export function downloadName(path) {
@@ -99,6 +101,7 @@ async function openDownload(worker, name, size) {
   const channel = new MessageChannel();
   const port = channel.port1;
   let credits = 0;
+  let started = false;
   /** @type {(() => void) | null} */
   let waiting = null;
   /** @type {Error | null} */
@@ -107,7 +110,10 @@ async function openDownload(worker, name, size) {
     port.onmessage = (event) => {
       const msg = event.data || {};
       if (msg.type === "ready") resolve(undefined);
-      else if (msg.type === "pull") credits += 1;
+      else if (msg.type === "pull") {
+        credits += 1;
+        started = true;
+      }
       else if (msg.type === "cancel") {
         cancelled = new StorageError("cancelled", `The download of ${name} was cancelled in the browser.`);
       }
@@ -123,10 +129,19 @@ async function openDownload(worker, name, size) {
   const scope = new URL("static/", document.baseURI);
   startDownload(new URL(`dl/${id}/${encodeURIComponent(name)}`, scope).href, name, { navigate: true });
   const ping = setInterval(() => worker.postMessage({ type: "ping" }), KEEP_ALIVE_MS);
+  // A download the browser never starts asks for no bytes: say so rather than wait forever.
+  const noStart = setTimeout(() => {
+    if (credits === 0 && !started && !cancelled) {
+      cancelled = new StorageError("unavailable",
+        `The browser did not start the download of ${name}. Reload the page and try again, or receive with the command line.`);
+      if (waiting) waiting();
+    }
+  }, START_TIMEOUT_MS);
   let ended = false;
   const finish = () => {
     ended = true;
     clearInterval(ping);
+    clearTimeout(noStart);
   };
   return {
     async write(chunk) {
