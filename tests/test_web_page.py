@@ -324,7 +324,7 @@ def _big_file() -> Iterator[Path]:
 
 def _run_until(page: Page, selector: str, probe: MemoryProbe, procs: list[subprocess.Popen[str]],
                timeout: float = BIG_TIMEOUT) -> None:
-    """Sample memory every half second until ``selector`` shows up in the page."""
+    """Sample memory every 0.2 s until ``selector`` shows up in the page."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         probe.sample()
@@ -333,7 +333,7 @@ def _run_until(page: Page, selector: str, probe: MemoryProbe, procs: list[subpro
         for proc in procs:
             if proc.poll() not in (None, 0):
                 pytest.fail(f"the CLI failed: {proc.communicate()}\npage: {page.text()}")
-        page.page.wait_for_timeout(500)
+        page.page.wait_for_timeout(200)
     pytest.fail(f"the big transfer did not end in {timeout} s: {page.text()}")
 
 
