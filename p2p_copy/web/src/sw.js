@@ -50,7 +50,7 @@ function bodyFrom(port) {
         const msg = event.data || {};
         if (finished) return;
         if (msg.type === "chunk") {
-          ctrl?.enqueue(new Uint8Array(msg.data));
+          ctrl?.enqueue(msg.data instanceof Uint8Array ? msg.data : new Uint8Array(msg.data));
         } else if (msg.type === "end") {
           finished = true;
           ctrl?.close();

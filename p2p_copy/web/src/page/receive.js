@@ -7,7 +7,7 @@ import { describeError, errorKind, isCancel } from "./messages.js";
 import { directoryTarget, fileTarget, fsaUsable } from "../storage/fsa.js";
 import { downloadTarget, MEMORY_LIMIT, memoryTarget, serviceWorkerReady } from "../storage/download.js";
 import { storageError } from "../storage/errors.js";
-import { $, announce, fillList, setState, show } from "./ui.js";
+import { $, announce, fillList, setState, show, throttle } from "./ui.js";
 
 /** One file and nothing else: saved with the save-file picker rather than into a folder. */
 function isSingleFile(summary) {
@@ -172,24 +172,27 @@ export function setupReceive({ core, relay: chosenRelay, busy }) {
     const speed = new Speedometer();
     let total = 0;
     let lastShown = 0;
+    let finished = false;
+    const showProgress = throttle((e) => {
+      if (finished) return;
+      total = e.total ?? total;
+      const { rate, eta } = speed.update(e.bytes, total);
+      bar.max = Math.max(total, 1);
+      bar.value = e.bytes;
+      setState("recv-state", "Receiving…");
+      $("recv-detail").textContent = progressLine(e.bytes, total, rate, eta);
+      const now = performance.now();
+      if (now - lastShown > 10_000) {
+        lastShown = now;
+        announce(`Received ${Math.floor((100 * e.bytes) / Math.max(total, 1))} percent`);
+      }
+    });
     const onEvent = (e) => {
       if (e.type === "connecting") setState("recv-state", "Connecting to the relay…");
       else if (e.type === "waiting") setState("recv-state", "Waiting for the sender…");
       else if (e.type === "paired" || e.type === "verifying") setState("recv-state", "Connected: checking the code…");
       else if (e.type === "offer") total = e.summary?.bytes ?? total;
-      else if (e.type === "progress") {
-        total = e.total ?? total;
-        const { rate, eta } = speed.update(e.bytes, total);
-        bar.max = Math.max(total, 1);
-        bar.value = e.bytes;
-        setState("recv-state", "Receiving…");
-        $("recv-detail").textContent = progressLine(e.bytes, total, rate, eta);
-        const now = performance.now();
-        if (now - lastShown > 10_000) {
-          lastShown = now;
-          announce(`Received ${Math.floor((100 * e.bytes) / Math.max(total, 1))} percent`);
-        }
-      }
+      else if (e.type === "progress") showProgress(e);
     };
     try {
       await core.receive({ relay: chosenRelay().url, code, sink, onEvent, signal: controller.signal });
@@ -208,6 +211,7 @@ export function setupReceive({ core, relay: chosenRelay, busy }) {
       show("offer", false);
       answerOffer = null;
     } finally {
+      finished = true;
       running = null;
       offered = null;
       busy(false);

@@ -6,7 +6,7 @@ import { describeCounts, formatBytes, progressLine, receiveLines, receiveLink, S
 import { countEntries, entriesFromDirectoryHandle, entriesFromDrop, entriesFromFiles, mergeEntries, topLevel } from "./pick.js";
 import { describeError, errorKind, isCancel } from "./messages.js";
 import { qrElement } from "./qr.js";
-import { $, announce, fillList, setState, show } from "./ui.js";
+import { $, announce, fillList, setState, show, throttle } from "./ui.js";
 
 /**
  * @param {{core: any, relay: () => {url: string, own: boolean}, busy: (on: boolean) => void,
@@ -148,6 +148,22 @@ export function setupSend({ core, relay: chosenRelay, busy, showView }) {
     const { files, dirs, bytes } = countEntries(entries);
     const speed = new Speedometer();
     let lastShown = 0;
+    let finished = false;
+    const showProgress = throttle((e) => {
+      if (finished) return;
+      show("share", false);
+      const total = e.total ?? bytes;
+      const { rate, eta } = speed.update(e.bytes, total);
+      bar.max = Math.max(total, 1);
+      bar.value = e.bytes;
+      setState("send-state", "Sending…");
+      $("send-detail").textContent = progressLine(e.bytes, total, rate, eta);
+      const now = performance.now();
+      if (now - lastShown > 10_000) {
+        lastShown = now;
+        announce(`Sent ${Math.floor((100 * e.bytes) / Math.max(total, 1))} percent`);
+      }
+    });
     const onEvent = (e) => {
       if (e.type === "connecting") setState("send-state", "Connecting to the relay…");
       else if (e.type === "waiting") setState("send-state", "Waiting for the other side to enter the code…");
@@ -155,20 +171,7 @@ export function setupSend({ core, relay: chosenRelay, busy, showView }) {
         setState("send-state", "Connected: checking the code…");
         announce("The other side is here");
       } else if (e.type === "offer") setState("send-state", "Waiting for the other side to accept…");
-      else if (e.type === "progress") {
-        show("share", false);
-        const total = e.total ?? bytes;
-        const { rate, eta } = speed.update(e.bytes, total);
-        bar.max = Math.max(total, 1);
-        bar.value = e.bytes;
-        setState("send-state", "Sending…");
-        $("send-detail").textContent = progressLine(e.bytes, total, rate, eta);
-        const now = performance.now();
-        if (now - lastShown > 10_000) {
-          lastShown = now;
-          announce(`Sent ${Math.floor((100 * e.bytes) / Math.max(total, 1))} percent`);
-        }
-      }
+      else if (e.type === "progress") showProgress(e);
     };
     try {
       await core.send({ relay: relay.url, code, entries, onEvent, signal: controller.signal });
@@ -184,6 +187,7 @@ export function setupSend({ core, relay: chosenRelay, busy, showView }) {
       setState("send-state", text, isCancel(error) ? "" : "bad", errorKind(error));
       announce(text, true);
     } finally {
+      finished = true;
       running = null;
       busy(false);
       show("send-cancel", false);

@@ -82,3 +82,21 @@ export function setState(id, text, tone = "", kind = "") {
   el.classList.toggle("state-ok", tone === "ok");
   el.classList.toggle("state-bad", tone === "bad");
 }
+
+/**
+ * A function that runs ``fn`` with the latest arguments at most every ``ms``: progress
+ * comes per 256 KiB message, thousands a second, and the page must not spend its time
+ * redrawing.
+ */
+export function throttle(fn, ms = 100) {
+  let latest = null;
+  let timer = null;
+  return (...args) => {
+    latest = args;
+    if (timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      fn(...latest);
+    }, ms);
+  };
+}

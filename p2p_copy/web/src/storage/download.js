@@ -7,6 +7,7 @@
 // Content-Length in Safari). Without a service worker, a small transfer is kept in memory
 // and saved at the end (memoryTarget); a big one is refused before it is accepted.
 
+import { coalescing } from "./coalesce.js";
 import { StorageError, storageError } from "./errors.js";
 
 /** Largest transfer kept in memory when no service worker can stream it. */
@@ -16,6 +17,8 @@ const KEEP_ALIVE_MS = 10_000;
 const READY_TIMEOUT_MS = 4_000;
 /** How long a started download may take to ask for its first bytes. */
 const START_TIMEOUT_MS = 20_000;
+/** Bytes per chunk handed to the worker (one round trip each). */
+const CHUNK = 1024 * 1024;
 
 /** The name a received path gets as a download: folders flattened into the name. */
 export function downloadName(path) {
@@ -143,18 +146,18 @@ async function openDownload(worker, name, size) {
     clearInterval(ping);
     clearTimeout(noStart);
   };
+  // Backpressure: a chunk goes out only when the download asked for one.
+  const gathered = coalescing(async (bytes) => {
+    while (credits === 0 && !cancelled) await new Promise((r) => { waiting = () => r(undefined); });
+    if (cancelled) throw cancelled;
+    credits -= 1;
+    port.postMessage({ type: "chunk", data: bytes }, [bytes.buffer]);
+  }, { size: Math.min(size, CHUNK), fresh: true });
   return {
-    async write(chunk) {
-      // Backpressure: a chunk goes out only when the download asked for one.
-      while (credits === 0 && !cancelled) await new Promise((r) => { waiting = () => r(undefined); });
-      if (cancelled) throw cancelled;
-      credits -= 1;
-      // A copy the worker owns (the core may still read the one it passed).
-      const copy = chunk.slice();
-      port.postMessage({ type: "chunk", data: copy.buffer }, [copy.buffer]);
-    },
+    write: (chunk) => gathered.write(chunk),
     async close() {
       if (ended) return;
+      await gathered.end();
       finish();
       port.postMessage({ type: "end" });
     },

@@ -10,7 +10,11 @@
 // keeps the bytes in a swap file until close()) and removed again on abort. An existing
 // name is never replaced.
 
+import { coalescing } from "./coalesce.js";
 import { StorageError, storageError } from "./errors.js";
+
+/** Bytes gathered before each write to the file (one round trip to the browser each). */
+const WRITE_SIZE = 4 * 1024 * 1024;
 
 const PART_SUFFIX = ".p2p-copy-part";
 
@@ -31,19 +35,21 @@ export function fsaUsable(win = globalThis) {
 }
 
 /** A writer over a FileSystemWritableFileStream. */
-function writerOf(writable, what, { onClose, onAbort, keepOnAbort = false }) {
+function writerOf(writable, what, size, { onClose, onAbort, keepOnAbort = false }) {
   let closed = false;
+  const gathered = coalescing(async (bytes) => {
+    try {
+      await writable.write(bytes);
+    } catch (e) {
+      throw storageError(e, what);
+    }
+  }, { size: Math.min(size, WRITE_SIZE) });
   return {
-    async write(chunk) {
-      try {
-        await writable.write(chunk);
-      } catch (e) {
-        throw storageError(e, what);
-      }
-    },
+    write: (chunk) => gathered.write(chunk),
     async close() {
       if (closed) return;
       closed = true;
+      await gathered.end();
       try {
         await writable.close();
         await onClose();
@@ -56,8 +62,12 @@ function writerOf(writable, what, { onClose, onAbort, keepOnAbort = false }) {
       closed = true;
       try {
         // A kept part holds what arrived (close() commits it); otherwise nothing is kept.
-        if (keepOnAbort) await writable.close();
-        else await writable.abort();
+        if (keepOnAbort) {
+          await gathered.end();
+          await writable.close();
+        } else {
+          await writable.abort();
+        }
       } catch {
         // already failed or closed; the clean-up below still runs
       }
@@ -89,7 +99,7 @@ export function fileTarget(fileHandle) {
       } catch (e) {
         throw storageError(e, fileHandle.name);
       }
-      return writerOf(writable, fileHandle.name, {
+      return writerOf(writable, fileHandle.name, _size - offset, {
         onClose: async () => {},
         async onAbort() {
           // The picker created the file; an empty one left under the chosen name would look
@@ -229,7 +239,7 @@ export function directoryTarget(root, { canMove = "move" in (globalThis.FileSyst
         throw storageError(e, path);
       }
       parts.set(path, { dir, partName });
-      return writerOf(writable, path, {
+      return writerOf(writable, path, _size - offset, {
         async onClose() {
           parts.delete(path);
           await finish(dir, name, partName, path);
