@@ -304,6 +304,23 @@ export class Channel {
   }
 
   /**
+   * When our connection broke (`error`), the peer's `error` may still wait unread behind
+   * it: that one says why. Returns it as a P2PError, or `error` if none came.
+   * @param {P2PError} error
+   */
+  async explain(error) {
+    if (this.link.ws.readyState < 2 || this.failed) return error;
+    try {
+      for (;;) {
+        const message = await this.receive();
+        if (message.type === "error") return peerError(message.code, message.message);
+      }
+    } catch {
+      return error;
+    }
+  }
+
+  /**
    * Tell the peer why we stop (sealed after the handshake, plain before; §6.0.8), then
    * close with 1000. Best effort: the connection may be gone already.
    * @param {P2PError} error

@@ -47,7 +47,8 @@ export async function receive({ relay, code, sink, onEvent = () => {}, signal = 
     onEvent({ type: "done", result });
     return result;
   } catch (error) {
-    const failure = asP2PError(error);
+    let failure = asP2PError(error);
+    if (failure.kind === "connection_lost") failure = await channel.explain(failure);
     await run.abort(failure);
     await channel.fail(failure);
     onEvent({ type: "error", error: failure });
@@ -232,6 +233,9 @@ class Receiving {
         const data = message.data;
         if (data.length < 2 || data[0] !== DATA_RAW) throw violation("a data message must be kind 0x00 with at least one byte");
         if (received + data.length - 1 > total) throw violation("more data than the manifest announced");
+        // An honest sender never has W or more beyond our last ack (§6.6.2): one that does
+        // would fill this page's memory.
+        if (window && received - acked >= window) throw violation("data beyond the flow-control window");
         let at = 1;
         while (at < data.length) {
           const piece = data.subarray(at, at + Math.min(left, data.length - at));

@@ -185,13 +185,14 @@ async function transfer(channel, entries, files, onEvent) {
   let progress = 0;
   try {
     progress = await streamFiles(channel, files, offsets, hasher, digest, state, onEvent);
+    state.eofSent = true;
+    await channel.send({ type: "eof" });
   } catch (error) {
-    // The relay's close often follows the receiver's `error`, which then says why.
-    if (channel.link.closed) await reader;
+    // The relay's close often follows the receiver's `error`, which then says why: once
+    // the socket is closing, let the reader take what arrived before the close.
+    if (channel.link.ws.readyState >= 2) await reader;
     throw state.failure ?? error;
   }
-  await channel.send({ type: "eof" });
-  state.eofSent = true;
   let timer;
   await Promise.race([reader, new Promise((resolve) => { timer = setTimeout(resolve, DONE_TIMEOUT); })]);
   clearTimeout(timer);

@@ -113,8 +113,10 @@ function parseManifest(obj) {
       throw violation("a stream entry must be the manifest's last entry");
     }
   });
-  // `ack` (flow control, contract): only `true` announces it; anything else is "no".
-  return { type: "manifest", entries, more, digests: names(obj, "digests"), ack: obj.ack === true };
+  // `ack` (§6.6.2): the sender honours a flow-control window; a boolean or null in any part.
+  const ack = obj.ack ?? false;
+  if (typeof ack !== "boolean") throw violation("the manifest's 'ack' must be true or false");
+  return { type: "manifest", entries, more, digests: names(obj, "digests"), ack };
 }
 
 function parseChecksums(obj) {
