@@ -56,6 +56,32 @@ export async function receive({ relay, code, sink, onEvent = () => {}, signal = 
   }
 }
 
+/** What the sender reads when our storage fails, by the storage error's kind. */
+const STORAGE_WIRE = {
+  disk_full: ["disk_full", "The receiver does not have enough space for the files."],
+  exists: ["exists", "A file of that name already exists on the receiver's side."],
+  cancelled: ["cancelled", "The receiver cancelled."],
+};
+
+/**
+ * A failure of the sink (the page's storage) as a P2PError of kind "storage" that keeps
+ * the sink's own error as `cause` (its words are for the person on this side).
+ */
+export function storageFailure(error) {
+  if (error instanceof P2PError) return error;
+  const [wire, peerMessage] = STORAGE_WIRE[error?.kind] ?? ["internal", "The receiver could not save the files."];
+  return new P2PError("storage", String(error?.message ?? error), { wire, peerMessage, cause: error });
+}
+
+/** `await`s a call into the sink, turning its failures into storageFailure()s. */
+async function sinkCall(promise) {
+  try {
+    return await promise;
+  } catch (error) {
+    throw storageFailure(error);
+  }
+}
+
 /** Names Windows cannot store are refused where the page runs on Windows (policy.py's default). */
 function defaultWindowsNames() {
   const nav = /** @type {any} */ (globalThis.navigator);
@@ -91,7 +117,7 @@ class Receiving {
     }
     const summary = summarizeOffer(entries);
     this.onEvent({ type: "offer", summary });
-    const taken = await this.sink.offer(summary);
+    const taken = await sinkCall(this.sink.offer(summary));
     if (!taken) {
       throw new P2PError("declined", "The offer was declined.", { wire: "cancelled", peerMessage: "The receiver declined the offer." });
     }
@@ -142,7 +168,7 @@ class Receiving {
     if (!this.sink.held) return [];
     const seen = new Set();
     const held = [];
-    for (const [file, offset] of await this.sink.held(files.map((f) => ({ path: f.path, size: f.size, mtime: f.mtime })))) {
+    for (const [file, offset] of await sinkCall(this.sink.held(files.map((f) => ({ path: f.path, size: f.size, mtime: f.mtime }))))) {
       const entry = files[file];
       if (!entry || seen.has(file) || offset <= 0 || offset > entry.size || (offset % BLOCK !== 0 && offset !== entry.size)) continue;
       seen.add(file);
@@ -181,18 +207,18 @@ class Receiving {
   async feedPrefix(file, offset) {
     const hasher = this.hasher;
     hasher.init();
-    const source = await this.sink.prefix(file, offset);
+    const source = await sinkCall(this.sink.prefix(file, offset));
     if (source instanceof Uint8Array) hasher.update(source);
     else if (source && typeof source.getReader === "function") {
       const reader = source.getReader();
       for (;;) {
-        const { value, done } = await reader.read();
+        const { value, done } = await sinkCall(reader.read());
         if (done) break;
         hasher.update(value);
       }
     } else {
       for (let at = 0; at < offset; at += BLOCK) {
-        hasher.update(new Uint8Array(await source.slice(at, Math.min(offset, at + BLOCK)).arrayBuffer()));
+        hasher.update(new Uint8Array(await sinkCall(source.slice(at, Math.min(offset, at + BLOCK)).arrayBuffer())));
       }
     }
   }
@@ -216,11 +242,11 @@ class Receiving {
         if (offsets[current] > 0) await this.feedPrefix(current, offsets[current]);
         else hasher.init();
         if (left > 0) {
-          writer = await this.sink.open(file.path, file.size, { offset: offsets[current] });
+          writer = await sinkCall(this.sink.open(file.path, file.size, { offset: offsets[current] }));
           this.open.set(current, writer);
           return;
         }
-        if (offsets[current] === 0) this.open.set(current, await this.sink.open(file.path, file.size, { offset: 0 }));
+        if (offsets[current] === 0) this.open.set(current, await sinkCall(this.sink.open(file.path, file.size, { offset: 0 })));
         digests.push(/** @type {string} */ (hasher.digest("hex")));
         current += 1;
       }
@@ -240,7 +266,7 @@ class Receiving {
         while (at < data.length) {
           const piece = data.subarray(at, at + Math.min(left, data.length - at));
           hasher.update(piece);
-          await /** @type {any} */ (writer).write(piece);
+          await sinkCall(/** @type {any} */ (writer).write(piece));
           at += piece.length;
           left -= piece.length;
           if (left === 0) {
@@ -271,7 +297,7 @@ class Receiving {
             throw new P2PError("integrity", `'${name}' arrived damaged: its digest does not match the sender's. Nothing of it was kept.`,
               { wire: "integrity", peerMessage: `'${name}' did not match its digest on the receiver's side.` });
           }
-          await own?.close();
+          await sinkCall(own?.close());
           verified += 1;
           this.onEvent({ type: "file", path: file.path, verified: true });
         }
@@ -285,8 +311,8 @@ class Receiving {
       }
     }
     // Deepest first, as the Python receiver does, so a folder's own time is set last.
-    for (const dir of [...dirs].sort((a, b) => b.path.split("/").length - a.path.split("/").length)) await this.sink.mkdir(dir.path, dir);
-    await this.sink.done?.();
+    for (const dir of [...dirs].sort((a, b) => b.path.split("/").length - a.path.split("/").length)) await sinkCall(this.sink.mkdir(dir.path, dir));
+    await sinkCall(this.sink.done?.());
     await this.channel.send({ type: "done" });
     return { files: files.length, dirs: dirs.length, bytes: received, digest: this.digest, window };
   }

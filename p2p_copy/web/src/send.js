@@ -136,13 +136,20 @@ export function manifestParts(entries) {
   });
 }
 
-/** Bytes of `blob` from `start` to `end`, read in CHUNK slices. */
-async function* slices(blob, start, end) {
+/** Bytes of `blob` (the file `path`) from `start` to `end`, read in CHUNK slices. */
+async function* slices(blob, start, end, path = "a file") {
   for (let at = start; at < end; at += CHUNK) {
     const stop = Math.min(end, at + CHUNK);
-    const bytes = new Uint8Array(await blob.slice(at, stop).arrayBuffer());
+    let bytes;
+    try {
+      bytes = new Uint8Array(await blob.slice(at, stop).arrayBuffer());
+    } catch (error) {
+      throw new P2PError("storage", `Could not read '${path}': ${error?.message ?? error}`,
+        { wire: "usage", peerMessage: `The sender could not read '${path}'.`, cause: error });
+    }
     if (bytes.length !== stop - at) {
-      throw new P2PError("usage", "A file changed while it was being sent.", { wire: "usage" });
+      throw new P2PError("storage", `'${path}' changed while it was being sent.`,
+        { wire: "usage", peerMessage: `'${path}' changed on the sender's side while it was being sent.` });
     }
     yield bytes;
   }
@@ -225,9 +232,9 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
   for (let i = 0; i < files.length; i++) {
     const file = files[i];
     hasher.init();
-    if (offsets[i] > 0) for await (const bytes of slices(file.blob, 0, offsets[i])) hasher.update(bytes);
+    if (offsets[i] > 0) for await (const bytes of slices(file.blob, 0, offsets[i], file.path)) hasher.update(bytes);
     let wrote = false;
-    for await (const bytes of slices(file.blob, offsets[i], file.size)) {
+    for await (const bytes of slices(file.blob, offsets[i], file.size, file.path)) {
       if (window) await waitWindow(state, window);
       if (state.failure) throw state.failure;
       await channel.link.drain();

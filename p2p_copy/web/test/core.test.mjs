@@ -206,3 +206,25 @@ test("cancelling through the signal: cancelled here, the peer's cancelled there"
   assert.equal(s.reason?.kind, "peer", s.reason?.stack);
   assert.equal(s.reason?.code, "cancelled");
 });
+
+test("a storage failure: kind storage with the sink's error as cause; the sender hears disk_full", async () => {
+  const { entries } = tree(10);
+  class StorageError extends Error { constructor(kind, message) { super(message); this.name = "StorageError"; this.kind = kind; } }
+  const sink = memorySink();
+  sink.open = async () => { throw new StorageError("disk_full", "Not enough space to save the file."); };
+  const { s, r } = await pair({ entries, sink });
+  assert.equal(r.reason?.kind, "storage", r.reason?.stack);
+  assert.equal(r.reason.cause?.name, "StorageError");
+  assert.equal(r.reason.message, "Not enough space to save the file.");
+  assert.equal(s.reason?.kind, "peer");
+  assert.equal(s.reason?.code, "disk_full");
+});
+
+test("a source that cannot be read: the sender says which, the receiver hears the sender's usage error", async () => {
+  const broken = { size: 5, slice: () => ({ arrayBuffer: async () => { throw new Error("NotReadableError"); } }) };
+  const { s, r } = await pair({ entries: [{ path: "gone.txt", kind: "file", size: 5, blob: broken }], sink: memorySink() });
+  assert.equal(s.reason?.kind, "storage", s.reason?.stack);
+  assert.match(s.reason.message, /gone\.txt/);
+  assert.equal(r.reason?.kind, "peer");
+  assert.equal(r.reason?.code, "usage");
+});
