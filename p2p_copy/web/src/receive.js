@@ -259,9 +259,9 @@ class Receiving {
         const data = message.data;
         if (data.length < 2 || data[0] !== DATA_RAW) throw violation("a data message must be kind 0x00 with at least one byte");
         if (received + data.length - 1 > total) throw violation("more data than the manifest announced");
-        // An honest sender never has W or more beyond our last ack (§6.6.2): one that does
-        // would fill this page's memory.
-        if (window && received - acked >= window) throw violation("data beyond the flow-control window");
+        // An honest sender never sends with W or more beyond the last ack we had sent when
+        // the message arrived (§6.6.2): one that does would fill this page's memory.
+        if (window && received - message.mark >= window) throw violation("data beyond the flow-control window");
         let at = 1;
         while (at < data.length) {
           const piece = data.subarray(at, at + Math.min(left, data.length - at));
@@ -281,6 +281,7 @@ class Receiving {
         if (window && received - acked >= window / 4) {
           acked = received;
           await this.channel.send({ type: "ack", bytes: received });
+          this.channel.link.mark = received;
         }
       } else if (message.type === "checksums") {
         if (message.algorithm !== this.digest) throw violation(`checksums in '${message.algorithm}', not the agreed '${this.digest}'`);

@@ -228,3 +228,100 @@ test("a source that cannot be read: the sender says which, the receiver hears th
   assert.equal(r.reason?.kind, "peer");
   assert.equal(r.reason?.code, "usage");
 });
+
+/** A hand-made sender that, after the handshake, sends `script` (control objects or data bytes). */
+async function scriptedSender(relay, code, script) {
+  const link = await Link.open({ relay: RELAY, code, role: "sender", WebSocket: relay.WebSocket });
+  for (;;) { const item = await link.next(); if (JSON.parse(item.text).type === "ready") break; }
+  const channel = new Channel(link);
+  await channel.handshake("sender", code);
+  const answers = [];
+  for (const step of script) {
+    if (typeof step === "function") step();
+    else if (step === "read") {
+      let answer;
+      do answer = await channel.receive(5000); while (answer.type === "ack");
+      answers.push(answer);
+    }
+    else if (step instanceof Uint8Array) await channel.sendData(step);
+    else await channel.send(step);
+  }
+  await link.close(true);
+  return answers;
+}
+
+test("§12.3: a data message spanning a file, an empty file and the next file is taken", async () => {
+  const relay = new MemoryRelay();
+  const sink = memorySink();
+  const received = receive({ relay: RELAY, code: "4-a-b-c", sink, WebSocket: relay.WebSocket });
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  const answers = await scriptedSender(relay, "4-a-b-c", [
+    { type: "manifest", version: 1, entries: [{ path: "d/a", size: 5 }, { path: "e", size: 0 }, { path: "d/b", size: 7 }] },
+    "read",
+    Uint8Array.from([0x00, 0x68, 0x65, 0x6c, 0x6c, 0x6f, 0x77, 0x6f]),
+    { type: "checksums", first: 0, sha256: ["2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+      "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"] },
+    Uint8Array.from([0x00, 0x72, 0x6c, 0x64, 0x21, 0x21]),
+    { type: "checksums", first: 2, sha256: ["42a19f77459c45b0218f7d21a485a8a41e3bcb4e80e6e570033c49e2fb16446a"] },
+    { type: "eof" },
+    "read",
+  ]);
+  assert.deepEqual(answers.map((a) => a.type), ["accept", "done"]);
+  assert.equal(answers[0].digest, null, "no digest without digests in the manifest");
+  const result = await received;
+  assert.equal(result.digest, "sha256");
+  assert.equal(sink.files.get("d/a").toString(), "hello");
+  assert.equal(sink.files.get("e").length, 0);
+  assert.equal(sink.files.get("d/b").toString(), "world!!");
+});
+
+test("stream rules: a checksum before its file is complete, eof too early, a wrong digest, data past the total", async () => {
+  const manifest = { type: "manifest", version: 1, entries: [{ path: "a", size: 5 }, { path: "b", size: 2 }] };
+  const hello = Uint8Array.from([0x00, 0x68, 0x65, 0x6c, 0x6c, 0x6f]);
+  const digestA = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+  for (const [script, kind, wire] of [
+    [[{ type: "checksums", first: 0, sha256: [digestA] }], "protocol", "protocol"],
+    [[hello, { type: "eof" }], "protocol", "protocol"],
+    [[hello, { type: "checksums", first: 0, sha256: ["0".repeat(64)] }], "integrity", "integrity"],
+    [[hello, { type: "checksums", first: 0, blake3: [digestA] }], "protocol", "protocol"],
+    [[hello, { type: "checksums", first: 1, sha256: [digestA] }], "protocol", "protocol"],
+    [[Uint8Array.from([0x00, 1, 2, 3, 4, 5, 6, 7, 8])], "protocol", "protocol"],
+    [[Uint8Array.from([0x01, 1, 2])], "protocol", "protocol"],
+    [[{ type: "resume", files: [] }], "protocol", "protocol"],
+  ]) {
+    const relay = new MemoryRelay();
+    const sink = memorySink();
+    const received = receive({ relay: RELAY, code: "4-a-b-c", sink, WebSocket: relay.WebSocket });
+    received.catch(() => {});
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    const answers = await scriptedSender(relay, "4-a-b-c", [manifest, "read", ...script, "read"]);
+    await assert.rejects(received, (error) => error.kind === kind, JSON.stringify(script));
+    assert.equal(answers[1].type, "error");
+    assert.equal(answers[1].code, wire);
+    assert.equal(sink.files.size, 0, "nothing unverified is kept");
+  }
+});
+
+test("a sender that ignores the window is stopped with protocol", async () => {
+  const relay = new MemoryRelay();
+  const size = 12 * 1024 * 1024;
+  // Storage takes nothing until the sender has sent it all: its acks cannot have come.
+  let release;
+  const gate = new Promise((resolve) => { release = resolve; });
+  const sink = memorySink();
+  const open = sink.open;
+  sink.open = async (...args) => {
+    const writer = await open(...args);
+    return { ...writer, write: async (bytes) => { await gate; return writer.write(bytes); } };
+  };
+  const received = receive({ relay: RELAY, code: "4-a-b-c", sink, WebSocket: relay.WebSocket });
+  received.catch(() => {});
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  const chunk = new Uint8Array(1024 * 1024 + 1);
+  const script = [{ type: "manifest", version: 1, ack: true, entries: [{ path: "a", size }] }, "read"];
+  for (let i = 0; i < 12; i++) script.push(chunk);
+  script.push(() => setTimeout(release, 50), "read");
+  const answers = await scriptedSender(relay, "4-a-b-c", script);
+  assert.equal(answers[0].window, WINDOW);
+  await assert.rejects(received, (error) => error.kind === "protocol" && /window/.test(error.message));
+});
