@@ -9,7 +9,7 @@ import { generateCode, normalizeCode } from "./protocol/codes.js";
 import { createHasher, SUPPORTED } from "./protocol/digests.js";
 import { P2PError, violation } from "./protocol/errors.js";
 import { BLOCK, DATA_RAW } from "./protocol/messages.js";
-import { checkEntries } from "./protocol/paths.js";
+import { checkEntries, summarizeOffer } from "./protocol/paths.js";
 import { Channel, Link, peerError } from "./peer.js";
 
 /** Bytes of file data per data message: our Python sender's largest chunk (§3.3). */
@@ -157,6 +157,7 @@ async function* slices(blob, start, end, path = "a file") {
 
 async function transfer(channel, entries, files, onEvent) {
   for (const part of manifestParts(entries)) await channel.send(part);
+  onEvent({ type: "offer", summary: summarizeOffer(entries.map((e) => ({ ...e, mode: e.mode ?? (e.kind === "dir" ? 0o755 : 0o644) }))) });
   const accept = await expectMessage(channel, ACCEPT_TIMEOUT, "the receiver's answer", ["accept"]);
   const digest = accept.digest ?? "sha256";
   if (!SUPPORTED.includes(digest)) throw violation(`the receiver picked the digest '${digest}', which was not offered`);

@@ -18,11 +18,12 @@ function tree(big = 3 * 1024 * 1024 + 17) {
   return { data, entries };
 }
 
-async function pair({ relay = new MemoryRelay(), entries, sink, code = "5-alpha-beta-gamma", receiverCode = code }) {
+async function pair({ relay = new MemoryRelay(), entries, sink, code = "5-alpha-beta-gamma", receiverCode = code,
+  senderEvents = [] }) {
   const events = [];
   const received = receive({ relay: RELAY, code: receiverCode, sink, WebSocket: relay.WebSocket, onEvent: (e) => events.push(e) });
   await new Promise((resolve) => setTimeout(resolve, 5));
-  const sent = send({ relay: RELAY, code, entries, fresh: false, WebSocket: relay.WebSocket });
+  const sent = send({ relay: RELAY, code, entries, fresh: false, WebSocket: relay.WebSocket, onEvent: (e) => senderEvents.push(e) });
   const [s, r] = await Promise.allSettled([sent, received]);
   return { s, r, events };
 }
@@ -30,7 +31,8 @@ async function pair({ relay = new MemoryRelay(), entries, sink, code = "5-alpha-
 test("a folder with an empty file, an empty folder and a Unicode name arrives byte for byte", async () => {
   const { data, entries } = tree();
   const sink = memorySink();
-  const { s, r, events } = await pair({ entries, sink });
+  const senderEvents = [];
+  const { s, r, events } = await pair({ entries, sink, senderEvents });
   assert.equal(s.status, "fulfilled", s.reason?.message);
   assert.equal(r.status, "fulfilled", r.reason?.message);
   for (const [path, bytes] of Object.entries(data)) assert.ok(sink.files.get(path)?.equals(bytes), path);
@@ -40,6 +42,8 @@ test("a folder with an empty file, an empty folder and a Unicode name arrives by
   assert.equal(r.value.digest, "blake3");
   assert.deepEqual(events.filter((e) => e.type === "file").map((e) => e.verified), [true, true, true, true]);
   assert.deepEqual(events.slice(0, 4).map((e) => e.type), ["connecting", "waiting", "paired", "verifying"]);
+  assert.deepEqual([...new Set(senderEvents.map((e) => e.type))], ["connecting", "paired", "verifying", "offer", "progress", "file", "done"]);
+  assert.deepEqual(senderEvents.find((e) => e.type === "offer").summary, sink.summary);
 });
 
 test("the receiver's window bounds what is in flight towards a slow page", async () => {
