@@ -15,6 +15,7 @@ import { P2PError, violation } from "./protocol/errors.js";
 import { BLOCK, DATA_RAW } from "./protocol/messages.js";
 import { checkManifest, displayName, ManifestLimits, summarizeOffer } from "./protocol/paths.js";
 import { equalConstantTime } from "./protocol/secure.js";
+import { ReceiverStream } from "./protocol/stream.js";
 import { Channel, Link, peerError } from "./peer.js";
 import { asP2PError } from "./send.js";
 
@@ -225,87 +226,61 @@ class Receiving {
 
   /** The data stream, checksums, eof (§6.6-6.8); `first` is a message already read. */
   async stream(files, dirs, offsets, window, first) {
-    const total = files.reduce((sum, file, i) => sum + file.size - offsets[i], 0);
-    const digests = [];  // computed digest of each complete file, by file number
-    let verified = 0;    // digests received and compared so far
-    let current = 0;     // the file the next stream byte belongs to
-    let left = 0;        // its bytes still to come
-    let writer = null;
-    let received = 0;
-    let acked = 0;
+    const stream = new ReceiverStream(files.map((file) => file.size), offsets, window);
+    const digests = [];  // the digest of each complete file, by file number
     const hasher = this.hasher;
-    const startFile = async () => {
-      // Files with nothing left to come (empty, or held whole) complete at once.
-      while (current < files.length) {
-        const file = files[current];
-        left = file.size - offsets[current];
-        if (offsets[current] > 0) await this.feedPrefix(current, offsets[current]);
-        else hasher.init();
-        if (left > 0) {
-          writer = await sinkCall(this.sink.open(file.path, file.size, { offset: offsets[current] }));
-          this.open.set(current, writer);
-          return;
+    let writer = null;
+    /** Does what the stream's pieces say: seed, open, hash, write, finish. */
+    const handle = async (pieces, payload) => {
+      for (const piece of pieces) {
+        const file = files[piece.file];
+        const offset = offsets[piece.file];
+        if (piece.opens) {
+          if (offset > 0) await this.feedPrefix(piece.file, offset);
+          else hasher.init();
+          // A file held whole (§6.5.1) is verified where it lies: nothing to open.
+          writer = offset === 0 || offset < file.size
+            ? await sinkCall(this.sink.open(file.path, file.size, { offset })) : null;
+          if (writer) this.open.set(piece.file, writer);
         }
-        if (offsets[current] === 0) this.open.set(current, await sinkCall(this.sink.open(file.path, file.size, { offset: 0 })));
-        digests.push(/** @type {string} */ (hasher.digest("hex")));
-        current += 1;
+        if (piece.end > piece.start) {
+          const bytes = payload.subarray(piece.start, piece.end);
+          hasher.update(bytes);
+          await sinkCall(writer.write(bytes));
+        }
+        if (piece.completes) digests[piece.file] = /** @type {string} */ (hasher.digest("hex"));
       }
     };
-    await startFile();
+    await handle(stream.takeEmpty(), null);
     for (;;) {
       const message = first ?? await this.next();
       first = null;
       if (message.type === "data") {
         const data = message.data;
         if (data.length < 2 || data[0] !== DATA_RAW) throw violation("a data message must be kind 0x00 with at least one byte");
-        if (received + data.length - 1 > total) throw violation("more data than the manifest announced");
-        // An honest sender never sends with W or more beyond the last ack we had sent when
-        // the message arrived (§6.6.2): one that does would fill this page's memory.
-        if (window && received - message.mark >= window) throw violation("data beyond the flow-control window");
-        let at = 1;
-        while (at < data.length) {
-          const piece = data.subarray(at, at + Math.min(left, data.length - at));
-          hasher.update(piece);
-          await sinkCall(/** @type {any} */ (writer).write(piece));
-          at += piece.length;
-          left -= piece.length;
-          if (left === 0) {
-            digests.push(/** @type {string} */ (hasher.digest("hex")));
-            current += 1;
-            writer = null;
-            await startFile();
-          }
-        }
-        received += data.length - 1;
-        this.onEvent({ type: "progress", bytes: received, total });
-        if (window && received - acked >= window / 4) {
-          acked = received;
-          await this.channel.send({ type: "ack", bytes: received });
-          this.channel.link.mark = received;
+        await handle(stream.take(data.length - 1, message.mark), data.subarray(1));
+        this.onEvent({ type: "progress", bytes: stream.received, total: stream.total });
+        const ack = stream.ackDue();
+        if (ack !== null) {
+          await this.channel.send({ type: "ack", bytes: ack });
+          this.channel.link.mark = ack;
         }
       } else if (message.type === "checksums") {
-        if (message.algorithm !== this.digest) throw violation(`checksums in '${message.algorithm}', not the agreed '${this.digest}'`);
-        if (message.first !== verified) throw violation(`checksums start at file ${message.first}, expected ${verified}`);
-        if (message.first + message.digests.length > digests.length) throw violation("checksums for a file that is not complete");
-        for (const theirs of message.digests) {
-          const index = verified;
+        for (const index of stream.checksums(message, this.digest)) {
           const file = files[index];
           const own = this.open.get(index);
           this.open.delete(index);
-          if (!equalConstantTime(theirs, digests[index])) {
+          if (!equalConstantTime(message.digests[index - message.first], digests[index])) {
             await own?.abort();
             const name = displayName(file.path);
             throw new P2PError("integrity", `'${name}' arrived damaged: its digest does not match the sender's. Nothing of it was kept.`,
               { wire: "integrity", peerMessage: `'${name}' did not match its digest on the receiver's side.` });
           }
           await sinkCall(own?.close());
-          verified += 1;
           this.onEvent({ type: "file", path: file.path, verified: true });
         }
       } else if (message.type === "eof") {
-        if (received !== total || verified !== files.length) {
-          throw violation(`eof after ${received} of ${total} bytes and ${verified} of ${files.length} digests`);
-        }
+        stream.eof();
         break;
       } else {
         throw violation(`'${message.type}' is not expected while receiving`);
@@ -315,7 +290,7 @@ class Receiving {
     for (const dir of [...dirs].sort((a, b) => b.path.split("/").length - a.path.split("/").length)) await sinkCall(this.sink.mkdir(dir.path, dir));
     await sinkCall(this.sink.done?.());
     await this.channel.send({ type: "done" });
-    return { files: files.length, dirs: dirs.length, bytes: received, digest: this.digest, window };
+    return { files: files.length, dirs: dirs.length, bytes: stream.received, digest: this.digest, window };
   }
 
   /** Discard every unverified file; tell the sink why. */
