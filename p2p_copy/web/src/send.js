@@ -8,13 +8,13 @@
 import { generateCode, normalizeCode } from "./protocol/codes.js";
 import { createHasher, SUPPORTED } from "./protocol/digests.js";
 import { P2PError, violation } from "./protocol/errors.js";
-import { BLOCK, DATA_RAW } from "./protocol/messages.js";
+import { DATA_RAW } from "./protocol/messages.js";
+import { checkPrefixes, manifestParts } from "./protocol/manifest.js";
 import { checkEntries, summarizeOffer } from "./protocol/paths.js";
 import { Channel, Link, peerError } from "./peer.js";
 
 /** Bytes of file data per data message: our Python sender's largest chunk (§3.3). */
 export const CHUNK = 1024 * 1024;
-const MANIFEST_PART = 256 * 1024;
 const ACCEPT_TIMEOUT = 360_000;
 const RESUME_TIMEOUT = 60_000;
 const DONE_TIMEOUT = 300_000;
@@ -97,43 +97,6 @@ export function asP2PError(error) {
   if (error instanceof P2PError) return error;
   return new P2PError("internal", `Unexpected failure: ${/** @type {Error} */ (error)?.message ?? error}`,
     { wire: "internal", cause: error });
-}
-
-function entryJson(entry) {
-  if (entry.kind === "dir") {
-    const out = { path: entry.path, kind: "dir", mode: entry.mode ?? 0o755 };
-    if (entry.mtime != null) out.mtime = entry.mtime;
-    return out;
-  }
-  const out = { path: entry.path, size: entry.size, mode: entry.mode ?? 0o644 };
-  if (entry.mtime != null) out.mtime = entry.mtime;
-  return out;
-}
-
-/** The manifest parts (§6.4): at most MANIFEST_PART bytes of JSON each, the first with `digests` and `ack`. */
-export function manifestParts(entries) {
-  const parts = [];
-  let current = [];
-  let size = 0;
-  for (const entry of entries) {
-    const text = JSON.stringify(entryJson(entry));
-    const bytes = new TextEncoder().encode(text).length + 1;
-    if (current.length && size + bytes > MANIFEST_PART) {
-      parts.push(current);
-      current = [];
-      size = 0;
-    }
-    current.push(entryJson(entry));
-    size += bytes;
-  }
-  parts.push(current);
-  return parts.map((part, index) => {
-    const message = { type: "manifest", version: 1 };
-    if (index === 0) { message.digests = [...SUPPORTED]; message.ack = true; }
-    message.entries = part;
-    if (index < parts.length - 1) message.more = true;
-    return message;
-  });
 }
 
 /** Bytes of `blob` (the file `path`) from `start` to `end`, read in CHUNK slices. */
@@ -255,19 +218,6 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
   }
   await flush();
   return state.sent;
-}
-
-/** Validates held prefixes (§6.5.1) against our files; a violation otherwise. */
-function checkPrefixes(held, files) {
-  const seen = new Set();
-  for (const [file, offset] of held) {
-    const entry = files[file];
-    if (!entry || seen.has(file) || offset > entry.size || (offset % BLOCK !== 0 && offset !== entry.size)) {
-      throw violation("the receiver's 'held' names no file of ours, a file twice, or an offset that is not a multiple of 1 MiB or the size");
-    }
-    seen.add(file);
-  }
-  return held;
 }
 
 async function prefixDigest(hasher, blob, offset) {
