@@ -8,7 +8,7 @@
  * above HIGH_MARK a sender waits until the buffer is below LOW_MARK. Receiving cannot
  * push back: the flow-control window (protocol.md §6.5, `window`/`ack`) bounds it.
  */
-import { normalizeCode, roomHash, roomUrl, toHex } from "./protocol/codes.js";
+import { roomHash, roomUrl, toHex } from "./protocol/codes.js";
 import { P2PError, violation } from "./protocol/errors.js";
 import { encode, parseMessage, MAX_MESSAGE } from "./protocol/messages.js";
 import { SUITE, keySchedule, Sealer, Opener, equalConstantTime } from "./protocol/secure.js";
@@ -432,4 +432,3 @@ function unbase64(text) {
   return bytes;
 }
 
-export { normalizeCode };

@@ -11,13 +11,12 @@
  */
 import { normalizeCode } from "./protocol/codes.js";
 import { createHasher, pickDigest } from "./protocol/digests.js";
-import { P2PError, violation } from "./protocol/errors.js";
+import { asP2PError, P2PError, violation } from "./protocol/errors.js";
 import { BLOCK, DATA_RAW } from "./protocol/messages.js";
 import { checkManifest, displayName, ManifestLimits, summarizeOffer } from "./protocol/paths.js";
 import { equalConstantTime } from "./protocol/secure.js";
 import { ReceiverStream } from "./protocol/stream.js";
 import { Channel, Link, peerError } from "./peer.js";
-import { asP2PError } from "./send.js";
 
 export const WINDOW = 8 * 1024 * 1024;
 const MESSAGE_TIMEOUT = 300_000;

@@ -7,7 +7,7 @@
  */
 import { generateCode, normalizeCode } from "./protocol/codes.js";
 import { createHasher, SUPPORTED } from "./protocol/digests.js";
-import { P2PError, violation } from "./protocol/errors.js";
+import { asP2PError, P2PError, violation } from "./protocol/errors.js";
 import { DATA_RAW } from "./protocol/messages.js";
 import { checkPrefixes, manifestParts } from "./protocol/manifest.js";
 import { checkEntries, summarizeOffer } from "./protocol/paths.js";
@@ -93,11 +93,6 @@ async function waitReady(link, code, onEvent) {
   }
 }
 
-export function asP2PError(error) {
-  if (error instanceof P2PError) return error;
-  return new P2PError("internal", `Unexpected failure: ${/** @type {Error} */ (error)?.message ?? error}`,
-    { wire: "internal", cause: error });
-}
 
 /** Bytes of `blob` (the file `path`) from `start` to `end`, read in CHUNK slices. */
 async function* slices(blob, start, end, path = "a file") {
