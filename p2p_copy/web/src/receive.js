@@ -28,9 +28,17 @@ const MESSAGE_TIMEOUT = 300_000;
  */
 export async function receive({ relay, code, sink, onEvent = () => {}, signal = undefined,
   WebSocket = globalThis.WebSocket, windowsNames = defaultWindowsNames(), testing = {} }) {
-  const theCode = normalizeCode(code);
-  onEvent({ type: "connecting" });
-  const link = await Link.open({ relay, code: theCode, role: "receiver", WebSocket, signal });
+  let link;
+  let theCode;
+  try {
+    theCode = normalizeCode(code);
+    onEvent({ type: "connecting" });
+    link = await Link.open({ relay, code: theCode, role: "receiver", WebSocket, signal });
+  } catch (error) {
+    const failure = asP2PError(error);
+    onEvent({ type: "error", error: failure });
+    throw failure;
+  }
   const channel = new Channel(link);
   const run = new Receiving(channel, sink, onEvent, windowsNames);
   try {

@@ -18,7 +18,10 @@ export const CHUNK = 1024 * 1024;
 const ACCEPT_TIMEOUT = 360_000;
 const RESUME_TIMEOUT = 60_000;
 const DONE_TIMEOUT = 300_000;
+const IDLE_TIMEOUT = 300_000;
 const CODE_ATTEMPTS = 8;
+/** Failures already given to onEvent (by the connection that saw them). */
+const reported = new WeakSet();
 
 /**
  * Send `entries` (see index.js). With no `code`, one is generated (and reported with an
@@ -27,6 +30,16 @@ const CODE_ATTEMPTS = 8;
  */
 export async function send({ relay, code = undefined, entries, fresh = true, onEvent = () => {}, signal = undefined,
   WebSocket = globalThis.WebSocket, testing = {} }) {
+  try {
+    return await sendOnce({ relay, code, entries, fresh, onEvent, signal, WebSocket, testing });
+  } catch (error) {
+    const failure = asP2PError(error);
+    if (!reported.has(failure)) onEvent({ type: "error", error: failure });
+    throw failure;
+  }
+}
+
+async function sendOnce({ relay, code, entries, fresh, onEvent, signal, WebSocket, testing }) {
   const files = entries.filter((entry) => entry.kind !== "dir");
   checkOwnEntries(entries);
   const generated = code === undefined || code === null;
@@ -56,6 +69,7 @@ export async function send({ relay, code = undefined, entries, fresh = true, onE
       const failure = asP2PError(error);
       await channel.fail(failure);
       onEvent({ type: "error", error: failure });
+      reported.add(failure);
       throw failure;
     }
   }
@@ -201,8 +215,8 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
       message[0] = DATA_RAW;
       message.set(bytes, 1);
       hasher.update(bytes);
+      state.sent += bytes.length;  // before the send: an ack for these bytes may come at once
       await channel.sendData(message);
-      state.sent += bytes.length;
       wrote = true;
       onEvent({ type: "progress", bytes: state.sent, total });
     }
@@ -252,10 +266,20 @@ async function readWhileSending(channel, state, window) {
   }
 }
 
+/** Waits until the window has room (§6.6.2); a receiver silent for IDLE_TIMEOUT is a timeout. */
 async function waitWindow(state, window) {
   while (!state.failure && state.sent - state.acked >= window) {
-    await new Promise((resolve) => { state.wake = resolve; });
+    let timer;
+    const acked = state.acked;
+    await new Promise((resolve) => {
+      state.wake = resolve;
+      timer = setTimeout(resolve, IDLE_TIMEOUT);
+    });
+    clearTimeout(timer);
     state.wake = null;
+    if (!state.failure && state.acked === acked && state.sent - state.acked >= window) {
+      throw new P2PError("timeout", `The receiver acknowledged nothing for ${IDLE_TIMEOUT / 1000} s.`, { wire: "timeout" });
+    }
   }
 }
 
