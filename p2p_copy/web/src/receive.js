@@ -106,10 +106,14 @@ class Receiving {
     /** Writers of files received but not verified yet: aborted if the transfer fails. */
     this.open = new Map();
     this.aborted = false;
+    /** A receive() started while the offer was open: the next message. */
+    this.pending = null;
   }
 
   async next() {
-    const message = await this.channel.receive(MESSAGE_TIMEOUT, "the sender");
+    const pending = this.pending;
+    this.pending = null;
+    const message = pending ? await pending : await this.channel.receive(MESSAGE_TIMEOUT, "the sender");
     if (message.type === "error") throw peerError(message.code, message.message);
     return message;
   }
@@ -125,7 +129,21 @@ class Receiving {
     }
     const summary = summarizeOffer(entries);
     this.onEvent({ type: "offer", summary });
-    const taken = await sinkCall(this.sink.offer(summary));
+    // While the person decides, keep reading: the sender may give up (an `error`, or its
+    // connection ends), and the question must not outlive it. Nothing else may come yet.
+    const watching = this.channel.receive();
+    watching.catch(() => {});
+    const answer = await Promise.race([
+      sinkCall(this.sink.offer(summary)).then((taken) => ({ taken })),
+      watching.then((message) => ({ message })),
+    ]);
+    if ("message" in answer) {
+      const message = answer.message;
+      if (message.type === "error") throw peerError(message.code, message.message);
+      throw violation(`'${message.type}' before the receiver's answer`);
+    }
+    this.pending = watching;
+    const taken = answer.taken;
     if (!taken) {
       throw new P2PError("declined", "The offer was declined.", { wire: "cancelled", peerMessage: "The receiver declined the offer." });
     }

@@ -329,3 +329,19 @@ test("a sender that ignores the window is stopped with protocol", async () => {
   assert.equal(answers[0].window, WINDOW);
   await assert.rejects(received, (error) => error.kind === "protocol" && /window/.test(error.message));
 });
+
+test("a sender that gives up while the offer is open ends the question: the receiver hears it at once", { timeout: 10_000 }, async () => {
+  const { entries } = tree(10);
+  const relay = new MemoryRelay();
+  const controller = new AbortController();
+  const sink = memorySink();
+  sink.offer = () => new Promise(() => {});  // the person never answers
+  const received = receive({ relay: RELAY, code: "2-a-b-c", sink, WebSocket: relay.WebSocket });
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  const sent = send({ relay: RELAY, code: "2-a-b-c", entries, fresh: false, WebSocket: relay.WebSocket, signal: controller.signal,
+    onEvent: (e) => { if (e.type === "offer") setTimeout(() => controller.abort(), 20); } });
+  const [s, r] = await Promise.allSettled([sent, received]);
+  assert.equal(s.reason?.kind, "cancelled", s.reason?.stack);
+  assert.equal(r.reason?.kind, "peer", r.reason?.stack);
+  assert.equal(r.reason?.code, "cancelled");
+});
