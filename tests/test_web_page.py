@@ -766,8 +766,11 @@ def test_the_page_sends_through_a_relay_its_own_relay_names(
     page.page.set_input_files("#file-input", str(source))
     code = page.send()
     assert page.page.locator("#cli-line").inner_text() == f"p2p-copy receive {other} {code}"
+    assert page.page.locator("#relay-select").is_disabled(), "kept during the transfer"
     link = page.page.locator("#link").inner_text()
     assert link.endswith(f"#code={code}&relay={other.replace(':', '%3A').replace('/', '%2F')}")
+    SHOTS.mkdir(exist_ok=True)
+    page.page.screenshot(path=str(SHOTS / "send-other-relay-desktop.png"), full_page=True)
     dest = tmp_path / "dest"
     rc, _out, err = _finish(processes.start("receive", other, code, "--out", str(dest)))
     assert rc == 0, err

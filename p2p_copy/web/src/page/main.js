@@ -16,6 +16,8 @@ let transfers = 0;
 /** Ask before leaving while bytes are on their way: closing the tab ends the transfer. */
 function busy(on) {
   transfers += on ? 1 : -1;
+  // A transfer keeps the relay it started with.
+  $("relay-select").disabled = transfers > 0;
 }
 window.addEventListener("beforeunload", (event) => {
   if (transfers > 0 && !startingDownload()) {
