@@ -66,6 +66,24 @@ async def http_request(port: int, target: str, method: str = "GET",
     return int(lines[0].split()[1]), headers, body
 
 
+async def run_async(*argv: str, stdin: bytes = b"", timeout: float = 90,
+                    env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run a process in the test's loop (so that an in-process relay keeps serving); exit
+    code, stdout and stderr. Killed if it outlives ``timeout``."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=cli_env() if env is None else env)
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate(stdin)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

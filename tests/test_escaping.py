@@ -24,7 +24,7 @@ from p2p_copy.errors import ConnectionLostError
 from p2p_copy.protocol.paths import display_name
 from p2p_copy.relay import Relay
 
-from .conftest import cli_env
+from .conftest import run_async
 
 TIMEOUT = 60.0
 
@@ -68,18 +68,7 @@ async def hostile_relay(reason: str) -> AsyncIterator[str]:
 
 
 async def _cli(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "p2p_copy", *args, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env())
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            out, err = await proc.communicate(stdin)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_async(sys.executable, "-m", "p2p_copy", *args, stdin=stdin, timeout=TIMEOUT)
 
 
 @pytest.mark.slow

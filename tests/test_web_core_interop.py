@@ -20,7 +20,7 @@ import pytest
 import p2p_copy
 from p2p_copy.errors import TamperingError
 
-from .conftest import WEB, Processes, cli_env, need_node_packages
+from .conftest import WEB, Processes, cli_env, need_node_packages, run_async
 from .test_tampering import CLOSE, ManInTheMiddle, Message
 
 CLI_PEER = WEB / "test" / "cli-peer.mjs"
@@ -144,17 +144,7 @@ def tamper_data(direction: str, index: int, message: Message) -> list[Message]:
 
 
 async def node_peer(mode: str, url: str, code: str, path: Path) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *node_args(mode, url, code, path), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=cli_env())
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 90)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_async(*node_args(mode, url, code, path))
 
 
 async def test_node_receiver_detects_a_tampering_relay(tmp_path: Path) -> None:
