@@ -199,8 +199,21 @@ def _open(context: Any, server: Server, name: str) -> Any:
 
 
 def _run_cell(page: Any, index: int) -> None:
-    page.locator(".jp-Notebook .jp-CodeCell").nth(index).locator(".cm-content").click()
-    page.keyboard.press("Shift+Enter")
+    """Run code cell ``index`` (click into it, Control+Enter) and wait until it started: a
+    key press right after the page opened is sometimes lost, so it is tried again."""
+    cell = page.locator(".jp-Notebook .jp-CodeCell").nth(index)
+    for _ in range(5):
+        cell.locator(".cm-content").click()
+        page.keyboard.press("Control+Enter")
+        try:
+            page.wait_for_function(
+                """i => /^\\[(\\*|\\d+)\\]:$/.test(document.querySelectorAll(
+                    '.jp-Notebook .jp-CodeCell')[i].querySelector('.jp-InputPrompt')
+                    .textContent.trim())""", arg=index, timeout=5_000, polling=100)
+            return
+        except Exception:
+            continue
+    pytest.fail(f"cell {index} does not run")
 
 
 def _panel_state(page: Any, index: int = 0) -> dict[str, Any]:
@@ -296,35 +309,256 @@ DROP_CELLS = [
 ]
 
 
-def test_drop_a_file_into_the_kernel_in_jupyterlab(lab: Server, tmp_path: Path) -> None:
+
+def _page_memory(cdp: Any) -> int:
+    """The page's JavaScript heap in use (Chromium's Performance metrics), in bytes."""
+    metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+    return int(metrics.get("JSHeapUsedSize", 0))
+
+
+def _drop_and_measure(page: Any, server: Server, context: Any, source: Path,
+                      selector: str = ".p2p-copy-drop-files") -> dict[str, Any]:
+    """Set ``source`` on the panel's input and wait for the end, sampling the renderer's
+    RSS (in a thread, from /proc) and the page's JS heap (CDP, in this thread)."""
+    cdp = context.new_cdp_session(page)
+    cdp.send("Performance.enable")
+    heap = _page_memory(cdp)
+    started = time.monotonic()
+    with _Sampler(lambda: _renderer_rss(context)) as rss:
+        baseline = rss.peak
+        page.locator(selector).first.set_input_files(str(source))
+        deadline = time.monotonic() + TRANSFER_MS / 1000
+        while True:
+            heap = max(heap, _page_memory(cdp))
+            state = _panel_state(page)
+            if state and (state["state"] in ("done", "failed") or state["kind"] == "bad"):
+                break
+            if time.monotonic() > deadline:
+                _shot(page, "timeout")
+                pytest.fail(f"no end of the drop: {state}\n{server.log_tail()}")
+            page.wait_for_timeout(250)
+    return {"state": state, "seconds": time.monotonic() - started, "rss_before": baseline,
+            "rss_peak": rss.peak, "heap_peak": heap}
+
+
+def _jupyter_upload(page: Any, server: Server, source: Path) -> float:
+    """JupyterLab's own upload of ``source`` (file browser, Upload button): seconds until the
+    whole file is on the server's disk."""
+    target = server.root / source.name
+    started = time.monotonic()
+    with page.expect_file_chooser() as chooser:
+        page.locator('.jp-FileBrowser [data-command="filebrowser:upload"], '
+                     '.jp-FileBrowser .jp-id-upload, .jp-FileBrowser button[title*="Upload"]'
+                     ).first.click()
+    chooser.value.set_files(str(source))
+    # Above 15 MiB JupyterLab asks first ("Large file size warning").
+    warning = page.get_by_role("button", name="Upload", exact=True)
+    try:
+        warning.click(timeout=5_000)
+    except Exception:
+        pass
+    deadline = time.monotonic() + TRANSFER_MS / 1000
+    while not (target.exists() and target.stat().st_size == source.stat().st_size
+               and page.locator(".jp-FileBrowser-uploadProgress, .jp-Statusbar-ProgressBar"
+                                ).count() == 0):
+        if time.monotonic() > deadline:
+            pytest.fail("JupyterLab's upload did not finish")
+        time.sleep(0.1)
+    took = time.monotonic() - started
+    assert _sha256(target) == _sha256(source)
+    return took
+
+
+@pytest.mark.parametrize("app", ["lab", "notebook"])
+def test_drop_a_file_into_the_kernel(app: str, browser_tools: None,  # noqa: F811
+                                     tmp_path: Path) -> None:
     """A file set on the drop panel's input (by path) arrives in the kernel's folder
-    identical, through the kernel's relay behind jupyter-server-proxy; the page's renderer
-    stays under PAGE_MEMORY_LIMIT while it streams."""
+    identical, through the kernel's relay behind jupyter-server-proxy, while the page's
+    JavaScript heap stays under PAGE_MEMORY_LIMIT and its renderer grows by less than that
+    (JupyterLab alone holds ~300 MB). In JupyterLab, its own upload of the same file is
+    timed beside it (reported, not asserted)."""
     from playwright.sync_api import sync_playwright
 
+    server, proc = _start_server(app, tmp_path)
     source = tmp_path / "big.bin"
     digest = _make_file(source, DROP_BYTES)
-    _notebook(lab, "drop.ipynb", DROP_CELLS)
+    _notebook(server, "drop.ipynb", DROP_CELLS)
+    try:
+        with sync_playwright() as pw:
+            context = _launch(pw, tmp_path)
+            context._profile = tmp_path / "chromium-profile"
+            try:
+                page = _open(context, server, "drop.ipynb")
+                _run_cell(page, 0)
+                _wait_panel(page, server, ("ready",), 60_000)
+                _shot(page, f"drop-ready-{app}-light")
+                _run_cell(page, 1)
+                measured = _drop_and_measure(page, server, context, source)
+                _shot(page, f"drop-done-{app}-light")
+                upload = _jupyter_upload(page, server, source) if app == "lab" else None
+            finally:
+                context.close()
+    finally:
+        _stop(proc)
+    assert measured["state"]["state"] == "done", measured
+    assert _sha256(server.root / "dropped" / "big.bin") == digest
+    took = measured["seconds"]
+    line = (f"\n{app} drop: {DROP_BYTES / MIB:.0f} MiB in {took:.1f} s "
+            f"({DROP_BYTES / MIB / took:.0f} MiB/s); JS heap peak "
+            f"{measured['heap_peak'] / MIB:.0f} MiB; renderer RSS {measured['rss_before'] / MIB:.0f}"
+            f" -> {measured['rss_peak'] / MIB:.0f} MiB")
+    if upload is not None:
+        line += (f"; JupyterLab upload {upload:.1f} s ({DROP_BYTES / MIB / upload:.0f} MiB/s), "
+                 f"drop {upload / took:.1f}x faster")
+    print(line)
+    assert measured["heap_peak"] < PAGE_MEMORY_LIMIT, line
+    assert measured["rss_peak"] - measured["rss_before"] < PAGE_MEMORY_LIMIT, line
+
+
+def test_drop_a_folder(lab: Server, tmp_path: Path) -> None:
+    """A folder chosen with the folder button (showDirectoryPicker, stubbed with an
+    origin-private folder the page fills first) arrives whole: files, a nested folder and an
+    empty one."""
+    from playwright.sync_api import sync_playwright
+
+    _notebook(lab, "folder.ipynb", DROP_CELLS)
     with sync_playwright() as pw:
         context = _launch(pw, tmp_path)
-        context._profile = tmp_path / "chromium-profile"
+        context.add_init_script("""
+            window.showDirectoryPicker = async () => {
+                const root = await navigator.storage.getDirectory();
+                const top = await root.getDirectoryHandle('project', {create: true});
+                const write = async (dir, name, text) => {
+                    const w = await (await dir.getFileHandle(name, {create: true})).createWritable();
+                    await w.write(text); await w.close();
+                };
+                await write(top, 'a.txt', 'alpha\\n');
+                const sub = await top.getDirectoryHandle('sub', {create: true});
+                await write(sub, 'b.bin', new Uint8Array(300000).map((_, i) => i % 251));
+                await top.getDirectoryHandle('empty', {create: true});
+                return top;
+            };""")
         try:
-            page = _open(context, lab, "drop.ipynb")
+            page = _open(context, lab, "folder.ipynb")
             _run_cell(page, 0)
             _wait_panel(page, lab, ("ready",), 60_000)
-            _shot(page, "drop-ready-light")
             _run_cell(page, 1)
-            started = time.monotonic()
-            with _Sampler(lambda: _renderer_rss(context)) as memory:
-                page.locator(".p2p-copy-drop-files").set_input_files(str(source))
-                end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
-            took = time.monotonic() - started
-            _shot(page, "drop-done-light")
+            page.get_by_role("button", name="Choose a folder…").click()
+            end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
         finally:
             context.close()
     assert end["state"] == "done", end
-    received = lab.root / "dropped" / "big.bin"
-    assert _sha256(received) == digest
-    print(f"\ndrop: {DROP_BYTES / MIB:.0f} MiB in {took:.1f} s "
-          f"({DROP_BYTES / MIB / took:.0f} MiB/s); renderer peak {memory.peak / MIB:.0f} MiB")
-    assert memory.peak < PAGE_MEMORY_LIMIT, memory.peak
+    got = lab.root / "dropped" / "project"
+    assert (got / "a.txt").read_text() == "alpha\n"
+    assert (got / "sub" / "b.bin").read_bytes() == bytes(i % 251 for i in range(300000))
+    assert (got / "empty").is_dir() and not any((got / "empty").iterdir())
+
+
+SAVE_CELLS = [
+    "import p2p_copy\n"
+    'saving = p2p_copy.offer("result.bin")',
+    "result = await saving\n"
+    'print(f"saved {len(result.files)} files, {result.bytes} bytes")',
+]
+
+#: The save picker, stubbed: a file of the origin-private file system (Playwright cannot
+#: drive the real picker); what it holds is hashed in 64 MiB slices afterwards.
+SAVE_PICKER_STUB = """
+window.showSaveFilePicker = async ({suggestedName}) => {
+    const root = await navigator.storage.getDirectory();
+    return root.getFileHandle(suggestedName, {create: true});
+};
+window.showDirectoryPicker = async () => navigator.storage.getDirectory();
+"""
+SLICE = 64 * MIB
+SLICE_DIGESTS_JS = """async ([name, slice]) => {
+    const root = await navigator.storage.getDirectory();
+    const file = await (await root.getFileHandle(name)).getFile();
+    const out = [];
+    for (let at = 0; at < file.size; at += slice) {
+        const bytes = await file.slice(at, at + slice).arrayBuffer();
+        const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+        out.push(Array.from(digest, b => b.toString(16).padStart(2, '0')).join(''));
+    }
+    return {size: file.size, digests: out};
+}"""
+
+
+def _slice_digests(path: Path) -> list[str]:
+    out = []
+    with path.open("rb") as f:
+        while piece := f.read(SLICE):
+            out.append(hashlib.sha256(piece).hexdigest())
+    return out
+
+
+def test_save_to_this_computer(lab: Server, tmp_path: Path) -> None:
+    """offer(): the Save button saves the kernel's file through the (stubbed) save picker;
+    the saved bytes equal the kernel's file, and the kernel's send ends done."""
+    from playwright.sync_api import sync_playwright
+
+    size = DROP_BYTES // 2
+    _make_file(lab.root / "result.bin", size)
+    _notebook(lab, "save.ipynb", SAVE_CELLS)
+    with sync_playwright() as pw:
+        context = _launch(pw, tmp_path)
+        context.add_init_script(SAVE_PICKER_STUB)
+        try:
+            page = _open(context, lab, "save.ipynb")
+            _run_cell(page, 0)
+            _wait_panel(page, lab, ("ready",), 60_000)
+            _shot(page, "save-ready-light")
+            _run_cell(page, 1)
+            started = time.monotonic()
+            page.get_by_role("button", name="Save to this computer…").click()
+            end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
+            took = time.monotonic() - started
+            _shot(page, "save-done-light")
+            saved = page.evaluate(SLICE_DIGESTS_JS, ["result.bin", SLICE])
+        finally:
+            context.close()
+    assert end["state"] == "done", end
+    assert saved["size"] == size
+    assert saved["digests"] == _slice_digests(lab.root / "result.bin")
+    print(f"\nsave: {size / MIB:.0f} MiB in {took:.1f} s ({size / MIB / took:.0f} MiB/s)")
+
+
+def test_a_reload_mid_transfer_resumes(lab: Server, tmp_path: Path) -> None:
+    """The page is reloaded while a drop runs: the panel comes back (the kernel kept its
+    model) and says to drop the same file again; dropped again, the transfer continues from
+    what the kernel holds (the browser sends less than the whole file) and ends identical."""
+    from playwright.sync_api import sync_playwright
+
+    size = max(DROP_BYTES, 256 * MIB)
+    source = tmp_path / "big.bin"
+    digest = _make_file(source, size)
+    _notebook(lab, "reload.ipynb", DROP_CELLS[:1])
+    with sync_playwright() as pw:
+        context = _launch(pw, tmp_path)
+        try:
+            page = _open(context, lab, "reload.ipynb")
+            _run_cell(page, 0)
+            _wait_panel(page, lab, ("ready",), 60_000)
+            page.keyboard.press("Control+s")  # the reloaded page shows the saved outputs
+            page.wait_for_timeout(1000)
+            page.locator(".p2p-copy-drop-files").set_input_files(str(source))
+            page.wait_for_function(
+                """size => {
+                    const bar = document.querySelector('.p2p-copy-drop-bar');
+                    return bar && !bar.hidden && bar.value > size / 8;
+                }""", arg=size, timeout=TRANSFER_MS, polling=100)
+            page.reload()
+            page.wait_for_function(READY_JS, timeout=PAGE_READY_MS, polling=250)
+            cut = _wait_panel(page, lab, ("running", "interrupted"), 60_000)
+            _shot(page, "reload-cut-light")
+            page.locator(".p2p-copy-drop-files").set_input_files(str(source))
+            end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
+            resent = page.evaluate("() => document.querySelector('.p2p-copy-drop-bar').max")
+            _shot(page, "reload-done-light")
+        finally:
+            context.close()
+    assert "again" in cut["status"], cut
+    assert end["state"] == "done", end
+    assert _sha256(lab.root / "dropped" / "big.bin") == digest
+    assert 0 < resent < size, (resent, size)
+    print(f"\nreload: the second drop sent {resent / MIB:.0f} of {size / MIB:.0f} MiB")
