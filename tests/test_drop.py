@@ -16,10 +16,8 @@ timed beside it, half of it for the save. Screenshots go to /tmp/drop-shots/.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import threading
@@ -93,6 +91,8 @@ def _start_server(app: str, tmp_path: Path) -> tuple[Server, subprocess.Popen[by
         PYTHONUNBUFFERED="1",
     )
     env.pop("P2P_COPY_RELAY", None)
+    if os.environ.get("P2P_COPY_DROP_RELAY"):  # to compare with a relay reached directly
+        env["P2P_COPY_RELAY"] = os.environ["P2P_COPY_DROP_RELAY"]
     port = free_port()
     token = secrets.token_hex(16)
     log = tmp_path / f"{app}.log"
@@ -220,8 +220,9 @@ def _panel_state(page: Any, index: int = 0) -> dict[str, Any]:
     return page.evaluate("""i => {
         const p = document.querySelectorAll('.p2p-copy-drop')[i];
         if (!p) return null;
-        return {state: p.dataset.state, status: p.querySelector('.p2p-copy-drop-status').textContent,
-                kind: p.querySelector('.p2p-copy-drop-status').dataset.kind ?? ''};
+        const status = p.querySelector('.p2p-copy-drop-status');
+        return {state: p.dataset.state, status: status.textContent,
+                kind: status.dataset.kind ?? ''};
     }""", index)
 
 
@@ -405,8 +406,8 @@ def test_drop_a_file_into_the_kernel(app: str, browser_tools: None,  # noqa: F81
     took = measured["seconds"]
     line = (f"\n{app} drop: {DROP_BYTES / MIB:.0f} MiB in {took:.1f} s "
             f"({DROP_BYTES / MIB / took:.0f} MiB/s); JS heap peak "
-            f"{measured['heap_peak'] / MIB:.0f} MiB; renderer RSS {measured['rss_before'] / MIB:.0f}"
-            f" -> {measured['rss_peak'] / MIB:.0f} MiB")
+            f"{measured['heap_peak'] / MIB:.0f} MiB; renderer RSS "
+            f"{measured['rss_before'] / MIB:.0f} -> {measured['rss_peak'] / MIB:.0f} MiB")
     if upload is not None:
         line += (f"; JupyterLab upload {upload:.1f} s ({DROP_BYTES / MIB / upload:.0f} MiB/s), "
                  f"drop {upload / took:.1f}x faster")
@@ -429,7 +430,8 @@ def test_drop_a_folder(lab: Server, tmp_path: Path) -> None:
                 const root = await navigator.storage.getDirectory();
                 const top = await root.getDirectoryHandle('project', {create: true});
                 const write = async (dir, name, text) => {
-                    const w = await (await dir.getFileHandle(name, {create: true})).createWritable();
+                    const file = await dir.getFileHandle(name, {create: true});
+                    const w = await file.createWritable();
                     await w.write(text); await w.close();
                 };
                 await write(top, 'a.txt', 'alpha\\n');

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Unpack
 
 from ..cli.config import RELAY_ENV, choose_relay, load_defaults
-from ..display.progress import human_size, make_progress
+from ..display.progress import NoProgress, human_size, make_progress
 from ..errors import (
     CancelledError,
     ConnectionLostError,
@@ -164,7 +164,9 @@ def _start(mode: Literal["drop", "offer"], what: str, traits: dict[str, Any], op
 
     display(panel)  # type: ignore[no-untyped-call]
     label = "receive" if mode == "drop" else "send"
-    tracker = _PanelTracker(make_progress(opts.progress, label))
+    # The progress panel comes with the first transfer: a notebook run without a browser
+    # (nbclient, CI) shows none that never moves.
+    tracker = _PanelTracker(NoProgress())
     cell = _current_cell()
     _replace_earlier(cell)
     work = _serve(panel, tracker, label, opts, run)
@@ -189,15 +191,15 @@ async def _serve(panel: Any, tracker: _PanelTracker, label: str, opts: Options,
             panel.start_asked.clear()
             panel.gave_up.clear()
             panel.state, panel.message = "running", ""
+            # A panel of its own for each attempt: an earlier one shows how it ended.
+            tracker.inner = make_progress(opts.progress, label)
             tracker.status, tracker.joined = "waiting", False
             try:
                 result = await _attempt(panel, run(route.url, panel.code,
                                                    dataclasses.replace(opts, progress=tracker)))
             except _AGAIN as exc:
                 panel.state, panel.message = "interrupted", str(exc)
-                # A panel of its own for the next attempt: this one shows how it ended.
                 tracker.status = "waiting"
-                tracker.inner = make_progress(opts.progress, label)
                 continue
             panel.state = "done"
             count = len(result.files)
