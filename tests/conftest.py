@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -45,6 +46,24 @@ def need_node_packages() -> str:
             pytest.fail(f"{reason}; CI is set, and .ci/run should have done it")
         pytest.skip(reason)
     return node
+
+
+async def http_request(port: int, target: str, method: str = "GET",
+                  extra: str = "") -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP/1.1 request (the target sent as is); status, headers, body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}"
+                     "Connection: close\r\n\r\n".encode("latin-1"))
+        await writer.drain()
+        raw = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
 
 
 def free_port() -> int:

@@ -41,7 +41,7 @@ from p2p_copy.relay.logs import show_address
 from p2p_copy.storage.destination import Destination
 from p2p_copy.testing import TEST_CONFIG, running_relay
 
-from .conftest import Processes, cli_env, free_port, wait_for_port
+from .conftest import Processes, cli_env, free_port, http_request, wait_for_port
 from .test_relay import READY, Peers, closed, hello, new_hash, wait_until
 
 MiB = 2**20
@@ -58,20 +58,9 @@ async def raw_connect(url: str) -> ClientConnection:
 
 async def http_get(port: int, path: str, accept: str = "") -> tuple[int, dict[str, str], str]:
     """GET http://127.0.0.1:port/path; status, headers (lowercase names) and body."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        extra = f"Accept: {accept}\r\n" if accept else ""
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}"
-                     "Connection: close\r\n\r\n".encode())
-        await writer.drain()
-        raw = await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers, body.decode()
+    extra = f"Accept: {accept}\r\n" if accept else ""
+    status, headers, body = await http_request(port, path, extra=extra)
+    return status, headers, body.decode()
 
 
 def http_get_sync(port: int, path: str) -> tuple[int, str]:

@@ -18,7 +18,7 @@ from p2p_copy.relay.web import WebApp, connect_source
 from p2p_copy.testing import running_relay
 from p2p_copy.web import ASSETS, STATIC
 
-from .conftest import run_cli
+from .conftest import http_request, run_cli
 
 PAGE = b"<!doctype html><title>p2p-copy</title><script type=module src=static/app.js></script>"
 SCRIPT = b"console.log('app');\n"
@@ -38,28 +38,10 @@ def folder(tmp_path: Path) -> Path:
     return static
 
 
-async def request(port: int, target: str, method: str = "GET",
-                  extra: str = "") -> tuple[int, dict[str, str], bytes]:
-    """One raw HTTP/1.1 request (the target sent as is); status, headers, body."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}"
-                     "Connection: close\r\n\r\n".encode("latin-1"))
-        await writer.drain()
-        raw = await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers, body
-
-
 async def test_root_serves_the_page_with_strict_headers(folder: Path) -> None:
     """GET / is index.html, with the CSP, nosniff, no referrer, COOP and no-cache."""
     async with asyncio.timeout(10), running_relay(web_folder=str(folder)) as relay:
-        status, headers, body = await request(relay.port, "/")
+        status, headers, body = await http_request(relay.port, "/")
     assert status == 200 and body == PAGE
     assert headers["content-type"] == "text/html; charset=utf-8"
     assert headers["content-length"] == str(len(PAGE))
@@ -83,7 +65,7 @@ async def test_each_asset_goes_out_with_its_content_type(folder: Path, name: str
                                                          content_type: str) -> None:
     """/static/NAME is the file, typed by the asset table; a query is ignored."""
     async with asyncio.timeout(10), running_relay(web_folder=str(folder)) as relay:
-        status, headers, body = await request(relay.port, f"/static/{name}?v=1")
+        status, headers, body = await http_request(relay.port, f"/static/{name}?v=1")
     assert status == 200 and body == (folder / name).read_bytes()
     assert headers["content-type"] == content_type
     assert "content-security-policy" in headers
@@ -92,17 +74,17 @@ async def test_each_asset_goes_out_with_its_content_type(folder: Path, name: str
 async def test_head_answers_the_headers_without_the_body(folder: Path) -> None:
     """HEAD gets the GET's status and length, and no body."""
     async with asyncio.timeout(10), running_relay(web_folder=str(folder)) as relay:
-        status, headers, body = await request(relay.port, "/static/app.js", "HEAD")
+        status, headers, body = await http_request(relay.port, "/static/app.js", "HEAD")
         assert (status, headers["content-length"], body) == (200, str(len(SCRIPT)), b"")
-        status, _, _ = await request(relay.port, "/static/app.js", "POST")
+        status, _, _ = await http_request(relay.port, "/static/app.js", "POST")
         assert status == 405
 
 
 async def test_an_unchanged_file_is_not_sent_again(folder: Path) -> None:
     """With the ETag it got, a browser revalidates and gets 304 without a body."""
     async with asyncio.timeout(10), running_relay(web_folder=str(folder)) as relay:
-        _, headers, _ = await request(relay.port, "/static/app.js")
-        status, _, body = await request(relay.port, "/static/app.js",
+        _, headers, _ = await http_request(relay.port, "/static/app.js")
+        status, _, body = await http_request(relay.port, "/static/app.js",
                                         extra=f"If-None-Match: {headers['etag']}\r\n")
     assert (status, body) == (304, b"")
 
@@ -117,7 +99,7 @@ async def test_an_unchanged_file_is_not_sent_again(folder: Path) -> None:
 async def test_only_listed_files_are_served(folder: Path, target: str) -> None:
     """Traversal, encoded dots and slashes, a NUL, a listing, an unlisted file: 404."""
     async with asyncio.timeout(10), running_relay(web_folder=str(folder)) as relay:
-        status, _, body = await request(relay.port, target)
+        status, _, body = await http_request(relay.port, target)
     assert status == 404
     assert b"outside" not in body and b"not an asset" not in body and SCRIPT not in body
 
@@ -128,8 +110,8 @@ async def test_config_json_lists_the_other_relays_and_the_csp_allows_them(
     others = ("wss://relay.example.org/p2p/", "ws://127.0.0.1:9")
     async with asyncio.timeout(10), running_relay(web_folder=str(folder),
                                                   web_connect=others) as relay:
-        status, headers, body = await request(relay.port, "/static/config.json")
-        _, page_headers, _ = await request(relay.port, "/")
+        status, headers, body = await http_request(relay.port, "/static/config.json")
+        _, page_headers, _ = await http_request(relay.port, "/")
     assert status == 200 and headers["content-type"] == "application/json"
     assert json.loads(body) == {"version": __version__, "relays": list(others)}
     assert ("connect-src 'self' wss://relay.example.org ws://127.0.0.1:9;"
@@ -150,8 +132,8 @@ def test_a_connect_url_that_is_no_relay_url_is_refused(url: str) -> None:
 async def test_without_the_built_page_root_says_so_in_one_line(tmp_path: Path) -> None:
     """A checkout that was never built: GET / is a 404 with one line, no crash."""
     async with asyncio.timeout(10), running_relay(web_folder=str(tmp_path / "none")) as relay:
-        status, headers, body = await request(relay.port, "/")
-        assert (await request(relay.port, "/healthz"))[0] == 200
+        status, headers, body = await http_request(relay.port, "/")
+        assert (await http_request(relay.port, "/healthz"))[0] == 200
     assert status == 404 and headers["content-type"].startswith("text/plain")
     assert body.count(b"\n") == 1 and b"not installed" in body
 
@@ -159,8 +141,8 @@ async def test_without_the_built_page_root_says_so_in_one_line(tmp_path: Path) -
 async def test_no_web_leaves_root_as_before(folder: Path) -> None:
     """web=False (--no-web): / is no page (426, as a room path) and /static/ is 404."""
     async with asyncio.timeout(10), running_relay(web=False, web_folder=str(folder)) as relay:
-        assert (await request(relay.port, "/"))[0] == 426
-        assert (await request(relay.port, "/static/app.js"))[0] == 404
+        assert (await http_request(relay.port, "/"))[0] == 426
+        assert (await http_request(relay.port, "/static/app.js"))[0] == 404
 
 
 async def test_a_websocket_upgrade_on_root_is_still_a_peer(folder: Path) -> None:
@@ -179,8 +161,8 @@ async def test_page_requests_count_no_peer_and_take_no_join(folder: Path) -> Non
             web_folder=str(folder), join_rate=2, join_window=600.0, exempt_addresses=(),
     ) as relay:
         for _ in range(10):
-            assert (await request(relay.port, "/"))[0] == 200
-            assert (await request(relay.port, "/static/app.js"))[0] == 200
+            assert (await http_request(relay.port, "/"))[0] == 200
+            assert (await http_request(relay.port, "/static/app.js"))[0] == 200
         assert relay.stats.connections == 0 and not relay.stats.rejections
         assert not any(relay.stats.outcomes.values())
         async with connect(relay.url + "/") as ws:  # the join rate is untouched
@@ -192,7 +174,7 @@ async def test_page_requests_count_no_peer_and_take_no_join(folder: Path) -> Non
     ) as relay:
         reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
         try:
-            assert (await request(relay.port, "/"))[0] == 429
+            assert (await http_request(relay.port, "/"))[0] == 429
         finally:
             writer.close()
             await writer.wait_closed()
@@ -202,7 +184,7 @@ async def test_a_private_relay_serves_no_page(folder: Path) -> None:
     """With access tokens the page gets 401, like a room: a browser cannot send a token."""
     async with asyncio.timeout(10), running_relay(
             web_folder=str(folder), access_tokens=frozenset({"t0k"})) as relay:
-        assert (await request(relay.port, "/"))[0] == 401
+        assert (await http_request(relay.port, "/"))[0] == 401
 
 
 def test_the_asset_table_names_plain_files() -> None:

@@ -21,7 +21,7 @@ import p2p_copy
 from p2p_copy.errors import TamperingError
 
 from .conftest import WEB, Processes, cli_env, need_node_packages
-from .test_tampering import ManInTheMiddle, Message
+from .test_tampering import CLOSE, ManInTheMiddle, Message
 
 CLI_PEER = WEB / "test" / "cli-peer.mjs"
 NODE = shutil.which("node")
@@ -193,6 +193,25 @@ async def test_python_receiver_detects_tampering_of_what_node_sends(tmp_path: Pa
     assert isinstance(received[0], TamperingError)
     assert code == 16, err
     assert last_line(err).startswith("tampered: "), err
+
+
+async def test_node_receiver_reports_a_dropped_connection(tmp_path: Path) -> None:
+    """The connection ends in the middle of the data: the JS receiver says the sender is
+    gone (connection_lost, exit 7) and keeps no unverified file."""
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(8 * 2**20))
+    mitm = ManInTheMiddle(lambda d, i, m: [CLOSE] if d == "s2r" and i == 5 else [m])
+    async with mitm.running():
+        receiving = asyncio.ensure_future(
+            node_peer("receive", mitm.url, "7-a-b-c", tmp_path / "out"))
+        await asyncio.sleep(0.3)
+        await asyncio.gather(p2p_copy.send(mitm.url, "7-a-b-c", [source], progress="none",
+                                           wait_timeout=20, reconnect_timeout=0),
+                             return_exceptions=True)
+        code, _, err = await receiving
+    assert code == 7, err
+    assert last_line(err).startswith("connection_lost: The sender closed the connection"), err
+    assert not (tmp_path / "out" / "big.bin").exists()
 
 
 async def test_node_receiver_and_the_window(tmp_path: Path) -> None:

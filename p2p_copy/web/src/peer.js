@@ -8,7 +8,7 @@
  * above HIGH_MARK a sender waits until the buffer is below LOW_MARK. Receiving cannot
  * push back: the flow-control window (protocol.md §6.5, `window`/`ack`) bounds it.
  */
-import { normalizeCode, roomHash, roomUrl, toHex } from "./protocol/codes.js";
+import { roomHash, roomUrl, toHex } from "./protocol/codes.js";
 import { P2PError, violation } from "./protocol/errors.js";
 import { encode, parseMessage, MAX_MESSAGE } from "./protocol/messages.js";
 import { SUITE, keySchedule, Sealer, Opener, equalConstantTime } from "./protocol/secure.js";
@@ -94,6 +94,9 @@ export class Link {
       throw new P2PError("insecure_context", "This page is not a secure context (https or localhost), so the browser "
         + "offers no cryptography. Open it over https.");
     }
+    if (typeof WebSocket !== "function") {
+      throw new P2PError("usage", "This JavaScript runtime has no WebSocket (Node 20 needs --experimental-websocket).");
+    }
     const hash = await roomHash(code);
     let url;
     try {
@@ -114,8 +117,13 @@ export class Link {
     this.role = role;
     this.signal = signal;
     ws.binaryType = "arraybuffer";
-    /** @type {({text: string} | {data: Uint8Array})[]} */
+    /** @type {({text: string} | {data: Uint8Array, mark?: number})[]} */
     this.queue = [];
+    /**
+     * The receiver's last `ack` (§6.6.2), stamped on each binary message as it arrives:
+     * what an honest sender can have had acknowledged when it sent that message.
+     */
+    this.mark = 0;
     this.queuedBytes = 0;
     /** @type {P2PError | null} */
     this.ended = null;
@@ -123,7 +131,7 @@ export class Link {
     /** @type {(() => void) | null} */
     this.wake = null;
     ws.onmessage = (event) => {
-      const item = typeof event.data === "string" ? { text: event.data } : { data: new Uint8Array(event.data) };
+      const item = typeof event.data === "string" ? { text: event.data } : { data: new Uint8Array(event.data), mark: this.mark };
       this.queuedBytes += "text" in item ? item.text.length : item.data.length;
       this.queue.push(item);
       this.notify();
@@ -282,7 +290,7 @@ export class Channel {
     const item = await this.link.next(timeout, waitingFor);
     if (!this.opener) {
       if ("text" in item) return parseMessage(item.text);
-      return { type: "data", data: item.data };
+      return { type: "data", data: item.data, mark: item.mark };
     }
     if ("text" in item) {
       throw new P2PError("tampered", "An unencrypted message arrived in the middle of an encrypted transfer: the relay "
@@ -300,7 +308,24 @@ export class Channel {
       try { text = decoder.decode(inner); } catch { throw violation("a control message is not valid UTF-8"); }
       return parseMessage(text);
     }
-    return { type: "data", data: inner };
+    return { type: "data", data: inner, mark: item.mark };
+  }
+
+  /**
+   * When our connection broke (`error`), the peer's `error` may still wait unread behind
+   * it: that one says why. Returns it as a P2PError, or `error` if none came.
+   * @param {P2PError} error
+   */
+  async explain(error) {
+    if (this.link.ws.readyState < 2 || this.failed) return error;
+    try {
+      for (;;) {
+        const message = await this.receive();
+        if (message.type === "error") return peerError(message.code, message.message);
+      }
+    } catch {
+      return error;
+    }
   }
 
   /**
@@ -334,7 +359,9 @@ export class Channel {
     const expect = async (wanted, first) => {
       let message;
       try {
-        message = first ?? await this.receive(theirPake ? HANDSHAKE_TIMEOUT : 0, "the other side");
+        // The receiver waits for the sender's first word as long as the relay lets it (§10).
+        const timeout = role === "sender" || theirPake ? HANDSHAKE_TIMEOUT : 0;
+        message = first ?? await this.receive(timeout, "the other side");
       } catch (error) {
         if (theirPake && error instanceof P2PError && (error.kind === "connection_lost" || error.closeCode !== undefined)) {
           throw new P2PError("wrong_code", "The other side stopped in the middle of the key exchange, which is what a "
@@ -405,4 +432,3 @@ function unbase64(text) {
   return bytes;
 }
 
-export { normalizeCode };

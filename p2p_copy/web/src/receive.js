@@ -11,12 +11,12 @@
  */
 import { normalizeCode } from "./protocol/codes.js";
 import { createHasher, pickDigest } from "./protocol/digests.js";
-import { P2PError, violation } from "./protocol/errors.js";
+import { asP2PError, P2PError, violation } from "./protocol/errors.js";
 import { BLOCK, DATA_RAW } from "./protocol/messages.js";
 import { checkManifest, displayName, ManifestLimits, summarizeOffer } from "./protocol/paths.js";
 import { equalConstantTime } from "./protocol/secure.js";
+import { ReceiverStream } from "./protocol/stream.js";
 import { Channel, Link, peerError } from "./peer.js";
-import { asP2PError } from "./send.js";
 
 export const WINDOW = 8 * 1024 * 1024;
 const MESSAGE_TIMEOUT = 300_000;
@@ -28,9 +28,17 @@ const MESSAGE_TIMEOUT = 300_000;
  */
 export async function receive({ relay, code, sink, onEvent = () => {}, signal = undefined,
   WebSocket = globalThis.WebSocket, windowsNames = defaultWindowsNames(), testing = {} }) {
-  const theCode = normalizeCode(code);
-  onEvent({ type: "connecting" });
-  const link = await Link.open({ relay, code: theCode, role: "receiver", WebSocket, signal });
+  let link;
+  let theCode;
+  try {
+    theCode = normalizeCode(code);
+    onEvent({ type: "connecting" });
+    link = await Link.open({ relay, code: theCode, role: "receiver", WebSocket, signal });
+  } catch (error) {
+    const failure = asP2PError(error);
+    onEvent({ type: "error", error: failure });
+    throw failure;
+  }
   const channel = new Channel(link);
   const run = new Receiving(channel, sink, onEvent, windowsNames);
   try {
@@ -47,11 +55,38 @@ export async function receive({ relay, code, sink, onEvent = () => {}, signal = 
     onEvent({ type: "done", result });
     return result;
   } catch (error) {
-    const failure = asP2PError(error);
+    let failure = asP2PError(error);
+    if (failure.kind === "connection_lost") failure = await channel.explain(failure);
     await run.abort(failure);
     await channel.fail(failure);
     onEvent({ type: "error", error: failure });
     throw failure;
+  }
+}
+
+/** What the sender reads when our storage fails, by the storage error's kind. */
+const STORAGE_WIRE = {
+  disk_full: ["disk_full", "The receiver does not have enough space for the files."],
+  exists: ["exists", "A file of that name already exists on the receiver's side."],
+  cancelled: ["cancelled", "The receiver cancelled."],
+};
+
+/**
+ * A failure of the sink (the page's storage) as a P2PError of kind "storage" that keeps
+ * the sink's own error as `cause` (its words are for the person on this side).
+ */
+export function storageFailure(error) {
+  if (error instanceof P2PError) return error;
+  const [wire, peerMessage] = STORAGE_WIRE[error?.kind] ?? ["internal", "The receiver could not save the files."];
+  return new P2PError("storage", String(error?.message ?? error), { wire, peerMessage, cause: error });
+}
+
+/** `await`s a call into the sink, turning its failures into storageFailure()s. */
+async function sinkCall(promise) {
+  try {
+    return await promise;
+  } catch (error) {
+    throw storageFailure(error);
   }
 }
 
@@ -71,10 +106,14 @@ class Receiving {
     /** Writers of files received but not verified yet: aborted if the transfer fails. */
     this.open = new Map();
     this.aborted = false;
+    /** A receive() started while the offer was open: the next message. */
+    this.pending = null;
   }
 
   async next() {
-    const message = await this.channel.receive(MESSAGE_TIMEOUT, "the sender");
+    const pending = this.pending;
+    this.pending = null;
+    const message = pending ? await pending : await this.channel.receive(MESSAGE_TIMEOUT, "the sender");
     if (message.type === "error") throw peerError(message.code, message.message);
     return message;
   }
@@ -90,7 +129,21 @@ class Receiving {
     }
     const summary = summarizeOffer(entries);
     this.onEvent({ type: "offer", summary });
-    const taken = await this.sink.offer(summary);
+    // While the person decides, keep reading: the sender may give up (an `error`, or its
+    // connection ends), and the question must not outlive it. Nothing else may come yet.
+    const watching = this.channel.receive();
+    watching.catch(() => {});
+    const answer = await Promise.race([
+      sinkCall(this.sink.offer(summary)).then((taken) => ({ taken })),
+      watching.then((message) => ({ message })),
+    ]);
+    if ("message" in answer) {
+      const message = answer.message;
+      if (message.type === "error") throw peerError(message.code, message.message);
+      throw violation(`'${message.type}' before the receiver's answer`);
+    }
+    this.pending = watching;
+    const taken = answer.taken;
     if (!taken) {
       throw new P2PError("declined", "The offer was declined.", { wire: "cancelled", peerMessage: "The receiver declined the offer." });
     }
@@ -141,7 +194,7 @@ class Receiving {
     if (!this.sink.held) return [];
     const seen = new Set();
     const held = [];
-    for (const [file, offset] of await this.sink.held(files.map((f) => ({ path: f.path, size: f.size, mtime: f.mtime })))) {
+    for (const [file, offset] of await sinkCall(this.sink.held(files.map((f) => ({ path: f.path, size: f.size, mtime: f.mtime }))))) {
       const entry = files[file];
       if (!entry || seen.has(file) || offset <= 0 || offset > entry.size || (offset % BLOCK !== 0 && offset !== entry.size)) continue;
       seen.add(file);
@@ -180,111 +233,89 @@ class Receiving {
   async feedPrefix(file, offset) {
     const hasher = this.hasher;
     hasher.init();
-    const source = await this.sink.prefix(file, offset);
+    const source = await sinkCall(this.sink.prefix(file, offset));
     if (source instanceof Uint8Array) hasher.update(source);
     else if (source && typeof source.getReader === "function") {
       const reader = source.getReader();
       for (;;) {
-        const { value, done } = await reader.read();
+        const { value, done } = await sinkCall(reader.read());
         if (done) break;
         hasher.update(value);
       }
     } else {
       for (let at = 0; at < offset; at += BLOCK) {
-        hasher.update(new Uint8Array(await source.slice(at, Math.min(offset, at + BLOCK)).arrayBuffer()));
+        hasher.update(new Uint8Array(await sinkCall(source.slice(at, Math.min(offset, at + BLOCK)).arrayBuffer())));
       }
     }
   }
 
   /** The data stream, checksums, eof (§6.6-6.8); `first` is a message already read. */
   async stream(files, dirs, offsets, window, first) {
-    const total = files.reduce((sum, file, i) => sum + file.size - offsets[i], 0);
-    const digests = [];  // computed digest of each complete file, by file number
-    let verified = 0;    // digests received and compared so far
-    let current = 0;     // the file the next stream byte belongs to
-    let left = 0;        // its bytes still to come
-    let writer = null;
-    let received = 0;
-    let acked = 0;
+    const stream = new ReceiverStream(files.map((file) => file.size), offsets, window);
+    const digests = [];  // the digest of each complete file, by file number
     const hasher = this.hasher;
-    const startFile = async () => {
-      // Files with nothing left to come (empty, or held whole) complete at once.
-      while (current < files.length) {
-        const file = files[current];
-        left = file.size - offsets[current];
-        if (offsets[current] > 0) await this.feedPrefix(current, offsets[current]);
-        else hasher.init();
-        if (left > 0) {
-          writer = await this.sink.open(file.path, file.size, { offset: offsets[current] });
-          this.open.set(current, writer);
-          return;
+    let writer = null;
+    /** Does what the stream's pieces say: seed, open, hash, write, finish. */
+    const handle = async (pieces, payload) => {
+      for (const piece of pieces) {
+        const file = files[piece.file];
+        const offset = offsets[piece.file];
+        if (piece.opens) {
+          if (offset > 0) await this.feedPrefix(piece.file, offset);
+          else hasher.init();
+          // A file held whole (§6.5.1) is verified where it lies: nothing to open.
+          writer = offset === 0 || offset < file.size
+            ? await sinkCall(this.sink.open(file.path, file.size, { offset })) : null;
+          if (writer) this.open.set(piece.file, writer);
         }
-        if (offsets[current] === 0) this.open.set(current, await this.sink.open(file.path, file.size, { offset: 0 }));
-        digests.push(/** @type {string} */ (hasher.digest("hex")));
-        current += 1;
+        if (piece.end > piece.start) {
+          const bytes = payload.subarray(piece.start, piece.end);
+          hasher.update(bytes);
+          await sinkCall(writer.write(bytes));
+        }
+        if (piece.completes) digests[piece.file] = /** @type {string} */ (hasher.digest("hex"));
       }
     };
-    await startFile();
+    await handle(stream.takeEmpty(), null);
     for (;;) {
       const message = first ?? await this.next();
       first = null;
       if (message.type === "data") {
         const data = message.data;
         if (data.length < 2 || data[0] !== DATA_RAW) throw violation("a data message must be kind 0x00 with at least one byte");
-        if (received + data.length - 1 > total) throw violation("more data than the manifest announced");
-        let at = 1;
-        while (at < data.length) {
-          const piece = data.subarray(at, at + Math.min(left, data.length - at));
-          hasher.update(piece);
-          await /** @type {any} */ (writer).write(piece);
-          at += piece.length;
-          left -= piece.length;
-          if (left === 0) {
-            digests.push(/** @type {string} */ (hasher.digest("hex")));
-            current += 1;
-            writer = null;
-            await startFile();
-          }
-        }
-        received += data.length - 1;
-        this.onEvent({ type: "progress", bytes: received, total });
-        if (window && received - acked >= window / 4) {
-          acked = received;
-          await this.channel.send({ type: "ack", bytes: received });
+        await handle(stream.take(data.length - 1, message.mark), data.subarray(1));
+        this.onEvent({ type: "progress", bytes: stream.received, total: stream.total });
+        const ack = stream.ackDue();
+        if (ack !== null) {
+          await this.channel.send({ type: "ack", bytes: ack });
+          this.channel.link.mark = ack;
         }
       } else if (message.type === "checksums") {
-        if (message.algorithm !== this.digest) throw violation(`checksums in '${message.algorithm}', not the agreed '${this.digest}'`);
-        if (message.first !== verified) throw violation(`checksums start at file ${message.first}, expected ${verified}`);
-        if (message.first + message.digests.length > digests.length) throw violation("checksums for a file that is not complete");
-        for (const theirs of message.digests) {
-          const index = verified;
+        for (const index of stream.checksums(message, this.digest)) {
           const file = files[index];
           const own = this.open.get(index);
           this.open.delete(index);
-          if (!equalConstantTime(theirs, digests[index])) {
+          if (!equalConstantTime(message.digests[index - message.first], digests[index])) {
             await own?.abort();
             const name = displayName(file.path);
             throw new P2PError("integrity", `'${name}' arrived damaged: its digest does not match the sender's. Nothing of it was kept.`,
               { wire: "integrity", peerMessage: `'${name}' did not match its digest on the receiver's side.` });
           }
-          await own?.close();
-          verified += 1;
+          await sinkCall(own?.close());
           this.onEvent({ type: "file", path: file.path, verified: true });
         }
       } else if (message.type === "eof") {
-        if (received !== total || verified !== files.length) {
-          throw violation(`eof after ${received} of ${total} bytes and ${verified} of ${files.length} digests`);
-        }
+        stream.eof();
         break;
       } else {
         throw violation(`'${message.type}' is not expected while receiving`);
       }
     }
     // Deepest first, as the Python receiver does, so a folder's own time is set last.
-    for (const dir of [...dirs].sort((a, b) => b.path.split("/").length - a.path.split("/").length)) await this.sink.mkdir(dir.path, dir);
-    await this.sink.done?.();
+    for (const dir of [...dirs].sort((a, b) => b.path.split("/").length - a.path.split("/").length)) await sinkCall(this.sink.mkdir(dir.path, dir));
+    await sinkCall(this.sink.done?.());
     await this.channel.send({ type: "done" });
-    return { files: files.length, dirs: dirs.length, bytes: received, digest: this.digest, window };
+    return { files: files.length, dirs: dirs.length, bytes: stream.received, digest: this.digest, window };
   }
 
   /** Discard every unverified file; tell the sink why. */

@@ -7,18 +7,21 @@
  */
 import { generateCode, normalizeCode } from "./protocol/codes.js";
 import { createHasher, SUPPORTED } from "./protocol/digests.js";
-import { P2PError, violation } from "./protocol/errors.js";
-import { BLOCK, DATA_RAW } from "./protocol/messages.js";
-import { checkEntries } from "./protocol/paths.js";
+import { asP2PError, P2PError, violation } from "./protocol/errors.js";
+import { DATA_RAW } from "./protocol/messages.js";
+import { checkPrefixes, manifestParts } from "./protocol/manifest.js";
+import { checkEntries, summarizeOffer } from "./protocol/paths.js";
 import { Channel, Link, peerError } from "./peer.js";
 
 /** Bytes of file data per data message: our Python sender's largest chunk (§3.3). */
 export const CHUNK = 1024 * 1024;
-const MANIFEST_PART = 256 * 1024;
 const ACCEPT_TIMEOUT = 360_000;
 const RESUME_TIMEOUT = 60_000;
 const DONE_TIMEOUT = 300_000;
+const IDLE_TIMEOUT = 300_000;
 const CODE_ATTEMPTS = 8;
+/** Failures already given to onEvent (by the connection that saw them). */
+const reported = new WeakSet();
 
 /**
  * Send `entries` (see index.js). With no `code`, one is generated (and reported with an
@@ -27,6 +30,16 @@ const CODE_ATTEMPTS = 8;
  */
 export async function send({ relay, code = undefined, entries, fresh = true, onEvent = () => {}, signal = undefined,
   WebSocket = globalThis.WebSocket, testing = {} }) {
+  try {
+    return await sendOnce({ relay, code, entries, fresh, onEvent, signal, WebSocket, testing });
+  } catch (error) {
+    const failure = asP2PError(error);
+    if (!reported.has(failure)) onEvent({ type: "error", error: failure });
+    throw failure;
+  }
+}
+
+async function sendOnce({ relay, code, entries, fresh, onEvent, signal, WebSocket, testing }) {
   const files = entries.filter((entry) => entry.kind !== "dir");
   checkOwnEntries(entries);
   const generated = code === undefined || code === null;
@@ -56,6 +69,7 @@ export async function send({ relay, code = undefined, entries, fresh = true, onE
       const failure = asP2PError(error);
       await channel.fail(failure);
       onEvent({ type: "error", error: failure });
+      reported.add(failure);
       throw failure;
     }
   }
@@ -93,56 +107,21 @@ async function waitReady(link, code, onEvent) {
   }
 }
 
-export function asP2PError(error) {
-  if (error instanceof P2PError) return error;
-  return new P2PError("internal", `Unexpected failure: ${/** @type {Error} */ (error)?.message ?? error}`,
-    { wire: "internal", cause: error });
-}
 
-function entryJson(entry) {
-  if (entry.kind === "dir") {
-    const out = { path: entry.path, kind: "dir", mode: entry.mode ?? 0o755 };
-    if (entry.mtime != null) out.mtime = entry.mtime;
-    return out;
-  }
-  const out = { path: entry.path, size: entry.size, mode: entry.mode ?? 0o644 };
-  if (entry.mtime != null) out.mtime = entry.mtime;
-  return out;
-}
-
-/** The manifest parts (§6.4): at most MANIFEST_PART bytes of JSON each, the first with `digests` and `ack`. */
-export function manifestParts(entries) {
-  const parts = [];
-  let current = [];
-  let size = 0;
-  for (const entry of entries) {
-    const text = JSON.stringify(entryJson(entry));
-    const bytes = new TextEncoder().encode(text).length + 1;
-    if (current.length && size + bytes > MANIFEST_PART) {
-      parts.push(current);
-      current = [];
-      size = 0;
-    }
-    current.push(entryJson(entry));
-    size += bytes;
-  }
-  parts.push(current);
-  return parts.map((part, index) => {
-    const message = { type: "manifest", version: 1 };
-    if (index === 0) { message.digests = [...SUPPORTED]; message.ack = true; }
-    message.entries = part;
-    if (index < parts.length - 1) message.more = true;
-    return message;
-  });
-}
-
-/** Bytes of `blob` from `start` to `end`, read in CHUNK slices. */
-async function* slices(blob, start, end) {
+/** Bytes of `blob` (the file `path`) from `start` to `end`, read in CHUNK slices. */
+async function* slices(blob, start, end, path = "a file") {
   for (let at = start; at < end; at += CHUNK) {
     const stop = Math.min(end, at + CHUNK);
-    const bytes = new Uint8Array(await blob.slice(at, stop).arrayBuffer());
+    let bytes;
+    try {
+      bytes = new Uint8Array(await blob.slice(at, stop).arrayBuffer());
+    } catch (error) {
+      throw new P2PError("storage", `Could not read '${path}': ${error?.message ?? error}`,
+        { wire: "usage", peerMessage: `The sender could not read '${path}'.`, cause: error });
+    }
     if (bytes.length !== stop - at) {
-      throw new P2PError("usage", "A file changed while it was being sent.", { wire: "usage" });
+      throw new P2PError("storage", `'${path}' changed while it was being sent.`,
+        { wire: "usage", peerMessage: `'${path}' changed on the sender's side while it was being sent.` });
     }
     yield bytes;
   }
@@ -150,6 +129,7 @@ async function* slices(blob, start, end) {
 
 async function transfer(channel, entries, files, onEvent) {
   for (const part of manifestParts(entries)) await channel.send(part);
+  onEvent({ type: "offer", summary: summarizeOffer(entries.map((e) => ({ ...e, mode: e.mode ?? (e.kind === "dir" ? 0o755 : 0o644) }))) });
   const accept = await expectMessage(channel, ACCEPT_TIMEOUT, "the receiver's answer", ["accept"]);
   const digest = accept.digest ?? "sha256";
   if (!SUPPORTED.includes(digest)) throw violation(`the receiver picked the digest '${digest}', which was not offered`);
@@ -185,13 +165,14 @@ async function transfer(channel, entries, files, onEvent) {
   let progress = 0;
   try {
     progress = await streamFiles(channel, files, offsets, hasher, digest, state, onEvent);
+    state.eofSent = true;
+    await channel.send({ type: "eof" });
   } catch (error) {
-    // The relay's close often follows the receiver's `error`, which then says why.
-    if (channel.link.closed) await reader;
+    // The relay's close often follows the receiver's `error`, which then says why: once
+    // the socket is closing, let the reader take what arrived before the close.
+    if (channel.link.ws.readyState >= 2) await reader;
     throw state.failure ?? error;
   }
-  await channel.send({ type: "eof" });
-  state.eofSent = true;
   let timer;
   await Promise.race([reader, new Promise((resolve) => { timer = setTimeout(resolve, DONE_TIMEOUT); })]);
   clearTimeout(timer);
@@ -224,9 +205,9 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
   for (let i = 0; i < files.length; i++) {
     const file = files[i];
     hasher.init();
-    if (offsets[i] > 0) for await (const bytes of slices(file.blob, 0, offsets[i])) hasher.update(bytes);
+    if (offsets[i] > 0) for await (const bytes of slices(file.blob, 0, offsets[i], file.path)) hasher.update(bytes);
     let wrote = false;
-    for await (const bytes of slices(file.blob, offsets[i], file.size)) {
+    for await (const bytes of slices(file.blob, offsets[i], file.size, file.path)) {
       if (window) await waitWindow(state, window);
       if (state.failure) throw state.failure;
       await channel.link.drain();
@@ -234,8 +215,8 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
       message[0] = DATA_RAW;
       message.set(bytes, 1);
       hasher.update(bytes);
+      state.sent += bytes.length;  // before the send: an ack for these bytes may come at once
       await channel.sendData(message);
-      state.sent += bytes.length;
       wrote = true;
       onEvent({ type: "progress", bytes: state.sent, total });
     }
@@ -246,19 +227,6 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
   }
   await flush();
   return state.sent;
-}
-
-/** Validates held prefixes (§6.5.1) against our files; a violation otherwise. */
-function checkPrefixes(held, files) {
-  const seen = new Set();
-  for (const [file, offset] of held) {
-    const entry = files[file];
-    if (!entry || seen.has(file) || offset > entry.size || (offset % BLOCK !== 0 && offset !== entry.size)) {
-      throw violation("the receiver's 'held' names no file of ours, a file twice, or an offset that is not a multiple of 1 MiB or the size");
-    }
-    seen.add(file);
-  }
-  return held;
 }
 
 async function prefixDigest(hasher, blob, offset) {
@@ -298,10 +266,20 @@ async function readWhileSending(channel, state, window) {
   }
 }
 
+/** Waits until the window has room (§6.6.2); a receiver silent for IDLE_TIMEOUT is a timeout. */
 async function waitWindow(state, window) {
   while (!state.failure && state.sent - state.acked >= window) {
-    await new Promise((resolve) => { state.wake = resolve; });
+    let timer;
+    const acked = state.acked;
+    await new Promise((resolve) => {
+      state.wake = resolve;
+      timer = setTimeout(resolve, IDLE_TIMEOUT);
+    });
+    clearTimeout(timer);
     state.wake = null;
+    if (!state.failure && state.acked === acked && state.sent - state.acked >= window) {
+      throw new P2PError("timeout", `The receiver acknowledged nothing for ${IDLE_TIMEOUT / 1000} s.`, { wire: "timeout" });
+    }
   }
 }
 

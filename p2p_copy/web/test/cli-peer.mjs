@@ -87,6 +87,7 @@ try {
   process.exit(0);
 } catch (error) {
   if (error instanceof P2PError) {
+    if (process.env.P2P_DEBUG) console.error(error.stack);
     console.error(`${error.kind}: ${error.message}`);
     process.exit(EXIT[error.kind] ?? 1);
   }

@@ -36,3 +36,10 @@ export class P2PError extends Error {
 export function violation(message) {
   return new P2PError("protocol", `The other side broke the protocol: ${message}`, { wire: "protocol" });
 }
+
+/** Anything thrown, as a P2PError (an unexpected one is `internal`, for us and the peer). */
+export function asP2PError(error) {
+  if (error instanceof P2PError) return error;
+  return new P2PError("internal", `Unexpected failure: ${/** @type {Error} */ (error)?.message ?? error}`,
+    { wire: "internal", cause: error });
+}

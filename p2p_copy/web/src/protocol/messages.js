@@ -4,8 +4,10 @@
  * P2PError of kind "protocol" (wire code `protocol`) / "incompatible". Mirrors
  * p2p_copy/protocol/messages.py. Unknown members are ignored, unknown types are errors.
  *
- * One difference JSON.parse imposes: it cannot tell `5` from `5.0` (both are the number
- * 5), so integers written with a fraction of zero pass here where Python refuses them.
+ * Two differences JSON.parse imposes: it cannot tell `5` from `5.0` (both are the number
+ * 5), so integers written with a fraction of zero pass here where Python refuses them; and
+ * it rounds integers beyond 2^53 to doubles, so 2^53 + 1 reads as 2^53 (the largest size
+ * allowed) where Python refuses it. Neither lets a peer past a limit.
  */
 import { P2PError, violation } from "./errors.js";
 import { HEX_DIGEST } from "./digests.js";
@@ -113,8 +115,10 @@ function parseManifest(obj) {
       throw violation("a stream entry must be the manifest's last entry");
     }
   });
-  // `ack` (flow control, contract): only `true` announces it; anything else is "no".
-  return { type: "manifest", entries, more, digests: names(obj, "digests"), ack: obj.ack === true };
+  // `ack` (§6.6.2): the sender honours a flow-control window; a boolean or null in any part.
+  const ack = obj.ack ?? false;
+  if (typeof ack !== "boolean") throw violation("the manifest's 'ack' must be true or false");
+  return { type: "manifest", entries, more, digests: names(obj, "digests"), ack };
 }
 
 function parseChecksums(obj) {
