@@ -16,6 +16,7 @@ timed beside it, half of it for the save. Screenshots go to /tmp/drop-shots/.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import subprocess
@@ -50,7 +51,8 @@ TRANSFER_MS = max(120_000, DROP_BYTES // MIB * 400)
 #: Renderer memory above which the page is said to hold the file (the issue's target).
 PAGE_MEMORY_LIMIT = 300 * MIB
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(TRANSFER_MS // 1000 * 4 + 300)]
+#: Seconds a test in a browser may take.
+BROWSER_TEST_TIMEOUT = TRANSFER_MS // 1000 * 4 + 300
 
 
 @dataclass
@@ -72,7 +74,8 @@ class Server:
         return f"{self.url}/{where}/{name}?token={self.token}"
 
 
-def _start_server(app: str, tmp_path: Path) -> tuple[Server, subprocess.Popen[bytes]]:
+def _start_server(app: str, tmp_path: Path,
+                  *extra: str) -> tuple[Server, subprocess.Popen[bytes]]:
     root = tmp_path / "root"
     root.mkdir()
     home = tmp_path / "jupyter-home"
@@ -109,6 +112,7 @@ def _start_server(app: str, tmp_path: Path) -> tuple[Server, subprocess.Popen[by
                 "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"
                 if app == "lab" else
                 "--JupyterNotebookApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                *extra,
             ],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             env=env, cwd=root, start_new_session=True,
@@ -203,7 +207,12 @@ def _run_cell(page: Any, index: int) -> None:
     key press right after the page opened is sometimes lost, so it is tried again."""
     cell = page.locator(".jp-Notebook .jp-CodeCell").nth(index)
     for _ in range(5):
-        cell.locator(".cm-content").click()
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count():
+            # Seen once under load (kernel selection on a slow start): take its default.
+            print(f"\na JupyterLab dialog: {dialog.first.inner_text()[:300]!r}")
+            dialog.first.locator(".jp-mod-accept").first.click()
+        cell.locator(".cm-content").click(timeout=10_000)
         page.keyboard.press("Control+Enter")
         try:
             page.wait_for_function(
@@ -293,6 +302,24 @@ class _Sampler:
         self._thread.join(timeout=5)
 
 
+def _dark(page: Any, server: Server) -> None:
+    """The dark theme (the user's setting, as Settings → Theme writes it), the notebook saved
+    and the page reloaded: the panel comes back from the kernel's model."""
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+s")
+    page.wait_for_timeout(1000)
+    themes = (server.root.parent / "jupyter-home" / "config" / "lab" / "user-settings"
+              / "@jupyterlab" / "apputils-extension" / "themes.jupyterlab-settings")
+    themes.parent.mkdir(parents=True, exist_ok=True)
+    themes.write_text(json.dumps({"theme": "JupyterLab Dark"}))
+    page.reload()
+    page.wait_for_function(READY_JS, timeout=PAGE_READY_MS, polling=250)
+    page.wait_for_function(
+        "() => document.body.dataset.jpThemeLight === 'false'"
+        " && document.querySelector('.p2p-copy-drop') !== null", timeout=30_000, polling=250)
+    page.wait_for_timeout(500)
+
+
 def _shot(page: Any, name: str) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
@@ -370,6 +397,8 @@ def _jupyter_upload(page: Any, server: Server, source: Path) -> float:
     return took
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(BROWSER_TEST_TIMEOUT)
 @pytest.mark.parametrize("app", ["lab", "notebook"])
 def test_drop_a_file_into_the_kernel(app: str, browser_tools: None,  # noqa: F811
                                      tmp_path: Path) -> None:
@@ -396,6 +425,8 @@ def test_drop_a_file_into_the_kernel(app: str, browser_tools: None,  # noqa: F81
                 _run_cell(page, 1)
                 measured = _drop_and_measure(page, server, context, source)
                 _shot(page, f"drop-done-{app}-light")
+                _dark(page, server)
+                _shot(page, f"drop-done-{app}-dark")
                 upload = _jupyter_upload(page, server, source) if app == "lab" else None
             finally:
                 context.close()
@@ -416,6 +447,8 @@ def test_drop_a_file_into_the_kernel(app: str, browser_tools: None,  # noqa: F81
     assert measured["rss_peak"] - measured["rss_before"] < PAGE_MEMORY_LIMIT, line
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(BROWSER_TEST_TIMEOUT)
 def test_drop_a_folder(lab: Server, tmp_path: Path) -> None:
     """A folder chosen with the folder button (showDirectoryPicker, stubbed with an
     origin-private folder the page fills first) arrives whole: files, a nested folder and an
@@ -494,6 +527,8 @@ def _slice_digests(path: Path) -> list[str]:
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(BROWSER_TEST_TIMEOUT)
 def test_save_to_this_computer(lab: Server, tmp_path: Path) -> None:
     """offer(): the Save button saves the kernel's file through the (stubbed) save picker;
     the saved bytes equal the kernel's file, and the kernel's send ends done."""
@@ -516,6 +551,8 @@ def test_save_to_this_computer(lab: Server, tmp_path: Path) -> None:
             end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
             took = time.monotonic() - started
             _shot(page, "save-done-light")
+            _dark(page, lab)
+            _shot(page, "save-done-dark")
             saved = page.evaluate(SLICE_DIGESTS_JS, ["result.bin", SLICE])
         finally:
             context.close()
@@ -525,6 +562,8 @@ def test_save_to_this_computer(lab: Server, tmp_path: Path) -> None:
     print(f"\nsave: {size / MIB:.0f} MiB in {took:.1f} s ({size / MIB / took:.0f} MiB/s)")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(BROWSER_TEST_TIMEOUT)
 def test_a_reload_mid_transfer_resumes(lab: Server, tmp_path: Path) -> None:
     """The page is reloaded while a drop runs: the panel comes back (the kernel kept its
     model) and says to drop the same file again; dropped again, the transfer continues from
@@ -564,3 +603,128 @@ def test_a_reload_mid_transfer_resumes(lab: Server, tmp_path: Path) -> None:
     assert _sha256(lab.root / "dropped" / "big.bin") == digest
     assert 0 < resent < size, (resent, size)
     print(f"\nreload: the second drop sent {resent / MIB:.0f} of {size / MIB:.0f} MiB")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(BROWSER_TEST_TIMEOUT)
+def test_without_the_proxy_the_panel_says_what_to_install(browser_tools: None,  # noqa: F811
+                                                          tmp_path: Path) -> None:
+    """A Jupyter server without jupyter-server-proxy: the page cannot reach the kernel's
+    relay, and the panel says what to install (or which relay to set) instead of hanging;
+    the kernel's side is told and waits for another try."""
+    from playwright.sync_api import sync_playwright
+
+    server, proc = _start_server(
+        "lab", tmp_path, "--ServerApp.jpserver_extensions={'jupyter_server_proxy': False}")
+    (tmp_path / "small.txt").write_text("hello\n")
+    _notebook(server, "noproxy.ipynb", DROP_CELLS[:1])
+    try:
+        with sync_playwright() as pw:
+            context = _launch(pw, tmp_path)
+            try:
+                page = _open(context, server, "noproxy.ipynb")
+                _run_cell(page, 0)
+                _wait_panel(page, server, ("ready",), 60_000)
+                page.locator(".p2p-copy-drop-files").set_input_files(str(tmp_path / "small.txt"))
+                said = _wait_panel(page, server, ("interrupted",), 60_000)
+                _shot(page, "no-proxy-light")
+            finally:
+                context.close()
+    finally:
+        _stop(proc)
+    assert said["kind"] == "bad", said
+    assert said["status"].startswith("The Jupyter server did not let this page through"), said
+    assert "install jupyter-server-proxy" in said["status"], said
+    assert not (server.root / "dropped" / "small.txt").exists()
+
+
+# --- without a browser ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_user_relay(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("P2P_COPY_RELAY", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+
+async def _stop_kernel_relay() -> None:
+    from p2p_copy.jupyter import drop as module
+
+    if module._kernel_relay is not None:
+        await module._kernel_relay[1].stop()
+        module._kernel_relay = None
+
+
+@pytest.mark.slow  # importing anywidget and ipywidgets takes a second
+async def test_without_a_browser_drop_says_where_it_is_needed(
+        no_user_relay: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """No front end ever shows the panel (a script, nbclient): its text says a browser is
+    needed, and awaiting drop() ends with that line (a UsageError), nothing received."""
+    import p2p_copy
+    from p2p_copy.jupyter import drop as module
+
+    monkeypatch.setattr(module, "VIEW_TIMEOUT", 0.2)
+    try:
+        handle = p2p_copy.drop(tmp_path / "in")
+        with pytest.raises(p2p_copy.UsageError, match="needs a notebook front end"):
+            await handle
+    finally:
+        await _stop_kernel_relay()
+    assert "drop files into this kernel" in capsys.readouterr().out
+    assert not (tmp_path / "in").exists()
+
+
+async def test_offer_of_a_missing_file_is_one_line(tmp_path: Path) -> None:
+    import p2p_copy
+
+    with pytest.raises(p2p_copy.UsageError, match="does not exist"):
+        p2p_copy.offer(tmp_path / "nothing-here.csv")
+
+
+def test_drop_outside_an_event_loop_says_so(tmp_path: Path) -> None:
+    import p2p_copy
+
+    with pytest.raises(p2p_copy.UsageError, match="event loop"):
+        p2p_copy.drop(tmp_path)
+
+
+async def test_without_anywidget_the_message_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import p2p_copy
+    from p2p_copy.jupyter import panel
+
+    monkeypatch.setattr(panel, "_CLASS", None)
+    monkeypatch.setitem(sys.modules, "anywidget", None)  # import anywidget fails
+    with pytest.raises(p2p_copy.UsageError, match=r"pip install anywidget 'jupyter-server-proxy"):
+        p2p_copy.drop(tmp_path)
+
+
+async def test_the_users_relay_is_used_by_both_sides(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    """$P2P_COPY_RELAY (as for the command line): the kernel and the browser use it, and
+    no relay is started in the kernel; without it, the kernel's own relay, behind the proxy."""
+    from p2p_copy.jupyter import drop as module
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("P2P_COPY_RELAY", "wss://relay.example.org")
+    route = await module._route()
+    assert (route.url, route.browser_url, route.proxy_port) == (
+        "wss://relay.example.org", "wss://relay.example.org", 0)
+    assert module._kernel_relay is None
+    monkeypatch.delenv("P2P_COPY_RELAY")
+    try:
+        route = await module._route()
+        again = await module._route()
+    finally:
+        await _stop_kernel_relay()
+    assert route.browser_url == "" and route.proxy_port > 0
+    assert route.url == f"ws://127.0.0.1:{route.proxy_port}"
+    assert again == route  # one relay per kernel, reused
+
+
+def test_binder_installs_what_drop_needs() -> None:
+    """Binder's environment has the widget library and the server proxy (>= 4.2.0)."""
+    lines = (REPO / "binder" / "requirements.txt").read_text().splitlines()
+    assert "anywidget>=0.9" in lines
+    assert "jupyter-server-proxy>=4.2.0" in lines

@@ -53,17 +53,19 @@ _AGAIN = (ConnectionLostError, PeerGoneError, TransferTimeoutError, TransferCanc
 #: The in-kernel relay waits this long for the browser once the kernel's side joined.
 _KERNEL_RELAY_CONFIG = RelayConfig(peer_timeout=600.0)
 
-_kernel_relay: Relay | None = None
+_kernel_relay: tuple[asyncio.AbstractEventLoop, Relay] | None = None
 
 
 async def kernel_relay() -> Relay:
-    """The relay this kernel runs for its panels: started on first use, then reused."""
+    """The relay this kernel runs for its panels: started on first use, then reused (in
+    the same event loop: a kernel has one; tests have one each)."""
     global _kernel_relay
-    if _kernel_relay is None:
+    loop = asyncio.get_running_loop()
+    if _kernel_relay is None or _kernel_relay[0] is not loop or _kernel_relay[0].is_closed():
         relay = Relay("127.0.0.1", 0, config=_KERNEL_RELAY_CONFIG)
         await relay.start()
-        _kernel_relay = relay
-    return _kernel_relay
+        _kernel_relay = (loop, relay)
+    return _kernel_relay[1]
 
 
 @dataclass(frozen=True)
@@ -143,10 +145,25 @@ def _offered(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
 
 
 class _PanelTracker(_Tracker):
-    """The handle's tracker; the code stays off the kernel's panel (the browser has it)."""
+    """The handle's tracker. The code stays off the kernel's progress panel (the browser
+    has it), and that panel appears once the browser joined: until then the drop panel
+    says how it goes, and a browser that cannot connect leaves no empty panel behind."""
+
+    _holding = False
 
     def showing_code(self, server: str, code: str) -> None:
         self.code = code
+
+    def waiting(self) -> None:
+        if getattr(self.inner, "_show_on_wait", False):
+            self.inner._show_on_wait = False  # type: ignore[attr-defined]
+            self._holding = True
+        super().waiting()
+
+    def paired(self) -> None:
+        super().paired()
+        if self._holding and not getattr(self.inner, "_shown", True):
+            self.inner._ipython_display_()  # type: ignore[attr-defined]
 
 
 Run = Callable[[str, str, Options], Coroutine[Any, Any, TransferResult]]

@@ -124,8 +124,10 @@ function render({ model, el }) {
       bar.value = bar.max;
     } catch (error) {
       let text = describeError(error);
-      if (usedProxy && !paired && error?.kind === "connection_lost") text = NO_PROXY;
+      // The proxy answers a missing route (no jupyter-server-proxy) by failing the upgrade.
+      if (usedProxy && !paired && ["connection_lost", "relay_refused"].includes(error?.kind)) text = NO_PROXY;
       say(text, isCancel(error) ? "" : "bad");
+      if (mode === "drop") where.textContent = `Into the kernel's folder “${model.get("dest")}”`;
       tell(model, { browser_error: text });
     } finally {
       running = null;
@@ -261,7 +263,10 @@ function render({ model, el }) {
       say(mode === "drop"
         ? "The transfer was cut (was the page reloaded?). Drop or choose the same files again to continue where it stopped."
         : "The transfer was cut (was the page reloaded?). Click Save and choose the same place again to continue.");
-    } else if (state === "interrupted" && !running) say(`Stopped: ${message} Start again to continue where it stopped.`, "bad");
+    } else if (state === "interrupted" && !running) {
+      // The browser's own failure is already said as it is; the kernel's gets its way out.
+      say(message === model.get("browser_error") ? message : `Stopped: ${message} Start again to continue where it stopped.`, "bad");
+    }
     else if (state === "done") {
       say(mode === "drop" ? `Received in the kernel: ${message}.` : `Saved and verified: ${message}.`, "ok");
       bar.hidden = false;
@@ -271,7 +276,7 @@ function render({ model, el }) {
       if (b !== cancel) /** @type {HTMLButtonElement} */ (b).disabled = Boolean(running) || ended();
     }
     zone.classList.toggle("p2p-copy-disabled", ended());
-    if (mode === "drop" && !where.textContent) where.textContent = `Into ${model.get("dest")} in the kernel`;
+    if (mode === "drop" && !where.textContent) where.textContent = `Into the kernel's folder “${model.get("dest")}”`;
   }
 
   model.on("change:state", showState);
