@@ -50,8 +50,9 @@ VIEW_TIMEOUT = 30.0
 _TOKEN_ENV = "P2P_COPY_RELAY_TOKEN"
 #: The browser's connection dropped, or it stopped: the person can start it again.
 _AGAIN = (ConnectionLostError, PeerGoneError, TransferTimeoutError, TransferCancelledError)
-#: The in-kernel relay waits this long for the browser once the kernel's side joined.
-_KERNEL_RELAY_CONFIG = RelayConfig(peer_timeout=600.0)
+#: The in-kernel relay: it serves the notebook's own peers only, so no web page; each side
+#: may wait ten minutes for the other (the person is choosing files).
+_KERNEL_RELAY_CONFIG = RelayConfig(peer_timeout=600.0, web=False)
 
 _kernel_relay: tuple[asyncio.AbstractEventLoop, Relay] | None = None
 

@@ -84,6 +84,10 @@ function render({ model, el }) {
     else if (e.type === "waiting") say("Waiting for the kernel…");
     else if (e.type === "paired" || e.type === "verifying") say("Connected: checking the code…");
     else if (e.type === "progress") {
+      // Redrawn at most ten times a second: a layout per MiB would cost the notebook.
+      const now = performance.now();
+      if (now - lastDrawn < 100 && e.bytes < (e.total ?? 0)) return;
+      lastDrawn = now;
       bar.hidden = false;
       bar.max = Math.max(e.total ?? 1, 1);
       bar.value = e.bytes;
@@ -93,6 +97,7 @@ function render({ model, el }) {
     }
   }
   let speed = new Speedometer();
+  let lastDrawn = 0;
 
   /** Runs one transfer (``work`` gets the relay and the abort signal). */
   async function run(work) {
