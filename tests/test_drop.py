@@ -635,14 +635,18 @@ def test_without_the_proxy_the_panel_says_what_to_install(browser_tools: None,  
             try:
                 page = _open(context, server, "noproxy.ipynb")
                 _run_cell(page, 0)
-                _wait_panel(page, server, ("ready",), 60_000)
+                # Said before anyone chooses a file (the panel asks the relay's /healthz)...
+                before = _wait_panel(page, server, ("never",), 60_000)
+                _shot(page, "no-proxy-light")
+                # ... and if they drop one all the same.
                 page.locator(".p2p-copy-drop-files").set_input_files(str(tmp_path / "small.txt"))
                 said = _wait_panel(page, server, ("interrupted",), 60_000)
-                _shot(page, "no-proxy-light")
             finally:
                 context.close()
     finally:
         _stop(proc)
+    assert before["state"] == "ready" and before["kind"] == "bad", before
+    assert before["status"].startswith("The Jupyter server did not let this page through")
     assert said["kind"] == "bad", said
     assert said["status"].startswith("The Jupyter server did not let this page through"), said
     assert "install jupyter-server-proxy" in said["status"], said

@@ -263,7 +263,13 @@ function render({ model, el }) {
     const message = model.get("message");
     root.dataset.state = state;
     if (state === "starting") say("Starting…");
-    else if (state === "ready" && !running) say(mode === "drop" ? "Ready: drop files, or choose them." : "Ready: click Save.");
+    else if (state === "ready" && !running) {
+      const found = relay();
+      if ("problem" in found) say(found.problem, "bad");
+      else if (reachable === false) say(NO_PROXY, "bad");
+      else say(mode === "drop" ? "Ready: drop files, or choose them." : "Ready: click Save.");
+      if (reachable === undefined && "relay" in found && usedProxy) checkProxy();
+    }
     else if (state === "running" && !running) {
       say(mode === "drop"
         ? "The transfer was cut (was the page reloaded?). Drop or choose the same files again to continue where it stopped."
@@ -282,6 +288,21 @@ function render({ model, el }) {
     }
     zone.classList.toggle("p2p-copy-disabled", ended());
     if (mode === "drop" && !where.textContent) where.textContent = `Into the kernel's folder “${model.get("dest")}”`;
+  }
+
+  /** Whether the kernel's relay answers through the proxy: undefined until asked. */
+  let reachable;
+  /** Asked once, before anyone picks a big file: /healthz of the relay, through the proxy. */
+  async function checkProxy() {
+    reachable = null;
+    const base = jupyterBaseUrl(document);
+    try {
+      const answer = await fetch(`${base}proxy/${model.get("proxy_port")}/healthz`, { credentials: "same-origin", cache: "no-store" });
+      reachable = answer.ok;
+    } catch {
+      reachable = false;
+    }
+    showState();
   }
 
   model.on("change:state", showState);
