@@ -540,11 +540,14 @@ def _slice_digests(path: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(BROWSER_TEST_TIMEOUT)
-def test_save_to_this_computer(lab: Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("app", ["lab", "notebook"])
+def test_save_to_this_computer(app: str, browser_tools: None,  # noqa: F811
+                               tmp_path: Path) -> None:
     """offer(): the Save button saves the kernel's file through the (stubbed) save picker;
     the saved bytes equal the kernel's file, and the kernel's send ends done."""
     from playwright.sync_api import sync_playwright
 
+    lab, proc = _start_server(app, tmp_path)
     size = DROP_BYTES // 2
     _make_file(lab.root / "result.bin", size)
     _notebook(lab, "save.ipynb", SAVE_CELLS)
@@ -555,22 +558,23 @@ def test_save_to_this_computer(lab: Server, tmp_path: Path) -> None:
             page = _open(context, lab, "save.ipynb")
             _run_cell(page, 0)
             _wait_panel(page, lab, ("ready",), 60_000)
-            _shot(page, "save-ready-light")
+            _shot(page, f"save-ready-{app}-light")
             _run_cell(page, 1)
             started = time.monotonic()
             page.get_by_role("button", name="Save to this computer…").click()
             end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
             took = time.monotonic() - started
-            _shot(page, "save-done-light")
-            _dark(page, lab)
-            _shot(page, "save-done-dark")
+            _shot(page, f"save-done-{app}-light")
             saved = page.evaluate(SLICE_DIGESTS_JS, ["result.bin", SLICE])
+            _dark(page, lab)
+            _shot(page, f"save-done-{app}-dark")
         finally:
             context.close()
+            _stop(proc)
     assert end["state"] == "done", end
     assert saved["size"] == size
     assert saved["digests"] == _slice_digests(lab.root / "result.bin")
-    print(f"\nsave: {size / MIB:.0f} MiB in {took:.1f} s ({size / MIB / took:.0f} MiB/s)")
+    print(f"\n{app} save: {size / MIB:.0f} MiB in {took:.1f} s ({size / MIB / took:.0f} MiB/s)")
 
 
 @pytest.mark.slow
