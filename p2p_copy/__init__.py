@@ -6,6 +6,8 @@
 Both are coroutines for the caller's running loop (a Jupyter kernel's, or asyncio.run).
 ``send_object``/``receive_object`` move an array, a DataFrame, a text... between two
 kernels without a file and without pickle; ``send_stream``/``receive_stream`` move a pipe.
+In a notebook, ``drop(dest)`` takes files dropped on a panel from the browser's computer
+into the kernel, and ``offer(paths)`` saves files from the kernel to that computer.
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ _LAZY = {
     "Options": "peer.options",
     "discard_partial": "peer.partial",
     **dict.fromkeys(("Relay", "RelayConfig"), "relay.server"),
+    **dict.fromkeys(("drop", "offer"), "jupyter.drop"),
 }
 
 if TYPE_CHECKING:
+    from .jupyter.drop import drop, offer
     from .peer.api import (
         DEFAULT_RECONNECT_TIMEOUT,
         receive,
@@ -149,6 +153,8 @@ __all__ = [
     "start_receive_text",
     "start_send_object",
     "start_receive_object",
+    "drop",
+    "offer",
     "generate_code",
     "ReceivePolicy",
     "Relay",

@@ -37,7 +37,11 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"cli", "peer", "protocol", "storage", "display", "relay", "errors", "results",
             "_version", "signals"},
     "testing": {"relay"},
-    "__init__": {"peer", "protocol", "relay", "errors", "results", "_version"},
+    # drop()/offer(): the kernel's side (peer), its relay (relay, cli.config's choice of
+    # the user's relay) and the panel, whose JavaScript is the browser peer (web).
+    "jupyter": {"jupyter", "peer", "relay", "cli", "display", "protocol", "errors",
+                "results", "web"},
+    "__init__": {"peer", "protocol", "relay", "jupyter", "errors", "results", "_version"},
     "__main__": {"cli"},
 }
 

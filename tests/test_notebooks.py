@@ -339,3 +339,13 @@ def test_notebooks_say_nothing_stale(path: Path) -> None:
     text = " ".join(" ".join(cell.source.split()) for cell in _read(path).cells)
     for claim in STALE:
         assert claim not in text, f"{path.name}: {claim!r}"
+
+
+def test_quickstart_says_where_the_browser_is_needed(executed: Callable[[str], Any]) -> None:
+    """Run headless, the quickstart's drop() and offer() panels still run their cells (no
+    error: each returns a handle) and their text says that a browser is needed, and for what."""
+    nb = executed("quickstart")
+    texts = [output.get("data", {}).get("text/plain", "") for _, output in _outputs(nb)]
+    needs = [t for t in texts if "needs a notebook front end with Jupyter widgets" in t]
+    assert any("drop files into this kernel" in t for t in needs), texts
+    assert any("save files from this kernel to your computer" in t for t in needs), texts

@@ -27,6 +27,7 @@ PUBLIC = [
     "Transfer", "transfers", "discard_partial",
     "start_send", "start_receive", "start_send_stream", "start_receive_stream",
     "start_send_text", "start_receive_text", "start_send_object", "start_receive_object",
+    "drop", "offer",
     "generate_code", "ReceivePolicy", "Relay", "RelayConfig", "TransferResult", "FileResult",
     "P2PCopyError", "UsageError", "RelayUnreachableError", "TransferTimeoutError",
     "CodeInUseError", "PeerGoneError", "ConnectionLostError", "ProtocolError",

@@ -25,7 +25,13 @@ function writeIfChanged(path, text) {
 async function main() {
   writeIfChanged(at("src", "protocol", "wordlist.js"), wordlistModule());
   mkdirSync(at("static"), { recursive: true });
-  const bundles = [["src/page/main.js", "static/app.js"], ["src/sw.js", "static/sw.js"]];
+  const bundles = [
+    ["src/page/main.js", "static/app.js"],
+    ["src/sw.js", "static/sw.js"],
+    // The notebook panel (p2p_copy/jupyter/panel.py): anywidget imports it from a blob:
+    // URL, so it must stay one file (no splitting, nothing loaded relative to it).
+    ["src/widget/index.js", "static/widget.js"],
+  ];
   for (const [source, output] of bundles) {
     if (!existsSync(at(source))) {
       console.log(`build: ${source} does not exist yet, skipped`);
@@ -48,6 +54,8 @@ async function main() {
     });
     console.log(`build: ${source} -> ${output}`);
   }
+  const widgetCss = at("src", "widget", "widget.css");
+  if (existsSync(widgetCss)) copyFileSync(widgetCss, at("static", "widget.css"));
   for (const name of ["index.html", "style.css", "icon.svg"]) {
     const source = at("src", "page", name);
     if (!existsSync(source)) {

@@ -1,0 +1,250 @@
+"""drop() and offer(): the browser that shows the notebook is the other peer.
+
+``drop(dest)`` receives into the kernel's ``dest`` what the person drops on the panel (the
+browser sends it with the JavaScript peer); ``offer(paths)`` sends ``paths`` to the
+browser, which saves them where the person chooses. The kernel's side is the ordinary
+receive() or send(), with its progress panel, verification and resume.
+
+Which relay: the user's own (``$P2P_COPY_RELAY`` or the config file, as for the command
+line), else one started in this kernel on 127.0.0.1, which the browser reaches through
+the Jupyter server that serves the page (jupyter-server-proxy, ``<base_url>proxy/<port>/``,
+authenticated by the Jupyter session). The browser's connection is the one that can drop
+(a reload, a closed laptop): the kernel then waits, and the person drops the same files
+again (or clicks Save again) to continue from what arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Unpack
+
+from ..cli.config import RELAY_ENV, choose_relay, load_defaults
+from ..display.progress import NoProgress, human_size, make_progress
+from ..errors import (
+    CancelledError,
+    ConnectionLostError,
+    P2PCopyError,
+    PeerGoneError,
+    TransferCancelledError,
+    TransferTimeoutError,
+    UsageError,
+)
+from ..peer.api import receive, send
+from ..peer.background import Transfer, _current_cell, _replace_earlier, _Tracker
+from ..peer.options import OptionFields, Options, resolve
+from ..protocol.codes import generate_code
+from ..relay.server import Relay, RelayConfig
+from ..results import TransferResult
+from .panel import NO_WIDGETS, panel_class
+
+__all__ = ["drop", "offer", "VIEW_TIMEOUT", "kernel_relay"]
+
+#: Seconds for a browser to show the panel before drop()/offer() say that none will.
+VIEW_TIMEOUT = 30.0
+#: The token variable of the command line (a relay that needs one; the browser has none).
+_TOKEN_ENV = "P2P_COPY_RELAY_TOKEN"
+#: The browser's connection dropped, or it stopped: the person can start it again.
+_AGAIN = (ConnectionLostError, PeerGoneError, TransferTimeoutError, TransferCancelledError)
+#: The in-kernel relay: it serves the notebook's own peers only, so no web page; each side
+#: may wait ten minutes for the other (the person is choosing files).
+_KERNEL_RELAY_CONFIG = RelayConfig(peer_timeout=600.0, web=False)
+
+_kernel_relay: tuple[asyncio.AbstractEventLoop, Relay] | None = None
+
+
+async def kernel_relay() -> Relay:
+    """The relay this kernel runs for its panels: started on first use, then reused (in
+    the same event loop: a kernel has one; tests have one each)."""
+    global _kernel_relay
+    loop = asyncio.get_running_loop()
+    if _kernel_relay is None or _kernel_relay[0] is not loop or _kernel_relay[0].is_closed():
+        relay = Relay("127.0.0.1", 0, config=_KERNEL_RELAY_CONFIG)
+        await relay.start()
+        _kernel_relay = (loop, relay)
+    return _kernel_relay[1]
+
+
+@dataclass(frozen=True)
+class _Route:
+    """How each side reaches the relay."""
+
+    #: The kernel's URL, CA and token.
+    url: str
+    cafile: str | None
+    token: str | None
+    #: The browser's: the same URL, or "" for the kernel's relay behind the proxy.
+    browser_url: str
+    proxy_port: int
+
+
+async def _route() -> _Route:
+    if os.environ.get(RELAY_ENV) or load_defaults().relay:
+        chosen = choose_relay(None, cafile=None, token=None, token_env=_TOKEN_ENV)
+        return _Route(chosen.url, chosen.cafile, chosen.token, chosen.url, 0)
+    relay = await kernel_relay()
+    return _Route(relay.url, None, None, "", relay.port)
+
+
+def drop(dest: str | os.PathLike[str] = ".", *, options: Options | None = None,
+         **keywords: Unpack[OptionFields]) -> Transfer[TransferResult]:
+    """Show a panel to drop files and folders on; receive them into the kernel's ``dest``.
+
+    The browser that shows the notebook sends what the person drops (or picks), end to
+    end encrypted through a relay, into ``dest`` as p2p_copy.receive() would: streamed,
+    verified, resumed after a reload of the page (drop the same files again). Returns a
+    handle at once: ``await p2p_copy.drop(dest)`` waits for the files and gives the
+    TransferResult. Options as for receive().
+    """
+    opts = resolve("receive", options, keywords)
+    return _start("drop", "drop files into this kernel", {"dest": str(dest)}, opts,
+                  lambda url, code, o: receive(url, code, dest, options=o))
+
+
+def offer(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *,
+          options: Options | None = None,
+          **keywords: Unpack[OptionFields]) -> Transfer[TransferResult]:
+    """Show a panel with a Save button; send ``paths`` to the browser that shows the notebook.
+
+    The person chooses a file or folder on their computer (Chromium's file system access;
+    other browsers are told what they need), and the browser receives into it, verified.
+    Returns a handle at once: ``await p2p_copy.offer(paths)`` waits until the files are
+    saved and gives the TransferResult. Options as for send().
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    opts = resolve("send", options, keywords)
+    return _start("offer", "save files from this kernel to your computer",
+                  {"offered": _offered(paths)}, opts,
+                  lambda url, code, o: send(url, code, paths, options=o))
+
+
+def _offered(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
+    """What the Save button describes; the sender checks the files again when it sends."""
+    files = dirs = size = 0
+    names = []
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            raise UsageError(f"offer(): {path} does not exist.")
+        names.append(path.name + ("/" if path.is_dir() else ""))
+        if path.is_dir():
+            for root, _, found in os.walk(path):
+                dirs += 1
+                files += len(found)
+                size += sum(os.path.getsize(os.path.join(root, f)) for f in found)
+        else:
+            files += 1
+            size += path.stat().st_size
+    single = len(names) == 1 and not names[0].endswith("/")
+    return {"files": files, "dirs": dirs, "bytes": size, "names": names[:5],
+            "size": human_size(size), "single": single}
+
+
+class _PanelTracker(_Tracker):
+    """The handle's tracker. The code stays off the kernel's progress panel (the browser
+    has it), and that panel appears once the browser joined: until then the drop panel
+    says how it goes, and a browser that cannot connect leaves no empty panel behind."""
+
+    _holding = False
+
+    def showing_code(self, server: str, code: str) -> None:
+        self.code = code
+
+    def waiting(self) -> None:
+        if getattr(self.inner, "_show_on_wait", False):
+            self.inner._show_on_wait = False  # type: ignore[attr-defined]
+            self._holding = True
+        super().waiting()
+
+    def paired(self) -> None:
+        super().paired()
+        if self._holding and not getattr(self.inner, "_shown", True):
+            self.inner._ipython_display_()  # type: ignore[attr-defined]
+
+
+Run = Callable[[str, str, Options], Coroutine[Any, Any, TransferResult]]
+
+
+def _start(mode: Literal["drop", "offer"], what: str, traits: dict[str, Any], opts: Options,
+           run: Run) -> Transfer[TransferResult]:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise UsageError(f"p2p_copy.{mode}() runs in a notebook's kernel (its event loop), "
+                         "and there is none here.") from None
+    panel = panel_class(mode)(what, mode=mode, code=generate_code(), **traits)
+    from IPython.display import display  # a notebook's call: IPython is there
+
+    display(panel)  # type: ignore[no-untyped-call]
+    label = "receive" if mode == "drop" else "send"
+    # The progress panel comes with the first transfer: a notebook run without a browser
+    # (nbclient, CI) shows none that never moves.
+    tracker = _PanelTracker(NoProgress())
+    cell = _current_cell()
+    _replace_earlier(cell)
+    work = _serve(panel, tracker, label, opts, run)
+    return Transfer("receiver" if mode == "drop" else "sender", work, tracker, cell)
+
+
+async def _serve(panel: Any, tracker: _PanelTracker, label: str, opts: Options,
+                 run: Run) -> TransferResult:
+    """The kernel's side: a transfer each time the browser starts one, until one ends well."""
+    try:
+        route = await _route()
+        panel.relay_url, panel.proxy_port = route.browser_url, route.proxy_port
+        opts = dataclasses.replace(opts, cafile=opts.cafile or route.cafile,
+                                   relay_token=opts.relay_token or route.token)
+        try:
+            await asyncio.wait_for(panel.view_shown.wait(), VIEW_TIMEOUT)
+        except TimeoutError:
+            raise UsageError(NO_WIDGETS.format(what=panel._what)) from None
+        panel.state = "ready"
+        while True:
+            await panel.start_asked.wait()
+            panel.start_asked.clear()
+            panel.gave_up.clear()
+            panel.state, panel.message = "running", ""
+            # A panel of its own for each attempt: an earlier one shows how it ended.
+            tracker.inner = make_progress(opts.progress, label)
+            tracker.status, tracker.joined = "waiting", False
+            try:
+                result = await _attempt(panel, run(route.url, panel.code,
+                                                   dataclasses.replace(opts, progress=tracker)))
+            except _AGAIN as exc:
+                panel.state, panel.message = "interrupted", str(exc)
+                tracker.status = "waiting"
+                continue
+            panel.state = "done"
+            count = len(result.files)
+            panel.message = f"{count} file{'' if count == 1 else 's'}, {human_size(result.bytes)}"
+            return result
+    except (P2PCopyError, asyncio.CancelledError) as exc:
+        panel.state = "failed"
+        panel.message = "Cancelled." if isinstance(exc, (asyncio.CancelledError,
+                                                         CancelledError)) else str(exc)
+        raise
+
+
+async def _attempt(panel: Any, transfer: Coroutine[Any, Any, TransferResult]) -> TransferResult:
+    """One transfer, stopped if the browser gives up before it could join."""
+    task = asyncio.ensure_future(transfer)
+    gave_up = asyncio.ensure_future(panel.gave_up.wait())
+    try:
+        await asyncio.wait({task, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, P2PCopyError):
+                pass
+            raise ConnectionLostError(panel.browser_error)
+        return task.result()
+    finally:
+        gave_up.cancel()
+        if not task.done():
+            task.cancel()

@@ -1,0 +1,52 @@
+// @ts-check
+// Where the notebook's browser finds the relay: the one the kernel names (the user's
+// configured relay), or the kernel's own relay on 127.0.0.1 through the Jupyter server
+// that serves this page (jupyter-server-proxy: <base_url>proxy/<port>/, authenticated by
+// the Jupyter session's cookie). Pure, so that Node tests it.
+
+/**
+ * The Jupyter server's base URL ("/", "/user/ann/"), or null in a front end that is not
+ * served by a Jupyter server (VS Code, Colab): JupyterLab and Notebook 7 put it in
+ * #jupyter-config-data, the classic notebook in the body's data-base-url.
+ * @param {Document} doc
+ * @returns {string | null}
+ */
+export function jupyterBaseUrl(doc) {
+  const data = doc.getElementById("jupyter-config-data");
+  if (data && data.textContent) {
+    try {
+      const base = JSON.parse(data.textContent).baseUrl;
+      if (typeof base === "string" && base.startsWith("/")) return base.endsWith("/") ? base : `${base}/`;
+    } catch {
+      // not JSON: fall through to the other places
+    }
+  }
+  const fromBody = doc.body?.dataset?.baseUrl;
+  if (typeof fromBody === "string" && fromBody.startsWith("/")) return fromBody.endsWith("/") ? fromBody : `${fromBody}/`;
+  return null;
+}
+
+/**
+ * The relay URL for this page, or an explanation of why there is none.
+ * @param {{relayUrl: string, proxyPort: number}} traits
+ * @param {{protocol: string, host: string}} location
+ * @param {string | null} baseUrl
+ * @returns {{relay: string} | {problem: string}}
+ */
+export function relayFor({ relayUrl, proxyPort }, location, baseUrl) {
+  if (relayUrl) return { relay: relayUrl };
+  if (!proxyPort) return { problem: "The kernel has not started its relay yet." };
+  if (baseUrl === null) {
+    return {
+      problem: "This front end is not a Jupyter server's page, so the browser cannot reach the relay in the kernel. "
+        + "Set P2P_COPY_RELAY=wss://HOST in the kernel's environment (a relay both can reach), or open the notebook in JupyterLab or Notebook 7.",
+    };
+  }
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return { relay: `${scheme}//${location.host}${baseUrl}proxy/${proxyPort}/` };
+}
+
+/** What to say when the proxied relay cannot be reached (jupyter-server-proxy missing or refusing). */
+export const NO_PROXY = "The Jupyter server did not let this page through to the kernel's relay: "
+  + "install jupyter-server-proxy (4.2 or later) in the Jupyter server's environment and restart it, "
+  + "or set P2P_COPY_RELAY=wss://HOST in the kernel's environment.";
