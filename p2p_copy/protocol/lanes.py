@@ -1,0 +1,75 @@
+"""When a sender opens one more lane (docs/protocol.md §6.12), as a rule without I/O.
+
+One TCP connection carries at most its window per round trip: ~40 MB/s at 100 ms with
+Linux's 4 MiB default, whatever the link. More connections ("lanes") each bring a window
+of their own, but on loopback or a LAN they only cost CPU. So the sender starts with one
+and opens lane 2 only when the link looks window-limited: a round trip to the relay of
+MIN_RTT or more, measured before the data flowed, and MIN_LEFT bytes or more still to
+send. It then adds one lane at a time while the last one raised the acknowledged rate by
+GAIN or more, measured over INTERVAL with the lanes it has, up to the cap. The driver
+(peer/lanes.py) passes the clock and the counts in; nothing here reads either.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["LANE_CAP", "MIN_RTT", "MIN_LEFT", "GAIN", "INTERVAL", "LaneGovernor"]
+
+#: The most lanes our peers use (the protocol allows up to messages.MAX_LANES).
+LANE_CAP: Final = 8
+#: A round trip shorter than this is a LAN or loopback: one lane is enough.
+MIN_RTT: Final = 0.005
+#: With less left to send, a new lane would not be paired before the end.
+MIN_LEFT: Final = 32 * 2**20
+#: A lane must raise the rate by this factor to earn the next one.
+GAIN: Final = 1.15
+#: Seconds of acknowledged bytes that make one measurement.
+INTERVAL: Final = 1.0
+
+
+class LaneGovernor:
+    """Says when to open one more lane; ``force`` (tests) opens that many at once."""
+
+    def __init__(self, cap: int, *, force: int = 0) -> None:
+        self.cap = cap
+        self.force = min(force, cap)
+        self.rtt: float | None = None
+        self.settled = False
+        self._mark: tuple[float, int] | None = None
+        self._last_rate = 0.0
+
+    def changed(self, now: float, acked: int) -> None:
+        """The lanes carrying data changed (one opened or was lost): measure anew."""
+        self._mark = (now, acked)
+
+    def stop(self) -> None:
+        """No more lanes for this connection (one could not be opened)."""
+        self.settled = True
+
+    def decide(self, now: float, acked: int, left: int, lanes: int) -> bool:
+        """Whether to open one more lane now, with ``lanes`` carrying data, ``acked``
+        bytes acknowledged so far and ``left`` bytes still to send."""
+        if lanes >= self.cap:
+            return False
+        if lanes < self.force:
+            return True
+        if self.settled or left < MIN_LEFT:
+            return False
+        if self._mark is None:
+            self._mark = (now, acked)
+        since, base = self._mark
+        if now - since < INTERVAL:
+            return False
+        rate = (acked - base) / (now - since)
+        if lanes == 1:
+            if self.rtt is None:
+                return False  # not measured yet: wait for it
+            if self.rtt < MIN_RTT:
+                self.settled = True
+                return False
+        elif rate < self._last_rate * GAIN:
+            self.settled = True
+            return False
+        self._last_rate = rate
+        return True
