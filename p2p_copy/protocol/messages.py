@@ -365,9 +365,10 @@ def encode_manifest(entries: Sequence[Entry], part_bytes: int,
     """The manifest as text messages of at most ``part_bytes`` UTF-8 bytes where possible.
 
     Each part is exactly ``encode(Manifest(batch, more=...))``, the first with
-    ``digests=digests``, ``ack=ack`` and ``lanes=lanes``; every entry is encoded once, and an entry too
-    long for a part alone still gets a part of its own. Parts are made as they are asked
-    for, so that the first can be on its way (and parsed) while the next is encoded.
+    ``digests=digests``, ``ack=ack`` and ``lanes=lanes``; every entry is encoded once, and
+    an entry too long for a part alone still gets a part of its own. Parts are made as they
+    are asked for, so that the first can be on its way (and parsed) while the next is
+    encoded.
     """
     head = _manifest_head(PROTOCOL_VERSION, None, None, None)
     first = _manifest_head(PROTOCOL_VERSION, digests, ack, lanes)

@@ -533,6 +533,11 @@ class Sender:
         return self._acked
 
     @property
+    def bytes_left(self) -> int:
+        """Bytes of the data stream still to frame (0 while a stream's size is unknown)."""
+        return self._stream.room() or 0
+
+    @property
     def data_start(self) -> int:
         """Where frame_data() wants the chunk in its buffer: after the kind byte, and the
         offset once lanes are agreed."""
