@@ -109,7 +109,8 @@ class SenderLanes:
         #: Lanes that carried data at some point, lane 0 included (for tests and logs).
         self.used = 1
         self._next = 1
-        self._opening = False
+        #: Lanes being opened (one at a time, unless forced).
+        self._opening = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
 
@@ -184,10 +185,11 @@ class SenderLanes:
     async def _grow(self) -> None:
         while self.proto.state is SenderState.STREAMING:
             left = self.proto.bytes_left
-            if (not self._opening and self._next < self.proto.lanes
-                    and self.governor.decide(time.monotonic(), self.proto.acked, left,
-                                             self.active)):
-                self._opening = True
+            while ((not self._opening or self.active + self._opening < self.governor.force)
+                   and self._next < self.proto.lanes
+                   and self.governor.decide(time.monotonic(), self.proto.acked, left,
+                                            self.active + self._opening)):
+                self._opening += 1
                 self._spawn(self._lane(self._next))
                 self._next += 1
             await asyncio.sleep(LANE_TICK)
@@ -220,7 +222,7 @@ class SenderLanes:
                 _proof(channel, await plain.recv(LANE_TIMEOUT, "the receiver's lane proof"),
                        lane)
                 carrying = True
-                self._opening = False
+                self._opening -= 1
                 self._started(1)
                 carrier = asyncio.ensure_future(
                     self._carry(_SealedLane(plain, channel), outstanding))
@@ -235,6 +237,8 @@ class SenderLanes:
         except (P2PCopyError, _LaneRefused, OSError, TimeoutError):
             pass  # the lane is closed and not used; the others carry on
         finally:
+            if not carrying:
+                self._opening -= 1
             if carrying:
                 self._started(-1)
                 # What it carried and the receiver did not acknowledge goes out again first.
@@ -243,7 +247,6 @@ class SenderLanes:
                 self._more.set()
             elif self.governor.force == 0:
                 self.governor.stop()
-            self._opening = False
 
     def _started(self, change: int) -> None:
         self.active += change
