@@ -43,7 +43,7 @@ LANE_TIMEOUT = 30.0
 #: receiver anyway (relays before 0.2 never send it).
 LANE_WAITING_GRACE = 2.0
 #: How often the sender asks the rule whether to open a lane.
-LANE_TICK = 0.25
+LANE_TICK = 0.1
 #: Data messages queued for the lanes beyond one per lane: the window bounds the rest.
 QUEUE_SLACK = 2
 

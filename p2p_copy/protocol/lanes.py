@@ -6,7 +6,8 @@ of their own, but on loopback or a LAN they only cost CPU. So the sender starts 
 and opens lane 2 only when the link looks window-limited: a round trip to the relay of
 MIN_RTT or more, measured before the data flowed, and MIN_LEFT bytes or more still to
 send. It then adds one lane at a time while the last one raised the acknowledged rate by
-GAIN or more, measured over INTERVAL with the lanes it has, up to the cap. The driver
+GAIN or more, each rate measured over an interval of a few round trips (``interval()``)
+with the lanes it has, up to the cap. The driver
 (peer/lanes.py) passes the clock and the counts in; nothing here reads either.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["LANE_CAP", "MIN_RTT", "MIN_LEFT", "GAIN", "INTERVAL", "LaneGovernor"]
+__all__ = ["LANE_CAP", "MIN_RTT", "MIN_LEFT", "GAIN", "LaneGovernor", "interval"]
 
 #: The most lanes our peers use (the protocol allows up to messages.MAX_LANES).
 LANE_CAP: Final = 8
@@ -24,8 +25,19 @@ MIN_RTT: Final = 0.005
 MIN_LEFT: Final = 32 * 2**20
 #: A lane must raise the rate by this factor to earn the next one.
 GAIN: Final = 1.15
-#: Seconds of acknowledged bytes that make one measurement.
-INTERVAL: Final = 1.0
+#: A measurement lasts ROUND_TRIPS round trips, at least MIN_INTERVAL and at most
+#: MAX_INTERVAL seconds: long enough for acks every 2 MiB to show a rate, short enough
+#: that lanes are in place while there is much left to send.
+ROUND_TRIPS: Final = 4
+MIN_INTERVAL: Final = 0.3
+MAX_INTERVAL: Final = 2.0
+
+
+def interval(rtt: float | None) -> float:
+    """Seconds of acknowledged bytes that make one measurement at round trip ``rtt``."""
+    if rtt is None:
+        return MAX_INTERVAL
+    return min(MAX_INTERVAL, max(MIN_INTERVAL, ROUND_TRIPS * rtt))
 
 
 class LaneGovernor:
@@ -59,7 +71,7 @@ class LaneGovernor:
         if self._mark is None:
             self._mark = (now, acked)
         since, base = self._mark
-        if now - since < INTERVAL:
+        if now - since < interval(self.rtt):
             return False
         rate = (acked - base) / (now - since)
         if lanes == 1:
