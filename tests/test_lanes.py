@@ -213,28 +213,28 @@ def _confirm(exchange: KeyExchange) -> object:
 
 def test_the_rule_stays_at_one_lane_on_a_short_round_trip() -> None:
     rule = LaneGovernor(8)
+    assert not rule.decide(0.0, 0, 10 * MIN_LEFT, 1)  # no round trip measured yet
     rule.rtt = 0.0005
-    assert not rule.decide(0.0, 0, 10 * MIN_LEFT, 1)
+    assert not rule.decide(0.1, 0, 10 * MIN_LEFT, 1)
     assert not rule.decide(2.0, 500 * MiB, 10 * MIN_LEFT, 1)
     assert rule.settled
 
 
-def test_the_rule_adds_lanes_while_each_raises_the_rate() -> None:
-    """Long round trip: lane 2 after one measurement, then one more per measurement while
-    the rate rose by 15 % or more; it stops at the first that did not, and near the end."""
+def test_the_rule_doubles_the_lanes_while_each_step_raises_the_rate() -> None:
+    """Long round trip: lane 2 at once, then twice the lanes per measurement while the
+    rate rose by 15 % or more; it stops at the first step that did not, and near the end."""
     rule = LaneGovernor(8)
     rule.rtt = 0.1
-    assert not rule.decide(0.0, 0, 10 * MIN_LEFT, 1)  # the first measurement starts
-    assert rule.decide(1.0, 40 * MiB, 10 * MIN_LEFT, 1)  # 40 MiB/s on one lane
-    rule.changed(1.0, 40 * MiB)
-    assert rule.decide(2.0, 120 * MiB, 10 * MIN_LEFT, 2)  # 80 MiB/s: +100 %
+    assert rule.decide(0.0, 0, 10 * MIN_LEFT, 1) == 1
+    rule.changed(1.0, 40 * MiB)  # lane 2 carries: lane 0 alone made 40 MiB/s
+    assert rule.decide(1.2, 50 * MiB, 10 * MIN_LEFT, 2) == 0  # measuring
+    assert rule.decide(2.0, 120 * MiB, 10 * MIN_LEFT, 2) == 2  # 80 MiB/s: +100 %
     rule.changed(2.0, 120 * MiB)
-    assert not rule.decide(3.0, 205 * MiB, 10 * MIN_LEFT, 3)  # 85 MiB/s: +6 %
+    assert rule.decide(3.0, 205 * MiB, 10 * MIN_LEFT, 4) == 0  # 85 MiB/s: +6 %
     assert rule.settled
     near_end = LaneGovernor(8)
     near_end.rtt = 0.1
-    near_end.decide(0.0, 0, MIN_LEFT - 1, 1)
-    assert not near_end.decide(5.0, 40 * MiB, MIN_LEFT - 1, 1)
+    assert near_end.decide(5.0, 40 * MiB, MIN_LEFT - 1, 1) == 0
 
 
 def test_the_rule_never_passes_the_cap_and_forced_lanes_open_at_once() -> None:

@@ -39,9 +39,6 @@ __all__ = ["LANES_NOW_ENV", "ReceiverLanes", "SenderLanes"]
 LANES_NOW_ENV = "P2P_COPY_LANES_NOW"
 #: Seconds a lane may take from its hello to its proof.
 LANE_TIMEOUT = 30.0
-#: Seconds a sender waits for the relay's ``waiting`` in a lane room before it tells the
-#: receiver anyway (relays before 0.2 never send it).
-LANE_WAITING_GRACE = 2.0
 #: How often the sender asks the rule whether to open a lane.
 LANE_TICK = 0.1
 #: Data messages queued for the lanes beyond one per lane: the window bounds the rest.
@@ -185,13 +182,13 @@ class SenderLanes:
     async def _grow(self) -> None:
         while self.proto.state is SenderState.STREAMING:
             left = self.proto.bytes_left
-            while ((not self._opening or self.active + self._opening < self.governor.force)
-                   and self._next < self.proto.lanes
-                   and self.governor.decide(time.monotonic(), self.proto.acked, left,
-                                            self.active + self._opening)):
-                self._opening += 1
-                self._spawn(self._lane(self._next))
-                self._next += 1
+            if not self._opening or self.active + self._opening < self.governor.force:
+                more = self.governor.decide(time.monotonic(), self.proto.acked, left,
+                                            self.active + self._opening)
+                for _ in range(min(more, self.proto.lanes - self._next)):
+                    self._opening += 1
+                    self._spawn(self._lane(self._next))
+                    self._next += 1
             await asyncio.sleep(LANE_TICK)
 
     async def _lane(self, lane: int) -> None:
@@ -201,19 +198,16 @@ class SenderLanes:
         carrying = False
         try:
             async with relay_link(self.server, room, self.options, "sender") as plain:
-                # fresh: nobody may wait in a lane room before the sender; whoever does is
-                # not the receiver, and the relay refuses us instead of pairing us with it.
+                # No ``fresh`` and no wait for ``waiting``: only the two peers know the
+                # room, so the receiver may be told at once and either may arrive first;
+                # whoever answers must still prove the lane's keys.
                 await plain.send(encode(Hello(code_hash_hex=room, role="sender",
-                                              version=HELLO_VERSION, fresh=True)))
-                first: str | bytes | None = None
-                with contextlib.suppress(TransferTimeoutError):
-                    first = await plain.recv(LANE_WAITING_GRACE)
-                if first is not None and not _is(first, (Waiting, Ready)):
-                    raise _LaneRefused("the relay answered a lane's hello out of turn")
+                                              version=HELLO_VERSION)))
                 if self.proto.state is not SenderState.STREAMING:
                     return
                 await self.link.send(self.proto.lane(lane))
-                if first is None or _is(first, Waiting):
+                first = await plain.recv(LANE_TIMEOUT, "the receiver to join a lane")
+                if _is(first, Waiting):
                     first = await plain.recv(LANE_TIMEOUT, "the receiver to join a lane")
                 if not _is(first, Ready):
                     raise _LaneRefused("the relay did not pair the lane")
