@@ -242,6 +242,8 @@ def test_the_rule_never_passes_the_cap_and_forced_lanes_open_at_once() -> None:
     forced = LaneGovernor(8, force=4)
     assert forced.decide(0.0, 0, 0, 1) and forced.decide(0.0, 0, 0, 3)
     assert not forced.decide(0.0, 0, 0, 4)
+    forced.rtt = 0.1  # a long link: still no more than forced
+    assert not forced.decide(9.0, 900 * MiB, 10 * MIN_LEFT, 4)
 
 
 def test_the_cli_takes_lanes_from_1_to_8() -> None:

@@ -75,8 +75,8 @@ class LaneGovernor:
         bytes acknowledged so far and ``left`` bytes still to send."""
         if lanes >= self.cap:
             return 0
-        if lanes < self.force:
-            return self.force - lanes
+        if self.force:
+            return max(0, self.force - lanes)  # tests: exactly that many, no rule
         if self.settled or left < MIN_LEFT:
             return 0
         if self._mark is None:
