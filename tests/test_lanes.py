@@ -348,9 +348,9 @@ class LaneRelay:
         room, role = hello["code_hash_hex"], hello["role"]
         index = self.rooms.setdefault(room, len(self.rooms))
         if self.impostor and index > 0 and role == "sender":
-            await ws.send('{"type":"ready"}')
-            await ws.send(os.urandom(40))  # not the lane's proof
             with contextlib.suppress(ConnectionClosed):
+                await ws.send('{"type":"ready"}')
+                await ws.send(os.urandom(40))  # not the lane's proof
                 async for _ in ws:
                     pass
             return
