@@ -106,7 +106,7 @@ class SenderLanes:
         #: Lanes that carried data at some point, lane 0 included (for tests and logs).
         self.used = 1
         self._next = 1
-        #: Lanes being opened (one at a time, unless forced).
+        #: Lanes being opened (one step of the rule at a time, unless forced).
         self._opening = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
@@ -256,8 +256,9 @@ class ReceiverLanes:
         self.link = link
         self.server = server
         self.options = options
-        # Bounded: a lane that gets ahead waits here, and TCP slows its sender down.
-        self._queue: asyncio.Queue[str | bytes | BaseException] = asyncio.Queue(64)
+        # Bounded: a lane that gets ahead waits here, and TCP slows its sender down. Small,
+        # as websockets' own queue per connection is behind it.
+        self._queue: asyncio.Queue[str | bytes | BaseException] = asyncio.Queue(8)
         self._tasks: set[asyncio.Task[None]] = set()
         #: Lanes that proved their keys (for tests and logs).
         self.proved = 0
