@@ -138,6 +138,11 @@ class SenderLanes:
             self._more.set()
             self._room.set()
 
+    @property
+    def alone(self) -> bool:
+        """Lane 0 carries everything: no other lane is open or opening, nothing queued."""
+        return self.active == 1 and not self._opening and not self._queue
+
     def _check(self) -> None:
         if self._failure is not None:
             raise self._failure
@@ -173,6 +178,9 @@ class SenderLanes:
                     outstanding.popleft()
                 outstanding.append(piece)
             await lane.send(piece.message)
+            # A send that did not have to wait returns at once: let the other lanes take
+            # their turn rather than this one taking every piece.
+            await asyncio.sleep(0)
 
     async def _measure(self, ws: object) -> None:
         with contextlib.suppress(Exception):

@@ -150,9 +150,6 @@ async def _receive_once(
                         offload = Offload(threaded=isinstance(destination, PipeSink))
                         await in_thread(destination.prepare)
                         await link.send(proto.accept(destination.offers()))
-                        if proto.lanes > 1 and isinstance(link, SealedLink):
-                            # From now on lane 0 and the lanes the sender opens, as one.
-                            source = lanes = ReceiverLanes(link, server, options)
                         if not run.started:
                             run.started = True
                             display.started(event.total_bytes, len(event.data))
@@ -164,7 +161,11 @@ async def _receive_once(
                         await in_thread(destination.resume, event.starts, event.differs)
                         optional(display, "resumed", sum(event.starts.values()))
                     elif isinstance(event, LaneOpened):
-                        assert lanes is not None
+                        assert isinstance(link, SealedLink)  # lanes need the key
+                        if lanes is None:
+                            # From now on lane 0 and the lanes the sender opens, as one
+                            # (until the first, lane 0 is read directly: on a LAN, always).
+                            source = lanes = ReceiverLanes(link, server, options)
                         lanes.join(event.lane)
                     elif isinstance(event, Send):
                         # The machine's own reply (the ``resume`` after prefix_digests),

@@ -464,7 +464,7 @@ async def _stream(
     digests: list[str] = []
     try:
         while True:
-            if lanes is not None:
+            if lanes is not None and not lanes.alone:
                 # Queued for whichever lane is free, and kept until acknowledged: a buffer
                 # per message.
                 buffer = bytearray(start + chunk_size)
@@ -475,7 +475,9 @@ async def _stream(
                 offset = proto.bytes_sent
                 # Compressing (~1 ms a chunk) stays on the loop: it is CPU, not waiting.
                 data = proto.frame_data(buffer, length, compress=chooser.compress)
-                if lanes is None:
+                if lanes is None or lanes.alone:
+                    # Lane 0 alone (always, on a LAN): sent at once, as without lanes; its
+                    # loss ends the connection, so nothing is kept to send again.
                     await link.send(data)
                 else:
                     await lanes.put(offset, offset + length, data)
