@@ -420,3 +420,23 @@ def test_shipped_production_config_passes_nginx_t(tmp_path: Path) -> None:
         argv += ["-e", str(tmp_path / "error.log")]
     check = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.slow
+async def test_lanes_of_one_transfer_spread_over_the_relays(
+        cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One transfer on eight lanes (forced, as a long link would earn them): each lane's
+    room is its own path, so nginx sends them to different relay processes, and the bytes
+    arrive intact. (All seven lanes on lane 0's relay has odds of 3^-7, once in ~2,000.)"""
+    from p2p_copy.peer.lanes import LANES_NOW_ENV
+
+    monkeypatch.setenv(LANES_NOW_ENV, "8")
+    src = tmp_path / "big.bin"
+    src.write_bytes(secrets.token_bytes(32 * MiB))
+    [code] = _codes(1)
+    async with asyncio.timeout(90):
+        sent, received = await _pair(cluster.url, code, src, tmp_path / "dst")
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == src.read_bytes()
+    per_relay = happy_pairs_per_relay(cluster)
+    assert sum(per_relay) == 8, per_relay
+    assert sum(n > 0 for n in per_relay) >= 2, per_relay

@@ -40,8 +40,8 @@ DEFAULT_JSON = BENCHMARKS / "results" / "latest.json"
 #: socat's -b (bytes per read/write). Its default, 8192, runs at ~40 % of what the
 #: machine can do; 256 KiB (= our message size) makes the baseline a fair upper bar.
 SOCAT_BUFFER = 262144
-ALL_TOOLS = ("baseline", "socat8k", "socat-tls", "wsmin", "ours", "ours-wss", "ours-nginx-tls",
-             "seed", "wormhole")
+ALL_TOOLS = ("baseline", "socat8k", "socat-tls", "wsmin", "ours", "ours-lanes", "ours-wss",
+             "ours-nginx-tls", "seed", "wormhole")
 #: the tools measured over TLS: their per-role ratios are against socat-tls, not baseline
 TLS_TOOLS = ("socat-tls", "ours-wss", "ours-nginx-tls")
 #: the loopback cases, which every tool takes part in unless it says otherwise

@@ -198,11 +198,27 @@ class Ours(Tool):
 
     def commands(self, relays: RelaySet, code: str, src: Path,
                  out: Path, case: str) -> tuple[list[str], list[str]]:
-        return ([*self.cli, "send", relays.url, code, str(src)],
-                [*self.cli, "receive", relays.url, code, "--out", str(out)])
+        # On the long link ours is the one-lane reference; ours-lanes runs the default.
+        lanes = ["--lanes", "1"] if case == "longlink" and self.name == "ours" else []
+        return ([*self.cli, "send", relays.url, code, str(src), *lanes],
+                [*self.cli, "receive", relays.url, code, "--out", str(out), *lanes])
 
     def pairs_client(self) -> list[str]:
         return [self.python, SCRIPT, "_pairs-client", "--impl", "ours"]
+
+
+class OursLanes(Ours):
+    """Ours with its default lanes (adaptive, up to 8), on the long link only; ``ours``
+    runs there with ``--lanes 1``."""
+
+    name = "ours-lanes"
+    label = "p2p-copy, adaptive lanes"
+    cases = ("longlink",)
+
+    def __init__(self, bench: Bench) -> None:
+        super().__init__(bench)
+        self.description = ("the same venv and commands as ours, without --lanes: lanes as "
+                            "the sender's rule opens them (up to 8). Ours: " + self.description)
 
 
 def _local_cluster() -> ModuleType:

@@ -113,7 +113,7 @@ def print_longlink(results: dict[str, Any]) -> None:
         return
     window = results["config"]["window"] / 2**20
     print(f"\n== longlink, {window:g} MiB window: MB/s (median) beside one connection's "
-          "cap W/RTT (ours: one lane; adaptive lanes come with issue 22's lanes)")
+          "cap W/RTT (ours: --lanes 1; ours-lanes: adaptive lanes, up to 8)")
     widths = [max(len(h), 8) + 2 for h in head]
     print("".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
     for row in rows:

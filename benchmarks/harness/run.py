@@ -37,17 +37,14 @@ from .measure import (
     wait_all,
     wait_quiet,
 )
-from .ours import Ours, OursNginxTls, OursWss
+from .ours import Ours, OursLanes, OursNginxTls, OursWss
 from .report import fmt, markdown, plot, print_case, print_longlink, print_roles
 from .tools import Tool, clean_env
 
 TOOL_CLASSES: dict[str, type[Tool]] = {
     "baseline": Baseline, "socat8k": SocatDefault, "socat-tls": SocatTls, "wsmin": WsMin,
-    "ours": Ours, "ours-wss": OursWss, "ours-nginx-tls": OursNginxTls, "seed": Seed,
-    "wormhole": Wormhole}
-# Issue 22's lanes: "ours-lanes" (ours with adaptive lanes, the same CLI once lanes are
-# on by default or with their flag) joins here, in ALL_TOOLS and with "longlink" in its
-# cases; the longlink table then shows it beside ours' one lane.
+    "ours": Ours, "ours-lanes": OursLanes, "ours-wss": OursWss, "ours-nginx-tls": OursNginxTls,
+    "seed": Seed, "wormhole": Wormhole}
 
 #: why a tool is absent from a case (printed and kept in the JSON)
 NOT_IN_CASE = {
@@ -61,8 +58,8 @@ NOT_IN_CASE = {
     "ours-wss": " (its reference, socat-tls, cannot pair by code)",
     "ours-nginx-tls": " (its reference, socat-tls, cannot pair by code)",
 }
-LONGLINK_WHY = (" (it compares ours, one lane today, with the raw relay through the same "
-                "emulated path)")
+LONGLINK_WHY = (" (it compares ours on one lane and with adaptive lanes with the raw relay "
+                "through the same emulated path)")
 
 
 def parse_size(text: str) -> int:

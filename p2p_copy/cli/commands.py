@@ -38,6 +38,7 @@ from ..protocol.codes import (
     split_code,
     weak_code_warning,
 )
+from ..protocol.lanes import LANE_CAP
 from ..protocol.paths import display_name
 from ..protocol.policy import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, OfferSummary
 from ..relay.logs import ADDRESS_MODES
@@ -112,6 +113,14 @@ def _seconds(*, zero: bool) -> Callable[[str], float]:
     return parse
 
 
+def _lanes(text: str) -> int:
+    """An argparse type for --lanes: a whole number from 1 to LANE_CAP."""
+    if not text.isdigit() or not 1 <= int(text) <= LANE_CAP:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {LANE_CAP}, "
+                                         f"not {text!r}")
+    return int(text)
+
+
 def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--relay", metavar="URL", dest="server",
@@ -162,6 +171,12 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         "--idle-timeout", type=_seconds(zero=False), metavar="SECONDS", default=IDLE_TIMEOUT,
         help="once paired, give up if the other side makes no progress for SECONDS (a "
         f"receiver that reads nothing, a sender that sends nothing; default {IDLE_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--lanes", type=_lanes, metavar="N", default=LANE_CAP,
+        help="use at most N connections to the relay for this transfer (1 to "
+        f"{LANE_CAP}; default {LANE_CAP}): the sender adds one while that speeds up a long "
+        "link, and stays at one on a LAN; 1 turns this off (both sides must allow it)",
     )
     parser.add_argument(
         "--reconnect-timeout",
@@ -543,7 +558,7 @@ def _options(relay: Relay, args: argparse.Namespace, **side: Any) -> Any:
     common: dict[str, Any] = dict(cafile=relay.cafile, fingerprint=relay.fingerprint,
                                   wait_timeout=args.wait_timeout,
                                   encrypt=not args.no_encrypt, relay_token=relay.token,
-                                  idle_timeout=args.idle_timeout)
+                                  idle_timeout=args.idle_timeout, lanes=args.lanes)
     if args.reconnect_timeout is not None:
         common["reconnect_timeout"] = args.reconnect_timeout
     return Options(**common, **side)

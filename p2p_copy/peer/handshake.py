@@ -27,7 +27,7 @@ from ..protocol.messages import (
     Waiting,
     parse_message,
 )
-from ..protocol.secure import TAG_SIZE, Channel, KeyExchange, is_control
+from ..protocol.secure import TAG_SIZE, Channel, KeyExchange, LaneKeys, is_control
 from ..protocol.transfer import peer_error
 from .link import RelayLink
 
@@ -52,10 +52,12 @@ class Link(Protocol):
 class SealedLink:
     """A RelayLink whose messages are sealed with the channel's keys in both directions."""
 
-    def __init__(self, link: RelayLink, channel: Channel) -> None:
+    def __init__(self, link: RelayLink, channel: Channel, lanes: LaneKeys) -> None:
         self.link = link
         self.role: Role = link.role
         self.channel = channel
+        #: The rooms and keys of this transfer's other lanes (peer/lanes.py).
+        self.lanes = lanes
         self._out = bytearray()
 
     async def send(self, message: str | bytes | memoryview) -> None:
@@ -135,7 +137,7 @@ async def handshake(
         await _cut_short_is_a_guess(link.send(exchange.confirmation()))
         answer = await _cut_short_is_a_guess(link.recv(HANDSHAKE_TIMEOUT, later))
         exchange.check(_expect(answer, Confirm, peer))
-    return SealedLink(link, exchange.channel())
+    return SealedLink(link, exchange.channel(), exchange.lanes())
 
 
 async def _cut_short_is_a_guess(io: Awaitable[_T]) -> _T:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from ..errors import UsageError
 from ..protocol.compression import COMPRESS_MODES, ChooserMode
+from ..protocol.lanes import LANE_CAP
 from ..protocol.messages import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from ..protocol.policy import ReceivePolicy
 from ..storage.streams import MEMORY_LIMIT
@@ -47,7 +48,9 @@ class Options:
     relay's), ``reconnect_timeout`` (seconds to keep reconnecting after a drop; 0 or None:
     never), ``encrypt`` (False: the plain protocol, which the relay can read),
     ``idle_timeout`` (seconds without progress from the other side, once paired: a
-    receiver that reads nothing, a sender that sends nothing, before giving up).
+    receiver that reads nothing, a sender that sends nothing, before giving up),
+    ``lanes`` (the most connections to the relay one transfer may use, 1 to 8; the sender
+    adds lanes only while they raise the throughput of a long link; 1: one, as before).
 
     Sending: ``chunk_size`` (bytes per data message), ``compress`` ("auto" compresses
     while that is measured to pay, "always", "never").
@@ -67,6 +70,7 @@ class Options:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     compress: ChooserMode = "auto"
     idle_timeout: float = IDLE_TIMEOUT
+    lanes: int = LANE_CAP
     overwrite: bool = False
     policy: ReceivePolicy | None = None
     max_memory: int | None = MEMORY_LIMIT
@@ -78,6 +82,8 @@ class Options:
         if self.compress not in COMPRESS_MODES:
             raise UsageError(f"compress must be one of {', '.join(COMPRESS_MODES)}, "
                              f"not {self.compress!r}.")
+        if type(self.lanes) is not int or not 1 <= self.lanes <= LANE_CAP:
+            raise UsageError(f"lanes must be a whole number from 1 to {LANE_CAP}.")
         if not self.idle_timeout > 0:  # NaN too
             raise UsageError("idle_timeout must be a positive number of seconds.")
         if self.wait_timeout is not None and not self.wait_timeout > 0:
@@ -106,6 +112,7 @@ class OptionFields(TypedDict, total=False):
     chunk_size: int
     compress: ChooserMode
     idle_timeout: float
+    lanes: int
     overwrite: bool
     policy: ReceivePolicy | None
     max_memory: int | None
@@ -115,7 +122,7 @@ EntryPoint = Literal["send", "receive", "send_stream", "receive_stream", "send_t
                      "receive_text", "send_object", "receive_object"]
 
 _BOTH = frozenset({"cafile", "fingerprint", "relay_token", "progress", "wait_timeout",
-                   "reconnect_timeout", "encrypt", "idle_timeout"})
+                   "reconnect_timeout", "encrypt", "idle_timeout", "lanes"})
 _SENDING = _BOTH | {"chunk_size", "compress"}
 
 #: The fields of Options each entry point uses: the one statement of which option goes where.

@@ -30,6 +30,7 @@ from ..protocol.policy import ReceivePolicy, check_offer, summarize_offer
 from ..protocol.transfer import (
     FileCompleted,
     FileData,
+    LaneOpened,
     ManifestReceived,
     Receiver,
     ResumeAgreed,
@@ -40,7 +41,8 @@ from ..protocol.transfer import (
 from ..results import TransferResult
 from ..storage.destination import Destination
 from ..storage.streams import ObjectSink, PipeSink, Sink
-from .handshake import Link, handshake
+from .handshake import Link, SealedLink, handshake
+from .lanes import ReceiverLanes
 from .offload import Offload, in_thread
 from .options import Options
 from .reconnect import Reconnect, keeps_partial, retryable
@@ -99,8 +101,11 @@ async def _receive_once(
 ) -> TransferResult:
     room = room_hash_hex(code)
     policy = options.policy
-    proto = Receiver(room, policy=policy, digests=run.digests)
+    # Lanes need the handshake's key (§6.12): none without encryption.
+    proto = Receiver(room, policy=policy, digests=run.digests,
+                     lanes=options.lanes if options.encrypt else 1)
     destination: Sink | None = None
+    lanes: ReceiverLanes | None = None
     offload = Offload(threaded=True)
     first = not run.paired
     async with relay_link(server, room, options, "receiver") as plain:
@@ -116,8 +121,9 @@ async def _receive_once(
                 run.pair(display)
                 timeout, waiting_for = options.idle_timeout, "the sender to send more"
             finished = False
+            source: Link | ReceiverLanes = link
             while not finished:
-                message = await link.recv(timeout, waiting_for)
+                message = await source.recv(timeout, waiting_for)
                 batch: list[FileData | FileCompleted] = []
                 for event in proto.receive(message):
                     if isinstance(event, (FileData, FileCompleted)):
@@ -154,6 +160,13 @@ async def _receive_once(
                         assert destination is not None
                         await in_thread(destination.resume, event.starts, event.differs)
                         optional(display, "resumed", sum(event.starts.values()))
+                    elif isinstance(event, LaneOpened):
+                        assert isinstance(link, SealedLink)  # lanes need the key
+                        if lanes is None:
+                            # From now on lane 0 and the lanes the sender opens, as one
+                            # (until the first, lane 0 is read directly: on a LAN, always).
+                            source = lanes = ReceiverLanes(link, server, options)
+                        lanes.join(event.lane)
                     elif isinstance(event, Send):
                         # The machine's own reply (the ``resume`` after prefix_digests),
                         # after the destination has taken the agreement.
@@ -168,6 +181,8 @@ async def _receive_once(
                 if batch:
                     assert destination is not None
                     await _write(destination, batch, display, offload)
+                    if proto.ack_due:
+                        await link.send(proto.ack())
         except BaseException as exc:
             if destination is not None:
                 if keeps_partial(exc):
@@ -177,6 +192,9 @@ async def _receive_once(
                     await in_thread(destination.abort)
             await fail_politely(link, proto, exc)
             raise
+        finally:
+            if lanes is not None:
+                await lanes.close()
     assert destination is not None
     return TransferResult(
         "receiver",

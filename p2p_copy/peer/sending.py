@@ -42,7 +42,8 @@ from ..protocol.transfer import (
 from ..results import FileResult, TransferResult
 from ..storage.sources import SourceChains, Sources, StreamReader, check_names, collect_sources
 from ..storage.streams import PipeReader, Reader
-from .handshake import HANDSHAKE_TIMEOUT, Link, handshake
+from .handshake import HANDSHAKE_TIMEOUT, Link, SealedLink, handshake
+from .lanes import LANES_NOW_ENV, SenderLanes
 from .link import RelayLink
 from .offload import Offload
 from .options import Options
@@ -169,6 +170,7 @@ async def send_outgoing(
     # The environment is read once, here: the machine takes what it says as an argument.
     run = Run(Reconnect(options.reconnect_budget), started_at=time.monotonic(),
               digests=digests_from_environment())
+    run.lanes_now = int(os.environ.get(LANES_NOW_ENV) or 0)
     for attempt in range(MAX_CODE_ATTEMPTS):
         current = generate_code(attempt) if generated else str(code)
         try:
@@ -234,7 +236,9 @@ async def _send_once(
     # Only the first connection of a generated code asks for a fresh room: a reconnect
     # goes back to the room the receiver knows.
     first = not run.paired
-    proto = Sender(room, outgoing.entries, fresh=generated and first, digests=run.digests)
+    # Lanes need the handshake's key (§6.12): none without encryption.
+    proto = Sender(room, outgoing.entries, fresh=generated and first, digests=run.digests,
+                   lanes=options.lanes if options.encrypt else 1)
     async with relay_link(server, room, options, "sender") as plain:
         link: Link = plain
         try:
@@ -304,9 +308,17 @@ async def _send_once(
                     for f, d in zip(files, digests, strict=True)
                 )
 
-            done = await _stream_with_watch(
-                link, proto, lambda: outgoing.reader(starts, digest), display,
-                options, results)
+            lanes = None
+            if proto.lanes > 1 and isinstance(link, SealedLink):
+                lanes = SenderLanes(proto, link, server, options, force=run.lanes_now)
+            try:
+                done = await _stream_with_watch(
+                    link, proto, lambda: outgoing.reader(starts, digest), display,
+                    options, results, lanes)
+            finally:
+                if lanes is not None:
+                    run.lanes_used = max(run.lanes_used, lanes.used)
+                    await lanes.close()
         except BaseException as exc:
             await fail_politely(link, proto, exc)
             raise
@@ -325,6 +337,7 @@ async def _stream_with_watch(
     display: Progress,
     options: Options,
     outcome: Callable[[list[str]], _T],
+    lanes: SenderLanes | None = None,
 ) -> _T:
     """Stream all data and eof while listening for the receiver; return ``outcome`` of the
     digests once the receiver confirmed (made while it still writes: 10,000 files' results
@@ -334,8 +347,10 @@ async def _stream_with_watch(
     acked = asyncio.Event()
     listener = asyncio.ensure_future(_listen(link, proto, acked))
     watched = _WatchedLink(link)
+    if lanes is not None:
+        lanes.start()
     pump = asyncio.ensure_future(_stream(watched, proto, open_reader, display,
-                                         options.chunk_size, options.compress, acked))
+                                         options.chunk_size, options.compress, acked, lanes))
     stall = asyncio.ensure_future(watched.stalled(options.idle_timeout))
     try:
         await asyncio.wait({listener, pump, stall}, return_when=asyncio.FIRST_COMPLETED)
@@ -397,14 +412,16 @@ class _WatchedLink:
         self.sending = False
         self.sent += 1
 
-    async def window(self, proto: Sender, acked: asyncio.Event) -> None:
-        """Wait until the receiver's window lets the next data message go.
+    async def window(self, proto: Sender, acked: asyncio.Event, *, all_acked: bool = False,
+                     ) -> None:
+        """Wait until the receiver's window lets the next data message go (with
+        ``all_acked``: until it acknowledged every byte, as eof waits for with lanes).
 
         Counted as a send that waits: a receiver that never acks is, for the watchdog, a
         receiver that reads nothing.
         """
         self.sending = True
-        while not proto.window_open:
+        while not (proto.all_acked if all_acked else proto.window_open):
             acked.clear()
             await acked.wait()
         self.sending = False
@@ -434,9 +451,11 @@ async def _stream(
     chunk_size: int,
     compress: ChooserMode,
     acked: asyncio.Event,
+    lanes: SenderLanes | None = None,
 ) -> list[str]:
     reader = open_reader()
-    buffer = bytearray(1 + chunk_size)
+    start = proto.data_start
+    buffer = bytearray(start + chunk_size)
     # Files and memory are read inline while that is quick; a pipe (stdin) may block for
     # as long as its writer pauses: always a thread.
     offload = Offload(threaded=isinstance(reader, PipeReader))
@@ -445,12 +464,23 @@ async def _stream(
     digests: list[str] = []
     try:
         while True:
-            length, finished = await offload(reader.read_into, buffer)
+            if lanes is not None and not lanes.alone:
+                # Queued for whichever lane is free, and kept until acknowledged: a buffer
+                # per message.
+                buffer = bytearray(start + chunk_size)
+            length, finished = await offload(reader.read_into, buffer, start)
             if length:
                 if not proto.window_open:
                     await link.window(proto, acked)
+                offset = proto.bytes_sent
                 # Compressing (~1 ms a chunk) stays on the loop: it is CPU, not waiting.
-                await link.send(proto.frame_data(buffer, length, compress=chooser.compress))
+                data = proto.frame_data(buffer, length, compress=chooser.compress)
+                if lanes is None or lanes.alone:
+                    # Lane 0 alone (always, on a LAN): sent at once, as without lanes; its
+                    # loss ends the connection, so nothing is kept to send again.
+                    await link.send(data)
+                else:
+                    await lanes.put(offset, offset + length, data)
                 chooser.observe(length, time.monotonic())
                 display.advance(length)
             if finished:
@@ -459,6 +489,9 @@ async def _stream(
                     await link.send(message)
             if reader.exhausted:
                 break
+        if lanes is not None and not proto.all_acked:
+            # Data on other lanes may still be on its way: eof only behind all of it.
+            await link.window(proto, acked, all_acked=True)
         await link.send(proto.eof())
         display.verifying()
     finally:

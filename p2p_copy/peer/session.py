@@ -141,6 +141,10 @@ class Run:
     #: The hash algorithms the machine may offer or pick (digests.preferred(), which reads
     #: the environment: once per run, by the driver). None: all this peer has.
     digests: tuple[str, ...] | None = None
+    #: Tests only ($P2P_COPY_LANES_NOW, read once per run): lanes to open at once.
+    lanes_now: int = 0
+    #: The most lanes one attempt carried data on (lane 0 included).
+    lanes_used: int = 1
 
     def pair(self, display: Progress) -> None:
         """The peer was reached; the display hears of it the first time (``paired``)."""

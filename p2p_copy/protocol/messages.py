@@ -28,6 +28,11 @@ __all__ = [
     "encode_manifest",
     "DATA_RAW",
     "DATA_ZSTD",
+    "DATA_RAW_AT",
+    "DATA_ZSTD_AT",
+    "OFFSET_SIZE",
+    "MAX_LANES",
+    "Lane",
     "MAX_ZSTD_CONTENT",
     "ZSTD",
     "Role",
@@ -64,6 +69,15 @@ DATA_RAW: Final = 0x00
 #: First byte of a binary message: the rest is one zstd frame holding the next bytes of the
 #: file stream. Only sent to a receiver whose ``accept`` listed ``ZSTD`` in ``compression``.
 DATA_ZSTD: Final = 0x01
+#: With lanes (§6.12): first byte of a data message whose next 8 bytes are the big-endian
+#: offset in the data stream where the rest, raw bytes, belongs.
+DATA_RAW_AT: Final = 0x02
+#: With lanes: the same offset, then one zstd frame (as DATA_ZSTD) of the bytes there.
+DATA_ZSTD_AT: Final = 0x03
+#: Bytes of the offset after the kind byte of DATA_RAW_AT and DATA_ZSTD_AT.
+OFFSET_SIZE: Final = 8
+#: The largest ``lanes`` a manifest or accept may carry (§6.12).
+MAX_LANES: Final = 64
 #: Name of the zstd algorithm in ``accept.compression``.
 ZSTD: Final = "zstd"
 #: Bytes of file data per data message our senders use by default, and the most they
@@ -194,6 +208,8 @@ class Manifest:
     #: First part only: true if the sender honours a receiver's flow-control ``window``
     #: (§6.6.2); None: it does not, and the receiver must send neither window nor ack.
     ack: bool | None = None
+    #: First part only: the most lanes (connections) the sender would use (§6.12); None: 1.
+    lanes: int | None = None
     type: Literal["manifest"] = "manifest"
 
 
@@ -218,6 +234,8 @@ class Accept:
     digest: str | None = None
     held: tuple[Prefix, ...] | None = None
     window: int | None = None
+    #: The most lanes the receiver takes, only to a manifest that offered lanes (§6.12).
+    lanes: int | None = None
     type: Literal["accept"] = "accept"
 
 
@@ -279,6 +297,15 @@ class Ack:
 
 
 @dataclass(frozen=True)
+class Lane:
+    """Sender to receiver on lane 0: lane ``lane`` is open, join it. On lane ``lane``
+    itself: the first sealed message each way, which proves the lane's keys (§6.12)."""
+
+    lane: int
+    type: Literal["lane"] = "lane"
+
+
+@dataclass(frozen=True)
 class ErrorMessage:
     """Either peer: the transfer failed for ``code`` (an errors.py wire code); close follows."""
 
@@ -289,7 +316,7 @@ class ErrorMessage:
 
 Message = (
     Hello | Ready | Waiting | Pake | Confirm | Manifest | Accept | PrefixDigests | Resume
-    | Checksums | Eof | Done | Ack | ErrorMessage
+    | Checksums | Eof | Done | Ack | Lane | ErrorMessage
 )
 
 
@@ -297,7 +324,8 @@ def encode(message: Message) -> str:
     """The JSON text of a control message, compact, with fields left at None omitted."""
     obj: dict[str, Any]
     if isinstance(message, Manifest):
-        return _manifest_text(_manifest_head(message.version, message.digests, message.ack),
+        return _manifest_text(_manifest_head(message.version, message.digests, message.ack,
+                                             message.lanes),
                               [_entry_text(entry) for entry in message.entries], message.more)
     if isinstance(message, Checksums):
         obj = {"type": "checksums", "first": message.first,
@@ -314,6 +342,8 @@ def encode(message: Message) -> str:
             obj["held"] = [list(p) for p in message.held]
         if message.window is not None:
             obj["window"] = message.window
+        if message.lanes is not None:
+            obj["lanes"] = message.lanes
     elif isinstance(message, PrefixDigests):
         obj = {"type": "prefix_digests",
                "files": [[o.file, o.offset, o.digest] for o in message.files]}
@@ -331,16 +361,17 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=F
 
 def encode_manifest(entries: Sequence[Entry], part_bytes: int,
                     digests: Sequence[str] | None = None,
-                    ack: bool | None = None) -> Iterator[str]:
+                    ack: bool | None = None, lanes: int | None = None) -> Iterator[str]:
     """The manifest as text messages of at most ``part_bytes`` UTF-8 bytes where possible.
 
     Each part is exactly ``encode(Manifest(batch, more=...))``, the first with
-    ``digests=digests`` and ``ack=ack``; every entry is encoded once, and an entry too
-    long for a part alone still gets a part of its own. Parts are made as they are asked
-    for, so that the first can be on its way (and parsed) while the next is encoded.
+    ``digests=digests``, ``ack=ack`` and ``lanes=lanes``; every entry is encoded once, and
+    an entry too long for a part alone still gets a part of its own. Parts are made as they
+    are asked for, so that the first can be on its way (and parsed) while the next is
+    encoded.
     """
-    head = _manifest_head(PROTOCOL_VERSION, None, None)
-    first = _manifest_head(PROTOCOL_VERSION, digests, ack)
+    head = _manifest_head(PROTOCOL_VERSION, None, None, None)
+    first = _manifest_head(PROTOCOL_VERSION, digests, ack, lanes)
     ending = len(_manifest_text("", [], more=True)) + 1  # the longest ending, and a comma
     batch: list[str] = []
     size = len(first) + ending
@@ -357,12 +388,15 @@ def encode_manifest(entries: Sequence[Entry], part_bytes: int,
 
 # A manifest's text is built around its entries' texts, so that encode_manifest() encodes
 # each entry once however the parts fall; encode() of a Manifest gives the same text.
-def _manifest_head(version: int, digests: Sequence[str] | None, ack: bool | None) -> str:
+def _manifest_head(version: int, digests: Sequence[str] | None, ack: bool | None,
+                   lanes: int | None) -> str:
     obj: dict[str, Any] = {"type": "manifest", "version": version}
     if digests is not None:
         obj["digests"] = list(digests)
     if ack is not None:
         obj["ack"] = ack
+    if lanes is not None:
+        obj["lanes"] = lanes
     return _dumps(obj)[:-1] + ',"entries":['
 
 
@@ -532,7 +566,12 @@ def _parse_manifest(obj: dict[str, Any]) -> Manifest:
     ack = obj.get("ack")
     if ack is not None and not isinstance(ack, bool):
         raise RemoteProtocolError("the manifest's 'ack' must be true or false")
-    return Manifest(entries=parsed, more=more, digests=_names(obj, "digests"), ack=ack)
+    return Manifest(entries=parsed, more=more, digests=_names(obj, "digests"), ack=ack,
+                    lanes=_lanes(obj))
+
+
+def _lanes(obj: dict[str, Any]) -> int | None:
+    return None if obj.get("lanes") is None else _int(obj, "lanes", 1, MAX_LANES)
 
 
 
@@ -611,12 +650,14 @@ def _parse_accept(obj: dict[str, Any]) -> Accept:
     window = None
     if obj.get("window") is not None:
         window = _int(obj, "window", MIN_WINDOW, MAX_WINDOW)
+    lanes = _lanes(obj)
     if obj.get("resume") is None:
-        return Accept(compression=compression, digest=digest, held=held, window=window)
+        return Accept(compression=compression, digest=digest, held=held, window=window,
+                      lanes=lanes)
     if held is not None:
         raise RemoteProtocolError("an accept carries 'held' or 'resume', not both")
     return Accept(resume=_offers(obj, "resume"), compression=compression, digest=digest,
-                  window=window)
+                  window=window, lanes=lanes)
 
 
 def _offers(obj: dict[str, Any], key: str) -> tuple[Offer, ...]:
@@ -656,6 +697,8 @@ def parse_message(text: str) -> Message:
         return _parse_confirm(obj)
     if kind == "ack":
         return Ack(bytes=_int(obj, "bytes", 0, MAX_FILE_SIZE))
+    if kind == "lane":
+        return Lane(lane=_int(obj, "lane", 1, MAX_LANES - 1))
     simple: dict[str, Message] = {
         "ready": Ready(),
         "waiting": Waiting(),

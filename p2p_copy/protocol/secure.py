@@ -48,7 +48,7 @@ from ..errors import (
 from .codes import normalize_code
 from .messages import Confirm, Pake, Role, encode
 
-__all__ = ["SUITE", "TAG_SIZE", "KeyExchange", "Channel", "is_control"]
+__all__ = ["SUITE", "TAG_SIZE", "KeyExchange", "Channel", "LaneKeys", "is_control"]
 
 #: Names every algorithm of the handshake and the channel; peers must agree on it.
 SUITE: Final = "spake2-ed25519+hkdf-sha256+aes-256-gcm/1"
@@ -138,6 +138,36 @@ class KeyExchange:
             raise LocalProtocolError("the channel opens only after key confirmation")
         to_receiver = _derive(self._key, b"key sender to receiver")
         to_sender = _derive(self._key, b"key receiver to sender")
+        if self.role == "sender":
+            return Channel(send_key=to_receiver, receive_key=to_sender)
+        return Channel(send_key=to_sender, receive_key=to_receiver)
+
+    def lanes(self) -> LaneKeys:
+        """The rooms and keys of this transfer's extra lanes (§6.12), after confirmation."""
+        self.channel()  # the same precondition
+        assert self._key is not None
+        return LaneKeys(self._key, self.role)
+
+
+class LaneKeys:
+    """Lane k's room and channel, derived from the handshake's key like the channel's
+    keys (§6.0.5, §6.12): no second key exchange, no new guess for an attacker.
+
+    Every run draws a new key, so a lane's room and nonces are never reused across runs;
+    within a run, each lane number is opened at most once.
+    """
+
+    def __init__(self, key: bytes, role: Role) -> None:
+        self._key = key
+        self.role: Role = role
+
+    def room(self, lane: int) -> str:
+        """The lane's room hash (the hello's code_hash_hex), secret to the two peers."""
+        return _derive(self._key, f"lane {lane} room".encode("ascii")).hex()
+
+    def channel(self, lane: int) -> Channel:
+        to_receiver = _derive(self._key, f"lane {lane} key sender to receiver".encode("ascii"))
+        to_sender = _derive(self._key, f"lane {lane} key receiver to sender".encode("ascii"))
         if self.role == "sender":
             return Channel(send_key=to_receiver, receive_key=to_sender)
         return Channel(send_key=to_sender, receive_key=to_receiver)

@@ -67,8 +67,12 @@ from .compression import DEFAULT_LEVEL, ChunkCompressor, ChunkDecompressor, Comp
 from .digests import SHA256, available, choose
 from .messages import (
     DATA_RAW,
+    DATA_RAW_AT,
     DATA_ZSTD,
+    DATA_ZSTD_AT,
+    MAX_CHUNK_SIZE,
     MAX_ZSTD_CONTENT,
+    OFFSET_SIZE,
     ZSTD,
     Accept,
     Ack,
@@ -80,6 +84,7 @@ from .messages import (
     ErrorMessage,
     FileEntry,
     Hello,
+    Lane,
     Manifest,
     Pake,
     PrefixDigests,
@@ -116,6 +121,9 @@ __all__ = [
     "TransferFinished",
     "ResumeAgreed",
     "Acked",
+    "LaneOpened",
+    "LANE_WINDOW",
+    "ACK_STEP",
     "SenderEvent",
     "ReceiverEvent",
     "data_entries",
@@ -135,6 +143,12 @@ MANIFEST_PART_BYTES = 256 * 1024
 MAX_ERROR_TEXT = 1000
 #: Digests per checksums message: about 280 KiB of JSON, well under any message limit.
 MAX_CHECKSUMS_PER_MESSAGE = 4096
+#: The window our receiver announces when lanes are agreed (§6.12): room for 8 lanes of
+#: 4 MiB TCP windows on both legs of the relay. It bounds the receiver's reorder buffer
+#: and what the sender keeps to send again after a lane drops.
+LANE_WINDOW = 64 * 2**20
+#: With lanes, our receiver acknowledges every ACK_STEP bytes it stored (and the last).
+ACK_STEP = 2 * 2**20
 
 
 class SenderState(enum.IntEnum):
@@ -213,6 +227,7 @@ SENDER_TRANSITIONS: Final[Mapping[SenderState, Mapping[str, SenderState]]] = {
     _S.STREAMING: {
         "send data": _S.STREAMING,
         "send checksums": _S.STREAMING,
+        "send lane": _S.STREAMING,
         "send eof": _S.WAIT_DONE,
         "receive ack": _S.STREAMING,
     },
@@ -241,6 +256,7 @@ RECEIVER_TRANSITIONS: Final[Mapping[ReceiverState, Mapping[str, ReceiverState]]]
     _R.STREAMING: {
         "receive data": _R.STREAMING,
         "receive checksums": _R.STREAMING,
+        "receive lane": _R.STREAMING,
         "receive eof": _R.FINISHING,
     },
     _R.FINISHING: {"send done": _R.DONE},
@@ -295,6 +311,13 @@ class Acked:
     """The receiver stored ``bytes`` of this connection's data stream: the window moved."""
 
     bytes: int
+
+
+@dataclass(frozen=True)
+class LaneOpened:
+    """The sender opened lane ``lane`` (§6.12): join its room, prove its keys, take data."""
+
+    lane: int
 
 
 @dataclass(frozen=True)
@@ -371,7 +394,7 @@ class ResumeAgreed:
 SenderEvent = (RelayWaiting | ReceiverJoined | AcceptReceived | ResumeAgreed | Acked
                | TransferConfirmed)
 ReceiverEvent = (SenderJoined | ManifestReceived | ResumeAgreed | FileData | FileCompleted
-                 | TransferFinished | Send)
+                 | TransferFinished | LaneOpened | Send)
 
 
 class _Stream:
@@ -465,6 +488,7 @@ class Sender:
         manifest_part_bytes: int = MANIFEST_PART_BYTES,
         fresh: bool = False,
         digests: Sequence[str] | None = None,
+        lanes: int = 1,
     ) -> None:
         self.state = SenderState.START
         #: The hash algorithms the manifest offers, best first: those of ``digests`` this
@@ -495,6 +519,29 @@ class Sender:
         self.window: int | None = None
         #: The largest ``bytes`` of its acks on this connection.
         self._acked = 0
+        # Lanes (§6.12) are offered only without a stream entry: a stream's size is fixed
+        # by its checksum, which must not overtake its bytes on another lane.
+        streams = any(isinstance(e, StreamEntry) for e in self.entries)
+        self._lanes_offered = 1 if streams else lanes
+        #: The lanes agreed in the accept (1: none, the plain data messages of §6.6).
+        self.lanes = 1
+        self._lanes_opened: set[int] = set()
+
+    @property
+    def acked(self) -> int:
+        """The largest ``bytes`` the receiver acknowledged on this connection."""
+        return self._acked
+
+    @property
+    def bytes_left(self) -> int:
+        """Bytes of the data stream still to frame (0 while a stream's size is unknown)."""
+        return self._stream.room() or 0
+
+    @property
+    def data_start(self) -> int:
+        """Where frame_data() wants the chunk in its buffer: after the kind byte, and the
+        offset once lanes are agreed."""
+        return 1 + OFFSET_SIZE if self.lanes > 1 else 1
 
     @property
     def compression_stats(self) -> CompressionStats | None:
@@ -532,8 +579,10 @@ class Sender:
         self.state = self._next("send manifest")
         # Only SHA-256: no offer, and the manifest is what a peer before BLAKE3 sends.
         offer = None if self.digests_offered == (SHA256,) else self.digests_offered
-        # ack: this sender honours a window (window_open); receivers before it ignore it.
-        return encode_manifest(self.entries, self._part_bytes, offer, ack=True)
+        # ack: this sender honours a window (window_open); receivers before it ignore it,
+        # and lanes too.
+        lanes = self._lanes_offered if self._lanes_offered > 1 else None
+        return encode_manifest(self.entries, self._part_bytes, offer, ack=True, lanes=lanes)
 
     def receive(self, message: str | bytes) -> list[SenderEvent]:
         """Feed a message from the relay or the receiver; return what it means."""
@@ -573,6 +622,16 @@ class Sender:
         self.digest = digest
         # Our manifest said ``ack``, so any receiver may set a window.
         self.window = message.window
+        if message.lanes is not None:
+            if self._lanes_offered < 2:
+                raise RemoteProtocolError(
+                    "The receiver broke the protocol: it answered 'lanes' to a manifest "
+                    "that offered none.")
+            agreed = min(self._lanes_offered, message.lanes)
+            if agreed > 1 and message.window is None:
+                raise RemoteProtocolError(
+                    "The receiver broke the protocol: it took lanes without a 'window'.")
+            self.lanes = agreed
         offers = message.held or message.resume or ()
         problem = check_offers(offers, _sizes(self.entries))
         if problem:
@@ -642,37 +701,52 @@ class Sender:
         self.state = following
         return encode(Resume(files=tuple((o.file, o.offset) for o in accepted)))
 
+    def lane(self, lane: int) -> str:
+        """The ``lane`` message that tells the receiver to join lane ``lane`` (§6.12), which
+        the caller has opened; each lane number once per connection."""
+        following = self._next("send lane")
+        if not 1 <= lane < self.lanes or lane in self._lanes_opened:
+            raise LocalProtocolError(f"lane {lane} is not one to open")
+        self._lanes_opened.add(lane)
+        self.state = following
+        return encode(Lane(lane))
+
     def frame_data(
         self, buffer: bytearray, length: int, compress: bool = False
     ) -> memoryview | bytes:
-        """Turn ``buffer[1:1+length]`` (filled by the caller) into a data message.
+        """Turn ``buffer[s:s+length]`` (filled by the caller; s = ``data_start``) into a
+        data message.
 
         A raw message is made in place: writing the header into the caller's buffer keeps
         file bytes from being copied. With ``compress`` and a receiver that accepts zstd,
         the chunk is offered to the compressor first and, if it shrinks enough, sent as a
         new DATA_ZSTD message instead. Either way ``length`` plaintext bytes are sent.
+        With lanes, the header also says at which offset of the data stream they belong.
         """
         self.state = self._next("send data")
         if length <= 0:
             raise LocalProtocolError("a data message must carry at least one byte")
         if not self.window_open:
             raise LocalProtocolError("the receiver's window is full: wait for its ack")
-        if len(buffer) < 1 + length:
+        start = self.data_start
+        if len(buffer) < start + length:
             raise LocalProtocolError("the buffer is shorter than the data it should carry")
         room = self._stream.room()
         if room is not None and length > room:
             raise LocalProtocolError("more data than the manifest announced")
+        at = self._stream.position.to_bytes(OFFSET_SIZE, "big") if self.lanes > 1 else b""
         if compress and self.peer_accepts_zstd:
             if self._compressor is None:
                 self._compressor = ChunkCompressor(DEFAULT_LEVEL)
-            with memoryview(buffer) as view, view[1 : 1 + length] as chunk:
+            with memoryview(buffer) as view, view[start : start + length] as chunk:
                 frame = self._compressor.compress(chunk)
             if frame is not None:
                 self._stream.position += length
-                return b"".join((bytes((DATA_ZSTD,)), frame))
-        buffer[0] = DATA_RAW
+                return b"".join((bytes((DATA_ZSTD_AT if at else DATA_ZSTD,)), at, frame))
+        buffer[0] = DATA_RAW_AT if at else DATA_RAW
+        buffer[1:start] = at
         self._stream.position += length
-        return memoryview(buffer)[: 1 + length]
+        return memoryview(buffer)[: start + length]
 
     def checksums(self, digests: Sequence[str]) -> list[str]:
         """Checksums messages for the next files whose bytes have all been framed.
@@ -691,10 +765,17 @@ class Sender:
             self._stream.checksummed += len(batch)
         return messages
 
+    @property
+    def all_acked(self) -> bool:
+        """Whether the receiver acknowledged every byte sent: with lanes, eof waits for it."""
+        return self._acked == self._stream.position
+
     def eof(self) -> str:
         following = self._next("send eof")
         if not self._stream.finished():
             raise LocalProtocolError("eof before every byte and checksum was sent")
+        if self.lanes > 1 and not self.all_acked:
+            raise LocalProtocolError("with lanes, eof waits until every byte was acknowledged")
         self.state = following
         return encode(Eof())
 
@@ -749,6 +830,7 @@ class Receiver:
         policy: ReceivePolicy | None = None,
         compression: bool = True,
         digests: Sequence[str] | None = None,
+        lanes: int = 1,
     ) -> None:
         self.state = ReceiverState.START
         #: The hash algorithms it may pick from the manifest's offer (default: all this peer
@@ -774,10 +856,41 @@ class Receiver:
         self._offers: dict[int, Offer] = {}
         #: The agreed offsets: file number -> first byte that arrives.
         self._starts: dict[int, int] = {}
+        self._lanes_cap = lanes
+        self._lanes_offered = 1
+        #: The lanes agreed in our accept (1: none); with lanes, ``window`` is set.
+        self.lanes = 1
+        self.window: int | None = None
+        self._lanes_opened: set[int] = set()
+        #: Data that arrived ahead of its place: stream offset -> its plaintext.
+        self._ahead: dict[int, memoryview] = {}
+        self._ahead_bytes = 0
+        #: Checksums that arrived (on lane 0) before their files' bytes (on other lanes).
+        self._pending: list[FileCompleted] = []
+        self._announced = 0
+        #: ``bytes`` of our last ack.
+        self.acked = 0
 
     @property
     def bytes_received(self) -> int:
         return self._stream.position
+
+    @property
+    def ack_due(self) -> bool:
+        """Whether to send an ack now (with lanes): ACK_STEP stored since the last, or the
+        last bytes of the stream."""
+        position = self._stream.position
+        return self.window is not None and position > self.acked and (
+            position - self.acked >= ACK_STEP or position == self._stream.total)
+
+    def ack(self) -> str:
+        """The ``ack`` of every byte received so far; call it once they were handed to
+        storage."""
+        if self.window is None or self.state not in (ReceiverState.STREAMING,
+                                                     ReceiverState.FINISHING):
+            raise LocalProtocolError("ack only after an accept with a window, while streaming")
+        self.acked = self._stream.position
+        return encode(Ack(self.acked))
 
     @property
     def compression_stats(self) -> CompressionStats | None:
@@ -843,6 +956,8 @@ class Receiver:
         if self._manifest_parts == 1 and part.digests is not None:
             self._digest_offered = True
             self.digest = choose(part.digests, self.digests_allowed)
+        if self._manifest_parts == 1 and part.ack and part.lanes is not None:
+            self._lanes_offered = part.lanes
         if len(self._parts) + len(part.entries) > self.max_entries:
             raise RemoteProtocolError(
                 f"The manifest lists more than {self.max_entries} entries; refusing it."
@@ -888,6 +1003,8 @@ class Receiver:
         return ResumeAgreed(dict(starts), differs)
 
     def _take_checksums(self, msg: Checksums) -> list[ReceiverEvent]:
+        if self.lanes > 1:
+            return self._take_checksums_ahead(msg)
         problem = self._stream.check_checksums(msg.first, len(msg.digests))
         if msg.algorithm != self.digest:
             problem = f"it sent {msg.algorithm} checksums, not the agreed {self.digest}"
@@ -895,6 +1012,41 @@ class Receiver:
             raise RemoteProtocolError(f"The sender broke the protocol: {problem}.")
         self._stream.checksummed += len(msg.digests)
         return [FileCompleted(msg.first + i, d) for i, d in enumerate(msg.digests)]
+
+    def _take_checksums_ahead(self, msg: Checksums) -> list[ReceiverEvent]:
+        """With lanes, checksums may overtake their files' bytes: kept until those came.
+
+        No stream entry travels with lanes, so a checksum never fixes a size.
+        """
+        if msg.algorithm != self.digest:
+            raise RemoteProtocolError(
+                f"The sender broke the protocol: it sent {msg.algorithm} checksums, not "
+                f"the agreed {self.digest}.")
+        if msg.first != self._announced or msg.first + len(msg.digests) > self._stream.count:
+            raise RemoteProtocolError(
+                f"The sender broke the protocol: checksums for files {msg.first} and on "
+                f"arrived, file {self._announced} was next.")
+        self._announced += len(msg.digests)
+        self._pending += [FileCompleted(msg.first + i, d) for i, d in enumerate(msg.digests)]
+        return self._complete([])
+
+    def _complete(self, events: list[ReceiverEvent]) -> list[ReceiverEvent]:
+        """``events``, then FileCompleted for the pending checksums whose bytes all came."""
+        stream = self._stream
+        ready = stream.files_complete() - stream.checksummed
+        if ready > 0 and self._pending:
+            events += self._pending[:ready]
+            stream.checksummed += len(self._pending[:ready])
+            del self._pending[:ready]
+        return events
+
+    def _take_lane(self, msg: Lane) -> list[ReceiverEvent]:
+        if not msg.lane < self.lanes or msg.lane in self._lanes_opened:
+            raise RemoteProtocolError(
+                f"The sender broke the protocol: it opened lane {msg.lane}, which was not "
+                "agreed or is open already.")
+        self._lanes_opened.add(msg.lane)
+        return [LaneOpened(msg.lane)]
 
     def _take_eof(self, msg: Eof) -> list[ReceiverEvent]:
         stream = self._stream
@@ -919,6 +1071,8 @@ class Receiver:
             # A sender from before resume ignores the offers: everything comes from 0.
             events.append(self._agree({}))
         self.state = following
+        if self.lanes > 1:
+            return events + self._receive_at(data)
         kind = data[0] if len(data) >= 2 else None
         payload = data[1:]
         if kind == DATA_ZSTD and self.compression:
@@ -936,6 +1090,55 @@ class Receiver:
             self._check_size(len(payload))
         else:
             raise RemoteProtocolError("The sender sent a data message of unknown format.")
+        return self._place(payload, events)
+
+    def _receive_at(self, data: memoryview) -> list[ReceiverEvent]:
+        """A data message of a transfer with lanes: placed by its offset, in order.
+
+        What arrives ahead of its place waits, within the window: an honest sender never
+        has more than the window beyond our last ack. What arrived already (sent again
+        after a lane dropped) is dropped.
+        """
+        header = 1 + OFFSET_SIZE
+        kind = data[0] if len(data) > header else None
+        if kind not in (DATA_RAW_AT, DATA_ZSTD_AT) or (kind == DATA_ZSTD_AT
+                                                       and not self.compression):
+            raise RemoteProtocolError(
+                "The sender sent a data message of unknown format (lanes were agreed: "
+                "each says its offset).")
+        offset = int.from_bytes(data[1:header], "big")
+        payload = data[header:]
+        assert self.window is not None
+        stream = self._stream
+        if offset >= self.acked + self.window:
+            raise RemoteProtocolError(
+                f"The sender broke the protocol: data at offset {offset} is beyond the "
+                f"window of {self.window} bytes after the last ack ({self.acked}).")
+        if offset < stream.position or offset in self._ahead:
+            return []  # sent again after a lane dropped: we have it
+        if kind == DATA_ZSTD_AT:
+            if self._decompressor is None:
+                self._decompressor = ChunkDecompressor(MAX_ZSTD_CONTENT)
+            self._check_size(self._decompressor.declared_size(payload), offset)
+            payload = memoryview(self._decompressor.decompress(payload))
+        else:
+            self._check_size(len(payload), offset)
+        if offset > stream.position:
+            if self._ahead_bytes + len(payload) > self.window + MAX_CHUNK_SIZE:
+                raise RemoteProtocolError(
+                    "The sender broke the protocol: more data ahead of its place than the "
+                    "window allows.")
+            self._ahead[offset] = payload
+            self._ahead_bytes += len(payload)
+            return []
+        events = self._place(payload, [])
+        while (following := self._ahead.pop(stream.position, None)) is not None:
+            self._ahead_bytes -= len(following)
+            events = self._place(following, events)
+        return self._complete(events)
+
+    def _place(self, payload: memoryview, events: list[ReceiverEvent]) -> list[ReceiverEvent]:
+        """FileData events for ``payload``, the next bytes of the stream, after ``events``."""
         stream = self._stream
         file = stream.files_complete()
         while payload:
@@ -953,10 +1156,13 @@ class Receiver:
             file += 1
         return events
 
-    def _check_size(self, size: int) -> None:
-        """Refuse ``size`` more plaintext bytes beyond the manifest or the policy."""
+    def _check_size(self, size: int, offset: int | None = None) -> None:
+        """Refuse ``size`` more plaintext bytes (at ``offset``, else the position) beyond
+        the manifest or the policy."""
         stream = self._stream
         room = stream.room()
+        if room is not None and offset is not None:
+            room -= offset - stream.position
         if room is not None and size > room:
             raise RemoteProtocolError("The sender sent more bytes than its manifest announced.")
         limit = self.policy.max_bytes
@@ -985,11 +1191,15 @@ class Receiver:
         # Named whenever the manifest offered a choice; a sender before BLAKE3 gets none.
         digest = self.digest if self._digest_offered else None
         self.state = following
-        if not offers:
-            return encode(Accept(compression=compression, digest=digest))
+        lanes = None
+        # No stream entry travels with lanes: its checksum would fix its size too early.
+        if self._lanes_offered > 1 and self._lanes_cap > 1 and not self._stream.open_end:
+            lanes = self._lanes_cap
+            self.lanes = min(self._lanes_cap, self._lanes_offered)
+            self.window = LANE_WINDOW
         self._offers = {o.file: o for o in offers}
-        return encode(Accept(compression=compression, digest=digest,
-                             held=tuple(o.prefix for o in offers)))
+        return encode(Accept(compression=compression, digest=digest, window=self.window,
+                             lanes=lanes, held=tuple(o.prefix for o in offers) or None))
 
     def done(self) -> str:
         self.state = self._next("send done", "done answers eof")
@@ -1014,5 +1224,6 @@ _RECEIVER_TAKES: Final[Mapping[type, _ReceiverTake]] = {
     Manifest: Receiver._take_manifest,
     PrefixDigests: Receiver._take_prefix_digests,
     Checksums: Receiver._take_checksums,
+    Lane: Receiver._take_lane,
     Eof: Receiver._take_eof,
 }

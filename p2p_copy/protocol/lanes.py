@@ -1,0 +1,99 @@
+"""When a sender opens one more lane (docs/protocol.md §6.12), as a rule without I/O.
+
+One TCP connection carries at most its window per round trip: ~40 MB/s at 100 ms with
+Linux's 4 MiB default, whatever the link. More connections ("lanes") each bring a window
+of their own, but on loopback or a LAN they only cost CPU. So the sender starts with one
+and opens lane 2 only when the link looks window-limited: a round trip to the relay of
+MIN_RTT or more, measured before the data flowed, and MIN_LEFT bytes or more still to
+send. It then doubles the lanes (2, 4, 8) while the last step raised the acknowledged
+rate by GAIN or more, each rate measured over an interval of a few round trips
+(``interval()``) with the lanes it has, up to the cap. Doubling rather than adding one:
+opening a lane and measuring it costs some ten round trips, and one at a time would
+reach eight lanes only after seven of those, when a transfer of a few hundred MiB is
+over; a step that did not pay stops the growth, and its lanes cost only memory. The driver
+(peer/lanes.py) passes the clock and the counts in; nothing here reads either.
+
+Lane 2 is opened as soon as the round trip is known, without a measurement on one lane
+first: its request travels on lane 0 behind the data already in the buffers (up to a
+second on a long link), and the rate of one lane is measured meanwhile, until lane 2
+carries data.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["LANE_CAP", "MIN_RTT", "MIN_LEFT", "GAIN", "LaneGovernor", "interval"]
+
+#: The most lanes our peers use (the protocol allows up to messages.MAX_LANES).
+LANE_CAP: Final = 8
+#: A round trip shorter than this is a LAN or loopback: one lane is enough.
+MIN_RTT: Final = 0.005
+#: With less left to send, a new lane would not be paired before the end.
+MIN_LEFT: Final = 32 * 2**20
+#: A lane must raise the rate by this factor to earn the next one.
+GAIN: Final = 1.15
+#: A measurement lasts ROUND_TRIPS round trips, at least MIN_INTERVAL and at most
+#: MAX_INTERVAL seconds: long enough for acks every 2 MiB to show a rate, short enough
+#: that lanes are in place while there is much left to send.
+ROUND_TRIPS: Final = 4
+MIN_INTERVAL: Final = 0.3
+MAX_INTERVAL: Final = 2.0
+
+
+def interval(rtt: float | None) -> float:
+    """Seconds of acknowledged bytes that make one measurement at round trip ``rtt``."""
+    if rtt is None:
+        return MAX_INTERVAL
+    return min(MAX_INTERVAL, max(MIN_INTERVAL, ROUND_TRIPS * rtt))
+
+
+class LaneGovernor:
+    """Says when to open one more lane; ``force`` (tests) opens that many at once."""
+
+    def __init__(self, cap: int, *, force: int = 0) -> None:
+        self.cap = cap
+        self.force = min(force, cap)
+        self.rtt: float | None = None
+        self.settled = False
+        self._mark: tuple[float, int] | None = None
+        self._last_rate = 0.0
+
+    def changed(self, now: float, acked: int) -> None:
+        """The lanes carrying data changed (one opened or was lost): measure anew. The
+        first time, what lane 0 carried until now is the rate of one lane."""
+        if self._mark is not None and not self._last_rate and now > self._mark[0]:
+            self._last_rate = (acked - self._mark[1]) / (now - self._mark[0])
+        self._mark = (now, acked)
+
+    def stop(self) -> None:
+        """No more lanes for this connection (one could not be opened)."""
+        self.settled = True
+
+    def decide(self, now: float, acked: int, left: int, lanes: int) -> int:
+        """How many lanes to open now (0: none), with ``lanes`` carrying data, ``acked``
+        bytes acknowledged so far and ``left`` bytes still to send."""
+        if lanes >= self.cap:
+            return 0
+        if self.force:
+            return max(0, self.force - lanes)  # tests: exactly that many, no rule
+        if self.settled or left < MIN_LEFT:
+            return 0
+        if self._mark is None:
+            self._mark = (now, acked)
+        if lanes == 1:
+            if self.rtt is None:
+                return 0  # not measured yet: wait for it
+            if self.rtt < MIN_RTT:
+                self.settled = True
+                return 0
+            return 1
+        since, base = self._mark
+        if now - since < interval(self.rtt):
+            return 0
+        rate = (acked - base) / (now - since)
+        if rate < self._last_rate * GAIN:
+            self.settled = True
+            return 0
+        self._last_rate = rate
+        return min(lanes, self.cap - lanes)
