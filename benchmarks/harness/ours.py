@@ -81,6 +81,11 @@ def _pip(python: Path, *args: str, timeout: float = 600.0) -> subprocess.Complet
         cwd=CACHE, env=isolated_env(Path("/tmp")), timeout=timeout)
 
 
+def _imports(python: Path, module: str) -> bool:
+    return subprocess.run([str(python), "-c", f"import {module}"], capture_output=True,
+                          timeout=60, env=isolated_env(Path("/tmp")), cwd=CACHE).returncode == 0
+
+
 def ensure_ours_venv() -> tuple[str, str]:
     """OURS_VENV holding the working tree's package, installed non-editable like a user's
     ``pip install .`` of a checkout (dependencies from the package index). Our package is
@@ -91,7 +96,8 @@ def ensure_ours_venv() -> tuple[str, str]:
     with tempfile.TemporaryDirectory(prefix="ours-src-", dir=CACHE) as tmp:
         src = snapshot_tree(Path(tmp) / "p2p-copy")
         digest = source_digest(src)
-        fresh = ensure_venv(OURS_VENV, [str(src)], "p2p-copy", None, False)
+        # With the [fast] extra (uvloop), as the README's install line has it.
+        fresh = ensure_venv(OURS_VENV, [f"{src}[fast]"], "p2p-copy", None, False)
         stamp = OURS_VENV / OURS_STAMP
         with venv_lock(OURS_VENV):
             old = stamp.read_text().strip() if stamp.is_file() else ""
@@ -101,9 +107,10 @@ def ensure_ours_venv() -> tuple[str, str]:
                           flush=True)
                     run = _pip(python, "install", "--quiet", "--no-input", "--no-deps",
                                "--force-reinstall", str(src))
-                    if run.returncode == 0 and _pip(python, "check").returncode != 0:
+                    if run.returncode == 0 and (_pip(python, "check").returncode != 0
+                                                or not _imports(python, "uvloop")):
                         # pyproject.toml gained a dependency: let pip fetch what is missing.
-                        run = _pip(python, "install", "--quiet", "--no-input", str(src))
+                        run = _pip(python, "install", "--quiet", "--no-input", f"{src}[fast]")
                     if run.returncode != 0:
                         stamp.unlink(missing_ok=True)
                         tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-5:])
@@ -152,7 +159,8 @@ class Ours(Tool):
             self.description = (
                 f"{self.cli[0]} {commands}, run with {self.python}); the working tree "
                 f"(pyproject.toml, README.md, p2p_copy/ at {commit or '?'} plus any uncommitted "
-                f"changes) installed non-editable with pip into its own virtualenv {OURS_VENV} "
+                f"changes) installed non-editable with pip, with the [fast] extra (uvloop), into "
+                f"its own virtualenv {OURS_VENV} "
                 "(python -m venv, no system site-packages, dependencies from the package "
                 "index, bytecode compiled by pip), reinstalled only when the sources' SHA-256 "
                 "changes; run from the venv directory with PYTHONPATH etc. removed, like seed"

@@ -43,6 +43,7 @@ from ..protocol.paths import display_name
 from ..protocol.policy import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, OfferSummary
 from ..relay.logs import ADDRESS_MODES
 from ..signals import INTERRUPTS, on_signals
+from . import eventloop
 from .config import RELAY_ENV, Relay, choose_relay, is_relay_url, served_relay
 from .report import Tally, kept_partial, receive_lines, shell_word, shown_path, summary
 from .serve import DEFAULT_HOST, parse_serve
@@ -338,7 +339,8 @@ def _size_or_zero(value: str) -> int:
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """asyncio.run, with Ctrl-C (Ctrl-Break on Windows) and SIGTERM cancelling the work.
+    """Run ``coro`` on the CLI's loop (eventloop.py), with Ctrl-C (Ctrl-Break on Windows)
+    and SIGTERM cancelling the work.
 
     Ctrl-C says "cancelling…" at once on a terminal: closing the connection and keeping
     what arrived for a later run may take a moment, which must not look like a hang.
@@ -358,7 +360,7 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         with on_signals(handlers):
             return await coro
 
-    return asyncio.run(main())
+    return eventloop.run(main())
 
 
 def _progress(args: argparse.Namespace) -> Any:
@@ -909,8 +911,8 @@ def _run_relay(args: argparse.Namespace) -> int:
     try:
         # Not _run: SIGTERM (Ctrl-Break on Windows) drains the relay (run_relay handles
         # it) instead of cancelling.
-        asyncio.run(run_relay(args.host, args.port, ssl_context=context, config=config,
-                              announce=not args.log_json))
+        eventloop.run(run_relay(args.host, args.port, ssl_context=context, config=config,
+                                announce=not args.log_json))
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     except OSError as exc:

@@ -356,7 +356,9 @@ class Relay:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         inprocess.serving(asyncio.get_running_loop(), self.host, self.port, True)
-        event(log, logging.INFO, "listening", url=self.url)
+        # Which loop serves (uvloop's or asyncio's: the CLI's choice, cli/eventloop.py).
+        event(log, logging.INFO, "listening", url=self.url,
+              loop=type(asyncio.get_running_loop()).__module__.partition(".")[0])
 
     async def stop(self) -> None:
         """Close every connection (code 1001) and wait for the handlers to end."""
