@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -76,8 +77,9 @@ class Peers:
 
 @pytest.fixture
 async def relay() -> AsyncIterator[Relay]:
-    """conftest's relay, but a stop() that hangs fails the test instead of stalling the run."""
-    r = Relay("127.0.0.1", 0, config=TEST_CONFIG)
+    """conftest's relay (without the web page), but a stop() that hangs fails the test
+    instead of stalling the run."""
+    r = Relay("127.0.0.1", 0, config=dataclasses.replace(TEST_CONFIG, web=False))
     await r.start()
     try:
         yield r

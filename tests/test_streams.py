@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -330,3 +331,30 @@ def test_destination_writes_a_stream_to_disk(tmp_path: Path) -> None:
     results = destination.apply([FileCompleted(1, sha256_hex(b"stream"))])
     destination.finish()
     assert results[0].size == 6 and (tmp_path / "pipe").read_bytes() == b"stream"
+
+
+def test_write_all_writes_everything_to_a_raw_file_that_takes_part() -> None:
+    """A raw stdout (python -u, PYTHONUNBUFFERED) may take part of a write, or nothing;
+    write_all() goes on until every byte is out (the CLI's printed text lost its tail)."""
+    from p2p_copy.storage.streams import write_all
+
+    class Raw(io.RawIOBase):
+        def __init__(self) -> None:
+            self.got = bytearray()
+            self.calls = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> int | None:
+            self.calls += 1
+            if self.calls == 2:
+                return None  # full, as a non-blocking pipe
+            part = bytes(b[:1000])
+            self.got += part
+            return len(part)
+
+    raw = Raw()
+    data = bytes(range(256)) * 40
+    write_all(raw, data)  # type: ignore[arg-type]
+    assert bytes(raw.got) == data

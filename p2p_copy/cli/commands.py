@@ -720,8 +720,12 @@ class _AskOnTerminal:
 def _print_text(text: str) -> None:
     """A received text to stdout: as it is into a pipe, made safe on a terminal."""
     if not sys.stdout.isatty():
-        sys.stdout.write(text)
+        from ..storage.streams import write_all
+
         sys.stdout.flush()
+        write_all(sys.stdout.buffer,
+                  text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+        sys.stdout.buffer.flush()
         return
     # The peer chose the text: control characters must not reach the terminal as such.
     print("\n".join(display_name(line) for line in text.split("\n")))
