@@ -116,7 +116,7 @@ class Cdp:
     def __init__(self, url: str) -> None:
         from websockets.sync.client import connect
 
-        self.ws = connect(url, max_size=None, open_timeout=20)
+        self.ws = connect(url, max_size=None, open_timeout=20, legacy=True)  # not a with block
         self.id = 0
 
     def __call__(self, method: str, **params: Any) -> Any:
