@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -147,6 +148,9 @@ class Browser:
                 break
         else:
             raise SystemExit("chromium did not start")
+        # Keep reading its log: a full pipe would stall Chromium.
+        log = self.proc.stderr
+        threading.Thread(target=lambda: (log.read(), log.close()), daemon=True).start()
         self.base = match.group(1).split("/devtools/")[0]
         self.cdp = Cdp(match.group(1))
         self.cdp("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
