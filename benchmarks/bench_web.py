@@ -5,7 +5,7 @@ one file of random bytes on tmpfs (default 1 GiB). Four cases, interleaved when 
 
 - ``cli->cli``: ``p2p-copy send`` to ``p2p-copy receive``, timed from starting the sender
   until both processes have exited (start-up and key exchange included, as in bench.py);
-- ``browser->cli``: Debian's Chromium (headless, via Playwright) sends the file chosen in
+- ``browser->cli``: Debian's Chromium (headless) sends the file chosen in
   the page's file input; timed from starting ``p2p-copy receive`` until it has exited and
   the page shows the transfer checked;
 - ``cli->browser (fsa)``: the page receives through the File System Access path, the picker
@@ -15,9 +15,15 @@ one file of random bytes on tmpfs (default 1 GiB). Four cases, interleaved when 
 - ``cli->browser (download)``: the same through the service-worker download (the path
   of browsers without File System Access), the download folder on tmpfs.
 
-Every output is compared with the input (SHA-256) outside the timed part. Rates are 10^6
-bytes per second of wall time; ratios are to cli->cli of the same repetition. Needs
-Playwright and /usr/bin/chromium, and the page built (p2p_copy/web/static).
+Chromium is driven through its DevTools protocol directly (``--remote-debugging-port``), not
+through Playwright: Playwright enables the Network domain, under which Chromium base64-encodes
+every WebSocket frame for the debugger. That costs more CPU than the transfer itself (256 MiB
+sent: renderer 3.8, browser process 3.0, Playwright's driver ~2 CPU-s) and made the page look
+3-4 times slower than it is. Only Page, Runtime, DOM and Browser commands are used here.
+
+Every output is compared with the input (SHA-256; the fsa case by size) outside the timed
+part. Rates are 10^6 bytes per second of wall time; ratios are to cli->cli of the same
+repetition. Needs /usr/bin/chromium and the page built (p2p_copy/web/static).
 
     python benchmarks/bench_web.py [--size 1GiB] [--repeat 1] [--json PATH]
 """
@@ -28,12 +34,14 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -103,12 +111,113 @@ def code() -> str:
     return generate_code()
 
 
+class Cdp:
+    """One DevTools connection: commands in order, events ignored (none is enabled but Page's)."""
+
+    def __init__(self, url: str) -> None:
+        from websockets.sync.client import connect
+
+        self.ws = connect(url, max_size=None, open_timeout=20, legacy=True)  # not a with block
+        self.id = 0
+
+    def __call__(self, method: str, **params: Any) -> Any:
+        self.id += 1
+        self.ws.send(json.dumps({"id": self.id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=120))
+            if msg.get("id") == self.id:
+                if "error" in msg:
+                    raise SystemExit(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+class Browser:
+    """Headless Chromium with the DevTools protocol on a free loopback port."""
+
+    def __init__(self, profile: Path, downloads: Path) -> None:
+        self.profile = profile
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *CHROMIUM_ARGS, "--remote-debugging-port=0", f"--user-data-dir={profile}",
+             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if match := re.search(r"DevTools listening on (ws://\S+)", line):
+                break
+        else:
+            raise SystemExit("chromium did not start")
+        # Keep reading its log: a full pipe would stall Chromium.
+        log = self.proc.stderr
+        threading.Thread(target=lambda: (log.read(), log.close()), daemon=True).start()
+        self.base = match.group(1).split("/devtools/")[0]
+        self.cdp = Cdp(match.group(1))
+        self.cdp("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+
+    def page(self, url: str, init: str | None = None) -> Page:
+        return Page(self, self.cdp("Target.createTarget", url="about:blank")["targetId"], url, init)
+
+    def close(self) -> None:
+        try:
+            self.cdp("Browser.close")
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Page:
+    def __init__(self, browser: Browser, target: str, url: str, init: str | None) -> None:
+        self.browser, self.target = browser, target
+        self.cdp = Cdp(f"{browser.base}/devtools/page/{target}")
+        self.cdp("Page.enable")  # addScriptToEvaluateOnNewDocument needs it
+        if init:
+            self.cdp("Page.addScriptToEvaluateOnNewDocument", source=init)
+        self.cdp("Page.navigate", url=url)
+        self.wait("document.readyState === 'complete' && !!document.querySelector('main')")
+
+    def eval(self, expression: str) -> Any:
+        answer = self.cdp("Runtime.evaluate", expression=expression, awaitPromise=True,
+                          returnByValue=True, userGesture=True)
+        if "exceptionDetails" in answer:
+            raise SystemExit(f"{expression}: {answer['exceptionDetails']}")
+        return answer["result"].get("value")
+
+    def wait(self, expression: str, timeout: float = TIMEOUT,
+             tick: Callable[[], None] | None = None) -> Any:
+        deadline = time.monotonic() + timeout
+        while not (value := self.eval(expression)):
+            if tick:
+                tick()
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out waiting for {expression}")
+            time.sleep(0.1)
+        return value
+
+    def click(self, selector: str) -> None:
+        self.eval(f"document.querySelector({json.dumps(selector)}).click()")
+
+    def set_file(self, selector: str, path: Path) -> None:
+        root = self.cdp("DOM.getDocument")["root"]["nodeId"]
+        node = self.cdp("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
+        self.cdp("DOM.setFileInputFiles", files=[str(path)], nodeId=node)
+
+    def close(self) -> None:
+        self.cdp.close()
+        self.browser.cdp("Target.closeTarget", targetId=self.target)
+
+
 class Bench:
-    def __init__(self, relay: str, source: Path, work: Path, context: Any) -> None:
-        self.relay, self.source, self.work, self.context = relay, source, work, context
+    def __init__(self, relay: str, source: Path, work: Path, browser: Browser | None,
+                 tick: Callable[[], None] | None = None) -> None:
+        self.relay, self.source, self.work, self.browser = relay, source, work, browser
         self.url = "http" + relay[2:] + "/"
         self.digest = sha256(source)
         self.size = source.stat().st_size
+        #: Called about every 0.1 s while a browser case runs (the memory sampler).
+        self.tick = tick
+        self.page: Page | None = None
 
     def fresh_dest(self) -> Path:
         dest = self.work / "dest"
@@ -119,11 +228,16 @@ class Bench:
         if sha256(path) != self.digest:
             raise SystemExit(f"{path} differs from the source")
 
-    def wait_done(self, page: Any, selector: str) -> None:
-        page.wait_for_selector(f"{selector}[data-kind]", timeout=TIMEOUT * 1000)
-        kind = page.locator(selector).get_attribute("data-kind")
+    def open(self, url: str, init: str | None = None) -> Page:
+        assert self.browser is not None
+        self.page = self.browser.page(url, init)
+        return self.page
+
+    def wait_done(self, page: Page, selector: str) -> None:
+        kind = page.wait(f"document.querySelector('{selector}')?.dataset.kind", tick=self.tick)
         if kind != "done":
-            raise SystemExit(f"the page ended with {kind}: {page.locator(selector).inner_text()}")
+            raise SystemExit(f"the page ended with {kind}: "
+                             + page.eval(f"document.querySelector('{selector}').innerText"))
 
     def cli_to_cli(self) -> float:
         dest, the_code = self.fresh_dest(), code()
@@ -139,47 +253,48 @@ class Bench:
 
     def browser_to_cli(self) -> float:
         dest = self.fresh_dest()
-        page = self.context.new_page()
-        page.goto(self.url)
-        page.set_input_files("#file-input", str(self.source))
+        page = self.open(self.url)
+        page.set_file("#file-input", self.source)
         page.click("#send")
-        page.wait_for_selector("#share:not([hidden])")
-        the_code = page.locator("#code").inner_text()
+        the_code = page.wait("!document.querySelector('#share').hidden"
+                             " && document.querySelector('#code').innerText", timeout=60)
         start = time.perf_counter()
         receiver = cli("receive", self.relay, the_code, "--out", str(dest))
+        while receiver.poll() is None:
+            if self.tick:
+                self.tick()
+            time.sleep(0.1)
         finish(receiver, "receive")
         self.wait_done(page, "#send-state")
         elapsed = time.perf_counter() - start
         page.close()
         self.check(dest / self.source.name)
+        shutil.rmtree(dest)
         return elapsed
 
     def cli_to_browser(self, how: str) -> float:
         the_code = code()
         sender = cli("send", self.relay, the_code, str(self.source))
-        page = self.context.new_page()
-        page.add_init_script(OPFS_PICKERS if how == "fsa" else NO_FSA)
-        page.goto(f"{self.url}#{the_code}")
-        page.wait_for_selector("#offer:not([hidden])", timeout=60_000)
+        page = self.open(f"{self.url}#{the_code}", OPFS_PICKERS if how == "fsa" else NO_FSA)
+        page.wait("!document.querySelector('#offer').hidden", timeout=60)
         start = time.perf_counter()
+        page.click("#accept")
+        self.wait_done(page, "#recv-state")
+        finish(sender, "send")
+        elapsed = time.perf_counter() - start
         if how == "fsa":
-            page.click("#accept")
-            self.wait_done(page, "#recv-state")
-            finish(sender, "send")
-            elapsed = time.perf_counter() - start
-            size = page.evaluate(OPFS_SIZE_AND_CLEAR, self.source.name)
+            size = page.eval(f"({OPFS_SIZE_AND_CLEAR})({json.dumps(self.source.name)})")
             if size != self.size:
                 raise SystemExit(f"the page saved {size} bytes of {self.size}")
         else:
-            with page.expect_download() as info:
-                page.click("#accept")
-            self.wait_done(page, "#recv-state")
-            finish(sender, "send")
-            download = info.value
-            saved = Path(download.path())
-            elapsed = time.perf_counter() - start
+            saved = self.work / "downloads" / self.source.name
+            deadline = time.monotonic() + 60
+            while not (saved.exists() and saved.stat().st_size == self.size):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"no complete download of {saved.name}")
+                time.sleep(0.1)
             self.check(saved)
-            download.delete()
+            saved.unlink()
         page.close()
         return elapsed
 
@@ -192,8 +307,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not (REPO / "p2p_copy" / "web" / "static" / "index.html").exists():
         raise SystemExit("the page is not built: npm run build in p2p_copy/web")
-    from playwright.sync_api import sync_playwright
-
     size = parse_size(args.size)
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     work = Path(tempfile.mkdtemp(prefix="bench-web-", dir=shm))
@@ -214,11 +327,10 @@ def main(argv: list[str] | None = None) -> None:
             while left:
                 f.write(os.urandom(min(left, 16 << 20)))
                 left -= min(left, 16 << 20)
-        with sync_playwright() as pw:
-            context = pw.chromium.launch_persistent_context(
-                user_data_dir=str(work / "profile"), executable_path=CHROMIUM, headless=True,
-                args=CHROMIUM_ARGS, accept_downloads=True, downloads_path=str(work / "downloads"))
-            bench = Bench(relay, source, work, context)
+        (work / "downloads").mkdir()
+        browser = Browser(work / "profile", work / "downloads")
+        try:
+            bench = Bench(relay, source, work, browser)
             cases: dict[str, Callable[[], float]] = {
                 "cli->cli": bench.cli_to_cli,
                 "browser->cli": bench.browser_to_cli,
@@ -231,13 +343,15 @@ def main(argv: list[str] | None = None) -> None:
                     results.setdefault(name, []).append(seconds)
                     print(f"[{rep + 1}/{args.repeat}] {name}: {size / seconds / 1e6:.0f} MB/s "
                           f"({seconds:.2f} s)", flush=True)
-            context.close()
+        finally:
+            browser.close()
     finally:
         relay_proc.kill()
         relay_proc.communicate()
         shutil.rmtree(work, ignore_errors=True)
     base = statistics.median(results["cli->cli"])
-    print(f"\n{size / 2**20:.0f} MiB on loopback, median of {args.repeat}:")
+    print(f"\n{size / 2**20:.0f} MiB on loopback, median of {args.repeat}, "
+          f"load average {os.getloadavg()[0]:.1f}:")
     table = {}
     for name, times in results.items():
         seconds = statistics.median(times)

@@ -15,6 +15,8 @@ import { Channel, Link, peerError } from "./peer.js";
 
 /** Bytes of file data per data message: our Python sender's largest chunk (§3.3). */
 export const CHUNK = 1024 * 1024;
+/** Data messages sealed or sent but not yet handed to the socket, at most. */
+const IN_FLIGHT = 4;
 const ACCEPT_TIMEOUT = 360_000;
 const RESUME_TIMEOUT = 60_000;
 const DONE_TIMEOUT = 300_000;
@@ -108,9 +110,12 @@ async function waitReady(link, code, onEvent) {
 }
 
 
-/** Bytes of `blob` (the file `path`) from `start` to `end`, read in CHUNK slices. */
+/**
+ * Bytes of `blob` (the file `path`) from `start` to `end`, read in CHUNK slices; the next
+ * slice is read while the caller seals and sends this one.
+ */
 async function* slices(blob, start, end, path = "a file") {
-  for (let at = start; at < end; at += CHUNK) {
+  const read = async (at) => {
     const stop = Math.min(end, at + CHUNK);
     let bytes;
     try {
@@ -123,6 +128,14 @@ async function* slices(blob, start, end, path = "a file") {
       throw new P2PError("storage", `'${path}' changed while it was being sent.`,
         { wire: "usage", peerMessage: `'${path}' changed on the sender's side while it was being sent.` });
     }
+    return bytes;
+  };
+  let next = start < end ? read(start) : null;
+  for (let at = start; at < end; at += CHUNK) {
+    const bytes = await /** @type {Promise<Uint8Array>} */ (next);
+    next = at + CHUNK < end ? read(at + CHUNK) : null;
+    // Awaited on the next turn; if the caller stops first, its failure is moot.
+    next?.catch(() => {});
     yield bytes;
   }
 }
@@ -193,7 +206,10 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
   const total = files.reduce((sum, file, i) => sum + file.size - offsets[i], 0);
   let pending = [];
   let completed = 0;
+  /** @type {Promise<void>[]} data messages being sealed or sent, oldest first */
+  const inFlight = [];
   const flush = async () => {
+    while (inFlight.length) await inFlight.shift();
     if (state.failure) throw state.failure;
     const first = completed - pending.length;
     // 4096 digests per message at most (§6.7 rule 4).
@@ -216,7 +232,12 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
       message.set(bytes, 1);
       hasher.update(bytes);
       state.sent += bytes.length;  // before the send: an ack for these bytes may come at once
-      await channel.sendData(message);
+      // Several messages are sealed at once (WebCrypto works off the main thread); the
+      // channel takes their nonces and sends them in call order.
+      const sent = channel.sendData(message);
+      sent.catch(() => {});  // awaited below, in order
+      inFlight.push(sent);
+      if (inFlight.length >= IN_FLIGHT) await inFlight.shift();
       wrote = true;
       onEvent({ type: "progress", bytes: state.sent, total });
     }
