@@ -29,12 +29,15 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+import socket
 import sys
 from collections import deque
 
 #: Bytes per read: smaller than any window we model, so a window fills in several reads.
 READ_BYTES = 64 * 1024
 DEFAULT_WINDOW = 4 * 2**20
+#: The link's own receive buffer per socket: a few reads (see _connection).
+RECV_BUFFER = 256 * 1024
 
 
 class Direction:
@@ -145,6 +148,15 @@ class LongLink:
             except OSError:
                 down_w.close()
                 return
+        for writer in (down_w, up_w):
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                # What waits to enter the path waits in its sender's own buffers, as on a
+                # real host (where the send buffer holds the in-flight bytes too); a large
+                # receive buffer here would queue megabytes more per connection in front
+                # of the window, a delay no real path adds.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
         there, back = Direction(self.rtt, self.window), Direction(self.rtt, self.window)
         self.directions += [there, back]
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -43,6 +44,11 @@ LANE_TIMEOUT = 30.0
 FIRST_PING_WAIT = 1.0
 #: How often the sender asks the rule whether to open a lane.
 LANE_TICK = 0.1
+#: Bytes a lane's socket may hold not yet sent (TCP_NOTSENT_LOWAT, Linux) once lanes carry
+#: data: a lane whose path is slow then refuses the next piece, which goes to one that
+#: moves, rather than waiting in its kernel buffer; the receiver puts bytes in order, so
+#: one lane's queue delays every lane's acknowledgement.
+UNSENT_BYTES = 512 * 1024
 #: Data messages queued for the lanes beyond one per lane: the window bounds the rest.
 QUEUE_SLACK = 2
 
@@ -54,6 +60,16 @@ class _Piece:
     offset: int
     end: int
     message: bytes | memoryview
+
+
+def _short_queue(link: object) -> None:
+    """Keep ``link``'s unsent kernel buffer at UNSENT_BYTES, where the system allows it."""
+    transport = getattr(getattr(link, "ws", None), "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if sock is not None and option is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_BYTES)
 
 
 class _LaneRefused(Exception):
@@ -209,7 +225,10 @@ class SenderLanes:
         more = self.governor.decide(time.monotonic(), self.proto.acked,
                                     self.proto.bytes_left if left is None else left,
                                     self.active + self._opening)
-        for _ in range(min(more, self.proto.lanes - self._next)):
+        more = min(more, self.proto.lanes - self._next)
+        if more and self._next == 1:
+            _short_queue(self.link.link)
+        for _ in range(more):
             lane = self._next
             self._next += 1
             await self.link.send(self.proto.lane(lane))
@@ -223,6 +242,7 @@ class SenderLanes:
         carrying = False
         try:
             async with relay_link(self.server, room, self.options, "sender") as plain:
+                _short_queue(plain)
                 # No ``fresh`` and no wait for ``waiting``: only the two peers know the
                 # room, so the receiver was told before we connected and either may arrive
                 # first; whoever answers must still prove the lane's keys.
