@@ -7,7 +7,9 @@ whose sender may have at most WINDOW bytes unacknowledged:
 - bytes read from one side are delivered to the other RTT/2 later (the way there);
 - they count as in flight until RTT after they were read (their acknowledgement comes
   back), or RTT/2 after they were delivered if the far side was slow to take them;
-- nothing more is read from a side while WINDOW bytes of it are in flight.
+- nothing more is read from a side while WINDOW bytes of it are in flight, and the link's
+  own receive buffer is small (256 KiB per socket), so what waits to enter the path waits
+  in its sender's buffers, as on a real host.
 
 So one connection carries at most WINDOW / RTT bytes per second, as a real path with
 that window does (Linux caps a socket's send buffer at 4 MiB by default: ~40 MB/s at
