@@ -256,6 +256,22 @@ def test_the_rule_starts_with_four_lanes_on_a_long_round_trip() -> None:
     assert capped.decide(0.0, 0, 10 * MIN_LEFT, 1) == 2
 
 
+def test_the_rule_measures_only_bytes_sent_after_the_lanes_changed() -> None:
+    """The acks of what was on its way when lanes opened tell of the lanes before: the
+    measurement starts once the bytes sent by then are acknowledged."""
+    rule = LaneGovernor(8)
+    rule.rtt = 0.1
+    assert rule.decide(0.0, 0, 10 * MIN_LEFT, 1) == 3
+    rule.changed(1.0, 40 * MiB, sent=60 * MiB)  # lane 0 alone: 40 MiB/s
+    # 38 MiB/s from 1.0 to 1.5: counted from the change, this would stop the growth.
+    assert rule.decide(1.5, 59 * MiB, 10 * MIN_LEFT, 4) == 0
+    assert not rule.settled
+    assert rule.decide(1.6, 60 * MiB, 10 * MIN_LEFT, 4) == 0  # measuring from here
+    assert rule.decide(1.9, 90 * MiB, 10 * MIN_LEFT, 4) == 0  # 0.3 s: not yet
+    assert rule.decide(2.1, 125 * MiB, 10 * MIN_LEFT, 4) == 4  # 130 MiB/s
+    assert not rule.settled
+
+
 def test_the_rule_never_passes_the_cap_and_forced_lanes_open_at_once() -> None:
     assert not LaneGovernor(1, force=4).decide(0.0, 0, 0, 1)
     forced = LaneGovernor(8, force=4)

@@ -288,7 +288,7 @@ class SenderLanes:
         self.active += change
         if change > 0:
             self.used += 1
-        self.governor.changed(time.monotonic(), self.proto.acked)
+        self.governor.changed(time.monotonic(), self.proto.acked, self.proto.bytes_sent)
 
 
 class ReceiverLanes:

@@ -9,10 +9,12 @@ send; on a round trip of LONG_RTT or more (a continent away, where one window is
 share of any link) it opens three at once, to four lanes. It then doubles the lanes
 (2, 4, 8) while the last step raised the acknowledged rate by GAIN or more, each rate
 measured over an interval of a few round trips (``interval()``) with the lanes it has, up
-to the cap. Doubling rather than adding one: opening a lane and measuring it costs some
-ten round trips, and one at a time would reach eight lanes only after seven of those,
-when a transfer of a few hundred MiB is over; a step that did not pay stops the growth,
-and its lanes cost only memory. The driver (peer/lanes.py) passes the clock and the
+to the cap; a measurement starts once the bytes sent before the lanes changed are
+acknowledged, as the acks of bytes already on their way tell of the lanes before.
+Doubling rather than adding one: opening a lane and measuring it costs some ten round
+trips, and one at a time would reach eight lanes only after seven of those, when a
+transfer of a few hundred MiB is over; a step that did not pay stops the growth, and its
+lanes cost only memory. The driver (peer/lanes.py) passes the clock and the
 counts in; nothing here reads either.
 
 The first lanes are opened as soon as the round trip is known, before the first data
@@ -64,15 +66,20 @@ class LaneGovernor:
         self._mark: tuple[float, int] | None = None
         self._last_rate = 0.0
         self._reference = False
+        #: The measurement starts once this many bytes are acknowledged.
+        self._after = 0
 
-    def changed(self, now: float, acked: int) -> None:
-        """The lanes carrying data changed (one opened or was lost): measure anew. The
-        first time, what lane 0 carried until now is the rate of one lane."""
+    def changed(self, now: float, acked: int, sent: int | None = None) -> None:
+        """The lanes carrying data changed (one opened or was lost): measure anew, from
+        when the ``sent`` bytes sent so far are acknowledged (None: from now). Acks of
+        bytes already on their way, a round trip or more of them, still tell of the lanes
+        before. The first time, what lane 0 carried until now is the rate of one lane."""
         if self._mark is not None and not self._reference and now > self._mark[0]:
             # Zero if nothing was acknowledged yet: then the first step counts as paid.
             self._last_rate = (acked - self._mark[1]) / (now - self._mark[0])
             self._reference = True
-        self._mark = (now, acked)
+        self._mark = (now, acked) if sent is None else None
+        self._after = sent or 0
 
     def stop(self) -> None:
         """No more lanes for this connection (one could not be opened)."""
@@ -88,6 +95,8 @@ class LaneGovernor:
         if self.settled or left < MIN_LEFT:
             return 0
         if self._mark is None:
+            if acked < self._after:
+                return 0
             self._mark = (now, acked)
         if lanes == 1:
             if self.rtt is None:
