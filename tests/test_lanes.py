@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 import p2p_copy
 from p2p_copy.errors import LocalProtocolError, RemoteProtocolError, TamperingError
 from p2p_copy.peer.lanes import LANES_NOW_ENV
-from p2p_copy.protocol.lanes import MIN_LEFT, LaneGovernor
+from p2p_copy.protocol.lanes import LONG_RTT, MIN_LEFT, LaneGovernor
 from p2p_copy.protocol.messages import (
     DATA_RAW,
     DATA_RAW_AT,
@@ -221,10 +221,11 @@ def test_the_rule_stays_at_one_lane_on_a_short_round_trip() -> None:
 
 
 def test_the_rule_doubles_the_lanes_while_each_step_raises_the_rate() -> None:
-    """Long round trip: lane 2 at once, then twice the lanes per measurement while the
-    rate rose by 15 % or more; it stops at the first step that did not, and near the end."""
+    """A round trip of a few ms: lane 2 at once, then twice the lanes per measurement while
+    the rate rose by 15 % or more; it stops at the first step that did not, and near the
+    end."""
     rule = LaneGovernor(8)
-    rule.rtt = 0.1
+    rule.rtt = 0.01
     assert rule.decide(0.0, 0, 10 * MIN_LEFT, 1) == 1
     rule.changed(1.0, 40 * MiB)  # lane 2 carries: lane 0 alone made 40 MiB/s
     assert rule.decide(1.2, 50 * MiB, 10 * MIN_LEFT, 2) == 0  # measuring
@@ -235,6 +236,40 @@ def test_the_rule_doubles_the_lanes_while_each_step_raises_the_rate() -> None:
     near_end = LaneGovernor(8)
     near_end.rtt = 0.1
     assert near_end.decide(5.0, 40 * MiB, MIN_LEFT - 1, 1) == 0
+
+
+def test_the_rule_starts_with_four_lanes_on_a_long_round_trip() -> None:
+    """At LONG_RTT or more one window is a small share of any link: four lanes at once,
+    then eight if they raised the rate of lane 0 alone; with nothing acknowledged before
+    the lanes carried, the first step counts as paid."""
+    rule = LaneGovernor(8)
+    rule.rtt = LONG_RTT
+    assert rule.decide(0.0, 0, 10 * MIN_LEFT, 1) == 3
+    rule.changed(0.5, 0)  # lane 1 carries before any ack: no reference
+    rule.changed(0.6, 2 * MiB)
+    rule.changed(0.7, 4 * MiB)
+    assert rule.decide(0.8, 6 * MiB, 10 * MIN_LEFT, 4) == 0  # measuring
+    assert rule.decide(1.0, 40 * MiB, 10 * MIN_LEFT, 4) == 4
+    assert LaneGovernor(2).decide(0.0, 0, 10 * MIN_LEFT, 1) == 0  # no rtt yet
+    capped = LaneGovernor(3)
+    capped.rtt = 0.1
+    assert capped.decide(0.0, 0, 10 * MIN_LEFT, 1) == 2
+
+
+def test_the_rule_measures_only_bytes_sent_after_the_lanes_changed() -> None:
+    """The acks of what was on its way when lanes opened tell of the lanes before: the
+    measurement starts once the bytes sent by then are acknowledged."""
+    rule = LaneGovernor(8)
+    rule.rtt = 0.1
+    assert rule.decide(0.0, 0, 10 * MIN_LEFT, 1) == 3
+    rule.changed(1.0, 40 * MiB, sent=60 * MiB)  # lane 0 alone: 40 MiB/s
+    # 38 MiB/s from 1.0 to 1.5: counted from the change, this would stop the growth.
+    assert rule.decide(1.5, 59 * MiB, 10 * MIN_LEFT, 4) == 0
+    assert not rule.settled
+    assert rule.decide(1.6, 60 * MiB, 10 * MIN_LEFT, 4) == 0  # measuring from here
+    assert rule.decide(1.9, 90 * MiB, 10 * MIN_LEFT, 4) == 0  # 0.3 s: not yet
+    assert rule.decide(2.1, 125 * MiB, 10 * MIN_LEFT, 4) == 4  # 130 MiB/s
+    assert not rule.settled
 
 
 def test_the_rule_never_passes_the_cap_and_forced_lanes_open_at_once() -> None:

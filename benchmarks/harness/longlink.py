@@ -7,7 +7,9 @@ whose sender may have at most WINDOW bytes unacknowledged:
 - bytes read from one side are delivered to the other RTT/2 later (the way there);
 - they count as in flight until RTT after they were read (their acknowledgement comes
   back), or RTT/2 after they were delivered if the far side was slow to take them;
-- nothing more is read from a side while WINDOW bytes of it are in flight.
+- nothing more is read from a side while WINDOW bytes of it are in flight, and the link's
+  own receive buffer is small (256 KiB per socket), so what waits to enter the path waits
+  in its sender's buffers, as on a real host.
 
 So one connection carries at most WINDOW / RTT bytes per second, as a real path with
 that window does (Linux caps a socket's send buffer at 4 MiB by default: ~40 MB/s at
@@ -29,12 +31,15 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+import socket
 import sys
 from collections import deque
 
 #: Bytes per read: smaller than any window we model, so a window fills in several reads.
 READ_BYTES = 64 * 1024
 DEFAULT_WINDOW = 4 * 2**20
+#: The link's own receive buffer per socket: a few reads (see _connection).
+RECV_BUFFER = 256 * 1024
 
 
 class Direction:
@@ -145,6 +150,15 @@ class LongLink:
             except OSError:
                 down_w.close()
                 return
+        for writer in (down_w, up_w):
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                # What waits to enter the path waits in its sender's own buffers, as on a
+                # real host (where the send buffer holds the in-flight bytes too); a large
+                # receive buffer here would queue megabytes more per connection in front
+                # of the window, a delay no real path adds.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
         there, back = Direction(self.rtt, self.window), Direction(self.rtt, self.window)
         self.directions += [there, back]
         try:

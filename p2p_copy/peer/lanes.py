@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
 
 from ..errors import P2PCopyError, RemoteProtocolError, TransferTimeoutError
-from ..protocol.lanes import LaneGovernor
+from ..protocol.lanes import MIN_LEFT, LaneGovernor
 from ..protocol.messages import Hello, Lane, Ready, Waiting, encode, parse_message
 from ..protocol.secure import Channel, LaneKeys, is_control
 from ..protocol.transfer import HELLO_VERSION, Sender, SenderState
@@ -39,8 +40,15 @@ __all__ = ["LANES_NOW_ENV", "ReceiverLanes", "SenderLanes"]
 LANES_NOW_ENV = "P2P_COPY_LANES_NOW"
 #: Seconds a lane may take from its hello to its proof.
 LANE_TIMEOUT = 30.0
+#: Seconds the first data message waits for the round trip to the relay (lanes need it).
+FIRST_PING_WAIT = 1.0
 #: How often the sender asks the rule whether to open a lane.
 LANE_TICK = 0.1
+#: Bytes a lane's socket may hold not yet sent (TCP_NOTSENT_LOWAT, Linux) once lanes carry
+#: data: a lane whose path is slow then refuses the next piece, which goes to one that
+#: moves, rather than waiting in its kernel buffer; the receiver puts bytes in order, so
+#: one lane's queue delays every lane's acknowledgement.
+UNSENT_BYTES = 512 * 1024
 #: Data messages queued for the lanes beyond one per lane: the window bounds the rest.
 QUEUE_SLACK = 2
 
@@ -52,6 +60,16 @@ class _Piece:
     offset: int
     end: int
     message: bytes | memoryview
+
+
+def _short_queue(link: object) -> None:
+    """Keep ``link``'s unsent kernel buffer at UNSENT_BYTES, where the system allows it."""
+    transport = getattr(getattr(link, "ws", None), "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if sock is not None and option is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_BYTES)
 
 
 class _LaneRefused(Exception):
@@ -111,24 +129,31 @@ class SenderLanes:
         self._tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
 
-    def start(self) -> None:
-        self._spawn(self._carry(self.link, None))
-        self._spawn(self._grow())
+    async def start(self) -> None:
+        """Before the first data message: measure the round trip to the relay while the
+        buffers are empty, and announce the first lanes the rule asks for, so that their
+        ``lane`` messages go ahead of the data rather than behind it."""
         ws = getattr(self.link.link, "ws", None)
         if ws is not None:
-            # The round trip to the relay before the data fills the buffers: the ping goes
-            # out ahead of the first data message.
-            self._spawn(self._measure(ws))
+            measuring = self._spawn(self._measure(ws))
+            if not self.governor.force and self.proto.bytes_left >= MIN_LEFT:
+                # One round trip to the relay (under a millisecond on a LAN), paid only by
+                # transfers big enough for lanes; a slower answer is taken when it comes.
+                await asyncio.wait({measuring}, timeout=FIRST_PING_WAIT)
+                await self._open()
+        self._spawn(self._carry(self.link, None))
+        self._spawn(self._grow())
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+    def _spawn(self, coro: object) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[call-overload]
         self._tasks.add(task)
         task.add_done_callback(self._ended)
+        return task
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -191,13 +216,24 @@ class SenderLanes:
         while self.proto.state is SenderState.STREAMING:
             left = self.proto.bytes_left
             if not self._opening or self.active + self._opening < self.governor.force:
-                more = self.governor.decide(time.monotonic(), self.proto.acked, left,
-                                            self.active + self._opening)
-                for _ in range(min(more, self.proto.lanes - self._next)):
-                    self._opening += 1
-                    self._spawn(self._lane(self._next))
-                    self._next += 1
+                await self._open(left)
             await asyncio.sleep(LANE_TICK)
+
+    async def _open(self, left: int | None = None) -> None:
+        """Open the lanes the rule asks for now: each announced on lane 0 first, so that
+        the receiver connects while we do."""
+        more = self.governor.decide(time.monotonic(), self.proto.acked,
+                                    self.proto.bytes_left if left is None else left,
+                                    self.active + self._opening)
+        more = min(more, self.proto.lanes - self._next)
+        if more and self._next == 1:
+            _short_queue(self.link.link)
+        for _ in range(more):
+            lane = self._next
+            self._next += 1
+            await self.link.send(self.proto.lane(lane))
+            self._opening += 1
+            self._spawn(self._lane(lane))
 
     async def _lane(self, lane: int) -> None:
         keys: LaneKeys = self.link.lanes
@@ -206,14 +242,12 @@ class SenderLanes:
         carrying = False
         try:
             async with relay_link(self.server, room, self.options, "sender") as plain:
+                _short_queue(plain)
                 # No ``fresh`` and no wait for ``waiting``: only the two peers know the
-                # room, so the receiver may be told at once and either may arrive first;
-                # whoever answers must still prove the lane's keys.
+                # room, so the receiver was told before we connected and either may arrive
+                # first; whoever answers must still prove the lane's keys.
                 await plain.send(encode(Hello(code_hash_hex=room, role="sender",
                                               version=HELLO_VERSION)))
-                if self.proto.state is not SenderState.STREAMING:
-                    return
-                await self.link.send(self.proto.lane(lane))
                 first = await plain.recv(LANE_TIMEOUT, "the receiver to join a lane")
                 if _is(first, Waiting):
                     first = await plain.recv(LANE_TIMEOUT, "the receiver to join a lane")
@@ -254,7 +288,7 @@ class SenderLanes:
         self.active += change
         if change > 0:
             self.used += 1
-        self.governor.changed(time.monotonic(), self.proto.acked)
+        self.governor.changed(time.monotonic(), self.proto.acked, self.proto.bytes_sent)
 
 
 class ReceiverLanes:

@@ -347,8 +347,6 @@ async def _stream_with_watch(
     acked = asyncio.Event()
     listener = asyncio.ensure_future(_listen(link, proto, acked))
     watched = _WatchedLink(link)
-    if lanes is not None:
-        lanes.start()
     pump = asyncio.ensure_future(_stream(watched, proto, open_reader, display,
                                          options.chunk_size, options.compress, acked, lanes))
     stall = asyncio.ensure_future(watched.stalled(options.idle_timeout))
@@ -453,6 +451,8 @@ async def _stream(
     acked: asyncio.Event,
     lanes: SenderLanes | None = None,
 ) -> list[str]:
+    if lanes is not None:
+        await lanes.start()
     reader = open_reader()
     start = proto.data_start
     buffer = bytearray(start + chunk_size)

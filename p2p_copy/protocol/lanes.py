@@ -5,30 +5,37 @@ Linux's 4 MiB default, whatever the link. More connections ("lanes") each bring 
 of their own, but on loopback or a LAN they only cost CPU. So the sender starts with one
 and opens lane 2 only when the link looks window-limited: a round trip to the relay of
 MIN_RTT or more, measured before the data flowed, and MIN_LEFT bytes or more still to
-send. It then doubles the lanes (2, 4, 8) while the last step raised the acknowledged
-rate by GAIN or more, each rate measured over an interval of a few round trips
-(``interval()``) with the lanes it has, up to the cap. Doubling rather than adding one:
-opening a lane and measuring it costs some ten round trips, and one at a time would
-reach eight lanes only after seven of those, when a transfer of a few hundred MiB is
-over; a step that did not pay stops the growth, and its lanes cost only memory. The driver
-(peer/lanes.py) passes the clock and the counts in; nothing here reads either.
+send; on a round trip of LONG_RTT or more (a continent away, where one window is a small
+share of any link) it opens three at once, to four lanes. It then doubles the lanes
+(2, 4, 8) while the last step raised the acknowledged rate by GAIN or more, each rate
+measured over an interval of a few round trips (``interval()``) with the lanes it has, up
+to the cap; a measurement starts once the bytes sent before the lanes changed are
+acknowledged, as the acks of bytes already on their way tell of the lanes before.
+Doubling rather than adding one: opening a lane and measuring it costs some ten round
+trips, and one at a time would reach eight lanes only after seven of those, when a
+transfer of a few hundred MiB is over; a step that did not pay stops the growth, and its
+lanes cost only memory. The driver (peer/lanes.py) passes the clock and the
+counts in; nothing here reads either.
 
-Lane 2 is opened as soon as the round trip is known, without a measurement on one lane
-first: its request travels on lane 0 behind the data already in the buffers (up to a
-second on a long link), and the rate of one lane is measured meanwhile, until lane 2
-carries data.
+The first lanes are opened as soon as the round trip is known, before the first data
+message, without a measurement on one lane first: an announcement sent later travels on
+lane 0 behind the data already in the buffers (up to a second on a long link). The rate
+of lane 0 alone, until the first lane carries data, is the reference of the first step.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["LANE_CAP", "MIN_RTT", "MIN_LEFT", "GAIN", "LaneGovernor", "interval"]
+__all__ = ["LANE_CAP", "MIN_RTT", "LONG_RTT", "MIN_LEFT", "GAIN", "LaneGovernor", "interval"]
 
 #: The most lanes our peers use (the protocol allows up to messages.MAX_LANES).
 LANE_CAP: Final = 8
 #: A round trip shorter than this is a LAN or loopback: one lane is enough.
 MIN_RTT: Final = 0.005
+#: A round trip this long or longer starts with FIRST_LONG lanes rather than two.
+LONG_RTT: Final = 0.02
+FIRST_LONG: Final = 4
 #: With less left to send, a new lane would not be paired before the end.
 MIN_LEFT: Final = 32 * 2**20
 #: A lane must raise the rate by this factor to earn the next one.
@@ -58,13 +65,21 @@ class LaneGovernor:
         self.settled = False
         self._mark: tuple[float, int] | None = None
         self._last_rate = 0.0
+        self._reference = False
+        #: The measurement starts once this many bytes are acknowledged.
+        self._after = 0
 
-    def changed(self, now: float, acked: int) -> None:
-        """The lanes carrying data changed (one opened or was lost): measure anew. The
-        first time, what lane 0 carried until now is the rate of one lane."""
-        if self._mark is not None and not self._last_rate and now > self._mark[0]:
+    def changed(self, now: float, acked: int, sent: int | None = None) -> None:
+        """The lanes carrying data changed (one opened or was lost): measure anew, from
+        when the ``sent`` bytes sent so far are acknowledged (None: from now). Acks of
+        bytes already on their way, a round trip or more of them, still tell of the lanes
+        before. The first time, what lane 0 carried until now is the rate of one lane."""
+        if self._mark is not None and not self._reference and now > self._mark[0]:
+            # Zero if nothing was acknowledged yet: then the first step counts as paid.
             self._last_rate = (acked - self._mark[1]) / (now - self._mark[0])
-        self._mark = (now, acked)
+            self._reference = True
+        self._mark = (now, acked) if sent is None else None
+        self._after = sent or 0
 
     def stop(self) -> None:
         """No more lanes for this connection (one could not be opened)."""
@@ -80,6 +95,8 @@ class LaneGovernor:
         if self.settled or left < MIN_LEFT:
             return 0
         if self._mark is None:
+            if acked < self._after:
+                return 0
             self._mark = (now, acked)
         if lanes == 1:
             if self.rtt is None:
@@ -87,7 +104,7 @@ class LaneGovernor:
             if self.rtt < MIN_RTT:
                 self.settled = True
                 return 0
-            return 1
+            return min(FIRST_LONG if self.rtt >= LONG_RTT else 2, self.cap) - 1
         since, base = self._mark
         if now - since < interval(self.rtt):
             return 0
