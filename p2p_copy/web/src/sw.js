@@ -43,6 +43,12 @@ function bodyFrom(port) {
   /** @type {ReadableStreamDefaultController<Uint8Array> | null} */
   let ctrl = null;
   let finished = false;
+  // Chunks enqueued and not yet handed back, oldest first. A highWaterMark of 0 makes each
+  // pull one read by the download, and a reader reads the next chunk only when done with
+  // the one before: so at a pull, all but the last two chunks are done with and go back
+  // to the page for reuse (two kept in case a reader reads one ahead).
+  /** @type {Uint8Array[]} */
+  const held = [];
   const stream = new ReadableStream({
     start(controller) {
       ctrl = controller;
@@ -50,7 +56,9 @@ function bodyFrom(port) {
         const msg = event.data || {};
         if (finished) return;
         if (msg.type === "chunk") {
-          ctrl?.enqueue(msg.data instanceof Uint8Array ? msg.data : new Uint8Array(msg.data));
+          const chunk = msg.data instanceof Uint8Array ? msg.data : new Uint8Array(msg.data);
+          held.push(chunk);
+          ctrl?.enqueue(chunk);
         } else if (msg.type === "end") {
           finished = true;
           ctrl?.close();
@@ -71,16 +79,19 @@ function bodyFrom(port) {
       // One chunk per pull: the promise holds the stream until the page answers.
       return new Promise((resolve) => {
         wake = resolve;
-        port.postMessage({ type: "pull" });
+        const done = held.length > 2 ? held.shift() : undefined;
+        if (done) port.postMessage({ type: "pull", back: done.buffer }, [done.buffer]);
+        else port.postMessage({ type: "pull" });
       });
     },
     cancel(reason) {
+      held.length = 0;
       finished = true;
       // The person cancelled the download in the browser: the page stops the transfer.
       port.postMessage({ type: "cancel", reason: String(reason || "") });
       port.close();
     },
-  });
+  }, { highWaterMark: 0 });
   return stream;
 }
 
