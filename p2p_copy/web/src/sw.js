@@ -5,9 +5,10 @@
 // The page registers it from static/ with scope static/; it answers only requests for
 // static/dl/<id>/<name> that the page announced, and lets every other request through.
 // Per download the page sends {type: "download", id, name, size} with a MessagePort; the
-// response body pulls one chunk at a time through that port ({type: "pull"} out,
-// {type: "chunk", data} / {type: "end"} / {type: "abort", reason} in), so that no more than
-// a chunk or two wait here whatever the speeds of the network and the disk.
+// response body pulls one chunk at a time through that port ({type: "pull", back?} out, back
+// being a done chunk's buffer handed back for reuse; {type: "chunk", data} / {type: "end"} /
+// {type: "abort", reason} in), so that no more than three chunks are held here whatever the
+// speeds of the network and the disk.
 // Content-Length is always set: Safari truncates a streamed download without it.
 // Registered as a classic script (the bundle has no imports or exports left), which every
 // browser with service workers runs.
