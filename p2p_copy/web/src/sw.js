@@ -5,9 +5,10 @@
 // The page registers it from static/ with scope static/; it answers only requests for
 // static/dl/<id>/<name> that the page announced, and lets every other request through.
 // Per download the page sends {type: "download", id, name, size} with a MessagePort; the
-// response body pulls one chunk at a time through that port ({type: "pull"} out,
-// {type: "chunk", data} / {type: "end"} / {type: "abort", reason} in), so that no more than
-// a chunk or two wait here whatever the speeds of the network and the disk.
+// response body pulls one chunk at a time through that port ({type: "pull", back?} out, back
+// being a done chunk's buffer handed back for reuse; {type: "chunk", data} / {type: "end"} /
+// {type: "abort", reason} in), so that no more than three chunks are held here whatever the
+// speeds of the network and the disk.
 // Content-Length is always set: Safari truncates a streamed download without it.
 // Registered as a classic script (the bundle has no imports or exports left), which every
 // browser with service workers runs.
@@ -43,6 +44,12 @@ function bodyFrom(port) {
   /** @type {ReadableStreamDefaultController<Uint8Array> | null} */
   let ctrl = null;
   let finished = false;
+  // Chunks enqueued and not yet handed back, oldest first. A highWaterMark of 0 makes each
+  // pull one read by the download, and a reader reads the next chunk only when done with
+  // the one before: so at a pull, all but the last two chunks are done with and go back
+  // to the page for reuse (two kept in case a reader reads one ahead).
+  /** @type {Uint8Array[]} */
+  const held = [];
   const stream = new ReadableStream({
     start(controller) {
       ctrl = controller;
@@ -50,7 +57,9 @@ function bodyFrom(port) {
         const msg = event.data || {};
         if (finished) return;
         if (msg.type === "chunk") {
-          ctrl?.enqueue(msg.data instanceof Uint8Array ? msg.data : new Uint8Array(msg.data));
+          const chunk = msg.data instanceof Uint8Array ? msg.data : new Uint8Array(msg.data);
+          held.push(chunk);
+          ctrl?.enqueue(chunk);
         } else if (msg.type === "end") {
           finished = true;
           ctrl?.close();
@@ -71,16 +80,19 @@ function bodyFrom(port) {
       // One chunk per pull: the promise holds the stream until the page answers.
       return new Promise((resolve) => {
         wake = resolve;
-        port.postMessage({ type: "pull" });
+        const done = held.length > 2 ? held.shift() : undefined;
+        if (done) port.postMessage({ type: "pull", back: done.buffer }, [done.buffer]);
+        else port.postMessage({ type: "pull" });
       });
     },
     cancel(reason) {
+      held.length = 0;
       finished = true;
       // The person cancelled the download in the browser: the page stops the transfer.
       port.postMessage({ type: "cancel", reason: String(reason || "") });
       port.close();
     },
-  });
+  }, { highWaterMark: 0 });
   return stream;
 }
 

@@ -32,3 +32,18 @@ test("with fresh, every flush gets its own buffer (it may be transferred away)",
   await writer.end(); // nothing left: no empty flush
   assert.equal(seen.length, 3);
 });
+
+test("with fresh and allocate, each new buffer comes from allocate (a pool handed back)", async () => {
+  const pool = [new Uint8Array(8), new Uint8Array(8)];
+  const given = [...pool];
+  const seen = [];
+  const writer = coalescing(async (bytes) => { seen.push(bytes.slice()); },
+    { size: 8, fresh: true, allocate: (n) => pool.pop() || new Uint8Array(n) });
+  const input = new Uint8Array(20).map((_, i) => i);
+  await writer.write(input);
+  await writer.end();
+  assert.equal(pool.length, 0);
+  assert.deepEqual(seen.map((b) => b.length), [8, 8, 4]);
+  assert.deepEqual(new Uint8Array(seen.flatMap((b) => [...b])), input);
+  assert.ok(given.every((b) => b.some((x) => x !== 0)), "the pooled buffers were filled");
+});

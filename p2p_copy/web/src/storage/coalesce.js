@@ -9,11 +9,11 @@
  * smaller) and passes each full buffer, and the rest at ``end()``, to ``flush``.
  * ``flush(bytes)`` must be done with ``bytes`` when its promise resolves, unless ``fresh``
  * is set: then each buffer is handed over for good (e.g. transferred to a worker) and the
- * next piece gets a new one.
+ * next piece gets a new one, from ``allocate`` if given (a pool of buffers handed back).
  * @param {(bytes: Uint8Array) => Promise<void>} flush
- * @param {{size?: number, fresh?: boolean}} [options]
+ * @param {{size?: number, fresh?: boolean, allocate?: (size: number) => Uint8Array}} [options]
  */
-export function coalescing(flush, { size = 4 * 1024 * 1024, fresh = false } = {}) {
+export function coalescing(flush, { size = 4 * 1024 * 1024, fresh = false, allocate = (n) => new Uint8Array(n) } = {}) {
   size = Math.max(1, size);
   // Allocated on the first piece and dropped at the end: files written but not verified
   // yet (the core keeps their writers open) hold no buffer.
@@ -32,7 +32,7 @@ export function coalescing(flush, { size = 4 * 1024 * 1024, fresh = false } = {}
     async write(piece) {
       let at = 0;
       while (at < piece.length) {
-        if (!buffer) buffer = new Uint8Array(size);
+        if (!buffer) buffer = allocate(size);
         const n = Math.min(size - used, piece.length - at);
         buffer.set(piece.subarray(at, at + n), used);
         used += n;

@@ -103,6 +103,12 @@ async function openDownload(worker, name, size) {
   const id = `${Date.now().toString(36)}-${(downloadCounter += 1)}-${crypto.getRandomValues(new Uint32Array(1))[0].toString(36)}`;
   const channel = new MessageChannel();
   const port = channel.port1;
+  const chunkSize = Math.max(1, Math.min(size, CHUNK));
+  // Buffers the worker hands back once the download has taken their bytes: reused, so a
+  // transfer makes no garbage per chunk (1 MiB chunks left to the garbage collector piled
+  // up to ~400 MiB in Chromium before it freed them).
+  /** @type {Uint8Array[]} */
+  const pool = [];
   let credits = 0;
   let started = false;
   /** @type {(() => void) | null} */
@@ -116,6 +122,7 @@ async function openDownload(worker, name, size) {
       else if (msg.type === "pull") {
         credits += 1;
         started = true;
+        if (msg.back instanceof ArrayBuffer && msg.back.byteLength === chunkSize) pool.push(new Uint8Array(msg.back));
       }
       else if (msg.type === "cancel") {
         cancelled = new StorageError("cancelled", `The download of ${name} was cancelled in the browser.`);
@@ -152,7 +159,7 @@ async function openDownload(worker, name, size) {
     if (cancelled) throw cancelled;
     credits -= 1;
     port.postMessage({ type: "chunk", data: bytes }, [bytes.buffer]);
-  }, { size: Math.min(size, CHUNK), fresh: true });
+  }, { size: chunkSize, fresh: true, allocate: (n) => pool.pop() || new Uint8Array(n) });
   return {
     write: (chunk) => gathered.write(chunk),
     async close() {
