@@ -23,6 +23,7 @@ from p2p_copy.relay.server import Relay, server_ssl_context
 from p2p_copy.testing import TEST_CONFIG
 
 from .conftest import Processes, cli_env, free_port, wait_for_port
+from .test_tls import _assert_same
 
 TIMEOUT = 60
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
@@ -35,13 +36,6 @@ def _source(tmp_path: Path) -> Path:
     # Several MiB: enough messages for the relay to pause and resume reading on the way.
     (src / "inner" / "blob.bin").write_bytes(os.urandom(6 * 2**20 + 17))
     return src
-
-
-def _assert_same(src: Path, dst: Path) -> None:
-    files = sorted(p.relative_to(src) for p in src.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(dst) for p in dst.rglob("*") if p.is_file())
-    for rel in files:
-        assert (dst / rel).read_bytes() == (src / rel).read_bytes(), rel
 
 
 def _without_uvloop(tmp_path: Path) -> dict[str, str]:
