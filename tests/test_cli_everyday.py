@@ -235,6 +235,7 @@ def test_qr_code_on_a_terminal(processes: Processes, tmp_path: Path) -> None:
     status, shown = term.finish()
     assert status == 0, shown
     assert "▀" in shown or "▄" in shown
+    assert shown.count("Code: ") == 1, shown  # not once more by the progress display
 
 
 # --- slips that used to pass silently ------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO, cast
 from urllib.parse import urlsplit
 
-from ..display.progress import Progress, human_size
+from ..display.progress import Progress, code_shown_elsewhere, human_size
 from ..protocol.paths import display_name
 from ..results import TransferResult
 from .config import Relay
@@ -98,6 +98,8 @@ class Tally:
                  stream: IO[str] | None = None) -> None:
         self._display = display
         self._relay = relay
+        if relay is not None:  # showing_code() prints the lines for the other side
+            code_shown_elsewhere(display)
         self._qr = qr
         self._stream = stream or sys.stderr
         self.crossed = 0

@@ -417,15 +417,20 @@ def receive_lines(server: str, code: str, entry: str | None = None) -> list[str]
             f"or on a command line:   p2p-copy receive {shown_server} {shown_code}"]
 
 
+def code_shown_elsewhere(display: Progress) -> None:
+    """The caller prints the code and the other side's line: ``display`` (a text display)
+    must not print them a second time."""
+    if hasattr(display, "prints_code"):
+        display.prints_code = False
+
+
 class _CodeOnStderr:
     """Shows the code on stderr, then forwards every call to the display it wraps."""
 
     def __init__(self, display: Progress, stream: IO[str] | None = None) -> None:
         self._display = display
         self._stream = stream or sys.stderr
-        # The command's line replaces the one a text display would print itself.
-        if hasattr(display, "prints_code"):
-            display.prints_code = False
+        code_shown_elsewhere(display)
 
     def showing_code(self, server: str, code: str) -> None:
         code, server = display_name(code), display_name(server)
