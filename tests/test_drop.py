@@ -36,6 +36,7 @@ from .conftest import cli_env, free_port
 from .test_browser import (
     REPO,
     SERVER_START_TIMEOUT,
+    Lab,
     _get_json,
     _launch,
     _stop,
@@ -58,18 +59,10 @@ BROWSER_TEST_TIMEOUT = TRANSFER_MS // 1000 * 4 + 300
 
 
 @dataclass
-class Server:
-    app: str
-    url: str
-    token: str
-    root: Path
-    log: Path
+class Server(Lab):
+    """A Jupyter server (JupyterLab or Notebook 7), as test_browser's Lab."""
 
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
+    app: str = "lab"
 
     def notebook_url(self, name: str) -> str:
         where = "lab/tree" if self.app == "lab" else "notebooks"
@@ -119,7 +112,7 @@ def _start_server(app: str, tmp_path: Path,
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             env=env, cwd=root, start_new_session=True,
         )
-    server = Server(app, f"http://127.0.0.1:{port}", token, root, log)
+    server = Server(f"http://127.0.0.1:{port}", token, root, log, app=app)
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while True:
         if proc.poll() is not None:
