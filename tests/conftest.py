@@ -124,11 +124,12 @@ class Processes:
         return proc
 
     def start_relay(
-        self, port: int | None = None, *extra: str
+        self, port: int | None = None, *extra: str, env: dict[str, str] | None = None
     ) -> tuple[subprocess.Popen[str], str]:
         """A relay process on 127.0.0.1 without TLS, and its ws:// URL, once it listens."""
         port = port or free_port()
-        proc = self.start("run-relay-server", "127.0.0.1", str(port), "--no-tls", *extra)
+        proc = self.start("run-relay-server", "127.0.0.1", str(port), "--no-tls", *extra,
+                          env=env)
         wait_for_port(port, proc)
         return proc, f"ws://127.0.0.1:{port}"
 
