@@ -31,6 +31,7 @@ repetition. Needs /usr/bin/chromium and the page built (p2p_copy/web/static).
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -69,6 +70,8 @@ async (name) => {
 }
 """
 TIMEOUT = 900.0
+#: The page of the relay has loaded.
+PAGE_READY = "document.readyState === 'complete' && !!document.querySelector('main')"
 
 
 def parse_size(text: str) -> int:
@@ -112,13 +115,14 @@ def code() -> str:
 
 
 class Cdp:
-    """One DevTools connection: commands in order, events ignored (none is enabled but Page's)."""
+    """One DevTools connection: commands in order; events kept in ``events`` (Page's only)."""
 
     def __init__(self, url: str) -> None:
         from websockets.sync.client import connect
 
         self.ws = connect(url, max_size=None, open_timeout=20, legacy=True)  # not a with block
         self.id = 0
+        self.events: list[dict[str, Any]] = []
 
     def __call__(self, method: str, **params: Any) -> Any:
         self.id += 1
@@ -129,6 +133,20 @@ class Cdp:
                 if "error" in msg:
                     raise SystemExit(f"{method}: {msg['error']}")
                 return msg.get("result", {})
+            if "method" in msg:
+                self.events = [*self.events[-99:], msg]
+
+    def event(self, method: str, timeout: float) -> Any:
+        """The params of the first event ``method`` (seen already or arriving in ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for msg in self.events:
+                if msg["method"] == method:
+                    self.events.remove(msg)
+                    return msg.get("params", {})
+            msg = json.loads(self.ws.recv(timeout=max(0.0, deadline - time.monotonic())))
+            if "method" in msg:
+                self.events.append(msg)
 
     def close(self) -> None:
         self.ws.close()
@@ -155,8 +173,9 @@ class Browser:
         self.cdp = Cdp(match.group(1))
         self.cdp("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
 
-    def page(self, url: str, init: str | None = None) -> Page:
-        return Page(self, self.cdp("Target.createTarget", url="about:blank")["targetId"], url, init)
+    def page(self, url: str, init: str | None = None, ready: str = PAGE_READY) -> Page:
+        target = self.cdp("Target.createTarget", url="about:blank")["targetId"]
+        return Page(self, target, url, init, ready)
 
     def close(self) -> None:
         try:
@@ -168,14 +187,15 @@ class Browser:
 
 
 class Page:
-    def __init__(self, browser: Browser, target: str, url: str, init: str | None) -> None:
+    def __init__(self, browser: Browser, target: str, url: str, init: str | None,
+                 ready: str) -> None:
         self.browser, self.target = browser, target
         self.cdp = Cdp(f"{browser.base}/devtools/page/{target}")
         self.cdp("Page.enable")  # addScriptToEvaluateOnNewDocument needs it
         if init:
             self.cdp("Page.addScriptToEvaluateOnNewDocument", source=init)
         self.cdp("Page.navigate", url=url)
-        self.wait("document.readyState === 'complete' && !!document.querySelector('main')")
+        self.wait(ready)
 
     def eval(self, expression: str) -> Any:
         answer = self.cdp("Runtime.evaluate", expression=expression, awaitPromise=True,
@@ -191,7 +211,9 @@ class Page:
             if tick:
                 tick()
             if time.monotonic() > deadline:
-                raise SystemExit(f"timed out waiting for {expression}")
+                shot = Path(tempfile.gettempdir()) / "bench-timeout.png"
+                shot.write_bytes(base64.b64decode(self.cdp("Page.captureScreenshot")["data"]))
+                raise SystemExit(f"timed out waiting for {expression} (the page: {shot})")
             time.sleep(0.1)
         return value
 
