@@ -258,6 +258,18 @@ def _wait_panel(page: Any, server: Server, states: tuple[str, ...], timeout_ms: 
     return state
 
 
+def _panel_ready(context: Any, server: Server, name: str, shot: str | None = None) -> Any:
+    """Open notebook ``name``, run its panel's cell and, once the panel is ready (a
+    screenshot ``shot`` taken then), the cell that awaits the transfer; the page."""
+    page = _open(context, server, name)
+    _run_cell(page, 0)
+    _wait_panel(page, server, ("ready",), 60_000)
+    if shot:
+        _shot(page, shot)
+    _run_cell(page, 1)
+    return page
+
+
 def _renderer_pids(profile: Path) -> list[int]:
     """The renderer processes of the Chromium that runs with ``profile``."""
     pids = []
@@ -427,11 +439,7 @@ def test_drop_a_file_into_the_kernel(app: str, browser_tools: None,  # noqa: F81
         with sync_playwright() as pw:
             context = _launch(pw, tmp_path)
             try:
-                page = _open(context, server, "drop.ipynb")
-                _run_cell(page, 0)
-                _wait_panel(page, server, ("ready",), 60_000)
-                _shot(page, f"drop-ready-{app}-light")
-                _run_cell(page, 1)
+                page = _panel_ready(context, server, "drop.ipynb", f"drop-ready-{app}-light")
                 measured = _drop_and_measure(page, server, context,
                                              tmp_path / "chromium-profile", source)
                 _shot(page, f"drop-done-{app}-light")
@@ -484,10 +492,7 @@ def test_drop_a_folder(lab: Server, tmp_path: Path) -> None:
                 return top;
             };""")
         try:
-            page = _open(context, lab, "folder.ipynb")
-            _run_cell(page, 0)
-            _wait_panel(page, lab, ("ready",), 60_000)
-            _run_cell(page, 1)
+            page = _panel_ready(context, lab, "folder.ipynb")
             page.get_by_role("button", name="Choose a folder…").click()
             end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
         finally:
@@ -554,11 +559,7 @@ def test_save_to_this_computer(app: str, browser_tools: None,  # noqa: F811
         context = _launch(pw, tmp_path)
         context.add_init_script(SAVE_PICKER_STUB)
         try:
-            page = _open(context, lab, "save.ipynb")
-            _run_cell(page, 0)
-            _wait_panel(page, lab, ("ready",), 60_000)
-            _shot(page, f"save-ready-{app}-light")
-            _run_cell(page, 1)
+            page = _panel_ready(context, lab, "save.ipynb", f"save-ready-{app}-light")
             started = time.monotonic()
             page.get_by_role("button", name="Save to this computer…").click()
             end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
@@ -685,10 +686,7 @@ def test_drop_through_a_private_relay(browser_tools: None, processes: Processes,
         with sync_playwright() as pw:
             context = _launch(pw, tmp_path)
             try:
-                page = _open(context, server, "private.ipynb")
-                _run_cell(page, 0)
-                _wait_panel(page, server, ("ready",), 60_000)
-                _run_cell(page, 1)
+                page = _panel_ready(context, server, "private.ipynb")
                 page.locator(".p2p-copy-drop-files").set_input_files(str(source))
                 end = _wait_panel(page, server, ("done", "failed"), TRANSFER_MS,
                                   shot="private-relay")
