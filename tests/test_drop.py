@@ -17,6 +17,8 @@ compare with the proxy). Screenshots go to /tmp/drop-shots/.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -32,7 +34,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import cli_env, free_port
+from p2p_copy.display.progress import NoProgress
+
+from .conftest import Processes, cli_env, free_port
 from .test_browser import (
     REPO,
     SERVER_START_TIMEOUT,
@@ -69,8 +73,9 @@ class Server(Lab):
         return f"{self.url}/{where}/{name}?token={self.token}"
 
 
-def _start_server(app: str, tmp_path: Path,
-                  *extra: str) -> tuple[Server, subprocess.Popen[bytes]]:
+def _start_server(app: str, tmp_path: Path, *extra: str,
+                  kernel_env: dict[str, str] | None = None
+                  ) -> tuple[Server, subprocess.Popen[bytes]]:
     root = tmp_path / "root"
     root.mkdir()
     home = tmp_path / "jupyter-home"
@@ -91,6 +96,7 @@ def _start_server(app: str, tmp_path: Path,
     env.pop("P2P_COPY_RELAY", None)
     if os.environ.get("P2P_COPY_DROP_RELAY"):  # to compare with a relay reached directly
         env["P2P_COPY_RELAY"] = os.environ["P2P_COPY_DROP_RELAY"]
+    env.update(kernel_env or {})  # the kernels inherit the server's environment
     port = free_port()
     token = secrets.token_hex(16)
     log = tmp_path / f"{app}.log"
@@ -250,6 +256,18 @@ def _wait_panel(page: Any, server: Server, states: tuple[str, ...], timeout_ms: 
                     f"outputs:\n{outputs}\nserver log:\n{server.log_tail()}")
     state: dict[str, Any] = _panel_state(page, index)
     return state
+
+
+def _panel_ready(context: Any, server: Server, name: str, shot: str | None = None) -> Any:
+    """Open notebook ``name``, run its panel's cell and, once the panel is ready (a
+    screenshot ``shot`` taken then), the cell that awaits the transfer; the page."""
+    page = _open(context, server, name)
+    _run_cell(page, 0)
+    _wait_panel(page, server, ("ready",), 60_000)
+    if shot:
+        _shot(page, shot)
+    _run_cell(page, 1)
+    return page
 
 
 def _renderer_pids(profile: Path) -> list[int]:
@@ -421,11 +439,7 @@ def test_drop_a_file_into_the_kernel(app: str, browser_tools: None,  # noqa: F81
         with sync_playwright() as pw:
             context = _launch(pw, tmp_path)
             try:
-                page = _open(context, server, "drop.ipynb")
-                _run_cell(page, 0)
-                _wait_panel(page, server, ("ready",), 60_000)
-                _shot(page, f"drop-ready-{app}-light")
-                _run_cell(page, 1)
+                page = _panel_ready(context, server, "drop.ipynb", f"drop-ready-{app}-light")
                 measured = _drop_and_measure(page, server, context,
                                              tmp_path / "chromium-profile", source)
                 _shot(page, f"drop-done-{app}-light")
@@ -478,10 +492,7 @@ def test_drop_a_folder(lab: Server, tmp_path: Path) -> None:
                 return top;
             };""")
         try:
-            page = _open(context, lab, "folder.ipynb")
-            _run_cell(page, 0)
-            _wait_panel(page, lab, ("ready",), 60_000)
-            _run_cell(page, 1)
+            page = _panel_ready(context, lab, "folder.ipynb")
             page.get_by_role("button", name="Choose a folder…").click()
             end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
         finally:
@@ -548,11 +559,7 @@ def test_save_to_this_computer(app: str, browser_tools: None,  # noqa: F811
         context = _launch(pw, tmp_path)
         context.add_init_script(SAVE_PICKER_STUB)
         try:
-            page = _open(context, lab, "save.ipynb")
-            _run_cell(page, 0)
-            _wait_panel(page, lab, ("ready",), 60_000)
-            _shot(page, f"save-ready-{app}-light")
-            _run_cell(page, 1)
+            page = _panel_ready(context, lab, "save.ipynb", f"save-ready-{app}-light")
             started = time.monotonic()
             page.get_by_role("button", name="Save to this computer…").click()
             end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
@@ -650,6 +657,57 @@ def test_without_the_proxy_the_panel_says_what_to_install(browser_tools: None,  
     assert not (server.root / "dropped" / "small.txt").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(BROWSER_TEST_TIMEOUT)
+def test_drop_through_a_private_relay(browser_tools: None, processes: Processes,  # noqa: F811
+                                      tmp_path: Path) -> None:
+    """The user's relay is private ($P2P_COPY_RELAY and $P2P_COPY_RELAY_TOKEN in the
+    kernel's environment): the kernel hands the page its token in a message, the page
+    offers it as a subprotocol (protocol.md §5.11), and the dropped file arrives. With
+    JupyterLab saving widget state, the saved notebook holds the panel's state but not the
+    token, and the relay's log never shows it."""
+    from playwright.sync_api import sync_playwright
+
+    token = "t0k-" + secrets.token_hex(12)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(token + "\n")
+    relay, url = processes.start_relay(None, "--access-token-file", str(tokens))
+    server, proc = _start_server("lab", tmp_path, kernel_env={
+        "P2P_COPY_RELAY": url, "P2P_COPY_RELAY_TOKEN": token})
+    widgets = (tmp_path / "jupyter-home" / "config" / "lab" / "user-settings"
+               / "@jupyter-widgets" / "jupyterlab-manager" / "plugin.jupyterlab-settings")
+    widgets.parent.mkdir(parents=True)
+    widgets.write_text(json.dumps({"saveState": True}))
+    saved = server.root / "private.ipynb"
+    source = tmp_path / "small.bin"
+    source.write_bytes(os.urandom(300_000))
+    _notebook(server, "private.ipynb", DROP_CELLS)
+    try:
+        with sync_playwright() as pw:
+            context = _launch(pw, tmp_path)
+            try:
+                page = _panel_ready(context, server, "private.ipynb")
+                page.locator(".p2p-copy-drop-files").set_input_files(str(source))
+                end = _wait_panel(page, server, ("done", "failed"), TRANSFER_MS,
+                                  shot="private-relay")
+                page.keyboard.press("Control+s")
+                deadline = time.monotonic() + 30
+                while "widget-state" not in saved.read_text() and time.monotonic() < deadline:
+                    time.sleep(0.25)
+            finally:
+                context.close()
+    finally:
+        _stop(proc)
+    relay.terminate()
+    _, log = relay.communicate(timeout=30)
+    assert end["state"] == "done", end
+    assert (server.root / "dropped" / "small.bin").read_bytes() == source.read_bytes()
+    notebook = saved.read_text()
+    assert "application/vnd.jupyter.widget-state+json" in notebook and url in notebook
+    assert token not in notebook
+    assert "listening" in log and token not in log
+
+
 # --- without a browser ---------------------------------------------------------------------
 
 
@@ -733,6 +791,67 @@ async def test_the_users_relay_is_used_by_both_sides(monkeypatch: pytest.MonkeyP
     assert route.browser_url == "" and route.proxy_port > 0
     assert route.url == f"ws://127.0.0.1:{route.proxy_port}"
     assert again == route  # one relay per kernel, reused
+
+
+@pytest.mark.slow  # importing anywidget and ipywidgets takes a second
+async def test_a_private_relays_token_reaches_the_view_by_message_only(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The user's relay is private ($P2P_COPY_RELAY_TOKEN, as for the command line): the
+    kernel uses the token, and the view gets it in a custom message when it asks. It is in
+    no trait, so not in the widget state a notebook may save; the kernel's own relay
+    (public, behind the proxy) gives the view no token."""
+    from p2p_copy.jupyter import drop as module
+    from p2p_copy.jupyter.panel import panel_class
+    from p2p_copy.peer.options import resolve
+
+    token = "t0k-" + secrets.token_hex(8)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("P2P_COPY_RELAY", "wss://relay.example.org")
+    monkeypatch.setenv("P2P_COPY_RELAY_TOKEN", token)
+    used: list[str | None] = []
+
+    async def run(url: str, code: str, opts: Any) -> Any:
+        used.append(opts.relay_token)
+        raise asyncio.CancelledError
+
+    async def answers(user_relay: bool) -> list[dict[str, Any]]:
+        if not user_relay:
+            monkeypatch.delenv("P2P_COPY_RELAY")
+        panel = panel_class("drop")("drop files", mode="drop", code="7-a-b-c")
+        sent: list[dict[str, Any]] = []
+        panel.send = lambda content, buffers=None: sent.append(content)
+        serving = asyncio.ensure_future(module._serve(
+            panel, module._PanelTracker(NoProgress()), "receive", resolve("receive", None, {}),
+            run))
+        panel.views += 1  # a view is shown
+        async with asyncio.timeout(10):
+            while panel.state != "ready":
+                await asyncio.sleep(0.01)
+        state = json.dumps(panel.get_state(), default=str)
+        assert token not in state and token not in repr(panel)
+        # What anywidget's model.send({ask: "relay_token"}) brings to the kernel.
+        panel._handle_msg({"content": {"data": {"method": "custom",
+                                                "content": {"ask": "relay_token"}}},
+                           "buffers": []})
+        panel._handle_msg({"content": {"data": {"method": "custom",
+                                                "content": {"ask": "other"}}}, "buffers": []})
+        if user_relay:  # the kernel uses the token too
+            panel.started += 1
+            with pytest.raises(asyncio.CancelledError):
+                await serving
+        else:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+        assert token not in json.dumps(panel.get_state(), default=str)
+        return sent
+
+    try:
+        assert await answers(user_relay=True) == [{"relay_token": token}]
+        assert used == [token]
+        assert await answers(user_relay=False) == [{"relay_token": ""}]
+    finally:
+        await _stop_kernel_relay()
 
 
 def test_binder_installs_what_drop_needs() -> None:

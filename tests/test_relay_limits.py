@@ -10,6 +10,7 @@ the legitimate pairs come from 127.0.0.2 (its own address, so it has its own bud
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import io
@@ -49,7 +50,10 @@ from p2p_copy.relay.admission import (
     client_host,
     parse_networks,
 )
+from p2p_copy.relay.server import BEARER_SUBPROTOCOL
 from p2p_copy.testing import running_relay
+
+from .conftest import http_request
 
 KiB = 1024
 MiB = 2**20
@@ -129,10 +133,13 @@ async def client_error(url: str, *, role: str = "sender", token: str | None = No
 
 
 async def transfer(url: str, nbytes: int = 256 * KiB, *, source: str = LEGIT,
-                   chunk: int = 64 * KiB, headers: dict[str, str] | None = None) -> None:
-    """A sender and a receiver from ``source`` pair and push ``nbytes`` through intact."""
+                   chunk: int = 64 * KiB, headers: dict[str, str] | None = None,
+                   **options: Any) -> None:
+    """A sender and a receiver from ``source`` pair and push ``nbytes`` through intact
+    (``options`` for websockets' connect)."""
     room = new_hash()
     extra: dict[str, Any] = {"additional_headers": headers} if headers else {}
+    extra.update(options)
     sender = await ws_connect(url, room, source, **extra)
     receiver = await ws_connect(url, room, source, **extra)
     try:
@@ -661,6 +668,71 @@ async def test_access_token_guards_rooms_but_not_health() -> None:
             assert (await reader.readline()).startswith(b"HTTP/1.1 200"), path
             writer.close()
         assert relay.stats.rejections["access_denied"] == 3
+
+
+def bearer(token: str) -> str:
+    """The subprotocol that presents ``token`` (§5.11): base64url, no padding."""
+    return BEARER_SUBPROTOCOL + base64.urlsafe_b64encode(token.encode()).rstrip(b"=").decode()
+
+
+async def test_a_token_offered_as_a_subprotocol_counts_as_the_header(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A browser's way to present a token (§5.11): offered as p2p-copy.bearer.<base64url>
+    beside p2p-copy. The same check as the header: the right token pairs, the relay
+    selecting p2p-copy (never the token); a wrong, undecodable or missing one gets the same
+    401. Neither the token nor its encoding reaches a log line (at DEBUG, websockets' too)
+    or the metrics."""
+    caplog.set_level(logging.DEBUG)
+    token = "?>?~>t0k"  # its base64url has '_' and '-' and drops one '='
+    assert bearer(token).endswith("Pz4_fj50MGs")
+    async with asyncio.timeout(30), running_relay(access_tokens=frozenset({"t0k-A", token})
+                                                  ) as relay:
+        offered = ["p2p-copy", bearer(token)]
+        await transfer(relay.url, subprotocols=offered)
+        ws = await ws_connect(relay.url, new_hash(), subprotocols=offered)
+        assert ws.subprotocol == "p2p-copy"
+        assert ws.response is not None
+        assert ws.response.headers.get_all("Sec-WebSocket-Protocol") == ["p2p-copy"]
+        await ws.close()
+        # Only the token's subprotocol: let in, no subprotocol selected.
+        ws = await ws_connect(relay.url, new_hash(), subprotocols=[bearer("t0k-A")])
+        assert ws.subprotocol is None
+        await ws.close()
+        for wrong in ([bearer("t0k-C")], ["p2p-copy"], [BEARER_SUBPROTOCOL + "dDBrLUE"[:5]],
+                      [BEARER_SUBPROTOCOL + "dDBrLUE.x"], ["p2p-copy", "t0k-A"]):
+            with pytest.raises(InvalidStatus) as refused:
+                await ws_connect(relay.url, new_hash(), subprotocols=["p2p-copy", *wrong])
+            response = refused.value.response
+            assert response.status_code == 401, wrong
+            assert response.headers["WWW-Authenticate"] == 'Bearer realm="p2p-copy"'
+            # So that a page on another origin can tell a private relay from a dead one.
+            assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert relay.stats.rejections["access_denied"] == 5
+        # A header that is no list of tokens: 400, without quoting it back.
+        status, _, body = await http_request(
+            relay.port, f"/{new_hash()}",
+            extra=f"Sec-WebSocket-Protocol: p2p-copy, {token} x\r\n")
+        assert status == 400 and token.encode() not in body
+        metrics = relay.metrics.exposition()[0].decode() if relay.metrics else ""
+    # The relay's records (the test's own client, websockets.client, logs what it sends).
+    ours = [r for r in caplog.records if r.name.startswith("p2p_copy")]
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in ours)
+    assert "p2p_copy.relay" in {r.name for r in ours}
+    for secret in (token, bearer(token), bearer(token).removeprefix(BEARER_SUBPROTOCOL)):
+        assert secret not in logged and secret not in metrics
+
+
+async def test_a_public_relay_selects_p2p_copy_when_offered() -> None:
+    """Without tokens the bearer subprotocol is ignored; p2p-copy is selected when offered
+    (so a browser that offers it works with any relay of ours) and a client offering none,
+    or others, connects as before."""
+    async with asyncio.timeout(30), running_relay() as relay:
+        for offered, selected in ((["p2p-copy", bearer("whatever")], "p2p-copy"),
+                                  (["p2p-copy"], "p2p-copy"), (None, None), (["chat"], None)):
+            ws = await ws_connect(relay.url, new_hash(), subprotocols=offered)
+            assert ws.subprotocol == selected, offered
+            await ws.close()
+        await transfer(relay.url, subprotocols=["p2p-copy", bearer("whatever")])
 
 
 async def test_forwarded_for_from_a_trusted_proxy_names_the_client() -> None:

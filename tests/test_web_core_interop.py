@@ -7,6 +7,7 @@ flow-control window each behave as protocol.md says.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -38,9 +39,10 @@ def node_args(mode: str, url: str, code: str, path: Path) -> list[str]:
     return [str(NODE), "--experimental-websocket", str(CLI_PEER), mode, url, code, str(path)]
 
 
-def run_node(mode: str, url: str, code: str, path: Path) -> subprocess.CompletedProcess[str]:
+def run_node(mode: str, url: str, code: str, path: Path,
+             **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(node_args(mode, url, code, path), capture_output=True, text=True,
-                          timeout=100, env=cli_env())
+                          timeout=100, env=cli_env(**env))
 
 
 def folder(root: Path) -> Path:
@@ -94,6 +96,33 @@ def test_the_python_cli_sends_a_folder_to_node(processes: Processes, tmp_path: P
     assert tree(tmp_path / "out" / "trip") == tree(source)
 
 
+def test_node_presents_a_token_to_a_private_relay(processes: Processes, tmp_path: Path) -> None:
+    """A private relay: the JS core offers its token as a subprotocol (protocol.md §5.11),
+    the Python CLI sends it as the header, and they pair; without it, or with another, the
+    JS side says access_denied (exit 18, as the CLI's AccessDeniedError). The relay's log
+    never shows the token."""
+    token = "?>?~>t0k-" + os.urandom(6).hex()
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# the relay's\n{token}\n")
+    relay, url = processes.start_relay(None, "--access-token-file", str(tokens))
+    source = folder(tmp_path / "src")
+    receiving = processes.start("receive", url, "6-alpha-bravo-charlie", "--out",
+                                str(tmp_path / "out"), "--wait-timeout", "60",
+                                env=cli_env(P2P_COPY_RELAY_TOKEN=token))
+    sent = run_node("send", url, "6-alpha-bravo-charlie", source, P2P_COPY_RELAY_TOKEN=token)
+    assert receiving.wait(timeout=60) == 0, receiving.communicate()
+    assert result_of(sent)["files"] == 4
+    assert tree(tmp_path / "out" / "trip") == tree(source)
+    for given, said in ((None, "needs an access token"),
+                        ("other", "did not accept our access token")):
+        refused = run_node("receive", url, "6-alpha-bravo-delta", tmp_path / "no",
+                           **({"P2P_COPY_RELAY_TOKEN": given} if given else {}))
+        assert refused.returncode == 18, refused.stderr
+        assert last_line(refused.stderr).startswith("access_denied: ") and said in refused.stderr
+    relay.terminate()
+    _, log = relay.communicate(timeout=30)
+    encoded = base64.urlsafe_b64encode(token.encode()).rstrip(b"=").decode()
+    assert "listening" in log and token not in log and encoded not in log
 @pytest.mark.parametrize("direction", ["node-to-python", "python-to-node"])
 def test_64_mib_of_random_bytes(processes: Processes, tmp_path: Path, direction: str) -> None:
     """A 64 MiB file arrives identical, either way."""

@@ -6,11 +6,12 @@ browser, which saves them where the person chooses. The kernel's side is the ord
 receive() or send(), with its progress panel, verification and resume.
 
 Which relay: the user's own (``$P2P_COPY_RELAY`` or the config file, as for the command
-line), else one started in this kernel on 127.0.0.1, which the browser reaches through
-the Jupyter server that serves the page (jupyter-server-proxy, ``<base_url>proxy/<port>/``,
-authenticated by the Jupyter session). The browser's connection is the one that can drop
-(a reload, a closed laptop): the kernel then waits, and the person drops the same files
-again (or clicks Save again) to continue from what arrived.
+line, with its access token if it is private), else one started in this kernel on
+127.0.0.1, which the browser reaches through the Jupyter server that serves the page
+(jupyter-server-proxy, ``<base_url>proxy/<port>/``, authenticated by the Jupyter session).
+The browser's connection is the one that can drop (a reload, a closed laptop): the kernel
+then waits, and the person drops the same files again (or clicks Save again) to continue
+from what arrived.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ __all__ = ["drop", "offer", "VIEW_TIMEOUT", "kernel_relay"]
 
 #: Seconds for a browser to show the panel before drop()/offer() say that none will.
 VIEW_TIMEOUT = 30.0
-#: The token variable of the command line (a relay that needs one; the browser has none).
+#: The token variable of the command line (a private relay; the browser gets the token
+#: from the kernel in a message, never in the panel's saved state: panel.py).
 _TOKEN_ENV = "P2P_COPY_RELAY_TOKEN"
 #: The browser's connection dropped, or it stopped: the person can start it again.
 _AGAIN = (ConnectionLostError, PeerGoneError, TransferTimeoutError, TransferCancelledError)
@@ -196,9 +198,11 @@ async def _serve(panel: Any, tracker: _PanelTracker, label: str, opts: Options,
     """The kernel's side: a transfer each time the browser starts one, until one ends well."""
     try:
         route = await _route()
-        panel.relay_url, panel.proxy_port = route.browser_url, route.proxy_port
         opts = dataclasses.replace(opts, cafile=opts.cafile or route.cafile,
                                    relay_token=opts.relay_token or route.token)
+        # The browser needs the token only for the user's relay (the kernel's is public).
+        panel.relay_token = opts.relay_token if route.browser_url else None
+        panel.relay_url, panel.proxy_port = route.browser_url, route.proxy_port
         try:
             await asyncio.wait_for(panel.view_shown.wait(), VIEW_TIMEOUT)
         except TimeoutError:

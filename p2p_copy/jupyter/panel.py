@@ -1,15 +1,18 @@
 """The panel a notebook shows for drop() and offer(): an anywidget with the browser peer.
 
 Its JavaScript is one ES module, web/static/widget.js (built from web/src/widget/ with the
-core and the page's storage modules). The traits are the whole conversation: the kernel
-writes where the relay is, the code and how its side is doing; the browser writes that a
-view is on screen, how often the person started, and why the browser gave up. Bytes never
-pass through the widget's messages: they go through the relay.
+core and the page's storage modules). The traits are the conversation: the kernel writes
+where the relay is, the code and how its side is doing; the browser writes that a view is
+on screen, how often the person started, and why the browser gave up. One thing is no
+trait: a private relay's access token, which the kernel sends only when a view asks, in a
+custom message (``relay_token``). Bytes never pass through the widget's messages: they go
+through the relay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from ..errors import UsageError
@@ -66,13 +69,36 @@ def panel_class(name: str) -> type[Any]:
             self.view_shown = asyncio.Event()
             self.start_asked = asyncio.Event()
             self.gave_up = asyncio.Event()
-            self.observe(lambda _: self.view_shown.set(), names="views")
-            self.observe(lambda _: self.start_asked.set(), names="started")
+            # The events belong to the kernel's loop, but the observers may run in another
+            # thread: ipykernel 7 hands a comm's messages to the subshell that last sent on
+            # it, and a front end that sends from a subshell of its own (JupyterLab's
+            # widgets) gets our answer to its custom message from that one.
+            self._loop = asyncio.get_running_loop()
+            self.observe(lambda _: self._set(self.view_shown), names="views")
+            self.observe(lambda _: self._set(self.start_asked), names="started")
             self.observe(self._browser_failed, names="browser_error")
+            # The access token of the relay the browser uses, when it is private. Not a
+            # trait: traits are widget state, which a front end may save in the notebook
+            # (JupyterLab's "Save Widget State Automatically", nbconvert, Voila), and a
+            # token must not travel with a shared .ipynb. A view asks for it with a custom
+            # message each time it starts a transfer; the answer goes to the live views
+            # of this kernel only (the person's own authenticated front ends) and the view
+            # keeps it for that transfer alone.
+            self.relay_token: str | None = None
+            self.on_msg(self._custom_message)
+
+        def _custom_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
+            if isinstance(content, dict) and content.get("ask") == "relay_token":
+                self.send({"relay_token": self.relay_token or ""})
 
         def _browser_failed(self, change: dict[str, Any]) -> None:
             if change["new"]:
-                self.gave_up.set()
+                self._set(self.gave_up)
+
+        def _set(self, event: asyncio.Event) -> None:
+            """Set ``event`` in the kernel's loop, from whichever thread observed."""
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                self._loop.call_soon_threadsafe(event.set)
 
         def __repr__(self) -> str:
             # The text/plain of the display bundle: all a front end without widgets shows.

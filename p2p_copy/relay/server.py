@@ -21,13 +21,17 @@ the relay goes on serving everyone else.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hmac
 import logging
 import os
+import re
 import ssl
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -35,9 +39,12 @@ from types import TracebackType
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidHeader
+from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.protocol import State
+from websockets.typing import Subprotocol
 
 from .. import inprocess
 from ..errors import RemoteProtocolError
@@ -53,7 +60,8 @@ from .pairing import Paired, Refused, Rooms
 from .web import WebApp, connect_source
 
 __all__ = ["RelayConfig", "RelayStats", "Relay", "run_relay", "server_ssl_context",
-           "default_max_connections", "default_max_queued_bytes"]
+           "default_max_connections", "default_max_queued_bytes", "SUBPROTOCOL",
+           "BEARER_SUBPROTOCOL"]
 
 log = logging.getLogger("p2p_copy.relay")
 
@@ -65,6 +73,28 @@ _WAITING = encode(Waiting())
 _STOP_GRACE = 3.0
 
 _DRAINING_REASON = "the relay is restarting; reconnect"
+
+#: The WebSocket subprotocol the relay selects whenever a client offers it (protocol.md
+#: §3.1): a browser that offered subprotocols fails a handshake that selects none.
+SUBPROTOCOL = "p2p-copy"
+#: An offered subprotocol that presents an access token (§5.11): this prefix, then the
+#: token in base64url without padding. A browser cannot set ``Authorization`` on a
+#: WebSocket; it can offer subprotocols. Never selected, so never sent back.
+BEARER_SUBPROTOCOL = "p2p-copy.bearer."
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+
+class _WithoutDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets' logger, never at DEBUG: there it quotes every request header (an access
+    token among them) and every frame (a hello's code hash), whatever level the program
+    that runs the relay chose."""
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's name
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+_WEBSOCKETS_LOG = _WithoutDebug(logging.getLogger("p2p_copy.relay.websockets"), {})
 
 #: Descriptors kept free below the process's limit for files, logs and the answers that
 #: turn connections away.
@@ -347,12 +377,13 @@ class Relay:
             ssl=self.ssl_context,
             create_connection=connection_type,
             process_request=self._http,
+            select_subprotocol=_select_subprotocol,
             compression=None,
             max_size=cfg.max_message_size,
             max_queue=cfg.max_queue,
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_timeout,
-            logger=logging.getLogger("p2p_copy.relay.websockets"),
+            logger=_WEBSOCKETS_LOG,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         inprocess.serving(asyncio.get_running_loop(), self.host, self.port, True)
@@ -446,12 +477,20 @@ class Relay:
             return connection.respond(HTTPStatus.OK, "ready\n")
         if path == "/metrics":
             return self._metrics_response(connection, request.headers.get("Accept", ""))
-        if self._tokens and not self._authorized(request.headers.get_all("Authorization")):
+        if _offered_subprotocols(request.headers) is None:
+            # Answered here: websockets' own 400 would quote the header, and a token in it.
+            return connection.respond(HTTPStatus.BAD_REQUEST,
+                                      "Invalid Sec-WebSocket-Protocol header.\n")
+        if self._tokens and not self._authorized(request.headers):
             self.stats.rejections[Reason.ACCESS_DENIED] += 1
             response = connection.respond(
                 HTTPStatus.UNAUTHORIZED,
                 "This relay is private: pass its access token (p2p-copy --relay-token).\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="p2p-copy"'
+            # A browser is not told why a WebSocket failed; the page asks again with a
+            # plain GET, and from another origin it may read this answer only so.
+            response.headers["Access-Control-Allow-Origin"] = "*"
+            response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
             return response
         if self.web is not None and self.web.wants(path, request.headers):
             # The page is no room: the connection caps apply, the join rate (for peers)
@@ -468,14 +507,11 @@ class Relay:
                 HTTPStatus.SERVICE_UNAVAILABLE, "The relay is restarting; reconnect.\n")
         return self._admit(connection, request)
 
-    def _authorized(self, headers: list[str]) -> bool:
-        """Whether one Authorization header carries a known token, in constant time."""
+    def _authorized(self, headers: Headers) -> bool:
+        """Whether the handshake presents a known token, in constant time: one rule for
+        the ``Authorization`` header and the bearer subprotocol (§5.11)."""
         ok = False
-        for header in headers:
-            scheme, _, given = header.strip().partition(" ")
-            if scheme.lower() != "bearer":
-                continue
-            candidate = given.strip().encode(errors="replace")
+        for candidate in _presented_tokens(headers):
             for token in self._tokens:  # no early exit: every token costs the same
                 ok |= hmac.compare_digest(candidate, token)
         return ok
@@ -810,6 +846,42 @@ class Relay:
             except (TypeError, IndexError):
                 host = "?"
         return show_address(host, self.config.log_addresses)
+
+
+def _offered_subprotocols(headers: Headers) -> list[str] | None:
+    """The subprotocols a handshake offers, in order; None if the header is malformed."""
+    try:
+        return [str(item) for value in headers.get_all("Sec-WebSocket-Protocol")
+                for item in parse_subprotocol(value)]
+    except InvalidHeader:
+        return None
+
+
+def _presented_tokens(headers: Headers) -> list[bytes]:
+    """Every access token a handshake presents (protocol.md §5.11): the value of each
+    ``Authorization: Bearer`` header and of each offered ``p2p-copy.bearer.`` subprotocol
+    (base64url without padding, decoded); the relay compares them all alike."""
+    found = []
+    for header in headers.get_all("Authorization"):
+        scheme, _, given = header.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            found.append(given.strip().encode(errors="replace"))
+    for offered in _offered_subprotocols(headers) or ():
+        encoded = offered.removeprefix(BEARER_SUBPROTOCOL)
+        if encoded == offered or not _BASE64URL.fullmatch(encoded) or len(encoded) % 4 == 1:
+            continue
+        try:
+            found.append(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+        except binascii.Error:  # pragma: no cover - the pattern and length rule it out
+            continue
+    return found
+
+
+def _select_subprotocol(connection: ServerConnection,
+                        offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """``p2p-copy`` when the client offers it (a browser with a token does), else none: a
+    client that offers nothing connects as before, and a token is never echoed."""
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
 def _refused(refusal: Refusal | None) -> Refused | None:

@@ -21,6 +21,58 @@ export const LOW_MARK = 2 * 1024 * 1024;
 export const HANDSHAKE_TIMEOUT = 60_000;
 const OPEN_TIMEOUT = 20_000;
 const ERROR_SEND_WAIT = 2_000;
+/** How long the GET that asks why a handshake failed may take. */
+const PROBE_TIMEOUT = 5_000;
+
+/** The subprotocol a relay selects when it is offered (protocol.md §3.1). */
+export const SUBPROTOCOL = "p2p-copy";
+/** An offered subprotocol that presents an access token (protocol.md §5.11). */
+export const BEARER_SUBPROTOCOL = "p2p-copy.bearer.";
+
+/**
+ * The subprotocols that present `token` to a private relay (protocol.md §5.11): a browser
+ * cannot set `Authorization` on a WebSocket, but it can offer subprotocols. None without a
+ * token, so that relays of 0.7.0 and before, which select none, still take us.
+ * @param {string | undefined} token
+ * @returns {string[] | undefined}
+ */
+export function tokenProtocols(token) {
+  if (token === undefined || token === null || token === "") return undefined;
+  if (typeof token !== "string" || !/^[\x21-\x7e]+$/.test(token)) {
+    throw new P2PError("usage", "An access token is printable ASCII without spaces: check the token.");
+  }
+  const base64url = btoa(token).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  return [SUBPROTOCOL, BEARER_SUBPROTOCOL + base64url];
+}
+
+/**
+ * What a handshake that failed before the WebSocket opened means. A browser is not told
+ * the HTTP status, so a plain GET of the same URL asks again: same origin, or a relay of
+ * ours from any origin for its 401 (protocol.md §5.11), answers readably; anything else
+ * leaves the generic refusal. The GET carries no token: with one, a 401 cannot say
+ * whether it was wrong or the relay takes none from a browser, so the message names both.
+ * @param {string} relay @param {string} url @param {string | undefined} token @param {number} code
+ */
+async function refusal(relay, url, token, code) {
+  let privateRelay = false;
+  try {
+    const answer = await fetch(url.replace(/^ws/, "http"), { cache: "no-store", redirect: "manual",
+      signal: AbortSignal.timeout(PROBE_TIMEOUT) });
+    privateRelay = answer.status === 401 && /realm="p2p-copy"/.test(answer.headers.get("WWW-Authenticate") ?? "");
+  } catch {
+    // unreachable, or another origin that does not say
+  }
+  const where = displayName(relay);
+  if (privateRelay) {
+    return new P2PError("access_denied", token
+      ? `The relay at ${where} is private and did not accept our access token. Check the token (a relay of `
+        + "p2p-copy 0.7.0 or before takes none from a browser)."
+      : `The relay at ${where} is private: it needs an access token, and none was given.`, { closeCode: code });
+  }
+  // Refused before the upgrade (404, 429, 503) or unreachable: a browser is not told which.
+  return new P2PError("relay_refused", `Could not connect to the relay at ${where} `
+    + `(code ${code}). Check the address, or try again in a moment.`, { closeCode: code });
+}
 
 const decoder = new TextDecoder("utf-8", { fatal: true });
 const encoder = new TextEncoder();
@@ -87,9 +139,10 @@ function abortError() {
 export class Link {
   /**
    * @param {{relay: string, code: string, role: "sender" | "receiver", fresh?: boolean,
-   *   WebSocket?: any, signal?: AbortSignal}} options
+   *   token?: string, WebSocket?: any, signal?: AbortSignal}} options
+   *   token: a private relay's access token, offered as a subprotocol (protocol.md §5.11).
    */
-  static async open({ relay, code, role, fresh = false, WebSocket = globalThis.WebSocket, signal }) {
+  static async open({ relay, code, role, fresh = false, token, WebSocket = globalThis.WebSocket, signal }) {
     if (typeof crypto === "undefined" || !crypto.subtle) {
       throw new P2PError("insecure_context", "This page is not a secure context (https or localhost), so the browser "
         + "offers no cryptography. Open it over https.");
@@ -104,8 +157,8 @@ export class Link {
     } catch {
       throw new P2PError("relay_refused", `'${displayName(String(relay))}' is not a relay address (ws://... or wss://...).`);
     }
-    const link = new Link(new WebSocket(url), role, signal);
-    await link.opened(relay);
+    const link = new Link(new WebSocket(url, tokenProtocols(token)), role, signal);
+    await link.opened(relay, (closeCode) => refusal(relay, url, token, closeCode));
     const hello = { type: "hello", code_hash_hex: hash, role, version: 2 };
     if (fresh) hello.fresh = true;
     link.sendText(encode(hello));
@@ -157,8 +210,11 @@ export class Link {
     wake?.();
   }
 
-  /** Resolves once the WebSocket is open, or throws what went wrong. */
-  opened(relay) {
+  /**
+   * Resolves once the WebSocket is open, or throws what went wrong.
+   * @param {string} relay @param {(code: number) => Promise<P2PError>} refused what a close before it opened means
+   */
+  opened(relay, refused) {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.ws.close();
@@ -167,15 +223,16 @@ export class Link {
       const done = () => { clearTimeout(timer); this.ws.removeEventListener?.("open", onOpen); };
       const onOpen = () => { done(); resolve(undefined); };
       this.ws.addEventListener("open", onOpen);
-      this.ws.addEventListener("close", (event) => {
-        if (this.ws.readyState === 3 && !this.openedOnce) {
-          done();
-          // Refused before the upgrade (404, 401, 429, 503) or unreachable: a browser
-          // is not told which.
-          reject(new P2PError("relay_refused", `Could not connect to the relay at ${displayName(relay)} `
-            + `(code ${event.code}). Check the address, or try again in a moment.`, { closeCode: event.code }));
-        }
-      });
+      let failed = false;
+      const fail = (code) => {
+        if (failed || this.openedOnce) return;
+        failed = true;
+        done();
+        refused(code).then(reject);
+      };
+      this.ws.addEventListener("close", (event) => fail(event.code));
+      // A refused handshake fires error, then close; Node 20's WebSocket fires error only.
+      this.ws.addEventListener("error", () => fail(1006));
       this.ws.addEventListener("open", () => { this.openedOnce = true; });
       if (this.signal?.aborted) { done(); reject(abortError()); }
     });

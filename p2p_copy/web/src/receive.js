@@ -24,16 +24,17 @@ const MESSAGE_TIMEOUT = 300_000;
 /**
  * Receive into `sink` (see index.js for its methods).
  * @param {{relay: string, code: string, sink: any, onEvent?: (e: any) => void, signal?: AbortSignal,
- *   WebSocket?: any, windowsNames?: boolean, testing?: any}} options
+ *   token?: string, WebSocket?: any, windowsNames?: boolean, testing?: any}} options
+ *   token: a private relay's access token (Link.open).
  */
-export async function receive({ relay, code, sink, onEvent = () => {}, signal = undefined,
+export async function receive({ relay, code, sink, onEvent = () => {}, signal = undefined, token = undefined,
   WebSocket = globalThis.WebSocket, windowsNames = defaultWindowsNames(), testing = {} }) {
   let link;
   let theCode;
   try {
     theCode = normalizeCode(code);
     onEvent({ type: "connecting" });
-    link = await Link.open({ relay, code: theCode, role: "receiver", WebSocket, signal });
+    link = await Link.open({ relay, code: theCode, role: "receiver", token, WebSocket, signal });
   } catch (error) {
     const failure = asP2PError(error);
     onEvent({ type: "error", error: failure });

@@ -28,12 +28,12 @@ const reported = new WeakSet();
 /**
  * Send `entries` (see index.js). With no `code`, one is generated (and reported with an
  * event `{type: "code", code}`), and a new one drawn each time the relay says the room is
- * taken.
+ * taken. `token`: a private relay's access token (Link.open).
  */
 export async function send({ relay, code = undefined, entries, fresh = true, onEvent = () => {}, signal = undefined,
-  WebSocket = globalThis.WebSocket, testing = {} }) {
+  token = undefined, WebSocket = globalThis.WebSocket, testing = {} }) {
   try {
-    return await sendOnce({ relay, code, entries, fresh, onEvent, signal, WebSocket, testing });
+    return await sendOnce({ relay, code, entries, fresh, onEvent, signal, token, WebSocket, testing });
   } catch (error) {
     const failure = asP2PError(error);
     if (!reported.has(failure)) onEvent({ type: "error", error: failure });
@@ -41,7 +41,7 @@ export async function send({ relay, code = undefined, entries, fresh = true, onE
   }
 }
 
-async function sendOnce({ relay, code, entries, fresh, onEvent, signal, WebSocket, testing }) {
+async function sendOnce({ relay, code, entries, fresh, onEvent, signal, token, WebSocket, testing }) {
   const files = entries.filter((entry) => entry.kind !== "dir");
   checkOwnEntries(entries);
   const generated = code === undefined || code === null;
@@ -49,7 +49,7 @@ async function sendOnce({ relay, code, entries, fresh, onEvent, signal, WebSocke
     const theCode = generated ? generateCode(attempt) : normalizeCode(code);
     if (generated) onEvent({ type: "code", code: theCode });
     onEvent({ type: "connecting" });
-    const link = await Link.open({ relay, code: theCode, role: "sender", fresh: generated || fresh, WebSocket, signal });
+    const link = await Link.open({ relay, code: theCode, role: "sender", fresh: generated || fresh, token, WebSocket, signal });
     const channel = new Channel(link);
     try {
       await waitReady(link, theCode, onEvent);

@@ -1,14 +1,15 @@
 // A command-line peer on the JS core, for the interop tests against the Python CLI:
 //   node --experimental-websocket cli-peer.mjs send RELAY CODE PATH
 //   node --experimental-websocket cli-peer.mjs receive RELAY CODE DIR
-// CODE "auto" generates one (printed as "code: ..."). Prints "kind: message" and exits
-// with the Python CLI's exit code for that kind on failure.
+// CODE "auto" generates one (printed as "code: ..."). $P2P_COPY_RELAY_TOKEN, as for the
+// Python CLI, is a private relay's access token. Prints "kind: message" and exits with the
+// Python CLI's exit code for that kind on failure.
 import { openAsBlob } from "node:fs";
 import { mkdir, open, readdir, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { receive, send, P2PError } from "../src/index.js";
 
-const EXIT = { usage: 2, bad_code: 2, relay_refused: 5, timeout: 4, connection_lost: 7, protocol: 8, integrity: 9,
+const EXIT = { usage: 2, bad_code: 2, relay_refused: 5, access_denied: 18, timeout: 4, connection_lost: 7, protocol: 8, integrity: 9,
   unsafe_path: 10, exists: 11, incompatible: 13, wrong_code: 14, tampered: 16, policy: 19, peer: 6, declined: 6, cancelled: 6 };
 
 /** The entries of `path` as the Python sender names them: the last component, then a walk. */
@@ -67,6 +68,7 @@ function fsSink(root) {
 }
 
 const [mode, relay, code, path] = process.argv.slice(2);
+const token = process.env.P2P_COPY_RELAY_TOKEN || undefined;
 const onEvent = (event) => {
   if (event.type === "code" || event.type === "waiting") console.error(`${event.type}: ${event.code}`);
   else if (event.type === "done") console.error(`done: ${JSON.stringify(event.result)}`);
@@ -75,10 +77,10 @@ try {
   const started = performance.now();
   let result;
   if (mode === "send") {
-    result = await send({ relay, code: code === "auto" ? undefined : code, entries: await entriesOf(path), fresh: code === "auto", onEvent });
+    result = await send({ relay, code: code === "auto" ? undefined : code, entries: await entriesOf(path), fresh: code === "auto", onEvent, token });
   } else if (mode === "receive") {
     await mkdir(path, { recursive: true });
-    result = await receive({ relay, code, sink: fsSink(path), onEvent });
+    result = await receive({ relay, code, sink: fsSink(path), onEvent, token });
   } else {
     throw new P2PError("usage", "usage: cli-peer.mjs send|receive RELAY CODE PATH");
   }

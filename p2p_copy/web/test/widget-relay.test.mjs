@@ -3,7 +3,7 @@
 // says what is needed where neither can work.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { jupyterBaseUrl, relayFor } from "../src/widget/relay.js";
+import { jupyterBaseUrl, kernelToken, relayFor } from "../src/widget/relay.js";
 
 function doc({ config, bodyBase } = {}) {
   return {
@@ -34,4 +34,35 @@ test("a relay the kernel names is used as it is; without a Jupyter page the pane
   const none = relayFor({ relayUrl: "", proxyPort: 41234 }, { protocol: "https:", host: "x" }, null);
   assert.match(none.problem, /P2P_COPY_RELAY/);
   assert.match(relayFor({ relayUrl: "", proxyPort: 0 }, { protocol: "https:", host: "x" }, "/").problem, /not started/);
+});
+
+/** A widget model whose kernel answers `{ask: "relay_token"}` with `answer` (none: silent). */
+function model(answer) {
+  const listeners = new Set();
+  const sent = [];
+  return {
+    sent,
+    listeners,
+    on: (name, f) => { assert.equal(name, "msg:custom"); listeners.add(f); },
+    off: (name, f) => { listeners.delete(f); },
+    send(content) {
+      sent.push(content);
+      if (answer === undefined) return;
+      setTimeout(() => {
+        for (const f of [...listeners]) f({ other: "message" }); // not the answer: ignored
+        for (const f of [...listeners]) f(answer);
+      }, 1);
+    },
+  };
+}
+
+test("the token of the kernel's relay comes by a custom message, not from the traits", async () => {
+  const asked = model({ relay_token: "t0k-B" });
+  assert.equal(await kernelToken(asked), "t0k-B");
+  assert.deepEqual(asked.sent, [{ ask: "relay_token" }]);
+  assert.equal(asked.listeners.size, 0); // stops listening once answered
+  assert.equal(await kernelToken(model({ relay_token: "" })), undefined); // a public relay
+  const silent = model(undefined); // a kernel that does not answer: go on without
+  assert.equal(await kernelToken(silent, 20), undefined);
+  assert.equal(silent.listeners.size, 0);
 });

@@ -9,6 +9,7 @@ const FALLBACK = {
   tampered: "The data was changed on the way (a faulty or hostile relay or network): nothing was kept. Try again, perhaps through another relay.",
   connection_lost: "The connection was lost before the transfer finished. Try again.",
   relay_refused: "The relay refused the connection.",
+  access_denied: "The relay is private: it needs an access token.",
   timeout: "Nobody came with this code in time. Check the code, or ask the other side to start again.",
   protocol: "The other side sent something this page does not understand: update both sides and try again.",
   peer: "The other side stopped the transfer.",

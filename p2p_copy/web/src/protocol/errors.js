@@ -4,9 +4,10 @@
  * branch on; `message` is one line for a person, worded like the Python CLI's where it has
  * an equivalent.
  *
- * Kinds: bad_code, wrong_code, tampered, connection_lost, relay_refused, timeout, protocol,
- * peer (the peer's `error`; `.code` is its wire code), declined, cancelled,
- * insecure_context, unsafe_path, integrity, incompatible, exists, storage.
+ * Kinds: bad_code, wrong_code, tampered, connection_lost, relay_refused, access_denied (a
+ * private relay, and no or another access token), timeout, protocol, peer (the peer's
+ * `error`; `.code` is its wire code), declined, cancelled, insecure_context, unsafe_path,
+ * integrity, incompatible, exists, storage, usage.
  */
 export class P2PError extends Error {
   /**

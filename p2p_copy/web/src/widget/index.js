@@ -4,10 +4,12 @@
 // what the person dropped or picked, offer runs receive() into a file or folder the person
 // chose. The kernel's side runs the ordinary Python receive or send.
 //
-// The traits are the whole conversation with the kernel (panel.py): the kernel writes
+// The traits are the conversation with the kernel (panel.py): the kernel writes
 // relay_url/proxy_port, code, mode, dest/offered, state and message; this view writes
-// views (one more per view shown), started (one more per start) and browser_error.
-// Bytes never go through the widget's messages.
+// views (one more per view shown), started (one more per start) and browser_error. A
+// private relay's token is no trait (traits may be saved with the notebook): the view asks
+// for it with a custom message at each start (relay.js kernelToken). Bytes never go
+// through the widget's messages.
 
 import { send, receive } from "../index.js";
 import { entriesFromDrop, entriesFromFiles, entriesFromDirectoryHandle, countEntries } from "../page/pick.js";
@@ -15,7 +17,7 @@ import { describeCounts, formatBytes, progressLine, Speedometer } from "../page/
 import { describeError, isCancel } from "../page/messages.js";
 import { directoryTarget, fileTarget, fsaUsable } from "../storage/fsa.js";
 import { MEMORY_LIMIT, memoryTarget } from "../storage/download.js";
-import { jupyterBaseUrl, relayFor, NO_PROXY } from "./relay.js";
+import { jupyterBaseUrl, kernelToken, relayFor, NO_PROXY } from "./relay.js";
 
 /** @param {string} tag @param {string} [cls] @param {string} [text] */
 function h(tag, cls, text) {
@@ -99,7 +101,7 @@ function render({ model, el }) {
   let speed = new Speedometer();
   let lastDrawn = 0;
 
-  /** Runs one transfer (``work`` gets the relay and the abort signal). */
+  /** Runs one transfer (``work`` gets the relay, the abort signal, the events and the token). */
   async function run(work) {
     const found = relay();
     if ("problem" in found) {
@@ -123,9 +125,11 @@ function render({ model, el }) {
       if (e.type === "waiting" || e.type === "paired") paired = true;
       onEvent(e);
     };
+    // The kernel's relay behind the proxy is public; the user's may be private.
+    const token = usedProxy ? undefined : await kernelToken(model);
     tell(model, { browser_error: "", started: model.get("started") + 1 });
     try {
-      await work(found.relay, running.signal, events);
+      await work(found.relay, running.signal, events, token);
       bar.value = bar.max;
     } catch (error) {
       let text = describeError(error);
@@ -158,8 +162,8 @@ function render({ model, el }) {
     if (!entries || entries.length === 0) return;
     const { files, dirs, bytes } = countEntries(entries);
     where.textContent = `Sending ${describeCounts(files, dirs, bytes)} into ${model.get("dest")} in the kernel`;
-    await run(async (relayUrl, signal, events) => {
-      await send({ relay: relayUrl, code: model.get("code"), entries, fresh: false, onEvent: events, signal });
+    await run(async (relayUrl, signal, events, token) => {
+      await send({ relay: relayUrl, code: model.get("code"), entries, fresh: false, onEvent: events, signal, token });
       where.textContent = `Sent ${describeCounts(files, dirs, bytes)} into ${model.get("dest")} in the kernel`;
     });
   }
@@ -249,8 +253,8 @@ function render({ model, el }) {
         done: async () => target.done(),
         abort: async (error) => target.abort(error),
       };
-      await run(async (relayUrl, signal, events) => {
-        await receive({ relay: relayUrl, code: model.get("code"), sink, onEvent: events, signal });
+      await run(async (relayUrl, signal, events, token) => {
+        await receive({ relay: relayUrl, code: model.get("code"), sink, onEvent: events, signal, token });
         where.textContent = target.describe(true);
       });
     });

@@ -1,8 +1,9 @@
 // @ts-check
 // Where the notebook's browser finds the relay: the one the kernel names (the user's
-// configured relay), or the kernel's own relay on 127.0.0.1 through the Jupyter server
-// that serves this page (jupyter-server-proxy: <base_url>proxy/<port>/, authenticated by
-// the Jupyter session's cookie). Pure, so that Node tests it.
+// configured relay, with its access token if it is private), or the kernel's own relay on
+// 127.0.0.1 through the Jupyter server that serves this page (jupyter-server-proxy:
+// <base_url>proxy/<port>/, authenticated by the Jupyter session's cookie). Pure (the
+// widget model passed in), so that Node tests it.
 
 /**
  * The Jupyter server's base URL ("/", "/user/ann/"), or null in a front end that is not
@@ -50,3 +51,31 @@ export function relayFor({ relayUrl, proxyPort }, location, baseUrl) {
 export const NO_PROXY = "The Jupyter server did not let this page through to the kernel's relay: "
   + "install jupyter-server-proxy (4.2 or later) in the Jupyter server's environment and restart it, "
   + "or set P2P_COPY_RELAY=wss://HOST in the kernel's environment.";
+
+/** Milliseconds the kernel has to answer for the token before the transfer goes on without. */
+export const TOKEN_WAIT = 10_000;
+
+/**
+ * The access token of the relay the kernel named, or undefined if it needs none: asked for
+ * with a custom message (panel.py answers `{relay_token}`), used for one transfer and kept
+ * nowhere else. Not a trait: traits are widget state, which a notebook may save.
+ * @param {{send: (content: any) => void, on: (name: string, f: (m: any) => void) => void,
+ *   off: (name: string, f: (m: any) => void) => void}} model
+ * @param {number} [wait]
+ * @returns {Promise<string | undefined>}
+ */
+export function kernelToken(model, wait = TOKEN_WAIT) {
+  return new Promise((resolve) => {
+    const finish = (token) => {
+      clearTimeout(timer);
+      model.off("msg:custom", onMessage);
+      resolve(token || undefined);
+    };
+    const onMessage = (message) => {
+      if (message && typeof message.relay_token === "string") finish(message.relay_token);
+    };
+    const timer = setTimeout(() => finish(undefined), wait);
+    model.on("msg:custom", onMessage);
+    model.send({ ask: "relay_token" });
+  });
+}
