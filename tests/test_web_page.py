@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -483,25 +484,76 @@ def test_one_gib_from_the_cli_to_a_service_worker_download(
     assert probe.rss - probe.baseline < PAGE_MEMORY_LIMIT, "what the transfer added"
 
 
-def test_a_small_folder_through_service_worker_downloads(
+def _zip_tree(saved: Path, into: Path) -> list[tuple[str, str, int, str]]:
+    """The tree a zip holds, as _tree lists a folder (after zipfile checked every CRC)."""
+    with zipfile.ZipFile(saved) as archive:
+        assert archive.testzip() is None
+        archive.extractall(into)
+    return _tree(into)
+
+
+def test_a_folder_through_a_service_worker_zip_download(
         web_relay: tuple[str, str], browser: Any, processes: Processes, tmp_path: Path) -> None:
-    """Several files without File System Access: one download each, named after their path."""
+    """Without File System Access, a folder (nested, an empty file, an empty folder, Unicode
+    names) arrives as ONE download, a zip named after it, streamed through the service
+    worker: zipfile reads the same tree and bytes, entries in the sender's order, each with
+    its modification time."""
     relay, url = web_relay
     source = _folder(tmp_path / "src")
     code = generate_code()
     proc = processes.start("send", relay, code, str(source))
     page = Page(browser, f"{url}#{code}", NO_FSA)
     page.wait("#offer:not([hidden])", "the offer")
+    assert f"one zip file, {source.name}.zip" in page.page.locator("#save-how").inner_text()
     downloads: list[Any] = []
     page.page.on("download", lambda d: downloads.append(d))
     page.page.click("#accept")
     kind, text = page.state("receive")
     assert kind == "done", text
+    assert f"as {source.name}.zip" in page.page.locator("#recv-where").inner_text()
     assert _finish(proc)[0] == 0
-    got = {d.suggested_filename: _sha256(Path(d.path())) for d in downloads}
-    want = {f"{source.name}_{p.replace('/', '_')}": d
-            for k, p, _s, d in _tree(source) if k == "file"}
-    assert got == want
+    assert [d.suggested_filename for d in downloads] == [f"{source.name}.zip"]
+    assert downloads[0].failure() is None
+    saved = Path(downloads[0].path())
+    assert _zip_tree(saved, tmp_path / "unzipped") == [
+        ("dir", source.name, 0, ""),
+        *[(k, f"{source.name}/{p}", s, d) for k, p, s, d in _tree(source)]]
+    with zipfile.ZipFile(saved) as archive:
+        infos = archive.infolist()
+    # The sender's order: each folder's entry before its contents, files before sub-folders.
+    assert infos[0].filename == f"{source.name}/"
+    assert {i.filename for i in infos if i.is_dir()} == {
+        f"{source.name}/", f"{source.name}/empty folder/", f"{source.name}/sub/"}
+    for info in infos:
+        # Local time, to the 2 s a zip stores (the page and this test share the time zone).
+        local = time.localtime((tmp_path / "src" / info.filename).stat().st_mtime)
+        assert info.date_time == (*local[:5], local[5] // 2 * 2), info.filename
+    page.no_csp_violations()
+
+
+def test_a_zip_download_cut_in_the_middle_fails(
+        web_relay: tuple[str, str], browser: Any, processes: Processes, tmp_path: Path) -> None:
+    """The sender dies in the middle of a zip download: the page says the connection was
+    lost and the browser marks the download failed (it never looks complete)."""
+    relay, url = web_relay
+    (tmp_path / "run2" / "sub").mkdir(parents=True)
+    (tmp_path / "run2" / "a.txt").write_text("first")
+    (tmp_path / "run2" / "sub" / "big.bin").write_bytes(os.urandom(160 * 2**20))
+    code = generate_code()
+    proc = processes.start("send", relay, code, str(tmp_path / "run2"))
+    page = Page(browser, f"{url}#{code}", NO_FSA)
+    page.wait("#offer:not([hidden])", "the offer")
+    with page.page.expect_download(timeout=STATE_TIMEOUT_MS) as info:
+        page.page.click("#accept")
+    download = info.value
+    assert download.suggested_filename == "run2.zip"
+    page.page.wait_for_function(
+        "() => { const b = document.querySelector('#recv-bar'); return b.value > b.max / 4; }",
+        timeout=STATE_TIMEOUT_MS, polling=50)
+    proc.kill()
+    kind, text = page.state("receive")
+    assert kind == "connection_lost", text
+    assert download.failure() is not None
 
 
 def test_browser_sends_to_a_kernel(web_relay: tuple[str, str], browser: Any,

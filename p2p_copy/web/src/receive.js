@@ -135,7 +135,7 @@ class Receiving {
     const watching = this.channel.receive();
     watching.catch(() => {});
     const answer = await Promise.race([
-      sinkCall(this.sink.offer(summary)).then((taken) => ({ taken })),
+      sinkCall(this.sink.offer(summary, entries)).then((taken) => ({ taken })),
       watching.then((message) => ({ message })),
     ]);
     if ("message" in answer) {

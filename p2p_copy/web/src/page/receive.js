@@ -5,7 +5,8 @@
 import { describeCounts, formatBytes, progressLine, Speedometer } from "./format.js";
 import { describeError, errorKind, isCancel } from "./messages.js";
 import { directoryTarget, fileTarget, fsaUsable } from "../storage/fsa.js";
-import { downloadTarget, MEMORY_LIMIT, memoryTarget, serviceWorkerReady } from "../storage/download.js";
+import { downloadTarget, MEMORY_LIMIT, memoryTarget, serviceWorkerReady, zipDownloadTarget } from "../storage/download.js";
+import { zipName } from "../storage/zip.js";
 import { storageError } from "../storage/errors.js";
 import { $, announce, fillList, setState, show, throttle } from "./ui.js";
 
@@ -15,23 +16,27 @@ function isSingleFile(summary) {
 }
 
 /**
- * How this browser will save ``summary``: "fsa" (pickers), "download" (the service worker),
- * "memory" (small only) or "none", with the sentence that tells the person.
+ * How this browser will save ``summary`` (the offer; ``entries``, its manifest): "fsa"
+ * (pickers), "download" (the service worker), "memory" (small only) or "none", with the
+ * sentence that tells the person. Without the pickers, several files or any folder are
+ * saved as one .zip that keeps the folders; a single file as itself.
  */
-export async function planSaving(summary, { fsa = fsaUsable(), sw = serviceWorkerReady } = {}) {
+export async function planSaving(summary, { entries = [], fsa = fsaUsable(), sw = serviceWorkerReady } = {}) {
+  const single = isSingleFile(summary);
   if (fsa) {
-    return isSingleFile(summary)
+    return single
       ? { how: "fsa", text: "You will choose where to save the file." }
       : { how: "fsa", text: "You will choose a folder to save into; nothing in it is replaced." };
   }
+  const zip = single ? "" : ` as one zip file, ${zipName(entries)}, that keeps the folders`;
   const worker = await sw();
   if (worker) {
-    return isSingleFile(summary)
+    return single
       ? { how: "download", worker, text: "The file goes to your downloads folder." }
-      : { how: "download", worker, text: "Each file goes to your downloads folder on its own (folders are not kept: a/b.txt arrives as a_b.txt). Chrome or Edge on a computer can save whole folders." };
+      : { how: "download", worker, text: `Everything goes to your downloads folder${zip}. Chrome or Edge on a computer can save straight into a folder.` };
   }
   if (summary.bytes <= MEMORY_LIMIT) {
-    return { how: "memory", text: "This browser keeps the files in memory until they are complete, then saves them to your downloads folder." };
+    return { how: "memory", text: `This browser keeps the files in memory until they are complete, then saves them to your downloads folder${zip}.` };
   }
   return {
     how: "none",
@@ -52,6 +57,8 @@ export function setupReceive({ core, relay: chosenRelay, busy }) {
   /** @type {{how: string, text: string, worker?: any}} */
   let plan = { how: "none", text: "" };
   let offered = null;
+  /** The offer's manifest (entries in its order): what a zip is made of. */
+  let offeredEntries = [];
 
   const input = $("code-input");
 
@@ -73,10 +80,10 @@ export function setupReceive({ core, relay: chosenRelay, busy }) {
         } else {
           target = directoryTarget(await window.showDirectoryPicker({ id: "p2p-copy-receive", mode: "readwrite" }));
         }
-      } else if (plan.how === "download") {
-        target = downloadTarget(plan.worker);
-      } else if (plan.how === "memory") {
-        target = memoryTarget();
+      } else if (plan.how === "download" || plan.how === "memory") {
+        const worker = plan.how === "download" ? plan.worker : null;
+        if (!isSingleFile(summary)) target = zipDownloadTarget(offeredEntries, worker);
+        else target = worker ? downloadTarget(worker) : memoryTarget();
       } else {
         return;
       }
@@ -110,9 +117,10 @@ export function setupReceive({ core, relay: chosenRelay, busy }) {
   }
 
   const sink = {
-    async offer(summary) {
+    async offer(summary, entries = []) {
       offered = summary;
-      plan = await planSaving(summary);
+      offeredEntries = entries;
+      plan = await planSaving(summary, { entries });
       $("offer-text").textContent = describeCounts(summary.files, summary.dirs, summary.bytes);
       const names = summary.names || [];
       fillList($("offer-names"), names.map((name) => ({ name, size: "" })));
@@ -214,6 +222,7 @@ export function setupReceive({ core, relay: chosenRelay, busy }) {
       finished = true;
       running = null;
       offered = null;
+      offeredEntries = [];
       busy(false);
       show("recv-cancel", false);
       show("recv-again");

@@ -1,14 +1,20 @@
 // @ts-check
 // Saving as ordinary downloads, where the File System Access API is missing (Firefox,
-// Safari, phones): each received file becomes one download whose body the service worker
-// (src/sw.js) pulls from this page chunk by chunk, so the browser writes it to disk as it
-// arrives. Several files become several downloads: folders are not kept (a zip would keep
-// them but its length is not known before the first byte, and a streamed download needs
-// Content-Length in Safari). Without a service worker, a small transfer is kept in memory
-// and saved at the end (memoryTarget); a big one is refused before it is accepted.
+// Safari, phones). The service worker (src/sw.js) pulls each download's body from this page
+// chunk by chunk, so the browser writes it to disk as it arrives, with Content-Length set
+// (Safari cuts a streamed download without it). One file is one download under its own
+// name (downloadTarget); several files or any folder are one .zip that keeps the folders
+// (zipDownloadTarget, written by zip.js, whose length the manifest gives in advance).
+// Without a service worker, a small transfer is kept in memory and saved at the end (the
+// same file or zip); a big one is refused before it is accepted.
+//
+// A download ends (the browser shows it complete) only after the digests matched: a single
+// file at its verified close, a zip at the transfer's done. Any failure aborts the stream,
+// and the browser marks the download failed.
 
 import { coalescing } from "./coalesce.js";
 import { StorageError, storageError } from "./errors.js";
+import { zipTarget } from "./zip.js";
 
 /** Largest transfer kept in memory when no service worker can stream it. */
 export const MEMORY_LIMIT = 256 * 1024 * 1024;
@@ -20,7 +26,7 @@ const START_TIMEOUT_MS = 20_000;
 /** Bytes per chunk handed to the worker (one round trip each). */
 const CHUNK = 1024 * 1024;
 
-/** The name a received path gets as a download: folders flattened into the name. */
+/** The name a received path gets as a download of its own: folders flattened into it. */
 export function downloadName(path) {
   return path.split("/").join("_");
 }
@@ -197,6 +203,27 @@ export function downloadTarget(worker) {
   };
 }
 
+/** A writer that keeps the bytes in memory and saves them as ``name`` at close(). */
+function memoryWriter(name) {
+  /** @type {Uint8Array[]} */
+  let parts = [];
+  return {
+    /** @param {Uint8Array} chunk */
+    async write(chunk) {
+      parts.push(chunk.slice());
+    },
+    async close() {
+      const url = URL.createObjectURL(new Blob(parts, { type: "application/octet-stream" }));
+      parts = [];
+      startDownload(url, name);
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    },
+    async abort() {
+      parts = [];
+    },
+  };
+}
+
 /** Storage that keeps each file in memory and saves it when complete: the last resort. */
 export function memoryTarget() {
   return {
@@ -205,24 +232,37 @@ export function memoryTarget() {
     async mkdir() {},
     async open(path, _size, { offset = 0 } = {}) {
       if (offset) throw new StorageError("io", "A download cannot be resumed.");
-      /** @type {Uint8Array[]} */
-      let parts = [];
-      return {
-        async write(chunk) {
-          parts.push(chunk.slice());
-        },
-        async close() {
-          const url = URL.createObjectURL(new Blob(parts, { type: "application/octet-stream" }));
-          parts = [];
-          startDownload(url, downloadName(path));
-          setTimeout(() => URL.revokeObjectURL(url), 60_000);
-        },
-        async abort() {
-          parts = [];
-        },
-      };
+      return memoryWriter(downloadName(path));
     },
     async done() {},
     async abort() {},
+  };
+}
+
+/**
+ * Storage that saves a whole manifest (``entries``, in its order) as one .zip download:
+ * streamed through ``worker``, or, with none, kept in memory and saved at the end.
+ * @param {any[]} entries
+ * @param {any} worker
+ */
+export function zipDownloadTarget(entries, worker = null) {
+  const zip = zipTarget(entries, async (name, length) => {
+    if (!worker) return memoryWriter(name);
+    try {
+      return await openDownload(worker, name, length);
+    } catch (e) {
+      throw storageError(e, name);
+    }
+  });
+  const where = `your downloads folder as ${zip.name}`;
+  return {
+    kind: worker ? "download" : "memory",
+    name: zip.name,
+    describe: (done = false) => (done ? `Saved to ${where}`
+      : `Saving to ${where}${worker ? "" : " (kept in memory until complete)"}`),
+    mkdir: (path) => zip.mkdir(path),
+    open: (path, size, options = {}) => zip.open(path, size, options),
+    done: () => zip.done(),
+    abort: (error) => zip.abort(error),
   };
 }
