@@ -452,34 +452,47 @@ def test_one_gib_from_the_browser_to_the_cli(web_relay: tuple[str, str], browser
     assert probe.rss - probe.baseline < PAGE_MEMORY_LIMIT, "what the transfer added"
 
 
+@pytest.mark.parametrize("as_folder", [False, True], ids=["file", "folder-zip"])
 def test_one_gib_from_the_cli_to_a_service_worker_download(
-        web_relay: tuple[str, str], browser: Any, processes: Processes, tmp_path: Path) -> None:
+        web_relay: tuple[str, str], browser: Any, processes: Processes, tmp_path: Path,
+        as_folder: bool) -> None:
     """Without File System Access the page saves through its service worker: one download,
     streamed (Content-Length set), bytes identical, and the page's memory stays bounded
-    because the window lets the CLI send no faster than the download takes the bytes."""
+    because the window lets the CLI send no faster than the download takes the bytes. A
+    folder goes the same way as one zip, made as the bytes arrive."""
     relay, url = web_relay
     with _big_file() as folder:
         source = folder / "big.bin"
         code = generate_code()
-        proc = processes.start("send", relay, code, str(source))
+        proc = processes.start("send", relay, code, str(folder if as_folder else source))
         page = Page(browser, f"{url}#{code}", NO_FSA)
         page.wait("#offer:not([hidden])", "the offer")
         assert "downloads folder" in page.page.locator("#save-how").inner_text()
         probe = MemoryProbe(page.page, tmp_path / "chromium-profile")
+        started = time.monotonic()
         with page.page.expect_download(timeout=STATE_TIMEOUT_MS) as info:
             page.page.click("#accept")
         download = info.value
-        assert download.suggested_filename == "big.bin"
+        assert download.suggested_filename == (f"{folder.name}.zip" if as_folder else "big.bin")
         _run_until(page, "#recv-state[data-kind]", probe, [proc])
+        took = time.monotonic() - started
         kind, text = page.state("receive")
         assert kind == "done", text
         saved = Path(download.path())
-        assert saved.stat().st_size == BIG
-        assert _sha256(saved) == _sha256(source)
+        if as_folder:
+            with zipfile.ZipFile(saved) as archive, archive.open(f"{folder.name}/big.bin") as f:
+                digest = hashlib.sha256()
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+            assert digest.hexdigest() == _sha256(source)
+        else:
+            assert saved.stat().st_size == BIG
+            assert _sha256(saved) == _sha256(source)
         download.delete()
         rc, _out, err = _finish(proc)
         assert rc == 0, err
-    probe.report("CLI -> browser (service-worker download), 1 GiB")
+    probe.report(f"CLI -> browser (service-worker download{', zip' if as_folder else ''}), 1 GiB "
+                 f"in {took:.1f} s")
     assert probe.heap < PAGE_MEMORY_LIMIT
     assert probe.rss - probe.baseline < PAGE_MEMORY_LIMIT, "what the transfer added"
 
@@ -531,6 +544,17 @@ def test_a_folder_through_a_service_worker_zip_download(
     page.no_csp_violations()
 
 
+def _cut_after_a_quarter(page: Page, proc: subprocess.Popen[str]) -> None:
+    """Kill the CLI sender once a quarter has arrived; the page must say the connection was
+    lost."""
+    page.page.wait_for_function(
+        "() => { const b = document.querySelector('#recv-bar'); return b.value > b.max / 4; }",
+        timeout=STATE_TIMEOUT_MS, polling=50)
+    proc.kill()
+    kind, text = page.state("receive")
+    assert kind == "connection_lost", text
+
+
 def test_a_zip_download_cut_in_the_middle_fails(
         web_relay: tuple[str, str], browser: Any, processes: Processes, tmp_path: Path) -> None:
     """The sender dies in the middle of a zip download: the page says the connection was
@@ -547,12 +571,7 @@ def test_a_zip_download_cut_in_the_middle_fails(
         page.page.click("#accept")
     download = info.value
     assert download.suggested_filename == "run2.zip"
-    page.page.wait_for_function(
-        "() => { const b = document.querySelector('#recv-bar'); return b.value > b.max / 4; }",
-        timeout=STATE_TIMEOUT_MS, polling=50)
-    proc.kill()
-    kind, text = page.state("receive")
-    assert kind == "connection_lost", text
+    _cut_after_a_quarter(page, proc)
     assert download.failure() is not None
 
 
@@ -606,12 +625,7 @@ def test_a_cut_transfer_resumes_into_the_same_folder(
     page = Page(browser, f"{url}#{code}", OPFS_PICKERS)
     page.wait("#offer:not([hidden])", "the offer")
     page.page.click("#accept")
-    page.page.wait_for_function(
-        "() => { const b = document.querySelector('#recv-bar'); return b.value > b.max / 4; }",
-        timeout=STATE_TIMEOUT_MS, polling=50)
-    proc.kill()
-    kind, text = page.state("receive")
-    assert kind == "connection_lost", text
+    _cut_after_a_quarter(page, proc)
     [_dir, (_kind, part, size, _digest)] = page.page.evaluate(OPFS_TREE, "picked")
     assert part == "run1/.big.bin.p2p-copy-part" and 0 < size < source.stat().st_size
     code = generate_code()

@@ -28,7 +28,7 @@ export async function planSaving(summary, { entries = [], fsa = fsaUsable(), sw 
       ? { how: "fsa", text: "You will choose where to save the file." }
       : { how: "fsa", text: "You will choose a folder to save into; nothing in it is replaced." };
   }
-  const zip = single ? "" : ` as one zip file, ${zipName(entries)}, that keeps the folders`;
+  const zip = single || !entries.length ? "" : ` as one zip file, ${zipName(entries)}, that keeps the folders`;
   const worker = await sw();
   if (worker) {
     return single
