@@ -71,6 +71,10 @@ window.showSaveFilePicker = undefined;
 window.showDirectoryPicker = undefined;
 window.showOpenFilePicker = undefined;
 """
+# Neither File System Access nor a service worker: the page keeps small transfers in memory.
+NO_FSA_NO_SW = NO_FSA + """
+Object.defineProperty(Navigator.prototype, "serviceWorker", {get: () => undefined});
+"""
 # Every entry under an OPFS folder: [kind, path, size, sha256 hex].
 OPFS_TREE = """
 async (name) => {
@@ -542,6 +546,28 @@ def test_a_folder_through_a_service_worker_zip_download(
         local = time.localtime((tmp_path / "src" / info.filename).stat().st_mtime)
         assert info.date_time == (*local[:5], local[5] // 2 * 2), info.filename
     page.no_csp_violations()
+
+
+def test_a_folder_kept_in_memory_is_saved_as_one_zip(
+        web_relay: tuple[str, str], browser: Any, processes: Processes, tmp_path: Path) -> None:
+    """Without a service worker either, a small folder is kept in memory and saved at the
+    end as the same one zip."""
+    relay, url = web_relay
+    source = _folder(tmp_path / "src")
+    code = generate_code()
+    proc = processes.start("send", relay, code, str(source))
+    page = Page(browser, f"{url}#{code}", NO_FSA_NO_SW)
+    page.wait("#offer:not([hidden])", "the offer")
+    assert "in memory" in page.page.locator("#save-how").inner_text()
+    with page.page.expect_download(timeout=STATE_TIMEOUT_MS) as info:
+        page.page.click("#accept")
+    kind, text = page.state("receive")
+    assert kind == "done", text
+    assert _finish(proc)[0] == 0
+    assert info.value.suggested_filename == f"{source.name}.zip"
+    assert _zip_tree(Path(info.value.path()), tmp_path / "unzipped") == [
+        ("dir", source.name, 0, ""),
+        *[(k, f"{source.name}/{p}", s, d) for k, p, s, d in _tree(source)]]
 
 
 def _cut_after_a_quarter(page: Page, proc: subprocess.Popen[str]) -> None:
