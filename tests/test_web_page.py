@@ -342,6 +342,17 @@ def _run_until(page: Page, selector: str, probe: MemoryProbe, procs: list[subpro
     pytest.fail(f"the big transfer did not end in {timeout} s: {page.text()}")
 
 
+def _offered(web_relay: tuple[str, str], browser: Any, processes: Processes, path: Path,
+             init_script: str) -> tuple[Page, subprocess.Popen[str]]:
+    """The CLI sends ``path``; the page, opened by its #CODE link, shows the offer."""
+    relay, url = web_relay
+    code = generate_code()
+    proc = processes.start("send", relay, code, str(path))
+    page = Page(browser, f"{url}#{code}", init_script)
+    page.wait("#offer:not([hidden])", "the offer")
+    return page, proc
+
+
 # --- tests ---------------------------------------------------------------------------------
 
 
@@ -371,12 +382,8 @@ def test_cli_sends_a_folder_to_the_browser(web_relay: tuple[str, str], browser: 
                                           processes: Processes, tmp_path: Path) -> None:
     """The CLI sends the same folder; the page, opened by its #CODE link, shows the offer and
     writes it into the chosen folder: same names, same bytes, the empty folder too."""
-    relay, url = web_relay
     source = _folder(tmp_path / "src")
-    code = generate_code()
-    proc = processes.start("send", relay, code, str(source))
-    page = Page(browser, f"{url}#{code}", OPFS_PICKERS)
-    page.wait("#offer:not([hidden])", "the offer")
+    page, proc = _offered(web_relay, browser, processes, source, OPFS_PICKERS)
     assert page.page.locator("#offer-text").inner_text() == "3 files and 3 folders, 3.0 MiB"
     assert page.page.url.endswith("#receive"), "the used code is taken out of the address"
     page.page.click("#accept")
@@ -394,12 +401,8 @@ def test_declining_the_offer(web_relay: tuple[str, str], browser: Any,
                              processes: Processes, tmp_path: Path) -> None:
     """Decline: nothing is asked for or written, the page says so and the CLI sender ends
     with the receiver's refusal."""
-    relay, url = web_relay
     source = _folder(tmp_path / "src")
-    code = generate_code()
-    proc = processes.start("send", relay, code, str(source))
-    page = Page(browser, f"{url}#{code}", OPFS_PICKERS)
-    page.wait("#offer:not([hidden])", "the offer")
+    page, proc = _offered(web_relay, browser, processes, source, OPFS_PICKERS)
     page.page.click("#decline")
     kind, text = page.state("receive")
     assert kind == "declined", text
@@ -515,12 +518,8 @@ def test_a_folder_through_a_service_worker_zip_download(
     names) arrives as ONE download, a zip named after it, streamed through the service
     worker: zipfile reads the same tree and bytes, entries in the sender's order, each with
     its modification time."""
-    relay, url = web_relay
     source = _folder(tmp_path / "src")
-    code = generate_code()
-    proc = processes.start("send", relay, code, str(source))
-    page = Page(browser, f"{url}#{code}", NO_FSA)
-    page.wait("#offer:not([hidden])", "the offer")
+    page, proc = _offered(web_relay, browser, processes, source, NO_FSA)
     assert f"one zip file, {source.name}.zip" in page.page.locator("#save-how").inner_text()
     downloads: list[Any] = []
     page.page.on("download", lambda d: downloads.append(d))
@@ -552,12 +551,8 @@ def test_a_folder_kept_in_memory_is_saved_as_one_zip(
         web_relay: tuple[str, str], browser: Any, processes: Processes, tmp_path: Path) -> None:
     """Without a service worker either, a small folder is kept in memory and saved at the
     end as the same one zip."""
-    relay, url = web_relay
     source = _folder(tmp_path / "src")
-    code = generate_code()
-    proc = processes.start("send", relay, code, str(source))
-    page = Page(browser, f"{url}#{code}", NO_FSA_NO_SW)
-    page.wait("#offer:not([hidden])", "the offer")
+    page, proc = _offered(web_relay, browser, processes, source, NO_FSA_NO_SW)
     assert "in memory" in page.page.locator("#save-how").inner_text()
     with page.page.expect_download(timeout=STATE_TIMEOUT_MS) as info:
         page.page.click("#accept")
@@ -585,14 +580,10 @@ def test_a_zip_download_cut_in_the_middle_fails(
         web_relay: tuple[str, str], browser: Any, processes: Processes, tmp_path: Path) -> None:
     """The sender dies in the middle of a zip download: the page says the connection was
     lost and the browser marks the download failed (it never looks complete)."""
-    relay, url = web_relay
     (tmp_path / "run2" / "sub").mkdir(parents=True)
     (tmp_path / "run2" / "a.txt").write_text("first")
     (tmp_path / "run2" / "sub" / "big.bin").write_bytes(os.urandom(160 * 2**20))
-    code = generate_code()
-    proc = processes.start("send", relay, code, str(tmp_path / "run2"))
-    page = Page(browser, f"{url}#{code}", NO_FSA)
-    page.wait("#offer:not([hidden])", "the offer")
+    page, proc = _offered(web_relay, browser, processes, tmp_path / "run2", NO_FSA)
     with page.page.expect_download(timeout=STATE_TIMEOUT_MS) as info:
         page.page.click("#accept")
     download = info.value
@@ -640,16 +631,13 @@ def test_a_cut_transfer_resumes_into_the_same_folder(
     """The sender dies mid-file: the page keeps the hidden part in the chosen folder and says
     the connection was lost; received again into that folder, the file resumes from the
     part's whole blocks and ends complete, the part gone."""
-    relay, url = web_relay
+    relay, _url = web_relay
     # A folder: resume works where the page saves into a folder (one file goes to the
     # save-file picker's file, which has no place for a part).
     (tmp_path / "run1").mkdir()
     source = tmp_path / "run1" / "big.bin"
     source.write_bytes(os.urandom(160 * 2**20))
-    code = generate_code()
-    proc = processes.start("send", relay, code, str(source.parent))
-    page = Page(browser, f"{url}#{code}", OPFS_PICKERS)
-    page.wait("#offer:not([hidden])", "the offer")
+    page, proc = _offered(web_relay, browser, processes, source.parent, OPFS_PICKERS)
     page.page.click("#accept")
     _cut_after_a_quarter(page, proc)
     [_dir, (_kind, part, size, _digest)] = page.page.evaluate(OPFS_TREE, "picked")
