@@ -95,8 +95,9 @@ def start_lab(work: Path, relay: str | None) -> tuple[subprocess.Popen[bytes], s
 
 
 def write_notebook(path: Path) -> None:
-    cells: list[dict[str, object]] = [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
-              "source": source} for source in CELLS]
+    cells: list[dict[str, object]] = [
+        {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+         "source": source} for source in CELLS]
     path.write_text(json.dumps({
         "cells": cells, "nbformat": 4, "nbformat_minor": 5,
         "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
