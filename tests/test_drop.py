@@ -935,6 +935,80 @@ async def test_a_private_relays_token_reaches_the_view_by_message_only(
         await _stop_kernel_relay()
 
 
+@pytest.mark.slow  # importing anywidget and ipywidgets takes a second
+async def test_the_kernel_waits_in_the_relay_for_the_browser(
+        no_user_relay: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The kernel's side joins its relay at once, with no word from the view but that it is
+    shown, and joins again when the relay's wait for a partner runs out: a sender that
+    comes later (the browser, here the Python peer) still pairs with it, and the awaited
+    handle gives the result; with a wait_timeout of the user's, the wait ends instead."""
+    import dataclasses
+
+    import IPython.display
+
+    import p2p_copy
+    from p2p_copy.jupyter import drop as module
+
+    monkeypatch.setattr(module, "_KERNEL_RELAY_CONFIG", dataclasses.replace(
+        module._KERNEL_RELAY_CONFIG, peer_timeout=0.5))
+    monkeypatch.setattr(module, "REJOIN_DELAY", 0.1)
+    panels: list[Any] = []
+    monkeypatch.setattr(IPython.display, "display", panels.append)
+    source = tmp_path / "hello.txt"
+    source.write_text("hello\n")
+    try:
+        handle = p2p_copy.drop(tmp_path / "in", progress="none")
+        _custom(panels[0], {"event": "shown"})
+        async with asyncio.timeout(30):
+            while module._kernel_relay is None or panels[0].state != "ready":
+                await asyncio.sleep(0.05)
+            relay = module._kernel_relay[1]
+            await asyncio.sleep(1.5)  # the relay sent the waiting kernel away at least once
+            assert panels[0].state == "ready"
+            sent = await p2p_copy.send(relay.url, panels[0].code, [source], progress="none")
+            result = await handle
+        assert sent.bytes == result.bytes == 6
+        assert (tmp_path / "in" / "hello.txt").read_text() == "hello\n"
+        assert panels[0].state == "done"
+
+        handle = p2p_copy.drop(tmp_path / "in", progress="none", wait_timeout=0.3)
+        _custom(panels[1], {"event": "shown"})
+        with pytest.raises(p2p_copy.TransferTimeoutError):
+            async with asyncio.timeout(30):
+                await handle
+        assert panels[1].state == "failed"
+    finally:
+        await _stop_kernel_relay()
+
+
+@pytest.mark.slow  # importing anywidget and ipywidgets takes a second
+async def test_an_older_ipykernel_that_cannot_hear_the_view_keeps_waiting(
+        no_user_relay: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ipykernel older than 7.4 hears no comm message while a cell runs (one that awaits
+    the handle): a view it did not hear from may be on screen, and the transfer needs no
+    message, so the kernel keeps waiting instead of saying that no front end shows it."""
+    import types
+
+    import p2p_copy
+    from p2p_copy.jupyter import drop as module
+
+    monkeypatch.setattr(module, "VIEW_TIMEOUT", 0.2)
+    monkeypatch.setattr(module, "in_jupyter_kernel", lambda: True)
+    monkeypatch.setitem(sys.modules, "ipykernel", types.SimpleNamespace(version_info=(7, 3, 0)))
+    assert not module._hears_the_panel_during_a_cell()
+    try:
+        handle = p2p_copy.drop(tmp_path / "in", progress="none")
+        await asyncio.sleep(1)
+        assert not handle.done()
+        handle.cancel()
+        with pytest.raises(p2p_copy.CancelledError):
+            await handle
+        monkeypatch.setitem(sys.modules, "ipykernel", types.SimpleNamespace(version_info=(7, 4, 0)))
+        assert module._hears_the_panel_during_a_cell()
+    finally:
+        await _stop_kernel_relay()
+
+
 def test_binder_installs_what_drop_needs() -> None:
     """Binder's environment has the widget library and the server proxy (>= 4.2.0)."""
     lines = (REPO / "binder" / "requirements.txt").read_text().splitlines()

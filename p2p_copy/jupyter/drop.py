@@ -109,7 +109,8 @@ def drop(dest: str | os.PathLike[str] = ".", *, options: Options | None = None,
     end encrypted through a relay, into ``dest`` as p2p_copy.receive() would: streamed,
     verified, resumed after a reload of the page (drop the same files again). Returns a
     handle at once: ``await p2p_copy.drop(dest)`` waits for the files and gives the
-    TransferResult. Options as for receive().
+    TransferResult, in the same cell or a later one (Run All included). Options as for
+    receive(); ``wait_timeout`` bounds the wait for the first file, else it lasts.
     """
     opts = resolve("receive", options, keywords)
     return _start("drop", "drop files into this kernel", {"dest": str(dest)}, opts,
@@ -124,7 +125,8 @@ def offer(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *,
     The person chooses a file or folder on their computer (Chromium's file system access;
     other browsers are told what they need), and the browser receives into it, verified.
     Returns a handle at once: ``await p2p_copy.offer(paths)`` waits until the files are
-    saved and gives the TransferResult. Options as for send().
+    saved and gives the TransferResult, in the same cell or a later one. Options as for
+    send(); ``wait_timeout`` bounds the wait for the Save, else it lasts.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]

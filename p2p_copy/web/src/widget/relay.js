@@ -57,8 +57,8 @@ export const TOKEN_WAIT = 10_000;
 
 /** What to say when a private relay refused the browser and the kernel never answered for its token. */
 export const UNHEARD = "The relay needs the kernel's access token, but the kernel did not answer this panel: "
-  + "a cell that awaits drop() or offer() keeps ipykernel older than 7.4 from hearing it. "
-  + "Await the handle in a later cell (or use ipykernel 7.4 or later) and start again.";
+  + "ipykernel older than 7.4 hears nothing while a cell runs (one that awaits this transfer, say). "
+  + "Use ipykernel 7.4 or later, or run the panel's cell again without awaiting its handle.";
 
 /**
  * The access token of the relay the kernel named: the string, undefined if it needs none,
