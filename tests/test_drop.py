@@ -203,23 +203,29 @@ def _open(context: Any, server: Server, name: str) -> Any:
     return page
 
 
+#: Code cell i was sent to the kernel: its prompt shows [*] or its number.
+STARTED_JS = """i => /^\\[(\\*|\\d+)\\]:$/.test(document.querySelectorAll(
+    '.jp-Notebook .jp-CodeCell')[i].querySelector('.jp-InputPrompt').textContent.trim())"""
+
+
+def _accept_dialog(page: Any) -> None:
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count():
+        # Seen under load (kernel selection on a slow start): take its default.
+        print(f"\na JupyterLab dialog: {dialog.first.inner_text()[:300]!r}")
+        dialog.first.locator(".jp-mod-accept").first.click()
+
+
 def _run_cell(page: Any, index: int) -> None:
     """Run code cell ``index`` (click into it, Control+Enter) and wait until it started: a
     key press right after the page opened is sometimes lost, so it is tried again."""
     cell = page.locator(".jp-Notebook .jp-CodeCell").nth(index)
     for _ in range(5):
-        dialog = page.locator(".jp-Dialog")
-        if dialog.count():
-            # Seen once under load (kernel selection on a slow start): take its default.
-            print(f"\na JupyterLab dialog: {dialog.first.inner_text()[:300]!r}")
-            dialog.first.locator(".jp-mod-accept").first.click()
+        _accept_dialog(page)
         cell.locator(".cm-content").click(timeout=10_000)
         page.keyboard.press("Control+Enter")
         try:
-            page.wait_for_function(
-                """i => /^\\[(\\*|\\d+)\\]:$/.test(document.querySelectorAll(
-                    '.jp-Notebook .jp-CodeCell')[i].querySelector('.jp-InputPrompt')
-                    .textContent.trim())""", arg=index, timeout=5_000, polling=100)
+            page.wait_for_function(STARTED_JS, arg=index, timeout=5_000, polling=100)
             return
         except Exception:
             continue
@@ -465,6 +471,76 @@ def test_drop_a_file_into_the_kernel(app: str, browser_tools: None,  # noqa: F81
     assert measured["rss_peak"] - measured["rss_before"] < PAGE_MEMORY_LIMIT, line
 
 
+#: The ways a person runs a drop whose cell awaits it: one cell (the docstring's
+#: ``await p2p_copy.drop(...)``, run alone), or DROP_CELLS with Run All (both execute
+#: requests sent at once: the awaiting cell runs before the panel is on screen).
+AWAITING = {
+    "one-cell": ["import p2p_copy\n"
+                 'result = await p2p_copy.drop("dropped")\n'
+                 'print(f"dropped {len(result.files)} files, {result.bytes} bytes")'],
+    "run-all": DROP_CELLS,
+}
+
+def _run_all(page: Any) -> None:
+    """Run → Run All Cells, as a person would (every cell's execute request is sent at
+    once), and wait until the last cell started; tried again as _run_cell is."""
+    last = page.locator(".jp-Notebook .jp-CodeCell").count() - 1
+    for _ in range(5):
+        _accept_dialog(page)
+        # The notebook needs the focus first, or JupyterLab asks for a kernel instead.
+        page.locator(".jp-Notebook .jp-CodeCell").first.locator(".cm-content").click(
+            timeout=10_000)
+        page.keyboard.press("Escape")
+        page.locator(".lm-MenuBar").get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            page.wait_for_function(STARTED_JS, arg=last, timeout=5_000, polling=100)
+            return
+        except Exception:
+            continue
+    pytest.fail("Run All does not run the cells")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(BROWSER_TEST_TIMEOUT)
+@pytest.mark.parametrize("app", ["lab", "notebook"])
+@pytest.mark.parametrize("how", list(AWAITING))
+def test_drop_while_its_cell_awaits(app: str, how: str, browser_tools: None,  # noqa: F811
+                                    tmp_path: Path) -> None:
+    """The cell awaits the drop before the panel is shown (one cell that awaits
+    drop(), or Run All): the kernel's side still starts when the person drops a file, and
+    the cell ends with the result."""
+    from playwright.sync_api import sync_playwright
+
+    server, proc = _start_server(app, tmp_path)
+    source = tmp_path / "small.bin"
+    source.write_bytes(os.urandom(300_000))
+    _notebook(server, "awaiting.ipynb", AWAITING[how])
+    try:
+        with sync_playwright() as pw:
+            context = _launch(pw, tmp_path)
+            try:
+                page = _open(context, server, "awaiting.ipynb")
+                if how == "run-all":
+                    _run_all(page)
+                else:
+                    _run_cell(page, 0)
+                _wait_panel(page, server, ("ready",), 60_000, shot=f"awaiting-{how}-{app}")
+                page.locator(".p2p-copy-drop-files").set_input_files(str(source))
+                end = _wait_panel(page, server, ("done", "failed"), 60_000,
+                                  shot=f"awaiting-{how}-{app}")
+                page.wait_for_function(
+                    "() => Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
+                    ".some(o => o.textContent.includes('dropped 1 files, 300000 bytes'))",
+                    timeout=30_000, polling=250)
+            finally:
+                context.close()
+    finally:
+        _stop(proc)
+    assert end["state"] == "done", end
+    assert (server.root / "dropped" / "small.bin").read_bytes() == source.read_bytes()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(BROWSER_TEST_TIMEOUT)
 def test_drop_a_folder(lab: Server, tmp_path: Path) -> None:
@@ -548,7 +624,8 @@ def _slice_digests(path: Path) -> list[str]:
 def test_save_to_this_computer(app: str, browser_tools: None,  # noqa: F811
                                tmp_path: Path) -> None:
     """offer(): the Save button saves the kernel's file through the (stubbed) save picker;
-    the saved bytes equal the kernel's file, and the kernel's send ends done."""
+    the saved bytes equal the kernel's file, and the kernel's send ends done. In Notebook 7
+    the cells run with Run All: the awaiting cell runs before the panel is shown."""
     from playwright.sync_api import sync_playwright
 
     lab, proc = _start_server(app, tmp_path)
@@ -559,7 +636,13 @@ def test_save_to_this_computer(app: str, browser_tools: None,  # noqa: F811
         context = _launch(pw, tmp_path)
         context.add_init_script(SAVE_PICKER_STUB)
         try:
-            page = _panel_ready(context, lab, "save.ipynb", f"save-ready-{app}-light")
+            if app == "lab":
+                page = _panel_ready(context, lab, "save.ipynb", f"save-ready-{app}-light")
+            else:
+                page = _open(context, lab, "save.ipynb")
+                _run_all(page)
+                _wait_panel(page, lab, ("ready",), 60_000)
+                _shot(page, f"save-ready-{app}-light")
             started = time.monotonic()
             page.get_by_role("button", name="Save to this computer…").click()
             end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
@@ -793,6 +876,12 @@ async def test_the_users_relay_is_used_by_both_sides(monkeypatch: pytest.MonkeyP
     assert again == route  # one relay per kernel, reused
 
 
+def _custom(panel: Any, content: dict[str, Any]) -> None:
+    """What anywidget's model.send(content) in the view brings to the kernel."""
+    panel._handle_msg({"content": {"data": {"method": "custom", "content": content}},
+                       "buffers": []})
+
+
 @pytest.mark.slow  # importing anywidget and ipywidgets takes a second
 async def test_a_private_relays_token_reaches_the_view_by_message_only(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -812,7 +901,7 @@ async def test_a_private_relays_token_reaches_the_view_by_message_only(
 
     async def run(url: str, code: str, opts: Any) -> Any:
         used.append(opts.relay_token)
-        raise asyncio.CancelledError
+        await asyncio.Future()  # waits in the relay, until cancelled
 
     async def answers(user_relay: bool) -> list[dict[str, Any]]:
         if not user_relay:
@@ -821,35 +910,101 @@ async def test_a_private_relays_token_reaches_the_view_by_message_only(
         sent: list[dict[str, Any]] = []
         panel.send = lambda content, buffers=None: sent.append(content)
         serving = asyncio.ensure_future(module._serve(
-            panel, module._PanelTracker(NoProgress()), "receive", resolve("receive", None, {}),
-            run))
-        panel.views += 1  # a view is shown
+            panel, module._PanelTracker(NoProgress(), panel), "receive",
+            resolve("receive", None, {}), run))
+        _custom(panel, {"event": "shown"})  # a view is shown
         async with asyncio.timeout(10):
             while panel.state != "ready":
                 await asyncio.sleep(0.01)
         state = json.dumps(panel.get_state(), default=str)
         assert token not in state and token not in repr(panel)
-        # What anywidget's model.send({ask: "relay_token"}) brings to the kernel.
-        panel._handle_msg({"content": {"data": {"method": "custom",
-                                                "content": {"ask": "relay_token"}}},
-                           "buffers": []})
-        panel._handle_msg({"content": {"data": {"method": "custom",
-                                                "content": {"ask": "other"}}}, "buffers": []})
-        if user_relay:  # the kernel uses the token too
-            panel.started += 1
-            with pytest.raises(asyncio.CancelledError):
-                await serving
-        else:
-            serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
+        _custom(panel, {"ask": "relay_token"})
+        _custom(panel, {"ask": "other"})
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
         assert token not in json.dumps(panel.get_state(), default=str)
         return sent
 
     try:
         assert await answers(user_relay=True) == [{"relay_token": token}]
-        assert used == [token]
         assert await answers(user_relay=False) == [{"relay_token": ""}]
+        # The kernel joined the relay at once, with the token for the user's relay only.
+        assert used == [token, None]
+    finally:
+        await _stop_kernel_relay()
+
+
+@pytest.mark.slow  # importing anywidget and ipywidgets takes a second
+async def test_the_kernel_waits_in_the_relay_for_the_browser(
+        no_user_relay: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The kernel's side joins its relay at once, with no word from the view but that it is
+    shown, and joins again when the relay's wait for a partner runs out: a sender that
+    comes later (the browser, here the Python peer) still pairs with it, and the awaited
+    handle gives the result; with a wait_timeout of the user's, the wait ends instead."""
+    import dataclasses
+
+    import IPython.display
+
+    import p2p_copy
+    from p2p_copy.jupyter import drop as module
+
+    monkeypatch.setattr(module, "_KERNEL_RELAY_CONFIG", dataclasses.replace(
+        module._KERNEL_RELAY_CONFIG, peer_timeout=0.5))
+    monkeypatch.setattr(module, "REJOIN_DELAY", 0.1)
+    panels: list[Any] = []
+    monkeypatch.setattr(IPython.display, "display", panels.append)
+    source = tmp_path / "hello.txt"
+    source.write_text("hello\n")
+    try:
+        handle = p2p_copy.drop(tmp_path / "in", progress="none")
+        _custom(panels[0], {"event": "shown"})
+        async with asyncio.timeout(30):
+            while module._kernel_relay is None or panels[0].state != "ready":
+                await asyncio.sleep(0.05)
+            relay = module._kernel_relay[1]
+            await asyncio.sleep(1.5)  # the relay sent the waiting kernel away at least once
+            assert panels[0].state == "ready"
+            sent = await p2p_copy.send(relay.url, panels[0].code, [source], progress="none")
+            result = await handle
+        assert sent.bytes == result.bytes == 6
+        assert (tmp_path / "in" / "hello.txt").read_text() == "hello\n"
+        assert panels[0].state == "done"
+
+        handle = p2p_copy.drop(tmp_path / "in", progress="none", wait_timeout=0.3)
+        _custom(panels[1], {"event": "shown"})
+        with pytest.raises(p2p_copy.TransferTimeoutError):
+            async with asyncio.timeout(30):
+                await handle
+        assert panels[1].state == "failed"
+    finally:
+        await _stop_kernel_relay()
+
+
+@pytest.mark.slow  # importing anywidget and ipywidgets takes a second
+async def test_an_older_ipykernel_that_cannot_hear_the_view_keeps_waiting(
+        no_user_relay: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ipykernel older than 7.4 hears no comm message while a cell runs (one that awaits
+    the handle): a view it did not hear from may be on screen, and the transfer needs no
+    message, so the kernel keeps waiting instead of saying that no front end shows it."""
+    import types
+
+    import p2p_copy
+    from p2p_copy.jupyter import drop as module
+
+    monkeypatch.setattr(module, "VIEW_TIMEOUT", 0.2)
+    monkeypatch.setattr(module, "in_jupyter_kernel", lambda: True)
+    monkeypatch.setitem(sys.modules, "ipykernel", types.SimpleNamespace(version_info=(7, 3, 0)))
+    assert not module._hears_the_panel_during_a_cell()
+    try:
+        handle = p2p_copy.drop(tmp_path / "in", progress="none")
+        await asyncio.sleep(1)
+        assert not handle.done()
+        handle.cancel()
+        with pytest.raises(p2p_copy.CancelledError):
+            await handle
+        monkeypatch.setitem(sys.modules, "ipykernel", types.SimpleNamespace(version_info=(7, 4, 0)))
+        assert module._hears_the_panel_during_a_cell()
     finally:
         await _stop_kernel_relay()
 

@@ -9,9 +9,14 @@ Which relay: the user's own (``$P2P_COPY_RELAY`` or the config file, as for the 
 line, with its access token if it is private), else one started in this kernel on
 127.0.0.1, which the browser reaches through the Jupyter server that serves the page
 (jupyter-server-proxy, ``<base_url>proxy/<port>/``, authenticated by the Jupyter session).
-The browser's connection is the one that can drop (a reload, a closed laptop): the kernel
-then waits, and the person drops the same files again (or clicks Save again) to continue
-from what arrived.
+
+The kernel's side needs nothing from the panel to start: it joins the relay with the
+panel's code at once and waits there, so the browser's connection pairs with it whatever
+the kernel is doing then; a cell that awaits the handle included (Run All, or
+``await p2p_copy.drop(...)`` in the panel's own cell), while which the kernel may hear the
+panel's messages late or never (panel.py). The browser's connection is the one that can
+drop (a reload, a closed laptop): the kernel then waits again, and the person drops the
+same files again (or clicks Save again) to continue from what arrived.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Unpack
 
 from ..cli.config import RELAY_ENV, choose_relay, load_defaults
-from ..display.progress import NoProgress, human_size, make_progress
+from ..display.progress import NoProgress, human_size, in_jupyter_kernel, make_progress
 from ..errors import (
     CancelledError,
     ConnectionLostError,
@@ -47,13 +53,16 @@ __all__ = ["drop", "offer", "VIEW_TIMEOUT", "kernel_relay"]
 
 #: Seconds for a browser to show the panel before drop()/offer() say that none will.
 VIEW_TIMEOUT = 30.0
+#: Seconds before the kernel joins the relay again when a wait there ended with nobody
+#: come (the relay's peer timeout, or the relay went away): it never hammers the relay.
+REJOIN_DELAY = 2.0
 #: The token variable of the command line (a private relay; the browser gets the token
 #: from the kernel in a message, never in the panel's saved state: panel.py).
 _TOKEN_ENV = "P2P_COPY_RELAY_TOKEN"
 #: The browser's connection dropped, or it stopped: the person can start it again.
 _AGAIN = (ConnectionLostError, PeerGoneError, TransferTimeoutError, TransferCancelledError)
-#: The in-kernel relay: it serves the notebook's own peers only, so no web page; each side
-#: may wait ten minutes for the other (the person is choosing files).
+#: The in-kernel relay: it serves the notebook's own peers only, so no web page. A peer
+#: waits ten minutes for the other; the kernel, which waits from the start, joins again.
 _KERNEL_RELAY_CONFIG = RelayConfig(peer_timeout=600.0, web=False)
 
 _kernel_relay: tuple[asyncio.AbstractEventLoop, Relay] | None = None
@@ -100,7 +109,8 @@ def drop(dest: str | os.PathLike[str] = ".", *, options: Options | None = None,
     end encrypted through a relay, into ``dest`` as p2p_copy.receive() would: streamed,
     verified, resumed after a reload of the page (drop the same files again). Returns a
     handle at once: ``await p2p_copy.drop(dest)`` waits for the files and gives the
-    TransferResult. Options as for receive().
+    TransferResult, in the same cell or a later one (Run All included). Options as for
+    receive(); ``wait_timeout`` bounds the wait for the first file, else it lasts.
     """
     opts = resolve("receive", options, keywords)
     return _start("drop", "drop files into this kernel", {"dest": str(dest)}, opts,
@@ -115,7 +125,8 @@ def offer(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *,
     The person chooses a file or folder on their computer (Chromium's file system access;
     other browsers are told what they need), and the browser receives into it, verified.
     Returns a handle at once: ``await p2p_copy.offer(paths)`` waits until the files are
-    saved and gives the TransferResult. Options as for send().
+    saved and gives the TransferResult, in the same cell or a later one. Options as for
+    send(); ``wait_timeout`` bounds the wait for the Save, else it lasts.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -154,6 +165,10 @@ class _PanelTracker(_Tracker):
 
     _holding = False
 
+    def __init__(self, inner: Any, panel: Any) -> None:
+        super().__init__(inner)
+        self.panel = panel
+
     def showing_code(self, server: str, code: str) -> None:
         self.code = code
 
@@ -165,6 +180,7 @@ class _PanelTracker(_Tracker):
 
     def paired(self) -> None:
         super().paired()
+        self.panel.state, self.panel.message = "running", ""
         if self._holding and not getattr(self.inner, "_shown", True):
             self.inner._ipython_display_()  # type: ignore[attr-defined]
 
@@ -186,7 +202,7 @@ def _start(mode: Literal["drop", "offer"], what: str, traits: dict[str, Any], op
     label = "receive" if mode == "drop" else "send"
     # The progress panel comes with the first transfer: a notebook run without a browser
     # (nbclient, CI) shows none that never moves.
-    tracker = _PanelTracker(NoProgress())
+    tracker = _PanelTracker(NoProgress(), panel)
     cell = _current_cell()
     _replace_earlier(cell)
     work = _serve(panel, tracker, label, opts, run)
@@ -195,7 +211,8 @@ def _start(mode: Literal["drop", "offer"], what: str, traits: dict[str, Any], op
 
 async def _serve(panel: Any, tracker: _PanelTracker, label: str, opts: Options,
                  run: Run) -> TransferResult:
-    """The kernel's side: a transfer each time the browser starts one, until one ends well."""
+    """The kernel's side: in the relay from the start, until a transfer ends well; unless
+    no front end shows the panel."""
     try:
         route = await _route()
         opts = dataclasses.replace(opts, cafile=opts.cafile or route.cafile,
@@ -203,30 +220,19 @@ async def _serve(panel: Any, tracker: _PanelTracker, label: str, opts: Options,
         # The browser needs the token only for the user's relay (the kernel's is public).
         panel.relay_token = opts.relay_token if route.browser_url else None
         panel.relay_url, panel.proxy_port = route.browser_url, route.proxy_port
-        try:
-            await asyncio.wait_for(panel.view_shown.wait(), VIEW_TIMEOUT)
-        except TimeoutError:
-            raise UsageError(NO_WIDGETS.format(what=panel._what)) from None
         panel.state = "ready"
-        while True:
-            await panel.start_asked.wait()
-            panel.start_asked.clear()
-            panel.gave_up.clear()
-            panel.state, panel.message = "running", ""
-            # A panel of its own for each attempt: an earlier one shows how it ended.
-            tracker.inner = make_progress(opts.progress, label)
-            tracker.status, tracker.joined = "waiting", False
-            try:
-                result = await _attempt(panel, run(route.url, panel.code,
-                                                   dataclasses.replace(opts, progress=tracker)))
-            except _AGAIN as exc:
-                panel.state, panel.message = "interrupted", str(exc)
-                tracker.status = "waiting"
-                continue
-            panel.state = "done"
-            count = len(result.files)
-            panel.message = f"{count} file{'' if count == 1 else 's'}, {human_size(result.bytes)}"
-            return result
+        serving = asyncio.ensure_future(_transfers(panel, tracker, label, route.url, opts, run))
+        watching = asyncio.ensure_future(_watch_for_a_view(panel))
+        try:
+            await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
+            if watching.done():
+                watching.result()  # raises if no front end shows the panel
+            return await serving
+        finally:
+            watching.cancel()
+            if not serving.done():
+                serving.cancel()
+                await asyncio.wait({serving})  # the transfer's own cleanup
     except (P2PCopyError, asyncio.CancelledError) as exc:
         panel.state = "failed"
         panel.message = "Cancelled." if isinstance(exc, (asyncio.CancelledError,
@@ -234,21 +240,50 @@ async def _serve(panel: Any, tracker: _PanelTracker, label: str, opts: Options,
         raise
 
 
-async def _attempt(panel: Any, transfer: Coroutine[Any, Any, TransferResult]) -> TransferResult:
-    """One transfer, stopped if the browser gives up before it could join."""
-    task = asyncio.ensure_future(transfer)
-    gave_up = asyncio.ensure_future(panel.gave_up.wait())
+async def _transfers(panel: Any, tracker: _PanelTracker, label: str, url: str, opts: Options,
+                     run: Run) -> TransferResult:
+    """A transfer each time the last one was cut, at once: the kernel waits in the relay
+    for the browser (which continues from what arrived), never for a word from the view."""
+    while True:
+        # A panel of its own for each attempt: an earlier one shows how it ended.
+        tracker.inner = make_progress(opts.progress, label)
+        tracker.status, tracker.joined = "waiting", False
+        try:
+            result = await run(url, panel.code, dataclasses.replace(opts, progress=tracker))
+        except _AGAIN as exc:
+            tracker.status = "waiting"
+            if not tracker.joined:
+                # Nobody came: the relay's wait ran out (join again, unless the user set a
+                # wait_timeout), or the relay went away. A browser that joins meanwhile
+                # waits there for the kernel.
+                if isinstance(exc, TransferTimeoutError) and opts.wait_timeout is not None:
+                    raise
+                await asyncio.sleep(REJOIN_DELAY)
+                continue
+            panel.state, panel.message = "interrupted", str(exc)
+            continue
+        panel.state = "done"
+        count = len(result.files)
+        panel.message = f"{count} file{'' if count == 1 else 's'}, {human_size(result.bytes)}"
+        return result
+
+
+async def _watch_for_a_view(panel: Any) -> None:
+    """Raise NO_WIDGETS once VIEW_TIMEOUT passed with no view shown and nobody joined (a
+    script, nbclient, a front end without widgets), if the kernel could have heard a view."""
     try:
-        await asyncio.wait({task, gave_up}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, P2PCopyError):
-                pass
-            raise ConnectionLostError(panel.browser_error)
-        return task.result()
-    finally:
-        gave_up.cancel()
-        if not task.done():
-            task.cancel()
+        await asyncio.wait_for(panel.view_shown.wait(), VIEW_TIMEOUT)
+    except TimeoutError:
+        if panel.state == "ready" and _hears_the_panel_during_a_cell():
+            raise UsageError(NO_WIDGETS.format(what=panel._what)) from None
+
+
+def _hears_the_panel_during_a_cell() -> bool:
+    """Whether the panel's messages reach this kernel while a cell runs (one that awaits
+    the handle, say). ipykernel 7.4 handles comm messages during a cell; older ones queue
+    them until the cell ends, so there a panel not heard from may well be on screen (the
+    transfer works all the same: it needs no message). Outside a kernel, nothing queues."""
+    kernel = sys.modules.get("ipykernel")
+    if kernel is None or not in_jupyter_kernel():
+        return True
+    return tuple(getattr(kernel, "version_info", (0,)))[:2] >= (7, 4)

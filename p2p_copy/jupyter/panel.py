@@ -1,12 +1,16 @@
 """The panel a notebook shows for drop() and offer(): an anywidget with the browser peer.
 
 Its JavaScript is one ES module, web/static/widget.js (built from web/src/widget/ with the
-core and the page's storage modules). The traits are the conversation: the kernel writes
-where the relay is, the code and how its side is doing; the browser writes that a view is
-on screen, how often the person started, and why the browser gave up. One thing is no
-trait: a private relay's access token, which the kernel sends only when a view asks, in a
-custom message (``relay_token``). Bytes never pass through the widget's messages: they go
-through the relay.
+core and the page's storage modules). The kernel writes the traits: where the relay is, the
+code and how its side is doing. The view writes none: it sends custom messages, that it is
+on screen (``{"event": "shown"}``) and, for a private relay, a request for its access token
+(``{"ask": "relay_token"}``), which the kernel answers in a custom message too, never a
+trait. Custom messages, because a cell may be awaiting the transfer (Run All, or one cell
+``await p2p_copy.drop(...)``): ipykernel 7.4 handles a comm message during a cell but
+reports no idle status for it, and the widget manager sends a view's next trait change
+only after the idle of its last one, so every change after the first would wait forever.
+Custom messages are not held back. Nothing the transfer needs waits for them (drop.py).
+Bytes never pass through the widget's messages: they go through the relay.
 """
 
 from __future__ import annotations
@@ -55,28 +59,20 @@ def panel_class(name: str) -> type[Any]:
         #: drop: the kernel's folder, as the person reads it; offer: what is offered.
         dest = traitlets.Unicode("").tag(sync=True)
         offered = traitlets.Dict().tag(sync=True)
-        #: The kernel's side: starting, ready, running, interrupted, done, failed.
+        #: The kernel's side: starting, ready (waiting in the relay), running (a browser
+        #: joined), interrupted (waiting again), done, failed.
         state = traitlets.Unicode("starting").tag(sync=True)
         message = traitlets.Unicode("").tag(sync=True)
-        #: The browser's side: views rendered, starts asked for, its last error.
-        views = traitlets.Int(0).tag(sync=True)
-        started = traitlets.Int(0).tag(sync=True)
-        browser_error = traitlets.Unicode("").tag(sync=True)
 
         def __init__(self, what: str, **traits: Any) -> None:
             super().__init__(**traits)
             self._what = what
             self.view_shown = asyncio.Event()
-            self.start_asked = asyncio.Event()
-            self.gave_up = asyncio.Event()
-            # The events belong to the kernel's loop, but the observers may run in another
-            # thread: ipykernel 7 hands a comm's messages to the subshell that last sent on
-            # it, and a front end that sends from a subshell of its own (JupyterLab's
+            # The event belongs to the kernel's loop, but the message handler may run in
+            # another thread: ipykernel 7 hands a comm's messages to the subshell that last
+            # sent on it, and a front end that sends from a subshell of its own (JupyterLab's
             # widgets) gets our answer to its custom message from that one.
             self._loop = asyncio.get_running_loop()
-            self.observe(lambda _: self._set(self.view_shown), names="views")
-            self.observe(lambda _: self._set(self.start_asked), names="started")
-            self.observe(self._browser_failed, names="browser_error")
             # The access token of the relay the browser uses, when it is private. Not a
             # trait: traits are widget state, which a front end may save in the notebook
             # (JupyterLab's "Save Widget State Automatically", nbconvert, Voila), and a
@@ -88,17 +84,14 @@ def panel_class(name: str) -> type[Any]:
             self.on_msg(self._custom_message)
 
         def _custom_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
-            if isinstance(content, dict) and content.get("ask") == "relay_token":
+            if not isinstance(content, dict):
+                return
+            if content.get("ask") == "relay_token":
                 self.send({"relay_token": self.relay_token or ""})
-
-        def _browser_failed(self, change: dict[str, Any]) -> None:
-            if change["new"]:
-                self._set(self.gave_up)
-
-        def _set(self, event: asyncio.Event) -> None:
-            """Set ``event`` in the kernel's loop, from whichever thread observed."""
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                self._loop.call_soon_threadsafe(event.set)
+            elif content.get("event") == "shown":
+                # Set in the kernel's loop, from whichever thread handles the message.
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    self._loop.call_soon_threadsafe(self.view_shown.set)
 
         def __repr__(self) -> str:
             # The text/plain of the display bundle: all a front end without widgets shows.

@@ -4,12 +4,13 @@
 // what the person dropped or picked, offer runs receive() into a file or folder the person
 // chose. The kernel's side runs the ordinary Python receive or send.
 //
-// The traits are the conversation with the kernel (panel.py): the kernel writes
-// relay_url/proxy_port, code, mode, dest/offered, state and message; this view writes
-// views (one more per view shown), started (one more per start) and browser_error. A
-// private relay's token is no trait (traits may be saved with the notebook): the view asks
-// for it with a custom message at each start (relay.js kernelToken). Bytes never go
-// through the widget's messages.
+// The kernel writes the traits (panel.py): relay_url/proxy_port, code, mode, dest/offered,
+// state and message. This view writes none: it tells the kernel that it is on screen, and
+// asks for a private relay's token at each start (relay.js kernelToken), with custom
+// messages. Those reach the kernel while a cell awaits drop() (Run All, or one cell that
+// awaits it), where trait changes may be held back by the widget manager for good. Nothing
+// the transfer needs waits for them: the kernel waits in the relay from the start, and the
+// browser's connection pairs with it. Bytes never go through the widget's messages.
 
 import { send, receive } from "../index.js";
 import { entriesFromDrop, entriesFromFiles, entriesFromDirectoryHandle, countEntries } from "../page/pick.js";
@@ -17,7 +18,7 @@ import { describeCounts, formatBytes, progressLine, Speedometer } from "../page/
 import { describeError, isCancel } from "../page/messages.js";
 import { directoryTarget, fileTarget, fsaUsable } from "../storage/fsa.js";
 import { MEMORY_LIMIT, memoryTarget } from "../storage/download.js";
-import { jupyterBaseUrl, kernelToken, relayFor, NO_PROXY } from "./relay.js";
+import { jupyterBaseUrl, kernelToken, relayFor, NO_PROXY, UNHEARD } from "./relay.js";
 
 /** @param {string} tag @param {string} [cls] @param {string} [text] */
 function h(tag, cls, text) {
@@ -25,12 +26,6 @@ function h(tag, cls, text) {
   if (cls) node.className = cls;
   if (text !== undefined) node.textContent = text;
   return node;
-}
-
-/** @param {any} model @param {Record<string, any>} changes */
-function tell(model, changes) {
-  for (const [key, value] of Object.entries(changes)) model.set(key, value);
-  model.save_changes();
 }
 
 function render({ model, el }) {
@@ -58,6 +53,8 @@ function render({ model, el }) {
   /** @type {AbortController | null} */
   let running = null;
   let usedProxy = false;
+  /** Why this view's last transfer failed, as it said it: the kernel's "interrupted" keeps it. */
+  let ownError = "";
 
   /** @param {string} text @param {string} [kind] */
   function say(text, kind = "") {
@@ -105,14 +102,12 @@ function render({ model, el }) {
   async function run(work) {
     const found = relay();
     if ("problem" in found) {
-      say(found.problem, "bad");
-      tell(model, { browser_error: found.problem });
+      say(ownError = found.problem, "bad");
       return;
     }
     if (!globalThis.isSecureContext || !globalThis.crypto?.subtle) {
       const text = `This page was opened as ${location.protocol}//${location.host}, which the browser does not treat as secure, so it withholds the cryptography the transfer needs. Open Jupyter over https://, or as http://localhost.`;
-      say(text, "bad");
-      tell(model, { browser_error: text });
+      say(ownError = text, "bad");
       return;
     }
     running = new AbortController();
@@ -125,19 +120,20 @@ function render({ model, el }) {
       if (e.type === "waiting" || e.type === "paired") paired = true;
       onEvent(e);
     };
+    ownError = "";
     // The kernel's relay behind the proxy is public; the user's may be private.
     const token = usedProxy ? undefined : await kernelToken(model);
-    tell(model, { browser_error: "", started: model.get("started") + 1 });
     try {
-      await work(found.relay, running.signal, events, token);
+      await work(found.relay, running.signal, events, token ?? undefined);
       bar.value = bar.max;
     } catch (error) {
       let text = describeError(error);
       // The proxy answers a missing route (no jupyter-server-proxy) by failing the upgrade.
       if (usedProxy && !paired && ["connection_lost", "relay_refused"].includes(error?.kind)) text = NO_PROXY;
+      if (token === null && error?.kind === "access_denied") text = UNHEARD;
       say(text, isCancel(error) ? "" : "bad");
+      ownError = isCancel(error) ? "" : text;
       if (mode === "drop") where.textContent = `Into the kernel's folder “${model.get("dest")}”`;
-      tell(model, { browser_error: text });
     } finally {
       running = null;
       setBusy(false);
@@ -279,8 +275,8 @@ function render({ model, el }) {
         ? "The transfer was cut (was the page reloaded?). Drop or choose the same files again to continue where it stopped."
         : "The transfer was cut (was the page reloaded?). Click Save and choose the same place again to continue.");
     } else if (state === "interrupted" && !running) {
-      // The browser's own failure is already said as it is; the kernel's gets its way out.
-      say(message === model.get("browser_error") ? message : `Stopped: ${message} Start again to continue where it stopped.`, "bad");
+      // This view's own failure is already said as it is; the kernel's gets its way out.
+      say(ownError || `Stopped: ${message} Start again to continue where it stopped.`, "bad");
     }
     else if (state === "done") {
       say(mode === "drop" ? `Received in the kernel: ${message}.` : `Saved and verified: ${message}.`, "ok");
@@ -312,7 +308,8 @@ function render({ model, el }) {
   model.on("change:state", showState);
   model.on("change:message", showState);
   showState();
-  tell(model, { views: model.get("views") + 1 });
+  // Tells the kernel that a front end shows the panel (else it says which one it needs).
+  model.send({ event: "shown" });
   return () => {
     model.off("change:state", showState);
     model.off("change:message", showState);

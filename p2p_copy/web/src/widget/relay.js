@@ -55,26 +55,36 @@ export const NO_PROXY = "The Jupyter server did not let this page through to the
 /** Milliseconds the kernel has to answer for the token before the transfer goes on without. */
 export const TOKEN_WAIT = 10_000;
 
+/** What to say when a private relay refused the browser and the kernel never answered for its token. */
+export const UNHEARD = "The relay needs the kernel's access token, but the kernel did not answer this panel: "
+  + "ipykernel older than 7.4 hears nothing while a cell runs (one that awaits this transfer, say). "
+  + "Use ipykernel 7.4 or later, or run the panel's cell again without awaiting its handle.";
+
 /**
- * The access token of the relay the kernel named, or undefined if it needs none: asked for
- * with a custom message (panel.py answers `{relay_token}`), used for one transfer and kept
- * nowhere else. Not a trait: traits are widget state, which a notebook may save.
+ * The access token of the relay the kernel named: the string, undefined if it needs none,
+ * or null if the kernel did not answer within ``wait`` ms (the transfer goes on without;
+ * a public relay needs none). Asked for with a custom message (panel.py answers
+ * `{relay_token}`): custom messages reach the kernel while a cell awaits drop(), where
+ * trait changes may not (the widget manager holds them back until the kernel reports idle
+ * for the last one, and ipykernel 7.4 reports nothing for a comm message it handles during
+ * a cell). Used for one transfer and kept nowhere else. Not a trait: traits are widget
+ * state, which a notebook may save.
  * @param {{send: (content: any) => void, on: (name: string, f: (m: any) => void) => void,
  *   off: (name: string, f: (m: any) => void) => void}} model
  * @param {number} [wait]
- * @returns {Promise<string | undefined>}
+ * @returns {Promise<string | undefined | null>}
  */
 export function kernelToken(model, wait = TOKEN_WAIT) {
   return new Promise((resolve) => {
     const finish = (token) => {
       clearTimeout(timer);
       model.off("msg:custom", onMessage);
-      resolve(token || undefined);
+      resolve(token);
     };
     const onMessage = (message) => {
-      if (message && typeof message.relay_token === "string") finish(message.relay_token);
+      if (message && typeof message.relay_token === "string") finish(message.relay_token || undefined);
     };
-    const timer = setTimeout(() => finish(undefined), wait);
+    const timer = setTimeout(() => finish(null), wait);
     model.on("msg:custom", onMessage);
     model.send({ ask: "relay_token" });
   });
