@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 import p2p_copy
 from p2p_copy.errors import LocalProtocolError, RemoteProtocolError, TamperingError
 from p2p_copy.peer.lanes import LANES_NOW_ENV
-from p2p_copy.protocol.lanes import LONG_RTT, MIN_LEFT, LaneGovernor
+from p2p_copy.protocol.lanes import FIRST_LANES, MIN_LEFT, LaneGovernor, first_lanes
 from p2p_copy.protocol.messages import (
     DATA_RAW,
     DATA_RAW_AT,
@@ -239,11 +239,11 @@ def test_the_rule_doubles_the_lanes_while_each_step_raises_the_rate() -> None:
 
 
 def test_the_rule_starts_with_four_lanes_on_a_long_round_trip() -> None:
-    """At LONG_RTT or more one window is a small share of any link: four lanes at once,
-    then eight if they raised the rate of lane 0 alone; with nothing acknowledged before
-    the lanes carried, the first step counts as paid."""
+    """From 20 ms one window is a small share of any link: four lanes at once, then eight
+    if they raised the rate of lane 0 alone; with nothing acknowledged before the lanes
+    carried, the first step counts as paid."""
     rule = LaneGovernor(8)
-    rule.rtt = LONG_RTT
+    rule.rtt = 0.02
     assert rule.decide(0.0, 0, 10 * MIN_LEFT, 1) == 3
     rule.changed(0.5, 0)  # lane 1 carries before any ack: no reference
     rule.changed(0.6, 2 * MiB)
@@ -251,6 +251,19 @@ def test_the_rule_starts_with_four_lanes_on_a_long_round_trip() -> None:
     assert rule.decide(0.8, 6 * MiB, 10 * MIN_LEFT, 4) == 0  # measuring
     assert rule.decide(1.0, 40 * MiB, 10 * MIN_LEFT, 4) == 4
     assert LaneGovernor(2).decide(0.0, 0, 10 * MIN_LEFT, 1) == 0  # no rtt yet
+
+
+def test_the_rule_opens_every_lane_at_once_from_50_ms() -> None:
+    """From 50 ms one window carries at most ~80 MB/s: the first step opens all eight,
+    fewer if fewer were agreed, and there is no step after it."""
+    assert [first_lanes(rtt) for rtt in (0.001, 0.005, 0.019, 0.02, 0.049, 0.05, 0.3)] == \
+        [1, 2, 2, 4, 4, 8, 8]
+    assert FIRST_LANES == tuple(sorted(FIRST_LANES, reverse=True))  # longest first
+    rule = LaneGovernor(8)
+    rule.rtt = 0.1
+    assert rule.decide(0.0, 0, 10 * MIN_LEFT, 1) == 7
+    rule.changed(1.0, 10 * MiB, sent=30 * MiB)
+    assert rule.decide(9.0, 900 * MiB, 10 * MIN_LEFT, 8) == 0
     capped = LaneGovernor(3)
     capped.rtt = 0.1
     assert capped.decide(0.0, 0, 10 * MIN_LEFT, 1) == 2
@@ -260,14 +273,14 @@ def test_the_rule_measures_only_bytes_sent_after_the_lanes_changed() -> None:
     """The acks of what was on its way when lanes opened tell of the lanes before: the
     measurement starts once the bytes sent by then are acknowledged."""
     rule = LaneGovernor(8)
-    rule.rtt = 0.1
+    rule.rtt = 0.03
     assert rule.decide(0.0, 0, 10 * MIN_LEFT, 1) == 3
     rule.changed(1.0, 40 * MiB, sent=60 * MiB)  # lane 0 alone: 40 MiB/s
     # 38 MiB/s from 1.0 to 1.5: counted from the change, this would stop the growth.
     assert rule.decide(1.5, 59 * MiB, 10 * MIN_LEFT, 4) == 0
     assert not rule.settled
     assert rule.decide(1.6, 60 * MiB, 10 * MIN_LEFT, 4) == 0  # measuring from here
-    assert rule.decide(1.9, 90 * MiB, 10 * MIN_LEFT, 4) == 0  # 0.3 s: not yet
+    assert rule.decide(1.8, 80 * MiB, 10 * MIN_LEFT, 4) == 0  # 0.2 s: not yet
     assert rule.decide(2.1, 125 * MiB, 10 * MIN_LEFT, 4) == 4  # 130 MiB/s
     assert not rule.settled
 
