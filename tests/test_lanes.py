@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 import p2p_copy
 from p2p_copy.errors import LocalProtocolError, RemoteProtocolError, TamperingError
-from p2p_copy.peer.lanes import LANES_NOW_ENV
+from p2p_copy.peer.lanes import LANES_NOW_ENV, SenderLanes
 from p2p_copy.protocol.lanes import FIRST_LANES, MIN_LEFT, LaneGovernor, first_lanes
 from p2p_copy.protocol.messages import (
     DATA_RAW,
@@ -369,6 +369,31 @@ async def test_a_receiver_with_one_lane_gets_everything_on_one(
                                            progress="none", wait_timeout=20), receiving)
     _same_tree(src, dest / "src")
     assert sum(relay.stats.pairs.values()) == 1
+
+
+@pytest.mark.slow
+async def test_adaptive_lanes_stay_at_one_on_loopback(
+        relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enough data for lanes, no forcing: the sender pings the relay before its manifest
+    (ping_early) and takes that round trip, under MIN_RTT on loopback (~0.1 ms against
+    5 ms), so it opens no lane and one pair carries everything."""
+    made: list[SenderLanes] = []
+    init = SenderLanes.__init__
+
+    def keep(self: SenderLanes, *args: object, **keywords: object) -> None:
+        init(self, *args, **keywords)  # type: ignore[arg-type]
+        made.append(self)
+
+    monkeypatch.setattr(SenderLanes, "__init__", keep)
+    src = _tree(tmp_path, big=MIN_LEFT + 4 * MiB)
+    sent, received = await _both(relay.url, "7-loopback-one-lane", src, tmp_path / "dst")
+    assert isinstance(sent, p2p_copy.TransferResult), sent
+    assert isinstance(received, p2p_copy.TransferResult), received
+    _same_tree(src, tmp_path / "dst" / "src")
+    [lanes] = made
+    assert lanes.pong is not None and lanes.pong.done()  # type: ignore[attr-defined]
+    assert lanes.governor.rtt is not None and lanes.governor.settled
+    assert lanes.used == 1 and sum(relay.stats.pairs.values()) == 1
 
 
 # --- a relay that pairs every room and lets a test interfere --------------------------

@@ -97,17 +97,6 @@ class _LaneRefused(Exception):
     """A lane did not prove its keys: closed and not used."""
 
 
-class _SealedLane:
-    """A lane's relay connection with its own channel."""
-
-    def __init__(self, link: RelayLink, channel: Channel) -> None:
-        self.link = link
-        self.channel = channel
-
-    async def send(self, message: bytes | memoryview) -> None:
-        await self.link.send(self.channel.seal(message))
-
-
 def _is(message: str | bytes, kind: type | tuple[type, ...]) -> bool:
     if not isinstance(message, str):
         return False
@@ -216,7 +205,7 @@ class SenderLanes:
             if piece.end > self.proto.acked:
                 return piece
 
-    async def _carry(self, lane: SealedLink | _SealedLane,
+    async def _carry(self, lane: SealedLink,
                      outstanding: deque[_Piece] | None) -> None:
         """Send queued data messages on ``lane``; ``outstanding`` keeps what it sent until
         acknowledged (None for lane 0, whose loss ends the connection)."""
@@ -285,7 +274,8 @@ class SenderLanes:
                 self._opening -= 1
                 self._started(1)
                 carrier = asyncio.ensure_future(
-                    self._carry(_SealedLane(plain, channel), outstanding))
+                    # Sealed like lane 0, into one reused buffer per lane.
+                    self._carry(SealedLink(plain, channel, keys), outstanding))
                 # The receiver sends nothing more on a lane: a recv ends only with it.
                 watcher = asyncio.ensure_future(plain.recv())
                 try:
