@@ -23,8 +23,8 @@ from websockets.exceptions import ConnectionClosed
 
 import p2p_copy
 from p2p_copy.errors import LocalProtocolError, RemoteProtocolError, TamperingError
-from p2p_copy.peer.lanes import LANES_NOW_ENV
-from p2p_copy.protocol.lanes import LONG_RTT, MIN_LEFT, LaneGovernor
+from p2p_copy.peer.lanes import LANES_NOW_ENV, SenderLanes
+from p2p_copy.protocol.lanes import FIRST_LANES, MIN_LEFT, LaneGovernor, first_lanes
 from p2p_copy.protocol.messages import (
     DATA_RAW,
     DATA_RAW_AT,
@@ -239,11 +239,11 @@ def test_the_rule_doubles_the_lanes_while_each_step_raises_the_rate() -> None:
 
 
 def test_the_rule_starts_with_four_lanes_on_a_long_round_trip() -> None:
-    """At LONG_RTT or more one window is a small share of any link: four lanes at once,
-    then eight if they raised the rate of lane 0 alone; with nothing acknowledged before
-    the lanes carried, the first step counts as paid."""
+    """From 20 ms one window is a small share of any link: four lanes at once, then eight
+    if they raised the rate of lane 0 alone; with nothing acknowledged before the lanes
+    carried, the first step counts as paid."""
     rule = LaneGovernor(8)
-    rule.rtt = LONG_RTT
+    rule.rtt = 0.02
     assert rule.decide(0.0, 0, 10 * MIN_LEFT, 1) == 3
     rule.changed(0.5, 0)  # lane 1 carries before any ack: no reference
     rule.changed(0.6, 2 * MiB)
@@ -251,6 +251,19 @@ def test_the_rule_starts_with_four_lanes_on_a_long_round_trip() -> None:
     assert rule.decide(0.8, 6 * MiB, 10 * MIN_LEFT, 4) == 0  # measuring
     assert rule.decide(1.0, 40 * MiB, 10 * MIN_LEFT, 4) == 4
     assert LaneGovernor(2).decide(0.0, 0, 10 * MIN_LEFT, 1) == 0  # no rtt yet
+
+
+def test_the_rule_opens_every_lane_at_once_from_50_ms() -> None:
+    """From 50 ms one window carries at most ~80 MB/s: the first step opens all eight,
+    fewer if fewer were agreed, and there is no step after it."""
+    assert [first_lanes(rtt) for rtt in (0.001, 0.005, 0.019, 0.02, 0.049, 0.05, 0.3)] == \
+        [1, 2, 2, 4, 4, 8, 8]
+    assert FIRST_LANES == tuple(sorted(FIRST_LANES, reverse=True))  # longest first
+    rule = LaneGovernor(8)
+    rule.rtt = 0.1
+    assert rule.decide(0.0, 0, 10 * MIN_LEFT, 1) == 7
+    rule.changed(1.0, 10 * MiB, sent=30 * MiB)
+    assert rule.decide(9.0, 900 * MiB, 10 * MIN_LEFT, 8) == 0
     capped = LaneGovernor(3)
     capped.rtt = 0.1
     assert capped.decide(0.0, 0, 10 * MIN_LEFT, 1) == 2
@@ -260,14 +273,14 @@ def test_the_rule_measures_only_bytes_sent_after_the_lanes_changed() -> None:
     """The acks of what was on its way when lanes opened tell of the lanes before: the
     measurement starts once the bytes sent by then are acknowledged."""
     rule = LaneGovernor(8)
-    rule.rtt = 0.1
+    rule.rtt = 0.03
     assert rule.decide(0.0, 0, 10 * MIN_LEFT, 1) == 3
     rule.changed(1.0, 40 * MiB, sent=60 * MiB)  # lane 0 alone: 40 MiB/s
     # 38 MiB/s from 1.0 to 1.5: counted from the change, this would stop the growth.
     assert rule.decide(1.5, 59 * MiB, 10 * MIN_LEFT, 4) == 0
     assert not rule.settled
     assert rule.decide(1.6, 60 * MiB, 10 * MIN_LEFT, 4) == 0  # measuring from here
-    assert rule.decide(1.9, 90 * MiB, 10 * MIN_LEFT, 4) == 0  # 0.3 s: not yet
+    assert rule.decide(1.8, 80 * MiB, 10 * MIN_LEFT, 4) == 0  # 0.2 s: not yet
     assert rule.decide(2.1, 125 * MiB, 10 * MIN_LEFT, 4) == 4  # 130 MiB/s
     assert not rule.settled
 
@@ -356,6 +369,31 @@ async def test_a_receiver_with_one_lane_gets_everything_on_one(
                                            progress="none", wait_timeout=20), receiving)
     _same_tree(src, dest / "src")
     assert sum(relay.stats.pairs.values()) == 1
+
+
+@pytest.mark.slow
+async def test_adaptive_lanes_stay_at_one_on_loopback(
+        relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enough data for lanes, no forcing: the sender pings the relay before its manifest
+    (ping_early) and takes that round trip, under MIN_RTT on loopback (~0.1 ms against
+    5 ms), so it opens no lane and one pair carries everything."""
+    made: list[SenderLanes] = []
+    init = SenderLanes.__init__
+
+    def keep(self: SenderLanes, *args: object, **keywords: object) -> None:
+        init(self, *args, **keywords)  # type: ignore[arg-type]
+        made.append(self)
+
+    monkeypatch.setattr(SenderLanes, "__init__", keep)
+    src = _tree(tmp_path, big=MIN_LEFT + 4 * MiB)
+    sent, received = await _both(relay.url, "7-loopback-one-lane", src, tmp_path / "dst")
+    assert isinstance(sent, p2p_copy.TransferResult), sent
+    assert isinstance(received, p2p_copy.TransferResult), received
+    _same_tree(src, tmp_path / "dst" / "src")
+    [lanes] = made
+    assert lanes.pong is not None and lanes.pong.done()  # type: ignore[attr-defined]
+    assert lanes.governor.rtt is not None and lanes.governor.settled
+    assert lanes.used == 1 and sum(relay.stats.pairs.values()) == 1
 
 
 # --- a relay that pairs every room and lets a test interfere --------------------------

@@ -172,7 +172,9 @@ class Ours(Tool):
         probe = subprocess.run(
             [sys.executable, "-c", "import p2p_copy; print(p2p_copy.__version__, "
              "p2p_copy.__file__)"], capture_output=True, text=True, timeout=60,
-            env=clean_env(Path("/tmp")), cwd=REPO)
+            # Not from REPO, whose p2p_copy would shadow PYTHONPATH's: from where the runs
+            # start (cwd() below), so that the line names the tree they import.
+            env=clean_env(Path("/tmp")), cwd=bench.tmp)
         if probe.returncode != 0:
             self.available, self.reason = False, probe.stderr.strip()[-500:]
         self.version = probe.stdout.strip() + " (--no-install: the current interpreter's install)"

@@ -22,19 +22,20 @@ import contextlib
 import socket
 import time
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from ..errors import P2PCopyError, RemoteProtocolError, TransferTimeoutError
-from ..protocol.lanes import MIN_LEFT, LaneGovernor
+from ..protocol.lanes import MIN_LEFT, MIN_RTT, LaneGovernor
 from ..protocol.messages import Hello, Lane, Ready, Waiting, encode, parse_message
 from ..protocol.secure import Channel, LaneKeys, is_control
 from ..protocol.transfer import HELLO_VERSION, Sender, SenderState
-from .handshake import SealedLink
+from .handshake import Link, SealedLink
 from .link import RelayLink
 from .options import Options
 from .session import relay_link
 
-__all__ = ["LANES_NOW_ENV", "ReceiverLanes", "SenderLanes"]
+__all__ = ["LANES_NOW_ENV", "ReceiverLanes", "SenderLanes", "ping_early"]
 
 #: Tests only: open this many lanes at once, without waiting for the rule's measurements.
 LANES_NOW_ENV = "P2P_COPY_LANES_NOW"
@@ -72,19 +73,28 @@ def _short_queue(link: object) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_BYTES)
 
 
+async def ping_early(link: Link, proto: Sender, size: int) -> Awaitable[float] | None:
+    """After the key exchange, before the manifest: ping the relay on lane 0 if the
+    manifest will offer lanes and ``size`` bytes are enough for them, so that the round
+    trip is known when the accept comes, a round trip sooner than a ping after it. Waits
+    at most MIN_RTT for the pong, with nothing else on the loop: a pong back by then was
+    measured exactly (a LAN stays on one lane), a later one shows a long link, whatever
+    sending the manifest adds to its measurement. Returns the pong (SenderLanes takes it),
+    or None."""
+    ws = getattr(getattr(link, "link", None), "ws", None)
+    if not isinstance(link, SealedLink) or ws is None or proto.lanes_offered < 2 \
+            or size < MIN_LEFT:
+        return None
+    try:
+        pong: asyncio.Future[float] = await ws.ping()
+    except Exception:  # the connection's own failure shows on its next send or recv
+        return None
+    await asyncio.wait({pong}, timeout=MIN_RTT)
+    return pong
+
+
 class _LaneRefused(Exception):
     """A lane did not prove its keys: closed and not used."""
-
-
-class _SealedLane:
-    """A lane's relay connection with its own channel."""
-
-    def __init__(self, link: RelayLink, channel: Channel) -> None:
-        self.link = link
-        self.channel = channel
-
-    async def send(self, message: bytes | memoryview) -> None:
-        await self.link.send(self.channel.seal(message))
 
 
 def _is(message: str | bytes, kind: type | tuple[type, ...]) -> bool:
@@ -110,8 +120,10 @@ class SenderLanes:
     """The sender's lanes of one connection; data messages go out on whichever is free."""
 
     def __init__(self, proto: Sender, link: SealedLink, server: str, options: Options,
-                 force: int = 0) -> None:
+                 force: int = 0, pong: Awaitable[float] | None = None) -> None:
         self.proto = proto
+        #: ping_early's pong, if it sent one: the round trip to the relay.
+        self.pong = pong
         self.link = link
         self.server = server
         self.options = options
@@ -131,8 +143,9 @@ class SenderLanes:
 
     async def start(self) -> None:
         """Before the first data message: measure the round trip to the relay while the
-        buffers are empty, and announce the first lanes the rule asks for, so that their
-        ``lane`` messages go ahead of the data rather than behind it."""
+        buffers are empty (or take ping_early's), and announce the first lanes the rule
+        asks for, so that their ``lane`` messages go ahead of the data rather than behind
+        it."""
         ws = getattr(self.link.link, "ws", None)
         if ws is not None:
             measuring = self._spawn(self._measure(ws))
@@ -192,7 +205,7 @@ class SenderLanes:
             if piece.end > self.proto.acked:
                 return piece
 
-    async def _carry(self, lane: SealedLink | _SealedLane,
+    async def _carry(self, lane: SealedLink,
                      outstanding: deque[_Piece] | None) -> None:
         """Send queued data messages on ``lane``; ``outstanding`` keeps what it sent until
         acknowledged (None for lane 0, whose loss ends the connection)."""
@@ -209,7 +222,7 @@ class SenderLanes:
 
     async def _measure(self, ws: object) -> None:
         with contextlib.suppress(Exception):
-            pong = await ws.ping()  # type: ignore[attr-defined]
+            pong = self.pong if self.pong is not None else await ws.ping()  # type: ignore[attr-defined]
             self.governor.rtt = await asyncio.wait_for(pong, LANE_TIMEOUT)
 
     async def _grow(self) -> None:
@@ -261,7 +274,8 @@ class SenderLanes:
                 self._opening -= 1
                 self._started(1)
                 carrier = asyncio.ensure_future(
-                    self._carry(_SealedLane(plain, channel), outstanding))
+                    # Sealed like lane 0, into one reused buffer per lane.
+                    self._carry(SealedLink(plain, channel, keys), outstanding))
                 # The receiver sends nothing more on a lane: a recv ends only with it.
                 watcher = asyncio.ensure_future(plain.recv())
                 try:

@@ -43,7 +43,7 @@ from ..results import FileResult, TransferResult
 from ..storage.sources import SourceChains, Sources, StreamReader, check_names, collect_sources
 from ..storage.streams import PipeReader, Reader
 from .handshake import HANDSHAKE_TIMEOUT, Link, SealedLink, handshake
-from .lanes import LANES_NOW_ENV, SenderLanes
+from .lanes import LANES_NOW_ENV, SenderLanes, ping_early
 from .link import RelayLink
 from .offload import Offload
 from .options import Options
@@ -256,6 +256,7 @@ async def _send_once(
             if options.encrypt:
                 link = await handshake(plain, code, timeout=HANDSHAKE_TIMEOUT,
                                        waiting_for="the receiver's key exchange")
+            pong = await ping_early(link, proto, outgoing.known_bytes)
             for part in proto.manifest():
                 await link.send(part)
             checking = outgoing.check_meanwhile()
@@ -310,7 +311,8 @@ async def _send_once(
 
             lanes = None
             if proto.lanes > 1 and isinstance(link, SealedLink):
-                lanes = SenderLanes(proto, link, server, options, force=run.lanes_now)
+                lanes = SenderLanes(proto, link, server, options, force=run.lanes_now,
+                                    pong=pong)
             try:
                 done = await _stream_with_watch(
                     link, proto, lambda: outgoing.reader(starts, digest), display,

@@ -3,19 +3,21 @@
 One TCP connection carries at most its window per round trip: ~40 MB/s at 100 ms with
 Linux's 4 MiB default, whatever the link. More connections ("lanes") each bring a window
 of their own, but on loopback or a LAN they only cost CPU. So the sender starts with one
-and opens lane 2 only when the link looks window-limited: a round trip to the relay of
+and opens more only when the link looks window-limited: a round trip to the relay of
 MIN_RTT or more, measured before the data flowed, and MIN_LEFT bytes or more still to
-send; on a round trip of LONG_RTT or more (a continent away, where one window is a small
-share of any link) it opens three at once, to four lanes. It then doubles the lanes
-(2, 4, 8) while the last step raised the acknowledged rate by GAIN or more, each rate
-measured over an interval of a few round trips (``interval()``) with the lanes it has, up
-to the cap; a measurement starts once the bytes sent before the lanes changed are
-acknowledged, as the acks of bytes already on their way tell of the lanes before.
-Doubling rather than adding one: opening a lane and measuring it costs some ten round
-trips, and one at a time would reach eight lanes only after seven of those, when a
-transfer of a few hundred MiB is over; a step that did not pay stops the growth, and its
-lanes cost only memory. The driver (peer/lanes.py) passes the clock and the
-counts in; nothing here reads either.
+send. How many at once is a table of that round trip (FIRST_LANES): two lanes in all from
+5 ms, four from 20 ms (a continent away, where one window is a small share of any link),
+eight from 50 ms (where one window carries at most ~80 MB/s and four ~340 MB/s: eight
+were always reached there, a step later, and that step cost a second of a 512 MiB
+transfer at 100 ms). It then doubles the lanes while the last step raised the
+acknowledged rate by GAIN or more, each rate measured over an interval of a few round
+trips (``interval()``) with the lanes it has, up to the cap; a measurement starts once
+the bytes sent before the lanes changed are acknowledged, as the acks of bytes already
+on their way tell of the lanes before. Doubling rather than adding one: opening a lane
+and measuring it costs some ten round trips, and one at a time would reach eight lanes
+only after seven of those, when a transfer of a few hundred MiB is over; a step that did
+not pay stops the growth, and its lanes cost only memory. The driver (peer/lanes.py)
+passes the clock and the counts in; nothing here reads either.
 
 The first lanes are opened as soon as the round trip is known, before the first data
 message, without a measurement on one lane first: an announcement sent later travels on
@@ -27,15 +29,16 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["LANE_CAP", "MIN_RTT", "LONG_RTT", "MIN_LEFT", "GAIN", "LaneGovernor", "interval"]
+__all__ = ["LANE_CAP", "MIN_RTT", "FIRST_LANES", "MIN_LEFT", "GAIN", "LaneGovernor",
+           "first_lanes", "interval"]
 
 #: The most lanes our peers use (the protocol allows up to messages.MAX_LANES).
 LANE_CAP: Final = 8
 #: A round trip shorter than this is a LAN or loopback: one lane is enough.
 MIN_RTT: Final = 0.005
-#: A round trip this long or longer starts with FIRST_LONG lanes rather than two.
-LONG_RTT: Final = 0.02
-FIRST_LONG: Final = 4
+#: The lanes in all (lane 0 included) that the first step opens to, by the round trip to
+#: the relay: (from this round trip in seconds, this many), longest first.
+FIRST_LANES: Final = ((0.05, 8), (0.02, 4), (MIN_RTT, 2))
 #: With less left to send, a new lane would not be paired before the end.
 MIN_LEFT: Final = 32 * 2**20
 #: A lane must raise the rate by this factor to earn the next one.
@@ -46,6 +49,11 @@ GAIN: Final = 1.15
 ROUND_TRIPS: Final = 4
 MIN_INTERVAL: Final = 0.3
 MAX_INTERVAL: Final = 2.0
+
+
+def first_lanes(rtt: float) -> int:
+    """The lanes in all that the first step opens to at round trip ``rtt`` (1: none)."""
+    return next((lanes for since, lanes in FIRST_LANES if rtt >= since), 1)
 
 
 def interval(rtt: float | None) -> float:
@@ -101,10 +109,10 @@ class LaneGovernor:
         if lanes == 1:
             if self.rtt is None:
                 return 0  # not measured yet: wait for it
-            if self.rtt < MIN_RTT:
+            first = min(first_lanes(self.rtt), self.cap)
+            if first <= 1:
                 self.settled = True
-                return 0
-            return min(FIRST_LONG if self.rtt >= LONG_RTT else 2, self.cap) - 1
+            return first - 1
         since, base = self._mark
         if now - since < interval(self.rtt):
             return 0

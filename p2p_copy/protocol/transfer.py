@@ -533,6 +533,11 @@ class Sender:
         return self._acked
 
     @property
+    def lanes_offered(self) -> int:
+        """The most lanes the manifest offers (1: none, as with a stream entry)."""
+        return self._lanes_offered
+
+    @property
     def bytes_left(self) -> int:
         """Bytes of the data stream still to frame (0 while a stream's size is unknown)."""
         return self._stream.room() or 0
