@@ -111,32 +111,89 @@ async function waitReady(link, code, onEvent) {
 
 
 /**
- * Bytes of `blob` (the file `path`) from `start` to `end`, read in CHUNK slices; the next
- * slice is read while the caller seals and sends this one.
+ * Message buffers of CHUNK + 1 bytes (the kind byte, then the payload), at most `count`
+ * of them: the reader fills one while the last is sealed and sent, and a buffer goes back
+ * here once WebCrypto has taken its copy, so a transfer allocates no buffer per message.
  */
-async function* slices(blob, start, end, path = "a file") {
-  const read = async (at) => {
-    const stop = Math.min(end, at + CHUNK);
-    let bytes;
-    try {
-      bytes = new Uint8Array(await blob.slice(at, stop).arrayBuffer());
-    } catch (error) {
-      throw new P2PError("storage", `Could not read '${path}': ${error?.message ?? error}`,
-        { wire: "usage", peerMessage: `The sender could not read '${path}'.`, cause: error });
+export class Buffers {
+  constructor(count = 2, size = CHUNK + 1) {
+    this.size = size;
+    this.count = count;
+    /** @type {ArrayBuffer[]} */
+    this.free = [];
+    this.made = 0;
+    /** @type {(() => void)[]} */
+    this.waiting = [];
+  }
+
+  /** @returns {Promise<ArrayBuffer>} */
+  async take() {
+    for (;;) {
+      const free = this.free.pop();
+      if (free) return free;
+      if (this.made < this.count) {
+        this.made += 1;
+        return new ArrayBuffer(this.size);
+      }
+      await new Promise((resolve) => this.waiting.push(() => resolve(undefined)));
     }
-    if (bytes.length !== stop - at) {
-      throw new P2PError("storage", `'${path}' changed while it was being sent.`,
-        { wire: "usage", peerMessage: `'${path}' changed on the sender's side while it was being sent.` });
+  }
+
+  /** @param {ArrayBuffer} buffer */
+  give(buffer) {
+    this.free.push(buffer);
+    this.waiting.shift()?.();
+  }
+}
+
+/**
+ * Bytes of `blob` (the file `path`) from `start` to `end`, in CHUNK slices, each read into
+ * a buffer of `buffers` after a free first byte (the data message's kind): the bytes go
+ * from the file to the message without a copy in JavaScript. The next slice is read
+ * while the caller seals and sends this one; the caller gives each buffer back.
+ * @param {Blob} blob @param {number} start @param {number} end @param {Buffers} buffers
+ * @returns {AsyncGenerator<Uint8Array>} kind byte (unset) and payload
+ */
+async function* slices(blob, start, end, buffers, path = "a file") {
+  if (start >= end) return;
+  const failed = (error) => new P2PError("storage", `Could not read '${path}': ${error?.message ?? error}`,
+    { wire: "usage", peerMessage: `The sender could not read '${path}'.`, cause: error });
+  const changed = () => new P2PError("storage", `'${path}' changed while it was being sent.`,
+    { wire: "usage", peerMessage: `'${path}' changed on the sender's side while it was being sent.` });
+  let reader;
+  try {
+    reader = blob.slice(start, end).stream().getReader({ mode: "byob" });
+  } catch (error) {
+    throw failed(error);
+  }
+  const read = async (length) => {
+    let buffer = await buffers.take();
+    let got = 0;
+    while (got < length) {
+      let answer;
+      try {
+        answer = await reader.read(new Uint8Array(buffer, 1 + got, length - got));
+      } catch (error) {
+        throw failed(error);
+      }
+      if (answer.done) throw changed();
+      buffer = answer.value.buffer;
+      got += answer.value.length;
     }
-    return bytes;
+    return new Uint8Array(buffer, 0, length + 1);
   };
-  let next = start < end ? read(start) : null;
-  for (let at = start; at < end; at += CHUNK) {
-    const bytes = await /** @type {Promise<Uint8Array>} */ (next);
-    next = at + CHUNK < end ? read(at + CHUNK) : null;
-    // Awaited on the next turn; if the caller stops first, its failure is moot.
-    next?.catch(() => {});
-    yield bytes;
+  try {
+    let next = read(Math.min(CHUNK, end - start));
+    for (let at = start; at < end; at += CHUNK) {
+      const message = await next;
+      const after = at + CHUNK;
+      next = after < end ? read(Math.min(CHUNK, end - after)) : null;
+      // Awaited on the next turn; if the caller stops first, its failure is moot.
+      next?.catch(() => {});
+      yield message;
+    }
+  } finally {
+    reader.cancel().catch(() => {});
   }
 }
 
@@ -218,25 +275,26 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
     }
     pending = [];
   };
+  const buffers = new Buffers();
   for (let i = 0; i < files.length; i++) {
     const file = files[i];
-    hasher.init();
-    if (offsets[i] > 0) for await (const bytes of slices(file.blob, 0, offsets[i], file.path)) hasher.update(bytes);
+    if (offsets[i] > 0) await hashPrefix(hasher, file.blob, offsets[i], buffers);
+    else hasher.init();
     let wrote = false;
-    for await (const bytes of slices(file.blob, offsets[i], file.size, file.path)) {
+    for await (const message of slices(file.blob, offsets[i], file.size, buffers, file.path)) {
+      const length = message.length - 1;
       if (window) await waitWindow(state, window);
       if (state.failure) throw state.failure;
       await channel.link.drain();
-      const message = new Uint8Array(bytes.length + 1);
       message[0] = DATA_RAW;
-      message.set(bytes, 1);
-      hasher.update(bytes);
-      state.sent += bytes.length;  // before the send: an ack for these bytes may come at once
-      // Several messages are sealed at once (WebCrypto works off the main thread); the
-      // channel takes their nonces and sends them in call order.
+      state.sent += length;  // before the send: an ack for these bytes may come at once
+      // Several messages are sealed at once; the channel takes their nonces and sends them
+      // in call order. Sealing copies the message at once: its buffer is free after this.
       const sent = channel.sendData(message);
       sent.catch(() => {});  // awaited below, in order
       inFlight.push(sent);
+      hasher.update(message.subarray(1));
+      buffers.give(message.buffer);
       if (inFlight.length >= IN_FLIGHT) await inFlight.shift();
       wrote = true;
       onEvent({ type: "progress", bytes: state.sent, total });
@@ -250,9 +308,17 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
   return state.sent;
 }
 
-async function prefixDigest(hasher, blob, offset) {
+/** Starts `hasher` over with the first `offset` bytes of `blob`. */
+async function hashPrefix(hasher, blob, offset, buffers = new Buffers()) {
   hasher.init();
-  for await (const bytes of slices(blob, 0, offset)) hasher.update(bytes);
+  for await (const message of slices(blob, 0, offset, buffers)) {
+    hasher.update(message.subarray(1));
+    buffers.give(message.buffer);
+  }
+}
+
+async function prefixDigest(hasher, blob, offset) {
+  await hashPrefix(hasher, blob, offset);
   return /** @type {string} */ (hasher.digest("hex"));
 }
 
