@@ -6,11 +6,12 @@
  * receiver's window when it announces one.
  */
 import { generateCode, normalizeCode } from "./protocol/codes.js";
-import { createHasher, SUPPORTED } from "./protocol/digests.js";
+import { SUPPORTED } from "./protocol/digests.js";
 import { asP2PError, P2PError, violation } from "./protocol/errors.js";
 import { DATA_RAW } from "./protocol/messages.js";
 import { checkPrefixes, manifestParts } from "./protocol/manifest.js";
 import { checkEntries, summarizeOffer } from "./protocol/paths.js";
+import { Hashing } from "./hashing.js";
 import { Channel, Link, peerError } from "./peer.js";
 
 /**
@@ -115,13 +116,21 @@ async function waitReady(link, code, onEvent) {
 }
 
 
+/** A file that could not be read, for us and for the receiver. */
+function readFailure(path, error) {
+  if (error instanceof P2PError) return error;
+  return new P2PError("storage", `Could not read '${path}': ${error?.message ?? error}`,
+    { wire: "usage", peerMessage: `The sender could not read '${path}'.`, cause: error });
+}
+
 /**
  * Message buffers of CHUNK + 1 bytes (the kind byte, then the payload), at most `count`
- * of them: the reader fills one while the last is sealed and sent, and a buffer goes back
- * here once WebCrypto has taken its copy, so a transfer allocates no buffer per message.
+ * of them: the reader fills one while others are sealed (WebCrypto copies its input at
+ * once) and hashed (hashing.js hands them back), so a transfer allocates no buffer per
+ * message and holds at most `count` of them.
  */
 export class Buffers {
-  constructor(count = 2, size = CHUNK + 1) {
+  constructor(count = 4, size = CHUNK + 1) {
     this.size = size;
     this.count = count;
     /** @type {ArrayBuffer[]} */
@@ -159,10 +168,9 @@ export class Buffers {
  * @param {Blob} blob @param {number} start @param {number} end @param {Buffers} buffers
  * @returns {AsyncGenerator<Uint8Array>} kind byte (unset) and payload
  */
-async function* slices(blob, start, end, buffers, path = "a file") {
+async function* slices(blob, start, end, buffers, path) {
   if (start >= end) return;
-  const failed = (error) => new P2PError("storage", `Could not read '${path}': ${error?.message ?? error}`,
-    { wire: "usage", peerMessage: `The sender could not read '${path}'.`, cause: error });
+  const failed = (error) => readFailure(path, error);
   const changed = () => new P2PError("storage", `'${path}' changed while it was being sent.`,
     { wire: "usage", peerMessage: `'${path}' changed on the sender's side while it was being sent.` });
   let reader;
@@ -208,7 +216,16 @@ async function transfer(channel, entries, files, onEvent) {
   const accept = await expectMessage(channel, ACCEPT_TIMEOUT, "the receiver's answer", ["accept"]);
   const digest = accept.digest ?? "sha256";
   if (!SUPPORTED.includes(digest)) throw violation(`the receiver picked the digest '${digest}', which was not offered`);
-  const hasher = await createHasher(digest);
+  const buffers = new Buffers();
+  const hashing = await Hashing.start(digest, { reuse: (buffer) => buffers.give(buffer) });
+  try {
+    return await sendFiles(channel, entries, files, accept, digest, hashing, buffers, onEvent);
+  } finally {
+    hashing.close();
+  }
+}
+
+async function sendFiles(channel, entries, files, accept, digest, hashing, buffers, onEvent) {
   const offsets = new Array(files.length).fill(0);
   if (accept.held && accept.held.length) {
     const sent = new Map();
@@ -216,7 +233,7 @@ async function transfer(channel, entries, files, onEvent) {
       sent.set(file, offset);
     }
     const proofs = [];
-    for (const [file, offset] of sent) proofs.push([file, offset, await prefixDigest(hasher, files[file].blob, offset)]);
+    for (const [file, offset] of sent) proofs.push([file, offset, await prefixDigest(hashing, files[file], offset)]);
     await channel.send({ type: "prefix_digests", files: proofs });
     const resume = await expectMessage(channel, RESUME_TIMEOUT, "the receiver's resume", ["resume"]);
     for (const [file, offset] of resume.files) {
@@ -228,7 +245,7 @@ async function transfer(channel, entries, files, onEvent) {
     const agreed = [];
     for (const [file, offset, theirs] of accept.resume) {
       checkPrefixes([[file, offset]], files);
-      if (await prefixDigest(hasher, files[file].blob, offset) === theirs) {
+      if (await prefixDigest(hashing, files[file], offset) === theirs) {
         agreed.push([file, offset]);
         offsets[file] = offset;
       }
@@ -239,7 +256,7 @@ async function transfer(channel, entries, files, onEvent) {
   const reader = readWhileSending(channel, state, accept.window);
   let progress = 0;
   try {
-    progress = await streamFiles(channel, files, offsets, hasher, digest, state, onEvent);
+    progress = await streamFiles(channel, files, offsets, hashing, buffers, digest, state, onEvent);
     state.eofSent = true;
     await channel.send({ type: "eof" });
   } catch (error) {
@@ -263,9 +280,10 @@ async function transfer(channel, entries, files, onEvent) {
  * the data message that completes it (§6.7); zero-byte files ride along with the next.
  * Returns the stream bytes sent.
  */
-async function streamFiles(channel, files, offsets, hasher, digest, state, onEvent) {
+async function streamFiles(channel, files, offsets, hashing, buffers, digest, state, onEvent) {
   const window = state.window;
   const total = files.reduce((sum, file, i) => sum + file.size - offsets[i], 0);
+  /** @type {{path: string, digest: Promise<string>}[]} files sent, their digests not yet */
   let pending = [];
   let completed = 0;
   /** @type {Promise<void>[]} data messages being sealed or sent, oldest first */
@@ -274,17 +292,25 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
     while (inFlight.length) await inFlight.shift();
     if (state.failure) throw state.failure;
     const first = completed - pending.length;
+    await hashing.flush();
+    const digests = [];
+    for (const { path, digest: hex } of pending) {
+      try {
+        digests.push(await hex);
+      } catch (error) {
+        throw readFailure(path, error);
+      }
+    }
     // 4096 digests per message at most (§6.7 rule 4).
-    for (let k = 0; k < pending.length; k += 4096) {
-      await channel.send({ type: "checksums", first: first + k, [digest]: pending.slice(k, k + 4096) });
+    for (let k = 0; k < digests.length; k += 4096) {
+      await channel.send({ type: "checksums", first: first + k, [digest]: digests.slice(k, k + 4096) });
     }
     pending = [];
   };
-  const buffers = new Buffers();
   for (let i = 0; i < files.length; i++) {
     const file = files[i];
-    if (offsets[i] > 0) await hashPrefix(hasher, file.blob, offsets[i], buffers);
-    else hasher.init();
+    if (offsets[i] > 0) hashing.prefix(file.blob, offsets[i]);
+    else hashing.init();
     let wrote = false;
     for await (const message of slices(file.blob, offsets[i], file.size, buffers, file.path)) {
       const length = message.length - 1;
@@ -298,14 +324,15 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
       const sent = channel.sendData(message);
       sent.catch(() => {});  // awaited below, in order
       inFlight.push(sent);
-      hasher.update(message.subarray(1));
-      buffers.give(message.buffer);
+      // Hashed in the worker, which hands the buffer back to `buffers`.
+      hashing.update(message.subarray(1));
+      await hashing.flush();
       if (inFlight.length >= IN_FLIGHT) await inFlight.shift();
       wrote = true;
       onEvent({ type: "progress", bytes: state.sent, total });
     }
     completed = i + 1;
-    pending.push(/** @type {string} */ (hasher.digest("hex")));
+    pending.push({ path: file.path, digest: hashing.digest() });
     if (wrote) await flush();
     onEvent({ type: "file", path: file.path, verified: false });
   }
@@ -313,18 +340,16 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
   return state.sent;
 }
 
-/** Starts `hasher` over with the first `offset` bytes of `blob`. */
-async function hashPrefix(hasher, blob, offset, buffers = new Buffers()) {
-  hasher.init();
-  for await (const message of slices(blob, 0, offset, buffers)) {
-    hasher.update(message.subarray(1));
-    buffers.give(message.buffer);
+/** The digest of the first `offset` bytes of `file` (§6.5.1). */
+async function prefixDigest(hashing, file, offset) {
+  hashing.prefix(file.blob, offset);
+  const digest = hashing.digest();
+  await hashing.flush();
+  try {
+    return await digest;
+  } catch (error) {
+    throw readFailure(file.path, error);
   }
-}
-
-async function prefixDigest(hasher, blob, offset) {
-  await hashPrefix(hasher, blob, offset);
-  return /** @type {string} */ (hasher.digest("hex"));
 }
 
 async function expectMessage(channel, timeout, what, types) {
