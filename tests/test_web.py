@@ -47,7 +47,7 @@ async def test_root_serves_the_page_with_strict_headers(folder: Path) -> None:
     assert headers["content-length"] == str(len(PAGE))
     assert headers["content-security-policy"] == (
         "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
-        "img-src 'self' data: blob:; connect-src 'self'; worker-src 'self'; "
+        "img-src 'self' data: blob:; connect-src 'self'; worker-src 'self' blob:; "
         "manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
     assert headers["x-content-type-options"] == "nosniff"
     assert headers["referrer-policy"] == "no-referrer"

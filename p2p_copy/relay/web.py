@@ -38,7 +38,7 @@ STATIC_PREFIX: Final = "/static/"
 
 _CSP: Final = (
     "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
-    "img-src 'self' data: blob:; connect-src {connect}; worker-src 'self'; "
+    "img-src 'self' data: blob:; connect-src {connect}; worker-src 'self' blob:; "
     "manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 #: Headers of every answer for the page, whatever its status.

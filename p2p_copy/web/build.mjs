@@ -25,6 +25,29 @@ function writeIfChanged(path, text) {
 async function main() {
   writeIfChanged(at("src", "protocol", "wordlist.js"), wordlistModule());
   mkdirSync(at("static"), { recursive: true });
+  const options = {
+    absWorkingDir: here,
+    bundle: true,
+    target: "es2022",
+    platform: "browser",
+    minify: true,
+    legalComments: "eof",
+    sourcemap: false,
+    charset: "utf8",
+    logLevel: "warning",
+  };
+  // The hashing worker (src/hashing.js) is not a file of its own: its code goes into the
+  // bundles that start it, as the string HASH_WORKER, and runs from a blob: URL. The
+  // notebook panel is loaded from a blob: URL itself, with no path to load a worker from,
+  // and one way for the page and the panel is one way to test.
+  const worker = await esbuild.build({
+    ...options,
+    entryPoints: ["src/hash-worker-main.js"],
+    format: "iife",
+    write: false,
+    define: { "define.amd": "false" },
+  });
+  const workerCode = worker.outputFiles[0].text;
   const bundles = [
     ["src/page/main.js", "static/app.js"],
     ["src/sw.js", "static/sw.js"],
@@ -38,19 +61,11 @@ async function main() {
       continue;
     }
     await esbuild.build({
-      absWorkingDir: here,
+      ...options,
       entryPoints: [source],
       outfile: output,
-      bundle: true,
       format: "esm",
-      target: "es2022",
-      platform: "browser",
-      minify: true,
-      legalComments: "eof",
-      sourcemap: false,
-      charset: "utf8",
-      define: { "define.amd": "false" },
-      logLevel: "warning",
+      define: { "define.amd": "false", HASH_WORKER: JSON.stringify(workerCode) },
     });
     console.log(`build: ${source} -> ${output}`);
   }

@@ -8,14 +8,20 @@
  * Flow control: when the manifest says `"ack": true` we announce WINDOW in accept and
  * send `ack`s once what storage took since the last one reaches WINDOW / 4, so the
  * sender never has more than WINDOW bytes in flight towards this page.
+ *
+ * The sink: offer(summary) -> bool, held(files) -> [[file, offset]] (optional),
+ * prefix(file, offset) -> a Blob or bytes, mkdir(path, entry), open(path, size, {offset})
+ * -> a writer {write(bytes), close(), abort()}, done(), abort(error). A writer keeps
+ * nothing of `bytes` once write() resolves: their buffer goes to the hashing worker next.
  */
 import { normalizeCode } from "./protocol/codes.js";
-import { createHasher, pickDigest } from "./protocol/digests.js";
+import { pickDigest } from "./protocol/digests.js";
 import { asP2PError, P2PError, violation } from "./protocol/errors.js";
 import { BLOCK, DATA_RAW } from "./protocol/messages.js";
 import { checkManifest, displayName, ManifestLimits, summarizeOffer } from "./protocol/paths.js";
 import { equalConstantTime } from "./protocol/secure.js";
 import { ReceiverStream } from "./protocol/stream.js";
+import { Hashing } from "./hashing.js";
 import { Channel, Link, peerError } from "./peer.js";
 
 export const WINDOW = 8 * 1024 * 1024;
@@ -62,6 +68,8 @@ export async function receive({ relay, code, sink, onEvent = () => {}, signal = 
     await channel.fail(failure);
     onEvent({ type: "error", error: failure });
     throw failure;
+  } finally {
+    run.hashing?.close();
   }
 }
 
@@ -109,6 +117,8 @@ class Receiving {
     this.aborted = false;
     /** A receive() started while the offer was open: the next message. */
     this.pending = null;
+    /** @type {Hashing | null} once the digest is agreed */
+    this.hashing = null;
   }
 
   async next() {
@@ -156,7 +166,7 @@ class Receiving {
     const window = ack ? WINDOW : 0;
     if (window) accept.window = window;
     await this.channel.send(accept);
-    this.hasher = await createHasher(digest);
+    this.hashing = await Hashing.start(digest);
     this.digest = digest;
     const offsets = new Array(files.length).fill(0);
     let first = null;
@@ -226,56 +236,51 @@ class Receiving {
 
   /** The digest of the first `offset` bytes the sink holds of file `file`. */
   async prefixDigest(file, offset) {
-    await this.feedPrefix(file, offset);
-    return /** @type {string} */ (this.hasher.digest("hex"));
+    this.hashing.prefix(await sinkCall(this.sink.prefix(file, offset)), offset);
+    return this.digestOf(this.hashing.digest());
   }
 
-  /** Starts the hasher over with the first `offset` bytes the sink holds of file `file`. */
-  async feedPrefix(file, offset) {
-    const hasher = this.hasher;
-    hasher.init();
-    const source = await sinkCall(this.sink.prefix(file, offset));
-    if (source instanceof Uint8Array) hasher.update(source);
-    else if (source && typeof source.getReader === "function") {
-      const reader = source.getReader();
-      for (;;) {
-        const { value, done } = await sinkCall(reader.read());
-        if (done) break;
-        hasher.update(value);
-      }
-    } else {
-      for (let at = 0; at < offset; at += BLOCK) {
-        hasher.update(new Uint8Array(await sinkCall(source.slice(at, Math.min(offset, at + BLOCK)).arrayBuffer())));
-      }
-    }
+  /** A digest from the hashing worker; a held part it could not read is the sink's failure. */
+  async digestOf(digest) {
+    await this.hashing.flush();
+    return sinkCall(digest);
   }
 
   /** The data stream, checksums, eof (§6.6-6.8); `first` is a message already read. */
   async stream(files, dirs, offsets, window, first) {
     const stream = new ReceiverStream(files.map((file) => file.size), offsets, window);
-    const digests = [];  // the digest of each complete file, by file number
-    const hasher = this.hasher;
+    /** @type {Promise<string>[]} the digest of each complete file, by file number */
+    const digests = [];
+    const hashing = this.hashing;
     let writer = null;
-    /** Does what the stream's pieces say: seed, open, hash, write, finish. */
+    /**
+     * Does what the stream's pieces say: open, write, then hash (the worker takes the
+     * payload's buffer, so every write is done first), finish.
+     */
     const handle = async (pieces, payload) => {
+      /** @type {Map<number, Blob | Uint8Array>} what a resumed file starts from */
+      const prefixes = new Map();
       for (const piece of pieces) {
         const file = files[piece.file];
         const offset = offsets[piece.file];
         if (piece.opens) {
-          if (offset > 0) await this.feedPrefix(piece.file, offset);
-          else hasher.init();
+          // The held part, taken before a writer opens the file again.
+          if (offset > 0) prefixes.set(piece.file, await sinkCall(this.sink.prefix(piece.file, offset)));
           // A file held whole (§6.5.1) is verified where it lies: nothing to open.
           writer = offset === 0 || offset < file.size
             ? await sinkCall(this.sink.open(file.path, file.size, { offset })) : null;
           if (writer) this.open.set(piece.file, writer);
         }
-        if (piece.end > piece.start) {
-          const bytes = payload.subarray(piece.start, piece.end);
-          hasher.update(bytes);
-          await sinkCall(writer.write(bytes));
-        }
-        if (piece.completes) digests[piece.file] = /** @type {string} */ (hasher.digest("hex"));
+        if (piece.end > piece.start) await sinkCall(writer.write(payload.subarray(piece.start, piece.end)));
       }
+      for (const piece of pieces) {
+        const prefix = prefixes.get(piece.file);
+        if (piece.opens && prefix) hashing.prefix(prefix, offsets[piece.file]);
+        else if (piece.opens) hashing.init();
+        if (piece.end > piece.start) hashing.update(payload.subarray(piece.start, piece.end));
+        if (piece.completes) digests[piece.file] = hashing.digest();
+      }
+      await hashing.flush();
     };
     await handle(stream.takeEmpty(), null);
     for (;;) {
@@ -296,7 +301,7 @@ class Receiving {
           const file = files[index];
           const own = this.open.get(index);
           this.open.delete(index);
-          if (!equalConstantTime(message.digests[index - message.first], digests[index])) {
+          if (!equalConstantTime(message.digests[index - message.first], await this.digestOf(digests[index]))) {
             await own?.abort();
             const name = displayName(file.path);
             throw new P2PError("integrity", `'${name}' arrived damaged: its digest does not match the sender's. Nothing of it was kept.`,

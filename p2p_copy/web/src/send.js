@@ -6,15 +6,21 @@
  * receiver's window when it announces one.
  */
 import { generateCode, normalizeCode } from "./protocol/codes.js";
-import { createHasher, SUPPORTED } from "./protocol/digests.js";
+import { SUPPORTED } from "./protocol/digests.js";
 import { asP2PError, P2PError, violation } from "./protocol/errors.js";
 import { DATA_RAW } from "./protocol/messages.js";
 import { checkPrefixes, manifestParts } from "./protocol/manifest.js";
 import { checkEntries, summarizeOffer } from "./protocol/paths.js";
+import { Hashing } from "./hashing.js";
 import { Channel, Link, peerError } from "./peer.js";
 
-/** Bytes of file data per data message: our Python sender's largest chunk (§3.3). */
-export const CHUNK = 1024 * 1024;
+/**
+ * Bytes of file data per data message. Under 960 KiB so that the message, WebCrypto's copy
+ * of it and the sealed result stay in Chromium's allocator's reusable size classes: at
+ * 1 MiB each of them was mapped afresh and page-faulted in, message after message
+ * (sending thread 5.9 -> 4.6 CPU-s per GiB; benchmarks/README.md).
+ */
+export const CHUNK = 896 * 1024;
 /** Data messages sealed or sent but not yet handed to the socket, at most. */
 const IN_FLIGHT = 4;
 const ACCEPT_TIMEOUT = 360_000;
@@ -110,33 +116,97 @@ async function waitReady(link, code, onEvent) {
 }
 
 
+/** A file that could not be read, for us and for the receiver. */
+function readFailure(path, error) {
+  if (error instanceof P2PError) return error;
+  return new P2PError("storage", `Could not read '${path}': ${error?.message ?? error}`,
+    { wire: "usage", peerMessage: `The sender could not read '${path}'.`, cause: error });
+}
+
 /**
- * Bytes of `blob` (the file `path`) from `start` to `end`, read in CHUNK slices; the next
- * slice is read while the caller seals and sends this one.
+ * Message buffers of CHUNK + 1 bytes (the kind byte, then the payload), at most `count`
+ * of them: the reader fills one while others are sealed (WebCrypto copies its input at
+ * once) and hashed (hashing.js hands them back), so a transfer allocates no buffer per
+ * message and holds at most `count` of them.
  */
-async function* slices(blob, start, end, path = "a file") {
-  const read = async (at) => {
-    const stop = Math.min(end, at + CHUNK);
-    let bytes;
-    try {
-      bytes = new Uint8Array(await blob.slice(at, stop).arrayBuffer());
-    } catch (error) {
-      throw new P2PError("storage", `Could not read '${path}': ${error?.message ?? error}`,
-        { wire: "usage", peerMessage: `The sender could not read '${path}'.`, cause: error });
+export class Buffers {
+  constructor(count = 4, size = CHUNK + 1) {
+    this.size = size;
+    this.count = count;
+    /** @type {ArrayBuffer[]} */
+    this.free = [];
+    this.made = 0;
+    /** @type {(() => void)[]} */
+    this.waiting = [];
+  }
+
+  /** @returns {Promise<ArrayBuffer>} */
+  async take() {
+    for (;;) {
+      const free = this.free.pop();
+      if (free) return free;
+      if (this.made < this.count) {
+        this.made += 1;
+        return new ArrayBuffer(this.size);
+      }
+      await new Promise((resolve) => this.waiting.push(() => resolve(undefined)));
     }
-    if (bytes.length !== stop - at) {
-      throw new P2PError("storage", `'${path}' changed while it was being sent.`,
-        { wire: "usage", peerMessage: `'${path}' changed on the sender's side while it was being sent.` });
+  }
+
+  /** @param {ArrayBuffer} buffer */
+  give(buffer) {
+    this.free.push(buffer);
+    this.waiting.shift()?.();
+  }
+}
+
+/**
+ * Bytes of `blob` (the file `path`) from `start` to `end`, in CHUNK slices, each read into
+ * a buffer of `buffers` after a free first byte (the data message's kind): the bytes go
+ * from the file to the message without a copy in JavaScript. The next slice is read
+ * while the caller seals and sends this one; the caller gives each buffer back.
+ * @param {Blob} blob @param {number} start @param {number} end @param {Buffers} buffers
+ * @returns {AsyncGenerator<Uint8Array>} kind byte (unset) and payload
+ */
+async function* slices(blob, start, end, buffers, path) {
+  if (start >= end) return;
+  const failed = (error) => readFailure(path, error);
+  const changed = () => new P2PError("storage", `'${path}' changed while it was being sent.`,
+    { wire: "usage", peerMessage: `'${path}' changed on the sender's side while it was being sent.` });
+  let reader;
+  try {
+    reader = blob.slice(start, end).stream().getReader({ mode: "byob" });
+  } catch (error) {
+    throw failed(error);
+  }
+  const read = async (length) => {
+    let buffer = await buffers.take();
+    let got = 0;
+    while (got < length) {
+      let answer;
+      try {
+        answer = await reader.read(new Uint8Array(buffer, 1 + got, length - got));
+      } catch (error) {
+        throw failed(error);
+      }
+      if (answer.done) throw changed();
+      buffer = answer.value.buffer;
+      got += answer.value.length;
     }
-    return bytes;
+    return new Uint8Array(buffer, 0, length + 1);
   };
-  let next = start < end ? read(start) : null;
-  for (let at = start; at < end; at += CHUNK) {
-    const bytes = await /** @type {Promise<Uint8Array>} */ (next);
-    next = at + CHUNK < end ? read(at + CHUNK) : null;
-    // Awaited on the next turn; if the caller stops first, its failure is moot.
-    next?.catch(() => {});
-    yield bytes;
+  try {
+    let next = read(Math.min(CHUNK, end - start));
+    for (let at = start; at < end; at += CHUNK) {
+      const message = await next;
+      const after = at + CHUNK;
+      next = after < end ? read(Math.min(CHUNK, end - after)) : null;
+      // Awaited on the next turn; if the caller stops first, its failure is moot.
+      next?.catch(() => {});
+      yield message;
+    }
+  } finally {
+    reader.cancel().catch(() => {});
   }
 }
 
@@ -146,7 +216,16 @@ async function transfer(channel, entries, files, onEvent) {
   const accept = await expectMessage(channel, ACCEPT_TIMEOUT, "the receiver's answer", ["accept"]);
   const digest = accept.digest ?? "sha256";
   if (!SUPPORTED.includes(digest)) throw violation(`the receiver picked the digest '${digest}', which was not offered`);
-  const hasher = await createHasher(digest);
+  const buffers = new Buffers();
+  const hashing = await Hashing.start(digest, { reuse: (buffer) => buffers.give(buffer) });
+  try {
+    return await sendFiles(channel, entries, files, accept, digest, hashing, buffers, onEvent);
+  } finally {
+    hashing.close();
+  }
+}
+
+async function sendFiles(channel, entries, files, accept, digest, hashing, buffers, onEvent) {
   const offsets = new Array(files.length).fill(0);
   if (accept.held && accept.held.length) {
     const sent = new Map();
@@ -154,7 +233,7 @@ async function transfer(channel, entries, files, onEvent) {
       sent.set(file, offset);
     }
     const proofs = [];
-    for (const [file, offset] of sent) proofs.push([file, offset, await prefixDigest(hasher, files[file].blob, offset)]);
+    for (const [file, offset] of sent) proofs.push([file, offset, await prefixDigest(hashing, files[file], offset)]);
     await channel.send({ type: "prefix_digests", files: proofs });
     const resume = await expectMessage(channel, RESUME_TIMEOUT, "the receiver's resume", ["resume"]);
     for (const [file, offset] of resume.files) {
@@ -166,7 +245,7 @@ async function transfer(channel, entries, files, onEvent) {
     const agreed = [];
     for (const [file, offset, theirs] of accept.resume) {
       checkPrefixes([[file, offset]], files);
-      if (await prefixDigest(hasher, files[file].blob, offset) === theirs) {
+      if (await prefixDigest(hashing, files[file], offset) === theirs) {
         agreed.push([file, offset]);
         offsets[file] = offset;
       }
@@ -177,7 +256,7 @@ async function transfer(channel, entries, files, onEvent) {
   const reader = readWhileSending(channel, state, accept.window);
   let progress = 0;
   try {
-    progress = await streamFiles(channel, files, offsets, hasher, digest, state, onEvent);
+    progress = await streamFiles(channel, files, offsets, hashing, buffers, digest, state, onEvent);
     state.eofSent = true;
     await channel.send({ type: "eof" });
   } catch (error) {
@@ -201,9 +280,10 @@ async function transfer(channel, entries, files, onEvent) {
  * the data message that completes it (§6.7); zero-byte files ride along with the next.
  * Returns the stream bytes sent.
  */
-async function streamFiles(channel, files, offsets, hasher, digest, state, onEvent) {
+async function streamFiles(channel, files, offsets, hashing, buffers, digest, state, onEvent) {
   const window = state.window;
   const total = files.reduce((sum, file, i) => sum + file.size - offsets[i], 0);
+  /** @type {{path: string, digest: Promise<string>}[]} files sent, their digests not yet */
   let pending = [];
   let completed = 0;
   /** @type {Promise<void>[]} data messages being sealed or sent, oldest first */
@@ -212,37 +292,47 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
     while (inFlight.length) await inFlight.shift();
     if (state.failure) throw state.failure;
     const first = completed - pending.length;
+    await hashing.flush();
+    const digests = [];
+    for (const { path, digest: hex } of pending) {
+      try {
+        digests.push(await hex);
+      } catch (error) {
+        throw readFailure(path, error);
+      }
+    }
     // 4096 digests per message at most (§6.7 rule 4).
-    for (let k = 0; k < pending.length; k += 4096) {
-      await channel.send({ type: "checksums", first: first + k, [digest]: pending.slice(k, k + 4096) });
+    for (let k = 0; k < digests.length; k += 4096) {
+      await channel.send({ type: "checksums", first: first + k, [digest]: digests.slice(k, k + 4096) });
     }
     pending = [];
   };
   for (let i = 0; i < files.length; i++) {
     const file = files[i];
-    hasher.init();
-    if (offsets[i] > 0) for await (const bytes of slices(file.blob, 0, offsets[i], file.path)) hasher.update(bytes);
+    if (offsets[i] > 0) hashing.prefix(file.blob, offsets[i]);
+    else hashing.init();
     let wrote = false;
-    for await (const bytes of slices(file.blob, offsets[i], file.size, file.path)) {
+    for await (const message of slices(file.blob, offsets[i], file.size, buffers, file.path)) {
+      const length = message.length - 1;
       if (window) await waitWindow(state, window);
       if (state.failure) throw state.failure;
       await channel.link.drain();
-      const message = new Uint8Array(bytes.length + 1);
       message[0] = DATA_RAW;
-      message.set(bytes, 1);
-      hasher.update(bytes);
-      state.sent += bytes.length;  // before the send: an ack for these bytes may come at once
-      // Several messages are sealed at once (WebCrypto works off the main thread); the
-      // channel takes their nonces and sends them in call order.
+      state.sent += length;  // before the send: an ack for these bytes may come at once
+      // Several messages are sealed at once; the channel takes their nonces and sends them
+      // in call order. Sealing copies the message at once: its buffer is free after this.
       const sent = channel.sendData(message);
       sent.catch(() => {});  // awaited below, in order
       inFlight.push(sent);
+      // Hashed in the worker, which hands the buffer back to `buffers`.
+      hashing.update(message.subarray(1));
+      await hashing.flush();
       if (inFlight.length >= IN_FLIGHT) await inFlight.shift();
       wrote = true;
       onEvent({ type: "progress", bytes: state.sent, total });
     }
     completed = i + 1;
-    pending.push(/** @type {string} */ (hasher.digest("hex")));
+    pending.push({ path: file.path, digest: hashing.digest() });
     if (wrote) await flush();
     onEvent({ type: "file", path: file.path, verified: false });
   }
@@ -250,10 +340,16 @@ async function streamFiles(channel, files, offsets, hasher, digest, state, onEve
   return state.sent;
 }
 
-async function prefixDigest(hasher, blob, offset) {
-  hasher.init();
-  for await (const bytes of slices(blob, 0, offset)) hasher.update(bytes);
-  return /** @type {string} */ (hasher.digest("hex"));
+/** The digest of the first `offset` bytes of `file` (§6.5.1). */
+async function prefixDigest(hashing, file, offset) {
+  hashing.prefix(file.blob, offset);
+  const digest = hashing.digest();
+  await hashing.flush();
+  try {
+    return await digest;
+  } catch (error) {
+    throw readFailure(file.path, error);
+  }
 }
 
 async function expectMessage(channel, timeout, what, types) {

@@ -21,9 +21,9 @@ test("src/protocol/ imports only itself, noble and hash-wasm, and does no I/O", 
 });
 
 test("the core never imports the page, the service worker or storage", () => {
-  for (const name of ["peer.js", "send.js", "receive.js", "index.js"]) {
+  for (const name of ["peer.js", "send.js", "receive.js", "index.js", "hashing.js", "hash-worker.js", "hash-worker-main.js"]) {
     for (const spec of imports(readFileSync(new URL(name, src), "utf-8"))) {
-      assert.ok(spec.startsWith("./protocol/") || /^\.\/(peer|send|receive)\.js$/.test(spec), `${name} imports ${spec}`);
+      assert.ok(spec.startsWith("./protocol/") || /^\.\/(peer|send|receive|hashing|hash-worker)\.js$/.test(spec), `${name} imports ${spec}`);
     }
   }
 });

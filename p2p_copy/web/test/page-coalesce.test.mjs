@@ -47,3 +47,28 @@ test("with fresh and allocate, each new buffer comes from allocate (a pool hande
   assert.deepEqual(new Uint8Array(seen.flatMap((b) => [...b])), input);
   assert.ok(given.every((b) => b.some((x) => x !== 0)), "the pooled buffers were filled");
 });
+
+test("one buffer is gathered while the last is flushed, one flush at a time, all done by end()", async () => {
+  const input = new Uint8Array(40).map((_, i) => i);
+  const flushed = [];
+  let running = 0;
+  let most = 0;
+  const writer = coalescing(async (bytes) => {
+    running += 1;
+    most = Math.max(most, running);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    flushed.push(bytes.slice());
+    running -= 1;
+  }, { size: 8 });
+  for (let at = 0; at < input.length; at += 5) await writer.write(input.subarray(at, at + 5));
+  assert.ok(flushed.length < 5, "write() did not wait for every flush");
+  await writer.end();
+  assert.equal(most, 1);
+  assert.deepEqual(new Uint8Array(flushed.flatMap((b) => [...b])), input);
+});
+
+test("a failed flush fails the next write or end()", async () => {
+  const writer = coalescing(async () => { throw new Error("disk full"); }, { size: 4 });
+  await writer.write(new Uint8Array(4));
+  await assert.rejects(async () => { await writer.write(new Uint8Array(4)); await writer.end(); }, /disk full/);
+});

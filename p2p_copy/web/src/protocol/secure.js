@@ -53,7 +53,11 @@ export class Sealer {
   }
   /** @param {CryptoKey} key */
   constructor(key) { this.key = key; this.count = 0; }
-  /** @param {Uint8Array} inner @returns {Promise<Uint8Array>} */
+  /**
+   * WebCrypto copies `inner` when it is called (before this returns): the caller may
+   * reuse its buffer at once.
+   * @param {Uint8Array} inner @returns {Promise<Uint8Array>}
+   */
   async seal(inner) {
     const iv = nonce(this.count++);
     return new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv }, this.key, inner));
