@@ -910,8 +910,7 @@ async def test_a_private_relays_token_reaches_the_view_by_message_only(
         sent: list[dict[str, Any]] = []
         panel.send = lambda content, buffers=None: sent.append(content)
         serving = asyncio.ensure_future(module._serve(
-            panel, module._PanelTracker(NoProgress(), panel), "receive",
-            resolve("receive", None, {}), run))
+            panel, module._PanelTracker(panel, NoProgress), resolve("receive", None, {}), run))
         _custom(panel, {"event": "shown"})  # a view is shown
         async with asyncio.timeout(10):
             while panel.state != "ready":

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, Unpack
 
 from ..cli.config import RELAY_ENV, choose_relay, load_defaults
-from ..display.progress import NoProgress, human_size, in_jupyter_kernel, make_progress
+from ..display.progress import NoProgress, Progress, human_size, in_jupyter_kernel, make_progress
 from ..errors import (
     CancelledError,
     ConnectionLostError,
@@ -44,6 +44,7 @@ from ..errors import (
 from ..peer.api import receive, send
 from ..peer.background import Transfer, _current_cell, _replace_earlier, _Tracker
 from ..peer.options import OptionFields, Options, resolve
+from ..peer.session import optional
 from ..protocol.codes import generate_code
 from ..relay.server import Relay, RelayConfig
 from ..results import TransferResult
@@ -160,29 +161,41 @@ def _offered(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
 
 class _PanelTracker(_Tracker):
     """The handle's tracker. The code stays off the kernel's progress panel (the browser
-    has it), and that panel appears once the browser joined: until then the drop panel
-    says how it goes, and a browser that cannot connect leaves no empty panel behind."""
+    has it), and that panel is made only once the browser joined: until then the drop
+    panel says how it goes, the kernel's waits in the relay (again and again, for as long
+    as the panel waits) make no widgets, and a browser that cannot connect leaves no empty
+    panel behind."""
 
-    _holding = False
-
-    def __init__(self, inner: Any, panel: Any) -> None:
-        super().__init__(inner)
+    def __init__(self, panel: Any, make: Callable[[], Progress]) -> None:
+        super().__init__(NoProgress())
         self.panel = panel
+        self._make = make
+        self._binds: list[tuple[str, tuple[Any, ...]]] = []
+
+    def attempt(self) -> None:
+        """A new wait in the relay, with no display yet."""
+        self.inner = NoProgress()
+        self._binds.clear()
+        self.status, self.joined = "waiting", False
+
+    def bind_cancel(self, cancel: Callable[[], object]) -> None:
+        self._binds.append(("bind_cancel", (cancel,)))
+
+    def bind_partial(self, *args: Any) -> None:
+        self._binds.append(("bind_partial", args))
 
     def showing_code(self, server: str, code: str) -> None:
         self.code = code
 
-    def waiting(self) -> None:
-        if getattr(self.inner, "_show_on_wait", False):
-            self.inner._show_on_wait = False  # type: ignore[attr-defined]
-            self._holding = True
-        super().waiting()
-
     def paired(self) -> None:
+        # A panel of its own for each attempt that a browser joined: an earlier one shows
+        # how it ended. Shown by its waiting(), in a kernel.
+        self.inner = self._make()
+        for name, args in self._binds:
+            optional(self.inner, name, *args)
+        self.inner.waiting()
         super().paired()
         self.panel.state, self.panel.message = "running", ""
-        if self._holding and not getattr(self.inner, "_shown", True):
-            self.inner._ipython_display_()  # type: ignore[attr-defined]
 
 
 Run = Callable[[str, str, Options], Coroutine[Any, Any, TransferResult]]
@@ -202,14 +215,14 @@ def _start(mode: Literal["drop", "offer"], what: str, traits: dict[str, Any], op
     label = "receive" if mode == "drop" else "send"
     # The progress panel comes with the first transfer: a notebook run without a browser
     # (nbclient, CI) shows none that never moves.
-    tracker = _PanelTracker(NoProgress(), panel)
+    tracker = _PanelTracker(panel, lambda: make_progress(opts.progress, label))
     cell = _current_cell()
     _replace_earlier(cell)
-    work = _serve(panel, tracker, label, opts, run)
+    work = _serve(panel, tracker, opts, run)
     return Transfer("receiver" if mode == "drop" else "sender", work, tracker, cell)
 
 
-async def _serve(panel: Any, tracker: _PanelTracker, label: str, opts: Options,
+async def _serve(panel: Any, tracker: _PanelTracker, opts: Options,
                  run: Run) -> TransferResult:
     """The kernel's side: in the relay from the start, until a transfer ends well; unless
     no front end shows the panel."""
@@ -221,7 +234,7 @@ async def _serve(panel: Any, tracker: _PanelTracker, label: str, opts: Options,
         panel.relay_token = opts.relay_token if route.browser_url else None
         panel.relay_url, panel.proxy_port = route.browser_url, route.proxy_port
         panel.state = "ready"
-        serving = asyncio.ensure_future(_transfers(panel, tracker, label, route.url, opts, run))
+        serving = asyncio.ensure_future(_transfers(panel, tracker, route.url, opts, run))
         watching = asyncio.ensure_future(_watch_for_a_view(panel))
         try:
             await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
@@ -240,18 +253,15 @@ async def _serve(panel: Any, tracker: _PanelTracker, label: str, opts: Options,
         raise
 
 
-async def _transfers(panel: Any, tracker: _PanelTracker, label: str, url: str, opts: Options,
+async def _transfers(panel: Any, tracker: _PanelTracker, url: str, opts: Options,
                      run: Run) -> TransferResult:
     """A transfer each time the last one was cut, at once: the kernel waits in the relay
     for the browser (which continues from what arrived), never for a word from the view."""
     while True:
-        # A panel of its own for each attempt: an earlier one shows how it ended.
-        tracker.inner = make_progress(opts.progress, label)
-        tracker.status, tracker.joined = "waiting", False
+        tracker.attempt()
         try:
             result = await run(url, panel.code, dataclasses.replace(opts, progress=tracker))
         except _AGAIN as exc:
-            tracker.status = "waiting"
             if not tracker.joined:
                 # Nobody came: the relay's wait ran out (join again, unless the user set a
                 # wait_timeout), or the relay went away. A browser that joins meanwhile
