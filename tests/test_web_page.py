@@ -65,6 +65,19 @@ OPFS_PICKERS = """
 })();
 """
 # No File System Access: the page must use its service-worker download.
+# Each write to a file the page saves slowed by window.__slowWrites milliseconds (0: off):
+# a transfer that must still be running when a test cuts it, however fast the page is.
+SLOW_WRITES = """
+(() => {
+  const write = FileSystemWritableFileStream.prototype.write;
+  window.__slowWrites = 0;
+  FileSystemWritableFileStream.prototype.write = async function (...args) {
+    const ms = window.__slowWrites;
+    if (ms) await new Promise((resolve) => setTimeout(resolve, ms));
+    return write.apply(this, args);
+  };
+})();
+"""
 NO_FSA = """
 window.showSaveFilePicker = undefined;
 window.showDirectoryPicker = undefined;
@@ -551,13 +564,16 @@ def test_a_cut_transfer_resumes_into_the_same_folder(
     source.write_bytes(os.urandom(160 * 2**20))
     code = generate_code()
     proc = processes.start("send", relay, code, str(source.parent))
-    page = Page(browser, f"{url}#{code}", OPFS_PICKERS)
+    page = Page(browser, f"{url}#{code}", OPFS_PICKERS + SLOW_WRITES)
     page.wait("#offer:not([hidden])", "the offer")
+    # 4 MiB writes at most 5 a second: the cut below comes seconds before the end.
+    page.page.evaluate("window.__slowWrites = 200")
     page.page.click("#accept")
     page.page.wait_for_function(
         "() => { const b = document.querySelector('#recv-bar'); return b.value > b.max / 4; }",
         timeout=STATE_TIMEOUT_MS, polling=50)
     proc.kill()
+    page.page.evaluate("window.__slowWrites = 0")
     kind, text = page.state("receive")
     assert kind == "connection_lost", text
     [_dir, (_kind, part, size, _digest)] = page.page.evaluate(OPFS_TREE, "picked")
