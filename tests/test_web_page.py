@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,19 @@ OPFS_PICKERS = """
 })();
 """
 # No File System Access: the page must use its service-worker download.
+# Each write to a file the page saves slowed by window.__slowWrites milliseconds (0: off):
+# a transfer that must still be running when a test cuts it, however fast the page is.
+SLOW_WRITES = """
+(() => {
+  const write = FileSystemWritableFileStream.prototype.write;
+  window.__slowWrites = 0;
+  FileSystemWritableFileStream.prototype.write = async function (...args) {
+    const ms = window.__slowWrites;
+    if (ms) await new Promise((resolve) => setTimeout(resolve, ms));
+    return write.apply(this, args);
+  };
+})();
+"""
 NO_FSA = """
 window.showSaveFilePicker = undefined;
 window.showDirectoryPicker = undefined;
@@ -565,13 +578,15 @@ def test_a_folder_kept_in_memory_is_saved_as_one_zip(
         *[(k, f"{source.name}/{p}", s, d) for k, p, s, d in _tree(source)]]
 
 
-def _cut_after_a_quarter(page: Page, proc: subprocess.Popen[str]) -> None:
-    """Kill the CLI sender once a quarter has arrived; the page must say the connection was
-    lost."""
+def _cut_after_a_quarter(page: Page, proc: subprocess.Popen[str],
+                         after_kill: Callable[[], object] = lambda: None) -> None:
+    """Kill the CLI sender once a quarter has arrived (then call ``after_kill``); the page
+    must say the connection was lost."""
     page.page.wait_for_function(
         "() => { const b = document.querySelector('#recv-bar'); return b.value > b.max / 4; }",
         timeout=STATE_TIMEOUT_MS, polling=50)
     proc.kill()
+    after_kill()
     kind, text = page.state("receive")
     assert kind == "connection_lost", text
 
@@ -637,9 +652,12 @@ def test_a_cut_transfer_resumes_into_the_same_folder(
     (tmp_path / "run1").mkdir()
     source = tmp_path / "run1" / "big.bin"
     source.write_bytes(os.urandom(160 * 2**20))
-    page, proc = _offered(web_relay, browser, processes, source.parent, OPFS_PICKERS)
+    page, proc = _offered(web_relay, browser, processes, source.parent,
+                          OPFS_PICKERS + SLOW_WRITES)
+    # 4 MiB writes at most 5 a second: the cut below comes seconds before the end.
+    page.page.evaluate("window.__slowWrites = 200")
     page.page.click("#accept")
-    _cut_after_a_quarter(page, proc)
+    _cut_after_a_quarter(page, proc, lambda: page.page.evaluate("window.__slowWrites = 0"))
     [_dir, (_kind, part, size, _digest)] = page.page.evaluate(OPFS_TREE, "picked")
     assert part == "run1/.big.bin.p2p-copy-part" and 0 < size < source.stat().st_size
     code = generate_code()

@@ -15,6 +15,8 @@ import { P2PError } from "./protocol/errors.js";
 
 /** Bytes handed to the worker and not hashed yet, at most. */
 export const HELD = 4 * 1024 * 1024;
+/** Bytes gathered before they go to the worker, when the caller lets flush() wait for more. */
+export const BATCH = 1024 * 1024;
 
 /** The worker's code as a blob: URL, made once (build.mjs defines HASH_WORKER in bundles). */
 let workerUrl = "";
@@ -58,6 +60,8 @@ export class Hashing {
     this.transfer = new Set();
     this.held = 0;
     this.queued = 0;
+    /** A digest is queued: the next flush() sends at once. */
+    this.urgent = false;
     this.ids = 0;
     /** @type {Map<number, {resolve: (hex: string) => void, reject: (error: Error) => void}>} */
     this.waiting = new Map();
@@ -102,6 +106,7 @@ export class Hashing {
   digest() {
     const id = (this.ids += 1);
     this.ops.push({ digest: id });
+    this.urgent = true;
     const answer = new Promise((resolve, reject) => this.waiting.set(id, { resolve, reject }));
     // Awaited by the caller, maybe later than a failure: never an unhandled rejection.
     answer.catch(() => {});
@@ -109,8 +114,12 @@ export class Hashing {
     return /** @type {Promise<string>} */ (answer);
   }
 
-  /** Sends what is queued; waits while more than HELD bytes are with the worker. */
-  async flush() {
+  /**
+   * Sends what is queued (with `batch`, only once that many bytes are, or a digest is);
+   * waits while more than HELD bytes are with the worker.
+   */
+  async flush({ batch = 0 } = {}) {
+    if (!this.urgent && this.queued < batch) return;
     if (this.ops.length && !this.broken) {
       this.port.postMessage({ ops: this.ops }, [...this.transfer]);
       this.held += this.queued;
@@ -118,6 +127,7 @@ export class Hashing {
     this.ops = [];
     this.transfer.clear();
     this.queued = 0;
+    this.urgent = false;
     while (this.held > HELD && !this.broken) {
       await new Promise((resolve) => { this.wake = () => resolve(undefined); });
     }

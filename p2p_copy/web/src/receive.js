@@ -21,7 +21,7 @@ import { BLOCK, DATA_RAW } from "./protocol/messages.js";
 import { checkManifest, displayName, ManifestLimits, summarizeOffer } from "./protocol/paths.js";
 import { equalConstantTime } from "./protocol/secure.js";
 import { ReceiverStream } from "./protocol/stream.js";
-import { Hashing } from "./hashing.js";
+import { BATCH, Hashing } from "./hashing.js";
 import { Channel, Link, peerError } from "./peer.js";
 
 export const WINDOW = 8 * 1024 * 1024;
@@ -280,7 +280,8 @@ class Receiving {
         if (piece.end > piece.start) hashing.update(payload.subarray(piece.start, piece.end));
         if (piece.completes) digests[piece.file] = hashing.digest();
       }
-      await hashing.flush();
+      // A message at a time would be one round trip to the worker per 256 KiB.
+      await hashing.flush({ batch: BATCH });
     };
     await handle(stream.takeEmpty(), null);
     for (;;) {
