@@ -29,7 +29,6 @@ import json
 import os
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_web import REPO, Browser, Page, free_port, parse_size, sha256
+from bench_web import REPO, Browser, Page, free_port, parse_size, sha256, summarize
 
 TIMEOUT = 1200.0
 #: The transfer runs in the kernel's loop while the kernel is idle: no cell needs to await it.
@@ -261,18 +260,9 @@ def main(argv: list[str] | None = None) -> None:
             os.killpg(lab.pid, 9)
             lab.wait()
         shutil.rmtree(work, ignore_errors=True)
-    upload = statistics.median(results["jupyterlab upload"])
     where = f"relay {args.relay}" if args.relay else "the kernel's relay via jupyter-server-proxy"
-    print(f"\n{size / 2**20:.0f} MiB, {where}, median of {args.repeat}, "
-          f"load average {os.getloadavg()[0]:.1f}:")
-    table = {}
-    for name, times in results.items():
-        seconds = statistics.median(times)
-        table[name] = {"seconds": seconds, "mb_per_s": size / seconds / 1e6,
-                       "times_upload_speed": upload / seconds,
-                       "renderer_rss": bench.memory[name]}
-        print(f"  {name:18s} {size / seconds / 1e6:6.0f} MB/s  x{upload / seconds:.2f} of the "
-              f"upload's speed")
+    table = summarize(results, size, "jupyterlab upload", f"{where}, median of {args.repeat}",
+                      lambda name: {"renderer_rss": bench.memory[name]})
     if args.json:
         args.json.write_text(json.dumps({"size": size, "repeat": args.repeat,
                                          "relay": args.relay, "cases": table}, indent=2))

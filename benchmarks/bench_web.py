@@ -321,6 +321,21 @@ class Bench:
         return elapsed
 
 
+def summarize(results: dict[str, list[float]], size: int, base: str, title: str,
+              extra: Callable[[str], dict[str, Any]] = lambda name: {}) -> dict[str, Any]:
+    """Print each case's median rate and its ratio to case ``base``'s; the table for --json."""
+    reference = statistics.median(results[base])
+    print(f"\n{size / 2**20:.0f} MiB {title}, load average {os.getloadavg()[0]:.1f}:")
+    table = {}
+    for name, times in results.items():
+        seconds = statistics.median(times)
+        table[name] = {"seconds": seconds, "mb_per_s": size / seconds / 1e6,
+                       "ratio": reference / seconds, **extra(name)}
+        print(f"  {name:26s} {size / seconds / 1e6:7.0f} MB/s   x{reference / seconds:.2f}"
+              f" of {base}")
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1GiB", help="file size (default 1GiB)")
@@ -371,15 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         relay_proc.kill()
         relay_proc.communicate()
         shutil.rmtree(work, ignore_errors=True)
-    base = statistics.median(results["cli->cli"])
-    print(f"\n{size / 2**20:.0f} MiB on loopback, median of {args.repeat}, "
-          f"load average {os.getloadavg()[0]:.1f}:")
-    table = {}
-    for name, times in results.items():
-        seconds = statistics.median(times)
-        table[name] = {"seconds": seconds, "mb_per_s": size / seconds / 1e6,
-                       "ratio_to_cli": base / seconds}
-        print(f"  {name:26s} {size / seconds / 1e6:7.0f} MB/s   x{base / seconds:.2f} of cli->cli")
+    table = summarize(results, size, "cli->cli", f"on loopback, median of {args.repeat}")
     if args.json:
         args.json.write_text(json.dumps({"size": size, "repeat": args.repeat, "cases": table},
                                         indent=2))
