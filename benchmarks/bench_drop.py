@@ -107,10 +107,11 @@ def renderer_pids(profile: Path) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+            # Renderers rewrite their title: one string with spaces, not \0-separated.
+            cmd = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
         except OSError:
             continue
-        if b"--type=renderer" in cmd and any(str(profile).encode() in a for a in cmd):
+        if b"--type=renderer" in cmd and f"--user-data-dir={profile}".encode() in cmd:
             pids.append(int(entry.name))
     return pids
 

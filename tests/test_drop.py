@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -658,6 +659,51 @@ def test_save_to_this_computer(app: str, browser_tools: None,  # noqa: F811
     assert saved["size"] == size
     assert saved["digests"] == _slice_digests(lab.root / "result.bin")
     print(f"\n{app} save: {size / MIB:.0f} MiB in {took:.1f} s ({size / MIB / took:.0f} MiB/s)")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(BROWSER_TEST_TIMEOUT)
+def test_save_a_folder_without_file_system_access(lab: Server, tmp_path: Path) -> None:
+    """offer() of a folder in a browser without the pickers (Firefox, Safari): one zip
+    download that keeps the folders, the empty file and folder and a Unicode name, not one
+    flattened download per file."""
+    from playwright.sync_api import sync_playwright
+
+    top = lab.root / "results"
+    (top / "sub" / "deeper").mkdir(parents=True)
+    (top / "empty").mkdir()
+    (top / "a.txt").write_text("alpha\n")
+    (top / "sub" / "Grüße ✓.csv").write_text("x,y\n1,2\n")
+    (top / "sub" / "deeper" / "none.bin").write_bytes(b"")
+    (top / "sub" / "deeper" / "b.bin").write_bytes(os.urandom(300_000))
+    _notebook(lab, "save-folder.ipynb", [SAVE_CELLS[0].replace("result.bin", "results"),
+                                         SAVE_CELLS[1]])
+    with sync_playwright() as pw:
+        context = _launch(pw, tmp_path)
+        context.add_init_script("window.showSaveFilePicker = undefined;"
+                                " window.showDirectoryPicker = undefined;")
+        try:
+            page = _panel_ready(context, lab, "save-folder.ipynb")
+            with page.expect_download(timeout=TRANSFER_MS) as info:
+                page.get_by_role("button", name="Save to this computer…").click()
+            end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
+            download = info.value
+            saved = tmp_path / "saved.zip"
+            download.save_as(saved)
+            name = download.suggested_filename
+        finally:
+            context.close()
+    assert end["state"] == "done", end
+    assert name == "results.zip"
+    with zipfile.ZipFile(saved) as archive:
+        assert archive.testzip() is None
+        archive.extractall(tmp_path / "unzipped")
+    got = tmp_path / "unzipped" / "results"
+    assert sorted(str(p.relative_to(got)) for p in got.rglob("*")) == sorted(
+        str(p.relative_to(top)) for p in top.rglob("*"))
+    for path in top.rglob("*"):
+        if path.is_file():
+            assert (got / path.relative_to(top)).read_bytes() == path.read_bytes(), path
 
 
 @pytest.mark.slow

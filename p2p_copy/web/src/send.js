@@ -160,34 +160,70 @@ export class Buffers {
   }
 }
 
+/** A read that gives nothing for this long is taken up again on a new stream (slices()). */
+export const STALL = 5000;
+/** What slices() yields for a stalled read: never a message. */
+const STALLED = Symbol("stalled");
+
 /**
  * Bytes of `blob` (the file `path`) from `start` to `end`, in CHUNK slices, each read into
  * a buffer of `buffers` after a free first byte (the data message's kind): the bytes go
  * from the file to the message without a copy in JavaScript. The next slice is read
  * while the caller seals and sends this one; the caller gives each buffer back.
+ *
+ * A read that settles neither way in `stall` ms is cancelled and the file read on from
+ * where it stopped, on a new stream: in Chromium 156 a BYOB read of a Blob's stream
+ * sometimes never settles (one 1 GiB transfer in ten, and within the first 500 MiB when
+ * garbage is collected every 0.1 s), and without this the transfer hung for good. A
+ * default reader does not stall, but costs a fresh chunk per read (benchmarks/README.md).
+ * A slow disk loses nothing by it but a re-read: the new stream waits for the same bytes.
  * @param {Blob} blob @param {number} start @param {number} end @param {Buffers} buffers
+ * @param {string} path @param {{stall?: number}} [options]
  * @returns {AsyncGenerator<Uint8Array>} kind byte (unset) and payload
  */
-async function* slices(blob, start, end, buffers, path) {
+export async function* slices(blob, start, end, buffers, path, { stall = STALL } = {}) {
   if (start >= end) return;
   const failed = (error) => readFailure(path, error);
   const changed = () => new P2PError("storage", `'${path}' changed while it was being sent.`,
     { wire: "usage", peerMessage: `'${path}' changed on the sender's side while it was being sent.` });
+  /** @type {ReadableStreamBYOBReader} */
   let reader;
-  try {
-    reader = blob.slice(start, end).stream().getReader({ mode: "byob" });
-  } catch (error) {
-    throw failed(error);
-  }
-  const read = async (length) => {
+  const open = (from) => {
+    try {
+      reader = /** @type {any} */ (blob.slice(from, end).stream()).getReader({ mode: "byob" });
+    } catch (error) {
+      throw failed(error);
+    }
+  };
+  open(start);
+  /** One read into `view`, or STALLED (then the read is cancelled, and its buffer gone). */
+  const readInto = async (view) => {
+    let timer;
+    const pending = reader.read(view);
+    pending.catch(() => {});
+    const stalled = new Promise((resolve) => { timer = setTimeout(resolve, stall, STALLED); });
+    const answer = await Promise.race([pending, stalled]);
+    clearTimeout(timer);
+    if (answer === STALLED) reader.cancel().catch(() => {});
+    return answer;
+  };
+  const read = async (at, length) => {
     let buffer = await buffers.take();
     let got = 0;
     while (got < length) {
       let answer;
       try {
-        answer = await reader.read(new Uint8Array(buffer, 1 + got, length - got));
+        answer = await readInto(new Uint8Array(buffer, 1 + got, length - got));
       } catch (error) {
         throw failed(error);
+      }
+      if (answer === STALLED) {
+        console.warn(`p2p-copy: reading '${path}' stalled at byte ${at + got}; reading this slice again from a new stream.`);
+        // A cancelled read keeps the buffer it was given: this slice starts over in a new one.
+        buffer = new ArrayBuffer(buffers.size);
+        got = 0;
+        open(at);
+        continue;
       }
       if (answer.done) throw changed();
       buffer = answer.value.buffer;
@@ -196,11 +232,11 @@ async function* slices(blob, start, end, buffers, path) {
     return new Uint8Array(buffer, 0, length + 1);
   };
   try {
-    let next = read(Math.min(CHUNK, end - start));
+    let next = read(start, Math.min(CHUNK, end - start));
     for (let at = start; at < end; at += CHUNK) {
       const message = await next;
       const after = at + CHUNK;
-      next = after < end ? read(Math.min(CHUNK, end - after)) : null;
+      next = after < end ? read(after, Math.min(CHUNK, end - after)) : null;
       // Awaited on the next turn; if the caller stops first, its failure is moot.
       next?.catch(() => {});
       yield message;

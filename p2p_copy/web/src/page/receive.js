@@ -6,14 +6,9 @@ import { describeCounts, formatBytes, progressLine, Speedometer } from "./format
 import { describeError, errorKind, isCancel } from "./messages.js";
 import { directoryTarget, fileTarget, fsaUsable } from "../storage/fsa.js";
 import { downloadTarget, MEMORY_LIMIT, memoryTarget, serviceWorkerReady, zipDownloadTarget } from "../storage/download.js";
-import { zipName } from "../storage/zip.js";
+import { isSingleFile, zipName } from "../storage/zip.js";
 import { storageError } from "../storage/errors.js";
 import { $, announce, fillList, setState, show, throttle } from "./ui.js";
-
-/** One file and nothing else: saved with the save-file picker rather than into a folder. */
-function isSingleFile(summary) {
-  return summary.files === 1 && !summary.dirs && summary.names?.length === 1 && !summary.names[0].endsWith("/");
-}
 
 /**
  * How this browser will save ``summary`` (the offer; ``entries``, its manifest): "fsa"

@@ -44,6 +44,15 @@ function describe(entries) {
 }
 
 /**
+ * One file and nothing else (``summary``: the offer's counts and top names): saved as
+ * itself, with the save-file picker or as one download; anything more goes into a folder
+ * or one zip.
+ */
+export function isSingleFile(summary) {
+  return summary.files === 1 && !summary.dirs && summary.names?.length === 1 && !summary.names[0].endsWith("/");
+}
+
+/**
  * The download's name: the one top folder's (``trip.zip``), else one that counts the files
  * (``p2p-copy-3-files.zip``).
  * @param {{path: string, kind?: string}[]} entries

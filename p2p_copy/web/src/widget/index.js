@@ -17,7 +17,8 @@ import { entriesFromDrop, entriesFromFiles, entriesFromDirectoryHandle, countEnt
 import { describeCounts, formatBytes, progressLine, Speedometer } from "../page/format.js";
 import { describeError, isCancel } from "../page/messages.js";
 import { directoryTarget, fileTarget, fsaUsable } from "../storage/fsa.js";
-import { MEMORY_LIMIT, memoryTarget } from "../storage/download.js";
+import { MEMORY_LIMIT, memoryTarget, zipDownloadTarget } from "../storage/download.js";
+import { isSingleFile } from "../storage/zip.js";
 import { jupyterBaseUrl, kernelToken, relayFor, NO_PROXY, UNHEARD } from "./relay.js";
 
 /** @param {string} tag @param {string} [cls] @param {string} [text] */
@@ -234,20 +235,27 @@ function render({ model, el }) {
         // The pickers must open inside the click (user activation).
         if (fsa && offered.single) target = fileTarget(await win.showSaveFilePicker({ suggestedName: offered.names[0] }));
         else if (fsa) target = directoryTarget(await win.showDirectoryPicker({ id: "p2p-copy-save", mode: "readwrite" }));
-        else target = memoryTarget();
       } catch (error) {
         if (!isCancel(error)) say(describeError(error), "bad");
         return;
       }
-      where.textContent = target.describe();
+      if (target) where.textContent = target.describe();
       const sink = {
-        offer: async () => true, // the person said yes with the Save button
+        // The person said yes with the Save button. Without file system access, what the
+        // manifest holds decides: one file is saved as itself, more as one zip that keeps
+        // the folders (both kept in memory until complete; the panel allows that only for
+        // small offers).
+        offer: async (summary, entries = []) => {
+          target ??= isSingleFile(summary) ? memoryTarget() : zipDownloadTarget(entries);
+          where.textContent = target.describe();
+          return true;
+        },
         held: async (files) => (target.held ? target.held(files) : []),
         prefix: (index, offset) => target.prefix(index, offset),
         mkdir: (path) => target.mkdir(path),
         open: (path, size, options) => target.open(path, size, options ?? {}),
         done: async () => target.done(),
-        abort: async (error) => target.abort(error),
+        abort: async (error) => target?.abort(error),
       };
       await run(async (relayUrl, signal, events, token) => {
         await receive({ relay: relayUrl, code: model.get("code"), sink, onEvent: events, signal, token });
