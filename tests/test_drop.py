@@ -687,6 +687,7 @@ def test_save_a_folder_without_file_system_access(lab: Server, tmp_path: Path) -
             with page.expect_download(timeout=TRANSFER_MS) as info:
                 page.get_by_role("button", name="Save to this computer…").click()
             end = _wait_panel(page, lab, ("done", "failed"), TRANSFER_MS)
+            _shot(page, "save-folder-zip-done-lab-light")
             download = info.value
             saved = tmp_path / "saved.zip"
             download.save_as(saved)
