@@ -162,7 +162,7 @@ export class Buffers {
 
 /** A read that gives nothing for this long is taken up again on a new stream (slices()). */
 export const STALL = 5000;
-/** What slices() yields for a stalled read: never a message. */
+/** What a read in slices() answers when it stalled. */
 const STALLED = Symbol("stalled");
 
 /**
@@ -171,8 +171,8 @@ const STALLED = Symbol("stalled");
  * from the file to the message without a copy in JavaScript. The next slice is read
  * while the caller seals and sends this one; the caller gives each buffer back.
  *
- * A read that settles neither way in `stall` ms is cancelled and the file read on from
- * where it stopped, on a new stream: in Chromium 156 a BYOB read of a Blob's stream
+ * A read that settles neither way in `stall` ms is cancelled and its slice read again
+ * from a new stream: in Chromium 156 a BYOB read of a Blob's stream
  * sometimes never settles (one 1 GiB transfer in ten, and within the first 500 MiB when
  * garbage is collected every 0.1 s), and without this the transfer hung for good. A
  * default reader does not stall, but costs a fresh chunk per read (benchmarks/README.md).
