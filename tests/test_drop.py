@@ -795,7 +795,7 @@ def test_drop_through_a_private_relay(browser_tools: None, processes: Processes,
     kernel's environment): the kernel hands the page its token in a message, the page
     offers it as a subprotocol (protocol.md §5.11), and the dropped file arrives. With
     JupyterLab saving widget state, the saved notebook holds the panel's state but not the
-    token, and the relay's log never shows it."""
+    token or the code, and the relay's log never shows the token."""
     from playwright.sync_api import sync_playwright
 
     token = "t0k-" + secrets.token_hex(12)
@@ -836,6 +836,11 @@ def test_drop_through_a_private_relay(browser_tools: None, processes: Processes,
     assert "application/vnd.jupyter.widget-state+json" in notebook and url in notebook
     assert token not in notebook
     assert "listening" in log and token not in log
+    # Nor the code, which was live in the relay while the panel waited.
+    states = json.loads(notebook)["metadata"]["widgets"][
+        "application/vnd.jupyter.widget-state+json"]["state"]
+    panels = [m["state"] for m in states.values() if m["state"].get("mode") == "drop"]
+    assert panels and all("code" not in state for state in panels), panels
 
 
 # --- without a browser ---------------------------------------------------------------------
@@ -930,12 +935,13 @@ def _custom(panel: Any, content: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow  # importing anywidget and ipywidgets takes a second
-async def test_a_private_relays_token_reaches_the_view_by_message_only(
+async def test_the_code_and_a_private_relays_token_reach_the_view_by_message_only(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The user's relay is private ($P2P_COPY_RELAY_TOKEN, as for the command line): the
-    kernel uses the token, and the view gets it in a custom message when it asks. It is in
-    no trait, so not in the widget state a notebook may save; the kernel's own relay
-    (public, behind the proxy) gives the view no token."""
+    kernel uses the token, and the view gets it with the code in a custom message, when it
+    asks and every SECRETS_EVERY s while the kernel waits. Neither is in a trait, so not in
+    the widget state a notebook may save; the kernel's own relay (public, behind the proxy)
+    gives the view no token."""
     from p2p_copy.jupyter import drop as module
     from p2p_copy.jupyter.panel import panel_class
     from p2p_copy.peer.options import resolve
@@ -950,6 +956,8 @@ async def test_a_private_relays_token_reaches_the_view_by_message_only(
         used.append(opts.relay_token)
         await asyncio.Future()  # waits in the relay, until cancelled
 
+    monkeypatch.setattr(module, "SECRETS_EVERY", 0.05)
+
     async def answers(user_relay: bool) -> list[dict[str, Any]]:
         if not user_relay:
             monkeypatch.delenv("P2P_COPY_RELAY")
@@ -962,19 +970,28 @@ async def test_a_private_relays_token_reaches_the_view_by_message_only(
         async with asyncio.timeout(10):
             while panel.state != "ready":
                 await asyncio.sleep(0.01)
-        state = json.dumps(panel.get_state(), default=str)
-        assert token not in state and token not in repr(panel)
-        _custom(panel, {"ask": "relay_token"})
+        for secret in (token, "7-a-b-c"):
+            assert secret not in json.dumps(panel.get_state(), default=str)
+            assert secret not in repr(panel)
+        told = len(sent)
+        _custom(panel, {"ask": "secrets"})  # answered at once
+        assert len(sent) == told + 1
         _custom(panel, {"ask": "other"})
+        await asyncio.sleep(0.2)  # and sent every SECRETS_EVERY s meanwhile
+        assert len(sent) >= told + 3
         serving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await serving
-        assert token not in json.dumps(panel.get_state(), default=str)
+        after = len(sent)
+        await asyncio.sleep(0.2)
+        assert len(sent) == after, "nothing sent once the panel is done"
+        assert "7-a-b-c" not in json.dumps(panel.get_state(), default=str)
         return sent
 
     try:
-        assert await answers(user_relay=True) == [{"relay_token": token}]
-        assert await answers(user_relay=False) == [{"relay_token": ""}]
+        for user_relay, expected in ((True, token), (False, "")):
+            sent = await answers(user_relay)
+            assert sent and all(m == {"code": "7-a-b-c", "relay_token": expected} for m in sent)
         # The kernel joined the relay at once, with the token for the user's relay only.
         assert used == [token, None]
     finally:

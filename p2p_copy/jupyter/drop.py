@@ -57,6 +57,8 @@ VIEW_TIMEOUT = 30.0
 #: Seconds before the kernel joins the relay again when a wait there ended with nobody
 #: come (the relay's peer timeout, or the relay went away): it never hammers the relay.
 REJOIN_DELAY = 2.0
+#: Seconds between the kernel's messages of the code and token to the panel's views.
+SECRETS_EVERY = 1.0
 #: The token variable of the command line (a private relay; the browser gets the token
 #: from the kernel in a message, never in the panel's saved state: panel.py).
 _TOKEN_ENV = "P2P_COPY_RELAY_TOKEN"
@@ -236,6 +238,7 @@ async def _serve(panel: Any, tracker: _PanelTracker, opts: Options,
         panel.state = "ready"
         serving = asyncio.ensure_future(_transfers(panel, tracker, route.url, opts, run))
         watching = asyncio.ensure_future(_watch_for_a_view(panel))
+        telling = asyncio.ensure_future(_tell_the_views(panel))
         try:
             await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
             if watching.done():
@@ -243,6 +246,7 @@ async def _serve(panel: Any, tracker: _PanelTracker, opts: Options,
             return await serving
         finally:
             watching.cancel()
+            telling.cancel()
             if not serving.done():
                 serving.cancel()
                 await asyncio.wait({serving})  # the transfer's own cleanup
@@ -276,6 +280,16 @@ async def _transfers(panel: Any, tracker: _PanelTracker, url: str, opts: Options
         count = len(result.files)
         panel.message = f"{count} file{'' if count == 1 else 's'}, {human_size(result.bytes)}"
         return result
+
+
+async def _tell_the_views(panel: Any) -> None:
+    """The code and token to the panel's views every SECRETS_EVERY s until the transfer
+    ends: a view asks for them when it shows and when it starts, but an ipykernel older
+    than 7.4 hears no view while a cell runs (one that awaits this handle); what the kernel
+    sends reaches the views all the same."""
+    while True:
+        panel.send_secrets()
+        await asyncio.sleep(SECRETS_EVERY)
 
 
 async def _watch_for_a_view(panel: Any) -> None:

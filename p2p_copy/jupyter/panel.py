@@ -1,16 +1,20 @@
 """The panel a notebook shows for drop() and offer(): an anywidget with the browser peer.
 
 Its JavaScript is one ES module, web/static/widget.js (built from web/src/widget/ with the
-core and the page's storage modules). The kernel writes the traits: where the relay is, the
-code and how its side is doing. The view writes none: it sends custom messages, that it is
-on screen (``{"event": "shown"}``) and, for a private relay, a request for its access token
-(``{"ask": "relay_token"}``), which the kernel answers in a custom message too, never a
-trait. Custom messages, because a cell may be awaiting the transfer (Run All, or one cell
-``await p2p_copy.drop(...)``): ipykernel 7.4 handles a comm message during a cell but
-reports no idle status for it, and the widget manager sends a view's next trait change
-only after the idle of its last one, so every change after the first would wait forever.
-Custom messages are not held back. Nothing the transfer needs waits for them (drop.py).
-Bytes never pass through the widget's messages: they go through the relay.
+core and the page's storage modules). The kernel writes the traits: where the relay is and
+how its side is doing. The code and a private relay's token are no traits: traits are
+widget state, which a front end may save in the notebook (JupyterLab's "Save Widget State
+Automatically", nbconvert, Voila), and while the panel waits its code is live in the relay.
+The kernel sends both to the panel's live views in a custom message (``secrets()``): when a
+view asks (``{"ask": "secrets"}``), and every SECRETS_EVERY seconds while it waits
+(drop.py), for a view that asks while a cell runs in an ipykernel older than 7.4, which
+hears nothing until the cell ends. The view writes no traits either: it also tells the
+kernel that it is on screen (``{"event": "shown"}``). Custom messages, because a cell may be
+awaiting the transfer (Run All, or one cell ``await p2p_copy.drop(...)``): ipykernel 7.4
+handles a comm message during a cell but reports no idle status for it, and the widget
+manager sends a view's next trait change only after the idle of its last one, so every
+change after the first would wait forever. Custom messages are not held back. Bytes never
+pass through the widget's messages: they go through the relay.
 """
 
 from __future__ import annotations
@@ -55,7 +59,6 @@ def panel_class(name: str) -> type[Any]:
         #: the Jupyter server that serves the page (jupyter-server-proxy).
         relay_url = traitlets.Unicode("").tag(sync=True)
         proxy_port = traitlets.Int(0).tag(sync=True)
-        code = traitlets.Unicode("").tag(sync=True)
         #: drop: the kernel's folder, as the person reads it; offer: what is offered.
         dest = traitlets.Unicode("").tag(sync=True)
         offered = traitlets.Dict().tag(sync=True)
@@ -64,30 +67,32 @@ def panel_class(name: str) -> type[Any]:
         state = traitlets.Unicode("starting").tag(sync=True)
         message = traitlets.Unicode("").tag(sync=True)
 
-        def __init__(self, what: str, **traits: Any) -> None:
+        def __init__(self, what: str, *, code: str, **traits: Any) -> None:
             super().__init__(**traits)
             self._what = what
+            #: The code the kernel waits in the relay with (a secret while it waits).
+            self.code = code
             self.view_shown = asyncio.Event()
             # The event belongs to the kernel's loop, but the message handler may run in
             # another thread: ipykernel 7 hands a comm's messages to the subshell that last
             # sent on it, and a front end that sends from a subshell of its own (JupyterLab's
             # widgets) gets our answer to its custom message from that one.
             self._loop = asyncio.get_running_loop()
-            # The access token of the relay the browser uses, when it is private. Not a
-            # trait: traits are widget state, which a front end may save in the notebook
-            # (JupyterLab's "Save Widget State Automatically", nbconvert, Voila), and a
-            # token must not travel with a shared .ipynb. A view asks for it with a custom
-            # message each time it starts a transfer; the answer goes to the live views
-            # of this kernel only (the person's own authenticated front ends) and the view
-            # keeps it for that transfer alone.
+            # The access token of the relay the browser uses, when it is private. Like the
+            # code, it goes to the live views of this kernel only (the person's own
+            # authenticated front ends), which keep it in memory.
             self.relay_token: str | None = None
             self.on_msg(self._custom_message)
+
+        def send_secrets(self) -> None:
+            """The code and the token (empty: none needed), to the views on screen now."""
+            self.send({"code": self.code, "relay_token": self.relay_token or ""})
 
         def _custom_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
             if not isinstance(content, dict):
                 return
-            if content.get("ask") == "relay_token":
-                self.send({"relay_token": self.relay_token or ""})
+            if content.get("ask") == "secrets":
+                self.send_secrets()
             elif content.get("event") == "shown":
                 # Set in the kernel's loop, from whichever thread handles the message.
                 with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits

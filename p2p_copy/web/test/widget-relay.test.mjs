@@ -3,7 +3,7 @@
 // says what is needed where neither can work.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { jupyterBaseUrl, kernelToken, relayFor } from "../src/widget/relay.js";
+import { jupyterBaseUrl, kernelSecrets, relayFor } from "../src/widget/relay.js";
 
 function doc({ config, bodyBase } = {}) {
   return {
@@ -36,7 +36,7 @@ test("a relay the kernel names is used as it is; without a Jupyter page the pane
   assert.match(relayFor({ relayUrl: "", proxyPort: 0 }, { protocol: "https:", host: "x" }, "/").problem, /not started/);
 });
 
-/** A widget model whose kernel answers `{ask: "relay_token"}` with `answer` (none: silent). */
+/** A widget model whose kernel answers `{ask: "secrets"}` with `answer` (none: silent). */
 function model(answer) {
   const listeners = new Set();
   const sent = [];
@@ -56,13 +56,29 @@ function model(answer) {
   };
 }
 
-test("the token of the kernel's relay comes by a custom message, not from the traits", async () => {
-  const asked = model({ relay_token: "t0k-B" });
-  assert.equal(await kernelToken(asked), "t0k-B");
-  assert.deepEqual(asked.sent, [{ ask: "relay_token" }]);
-  assert.equal(asked.listeners.size, 0); // stops listening once answered
-  assert.equal(await kernelToken(model({ relay_token: "" })), undefined); // a public relay
-  const silent = model(undefined); // a kernel that does not answer: null (go on without)
-  assert.equal(await kernelToken(silent, 20), null);
-  assert.equal(silent.listeners.size, 0);
+test("the code and the relay's token come by custom messages, not from the traits", async () => {
+  const asked = model({ code: "7-a-b-c", relay_token: "t0k-B" });
+  const secrets = kernelSecrets(asked);
+  assert.deepEqual(await secrets.get(), { code: "7-a-b-c", token: "t0k-B" });
+  // Asked when the view showed, and again by get() before the answer came.
+  assert.deepEqual(asked.sent, [{ ask: "secrets" }, { ask: "secrets" }]);
+  assert.deepEqual(await secrets.get(), { code: "7-a-b-c", token: "t0k-B" }); // kept, not asked again
+  assert.equal(asked.sent.length, 2);
+  secrets.close();
+  assert.equal(asked.listeners.size, 0);
+  const open = kernelSecrets(model({ code: "7-d-e-f", relay_token: "" }));
+  assert.deepEqual(await open.get(), { code: "7-d-e-f", token: undefined }); // a public relay
+  open.close();
+});
+
+test("a kernel that says nothing: null after the wait; what it sends later is taken", async () => {
+  const silent = model(undefined);
+  const secrets = kernelSecrets(silent);
+  assert.equal(await secrets.get(20), null);
+  assert.deepEqual(silent.sent, [{ ask: "secrets" }, { ask: "secrets" }]);
+  const later = secrets.get(1000);
+  // The kernel's message every second, here while a cell runs that it could not hear us in.
+  for (const f of [...silent.listeners]) f({ code: "7-g-h-i", relay_token: "" });
+  assert.deepEqual(await later, { code: "7-g-h-i", token: undefined });
+  secrets.close();
 });

@@ -4,13 +4,15 @@
 // what the person dropped or picked, offer runs receive() into a file or folder the person
 // chose. The kernel's side runs the ordinary Python receive or send.
 //
-// The kernel writes the traits (panel.py): relay_url/proxy_port, code, mode, dest/offered,
-// state and message. This view writes none: it tells the kernel that it is on screen, and
-// asks for a private relay's token at each start (relay.js kernelToken), with custom
-// messages. Those reach the kernel while a cell awaits drop() (Run All, or one cell that
-// awaits it), where trait changes may be held back by the widget manager for good. Nothing
-// the transfer needs waits for them: the kernel waits in the relay from the start, and the
-// browser's connection pairs with it. Bytes never go through the widget's messages.
+// The kernel writes the traits (panel.py): relay_url/proxy_port, mode, dest/offered, state
+// and message. The code and a private relay's token come in custom messages (relay.js
+// kernelSecrets), never as traits, which a notebook may save. This view writes no traits:
+// it tells the kernel that it is on screen and asks for the code, with custom messages.
+// Those reach the kernel while a cell awaits drop() (Run All, or one cell that awaits it),
+// where trait changes may be held back by the widget manager for good. Nothing the
+// transfer needs waits for them: the kernel waits in the relay from the start, sends the
+// code every second meanwhile, and the browser's connection pairs with it. Bytes never go
+// through the widget's messages.
 
 import { send, receive } from "../index.js";
 import { entriesFromDrop, entriesFromFiles, entriesFromDirectoryHandle, countEntries } from "../page/pick.js";
@@ -19,7 +21,7 @@ import { describeError, isCancel } from "../page/messages.js";
 import { directoryTarget, fileTarget, fsaUsable } from "../storage/fsa.js";
 import { MEMORY_LIMIT, memoryTarget, zipDownloadTarget } from "../storage/download.js";
 import { isSingleFile } from "../storage/zip.js";
-import { jupyterBaseUrl, kernelToken, relayFor, NO_PROXY, UNHEARD } from "./relay.js";
+import { jupyterBaseUrl, kernelSecrets, relayFor, NO_PROXY, UNHEARD } from "./relay.js";
 
 /** @param {string} tag @param {string} [cls] @param {string} [text] */
 function h(tag, cls, text) {
@@ -99,7 +101,9 @@ function render({ model, el }) {
   let speed = new Speedometer();
   let lastDrawn = 0;
 
-  /** Runs one transfer (``work`` gets the relay, the abort signal, the events and the token). */
+  const secrets = kernelSecrets(model);
+
+  /** Runs one transfer (``work`` gets the relay, the abort signal, the events and the secrets). */
   async function run(work) {
     const found = relay();
     if ("problem" in found) {
@@ -122,16 +126,16 @@ function render({ model, el }) {
       onEvent(e);
     };
     ownError = "";
-    // The kernel's relay behind the proxy is public; the user's may be private.
-    const token = usedProxy ? undefined : await kernelToken(model);
     try {
-      await work(found.relay, running.signal, events, token ?? undefined);
+      const known = await secrets.get();
+      if (!known) throw new Error(UNHEARD);
+      // The kernel's relay behind the proxy is public; the user's may be private.
+      await work(found.relay, running.signal, events, { code: known.code, token: usedProxy ? undefined : known.token });
       bar.value = bar.max;
     } catch (error) {
       let text = describeError(error);
       // The proxy answers a missing route (no jupyter-server-proxy) by failing the upgrade.
       if (usedProxy && !paired && ["connection_lost", "relay_refused"].includes(error?.kind)) text = NO_PROXY;
-      if (token === null && error?.kind === "access_denied") text = UNHEARD;
       say(text, isCancel(error) ? "" : "bad");
       ownError = isCancel(error) ? "" : text;
       if (mode === "drop") where.textContent = `Into the kernel's folder “${model.get("dest")}”`;
@@ -159,8 +163,8 @@ function render({ model, el }) {
     if (!entries || entries.length === 0) return;
     const { files, dirs, bytes } = countEntries(entries);
     where.textContent = `Sending ${describeCounts(files, dirs, bytes)} into ${model.get("dest")} in the kernel`;
-    await run(async (relayUrl, signal, events, token) => {
-      await send({ relay: relayUrl, code: model.get("code"), entries, fresh: false, onEvent: events, signal, token });
+    await run(async (relayUrl, signal, events, { code, token }) => {
+      await send({ relay: relayUrl, code, entries, fresh: false, onEvent: events, signal, token });
       where.textContent = `Sent ${describeCounts(files, dirs, bytes)} into ${model.get("dest")} in the kernel`;
     });
   }
@@ -257,8 +261,8 @@ function render({ model, el }) {
         done: async () => target.done(),
         abort: async (error) => target?.abort(error),
       };
-      await run(async (relayUrl, signal, events, token) => {
-        await receive({ relay: relayUrl, code: model.get("code"), sink, onEvent: events, signal, token });
+      await run(async (relayUrl, signal, events, { code, token }) => {
+        await receive({ relay: relayUrl, code, sink, onEvent: events, signal, token });
         where.textContent = target.describe(true);
       });
     });
@@ -319,6 +323,7 @@ function render({ model, el }) {
   // Tells the kernel that a front end shows the panel (else it says which one it needs).
   model.send({ event: "shown" });
   return () => {
+    secrets.close();
     model.off("change:state", showState);
     model.off("change:message", showState);
   };

@@ -52,40 +52,59 @@ export const NO_PROXY = "The Jupyter server did not let this page through to the
   + "install jupyter-server-proxy (4.2 or later) in the Jupyter server's environment and restart it, "
   + "or set P2P_COPY_RELAY=wss://HOST in the kernel's environment.";
 
-/** Milliseconds the kernel has to answer for the token before the transfer goes on without. */
-export const TOKEN_WAIT = 10_000;
+/** Milliseconds a view waits for the kernel's code before it says the kernel is not heard. */
+export const SECRETS_WAIT = 10_000;
 
-/** What to say when a private relay refused the browser and the kernel never answered for its token. */
-export const UNHEARD = "The relay needs the kernel's access token, but the kernel did not answer this panel: "
-  + "ipykernel older than 7.4 hears nothing while a cell runs (one that awaits this transfer, say). "
-  + "Use ipykernel 7.4 or later, or run the panel's cell again without awaiting its handle.";
+/** What to say when the kernel sent no code in SECRETS_WAIT. */
+export const UNHEARD = "The kernel did not send this panel its code: it seems busy (a cell that computes "
+  + "rather than awaits, say). Try again when the kernel is idle.";
 
 /**
- * The access token of the relay the kernel named: the string, undefined if it needs none,
- * or null if the kernel did not answer within ``wait`` ms (the transfer goes on without;
- * a public relay needs none). Asked for with a custom message (panel.py answers
- * `{relay_token}`): custom messages reach the kernel while a cell awaits drop(), where
- * trait changes may not (the widget manager holds them back until the kernel reports idle
- * for the last one, and ipykernel 7.4 reports nothing for a comm message it handles during
- * a cell). Used for one transfer and kept nowhere else. Not a trait: traits are widget
- * state, which a notebook may save.
+ * The code and a private relay's token, as the kernel sends them to the panel's views
+ * in custom messages (panel.py `send_secrets`, `{code, relay_token}`): when a view asks, and
+ * every second while the kernel waits in the relay. Not traits: traits are widget state,
+ * which a notebook may save, and while the panel waits its code is live in the relay.
+ * Custom messages also reach the view while a cell awaits drop(), where trait changes may
+ * not (the widget manager holds them back until the kernel reports idle for the last one).
+ * Kept in this view's memory only.
  * @param {{send: (content: any) => void, on: (name: string, f: (m: any) => void) => void,
  *   off: (name: string, f: (m: any) => void) => void}} model
- * @param {number} [wait]
- * @returns {Promise<string | undefined | null>}
  */
-export function kernelToken(model, wait = TOKEN_WAIT) {
-  return new Promise((resolve) => {
-    const finish = (token) => {
-      clearTimeout(timer);
+export function kernelSecrets(model) {
+  /** @type {{code: string, token: string | undefined} | null} */
+  let latest = null;
+  /** @type {((secrets: {code: string, token: string | undefined}) => void)[]} */
+  let waiting = [];
+  const onMessage = (/** @type {any} */ message) => {
+    if (!message || typeof message.code !== "string" || !message.code) return;
+    latest = { code: message.code, token: message.relay_token || undefined };
+    for (const resolve of waiting.splice(0)) resolve(latest);
+  };
+  model.on("msg:custom", onMessage);
+  model.send({ ask: "secrets" });
+  return {
+    /**
+     * The code and token (token undefined: the relay needs none), or null if the kernel
+     * sent none within ``wait`` ms.
+     * @param {number} [wait]
+     * @returns {Promise<{code: string, token: string | undefined} | null>}
+     */
+    get(wait = SECRETS_WAIT) {
+      if (latest) return Promise.resolve(latest);
+      model.send({ ask: "secrets" });
+      return new Promise((resolve) => {
+        const done = (/** @type {any} */ secrets) => {
+          clearTimeout(timer);
+          waiting = waiting.filter((f) => f !== done);
+          resolve(secrets);
+        };
+        const timer = setTimeout(() => done(null), wait);
+        waiting.push(done);
+      });
+    },
+    close() {
       model.off("msg:custom", onMessage);
-      resolve(token);
-    };
-    const onMessage = (message) => {
-      if (message && typeof message.relay_token === "string") finish(message.relay_token || undefined);
-    };
-    const timer = setTimeout(() => finish(null), wait);
-    model.on("msg:custom", onMessage);
-    model.send({ ask: "relay_token" });
-  });
+      waiting.splice(0).forEach((resolve) => resolve(null));
+    },
+  };
 }
