@@ -500,7 +500,38 @@ def test_the_browser_sender_does_not_stall_when_garbage_is_collected_often(
     kind, text = page.state("send")
     assert kind == "done", text
     assert _sha256(dest / "gc.bin") == _sha256(source)
-    print(f"reads taken up again: {sum('stalled at byte' in line for line in page.log)}")
+    print(f"reads taken up again: {sum('gave nothing for' in line for line in page.log)}")
+
+
+def test_without_a_worker_for_the_digests_the_page_computes_them_itself(
+        web_relay: tuple[str, str], browser: Any, processes: Processes, tmp_path: Path) -> None:
+    """A page that may not start the digests' worker (a Content-Security-Policy without
+    `worker-src blob:`, as a Jupyter server or hub may send the notebook panel; here a
+    Worker that fails to load, as Chromium reports a blocked one) says so in its log,
+    hashes in its own thread, and the files arrive whole."""
+    relay, url = web_relay
+    blocked = """window.Worker = class extends EventTarget {
+        constructor() {
+            super();
+            setTimeout(() => this.onerror?.(new Event("error", {cancelable: true})), 10);
+        }
+        postMessage() {}
+        terminate() {}
+    };"""
+    source = _folder(tmp_path)
+    page = Page(browser, url, blocked)
+    page.page.set_input_files("#file-input", [str(p) for p in source.rglob("*") if p.is_file()])
+    code = page.send()
+    dest = tmp_path / "dest"
+    proc = processes.start("receive", relay, code, "--out", str(dest))
+    kind, text = page.state("send")
+    assert kind == "done", (text, page.log)
+    rc, _out, err = _finish(proc)
+    assert rc == 0, err
+    for path in source.rglob("*"):
+        if path.is_file():
+            assert (dest / path.name).read_bytes() == path.read_bytes()
+    assert any("no worker for the file digests" in line for line in page.log), page.log
 
 
 @pytest.mark.parametrize("as_folder", [False, True], ids=["file", "folder-zip"])

@@ -22,6 +22,7 @@ same files again (or clicks Save again) to continue from what arrived.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import sys
@@ -187,7 +188,9 @@ class _PanelTracker(_Tracker):
         self._binds.append(("bind_partial", args))
 
     def showing_code(self, server: str, code: str) -> None:
-        self.code = code
+        # Kept off the handle too (its code and text): shown in a cell, a waiting
+        # sender's line would carry the live code into the saved notebook (panel.py).
+        pass
 
     def paired(self) -> None:
         # A panel of its own for each attempt that a browser joined: an earlier one shows
@@ -288,7 +291,10 @@ async def _tell_the_views(panel: Any) -> None:
     than 7.4 hears no view while a cell runs (one that awaits this handle); what the kernel
     sends reaches the views all the same."""
     while True:
-        panel.send_secrets()
+        # A comm that cannot send now (closed, say) must not end the telling: the views
+        # that are there get the next one, and the transfer needs none of it.
+        with contextlib.suppress(Exception):
+            panel.send_secrets()
         await asyncio.sleep(SECRETS_EVERY)
 
 

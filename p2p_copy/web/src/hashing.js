@@ -3,8 +3,9 @@
  * File digests (protocol.md §6.7) computed beside the transfer rather than in its way: in a
  * dedicated worker where the core runs in a browser, so that the page's main thread seals,
  * sends and stores while the worker hashes (BLAKE3 in WebAssembly was the largest cost
- * left on it); over a MessageChannel in the same thread where there is no worker (Node).
- * Both ends run hash-worker.js.
+ * left on it); over a MessageChannel in the same thread where there is no worker (Node,
+ * or a page whose Content-Security-Policy forbids blob: workers). Both ends run
+ * hash-worker.js.
  *
  * Requests are queued (init, prefix, update, digest) and go out with flush(), in order.
  * The bytes of update() are handed over, not copied: their buffer is unusable until the
@@ -20,23 +21,56 @@ export const BATCH = 1024 * 1024;
 
 /** The worker's code as a blob: URL, made once (build.mjs defines HASH_WORKER in bundles). */
 let workerUrl = "";
+/** Milliseconds a new worker has to answer its first message. */
+const WORKER_START = 10_000;
 
 /** @returns {Promise<{port: any, close: () => void}>} */
 async function connect() {
   // @ts-ignore: replaced by the worker's bundled code in the page and the notebook panel
   if (typeof HASH_WORKER === "string") {
-    // A blob: URL, not a file beside the page: the notebook panel is itself loaded from a
-    // blob: URL, with nothing to resolve a path against (the page's CSP allows blob: workers).
+    const worker = await startWorker();
+    if (worker) return { port: worker, close: () => worker.terminate() };
+  }
+  const { serve } = await import("./hash-worker.js");
+  const { port1, port2 } = new MessageChannel();
+  serve(port2);
+  return { port: port1, close: () => { port1.close(); port2.close(); } };
+}
+
+/**
+ * The digests' worker, once it answered an empty batch; null where the page may not start
+ * one (a Content-Security-Policy without `worker-src blob:`, as a Jupyter server or a hub
+ * may send): then the digests are computed in the page's own thread, slower but whole.
+ * A blob: URL, not a file beside the page: the notebook panel is itself loaded from a blob:
+ * URL, with nothing to resolve a path against (the page's CSP allows blob: workers).
+ * @returns {Promise<Worker | null>}
+ */
+async function startWorker() {
+  /** @type {Worker} */
+  let worker;
+  try {
     // @ts-ignore
     workerUrl ||= URL.createObjectURL(new Blob([HASH_WORKER], { type: "text/javascript" }));
-    const worker = new Worker(workerUrl, { name: "p2p-copy digests" });
-    return { port: worker, close: () => worker.terminate() };
-  } else {
-    const { serve } = await import("./hash-worker.js");
-    const { port1, port2 } = new MessageChannel();
-    serve(port2);
-    return { port: port1, close: () => { port1.close(); port2.close(); } };
+    worker = new Worker(workerUrl, { name: "p2p-copy digests" });
+  } catch (error) {
+    return noWorker(error);
   }
+  const answered = await new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), WORKER_START);
+    worker.onmessage = () => { clearTimeout(timer); resolve(true); };
+    worker.onerror = (event) => { event.preventDefault(); clearTimeout(timer); resolve(false); };
+    worker.postMessage({ ops: [] });
+  });
+  worker.onmessage = null;
+  worker.onerror = null;
+  if (answered) return worker;
+  worker.terminate();
+  return noWorker("it did not start");
+}
+
+function noWorker(why) {
+  console.warn(`p2p-copy: no worker for the file digests here (${why?.message ?? why}); computing them in this page.`);
+  return null;
 }
 
 export class Hashing {

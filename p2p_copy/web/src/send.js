@@ -176,7 +176,8 @@ const STALLED = Symbol("stalled");
  * sometimes never settles (one 1 GiB transfer in ten, and within the first 500 MiB when
  * garbage is collected every 0.1 s), and without this the transfer hung for good. A
  * default reader does not stall, but costs a fresh chunk per read (benchmarks/README.md).
- * A slow disk loses nothing by it but a re-read: the new stream waits for the same bytes.
+ * A slow disk loses nothing by it but a re-read (the new stream waits for the same bytes),
+ * and each stall doubles the wait before the next.
  * @param {Blob} blob @param {number} start @param {number} end @param {Buffers} buffers
  * @param {string} path @param {{stall?: number}} [options]
  * @returns {AsyncGenerator<Uint8Array>} kind byte (unset) and payload
@@ -188,7 +189,10 @@ export async function* slices(blob, start, end, buffers, path, { stall = STALL }
     { wire: "usage", peerMessage: `'${path}' changed on the sender's side while it was being sent.` });
   /** @type {ReadableStreamBYOBReader} */
   let reader;
+  /** The caller stopped: no stream is opened again. */
+  let stopped = false;
   const open = (from) => {
+    if (stopped) throw new P2PError("cancelled", "The transfer stopped.");
     try {
       reader = /** @type {any} */ (blob.slice(from, end).stream()).getReader({ mode: "byob" });
     } catch (error) {
@@ -197,31 +201,37 @@ export async function* slices(blob, start, end, buffers, path, { stall = STALL }
   };
   open(start);
   /** One read into `view`, or STALLED (then the read is cancelled, and its buffer gone). */
-  const readInto = async (view) => {
+  const readInto = async (view, wait) => {
     let timer;
     const pending = reader.read(view);
     pending.catch(() => {});
-    const stalled = new Promise((resolve) => { timer = setTimeout(resolve, stall, STALLED); });
-    const answer = await Promise.race([pending, stalled]);
-    clearTimeout(timer);
-    if (answer === STALLED) reader.cancel().catch(() => {});
-    return answer;
+    try {
+      const stalled = new Promise((resolve) => { timer = setTimeout(resolve, wait, STALLED); });
+      const answer = await Promise.race([pending, stalled]);
+      if (answer === STALLED) reader.cancel().catch(() => {});
+      return answer;
+    } finally {
+      clearTimeout(timer);
+    }
   };
+  /** How long a read may give nothing: doubled at each stall, for a disk that is slow. */
+  let wait = stall;
   const read = async (at, length) => {
     let buffer = await buffers.take();
     let got = 0;
     while (got < length) {
       let answer;
       try {
-        answer = await readInto(new Uint8Array(buffer, 1 + got, length - got));
+        answer = await readInto(new Uint8Array(buffer, 1 + got, length - got), wait);
       } catch (error) {
         throw failed(error);
       }
       if (answer === STALLED) {
-        console.warn(`p2p-copy: reading '${path}' stalled at byte ${at + got}; reading this slice again from a new stream.`);
+        console.warn(`p2p-copy: reading '${path}' gave nothing for ${wait / 1000} s at byte ${at + got}; reading this slice again from a new stream.`);
         // A cancelled read keeps the buffer it was given: this slice starts over in a new one.
         buffer = new ArrayBuffer(buffers.size);
         got = 0;
+        wait *= 2;
         open(at);
         continue;
       }
@@ -242,6 +252,7 @@ export async function* slices(blob, start, end, buffers, path, { stall = STALL }
       yield message;
     }
   } finally {
+    stopped = true;
     reader.cancel().catch(() => {});
   }
 }

@@ -127,7 +127,10 @@ function render({ model, el }) {
     };
     ownError = "";
     try {
-      const known = await secrets.get();
+      const signal = running.signal;
+      const cancelled = new Promise((resolve) => signal.addEventListener("abort", () => resolve("cancelled"), { once: true }));
+      const known = await Promise.race([secrets.get(), cancelled]);
+      if (known === "cancelled") throw new DOMException("Cancelled.", "AbortError");
       if (!known) throw new Error(UNHEARD);
       // The kernel's relay behind the proxy is public; the user's may be private.
       await work(found.relay, running.signal, events, { code: known.code, token: usedProxy ? undefined : known.token });
