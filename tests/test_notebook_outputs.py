@@ -219,8 +219,10 @@ def test_interrupting_the_kernel_cancels_a_blocking_call(
     ends with KeyboardInterrupt at once and the panel ends "cancelled"."""
     km, kc = kernel
     msgs: list[dict[str, Any]] = []
-    code = (f"import p2p_copy, pathlib\npathlib.Path('f.txt').write_text('x')\n"
-            f"p2p_copy.send_blocking({outside_relay!r}, None, 'f.txt', progress='widget')")
+    # The file in a folder of its own: the kernel runs in the checkout.
+    code = (f"import p2p_copy, pathlib, tempfile\n"
+            f"f = pathlib.Path(tempfile.mkdtemp()) / 'f.txt'\nf.write_text('x')\n"
+            f"p2p_copy.send_blocking({outside_relay!r}, None, f, progress='widget')")
     msg_id = kc.execute(code)
     deadline = time.monotonic() + 60
     while not any("Code: " in m["content"].get("data", {}).get("text/plain", "")
