@@ -13,8 +13,8 @@ unmapped at free (glibc stops raising that threshold by itself once ``M_TOP_PAD`
 With lanes the sender keeps each message in a buffer of its own until it is acknowledged,
 a new 256 KiB one per message: at 100 ms through the emulated link, 512 MiB cost the sender
 1.72-2.15 CPU-s, 1.0 of it in the kernel. Taking buffers up to 4 MiB from the heap
-(``M_MMAP_THRESHOLD``) made that 0.87-0.91 (benchmarks/README.md); on one lane it is
-within noise.
+(``M_MMAP_THRESHOLD``) made that 0.87-0.91 (benchmarks/README.md). The receiver: 0.86-1.02
+against 0.86-0.97 CPU-s per 512 MiB on loopback, 4 interleaved pairs.
 
 The cyclic garbage collector ran often enough to take ~4 % of the receiver's CPU (py-spy
 ``--native``), walking objects that live for the whole transfer; collecting the youngest
