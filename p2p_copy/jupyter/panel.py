@@ -5,8 +5,8 @@ core and the page's storage modules). The kernel writes the traits: where the re
 how its side is doing. The code and a private relay's token are no traits: traits are
 widget state, which a front end may save in the notebook (JupyterLab's "Save Widget State
 Automatically", nbconvert, Voila), and while the panel waits its code is live in the relay.
-The kernel sends both to the panel's live views in a custom message (``secrets()``): when a
-view asks (``{"ask": "secrets"}``), and every SECRETS_EVERY seconds while it waits
+The kernel sends both to the panel's live views in a custom message (``send_secrets()``):
+when a view asks (``{"ask": "secrets"}``), and every SECRETS_EVERY seconds while it waits
 (drop.py), for a view that asks while a cell runs in an ipykernel older than 7.4, which
 hears nothing until the cell ends. The view writes no traits either: it also tells the
 kernel that it is on screen (``{"event": "shown"}``). Custom messages, because a cell may be
