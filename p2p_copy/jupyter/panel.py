@@ -6,9 +6,9 @@ how its side is doing. The code and a private relay's token are no traits: trait
 widget state, which a front end may save in the notebook (JupyterLab's "Save Widget State
 Automatically", nbconvert, Voila), and while the panel waits its code is live in the relay.
 The kernel sends both to the panel's live views in a custom message (``send_secrets()``):
-when a view asks (``{"ask": "secrets"}``), and every SECRETS_EVERY seconds while it waits
-(drop.py), for a view that asks while a cell runs in an ipykernel older than 7.4, which
-hears nothing until the cell ends. The view writes no traits either: it also tells the
+when a view asks (``{"ask": "secrets"}``), and every SECRETS_EVERY seconds until the
+transfer ends (drop.py), for a view that asks while a cell runs in an ipykernel older than
+7.4, which hears nothing until the cell ends (a page reloaded mid-transfer asks again). The view writes no traits either: it also tells the
 kernel that it is on screen (``{"event": "shown"}``). Custom messages, because a cell may be
 awaiting the transfer (Run All, or one cell ``await p2p_copy.drop(...)``): ipykernel 7.4
 handles a comm message during a cell but reports no idle status for it, and the widget

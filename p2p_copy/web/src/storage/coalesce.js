@@ -1,5 +1,5 @@
 // @ts-check
-// Received pieces arrive in pieces of up to 256 KiB; each write to a FileSystemWritable or
+// Received bytes arrive in pieces of up to 256 KiB; each write to a FileSystemWritable or
 // each chunk handed to the service worker costs a round trip to another thread or
 // process. Gathering pieces into one buffer of a few MiB first makes those round trips
 // rare; the buffer is bounded, so memory stays bounded too.

@@ -62,7 +62,7 @@ export const UNHEARD = "The kernel did not send this panel its code: it seems bu
 /**
  * The code and a private relay's token, as the kernel sends them to the panel's views
  * in custom messages (panel.py `send_secrets`, `{code, relay_token}`): when a view asks, and
- * every second while the kernel waits in the relay. Not traits: traits are widget state,
+ * every second until the transfer ends. Not traits: traits are widget state,
  * which a notebook may save, and while the panel waits its code is live in the relay.
  * Custom messages also reach the view while a cell awaits drop(), where trait changes may
  * not (the widget manager holds them back until the kernel reports idle for the last one).
